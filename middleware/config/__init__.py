@@ -1,0 +1,1 @@
+"""Configuration files that sit next to the mappings: sources and destinations."""

@@ -1,0 +1,200 @@
+"""YAML loading that keeps line and column of every node, and ``${VAR:-default}`` interpolation.
+
+Every problem found in a configuration or mapping file becomes a :class:`Diagnostic`
+printed as ``path:line:col: level[code] message``.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_ENV = re.compile(r"\$\{([A-Z0-9_]+)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding in a file, with a 1-based position."""
+
+    path: str
+    line: int
+    col: int
+    level: str  # "error" | "warning"
+    code: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}: {self.level}[{self.code}] {self.message}"
+
+
+class Positioned(dict):  # type: ignore[type-arg]
+    """A mapping that remembers where each key and value sat in the file."""
+
+    line: int = 1
+    col: int = 1
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.key_pos: dict[str, tuple[int, int]] = {}
+
+
+class PositionedList(list):  # type: ignore[type-arg]
+    line: int = 1
+    col: int = 1
+
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self.item_pos: list[tuple[int, int]] = []
+
+
+def interpolate(text: str, env: dict[str, str] | None = None) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` from the environment."""
+    env = os.environ if env is None else env
+
+    def sub(m: re.Match[str]) -> str:
+        val = env.get(m.group(1))
+        if val is None or val == "":
+            return m.group(2) if m.group(2) is not None else ""
+        return val
+
+    return _ENV.sub(sub, text)
+
+
+def _build(node: yaml.Node, interp: bool) -> Any:
+    if isinstance(node, yaml.MappingNode):
+        out = Positioned()
+        out.line, out.col = node.start_mark.line + 1, node.start_mark.column + 1
+        for k, v in node.value:
+            key = _build(k, interp)
+            out[key] = _build(v, interp)
+            out.key_pos[str(key)] = (k.start_mark.line + 1, k.start_mark.column + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        seq = PositionedList()
+        seq.line, seq.col = node.start_mark.line + 1, node.start_mark.column + 1
+        for item in node.value:
+            seq.append(_build(item, interp))
+            seq.item_pos.append((item.start_mark.line + 1, item.start_mark.column + 1))
+        return seq
+    assert isinstance(node, yaml.ScalarNode)
+    value = yaml.SafeLoader(  # reuse the safe constructor for scalar typing
+        ""
+    ).construct_object(node)
+    if interp and isinstance(value, str) and "${" in value:
+        value = interpolate(value)
+    return value
+
+
+class YamlError(Exception):
+    def __init__(self, diag: Diagnostic) -> None:
+        super().__init__(str(diag))
+        self.diagnostic = diag
+
+
+def load_positioned(path: Path, *, interp: bool = True) -> Any:
+    """Parse one YAML file into dicts/lists that carry positions; raise YamlError with file:line."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise YamlError(
+            Diagnostic(str(path), line, col, "error", "yaml", f"{exc.problem or exc}")
+        ) from exc
+    if node is None:
+        return None
+    return _build(node, interp)
+
+
+def position_of(container: Any, key: str | int | None = None) -> tuple[int, int]:
+    """Best known position of ``container[key]`` (or of the container)."""
+    if isinstance(container, Positioned) and key is not None and str(key) in container.key_pos:
+        return container.key_pos[str(key)]
+    if isinstance(container, PositionedList) and isinstance(key, int) and key < len(container.item_pos):
+        return container.item_pos[key]
+    return getattr(container, "line", 1), getattr(container, "col", 1)
+
+
+@dataclass
+class DiagnosticSink:
+    """Collects diagnostics for one file."""
+
+    path: str
+    items: list[Diagnostic] = field(default_factory=list)
+
+    def error(self, where: Any, key: str | int | None, code: str, message: str) -> None:
+        line, col = position_of(where, key)
+        self.items.append(Diagnostic(self.path, line, col, "error", code, message))
+
+    def warning(self, where: Any, key: str | int | None, code: str, message: str) -> None:
+        line, col = position_of(where, key)
+        self.items.append(Diagnostic(self.path, line, col, "warning", code, message))
+
+    @property
+    def has_errors(self) -> bool:
+        return any(d.level == "error" for d in self.items)
+
+
+def pydantic_errors_to_diagnostics(sink: DiagnosticSink, raw: Any, exc: Any) -> None:
+    """Translate a pydantic ValidationError into positioned diagnostics, with suggestions."""
+    import difflib
+
+    for err in exc.errors():
+        loc = list(err.get("loc", ()))
+        node: Any = raw
+        parent: Any = raw
+        last: str | int | None = None
+        for part in loc:
+            parent, last = node, part
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                break
+        msg = err.get("msg", "invalid")
+        code = err.get("type", "invalid")
+        dotted = ".".join(str(p) for p in loc)
+        if code == "extra_forbidden":
+            code = "unknown-field"
+            allowed: list[str] = list(err.get("ctx", {}).get("allowed", []))
+            model_fields = _allowed_fields(exc, loc)
+            hint = difflib.get_close_matches(str(last), model_fields or allowed, n=1)
+            msg = f"unknown field '{last}'" + (f" (did you mean '{hint[0]}'?)" if hint else "")
+        elif code == "missing":
+            code = "missing-field"
+            msg = f"required field '{last}' is missing"
+            sink.error(parent if not isinstance(parent, (Positioned, PositionedList)) else node if isinstance(node, Positioned) else parent, None, code, f"{dotted}: {msg}")
+            continue
+        else:
+            msg = f"{dotted}: {msg}"
+        sink.error(parent, last, code, msg)
+
+
+def _allowed_fields(exc: Any, loc: list[Any]) -> list[str]:
+    model = getattr(exc, "_careloop_model", None)
+    if model is None:
+        return []
+    cur = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        f = getattr(cur, "model_fields", {}).get(part)
+        if f is None:
+            return []
+        ann = f.annotation
+        for cand in getattr(ann, "__args__", (ann,)):
+            inner = getattr(cand, "__args__", None)
+            if inner:
+                for c in inner:
+                    if hasattr(c, "model_fields"):
+                        cand = c
+            if hasattr(cand, "model_fields"):
+                cur = cand
+                break
+    names = list(getattr(cur, "model_fields", {}).keys())
+    aliases = [f.alias for f in getattr(cur, "model_fields", {}).values() if f.alias]
+    return names + aliases

@@ -1,0 +1,1 @@
+"""Delivery: outbound connectors, the PHI policy, the durable delivery worker."""
