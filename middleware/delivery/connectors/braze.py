@@ -1,0 +1,177 @@
+"""Braze: custom events via ``/users/track`` or API-triggered Canvas entry via ``/canvas/trigger/send``.
+
+Track: ``POST {rest_endpoint}/users/track`` ``{"events": [{external_id, name, time, properties}]}``;
+≤75 events per request. A success may carry non-fatal ``errors`` (``{"type", "input_array", "index"}``):
+the indexed events are Permanent, the rest Delivered.
+Canvas: ``POST {rest_endpoint}/canvas/trigger/send`` ``{"canvas_id", "recipients": [{external_user_id,
+canvas_entry_properties}]}``; ≤50 recipients; no per-recipient result (a failure applies to all).
+Auth: ``Authorization: Bearer <REST API key>`` (static: 401/403 → AuthFailure). 429 → Retry after
+Retry-After or ``X-RateLimit-Reset``. Braze has no idempotency key: the worker's send ledger applies.
+Docs: braze.com/docs/api/endpoints/user_data/post_user_track/; braze.com/docs/api/objects_filters/event_object;
+braze.com/docs/api/endpoints/messaging/send_messages/post_send_triggered_canvases/; braze.com/docs/api/errors;
+braze.com/docs/api/api_limits.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..registry import (
+    Connector,
+    Delivered,
+    Outbound,
+    Outcome,
+    Permanent,
+    RateLimit,
+    Retry,
+    classify_http,
+    register,
+    retry_after_seconds,
+)
+from ._common import MissingSecret, chunks, iso_z, require_secret, safe_json, same_for_all, send_request, transport_outcome
+
+log = logging.getLogger("middleware.delivery.braze")
+
+#: /users/track: at most 75 event objects per request.
+TRACK_MAX_EVENTS = 75
+#: /canvas/trigger/send: at most 50 recipients per request.
+CANVAS_MAX_RECIPIENTS = 50
+
+
+class BrazeConfig(BaseModel):
+    """Settings of a ``braze`` destination; the REST key by env var name only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rest_endpoint: str = Field(description="Instance REST endpoint, e.g. https://rest.iad-01.braze.com")
+    api_key_env: str
+    mode: Literal["track", "canvas"] = "track"
+    event_name: str | None = Field(None, description="Custom event name; default: the trigger name.")
+    canvas_id: str | None = Field(None, description="API-triggered Canvas id (mode: canvas).")
+    external_id_source: str = Field("contact_key", description="'contact_key' or a payload key.")
+    timeout_s: float = Field(20.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _check(self) -> "BrazeConfig":
+        if not self.rest_endpoint.startswith("https://"):
+            raise ValueError("rest_endpoint must be an https:// URL")
+        if self.mode == "canvas" and not self.canvas_id:
+            raise ValueError("mode: canvas needs canvas_id")
+        return self
+
+
+def rate_limited(resp: httpx.Response, now: datetime) -> Retry:
+    """Retry for a Braze 429: Retry-After, else X-RateLimit-Reset (epoch seconds), else backoff."""
+    after = retry_after_seconds(resp.headers.get("Retry-After"), now)
+    if after is None:
+        try:
+            after = max(0.0, float(resp.headers["X-RateLimit-Reset"]) - now.timestamp())
+        except (KeyError, ValueError):
+            after = None
+    return Retry("HTTP 429 rate limited", after, 429)
+
+
+@register
+class BrazeConnector(Connector):
+    """Braze events or Canvas triggers for pseudonymous external ids."""
+
+    type_name = "braze"
+    Config = BrazeConfig
+    max_batch = TRACK_MAX_EVENTS  # canvas mode splits into requests of 50
+    # /users/track allows 3,000 req/3 s; trigger sends share 250,000/h (≈69/s) → 50 req/s for both.
+    rate_limit: ClassVar[RateLimit] = RateLimit(rate=50.0, burst=50)
+    max_concurrency = 4
+    native_dedup = False
+
+    @property
+    def cfg(self) -> BrazeConfig:
+        return self.config  # type: ignore[return-value]
+
+    def _external_id(self, item: Outbound) -> str | None:
+        src = self.cfg.external_id_source
+        value = item.contact_key if src == "contact_key" else item.payload.get(src)
+        return str(value) if value not in (None, "") else None
+
+    def _properties(self, item: Outbound) -> dict[str, Any]:
+        return {k: v for k, v in item.payload.items() if k != self.cfg.external_id_source}
+
+    def build_event(self, item: Outbound) -> dict[str, Any]:
+        """A Braze event object for ``item``; pure."""
+        return {
+            "external_id": self._external_id(item),
+            "name": self.cfg.event_name or item.trigger_name,
+            "time": iso_z(item.occurred_at),
+            "properties": self._properties(item),
+        }
+
+    def build_recipient(self, item: Outbound) -> dict[str, Any]:
+        """A Canvas recipient object for ``item``; pure."""
+        return {"external_user_id": self._external_id(item), "canvas_entry_properties": self._properties(item)}
+
+    async def send_batch(self, items: list[Outbound]) -> list[Outcome]:
+        size = TRACK_MAX_EVENTS if self.cfg.mode == "track" else CANVAS_MAX_RECIPIENTS
+        results: list[Outcome | None] = [None] * len(items)
+        ready = []
+        for idx, item in enumerate(items):
+            if self._external_id(item) is None:
+                results[idx] = Permanent("no external_id for the contact")
+            else:
+                ready.append(idx)
+        for idxs in chunks(ready, size):
+            chunk = [items[i] for i in idxs]
+            try:
+                outs = await (self._track(chunk) if self.cfg.mode == "track" else self._canvas(chunk))
+            except (httpx.TransportError, MissingSecret) as exc:
+                outs = same_for_all(transport_outcome(exc), len(chunk))
+            for i, o in zip(idxs, outs):
+                results[i] = o
+        final = [o if o is not None else Permanent("not sent") for o in results]
+        for item, outcome in zip(items, final):
+            log.info("braze.sent", extra={"action": "braze.sent", "destination": self.name,
+                                           "delivery_id": item.delivery_id, "outcome": type(outcome).__name__})
+        return final
+
+    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        key = require_secret(self.secrets, self.cfg.api_key_env)
+        return await send_request(
+            self.http, "POST", self.cfg.rest_endpoint.rstrip("/") + path, timeout_s=self.cfg.timeout_s,
+            json=body, headers={"Authorization": f"Bearer {key}"},
+        )
+
+    async def _track(self, items: list[Outbound]) -> list[Outcome]:
+        resp = await self._post("/users/track", {"events": [self.build_event(i) for i in items]})
+        batch = self._classify(resp)
+        if not isinstance(batch, Delivered):
+            return same_for_all(batch, len(items))
+        data = safe_json(resp)
+        out: list[Outcome] = [Delivered(resp.status_code) for _ in items]
+        if isinstance(data, dict) and data.get("message") not in (None, "success"):
+            return same_for_all(Permanent(f"Braze: {str(data.get('message'))[:200]}", resp.status_code), len(items))
+        errors = data.get("errors") if isinstance(data, dict) else None
+        for err in errors if isinstance(errors, list) else []:
+            if not isinstance(err, dict):
+                continue
+            idx = err.get("index")
+            if err.get("input_array", "events") == "events" and isinstance(idx, int) and 0 <= idx < len(items):
+                out[idx] = Permanent(f"Braze: {str(err.get('type', 'invalid event'))[:200]}", resp.status_code)
+        return out
+
+    async def _canvas(self, items: list[Outbound]) -> list[Outcome]:
+        body = {"canvas_id": self.cfg.canvas_id, "recipients": [self.build_recipient(i) for i in items]}
+        resp = await self._post("/canvas/trigger/send", body)
+        return same_for_all(self._classify(resp), len(items))
+
+    def _classify(self, resp: httpx.Response) -> Outcome:
+        if resp.status_code == 429:
+            return rate_limited(resp, self.clock())
+        outcome = classify_http(resp)
+        if isinstance(outcome, Permanent):
+            data = safe_json(resp)
+            msg = data.get("message") if isinstance(data, dict) else None
+            if msg:
+                return Permanent(f"HTTP {resp.status_code}: {str(msg)[:200]}", resp.status_code)
+        return outcome

@@ -1,0 +1,226 @@
+"""Salesforce Marketing Cloud Journey Builder: fire API entry events.
+
+Auth: OAuth2 client credentials, ``POST https://{subdomain}.auth.marketingcloudapis.com/v2/token``
+with a JSON body (grant_type, client_id, client_secret, optional account_id/scope).
+The token (20 min, ``expires_in`` ≈ 1079 s) is cached until ``expires_in - token_margin_s``;
+a 401 on a send refreshes it once and retries once.
+
+One item → ``POST {rest}/interaction/v1/events`` ``{ContactKey, EventDefinitionKey, Data}`` (201).
+Several → ``POST {rest}/interaction/v1/async/events`` ``{eventDefinitionKey, members:[{contactKey, data}]}``
+(≤100 members); members come back in request order, with ``errorcode``/``message`` on failures.
+SFMC has no idempotency key: duplicates are prevented by the worker's send ledger.
+Docs: developer.salesforce.com/docs/marketing/marketing-cloud/guide/access-token-s2s,
+…/mc-apis/postEvent.htm, …/mc_rest_interaction/enterContactsIntoJourneyInBatches.html.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ..registry import (
+    AuthFailure,
+    Connector,
+    Delivered,
+    Outbound,
+    Outcome,
+    Permanent,
+    RateLimit,
+    Retry,
+    classify_http,
+    register,
+    retry_after_seconds,
+)
+from ._common import (
+    MissingSecret,
+    TokenCache,
+    TokenError,
+    require_secret,
+    safe_json,
+    same_for_all,
+    send_request,
+    transport_outcome,
+)
+
+log = logging.getLogger("middleware.delivery.sfmc")
+
+#: /interaction/v1/async/events accepts at most 100 members per request.
+ASYNC_MAX_MEMBERS = 100
+
+
+class SfmcConfig(BaseModel):
+    """Settings of an ``sfmc`` destination; credentials by env var name only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    subdomain: str = Field(description="Tenant subdomain of the auth/REST base URIs (Installed Packages).")
+    client_id_env: str
+    client_secret_env: str
+    account_id: str | None = Field(None, description="MID of the target business unit (not a secret).")
+    scope: str | None = None
+    event_definition_key: str = Field(description="API entry event key; periods are not allowed.")
+    rest_instance_url: str | None = Field(
+        None, description="REST base URI; default: the token response's rest_instance_url."
+    )
+    token_margin_s: float = Field(60.0, ge=0, description="Refresh this long before expiry.")
+    timeout_s: float = Field(20.0, gt=0, le=60)
+
+    @field_validator("subdomain")
+    @classmethod
+    def _subdomain(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z0-9-]{1,64}", v):
+            raise ValueError("subdomain must be the tenant subdomain only (a-z, 0-9, -)")
+        return v
+
+    @field_validator("event_definition_key")
+    @classmethod
+    def _no_periods(cls, v: str) -> str:
+        if not v or "." in v:
+            raise ValueError("EventDefinitionKey must be non-empty and contain no periods")
+        return v
+
+
+@register
+class SfmcConnector(Connector):
+    """Journey Builder entry events, single or async batch."""
+
+    type_name = "sfmc"
+    Config = SfmcConfig
+    max_batch = ASYNC_MAX_MEMBERS
+    # SFMC publishes no per-second figure, only 429 (Retry-After: 5); 10 req/s is our own ceiling.
+    rate_limit: ClassVar[RateLimit] = RateLimit(rate=10.0, burst=10)
+    max_concurrency = 4
+    native_dedup = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rest_url: str | None = None
+        self.tokens = TokenCache(self._fetch_token, self.clock, self.cfg.token_margin_s)
+
+    @property
+    def cfg(self) -> SfmcConfig:
+        return self.config  # type: ignore[return-value]
+
+    @property
+    def auth_url(self) -> str:
+        return f"https://{self.cfg.subdomain}.auth.marketingcloudapis.com/v2/token"
+
+    async def _fetch_token(self) -> tuple[str, float]:
+        body: dict[str, Any] = {
+            "grant_type": "client_credentials",
+            "client_id": require_secret(self.secrets, self.cfg.client_id_env),
+            "client_secret": require_secret(self.secrets, self.cfg.client_secret_env),
+        }
+        if self.cfg.account_id:
+            body["account_id"] = self.cfg.account_id
+        if self.cfg.scope:
+            body["scope"] = self.cfg.scope
+        resp = await send_request(self.http, "POST", self.auth_url, timeout_s=self.cfg.timeout_s, json=body)
+        if resp.status_code in (400, 401, 403):
+            raise TokenError(AuthFailure(f"token request refused: HTTP {resp.status_code}", resp.status_code))
+        if resp.status_code != 200:
+            raise TokenError(classify_http(resp))
+        data = safe_json(resp)
+        if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
+            raise TokenError(Retry("malformed token response", None, resp.status_code))
+        if isinstance(data.get("rest_instance_url"), str):
+            self._rest_url = data["rest_instance_url"].rstrip("/")
+        log.info("sfmc.token", extra={"action": "sfmc.token_fetched", "destination": self.name})
+        return data["access_token"], float(data.get("expires_in") or 1079)
+
+    def _rest_base(self) -> str:
+        if self.cfg.rest_instance_url:
+            return self.cfg.rest_instance_url.rstrip("/")
+        return self._rest_url or f"https://{self.cfg.subdomain}.rest.marketingcloudapis.com"
+
+    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        """POST with the cached token; on 401 refresh once and retry once."""
+        token = await self.tokens.get()
+        resp = await self._post_with(token, path, body)
+        if resp.status_code == 401:
+            token = await self.tokens.get(force=True, stale=token)
+            resp = await self._post_with(token, path, body)
+        return resp
+
+    async def _post_with(self, token: str, path: str, body: dict[str, Any]) -> httpx.Response:
+        return await send_request(
+            self.http,
+            "POST",
+            self._rest_base() + path,
+            timeout_s=self.cfg.timeout_s,
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    async def send_batch(self, items: list[Outbound]) -> list[Outcome]:
+        if not items:
+            return []
+        if len(items) > ASYNC_MAX_MEMBERS:
+            out: list[Outcome] = []
+            for i in range(0, len(items), ASYNC_MAX_MEMBERS):
+                out.extend(await self.send_batch(items[i : i + ASYNC_MAX_MEMBERS]))
+            return out
+        try:
+            if len(items) == 1:
+                result = [await self._send_single(items[0])]
+            else:
+                result = await self._send_async(items)
+        except TokenError as exc:
+            result = same_for_all(exc.outcome, len(items))
+        except (httpx.TransportError, MissingSecret) as exc:
+            result = same_for_all(transport_outcome(exc), len(items))
+        for item, outcome in zip(items, result):
+            log.info(
+                "sfmc.sent",
+                extra={"action": "sfmc.sent", "destination": self.name, "delivery_id": item.delivery_id,
+                       "outcome": type(outcome).__name__},
+            )
+        return result
+
+    async def _send_single(self, item: Outbound) -> Outcome:
+        body = {
+            "ContactKey": item.contact_key,
+            "EventDefinitionKey": self.cfg.event_definition_key,
+            "Data": dict(item.payload),
+        }
+        resp = await self._post("/interaction/v1/events", body)
+        return _classify(resp)
+
+    async def _send_async(self, items: list[Outbound]) -> list[Outcome]:
+        body = {
+            "eventDefinitionKey": self.cfg.event_definition_key,
+            "members": [{"contactKey": i.contact_key, "data": dict(i.payload)} for i in items],
+        }
+        resp = await self._post("/interaction/v1/async/events", body)
+        batch = _classify(resp)
+        if not isinstance(batch, Delivered):
+            return same_for_all(batch, len(items))
+        data = safe_json(resp)
+        members = data.get("members") if isinstance(data, dict) else None
+        if not isinstance(members, list) or len(members) != len(items):
+            # Accepted, but no usable per-member answer: the whole batch counts as queued.
+            return same_for_all(Delivered(resp.status_code, "queued (no per-member result)"), len(items))
+        out: list[Outcome] = []
+        for m in members:
+            if isinstance(m, dict) and m.get("errorcode"):
+                out.append(Permanent(f"SFMC errorcode {m.get('errorcode')}: {m.get('message', '')}"[:300],
+                                     resp.status_code))
+            else:
+                out.append(Delivered(resp.status_code, "queued"))
+        return out
+
+
+def _classify(resp: httpx.Response) -> Outcome:
+    """2xx ok; 429 honours Retry-After; 401 after the refresh → AuthFailure; 400 → Permanent."""
+    if resp.status_code == 429:
+        return Retry("HTTP 429 throttled", retry_after_seconds(resp.headers.get("Retry-After")), 429)
+    outcome = classify_http(resp)
+    if isinstance(outcome, Permanent):
+        data = safe_json(resp)
+        msg = data.get("message") if isinstance(data, dict) else None
+        if msg:
+            return Permanent(f"HTTP {resp.status_code}: {str(msg)[:200]}", resp.status_code)
+    return outcome
