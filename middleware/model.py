@@ -33,6 +33,9 @@ class Normalized:
     resources: list[dict[str, Any]] = field(default_factory=list)
     merge: Merge | None = None
     warnings: list[str] = field(default_factory=list)
+    #: ids of resources whose status the consumer keeps if it already knows one
+    #: (ADT^A08 without PV1-45: the update cannot know the encounter's state)
+    keep_status: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
