@@ -1,0 +1,114 @@
+"""docker-compose.yml is valid Compose, and its HAPI settings match the Java launcher's."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+APP_YAML = ROOT / "sandbox" / "hapi" / "src" / "main" / "resources" / "application.yaml"
+POM = ROOT / "sandbox" / "hapi" / "pom.xml"
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: this check must run in CI)")
+    pytest.skip(reason)
+
+
+def _hapi_env() -> dict[str, str]:
+    svc = yaml.safe_load(COMPOSE.read_text())["services"]["hapi"]
+    env = svc.get("environment", {})
+    if isinstance(env, list):  # "KEY=value" list form
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def _app_yaml_get(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def test_docker_compose_v1_accepts_file() -> None:
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        _skip_or_fail("docker-compose binary not installed (Debian: apt-get install docker-compose)")
+    res = subprocess.run(
+        [exe, "-f", str(COMPOSE), "config"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    rendered = yaml.safe_load(res.stdout)
+    assert {"hapi", "postgres", "careloop", "sink"} <= set(rendered["services"])
+
+
+def test_docker_compose_v2_accepts_file_if_present() -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run(
+        [docker, "compose", "version"], capture_output=True, text=True
+    ).returncode != 0:
+        pytest.skip("Compose v2 plugin ('docker compose') not installed; v1 is checked above")
+    res = subprocess.run(
+        [docker, "compose", "-f", str(COMPOSE), "config"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+
+
+def test_hapi_settings_match_launcher() -> None:
+    env = _hapi_env()
+    app = yaml.safe_load(APP_YAML.read_text())
+
+    pairs = {
+        "hapi.fhir.fhir_version": "R4",
+        "hapi.fhir.subscription.resthook_enabled": "true",
+        "hapi.fhir.subscription.polling_interval_ms": "1000",
+        "hapi.fhir.subscription.immediately_queued": "true",
+    }
+    for key, expected in pairs.items():
+        assert env.get(key, "").lower() == expected.lower(), f"compose {key}={env.get(key)!r}"
+        assert str(_app_yaml_get(app, key)).lower() == expected.lower(), f"application.yaml {key}"
+
+    # Same allow-external-references choice on both sides.
+    assert env["hapi.fhir.allow_external_references"].lower() == str(
+        _app_yaml_get(app, "hapi.fhir.allow_external_references")
+    ).lower()
+
+    # Dialects: H2 for the launcher, Postgres for compose; both HAPI's own dialect classes.
+    assert app["spring"]["jpa"]["properties"]["hibernate"]["dialect"] == (
+        "ca.uhn.fhir.jpa.model.dialect.HapiFhirH2Dialect"
+    )
+    assert env["SPRING_JPA_PROPERTIES_HIBERNATE_DIALECT"] == (
+        "ca.uhn.fhir.jpa.model.dialect.HapiFhirPostgresDialect"
+    )
+    assert env["SPRING_DATASOURCE_URL"].startswith("jdbc:postgresql://postgres:5432/hapi")
+    assert app["spring"]["main"]["allow-circular-references"] is True
+    assert app["server"]["port"] == 8090
+
+
+def test_hapi_versions_and_ports_consistent() -> None:
+    compose = yaml.safe_load(COMPOSE.read_text())
+    hapi = compose["services"]["hapi"]
+    m = re.fullmatch(r"hapiproject/hapi:v(\d+\.\d+\.\d+)-\d+", hapi["image"])
+    assert m, hapi["image"]
+
+    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
+    props = ET.parse(POM).getroot().find("m:properties", ns)
+    assert props is not None
+    assert props.findtext("m:hapi.version", namespaces=ns) == m.group(1)
+    assert props.findtext("m:spring-boot.version", namespaces=ns).startswith("3.5.")
+
+    assert hapi["ports"] == ["${CARELOOP_SANDBOX_PORT:-8090}:8080"]
+    assert "host.docker.internal:host-gateway" in hapi["extra_hosts"]
+    careloop = compose["services"]["careloop"]
+    assert careloop["environment"]["CARELOOP_FHIR_BASE_URL"] == "http://hapi:8080/fhir"
+    assert "CARELOOP_FHIR_TOKEN_DEFAULT" in careloop["environment"]
+    assert compose["services"]["postgres"]["image"] == "postgres:16-alpine"
