@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta
 from .hl7_types import (
+    add,
+    elapsed,
     ContentProblem,
     Json,
     Msg,
@@ -120,17 +122,17 @@ def appointment_times(msg: Msg, sch: Seg) -> tuple[datetime | None, datetime | N
     label, start, dur, end, date_only = cands[idx]
     assert start is not None
     if end is None and dur is not None:
-        end = start + dur
+        end = add(start, dur)
     for _, s2, d2, e2, _d in cands[idx + 1 :]:
         if end is not None:
             break
         if d2 is not None:
-            end = start + d2
+            end = add(start, d2)
         elif s2 is not None and e2 is not None:
-            end = start + (e2 - s2)
-        elif e2 is not None and e2 > start:
+            end = add(start, elapsed(s2, e2))
+        elif e2 is not None:
             end = e2
-    if end is not None and end <= start:
+    if end is not None and elapsed(start, end) <= timedelta(0):
         end = None
     return start, end, label, date_only
 
@@ -153,7 +155,7 @@ def _period(seg: Seg, sf: int, df: int, uf: int) -> Json | None:
         return None
     period: Json = {"start": fhir_instant(start)}
     if dur is not None:
-        period["end"] = fhir_instant(start + dur)
+        period["end"] = fhir_instant(add(start, dur))
     return period
 
 
@@ -228,7 +230,7 @@ def siu_appointment(msg: Msg, trigger: str, patient_ref: Json) -> tuple[Json, li
         appt["start"] = fhir_instant(start)
         if end is not None:
             appt["end"] = fhir_instant(end)
-            appt["minutesDuration"] = max(1, int((end - start).total_seconds() // 60))
+            appt["minutesDuration"] = max(1, int(elapsed(start, end).total_seconds() // 60))
         else:
             warnings.append("appointment end unknown (no duration or end time)")
     elif appt["status"] not in ("proposed", "cancelled", "waitlist", "entered-in-error"):

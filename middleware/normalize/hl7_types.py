@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -252,8 +252,6 @@ def ts_parts(value: str) -> tuple[datetime, int, bool] | None:
     except ValueError:
         return None
     if off:
-        from datetime import timezone
-
         sign = 1 if off[0] == "+" else -1
         delta = timedelta(hours=int(off[1:3]), minutes=int(off[3:5]))
         if delta >= timedelta(hours=24):
@@ -292,6 +290,20 @@ def ts_fhir(value: str, tz: ZoneInfo, *, instant: bool = False) -> str | None:
     if not has_off:
         dt = dt.replace(tzinfo=tz)
     return fhir_instant(dt, fractional=digits > 14)
+
+
+def add(dt: datetime, delta: timedelta) -> datetime:
+    """``dt + delta`` in elapsed time (through UTC), shown in ``dt``'s zone.
+
+    Plain ``+`` on a ZoneInfo datetime is wall-clock arithmetic and would give a
+    wrong end for an appointment that spans a DST change.
+    """
+    return (dt.astimezone(timezone.utc) + delta).astimezone(dt.tzinfo)
+
+
+def elapsed(start: datetime, end: datetime) -> timedelta:
+    """Elapsed time from ``start`` to ``end`` (through UTC, DST-safe)."""
+    return end.astimezone(timezone.utc) - start.astimezone(timezone.utc)
 
 
 def fhir_instant(dt: datetime, fractional: bool = False) -> str:
@@ -558,10 +570,10 @@ def xtn_contact(rep: Rep | None, default_use: str | None = None) -> Json | None:
 
 
 def xcn_reference(rep: Rep | None) -> Json | None:
-    """XCN -> logical Reference to a Practitioner: display "Prefix Given Family", identifier XCN-1 (system XCN-9, type XCN-13)."""
+    """XCN -> logical Reference to a Practitioner: display "Prefix Given Middle Family Suffix Degree", identifier XCN-1 (system XCN-9, type XCN-13)."""
     if rep is None:
         return None
-    parts = [rep.c(6), rep.c(3), rep.c(4), rep.c(2, 1), rep.c(5)]
+    parts = [rep.c(6), rep.c(3), rep.c(4), rep.c(2, 1), rep.c(5), rep.c(7)]
     display = " ".join(p for p in parts if p)
     ref: Json = {"type": "Practitioner"}
     if rep.c(1):
