@@ -1,0 +1,78 @@
+"""Fixtures for end-to-end tests against a real HAPI FHIR sandbox.
+
+``hapi_base_url`` (session) reuses the server at ``CARELOOP_SANDBOX_URL`` when set; otherwise
+it builds and starts one through ``middleware.sandbox.hapi`` (Java 17 + Maven, or a running
+Docker engine) and stops it at the end if it started it. Without either runtime the tests
+are skipped, except under ``CI`` where that is a failure.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from middleware.sandbox import hapi
+
+START_DEADLINE_S = 420  # first run may build the launcher; start-up itself is ~25 s here
+
+
+def _skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so the HAPI end-to-end tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def hapi_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[hapi.SandboxHandle]:
+    """A ready HAPI sandbox; started (and later stopped) here unless one is given or already up."""
+    given = os.environ.get("CARELOOP_SANDBOX_URL")
+    if given:
+        base = given.rstrip("/")
+        try:
+            hapi.wait_ready(base, deadline_s=START_DEADLINE_S)
+        except hapi.SandboxError as exc:
+            pytest.fail(f"CARELOOP_SANDBOX_URL={given} is not a ready FHIR server: {exc}")
+        yield hapi.SandboxHandle(base, None, Path(os.devnull), None, reused=True)
+        return
+
+    runtime = hapi.detect_runtime()
+    if runtime is None:
+        _skip_or_fail(
+            "no HAPI sandbox runtime: need Java 17+ with Maven ('mvn'), or a running Docker engine; "
+            "or set CARELOOP_SANDBOX_URL to a running server"
+        )
+    port = int(os.environ.get("CARELOOP_SANDBOX_PORT", hapi.DEFAULT_PORT))
+    workdir = tmp_path_factory.mktemp("hapi-sandbox")
+    try:
+        handle = hapi.start(port=port, workdir=workdir, runtime=runtime, deadline_s=START_DEADLINE_S)
+    except hapi.SandboxError as exc:
+        pytest.fail(f"could not start the HAPI sandbox ({runtime}): {exc}")
+    try:
+        yield handle
+    finally:
+        if not handle.reused:
+            hapi.stop(workdir)
+
+
+@pytest.fixture(scope="session")
+def hapi_base_url(hapi_sandbox: hapi.SandboxHandle) -> str:
+    """FHIR base URL of the ready sandbox, e.g. ``http://127.0.0.1:8090/fhir``."""
+    return hapi_sandbox.base_url
+
+
+@pytest.fixture(scope="session")
+def callback_hosts(hapi_sandbox: hapi.SandboxHandle) -> tuple[str, str]:
+    """(address our receivers bind to, host name HAPI should call back).
+
+    The Java sandbox shares our loopback. A HAPI container reaches the host through
+    ``host.docker.internal`` (compose maps it to the host gateway), so receivers then bind all
+    interfaces. ``CARELOOP_SANDBOX_CALLBACK_HOST`` overrides the callback host name.
+    """
+    override = os.environ.get("CARELOOP_SANDBOX_CALLBACK_HOST")
+    if override:
+        return ("127.0.0.1" if override in ("127.0.0.1", "localhost") else "0.0.0.0", override)
+    if hapi_sandbox.runtime == "docker":
+        return ("0.0.0.0", "host.docker.internal")
+    return ("127.0.0.1", "127.0.0.1")
