@@ -69,7 +69,8 @@ def _build(node: yaml.Node, interp: bool) -> Any:
         out = Positioned()
         out.line, out.col = node.start_mark.line + 1, node.start_mark.column + 1
         for k, v in node.value:
-            key = _build(k, interp)
+            # keys stay strings: YAML 1.1 would turn `on:` / `no:` into booleans
+            key = k.value if isinstance(k, yaml.ScalarNode) else _build(k, interp)
             out[key] = _build(v, interp)
             out.key_pos[str(key)] = (k.start_mark.line + 1, k.start_mark.column + 1)
         return out

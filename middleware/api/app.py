@@ -1,0 +1,34 @@
+"""``create_app(runtime)``: the FastAPI application (no work at import time)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI
+from sqlalchemy import text
+
+import importlib
+import pkgutil
+
+if TYPE_CHECKING:
+    from ..service import Runtime
+
+
+def create_app(runtime: "Runtime") -> FastAPI:
+    app = FastAPI(title="careloop", version="0.1.0", docs_url="/docs", redoc_url=None)
+    app.state.runtime = runtime
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        with runtime.engine.connect() as c:
+            c.execute(text("SELECT 1"))
+        return {"status": "ok", "ruleset_version": runtime.ruleset().version,
+                "mllp_port": runtime.mllp.port if runtime.mllp else None}
+
+    # every module of this package that defines `router` contributes its routes
+    package = importlib.import_module(__package__ or "middleware.api")
+    for mod in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"{package.__name__}.{mod.name}")
+        router = getattr(module, "router", None)
+        if router is not None:
+            app.include_router(router)
+    return app

@@ -1,0 +1,160 @@
+"""Operator API: messages, events, triggers, deliveries, replay, health."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Query, Request
+from sqlmodel import Session, col, select
+
+from ..delivery.worker import replay
+from ..storage.tables import DeliveryAttempt, DeliveryRow, EventRow, InboundMessage, TriggerRow
+from .deps import TokenDep
+
+router = APIRouter(dependencies=[TokenDep])
+
+
+def iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat() if ts else None
+
+
+def _engine(request: Request) -> Any:
+    return request.app.state.runtime.engine
+
+
+@router.get("/api/messages")
+def messages(request: Request, status: str | None = None, source: str | None = None, limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
+    with Session(_engine(request)) as s:
+        stmt = select(InboundMessage).order_by(col(InboundMessage.id).desc()).limit(limit)
+        if status:
+            stmt = stmt.where(InboundMessage.status == status)
+        if source:
+            stmt = stmt.where(InboundMessage.source == source)
+        if before_id:
+            stmt = stmt.where(col(InboundMessage.id) < before_id)
+        rows = s.exec(stmt).all()
+        return {"items": [
+            {"id": m.id, "source": m.source, "channel": m.channel, "received_at": iso(m.received_at),
+             "message_type": m.message_type, "control_id": m.control_id, "status": m.status, "error": m.error,
+             "processed_at": iso(m.processed_at), "size": len(m.raw or b""),
+             "meta": orjson.loads(m.meta) if m.meta else None}
+            for m in rows]}
+
+
+@router.get("/api/messages/{message_id}/raw")
+def message_raw(request: Request, message_id: int) -> dict[str, Any]:
+    with Session(_engine(request)) as s:
+        m = s.get(InboundMessage, message_id)
+        if m is None:
+            raise HTTPException(404, "no such message")
+        return {"id": m.id, "raw": (m.raw or b"").decode("latin-1"), "ack": (m.ack or b"").decode("latin-1") or None}
+
+
+@router.post("/api/messages/{message_id}/replay")
+def message_replay(request: Request, message_id: int) -> dict[str, Any]:
+    """Process a failed (or any) stored message again through the current rules."""
+    with Session(_engine(request)) as s:
+        m = s.get(InboundMessage, message_id)
+        if m is None:
+            raise HTTPException(404, "no such message")
+        m.status, m.error = "received", None
+        s.add(m)
+        s.commit()
+    request.app.state.runtime.wake_process.set()
+    return {"id": message_id, "status": "received"}
+
+
+def event_json(e: EventRow) -> dict[str, Any]:
+    return {"id": e.id, "type": e.type, "previous_status": e.previous_status, "status": e.status,
+            "resource_type": e.resource_type, "resource_key": e.resource_key, "patient_key": e.patient_key,
+            "resource": orjson.loads(e.resource), "source": e.source, "arrival": e.arrival,
+            "occurred_at": iso(e.occurred_at), "created_at": iso(e.created_at), "inbound_id": e.inbound_id}
+
+
+@router.get("/api/events")
+def events(request: Request, type: str | None = None, patient_key: str | None = None, arrival: str | None = None,
+           limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
+    with Session(_engine(request)) as s:
+        stmt = select(EventRow).order_by(col(EventRow.id).desc()).limit(limit)
+        if type:
+            stmt = stmt.where(EventRow.type == type)
+        if patient_key:
+            stmt = stmt.where(EventRow.patient_key == patient_key)
+        if arrival:
+            stmt = stmt.where(EventRow.arrival == arrival)
+        if before_id:
+            stmt = stmt.where(col(EventRow.id) < before_id)
+        return {"items": [event_json(e) for e in s.exec(stmt).all()]}
+
+
+def trigger_json(t: TriggerRow) -> dict[str, Any]:
+    return {"id": t.id, "rule_id": t.rule_id, "ruleset_version": t.ruleset_version, "name": t.name, "purpose": t.purpose,
+            "destinations": [d for d in t.destinations.split(",") if d], "patient_key": t.patient_key,
+            "resource_key": t.resource_key, "event_id": t.event_id, "status": t.status, "reason": t.reason,
+            "due_at": iso(t.due_at), "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
+            "fired_at": iso(t.fired_at), "payload": orjson.loads(t.payload),
+            "explain": orjson.loads(t.explain) if t.explain else []}
+
+
+@router.get("/api/triggers")
+def triggers(request: Request, status: str | None = None, rule_id: str | None = None, patient_key: str | None = None,
+             limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
+    with Session(_engine(request)) as s:
+        stmt = select(TriggerRow).order_by(col(TriggerRow.id).desc()).limit(limit)
+        if status:
+            stmt = stmt.where(TriggerRow.status == status)
+        if rule_id:
+            stmt = stmt.where(TriggerRow.rule_id == rule_id)
+        if patient_key:
+            stmt = stmt.where(TriggerRow.patient_key == patient_key)
+        if before_id:
+            stmt = stmt.where(col(TriggerRow.id) < before_id)
+        return {"items": [trigger_json(t) for t in s.exec(stmt).all()]}
+
+
+@router.get("/api/triggers/{trigger_id}")
+def trigger_one(request: Request, trigger_id: int) -> dict[str, Any]:
+    with Session(_engine(request)) as s:
+        t = s.get(TriggerRow, trigger_id)
+        if t is None:
+            raise HTTPException(404, "no such trigger")
+        return trigger_json(t)
+
+
+@router.get("/api/deliveries")
+def deliveries(request: Request, status: str | None = None, destination: str | None = None,
+               limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
+    with Session(_engine(request)) as s:
+        stmt = select(DeliveryRow).order_by(col(DeliveryRow.id).desc()).limit(limit)
+        if status:
+            stmt = stmt.where(DeliveryRow.status == status)
+        if destination:
+            stmt = stmt.where(DeliveryRow.destination == destination)
+        if before_id:
+            stmt = stmt.where(col(DeliveryRow.id) < before_id)
+        out = []
+        for d in s.exec(stmt).all():
+            attempts = s.exec(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == d.id).order_by(col(DeliveryAttempt.id))).all()
+            out.append({"id": d.id, "trigger_id": d.trigger_id, "destination": d.destination,
+                        "idempotency_key": d.idempotency_key, "status": d.status, "attempts": d.attempts,
+                        "next_attempt_at": iso(d.next_attempt_at), "last_error": d.last_error,
+                        "last_status_code": d.last_status_code, "delivered_at": iso(d.delivered_at),
+                        "history": [{"at": iso(a.at), "outcome": a.outcome, "status_code": a.status_code,
+                                     "error": a.error, "duration_ms": round(a.duration_ms, 2)} for a in attempts]})
+        return {"items": out}
+
+
+@router.post("/api/deliveries/replay")
+def deliveries_replay(request: Request, delivery_id: int | None = None, destination: str | None = None, status: str = "dead") -> dict[str, Any]:
+    n = replay(_engine(request), delivery_id=delivery_id, destination=destination, status=status)
+    request.app.state.runtime.wake_deliver.set()
+    return {"replayed": n}
+
+
+@router.post("/api/mappings/reload")
+def mappings_reload(request: Request) -> dict[str, Any]:
+    errors = request.app.state.runtime.reload()
+    if errors:
+        raise HTTPException(422, {"errors": [str(e) for e in errors], "running_version": request.app.state.runtime.ruleset().version})
+    return {"version": request.app.state.runtime.ruleset().version}

@@ -1,0 +1,95 @@
+"""``careloop explain``: what careloop would do with a message or resource, and why."""
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat() if ts else None
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ..pipeline.dryrun import DryRun
+    from ..rules.load import load_ruleset
+    from ..storage.tables import EventRow  # noqa: F401
+
+    rs, diags = load_ruleset(args.mappings)
+    if rs is None:
+        for d in diags:
+            print(d, file=sys.stderr)
+        return 1
+    now = datetime.fromisoformat(args.now) if args.now else datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    dry = DryRun(rs, now)
+    out_events: list[dict[str, Any]] = []
+    rc = 0
+    try:
+        for f in args.files:
+            step = dry.feed(Path(f).read_bytes(), Path(f).name)
+            if step.error:
+                rc = 1
+                if not args.json:
+                    print(f"{f}: error: {step.error}")
+                out_events.append({"input": f, "error": step.error, "type": None, "resource": None, "rules": []})
+                continue
+            for ev, decisions in step.result.decisions:
+                out_events.append({
+                    "input": f, "type": ev.type, "previous_status": ev.previous_status, "status": ev.status,
+                    "resource": ev.resource, "patient_key": ev.patient_key,
+                    "rules": [{"rule": d.rule_id, "fired": d.fired, "status": d.status, "reason": d.reason,
+                               "due_at": d.due_at.isoformat() if d.due_at else None, "trigger": d.trigger,
+                               "payload": d.payload if d.fired else None, "steps": d.steps} for d in decisions],
+                })
+            for e in step.result.events:
+                if not any(x.get("type") == e.type and x.get("input") == f for x in out_events):
+                    out_events.append({"input": f, "type": e.type, "previous_status": e.previous_status, "status": e.status,
+                                       "resource": orjson.loads(e.resource), "rules": []})
+            if step.result.note and not step.result.events and not args.json:
+                print(f"{f}: {step.result.note}")
+        fired = dry.fire_until(now + timedelta(days=args.horizon_days)) if args.horizon_days else []
+        timeline = [{"id": t.id, "rule": t.rule_id, "trigger": t.name, "status": t.status, "reason": t.reason,
+                     "due_at": _iso(t.due_at), "fired_at": _iso(t.fired_at)} for t in dry.triggers()]
+    finally:
+        dry.close()
+    if args.json:
+        sys.stdout.write(orjson.dumps({"ruleset_version": rs.version, "now": now.isoformat(), "events": out_events,
+                                       "timeline": timeline}, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return rc
+    for ev in out_events:
+        if not ev.get("type"):
+            continue
+        print(f"\n== {ev['input']}: event {ev['type']} (previous status: {ev.get('previous_status')})")
+        res = ev["resource"] or {}
+        print(f"   resource {res.get('resourceType')}/{res.get('id')} status={res.get('status')}")
+        if args.resources:
+            print("   " + orjson.dumps(res, option=orjson.OPT_INDENT_2).decode().replace("\n", "\n   "))
+        if not ev["rules"]:
+            print("   no rule listens to this event")
+        for r in ev["rules"]:
+            mark = {"pending": "FIRES", "skipped": "SKIPPED", "suppressed": "SUPPRESSED"}.get(r["status"] or "", "no")
+            print(f"   [{mark}] {r['rule']}: {r['reason']}")
+            for s in r["steps"]:
+                print(f"          - {s}")
+    if timeline:
+        print("\n== timeline")
+        for t in timeline:
+            print(f"   #{t['id']} {t['rule']} -> {t['trigger']}: {t['status']} (due {t['due_at']}) {t['reason'] or ''}")
+    return rc
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("explain", help="dry run: FHIR resources, events and each rule's decision for input files")
+    p.add_argument("files", nargs="+", help="HL7v2 (.hl7) or FHIR JSON files, applied in order as one journey")
+    p.add_argument("--json", action="store_true", help="print one JSON object with a list `events`")
+    p.add_argument("--mappings", type=Path, default=Path("mappings"))
+    p.add_argument("--now", help="simulated clock (ISO 8601), default: now")
+    p.add_argument("--horizon-days", type=float, default=0, help="also fire triggers due within this many days")
+    p.add_argument("--resources", action="store_true", help="print the full FHIR resources")
+    p.set_defaults(func=cmd_explain)

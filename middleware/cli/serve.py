@@ -1,0 +1,72 @@
+"""``careloop serve``: HTTP API, MLLP listener and workers in one process."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import socket
+import sys
+from pathlib import Path
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--database-url", help="SQLite (default) or postgresql:// URL [CARELOOP_DATABASE_URL]")
+    p.add_argument("--mappings", type=Path, dest="mappings_dir", help="mappings directory [CARELOOP_MAPPINGS_DIR]")
+
+
+def settings_from(args: argparse.Namespace, **more: object):  # type: ignore[no-untyped-def]
+    from ..settings import get_settings
+
+    keys = ("database_url", "mappings_dir", "http_host", "http_port", "mllp_host", "mllp_port", "api_token")
+    return get_settings(**{k: getattr(args, k, None) for k in keys}, **more)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .. import logsafe
+    from ..service import ConfigError, Runtime
+
+    settings = settings_from(args, run_worker=False if args.no_worker else None)
+    from .sink import webhook_secret
+
+    os.environ.setdefault("CARELOOP_WEBHOOK_SECRET", webhook_secret())
+    logsafe.configure(settings.log_level)
+    if not settings.api_token and not (_is_loopback(settings.http_host) and _is_loopback(settings.mllp_host)):
+        print("careloop: refusing to listen beyond loopback without an API token; set CARELOOP_API_TOKEN or --api-token", file=sys.stderr)
+        return 2
+    try:
+        rt = Runtime(settings)
+    except ConfigError as exc:
+        for d in exc.diagnostics:
+            print(d, file=sys.stderr)
+        print(f"careloop: {len(exc.diagnostics)} error(s) in {settings.mappings_dir}; not starting", file=sys.stderr)
+        return 1
+    print(f"careloop serving: http://{settings.http_host}:{settings.http_port}  mllp://{settings.mllp_host}:{settings.mllp_port}  "
+          f"db={settings.database_url.split('@')[-1]}  mappings={settings.mappings_dir} (version {rt.ruleset().version})", flush=True)
+    try:
+        asyncio.run(rt.serve())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run the HTTP API, the MLLP listener and the workers")
+    p.add_argument("--http-host")
+    p.add_argument("--http-port", type=int)
+    p.add_argument("--mllp-host")
+    p.add_argument("--mllp-port", type=int)
+    p.add_argument("--api-token", help="bearer token required on /api and /hl7v2 [CARELOOP_API_TOKEN]")
+    p.add_argument("--no-worker", action="store_true", help="ingest only; run `careloop worker` elsewhere")
+    add_common(p)
+    p.set_defaults(func=cmd_serve)

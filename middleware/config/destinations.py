@@ -1,0 +1,87 @@
+"""Destinations (``mappings/destinations.yaml``): connector type, its config, the BAA
+flag and the minimum-necessary policy. Credentials appear only as env var names."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .yamlpos import DiagnosticSink, YamlError, load_positioned, pydantic_errors_to_diagnostics
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Policy(_Strict):
+    """What may leave for this destination. Deny by default: only ``allow`` fields go out."""
+
+    mode: Literal["fields", "thin"] = "fields"
+    allow: list[str] = Field(default_factory=list, description="payload field paths allowed (dotted for nested)")
+    identifiers: Literal["pseudonymous", "mrn"] = "pseudonymous"
+    purposes: list[str] = Field(
+        default_factory=lambda: ["treatment-reminder", "care-coordination", "marketing"]
+    )
+
+
+class Destination(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    type: str
+    baa: bool = Field(description="a business associate agreement covers this destination")
+    enabled: bool = True
+    policy: Policy = Field(default_factory=Policy)
+    config: dict[str, Any] = Field(default_factory=dict)
+    max_attempts: int = 12
+    backoff_base_s: float = 30.0
+    backoff_max_s: float = 6 * 3600.0
+
+
+class DestinationsFile(_Strict):
+    destinations: list[Destination] = Field(default_factory=list)
+
+
+def load_destinations(mappings_dir: Path) -> tuple[list[Destination], list, Any]:
+    """Return (destinations, diagnostics, raw positioned YAML)."""
+    path = mappings_dir / "destinations.yaml"
+    if not path.exists():
+        return [], [], None
+    sink = DiagnosticSink(str(path))
+    try:
+        raw = load_positioned(path)
+    except YamlError as exc:
+        return [], [exc.diagnostic], None
+    try:
+        parsed = DestinationsFile.model_validate(raw or {})
+    except Exception as exc:
+        exc._careloop_model = DestinationsFile  # type: ignore[attr-defined]
+        pydantic_errors_to_diagnostics(sink, raw, exc)
+        return [], sink.items, raw
+    # connector-specific config validated against the connector's model
+    try:
+        from ..delivery.registry import connector_types
+
+        types = connector_types()
+    except Exception:  # connectors not importable: report below per destination
+        types = {}
+    seen: set[str] = set()
+    for i, d in enumerate(parsed.destinations):
+        node = raw["destinations"][i]
+        if d.name in seen:
+            sink.error(node, "name", "duplicate-destination", f"destination '{d.name}' is defined twice")
+        seen.add(d.name)
+        cls = types.get(d.type)
+        if cls is None:
+            import difflib
+
+            hint = difflib.get_close_matches(d.type, list(types), n=1)
+            sink.error(node, "type", "unknown-connector", f"unknown destination type '{d.type}'" + (f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(sorted(types))}"))
+            continue
+        try:
+            cls.Config.model_validate(d.config)
+        except Exception as exc:
+            exc._careloop_model = cls.Config  # type: ignore[attr-defined]
+            sub = DiagnosticSink(str(path))
+            pydantic_errors_to_diagnostics(sub, node.get("config", node), exc)
+            sink.items.extend(sub.items)
+    return list(parsed.destinations), sink.items, raw

@@ -1,0 +1,92 @@
+"""Decide and record one inbound HL7v2 message: the part shared by MLLP and HTTP.
+
+Flow: peek (decode, MSH) -> choose the source -> decide accept / ignore / error / reject
+-> build the ACK -> store durably (group commit) -> return the ACK bytes. Every input
+is stored, including rejected and erroneous ones (status ``rejected`` / ``failed``).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from ..config.sources import Source, Sources
+from ..normalize.hl7_peek import Hl7Problem, Peek, peek
+from ..storage.inbox import InboundRecord, InboxWriter
+from .hl7_ack import build_ack, wants_ack
+
+log = logging.getLogger("careloop.ingest")
+
+
+@dataclass
+class IngestAnswer:
+    ack: bytes | None  # None: enhanced mode asked for no accept ACK
+    kind: str  # accept | error | reject
+    status: str  # stored status
+    duplicate: bool = False
+
+
+def decide(p: Peek, source: Source) -> tuple[str, str, list[Hl7Problem]]:
+    """Return (kind, stored status, problems) for a peeked message (pure)."""
+    errors = [x for x in p.problems if x.severity == "E"]
+    warnings = [x for x in p.problems if x.severity != "E"]
+    if errors:
+        return "error", "failed", errors + warnings
+    h = source.hl7
+    if h.processing_ids and p.processing_id and p.processing_id not in h.processing_ids:
+        return "reject", "rejected", [Hl7Problem("202", f"processing id '{p.processing_id}' is not accepted", "MSH", 1, 11)]
+    if h.versions and p.version not in h.versions:
+        return "reject", "rejected", [Hl7Problem("203", f"HL7 version '{p.version}' is not accepted", "MSH", 1, 12)]
+    if p.message_type not in h.accept and p.message_type.split("^")[0] not in h.accept:
+        # stored and acknowledged, but not processed: answering AR would stall the sender's queue
+        return "accept", "ignored", warnings
+    return "accept", "received", warnings
+
+
+def encode_ack(text: str, p: Peek) -> bytes:
+    codec = p.codec or "utf-8"
+    try:
+        return text.encode(codec)
+    except (UnicodeEncodeError, LookupError):
+        return text.encode("utf-8", errors="replace")
+
+
+async def ingest_hl7(
+    raw: bytes,
+    *,
+    channel: str,
+    port: int | None,
+    sources: Sources,
+    writer: InboxWriter,
+) -> IngestAnswer:
+    """Store one message durably and return the ACK to send (after the commit)."""
+    first = peek(raw, "cp1252")
+    source = sources.for_hl7(port, first.sending_app or None, first.sending_facility or None)
+    p = first if source.hl7.charset_fallback == "cp1252" else peek(raw, source.hl7.charset_fallback)
+    kind, status, problems = decide(p, source)
+    ack_text = build_ack(p, kind, problems)
+    ack = encode_ack(ack_text, p)
+    digest = hashlib.sha256(raw).hexdigest()
+    dedup = f"{p.sending_app}|{p.sending_facility}|{p.control_id}" if p.control_id else None
+    error = "; ".join(f"{x.code} {x.text}" for x in problems if x.severity == "E") or None
+    rec = InboundRecord(
+        source=source.name,
+        channel=channel,
+        raw=raw,
+        sha256=digest,
+        status=status,
+        dedup_key=dedup,
+        control_id=p.control_id or None,
+        message_type=p.message_type or None,
+        error=error,
+        ack=ack,
+    )
+    res = await writer.store(rec)
+    if not res.stored:
+        log.warning("store failed", extra={"action": "ingest.store_failed", "source": source.name})
+        reject = [Hl7Problem("207", "message could not be stored; resend", "MSH", 1)]
+        return IngestAnswer(encode_ack(build_ack(p, "reject", reject), p), "reject", "not-stored")
+    if res.duplicate:
+        log.info("duplicate", extra={"action": "ingest.duplicate", "source": source.name})
+        return IngestAnswer(res.previous_ack or ack, kind, "duplicate", duplicate=True)
+    return IngestAnswer(ack if wants_ack(p, kind) else None, kind, status)

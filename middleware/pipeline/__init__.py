@@ -1,0 +1,1 @@
+"""Orchestration: stored inbound -> normalized resources -> events -> triggers (one transaction)."""

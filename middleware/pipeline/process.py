@@ -1,0 +1,134 @@
+"""The processing worker: stored inbound messages, oldest first, each in its own
+savepoint inside a batch transaction; a failure marks that message ``failed`` with
+the reason (kept for inspection and replay) and never blocks the rest."""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from typing import Callable, Protocol
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from ..model import ResourceChange
+from ..normalize.hl7_peek import decode
+from ..rules.load import RuleSet
+from ..storage.db import is_sqlite
+from ..storage.tables import InboundMessage
+from .changes import ChangeResult, apply_change, merge_patients, upsert_patient
+
+log = logging.getLogger("careloop.process")
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Handler(Protocol):
+    def __call__(self, session: Session, msg: InboundMessage, rs: RuleSet, now: datetime) -> ChangeResult: ...
+
+
+def handle_hl7(session: Session, msg: InboundMessage, rs: RuleSet, now: datetime) -> ChangeResult:
+    """Normalize one stored HL7v2 message and apply its changes."""
+    from ..normalize.hl7v2 import normalize_hl7
+
+    source = rs.sources.get(msg.source) or rs.sources.by_name["default"]
+    text, _codec, _problems = decode(bytes(msg.raw), source.hl7.charset_fallback)
+    norm = normalize_hl7(text, source)
+    total = ChangeResult()
+    occurred = norm.occurred_at.timestamp()
+    if norm.patient is not None and norm.patient_key:
+        upsert_patient(session, norm.patient_key, norm.patient, occurred, now.timestamp())
+    if norm.merge is not None:
+        merge_patients(session, norm.merge.surviving_key, norm.merge.retired_key, now)
+    keep = getattr(norm, "keep_status", frozenset())
+    for res in norm.resources:
+        change = ResourceChange(
+            resource=res, previous=None, patient_key=norm.patient_key, source=source.name,
+            arrival="message", occurred_at=norm.occurred_at,
+        )
+        r = apply_change(session, change, rs, now=now, inbound_id=msg.id, keep_status=res.get("id") in keep,
+                         source_zone=source.hl7.timezone)
+        total.events += r.events
+        total.decisions += r.decisions
+        total.triggers += r.triggers
+        total.cancelled += r.cancelled
+        total.due_now = total.due_now or r.due_now
+        if r.note and not total.note:
+            total.note = r.note
+    return total
+
+
+class Processor:
+    """Drains ``received`` inbound rows. Thread-safe to call from one worker thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        ruleset: Callable[[], RuleSet],
+        *,
+        clock: Clock = utcnow,
+        handlers: dict[str, Handler] | None = None,
+        on_due: Callable[[], None] | None = None,
+        batch: int = 100,
+    ) -> None:
+        self.engine = engine
+        self.ruleset = ruleset
+        self.clock = clock
+        self.handlers: dict[str, Handler] = {"mllp": handle_hl7, "http": handle_hl7}
+        if handlers:
+            self.handlers.update(handlers)
+        self.on_due = on_due
+        self.batch = batch
+        self.processed = 0
+        self.failed = 0
+
+    def run_once(self) -> int:
+        """Process up to ``batch`` messages; return how many were handled."""
+        rs = self.ruleset()
+        with Session(self.engine, expire_on_commit=False) as session:
+            stmt = select(InboundMessage).where(InboundMessage.status == "received").order_by(InboundMessage.id).limit(self.batch)  # type: ignore[arg-type]
+            if not is_sqlite(self.engine):
+                stmt = stmt.with_for_update(skip_locked=True)
+            rows = list(session.exec(stmt))
+            if not rows:
+                return 0
+            due = False
+            for msg in rows:
+                now = self.clock()
+                handler = self.handlers.get(msg.channel)
+                sp = session.begin_nested()
+                try:
+                    if handler is None:
+                        raise ValueError(f"no handler for channel {msg.channel}")
+                    result = handler(session, msg, rs, now)
+                    sp.commit()
+                    msg.status = "processed"
+                    msg.error = result.note if result.note and not result.events else None
+                    due = due or result.due_now
+                    self.processed += 1
+                except Exception as exc:
+                    sp.rollback()
+                    msg.status = "failed"
+                    msg.error = f"{type(exc).__name__}: {exc}"[:2000]
+                    self.failed += 1
+                    log.warning("processing failed", extra={"action": "process.failed", "inbound_id": msg.id, "error_type": type(exc).__name__})
+                msg.attempts += 1
+                msg.processed_at = time.time()
+                session.add(msg)
+            session.commit()
+        if due and self.on_due:
+            self.on_due()
+        return len(rows)
+
+    def drain(self, max_rounds: int = 10_000) -> int:
+        total = 0
+        for _ in range(max_rounds):
+            n = self.run_once()
+            total += n
+            if n == 0:
+                break
+        return total

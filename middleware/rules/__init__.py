@@ -1,0 +1,1 @@
+"""The rule language: spec (pydantic, JSON Schema), loading with positions, evaluation."""

@@ -1,0 +1,108 @@
+"""FHIRPath for rules: syntax checking with positions, compilation, ``memberOf``.
+
+fhirpathpy's own ``parse`` recovers silently from syntax errors, so expressions are
+checked first with the same ANTLR grammar and an error listener that collects them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import fhirpathpy
+from antlr4 import CommonTokenStream, InputStream, Token
+from antlr4.error.ErrorListener import ErrorListener
+from fhirpathpy.models import models
+from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
+from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
+
+R4 = models["r4"]
+
+
+@dataclass(frozen=True)
+class SyntaxProblem:
+    column: int  # 1-based, within the expression
+    message: str
+
+
+class _Collect(ErrorListener):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.problems: list[SyntaxProblem] = []
+
+    def syntaxError(self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str, e: Any) -> None:
+        self.problems.append(SyntaxProblem(column + 1, msg))
+
+
+def check_syntax(expr: str) -> list[SyntaxProblem]:
+    """Return syntax problems of a FHIRPath expression (empty when it parses whole)."""
+    listener = _Collect()
+    lexer = FHIRPathLexer(InputStream(expr))
+    lexer.removeErrorListeners()
+    lexer.addErrorListener(listener)
+    stream = CommonTokenStream(lexer)
+    parser = FHIRPathParser(stream)
+    parser.removeErrorListeners()
+    parser.addErrorListener(listener)
+    try:
+        parser.expression()
+    except Exception as exc:  # lexer errors raise
+        listener.problems.append(SyntaxProblem(1, str(exc) or type(exc).__name__))
+    if not listener.problems:
+        tok = stream.LT(1)
+        if tok is not None and tok.type != Token.EOF:
+            listener.problems.append(SyntaxProblem(tok.column + 1, f"unexpected '{tok.text}' after the expression"))
+    return listener.problems
+
+
+class ValueSets:
+    """Code lists by name: ``{"name": {"system|code", "|code"}}`` for ``memberOf('name')``."""
+
+    def __init__(self, sets: dict[str, set[str]] | None = None) -> None:
+        self.sets = sets or {}
+
+    def member(self, coding: Any, name: str) -> bool:
+        codes = self.sets.get(name)
+        if codes is None:
+            return False
+        items = coding if isinstance(coding, list) else [coding]
+        for it in items:
+            if isinstance(it, dict):
+                if "coding" in it:
+                    if self.member(it["coding"], name):
+                        return True
+                    continue
+                sys_, code = it.get("system", ""), it.get("code", "")
+                if f"{sys_}|{code}" in codes or f"|{code}" in codes or code in codes:
+                    return True
+            elif isinstance(it, str) and (it in codes or f"|{it}" in codes):
+                return True
+        return False
+
+
+Compiled = Callable[[Any, dict[str, Any]], list[Any]]
+
+
+def compile_expr(expr: str, valuesets: ValueSets | None = None) -> Compiled:
+    """Compile an expression (check it with :func:`check_syntax` first)."""
+    vs = valuesets or ValueSets()
+
+    def member_of(inputs: list[Any], name: str) -> list[bool]:
+        return [any(vs.member(i, name) for i in inputs)] if inputs else []
+
+    table = {"memberOf": {"fn": member_of, "arity": {1: ["String"]}}}
+    return fhirpathpy.compile(expr, R4, options={"userInvocationTable": table})
+
+
+def truthy(result: list[Any]) -> bool:
+    """FHIRPath boolean evaluation of a collection: empty -> false; single boolean -> it."""
+    if not result:
+        return False
+    if len(result) == 1 and isinstance(result[0], bool):
+        return result[0]
+    return True
+
+
+def first_value(result: list[Any]) -> Any:
+    if not result:
+        return None
+    v = result[0]
+    return getattr(v, "data", v) if not isinstance(v, (str, int, float, bool, dict, list)) else v

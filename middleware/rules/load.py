@@ -1,0 +1,249 @@
+"""Load a mappings directory into a validated, compiled :class:`RuleSet`.
+
+Every problem is a positioned :class:`Diagnostic` (file:line:col); nothing half-valid
+is ever returned: callers get ``(None, diagnostics)`` when any error was found.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..config.destinations import Destination, load_destinations
+from ..config.sources import Sources, load_sources
+from ..config.yamlpos import Diagnostic, DiagnosticSink, YamlError, load_positioned, position_of, pydantic_errors_to_diagnostics
+from ..normalize.catalogue import ACTIVITY_STATUSES, EVENT_TYPES, STATUSES
+from .fhirpath import Compiled, ValueSets, check_syntax, compile_expr
+from .spec import Rule, RuleFileSpec, Settings
+
+_MEMBER_OF = re.compile(r"memberOf\(\s*'([^']+)'\s*\)")
+
+
+@dataclass
+class CompiledRule:
+    rule: Rule
+    path: str
+    line: int
+    where: Compiled | None = None
+    at: Compiled | None = None
+    not_after: Compiled | None = None
+    dedup_key: Compiled | None = None
+    unless_where: list[Compiled | None] = field(default_factory=list)
+    wait_where: Compiled | None = None
+    payload: dict[str, Compiled | str] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.rule.id
+
+
+@dataclass
+class RuleSet:
+    version: str
+    rules: list[CompiledRule]
+    settings: Settings
+    destinations: dict[str, Destination]
+    sources: Sources
+    valuesets: ValueSets
+    directory: Path
+    by_event: dict[str, list[CompiledRule]] = field(default_factory=dict)
+    cancellers: dict[str, list[tuple[CompiledRule, int]]] = field(default_factory=dict)
+
+    def rule(self, rule_id: str) -> CompiledRule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
+
+
+def rule_files(directory: Path) -> list[Path]:
+    rdir = directory / "rules"
+    files = sorted(rdir.glob("*.yaml")) if rdir.is_dir() else []
+    return [p for p in files if not p.name.endswith("_test.yaml")]
+
+
+def _load_valuesets(directory: Path, diags: list[Diagnostic]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    vdir = directory / "valuesets"
+    if not vdir.is_dir():
+        return out
+    for p in sorted(vdir.glob("*.yaml")):
+        sink = DiagnosticSink(str(p))
+        try:
+            raw = load_positioned(p)
+        except YamlError as exc:
+            diags.append(exc.diagnostic)
+            continue
+        if not isinstance(raw, dict) or "valueset" not in raw or "codes" not in raw:
+            sink.error(raw, None, "invalid-valueset", "a value set file needs 'valueset' (name) and 'codes' (list of {system, code})")
+            diags.extend(sink.items)
+            continue
+        codes: set[str] = set()
+        for i, c in enumerate(raw.get("codes") or []):
+            if isinstance(c, dict) and c.get("code"):
+                codes.add(f"{c.get('system', '')}|{c['code']}")
+            elif isinstance(c, str):
+                codes.add(c if "|" in c else f"|{c}")
+            else:
+                sink.error(raw["codes"], i, "invalid-code", "each code needs 'code' (and usually 'system')")
+        out[str(raw["valueset"])] = codes
+        diags.extend(sink.items)
+    return out
+
+
+def _check_expr(sink: DiagnosticSink, node: Any, key: str | int, expr: str | None, vs_names: set[str], what: str) -> bool:
+    if expr is None:
+        return True
+    ok = True
+    for prob in check_syntax(expr):
+        line, col = position_of(node, key)
+        sink.items.append(Diagnostic(sink.path, line, col, "error", "fhirpath", f"{what}: FHIRPath does not compile at column {prob.column}: {prob.message}"))
+        ok = False
+    for name in _MEMBER_OF.findall(expr):
+        if name not in vs_names:
+            hint = difflib.get_close_matches(name, list(vs_names), n=1)
+            sink.error(node, key, "unknown-valueset", f"{what}: unknown value set '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            ok = False
+    return ok
+
+
+def _check_events(sink: DiagnosticSink, node: Any, key: str, events: list[str]) -> None:
+    seq = node.get(key) if isinstance(node, dict) else None
+    for i, ev in enumerate(events):
+        if ev not in EVENT_TYPES:
+            hint = difflib.get_close_matches(ev, sorted(EVENT_TYPES), n=1)
+            where, k = (seq, i) if isinstance(seq, list) else (node, key)
+            sink.error(where, k, "unknown-event", f"unknown event type '{ev}'" + (f" (did you mean '{hint[0]}'?)" if hint else " (see `careloop events`)"))
+
+
+def load_settings(directory: Path, diags: list[Diagnostic]) -> Settings:
+    path = directory / "settings.yaml"
+    if not path.exists():
+        return Settings()
+    sink = DiagnosticSink(str(path))
+    try:
+        raw = load_positioned(path)
+        return Settings.model_validate(raw or {})
+    except YamlError as exc:
+        diags.append(exc.diagnostic)
+    except ValidationError as exc:
+        exc._careloop_model = Settings  # type: ignore[attr-defined]
+        pydantic_errors_to_diagnostics(sink, raw, exc)
+        diags.extend(sink.items)
+    return Settings()
+
+
+def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
+    """Validate and compile everything under ``directory``; errors make the result None."""
+    directory = Path(directory)
+    diags: list[Diagnostic] = []
+    if not directory.is_dir():
+        return None, [Diagnostic(str(directory), 1, 1, "error", "missing", "mappings directory does not exist")]
+    sources, sdiags = load_sources(directory)
+    diags += sdiags
+    dests, ddiags, _ = load_destinations(directory)
+    diags += ddiags
+    dest_by_name = {d.name: d for d in dests}
+    settings = load_settings(directory, diags)
+    vs = _load_valuesets(directory, diags)
+    digest = hashlib.sha256()
+    compiled: list[CompiledRule] = []
+    seen_ids: dict[str, str] = {}
+    files = rule_files(directory)
+    for extra in ("sources.yaml", "destinations.yaml", "settings.yaml"):
+        if (directory / extra).exists():
+            digest.update((directory / extra).read_bytes())
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        sink = DiagnosticSink(str(path))
+        try:
+            raw = load_positioned(path)
+        except YamlError as exc:
+            diags.append(exc.diagnostic)
+            continue
+        try:
+            spec = RuleFileSpec.model_validate(raw or {})
+        except ValidationError as exc:
+            exc._careloop_model = RuleFileSpec  # type: ignore[attr-defined]
+            pydantic_errors_to_diagnostics(sink, raw, exc)
+            diags += sink.items
+            continue
+        file_vs = {k: {c if "|" in c else f"|{c}" for c in v} for k, v in spec.valuesets.items()}
+        vs.update(file_vs)
+        names = set(vs)
+        for i, rule in enumerate(spec.rules):
+            node = raw["rules"][i]
+            line, _ = position_of(raw["rules"], i)
+            if rule.id in seen_ids:
+                sink.error(node, "id", "duplicate-rule", f"rule id '{rule.id}' is already used in {seen_ids[rule.id]}")
+            seen_ids[rule.id] = f"{path}:{line}"
+            _check_events(sink, node, "on", rule.on)
+            types = {e.split(".")[0] for e in rule.on}
+            for key, sts in (("from", rule.from_), ("to", rule.to)):
+                allowed = {s for t in types for s in STATUSES.get(t, ())} | set(ACTIVITY_STATUSES)
+                for s in sts or []:
+                    if s not in allowed:
+                        hint = difflib.get_close_matches(s, sorted(allowed), n=1)
+                        sink.error(node, key, "unknown-status", f"'{s}' is not a status of {', '.join(sorted(types))}" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            for j, u in enumerate(rule.unless):
+                _check_events(sink, node["unless"][j], "on", u.on)
+                _check_expr(sink, node["unless"][j], "where", u.where, names, "unless.where")
+            if rule.wait_for:
+                _check_events(sink, node["wait_for"], "events", rule.wait_for.events)
+                _check_expr(sink, node["wait_for"], "where", rule.wait_for.where, names, "wait_for.where")
+            _check_expr(sink, node, "where", rule.where, names, "where")
+            wnode = node.get("when", node)
+            _check_expr(sink, wnode, "at", rule.when.at, names, "when.at")
+            _check_expr(sink, wnode, "not_after", rule.when.not_after, names, "when.not_after")
+            if rule.dedup:
+                _check_expr(sink, node["dedup"], "key", rule.dedup.key, names, "dedup.key")
+            enode = node["emit"]
+            for k, expr in rule.emit.payload.items():
+                _check_expr(sink, enode["payload"], k, expr, names, f"payload.{k}")
+            for j, dname in enumerate(rule.emit.destinations):
+                d = dest_by_name.get(dname)
+                where, key = (enode["destinations"], j)
+                if d is None:
+                    hint = difflib.get_close_matches(dname, list(dest_by_name), n=1)
+                    sink.error(where, key, "unknown-destination", f"unknown destination '{dname}'" + (f" (did you mean '{hint[0]}'?)" if hint else f"; defined: {', '.join(sorted(dest_by_name)) or 'none'}"))
+                elif not d.baa:
+                    sink.error(where, key, "no-baa", f"rule '{rule.id}' sends patient-level triggers to '{dname}', which has no business associate agreement (baa: false); HIPAA forbids it, hashed identifiers included")
+                elif rule.purpose not in d.policy.purposes:
+                    sink.error(where, key, "purpose-not-allowed", f"destination '{dname}' does not accept purpose '{rule.purpose}'")
+            if sink.has_errors:
+                continue
+            cr = CompiledRule(rule=rule, path=str(path), line=line)
+            valuesets = ValueSets(vs)
+            cr.where = compile_expr(rule.where, valuesets) if rule.where else None
+            cr.at = compile_expr(rule.when.at, valuesets) if rule.when.at else None
+            cr.not_after = compile_expr(rule.when.not_after, valuesets) if rule.when.not_after else None
+            cr.dedup_key = compile_expr(rule.dedup.key, valuesets) if rule.dedup else None
+            cr.unless_where = [compile_expr(u.where, valuesets) if u.where else None for u in rule.unless]
+            cr.wait_where = compile_expr(rule.wait_for.where, valuesets) if rule.wait_for and rule.wait_for.where else None
+            for k, expr in rule.emit.payload.items():
+                cr.payload[k] = compile_expr(expr, valuesets)
+            compiled.append(cr)
+        diags += sink.items
+    if any(d.level == "error" for d in diags):
+        return None, diags
+    rs = RuleSet(
+        version=digest.hexdigest()[:12],
+        rules=[c for c in compiled if c.rule.enabled],
+        settings=settings,
+        destinations=dest_by_name,
+        sources=sources,
+        valuesets=ValueSets(vs),
+        directory=directory,
+    )
+    for cr in rs.rules:
+        for ev in cr.rule.on:
+            rs.by_event.setdefault(ev, []).append(cr)
+        for j, u in enumerate(cr.rule.unless):
+            for ev in u.on:
+                rs.cancellers.setdefault(ev, []).append((cr, j))
+        if cr.rule.wait_for:
+            for ev in cr.rule.wait_for.events:
+                rs.cancellers.setdefault(ev, []).append((cr, -1))
+    return rs, diags

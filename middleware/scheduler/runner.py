@@ -1,0 +1,127 @@
+"""Fire due triggers: caps, authorization and opt-out checks, then one delivery row per
+destination, in the same transaction that marks the trigger fired. Works in bounded
+batches (never loads all pending triggers); on PostgreSQL rows are claimed with
+``FOR UPDATE SKIP LOCKED`` so several workers share the work without firing twice."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from datetime import datetime, timezone
+from typing import Callable
+
+from sqlalchemy import func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from ..rules.load import RuleSet
+from ..storage.db import is_sqlite
+from ..storage.tables import Authorization, DeliveryRow, Suppression, TriggerRow
+
+log = logging.getLogger("careloop.scheduler")
+
+DAY = 86400.0
+WEEK = 7 * DAY
+
+
+def idempotency_key(t: TriggerRow, destination: str) -> str:
+    """Stable across retries, restarts and replays: patient, trigger, resource, version, destination."""
+    raw = f"{t.patient_key}|{t.name}|{t.resource_key}|{t.resource_version}|{t.rule_id}|{destination}"
+    return "cl_" + hashlib.sha256(raw.encode()).hexdigest()[:40]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        ruleset: Callable[[], RuleSet],
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        batch: int = 500,
+        on_deliveries: Callable[[], None] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.ruleset = ruleset
+        self.clock = clock
+        self.batch = batch
+        self.on_deliveries = on_deliveries
+        self.fired = 0
+
+    def next_due(self) -> float | None:
+        with Session(self.engine) as s:
+            return s.exec(select(func.min(TriggerRow.due_at)).where(TriggerRow.status == "pending")).first()
+
+    def fire_due(self) -> int:
+        """Fire up to ``batch`` due triggers; return how many were handled."""
+        rs = self.ruleset()
+        now = self.clock().timestamp()
+        created = 0
+        with Session(self.engine, expire_on_commit=False) as s:
+            stmt = (
+                select(TriggerRow)
+                .where(TriggerRow.status == "pending", TriggerRow.due_at <= now)
+                .order_by(TriggerRow.due_at)  # type: ignore[arg-type]
+                .limit(self.batch)
+            )
+            if not is_sqlite(self.engine):
+                stmt = stmt.with_for_update(skip_locked=True)
+            rows = list(s.exec(stmt))
+            for t in rows:
+                verdict = self._check(s, t, rs, now)
+                t.updated_at = now
+                if verdict:
+                    t.status, t.reason = "suppressed", verdict
+                    s.add(t)
+                    continue
+                t.status, t.fired_at = "fired", now
+                s.add(t)
+                for dest in [d for d in t.destinations.split(",") if d]:
+                    s.add(
+                        DeliveryRow(
+                            trigger_id=t.id or 0, destination=dest, idempotency_key=idempotency_key(t, dest),
+                            status="pending", next_attempt_at=now, created_at=now, updated_at=now,
+                        )
+                    )
+                    created += 1
+                self.fired += 1
+            s.commit()
+        if created and self.on_deliveries:
+            self.on_deliveries()
+        return len(rows)
+
+    def _check(self, s: Session, t: TriggerRow, rs: RuleSet, now: float) -> str | None:
+        """Reason to suppress at fire time, or None."""
+        pk = t.patient_key
+        if not pk:
+            return None
+        opt_out = s.exec(
+            select(Suppression.reason).where(
+                Suppression.patient_key == pk, Suppression.revoked_at.is_(None),  # type: ignore[union-attr]
+                Suppression.destination.is_(None),  # type: ignore[union-attr]
+            ).where((Suppression.purpose.is_(None)) | (Suppression.purpose == t.purpose))  # type: ignore[union-attr]
+        ).first()
+        if opt_out is not None:
+            return f"patient opted out: {opt_out}"
+        if t.purpose == "marketing":
+            auth = s.exec(
+                select(Authorization.id).where(
+                    Authorization.patient_key == pk, Authorization.purpose == "marketing",
+                    Authorization.revoked_at.is_(None),  # type: ignore[union-attr]
+                )
+            ).first()
+            if auth is None:
+                return "marketing requires a recorded authorization (prior express written consent) for this patient"
+        caps = rs.settings.treatment_caps if t.purpose == "treatment-reminder" else rs.settings.caps
+        kind_filter = (TriggerRow.purpose == "treatment-reminder") if t.purpose == "treatment-reminder" else (TriggerRow.message_kind == t.message_kind)
+        for limit, window, label in ((caps.per_day, DAY, "day"), (caps.per_week, WEEK, "week")):
+            if limit is None:
+                continue
+            n = s.exec(
+                select(func.count()).select_from(TriggerRow).where(
+                    TriggerRow.patient_key == pk, TriggerRow.status == "fired", kind_filter,
+                    TriggerRow.fired_at >= now - window,  # type: ignore[operator]
+                )
+            ).one()
+            if n >= limit:
+                what = "treatment messages" if t.purpose == "treatment-reminder" else f"'{t.message_kind}' messages"
+                return f"cap reached: {n} {what} to this patient in the last {label} (limit {limit})"
+        return None

@@ -1,0 +1,168 @@
+"""The running service: one process with the HTTP API, the MLLP listener and the
+workers (processing, scheduler, delivery), sharing one database."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from datetime import datetime, timezone
+from typing import Callable
+
+from sqlalchemy.engine import Engine
+
+from .config.sources import Sources
+from .delivery.worker import DeliveryWorker
+from .listeners.mllp import MllpListener
+from .pipeline.process import Processor
+from .rules.load import RuleSet, load_ruleset
+from .scheduler.runner import Scheduler
+from .settings import Settings
+from .storage.db import init_db, make_engine
+from .storage.inbox import InboxWriter
+
+log = logging.getLogger("careloop.service")
+
+
+class ConfigError(Exception):
+    def __init__(self, diagnostics: list) -> None:
+        super().__init__("\n".join(str(d) for d in diagnostics))
+        self.diagnostics = diagnostics
+
+
+def fault_hook_from_env() -> Callable[[str], None] | None:
+    """``CARELOOP_FAULT=point:N`` kills the process (SIGKILL-like) the N-th time ``point`` is reached (tests only)."""
+    spec = os.environ.get("CARELOOP_FAULT")
+    if not spec:
+        return None
+    point, _, n = spec.partition(":")
+    count = {"n": 0}
+    target = int(n or 1)
+
+    def hook(name: str) -> None:
+        if name == point:
+            count["n"] += 1
+            if count["n"] >= target:
+                os._exit(137)
+
+    return hook
+
+
+class Runtime:
+    """Everything a running careloop needs, built from settings (nothing at import time)."""
+
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] | None = None, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        rs, diags = load_ruleset(settings.mappings_dir)
+        if rs is None:
+            raise ConfigError([d for d in diags if d.level == "error"])
+        self._ruleset = rs
+        self.engine = engine or make_engine(settings.database_url)
+        init_db(self.engine)
+        self.fault = fault_hook_from_env()
+        self.wake_process = asyncio.Event()
+        self.wake_schedule = asyncio.Event()
+        self.wake_deliver = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.writer = InboxWriter(self.engine, on_commit=self._signal(self.wake_process), fault_hook=self.fault)
+        self.processor = Processor(self.engine, self.ruleset, clock=self.clock, on_due=self._threadsafe(self.wake_schedule))
+        self.scheduler = Scheduler(self.engine, self.ruleset, clock=self.clock, on_deliveries=self._threadsafe(self.wake_deliver))
+        self.delivery = DeliveryWorker(
+            self.engine, self.ruleset, contact_secret=settings.contact_key_secret, clock=self.clock,
+            link_base=f"http://{settings.http_host}:{settings.http_port}", fault_hook=self.fault,
+        )
+        self.mllp: MllpListener | None = None
+        self.extra_handlers_installed = False
+        self.started_at = self.clock()
+
+    # -- rule set ---------------------------------------------------------
+    def ruleset(self) -> RuleSet:
+        return self._ruleset
+
+    @property
+    def sources(self) -> Sources:
+        return self._ruleset.sources
+
+    def reload(self) -> list:
+        """Load the mappings again; keep the running set when the new one has errors."""
+        rs, diags = load_ruleset(self.settings.mappings_dir)
+        if rs is None:
+            log.error("reload refused", extra={"action": "mappings.reload_refused", "count": len(diags)})
+            return [d for d in diags if d.level == "error"]
+        self._ruleset = rs
+        log.info("mappings reloaded", extra={"action": "mappings.reloaded", "version": rs.version})
+        return []
+
+    # -- wake-ups ---------------------------------------------------------
+    def _signal(self, ev: asyncio.Event) -> Callable[[], None]:
+        return ev.set
+
+    def _threadsafe(self, ev: asyncio.Event) -> Callable[[], None]:
+        def fire() -> None:
+            if self.loop is not None:
+                self.loop.call_soon_threadsafe(ev.set)
+        return fire
+
+    # -- loops ------------------------------------------------------------
+    async def _loop(self, ev: asyncio.Event, step: Callable[[], object], interval: float, name: str) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(ev.wait(), interval)
+            except asyncio.TimeoutError:
+                pass
+            ev.clear()
+            try:
+                while True:
+                    res = step()
+                    n = await res if asyncio.iscoroutine(res) else res
+                    if not n:
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("worker step failed", extra={"action": f"{name}.error", "error_type": type(exc).__name__}, exc_info=True)
+                await asyncio.sleep(1.0)
+
+    async def start_workers(self) -> list[asyncio.Task]:
+        self.loop = asyncio.get_running_loop()
+        tasks = [asyncio.create_task(self.writer.run(), name="inbox-writer")]
+        if self.settings.run_worker:
+            poll = self.settings.worker_poll_interval_s
+            tasks += [
+                asyncio.create_task(self._loop(self.wake_process, lambda: asyncio.to_thread(self.processor.run_once), max(poll, 0.05) * 5, "process")),
+                asyncio.create_task(self._loop(self.wake_schedule, lambda: asyncio.to_thread(self.scheduler.fire_due), 1.0, "schedule")),
+                asyncio.create_task(self._loop(self.wake_deliver, self.delivery.run_once, 1.0, "deliver")),
+            ]
+        return tasks
+
+    async def serve(self) -> None:
+        """Run HTTP, MLLP and workers until cancelled or signalled."""
+        import uvicorn
+
+        from .api.app import create_app
+
+        self.loop = asyncio.get_running_loop()
+        tasks = await self.start_workers()
+        self.mllp = MllpListener(
+            sources=self.sources, writer=self.writer, host=self.settings.mllp_host, port=self.settings.mllp_port,
+            max_message_bytes=self.settings.mllp_max_message_bytes, idle_timeout_s=self.settings.mllp_idle_timeout_s,
+        )
+        await self.mllp.start()
+        app = create_app(self)
+        config = uvicorn.Config(app, host=self.settings.http_host, port=self.settings.http_port, log_level="warning",
+                                lifespan="on", access_log=False)
+        server = uvicorn.Server(config)
+        try:
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        except (NotImplementedError, RuntimeError):
+            pass
+        log.info("careloop serving", extra={"action": "serve.start", "port": self.settings.http_port})
+        try:
+            await server.serve()
+        finally:
+            await self.mllp.close()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.delivery.aclose()

@@ -1,0 +1,1 @@
+"""Storage beside the pipeline: tables, engine and named queries (SQLite or PostgreSQL)."""

@@ -1,0 +1,80 @@
+"""Engine and sessions. SQLite runs in WAL mode with ``synchronous=FULL`` so a commit
+is on disk before anything is acknowledged; PostgreSQL is reached through psycopg 3."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel, create_engine
+
+from . import tables  # noqa: F401  (registers the tables on the metadata)
+
+
+def normalize_url(url: str) -> str:
+    """Accept ``postgresql://`` / ``postgres://`` URLs and use the psycopg 3 driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def is_sqlite(engine_or_url: Engine | str) -> bool:
+    url = engine_or_url if isinstance(engine_or_url, str) else str(engine_or_url.url)
+    return url.startswith("sqlite")
+
+
+def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
+    """Create the engine (and the SQLite file's directory); apply durability pragmas."""
+    url = normalize_url(url)
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    else:
+        kwargs["pool_size"] = 10
+        kwargs["max_overflow"] = 10
+        kwargs["pool_pre_ping"] = True
+    engine = create_engine(url, **kwargs)
+    if url.startswith("sqlite"):
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=OFF")
+            cur.close()
+
+    return engine
+
+
+def init_db(engine: Engine) -> None:
+    """Create missing tables and indexes (idempotent)."""
+    SQLModel.metadata.create_all(engine)
+
+
+@contextmanager
+def session_scope(engine: Engine) -> Iterator[Session]:
+    """One unit of work: commit on success, roll back on error."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def synchronous_setting(engine: Engine) -> str:
+    """What a commit waits for, for benchmark and health reports."""
+    with engine.connect() as conn:
+        if is_sqlite(engine):
+            val = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+            return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(int(val or 0), str(val))
+        return "synchronous_commit=" + str(conn.exec_driver_sql("SHOW synchronous_commit").scalar())

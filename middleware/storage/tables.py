@@ -1,0 +1,222 @@
+"""SQLModel tables. Times are UNIX epoch seconds (float) so SQLite and PostgreSQL compare alike;
+JSON is stored as text (orjson) so the hot paths avoid a JSON type adapter."""
+from __future__ import annotations
+
+from typing import Optional
+
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class InboundMessage(SQLModel, table=True):
+    """Every inbound payload as received, before anything else happens to it."""
+
+    __tablename__ = "inbound_message"
+    __table_args__ = (
+        Index("ix_inbound_status_id", "status", "id"),
+        Index("ix_inbound_dedup", "dedup_key", "sha256"),
+        Index("ix_inbound_received", "received_at"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    source: str = Field(max_length=64)
+    channel: str = Field(max_length=16)  # mllp | http | fhir
+    received_at: float
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=True))
+    sha256: str = Field(max_length=64)
+    dedup_key: Optional[str] = Field(default=None, max_length=400)
+    control_id: Optional[str] = Field(default=None, max_length=200)
+    message_type: Optional[str] = Field(default=None, max_length=64)
+    status: str = Field(default="received", max_length=16)  # received|processed|ignored|failed|rejected|duplicate
+    error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    ack: Optional[bytes] = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    meta: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    processed_at: Optional[float] = None
+    attempts: int = 0
+
+
+class PatientRow(SQLModel, table=True):
+    __tablename__ = "patient"
+    key: str = Field(primary_key=True, max_length=300)
+    fhir_id: str = Field(max_length=64)
+    resource: str = Field(sa_column=Column(Text, nullable=False))
+    merged_into: Optional[str] = Field(default=None, max_length=300, index=True)
+    updated_at: float = 0.0
+    occurred_at: float = 0.0
+
+
+class ResourceState(SQLModel, table=True):
+    """The last known version of each Appointment / Encounter / CarePlan."""
+
+    __tablename__ = "resource_state"
+    __table_args__ = (Index("ix_resource_patient", "patient_key", "resource_type"),)
+    key: str = Field(primary_key=True, max_length=200)  # "Appointment/a-1f2e..."
+    resource_type: str = Field(max_length=32)
+    patient_key: Optional[str] = Field(default=None, max_length=300)
+    status: Optional[str] = Field(default=None, max_length=32)
+    version: Optional[str] = Field(default=None, max_length=64)
+    last_updated: Optional[str] = Field(default=None, max_length=40)
+    occurred_at: float = 0.0
+    resource: str = Field(sa_column=Column(Text, nullable=False))
+    source: str = Field(max_length=64)
+    deleted: bool = False
+    updated_at: float = 0.0
+
+
+class ResourceIdentity(SQLModel, table=True):
+    """Business identifier ("system|value") -> resource key, so sources agree on identity."""
+
+    __tablename__ = "resource_identity"
+    identifier: str = Field(primary_key=True, max_length=400)
+    resource_key: str = Field(max_length=200, index=True)
+
+
+class EventRow(SQLModel, table=True):
+    __tablename__ = "event"
+    __table_args__ = (
+        Index("ix_event_patient", "patient_key", "id"),
+        Index("ix_event_resource", "resource_key", "id"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    type: str = Field(max_length=64, index=True)
+    previous_status: Optional[str] = Field(default=None, max_length=32)
+    status: Optional[str] = Field(default=None, max_length=32)
+    resource_type: str = Field(max_length=32)
+    resource_key: str = Field(max_length=200)
+    patient_key: Optional[str] = Field(default=None, max_length=300)
+    resource: str = Field(sa_column=Column(Text, nullable=False))
+    source: str = Field(max_length=64)
+    arrival: str = Field(max_length=16)  # message | notification | reconcile | backfill
+    occurred_at: float
+    created_at: float
+    inbound_id: Optional[int] = Field(default=None, index=True)
+
+
+class TriggerRow(SQLModel, table=True):
+    """A rule's decision to contact a patient, pending until its due time."""
+
+    __tablename__ = "trigger"
+    __table_args__ = (
+        Index("ix_trigger_due", "status", "due_at"),
+        Index("ix_trigger_patient", "patient_key", "status"),
+        Index("ix_trigger_cancel", "cancel_scope", "status"),
+        Index("ix_trigger_dedup", "dedup_key", "created_at"),
+        Index("ix_trigger_rule_resource", "rule_id", "resource_key", "status"),
+        UniqueConstraint("origin_key", name="uq_trigger_origin"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    rule_id: str = Field(max_length=128)
+    ruleset_version: str = Field(max_length=64)
+    name: str = Field(max_length=128)
+    purpose: str = Field(max_length=32)
+    destinations: str = Field(max_length=400)  # comma-separated destination names
+    patient_key: Optional[str] = Field(default=None, max_length=300)
+    resource_key: Optional[str] = Field(default=None, max_length=200)
+    origin_key: str = Field(max_length=400)  # rule + event: reprocessing never doubles a trigger
+    resource_version: Optional[str] = Field(default=None, max_length=64)
+    event_id: Optional[int] = None
+    due_at: float
+    status: str = Field(default="pending", max_length=16)  # pending|fired|cancelled|skipped|suppressed
+    reason: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    dedup_key: Optional[str] = Field(default=None, max_length=400)
+    cancel_scope: Optional[str] = Field(default=None, max_length=400)
+    message_kind: Optional[str] = Field(default=None, max_length=64)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    explain: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    created_at: float
+    updated_at: float
+    fired_at: Optional[float] = None
+
+
+class DeliveryRow(SQLModel, table=True):
+    """One trigger to one destination; durable retry state."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (
+        Index("ix_delivery_due", "status", "next_attempt_at"),
+        UniqueConstraint("idempotency_key", name="uq_delivery_idem"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    trigger_id: int = Field(index=True)
+    destination: str = Field(max_length=64, index=True)
+    idempotency_key: str = Field(max_length=128)
+    status: str = Field(default="pending", max_length=16)  # pending|sending|delivered|dead|suppressed
+    attempts: int = 0
+    next_attempt_at: float
+    last_error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    last_status_code: Optional[int] = None
+    created_at: float
+    updated_at: float
+    delivered_at: Optional[float] = None
+    locked_until: Optional[float] = None
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    __tablename__ = "delivery_attempt"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    delivery_id: int = Field(index=True)
+    at: float
+    outcome: str = Field(max_length=16)
+    status_code: Optional[int] = None
+    error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
+    duration_ms: float = 0.0
+
+
+class Disclosure(SQLModel, table=True):
+    """Append-only accounting of every disclosure: who got which fields, and a hash of the bytes."""
+
+    __tablename__ = "disclosure"
+    __table_args__ = (Index("ix_disclosure_patient", "patient_key", "sent_at"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    delivery_id: int
+    trigger_id: int
+    patient_key: Optional[str] = Field(default=None, max_length=300)
+    destination: str = Field(max_length=64)
+    fields: str = Field(sa_column=Column(Text, nullable=False))
+    body_sha256: str = Field(max_length=64)
+    purpose: str = Field(max_length=32)
+    rule_id: str = Field(max_length=128)
+    ruleset_version: str = Field(max_length=64)
+    sent_at: float
+
+
+class SendLedger(SQLModel, table=True):
+    """Idempotency keys already accepted by destinations without native de-duplication."""
+
+    __tablename__ = "send_ledger"
+    idempotency_key: str = Field(primary_key=True, max_length=128)
+    destination: str = Field(max_length=64)
+    sent_at: float
+
+
+class Suppression(SQLModel, table=True):
+    """Opt-outs: STOP replies, unsubscribes, revocations (patient-wide or per destination/purpose)."""
+
+    __tablename__ = "suppression"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    patient_key: str = Field(max_length=300, index=True)
+    destination: Optional[str] = Field(default=None, max_length=64)
+    purpose: Optional[str] = Field(default=None, max_length=32)
+    reason: str = Field(max_length=200)
+    created_at: float
+    revoked_at: Optional[float] = None
+
+
+class Authorization(SQLModel, table=True):
+    """Recorded marketing authorizations (prior express written consent)."""
+
+    __tablename__ = "authorization"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    patient_key: str = Field(max_length=300, index=True)
+    purpose: str = Field(default="marketing", max_length=32)
+    reference: Optional[str] = Field(default=None, max_length=200)
+    granted_at: float
+    revoked_at: Optional[float] = None
+
+
+class KeyValue(SQLModel, table=True):
+    """Small durable state: reconciliation high-water marks, rule-set version, counters."""
+
+    __tablename__ = "kv"
+    key: str = Field(primary_key=True, max_length=200)
+    value: str = Field(sa_column=Column(Text, nullable=False))
+    updated_at: float = 0.0
