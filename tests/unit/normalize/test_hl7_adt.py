@@ -51,7 +51,7 @@ def test_a01_v23_fields_and_dst_offsets() -> None:
     assert enc["period"] == {"start": "2024-03-10T01:30:00-05:00"}  # PV1-44
     assert enc["type"][0]["coding"][0]["code"] == "E"  # PV1-4
     assert enc["hospitalization"]["admitSource"]["coding"][0] == {
-        "system": "http://terminology.hl7.org/CodeSystem/v2-0023", "code": "7", "display": "Emergency room"}
+        "system": "http://terminology.hl7.org/CodeSystem/v2-0023", "code": "7"}
     assert enc["location"] == [{"location": {"display": "4W 401-A, HOSPA"}, "status": "active"}]  # PV1-3
     roles = [(p["type"][0]["coding"][0]["code"], p["individual"]["display"]) for p in enc["participant"]]
     assert roles == [("ATND", "DR ALICE ATTENDING MD"), ("REF", "DR BOB REFERRER"), ("ADM", "DR CAROL ADMITTER")]

@@ -82,3 +82,20 @@ def test_birth_time_extension() -> None:
     p = normalize_hl7(text, make_source()).patient
     assert p is not None and p["birthDate"] == "1980-02-15"
     assert p["_birthDate"]["extension"][0]["valueDateTime"] == "1980-02-15T08:30:00-05:00"
+
+
+def test_package_samples_normalize_in_demo_order() -> None:
+    from hl7_helpers import validate_all
+
+    from middleware.normalize.hl7_peek import decode
+    from middleware.samples import sample_paths
+
+    paths = sample_paths()
+    assert [p.name[:2] for p in paths] == ["01", "02", "03", "04", "05"]
+    results = [normalize_hl7(decode(p.read_bytes())[0], make_source()) for p in paths]
+    for r in results:
+        validate_all(r)
+    assert [r.resources[0]["status"] for r in results] == ["booked", "noshow", "in-progress", "finished", "cancelled"]
+    assert results[0].resources[0]["id"] == results[1].resources[0]["id"]  # same appointment
+    assert results[2].resources[0]["id"] == results[3].resources[0]["id"]  # same encounter
+    assert len({r.patient_key for r in results}) == 3
