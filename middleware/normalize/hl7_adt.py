@@ -24,8 +24,9 @@ from .hl7_types import (
     cwe_concept,
     cx_identifier,
     pl_display,
+    elapsed,
+    ts_datetime,
     ts_fhir,
-    ts_parts,
     xcn_reference,
 )
 
@@ -172,7 +173,7 @@ def adt_encounter(msg: Msg, trigger: str, patient_ref: Json, patient_key: str) -
     if end:
         period["end"] = end
     if period:
-        if start and end and not _ordered(start_raw, pv1.v(45)):
+        if start and end and not _ordered(start_raw, pv1.v(45), msg):
             del period["end"]
             warnings.append("PV1-45 is before PV1-44; period.end dropped")
         enc["period"] = period
@@ -204,11 +205,10 @@ def adt_encounter(msg: Msg, trigger: str, patient_ref: Json, patient_key: str) -
     return enc, keep, warnings
 
 
-def _ordered(a: str, b: str) -> bool:
-    pa, pb = ts_parts(a), ts_parts(b)
-    if not pa or not pb or pa[2] != pb[2]:
-        return True  # cannot compare naive with offset values here; keep both
-    return pa[0] <= pb[0]
+def _ordered(a: str, b: str, msg: Msg) -> bool:
+    """True unless PV1-45 is provably before PV1-44 (compared in elapsed time)."""
+    da, db = ts_datetime(a, msg.ctx.tz), ts_datetime(b, msg.ctx.tz)
+    return da is None or db is None or elapsed(da, db).total_seconds() >= 0
 
 
 def merge_prior_key(msg: Msg) -> str | None:
