@@ -1,0 +1,55 @@
+from middleware.listeners.mllp_framing import MllpFramer, Oversize, Truncated, frame
+
+MSG = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5.1\rPID|1||X\r"
+
+
+def test_frame_split_across_reads_byte_by_byte():
+    f = MllpFramer()
+    data = frame(MSG)
+    out = []
+    for i in range(len(data)):
+        out += f.feed(data[i : i + 1])
+    assert out == [MSG]
+
+
+def test_several_frames_in_one_read_and_trailing_lf():
+    f = MllpFramer()
+    data = frame(MSG) + b"\n" + frame(MSG.replace(b"|1|", b"|2|")) + b"\r\n"
+    out = f.feed(data)
+    assert out == [MSG, MSG.replace(b"|1|", b"|2|")]
+    assert f.pending() is None
+
+
+def test_junk_and_nuls_before_start_block_are_skipped():
+    f = MllpFramer()
+    assert f.feed(b"\x00\x00garbage\r\n" + frame(MSG)) == [MSG]
+
+
+def test_missing_cr_after_end_block_is_tolerated():
+    f = MllpFramer()
+    assert f.feed(b"\x0b" + MSG + b"\x1c" + b"\x0b" + MSG + b"\x1c\r") == [MSG, MSG]
+
+
+def test_oversize_frame_reported_with_prefix_and_stream_recovers():
+    f = MllpFramer(max_size=100)
+    big = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|9|P|2.5.1\r" + b"NTE|" + b"x" * 500 + b"\r"
+    out = f.feed(frame(big)[:50])
+    out += f.feed(frame(big)[50:] + frame(MSG))
+    assert isinstance(out[0], Oversize)
+    assert out[0].prefix.startswith(b"MSH|")
+    assert out[0].size > 100
+    assert out[1] == MSG
+
+
+def test_truncated_frame_when_new_start_block_arrives():
+    f = MllpFramer()
+    out = f.feed(b"\x0b" + MSG[:20] + frame(MSG))
+    assert isinstance(out[0], Truncated)
+    assert out[0].data == MSG[:20]
+    assert out[1] == MSG
+
+
+def test_pending_reports_unfinished_frame_at_close():
+    f = MllpFramer()
+    assert f.feed(b"\x0b" + MSG[:30]) == []
+    assert f.pending() == MSG[:30]
