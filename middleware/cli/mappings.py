@@ -24,11 +24,55 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_schema(args: argparse.Namespace) -> int:
-    from ..rules.spec import json_schema
+def schema_texts() -> dict[str, str]:
+    """The published schema files (``docs/schema/``) as they should read now."""
+    from ..rules import golden, spec
 
-    print(json.dumps(json_schema(), indent=2))
+    return {
+        "rules.schema.json": json.dumps(spec.json_schema(), indent=2) + "\n",
+        "rules-test.schema.json": json.dumps(golden.json_schema(), indent=2) + "\n",
+    }
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    texts = schema_texts()
+    if args.write:
+        args.write.mkdir(parents=True, exist_ok=True)
+        for name, text in texts.items():
+            (args.write / name).write_text(text, encoding="utf-8")
+            print(f"wrote {args.write / name}")
+        return 0
+    sys.stdout.write(texts["rules-test.schema.json" if args.tests else "rules.schema.json"])
     return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from ..pipeline.dryrun import DryRun
+    from ..rules.golden import run_directory
+    from ..rules.load import load_ruleset
+
+    rs, diags = load_ruleset(args.dir)
+    if rs is None:
+        for d in diags:
+            print(d, file=sys.stderr)
+        print(f"rules in {args.dir} do not validate; no test run", file=sys.stderr)
+        return 1
+    t0 = time.perf_counter()
+    results, tdiags = run_directory(args.dir, rs, DryRun, name_filter=args.k)
+    for d in tdiags:
+        print(d, file=sys.stderr)
+    failed = [r for r in results if not r.ok]
+    for r in results:
+        if r.ok:
+            if args.verbose:
+                print(f"ok   {r.path}:{r.line}: {r.name}")
+            continue
+        print(f"FAIL {r.path}:{r.line}: {r.name}")
+        for f in ([r.error] if r.error else []) + r.failures:
+            print("  " + f.replace("\n", "\n  "))
+    ms = (time.perf_counter() - t0) * 1000
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed ({len(results)} cases, {ms:.0f} ms)")
+    return 1 if failed or any(d.level == "error" for d in tdiags) or not results else 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
@@ -50,7 +94,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    from ..normalize.catalogue import event_types
+    from ..catalogue import event_types
 
     for e in event_types():
         print(e)
@@ -63,8 +107,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v = msub.add_parser("validate", help="check every file; errors name file:line:col")
     v.add_argument("dir", nargs="?", type=Path, default=Path("mappings"))
     v.set_defaults(func=cmd_validate)
-    sc = msub.add_parser("schema", help="print the JSON Schema of rule files")
+    sc = msub.add_parser("schema", help="print the JSON Schema of rule files (or --tests: of golden test files)")
+    sc.add_argument("--tests", action="store_true", help="the schema of <name>_test.yaml files")
+    sc.add_argument("--write", type=Path, metavar="DIR", help="write both schema files into DIR (docs/schema)")
     sc.set_defaults(func=cmd_schema)
+    t = msub.add_parser("test", help="run the golden cases (<name>_test.yaml beside the rules)")
+    t.add_argument("dir", nargs="?", type=Path, default=Path("mappings"))
+    t.add_argument("-k", help="only cases whose name contains this text")
+    t.add_argument("-v", "--verbose", action="store_true", help="also list passing cases")
+    t.set_defaults(func=cmd_test)
     rl = msub.add_parser("reload", help="ask a running careloop to reload its mappings")
     rl.add_argument("--url", default="http://127.0.0.1:8080")
     rl.set_defaults(func=cmd_reload)

@@ -19,7 +19,7 @@ from ..model import ClinicalEvent, ResourceChange
 from ..normalize.events import derive
 from ..rules.evaluate import Decision, cancellations, evaluate
 from ..rules.load import RuleSet
-from ..rules.spec import parse_duration
+from ..scheduler.patientctx import hospice_for
 from ..storage.tables import EventRow, PatientRow, ResourceIdentity, ResourceState, TriggerRow
 
 log = logging.getLogger("careloop.pipeline")
@@ -156,7 +156,10 @@ def apply_change(
         return res
     patient = load_patient(session, patient_key)
     body = dumps(resource if not change.deleted else (prev or resource))
+    seen: dict[str, int] = {}
     for etype, pstatus, status in events:
+        nth = seen.get(etype, 0)
+        seen[etype] = nth + 1
         row = EventRow(
             type=etype, previous_status=pstatus, status=status, resource_type=rtype, resource_key=key,
             patient_key=patient_key, resource=body, source=change.source, arrival=change.arrival,
@@ -171,7 +174,7 @@ def apply_change(
             previous=prev, source=change.source, arrival=change.arrival, occurred_at=change.occurred_at,
         )
         if evaluate_rules:
-            on_event(session, ev, row, rs, now=now, patient=patient, source_zone=source_zone, result=res)
+            on_event(session, ev, row, rs, now=now, patient=patient, source_zone=source_zone, result=res, nth=nth)
     return res
 
 
@@ -185,51 +188,79 @@ def on_event(
     patient: dict[str, Any] | None,
     source_zone: str | None,
     result: ChangeResult,
+    only: set[str] | None = None,
+    cancel_only_ids: set[int] | None = None,
+    nth: int | None = None,
 ) -> None:
-    """Cancel what this event cancels, then record each rule's decision as a trigger row."""
+    """Cancel what this event cancels, then record each rule's decision as a trigger row.
+
+    ``only`` limits evaluation to some rule ids and ``cancel_only_ids`` limits
+    cancellation to some trigger ids (``careloop reprocess`` uses both so a replay
+    never touches triggers it did not create).
+    """
     nowts = now.timestamp()
     if ev.arrival != "backfill":
-        for c in cancellations(ev, rs, patient):
-            cr = rs.rule(c.rule_id)
-            same, _, scope = c.scope.partition(":")
-            col = TriggerRow.patient_key if same == "patient" else TriggerRow.resource_key
-            stmt = (
-                update(TriggerRow)
-                .where(TriggerRow.rule_id == c.rule_id, TriggerRow.status == "pending", col == scope)
-                .values(status="cancelled", reason=f"cancelled by {ev.type} (event {row.id})", updated_at=nowts)
-            )
-            if cr is not None:
-                for u in cr.rule.unless:
-                    if ev.type in u.on and u.within:
-                        stmt = stmt.where(TriggerRow.created_at >= nowts - parse_duration(u.within)[0])
-            result.cancelled += session.exec(stmt).rowcount or 0  # type: ignore[call-overload]
-    decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone)
+        _cancel(session, ev, row, rs, now, patient, result, cancel_only_ids, nth)
+    hospice = hospice_for(session, ev.patient_key, rs)
+    decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
     result.decisions.append((ev, decisions))
     for d in decisions:
         if not d.fired:
             continue
-        _record_trigger(session, ev, row, d, rs, nowts, result)
+        tid = _record_trigger(session, ev, row, d, rs, nowts, result)
+        if tid is not None and cancel_only_ids is not None:
+            cancel_only_ids.add(tid)
+
+
+def _cancel(session: Session, ev: ClinicalEvent, row: EventRow, rs: RuleSet, now: datetime,
+            patient: dict[str, Any] | None, result: ChangeResult, only_ids: set[int] | None, nth: int | None = None) -> None:
+    """Cancel pending triggers at once (visible in /api/triggers before their due time)."""
+    nowts = now.timestamp()
+    origins: dict[int, dict[str, Any]] = {}
+    for c in cancellations(ev, rs, patient, now, nth):
+        col = TriggerRow.patient_key if c.same == "patient" else TriggerRow.resource_key
+        stmt = select(TriggerRow).where(TriggerRow.rule_id == c.rule_id, TriggerRow.status == "pending", col == c.key)
+        if c.within_s:
+            stmt = stmt.where(TriggerRow.created_at >= nowts - c.within_s)
+        for t in session.exec(stmt):
+            if only_ids is not None and t.id not in only_ids:
+                continue
+            if c.condition is not None:
+                eid = t.event_id or 0
+                if eid not in origins:
+                    erow = session.get(EventRow, eid) if eid else None
+                    origins[eid] = orjson.loads(erow.resource) if erow else {}
+                if not c.applies(origins[eid], orjson.loads(t.payload or "{}")):
+                    continue
+            t.status, t.updated_at = "cancelled", nowts
+            t.reason = f"cancelled before its due time: {c.reason} (event {row.id})"
+            session.add(t)
+            result.cancelled += 1
 
 
 def _record_trigger(
     session: Session, ev: ClinicalEvent, row: EventRow, d: Decision, rs: RuleSet, nowts: float, result: ChangeResult
-) -> None:
+) -> int | None:
+    """Insert the decision as a trigger row (or move the pending one it replaces); return its id."""
     status, reason = d.status or "pending", d.reason
     due = d.due_at.timestamp() if d.due_at else nowts
-    if status == "pending" and ev.resource_key:
+    if status in ("pending", "skipped") and ev.resource_key:
         existing = session.exec(
             select(TriggerRow).where(
                 TriggerRow.rule_id == d.rule_id, TriggerRow.resource_key == ev.resource_key, TriggerRow.status == "pending"
             )
         ).first()
-        if existing is not None:
-            existing.due_at = due
-            existing.payload = dumps(d.payload)
-            existing.reason = f"moved by {ev.type} (event {row.id})"
+        if existing is not None and existing.dedup_key == d.dedup_key and existing.event_id != row.id:
+            if status == "skipped":  # the new time is past or too late: the old reminder must not go out either
+                existing.status, existing.reason = "skipped", f"{ev.type} (event {row.id}) moved it: {reason}"
+            else:
+                existing.due_at = due
+                existing.payload = dumps(d.payload)
+                existing.reason = f"moved by {ev.type} (event {row.id}) to {d.due_at.isoformat() if d.due_at else 'now'}"
             existing.updated_at = nowts
             session.add(existing)
-            result.due_now = result.due_now or due <= nowts
-            return
+            result.due_now = result.due_now or (existing.status == "pending" and due <= nowts)
+            return existing.id
     if status == "pending" and d.dedup_key and d.dedup_window_s:
         dup = session.exec(
             select(TriggerRow.id).where(
@@ -242,19 +273,20 @@ def _record_trigger(
             status, reason = "skipped", f"duplicate of trigger {dup} within the dedup window"
     origin = f"{d.rule_id}|event:{row.id}"
     if session.exec(select(TriggerRow.id).where(TriggerRow.origin_key == origin)).first() is not None:
-        return
-    session.add(
-        TriggerRow(
-            rule_id=d.rule_id, ruleset_version=rs.version, name=d.trigger or d.rule_id, purpose=d.purpose or "",
-            destinations=",".join(d.destinations), patient_key=ev.patient_key, resource_key=ev.resource_key,
-            origin_key=origin, resource_version=str(((ev.resource.get("meta") or {}).get("versionId")) or row.id),
-            event_id=row.id, due_at=due, status=status, reason=reason, dedup_key=d.dedup_key, cancel_scope=d.cancel_scope,
-            message_kind=d.message_kind, payload=dumps(d.payload), explain=dumps(d.steps), created_at=nowts, updated_at=nowts,
-        )
+        return None
+    t = TriggerRow(
+        rule_id=d.rule_id, ruleset_version=rs.version, name=d.trigger or d.rule_id, purpose=d.purpose or "",
+        destinations=",".join(d.destinations), patient_key=ev.patient_key, resource_key=ev.resource_key,
+        origin_key=origin, resource_version=str(((ev.resource.get("meta") or {}).get("versionId")) or row.id),
+        event_id=row.id, due_at=due, status=status, reason=reason, dedup_key=d.dedup_key, cancel_scope=d.cancel_scope,
+        message_kind=d.message_kind, payload=dumps(d.payload), explain=dumps(d.steps), created_at=nowts, updated_at=nowts,
     )
+    session.add(t)
+    session.flush()
     result.triggers += 1
     if status == "pending" and due <= nowts:
         result.due_now = True
+    return t.id
 
 
 def merge_patients(session: Session, surviving: str, retired: str, now: datetime) -> int:

@@ -16,7 +16,8 @@ from ..model import ResourceChange
 from ..rules.load import RuleSet
 from ..storage.db import init_db, make_engine
 from ..storage.tables import InboundMessage, TriggerRow
-from .changes import ChangeResult, apply_change
+from ..scheduler.runner import Scheduler
+from .changes import ChangeResult, apply_change, upsert_patient
 from .process import handle_hl7
 
 
@@ -90,6 +91,9 @@ class DryRun:
                 res, err = ChangeResult(), None
                 items = [e.get("resource") for e in doc.get("entry", [])] if doc.get("resourceType") == "Bundle" else [doc]
                 for r in items:
+                    if r and r.get("resourceType") == "Patient":
+                        upsert_patient(s, f"{source}|Patient/{r.get('id')}", r, self.now.timestamp(), self.now.timestamp())
+                        continue
                     if not r or r.get("resourceType") not in ("Appointment", "Encounter", "CarePlan"):
                         continue
                     try:
@@ -111,15 +115,23 @@ class DryRun:
             return list(s.exec(select(TriggerRow).order_by(col(TriggerRow.id))))
 
     def fire_until(self, until: datetime) -> list[TriggerRow]:
-        """Mark pending triggers due by ``until`` as fired (no delivery); return them."""
-        out = []
-        with Session(self.engine, expire_on_commit=False) as s:
-            for t in s.exec(select(TriggerRow).where(TriggerRow.status == "pending", TriggerRow.due_at <= until.timestamp()).order_by(col(TriggerRow.due_at))):
-                t.status, t.fired_at = "fired", t.due_at
-                s.add(t)
-                out.append(t)
-            s.commit()
-        return out
+        """Run the real scheduler on the simulated clock up to ``until`` (opt-outs, caps,
+        authorization, deceased and hospice checks apply; no delivery); return the
+        triggers it handled. The clock ends at ``until`` when that is later."""
+        sched = Scheduler(self.engine, lambda: self.rs, clock=lambda: self.now, batch=500)
+        handled: list[int] = []
+        while True:
+            nxt = sched.next_due()
+            if nxt is None or nxt > until.timestamp():
+                break
+            self.now = max(self.now, datetime.fromtimestamp(nxt, tz=timezone.utc))
+            with Session(self.engine) as s:
+                handled += [t for t in s.exec(select(TriggerRow.id).where(TriggerRow.status == "pending", TriggerRow.due_at <= self.now.timestamp())) if t]
+            if not sched.fire_due():
+                break
+        self.now = max(self.now, until)
+        with Session(self.engine) as s:
+            return list(s.exec(select(TriggerRow).where(col(TriggerRow.id).in_(handled)).order_by(col(TriggerRow.due_at)))) if handled else []
 
 
 def load_input(path: Path) -> bytes:

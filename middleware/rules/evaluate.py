@@ -3,6 +3,17 @@
 Returns one :class:`Decision` per rule listening to the event type, each with the
 reason it fired or did not (``careloop explain`` prints these), and the
 cancellations the event causes for pending triggers (``unless`` / ``wait_for``).
+
+FHIRPath environment (``%name``) seen by every expression of a rule:
+
+* ``%previous`` the last known version of the resource (empty on first sighting)
+* ``%patient`` the Patient; ``%age`` whole years at ``now``; ``%hospice`` true when the
+  data says hospice care
+* ``%diagnoses`` an encounter's diagnoses (the ``code`` of each referenced Condition)
+* ``%activity`` for ``careplan.activity.*``: the activities that changed to that status
+* ``%event`` ``{type, previousStatus, status}``; ``%now`` the (simulated) clock
+* in ``unless.where`` / ``wait_for.where`` only: ``%origin`` the resource that created
+  the pending trigger and ``%payload`` its payload
 """
 from __future__ import annotations
 
@@ -11,9 +22,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..model import ClinicalEvent
-from .fhirpath import first_value, truthy
+from .fhirpath import Compiled, first_value, truthy
 from .load import CompiledRule, RuleSet
 from .spec import parse_duration
+from .suppress import age_in_years, is_deceased
 from .timing import add_duration, apply_quiet_hours, make_calendar, parse_fhir_datetime
 
 #: a trigger due less than this far in the past still fires now (clock skew, processing lag)
@@ -40,16 +52,86 @@ class Decision:
 
 @dataclass
 class Cancellation:
+    """This event cancels pending triggers of ``rule_id`` in ``scope`` for which :meth:`applies`."""
+
     rule_id: str
-    scope: str
+    same: str  # "patient" | "resource"
+    key: str
     reason: str
+    condition: Compiled | None = None
+    within_s: float | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+    resource: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scope(self) -> str:
+        return f"{self.same}:{self.key}"
+
+    def applies(self, origin: dict[str, Any] | None, payload: dict[str, Any] | None) -> bool:
+        """Evaluate ``where`` with ``%origin``/``%payload`` of one pending trigger."""
+        if self.condition is None:
+            return True
+        env = dict(self.env, origin=origin or {}, payload=payload or {})
+        try:
+            return truthy(self.condition(self.resource, env))
+        except Exception:
+            return False
 
 
-def _env(event: ClinicalEvent, patient: dict[str, Any] | None) -> dict[str, Any]:
+def diagnoses(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    """The code of each Condition an Encounter's ``diagnosis`` references (contained ones)."""
+    contained = {c.get("id"): c for c in resource.get("contained") or [] if c.get("resourceType") == "Condition"}
+    out = []
+    for dx in resource.get("diagnosis") or []:
+        ref = str(((dx.get("condition") or {}).get("reference")) or "")
+        cond = contained.get(ref[1:]) if ref.startswith("#") else None
+        if cond and cond.get("code"):
+            out.append(cond["code"])
+    return out
+
+
+def activity_key(act: dict[str, Any], index: int) -> str:
+    """Identity of a CarePlan activity across versions (as ``normalize.events`` keys it)."""
+    ref = (act.get("reference") or {}).get("reference")
+    if ref:
+        return str(ref)
+    code = (((act.get("detail") or {}).get("code") or {}).get("coding") or [{}])[0]
+    return f"{code.get('system', '')}|{code.get('code', '')}|{index}"
+
+
+def changed_activities(event: ClinicalEvent) -> list[dict[str, Any]]:
+    """For ``careplan.activity.<status>``: the activities that changed to ``<status>``."""
+    if not event.type.startswith("careplan.activity."):
+        return []
+    before = {activity_key(a, i): (a.get("detail") or {}).get("status")
+              for i, a in enumerate((event.previous or {}).get("activity") or [])}
+    out = []
+    for i, a in enumerate(event.resource.get("activity") or []):
+        st = (a.get("detail") or {}).get("status")
+        if st == event.status and before.get(activity_key(a, i)) != st:
+            out.append(a)
+    return out
+
+
+def build_env(event: ClinicalEvent, patient: dict[str, Any] | None, now: datetime, hospice: str | None = None,
+              nth: int | None = None) -> dict[str, Any]:
+    """The ``%`` variables every expression sees (see the module docstring). ``nth``: this
+    is the nth event of its type from one change (one per activity that changed)."""
+    acts = changed_activities(event)
+    if nth is not None and len(acts) > 1:
+        acts = acts[nth:nth + 1]
+    age = age_in_years((patient or {}).get("birthDate"), now.date())
     return {
         "previous": event.previous or {},
         "patient": patient or {},
         "event": {"type": event.type, "previousStatus": event.previous_status, "status": event.status},
+        "now": now.isoformat(),
+        "age": age if age is not None else [],
+        "hospice": bool(hospice),
+        "diagnoses": diagnoses(event.resource) if event.resource_type == "Encounter" else [],
+        "activity": acts,
+        "origin": {},
+        "payload": {},
     }
 
 
@@ -58,28 +140,27 @@ def _zone(patient: dict[str, Any] | None, rs: RuleSet, source_zone: str | None, 
         return which
     if which == "patient" and patient:
         for ext in patient.get("extension") or []:
-            if ext.get("url", "").endswith("patient-timezone") and ext.get("valueCode"):
+            if str(ext.get("url", "")).endswith("patient-timezone") and ext.get("valueCode"):
                 return str(ext["valueCode"])
     return source_zone or rs.settings.site_timezone
 
 
-def cancellations(event: ClinicalEvent, rs: RuleSet, patient: dict[str, Any] | None) -> list[Cancellation]:
-    """Pending triggers this event cancels: (rule, scope) pairs."""
+def cancellations(event: ClinicalEvent, rs: RuleSet, patient: dict[str, Any] | None, now: datetime | None = None,
+                  nth: int | None = None) -> list[Cancellation]:
+    """What this event cancels: one :class:`Cancellation` per (rule, unless/wait_for) it matches."""
     out: list[Cancellation] = []
-    env = _env(event, patient)
+    env = build_env(event, patient, now or event.occurred_at, None, nth)
     for cr, idx in rs.cancellers.get(event.type, []):
         if idx >= 0:
             u = cr.rule.unless[idx]
-            cond = cr.unless_where[idx]
-            same = u.same
+            cond, same, within = cr.unless_where[idx], u.same, (parse_duration(u.within)[0] if u.within else None)
+            what = "unless"
         else:
             assert cr.rule.wait_for is not None
-            cond, same = cr.wait_where, cr.rule.wait_for.same
-        if cond is not None and not truthy(cond(event.resource, env)):
-            continue
-        scope = event.patient_key if same == "patient" else event.resource_key
-        if scope:
-            out.append(Cancellation(cr.id, f"{same}:{scope}", f"{event.type} for the same {same}"))
+            cond, same, within, what = cr.wait_where, cr.rule.wait_for.same, None, "awaited event arrived"
+        key = event.patient_key if same == "patient" else event.resource_key
+        if key:
+            out.append(Cancellation(cr.id, same, key, f"{what}: {event.type} for the same {same}", cond, within, env, event.resource))
     return out
 
 
@@ -90,26 +171,21 @@ def evaluate(
     now: datetime,
     patient: dict[str, Any] | None = None,
     source_zone: str | None = None,
+    hospice: str | None = None,
+    only: set[str] | None = None,
+    nth: int | None = None,
 ) -> list[Decision]:
-    """Decide, for each rule listening to ``event.type``, whether and when it fires."""
-    decisions: list[Decision] = []
-    env = _env(event, patient)
-    for cr in rs.by_event.get(event.type, []):
-        decisions.append(_one(cr, event, rs, env, now, patient, source_zone))
-    return decisions
+    """Decide, for each rule listening to ``event.type`` (or only the rules in ``only``), whether and when it fires."""
+    env = build_env(event, patient, now, hospice, nth)
+    return [_one(cr, event, rs, env, now, patient, source_zone, hospice)
+            for cr in rs.by_event.get(event.type, []) if only is None or cr.id in only]
 
 
-def _one(
-    cr: CompiledRule,
-    event: ClinicalEvent,
-    rs: RuleSet,
-    env: dict[str, Any],
-    now: datetime,
-    patient: dict[str, Any] | None,
-    source_zone: str | None,
-) -> Decision:
+def _one(cr: CompiledRule, event: ClinicalEvent, rs: RuleSet, env: dict[str, Any], now: datetime,
+         patient: dict[str, Any] | None, source_zone: str | None, hospice: str | None) -> Decision:
     r = cr.rule
-    d = Decision(rule_id=r.id, fired=False, reason="", trigger=r.emit.trigger, destinations=list(r.emit.destinations), purpose=r.purpose, message_kind=r.message_kind or r.purpose)
+    d = Decision(rule_id=r.id, fired=False, reason="", trigger=r.emit.trigger, destinations=list(r.emit.destinations),
+                 purpose=r.purpose, message_kind=r.message_kind or r.purpose)
     d.steps.append(f"event {event.type} matches on: {', '.join(r.on)}")
     if event.arrival == "backfill" and not r.include_backfill:
         d.reason = "backfilled resource (rule does not opt in with include_backfill)"
@@ -127,65 +203,29 @@ def _one(
             d.reason = f"where could not be evaluated: {exc}"
             return d
         if not ok:
-            d.reason = f"where is false: {r.where}"
+            d.reason = f"where is false: {' '.join(str(r.where).split())}"
             return d
-        d.steps.append(f"where is true: {r.where}")
-    if patient and (patient.get("deceasedBoolean") is True or patient.get("deceasedDateTime")):
+        d.steps.append("where is true")
+    if is_deceased(patient):
         d.fired, d.status, d.reason = True, "suppressed", "patient is deceased"
         return d
-    # payload
+    if hospice and rs.settings.suppress_hospice:
+        d.fired, d.status, d.reason = True, "suppressed", f"hospice: {hospice}"
+        return d
+    due = _due(cr, event, rs, env, now, patient, source_zone, d)
+    if due is None:
+        return d
+    d.due_at = due
+    env = dict(env, due=due.isoformat())
     for k, fn in cr.payload.items():
         try:
-            d.payload[k] = first_value(fn(event.resource, env)) if callable(fn) else fn
+            d.payload[k] = first_value(fn(event.resource, env))
         except Exception as exc:
             d.payload[k] = None
             d.steps.append(f"payload.{k} could not be evaluated: {exc}")
     d.payload.setdefault("purpose", r.purpose)
-    # timing
-    zone = _zone(patient, rs, source_zone, "site")
-    cal = make_calendar(rs.settings.holiday_calendar, rs.settings.holidays)
-    when = r.when
-    event_time = event.occurred_at
-    if when.at:
-        assert cr.at is not None
-        base = parse_fhir_datetime(_str(first_value(cr.at(event.resource, env))), zone)
-        if base is None:
-            d.reason = f"when.at ({when.at}) has no value on this resource"
-            return d
-        due = base
-        if when.offset:
-            sign = -1 if when.offset.strip().startswith("-") else 1
-            due = add_duration(base, when.offset.strip().lstrip("+-"), cal, zone, sign)
-        d.steps.append(f"due at {when.at} {when.offset or ''} = {due.isoformat()}")
-    elif when.after:
-        due = add_duration(event_time, when.after, cal, zone)
-        d.steps.append(f"due {when.after} after the event ({event_time.isoformat()}) = {due.isoformat()}")
-    elif r.wait_for:
-        due = add_duration(event_time, r.wait_for.timeout, cal, zone)
-        d.steps.append(f"waits {r.wait_for.timeout} for {', '.join(r.wait_for.events)}; gap branch due {due.isoformat()}")
-    else:
-        due = now
-    if due < now - PAST_GRACE:
-        if when.skip_if_past:
-            d.fired, d.status, d.due_at = True, "skipped", due
-            d.reason = f"due time {due.isoformat()} has already passed"
-            return d
-    qh = when.quiet_hours or rs.settings.quiet_hours
-    if qh is not None and r.channel in ("sms", "voice", "push", "none"):
-        qzone = _zone(patient, rs, source_zone, qh.zone)
-        moved = apply_quiet_hours(max(due, now), qh, qzone)
-        if moved != max(due, now):
-            d.steps.append(f"quiet hours {qh.start}-{qh.end} {qzone}: moved to {moved.isoformat()}")
-            due = moved
-    if when.not_after and cr.not_after is not None:
-        limit = parse_fhir_datetime(_str(first_value(cr.not_after(event.resource, env))), zone)
-        if limit is not None and due >= limit:
-            d.fired, d.status, d.due_at = True, "skipped", due
-            d.reason = f"due time {due.isoformat()} is not before {when.not_after} ({limit.isoformat()})"
-            return d
-    due = max(due, now)
-    d.due_at = due
-    # dedup
+    if d.status == "skipped":
+        return d
     if r.dedup and cr.dedup_key is not None:
         key = first_value(cr.dedup_key(event.resource, env))
         d.dedup_key = f"{event.patient_key}|{r.emit.trigger}|{key}"
@@ -198,7 +238,60 @@ def _one(
     return d
 
 
+def _due(cr: CompiledRule, event: ClinicalEvent, rs: RuleSet, env: dict[str, Any], now: datetime,
+         patient: dict[str, Any] | None, source_zone: str | None, d: Decision) -> datetime | None:
+    """The due time, or None (with ``d`` saying why) when the rule cannot be timed; sets
+    ``d.status = "skipped"`` when the time has passed or quiet hours push it too late."""
+    r, when = cr.rule, cr.rule.when
+    zone = _zone(patient, rs, source_zone, "site")
+    cal = make_calendar(rs.settings.holiday_calendar, rs.settings.holidays)
+    if when.at:
+        assert cr.at is not None
+        base = parse_fhir_datetime(_str(first_value(cr.at(event.resource, env))), zone)
+        if base is None:
+            d.reason = f"when.at ({when.at}) has no value on this resource"
+            return None
+        due = base
+        if when.offset:
+            sign = -1 if when.offset.strip().startswith("-") else 1
+            due = add_duration(base, when.offset.strip().lstrip("+-"), cal, zone, sign)
+        d.steps.append(f"due at {when.at} {when.offset or ''} = {due.isoformat()}")
+    elif when.after:
+        due = add_duration(event.occurred_at, when.after, cal, zone)
+        d.steps.append(f"due {when.after} after the event ({event.occurred_at.isoformat()}) = {due.isoformat()}")
+    elif r.wait_for:
+        due = add_duration(event.occurred_at, r.wait_for.timeout, cal, zone)
+        d.steps.append(f"waits {r.wait_for.timeout} for {', '.join(r.wait_for.events)}; gap branch due {due.isoformat()}")
+    else:
+        due = now
+    if due < now - PAST_GRACE:
+        if when.skip_if_past:
+            d.fired, d.status = True, "skipped"
+            d.reason = f"due time {due.isoformat()} has already passed"
+            return due
+        d.steps.append(f"due time {due.isoformat()} has passed; skip_if_past is false: fires now")
+    due = max(due, now)
+    qh = when.quiet_hours or rs.settings.quiet_hours
+    moved_by_quiet = False
+    if qh is not None and r.channel in ("sms", "voice", "push", "none"):
+        qzone = _zone(patient, rs, source_zone, qh.zone)
+        moved = apply_quiet_hours(due, qh, qzone)
+        if moved != due:
+            d.steps.append(f"quiet hours {qh.start}-{qh.end} {qzone}: moved to {moved.isoformat()}")
+            due, moved_by_quiet = moved, True
+    if when.not_after and cr.not_after is not None:
+        limit = parse_fhir_datetime(_str(first_value(cr.not_after(event.resource, env))), zone)
+        if limit is not None and due >= limit:
+            d.fired, d.status = True, "skipped"
+            why = "quiet hours push it to" if moved_by_quiet else "due time"
+            d.reason = f"{why} {due.isoformat()}, not before {when.not_after} ({limit.isoformat()})"
+            return due
+    return due
+
+
 def _str(v: Any) -> str | None:
     if v is None:
         return None
-    return v if isinstance(v, str) else str(v)
+    if isinstance(v, str):
+        return v
+    return str(getattr(v, "toString", lambda: v)())

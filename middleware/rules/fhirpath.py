@@ -81,14 +81,39 @@ class ValueSets:
 Compiled = Callable[[Any, dict[str, Any]], list[Any]]
 
 
-def compile_expr(expr: str, valuesets: ValueSets | None = None) -> Compiled:
-    """Compile an expression (check it with :func:`check_syntax` first)."""
+def _as_text(v: Any) -> str:
+    if isinstance(v, str):
+        return v
+    to = getattr(v, "toString", None)
+    return str(to()) if callable(to) else str(v)
+
+
+def compile_expr(expr: str, valuesets: ValueSets | None = None, calendar: Any = None, zone: str = "UTC") -> Compiled:
+    """Compile an expression (check it with :func:`check_syntax` first).
+
+    Adds ``memberOf('valueset')`` and ``plusBusinessDays(n)`` (a dateTime moved ``n``
+    business days on ``calendar`` in ``zone``, same local time; returned as ISO text).
+    """
     vs = valuesets or ValueSets()
 
     def member_of(inputs: list[Any], name: str) -> list[bool]:
         return [any(vs.member(i, name) for i in inputs)] if inputs else []
 
-    table = {"memberOf": {"fn": member_of, "arity": {1: ["String"]}}}
+    def plus_business_days(inputs: list[Any], n: int) -> list[str]:
+        from .timing import Calendar, add_business_days, parse_fhir_datetime
+
+        cal = calendar or Calendar()
+        out = []
+        for i in inputs:
+            dt = parse_fhir_datetime(_as_text(i), zone)
+            if dt is not None:
+                out.append(add_business_days(dt, int(n), cal, zone).isoformat())
+        return out
+
+    table = {
+        "memberOf": {"fn": member_of, "arity": {1: ["String"]}},
+        "plusBusinessDays": {"fn": plus_business_days, "arity": {1: ["Integer"]}},
+    }
     return fhirpathpy.compile(expr, R4, options={"userInvocationTable": table})
 
 
@@ -105,4 +130,8 @@ def first_value(result: list[Any]) -> Any:
     if not result:
         return None
     v = result[0]
-    return getattr(v, "data", v) if not isinstance(v, (str, int, float, bool, dict, list)) else v
+    if isinstance(v, (str, int, float, bool, dict, list)):
+        return v
+    if callable(getattr(v, "toString", None)):  # FHIRPath date/time/quantity values
+        return str(v.toString())
+    return getattr(v, "data", v)

@@ -6,6 +6,7 @@ is ever returned: callers get ``(None, diagnostics)`` when any error was found.
 from __future__ import annotations
 
 import difflib
+from datetime import date
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -17,11 +18,16 @@ from pydantic import ValidationError
 from ..config.destinations import Destination, load_destinations
 from ..config.sources import Sources, load_sources
 from ..config.yamlpos import Diagnostic, DiagnosticSink, YamlError, load_positioned, position_of, pydantic_errors_to_diagnostics
-from ..normalize.catalogue import ACTIVITY_STATUSES, EVENT_TYPES, STATUSES
+from ..catalogue import ACTIVITY_STATUSES, EVENT_TYPES, STATUSES
 from .fhirpath import Compiled, ValueSets, check_syntax, compile_expr
 from .spec import Rule, RuleFileSpec, Settings
 
 _MEMBER_OF = re.compile(r"memberOf\(\s*'([^']+)'\s*\)")
+_VARIABLE = re.compile(r"(?<![\w'])%([A-Za-z_][\w]*)")
+#: %variables every expression may use (see rules/evaluate.py); %origin/%payload only in cancel conditions
+VARIABLES = frozenset({"previous", "patient", "event", "now", "age", "hospice", "diagnoses", "activity", "due",
+                       "resource", "context", "ucum", "sct", "loinc"})
+CANCEL_VARIABLES = frozenset({"origin", "payload"})
 
 
 @dataclass
@@ -64,22 +70,28 @@ def rule_files(directory: Path) -> list[Path]:
     return [p for p in files if not p.name.endswith("_test.yaml")]
 
 
-def _load_valuesets(directory: Path, diags: list[Diagnostic]) -> dict[str, set[str]]:
+def _load_valuesets(directory: Path, diags: list[Diagnostic], digest: Any = None) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     vdir = directory / "valuesets"
     if not vdir.is_dir():
         return out
     for p in sorted(vdir.glob("*.yaml")):
+        if digest is not None:
+            digest.update(p.name.encode() + b"\0" + p.read_bytes())
         sink = DiagnosticSink(str(p))
         try:
             raw = load_positioned(p)
         except YamlError as exc:
             diags.append(exc.diagnostic)
             continue
-        if not isinstance(raw, dict) or "valueset" not in raw or "codes" not in raw:
-            sink.error(raw, None, "invalid-valueset", "a value set file needs 'valueset' (name) and 'codes' (list of {system, code})")
+        if not isinstance(raw, dict) or "valueset" not in raw or not ("codes" in raw or "include" in raw):
+            sink.error(raw, None, "invalid-valueset", "a value set file needs 'valueset' (its name) and 'codes' (a list of {system, code}) or 'include' (a list of {system, codes: [...]})")
             diags.extend(sink.items)
             continue
+        for k in raw:
+            if k not in ("valueset", "description", "source", "synthetic", "version", "codes", "include"):
+                hint = difflib.get_close_matches(str(k), ["valueset", "description", "source", "synthetic", "version", "codes", "include"], n=1)
+                sink.error(raw, k, "unknown-field", f"unknown field '{k}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
         codes: set[str] = set()
         for i, c in enumerate(raw.get("codes") or []):
             if isinstance(c, dict) and c.get("code"):
@@ -88,12 +100,18 @@ def _load_valuesets(directory: Path, diags: list[Diagnostic]) -> dict[str, set[s
                 codes.add(c if "|" in c else f"|{c}")
             else:
                 sink.error(raw["codes"], i, "invalid-code", "each code needs 'code' (and usually 'system')")
+        for i, inc in enumerate(raw.get("include") or []):
+            if not isinstance(inc, dict) or not inc.get("system") or not isinstance(inc.get("codes"), list):
+                sink.error(raw["include"], i, "invalid-include", "each include needs 'system' and a list 'codes'")
+                continue
+            codes.update(f"{inc['system']}|{c}" for c in inc["codes"])
         out[str(raw["valueset"])] = codes
         diags.extend(sink.items)
     return out
 
 
-def _check_expr(sink: DiagnosticSink, node: Any, key: str | int, expr: str | None, vs_names: set[str], what: str) -> bool:
+def _check_expr(sink: DiagnosticSink, node: Any, key: str | int, expr: str | None, vs_names: set[str], what: str,
+                extra_vars: frozenset[str] = frozenset()) -> bool:
     if expr is None:
         return True
     ok = True
@@ -104,7 +122,14 @@ def _check_expr(sink: DiagnosticSink, node: Any, key: str | int, expr: str | Non
     for name in _MEMBER_OF.findall(expr):
         if name not in vs_names:
             hint = difflib.get_close_matches(name, list(vs_names), n=1)
-            sink.error(node, key, "unknown-valueset", f"{what}: unknown value set '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            sink.error(node, key, "unknown-valueset", f"{what}: unknown value set '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else " (add mappings/valuesets/<name>.yaml or an inline `valuesets:` entry)"))
+            ok = False
+    known = VARIABLES | extra_vars
+    for var in _VARIABLE.findall(expr):
+        if var not in known:
+            hint = difflib.get_close_matches(var, sorted(VARIABLES | CANCEL_VARIABLES), n=1)
+            where_ok = " (only in unless.where / wait_for.where)" if var in CANCEL_VARIABLES else ""
+            sink.error(node, key, "unknown-variable", f"{what}: unknown variable %{var}{where_ok}" + (f" (did you mean %{hint[0]}?)" if hint and not where_ok else ""))
             ok = False
     return ok
 
@@ -116,6 +141,33 @@ def _check_events(sink: DiagnosticSink, node: Any, key: str, events: list[str]) 
             hint = difflib.get_close_matches(ev, sorted(EVENT_TYPES), n=1)
             where, k = (seq, i) if isinstance(seq, list) else (node, key)
             sink.error(where, k, "unknown-event", f"unknown event type '{ev}'" + (f" (did you mean '{hint[0]}'?)" if hint else " (see `careloop events`)"))
+
+
+def _compiler(valuesets: ValueSets, settings: Settings) -> Any:
+    from .timing import make_calendar
+
+    cal = make_calendar(settings.holiday_calendar, settings.holidays)
+    return lambda expr: compile_expr(expr, valuesets, cal, settings.site_timezone)
+
+
+def _check_settings(directory: Path, settings: Settings, vs: dict[str, set[str]], diags: list[Diagnostic]) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    path = directory / "settings.yaml"
+    raw = load_positioned(path) if path.exists() else {}
+    sink = DiagnosticSink(str(path))
+    try:
+        ZoneInfo(settings.site_timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        sink.error(raw, "site_timezone", "unknown-timezone", f"'{settings.site_timezone}' is not an IANA time zone (e.g. America/New_York)")
+    for i, h in enumerate(settings.holidays):
+        try:
+            date.fromisoformat(h)
+        except ValueError:
+            sink.error(raw.get("holidays") if isinstance(raw, dict) else raw, i, "bad-date", f"holiday '{h}' is not a date YYYY-MM-DD")
+    if settings.suppress_hospice and settings.hospice_valueset not in vs:
+        sink.warning(raw, "suppress_hospice", "unknown-valueset", f"hospice suppression needs value set '{settings.hospice_valueset}' (mappings/valuesets/); without it hospice is not detected")
+    diags.extend(sink.items)
 
 
 def load_settings(directory: Path, diags: list[Diagnostic]) -> Settings:
@@ -147,8 +199,10 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
     diags += ddiags
     dest_by_name = {d.name: d for d in dests}
     settings = load_settings(directory, diags)
-    vs = _load_valuesets(directory, diags)
     digest = hashlib.sha256()
+    vs = _load_valuesets(directory, diags, digest)
+    if not any(d.level == "error" for d in diags):
+        _check_settings(directory, settings, vs, diags)
     compiled: list[CompiledRule] = []
     seen_ids: dict[str, str] = {}
     files = rule_files(directory)
@@ -189,10 +243,10 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                         sink.error(node, key, "unknown-status", f"'{s}' is not a status of {', '.join(sorted(types))}" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
             for j, u in enumerate(rule.unless):
                 _check_events(sink, node["unless"][j], "on", u.on)
-                _check_expr(sink, node["unless"][j], "where", u.where, names, "unless.where")
+                _check_expr(sink, node["unless"][j], "where", u.where, names, "unless.where", CANCEL_VARIABLES)
             if rule.wait_for:
                 _check_events(sink, node["wait_for"], "events", rule.wait_for.events)
-                _check_expr(sink, node["wait_for"], "where", rule.wait_for.where, names, "wait_for.where")
+                _check_expr(sink, node["wait_for"], "where", rule.wait_for.where, names, "wait_for.where", CANCEL_VARIABLES)
             _check_expr(sink, node, "where", rule.where, names, "where")
             wnode = node.get("when", node)
             _check_expr(sink, wnode, "at", rule.when.at, names, "when.at")
@@ -212,18 +266,23 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                     sink.error(where, key, "no-baa", f"rule '{rule.id}' sends patient-level triggers to '{dname}', which has no business associate agreement (baa: false); HIPAA forbids it, hashed identifiers included")
                 elif rule.purpose not in d.policy.purposes:
                     sink.error(where, key, "purpose-not-allowed", f"destination '{dname}' does not accept purpose '{rule.purpose}'")
+            if rule.purpose == "marketing" and rule.channel in ("sms", "voice"):
+                sink.warning(node, "purpose", "marketing-consent", f"rule '{rule.id}': marketing {rule.channel} needs prior express written consent; triggers for patients without a recorded authorization are suppressed at send time")
+            if rule.purpose == "treatment-reminder" and rule.channel in ("sms", "voice"):
+                pass  # counted against settings.treatment_caps (FCC healthcare exemption) at send time
             if sink.has_errors:
                 continue
             cr = CompiledRule(rule=rule, path=str(path), line=line)
             valuesets = ValueSets(vs)
-            cr.where = compile_expr(rule.where, valuesets) if rule.where else None
-            cr.at = compile_expr(rule.when.at, valuesets) if rule.when.at else None
-            cr.not_after = compile_expr(rule.when.not_after, valuesets) if rule.when.not_after else None
-            cr.dedup_key = compile_expr(rule.dedup.key, valuesets) if rule.dedup else None
-            cr.unless_where = [compile_expr(u.where, valuesets) if u.where else None for u in rule.unless]
-            cr.wait_where = compile_expr(rule.wait_for.where, valuesets) if rule.wait_for and rule.wait_for.where else None
+            comp = _compiler(valuesets, settings)
+            cr.where = comp(rule.where) if rule.where else None
+            cr.at = comp(rule.when.at) if rule.when.at else None
+            cr.not_after = comp(rule.when.not_after) if rule.when.not_after else None
+            cr.dedup_key = comp(rule.dedup.key) if rule.dedup else None
+            cr.unless_where = [comp(u.where) if u.where else None for u in rule.unless]
+            cr.wait_where = comp(rule.wait_for.where) if rule.wait_for and rule.wait_for.where else None
             for k, expr in rule.emit.payload.items():
-                cr.payload[k] = compile_expr(expr, valuesets)
+                cr.payload[k] = comp(expr)
             compiled.append(cr)
         diags += sink.items
     if any(d.level == "error" for d in diags):

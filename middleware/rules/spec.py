@@ -8,12 +8,14 @@ cancels it (``unless``), de-duplication and caps, the purpose, and what to emit.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w|bd)\s*$")
 _UNIT_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+#: units counted on the local calendar (the wall-clock time is kept across DST changes)
+CALENDAR_UNITS = frozenset({"d", "w"})
 
 Purpose = Literal["treatment-reminder", "care-coordination", "marketing"]
 
@@ -29,11 +31,31 @@ def parse_duration(text: str) -> tuple[float, bool]:
     return n * _UNIT_S[unit], False
 
 
+def duration_unit(text: str) -> str:
+    """The unit of a duration: ``"2d"`` -> ``"d"``. Raises ValueError like :func:`parse_duration`."""
+    m = _DURATION.match(str(text).strip().lstrip("+-"))
+    if not m:
+        raise ValueError(f"'{text}' is not a duration")
+    return m.group(2)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-Duration = str
+def _check_duration(v: str) -> str:
+    parse_duration(str(v).strip().lstrip("+-"))
+    return v
+
+
+_DURATION_DOC = "30m, 4h (elapsed time), 2d, 1w (calendar days: same local time), 2bd (business days)"
+#: a duration such as ``4h``, ``2d`` or ``2bd``; an ``offset`` may carry a sign
+Duration = Annotated[
+    str,
+    AfterValidator(_check_duration),
+    Field(description=_DURATION_DOC, json_schema_extra={"pattern": r"^[+-]?\s*\d+(\.\d+)?\s*(s|m|min|h|d|w|bd)\s*$"}),
+]
+FhirPath = Annotated[str, Field(description="FHIRPath on the event's resource; %previous, %patient, %age, %now, %diagnoses, %activity, %origin, %hospice")]
 
 
 class QuietHours(_Strict):
@@ -41,35 +63,24 @@ class QuietHours(_Strict):
 
     start: str = Field(default="21:00", pattern=r"^\d{2}:\d{2}$")
     end: str = Field(default="08:00", pattern=r"^\d{2}:\d{2}$")
-    zone: str = Field(default="patient", description="'patient', 'site' or an IANA zone")
+    zone: str = Field(default="patient", description="'patient' (the patient's zone, else the site's), 'site', or an IANA zone")
 
 
 class When(_Strict):
     """When to fire. Default: now. ``after`` delays from the event; ``at`` is a clinical
-    timestamp (FHIRPath) with an optional ``offset`` such as ``-24h`` or ``+2bd``."""
+    timestamp (FHIRPath) with an optional ``offset`` such as ``-1d`` or ``+2bd``.
+    Never in the past: a due time already passed is skipped and recorded (or, with
+    ``skip_if_past: false``, sent now); a due time that quiet hours push to or past
+    ``not_after`` is skipped and recorded."""
 
     after: Duration | None = None
-    at: str | None = Field(default=None, description="FHIRPath to a dateTime, e.g. Appointment.start")
-    offset: Duration | None = Field(default=None, description="signed duration added to `at`, e.g. -24h, +2bd")
-    quiet_hours: QuietHours | None = None
-    skip_if_past: bool = True
-    not_after: str | None = Field(
-        default=None, description="FHIRPath to a dateTime the trigger must fire before (e.g. Appointment.start)"
+    at: FhirPath | None = Field(default=None, description="FHIRPath to a dateTime, e.g. start or period.end")
+    offset: Duration | None = Field(default=None, description="signed duration added to `at`, e.g. -1d, -24h, +2bd")
+    quiet_hours: QuietHours | None = Field(default=None, description="overrides settings.quiet_hours for this rule")
+    skip_if_past: bool = Field(default=True, description="true: a due time already passed is skipped; false: fire now")
+    not_after: FhirPath | None = Field(
+        default=None, description="FHIRPath to a dateTime the trigger must fire before (e.g. start)"
     )
-
-    @field_validator("after")
-    @classmethod
-    def _after(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v)
-        return v
-
-    @field_validator("offset")
-    @classmethod
-    def _offset(cls, v: str | None) -> str | None:
-        if v is not None:
-            parse_duration(v.lstrip("+-"))
-        return v
 
     @model_validator(mode="after")
     def _one(self) -> "When":
@@ -81,85 +92,101 @@ class When(_Strict):
 
 
 class Unless(_Strict):
-    """Cancel the pending trigger when one of these events happens for the same scope."""
+    """Cancel the pending trigger as soon as one of these events happens for the same
+    patient (or the same resource). ``where`` sees the cancelling resource and, as
+    ``%origin``, the resource that created the trigger."""
 
-    on: list[str]
+    on: list[str] = Field(min_length=1)
     same: Literal["patient", "resource"] = "patient"
-    where: str | None = Field(default=None, description="FHIRPath on the cancelling event's resource")
-    within: Duration | None = Field(default=None, description="only events this soon after the trigger counts")
+    where: FhirPath | None = Field(default=None, description="FHIRPath on the cancelling event's resource; %origin is the trigger's")
+    within: Duration | None = Field(default=None, description="only triggers created this recently are cancelled")
 
 
 class WaitFor(_Strict):
-    """Fire only if none of ``events`` happens within ``timeout`` (the gap branch)."""
+    """Wait for one of ``events`` (the journey continues elsewhere); if none happens
+    within ``timeout`` the trigger fires: the gap branch."""
 
-    events: list[str]
+    events: list[str] = Field(min_length=1)
     timeout: Duration
     same: Literal["patient", "resource"] = "patient"
-    where: str | None = None
+    where: FhirPath | None = Field(default=None, description="FHIRPath on the awaited event's resource; %origin is the trigger's")
 
 
 class Dedup(_Strict):
     """At most one trigger per patient per ``key`` (FHIRPath or constant) per ``window``."""
 
-    key: str = Field(default="'default'")
+    key: FhirPath = Field(default="'default'")
     window: Duration = "30d"
 
 
 class Emit(_Strict):
-    trigger: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    trigger: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="the trigger name destinations receive")
     destinations: list[str] = Field(min_length=1)
     payload: dict[str, str] = Field(
-        default_factory=dict, description="field -> FHIRPath; a quoted string is a constant"
+        default_factory=dict, description="field -> FHIRPath; a quoted string ('text') is a constant; `purpose` is always added"
     )
 
 
 class Rule(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     description: str = ""
-    on: list[str] = Field(min_length=1)
-    from_: list[str] | None = Field(default=None, alias="from")
-    to: list[str] | None = None
-    where: str | None = None
+    source: str = Field(default="", description="the definition this rule implements (e.g. CMS TCM, HEDIS FUH)")
+    on: list[str] = Field(min_length=1, description="event types (see `careloop events`)")
+    from_: list[str] | None = Field(default=None, alias="from", description="previous statuses; [] or null means any")
+    to: list[str] | None = Field(default=None, description="new statuses")
+    where: FhirPath | None = None
     include_backfill: bool = False
     when: When = Field(default_factory=When)
     unless: list[Unless] = Field(default_factory=list)
     wait_for: WaitFor | None = None
     dedup: Dedup | None = None
-    message_kind: str | None = Field(default=None, description="kind counted by caps (e.g. appointment-reminder)")
+    message_kind: str | None = Field(default=None, description="kind counted by caps across rules (e.g. appointment-reminder)")
     purpose: Purpose
     channel: Literal["sms", "voice", "email", "push", "none"] = "none"
-    on_rule_change: Literal["keep", "reevaluate", "cancel"] = "keep"
+    on_rule_change: Literal["keep", "reevaluate", "cancel"] = Field(
+        default="keep", description="pending triggers when this rule changes on reload: keep, reevaluate, cancel"
+    )
     emit: Emit
     enabled: bool = True
 
+    @model_validator(mode="after")
+    def _timing(self) -> "Rule":
+        if self.wait_for and (self.when.after or self.when.at):
+            raise ValueError("wait_for sets the due time (its timeout); do not combine it with when.after or when.at")
+        return self
+
 
 class Caps(_Strict):
-    per_day: int | None = None
-    per_week: int | None = None
+    per_day: int | None = Field(default=None, ge=0)
+    per_week: int | None = Field(default=None, ge=0)
 
 
 class RuleFileSpec(_Strict):
     """One YAML file in mappings/rules/."""
 
     description: str = ""
-    valuesets: dict[str, list[str]] = Field(default_factory=dict, description="inline code lists: name -> system|code")
+    valuesets: dict[str, list[str]] = Field(default_factory=dict, description="inline code lists: name -> ['system|code' or 'code']")
     rules: list[Rule] = Field(default_factory=list)
 
 
 class Settings(_Strict):
     """``mappings/settings.yaml``: rule-set wide policy."""
 
-    caps: Caps = Field(default_factory=lambda: Caps(per_day=1, per_week=3))
-    treatment_caps: Caps = Field(default_factory=lambda: Caps(per_day=1, per_week=3))
+    caps: Caps = Field(default_factory=lambda: Caps(per_day=1, per_week=3), description="per patient per message_kind")
+    treatment_caps: Caps = Field(
+        default_factory=lambda: Caps(per_day=1, per_week=3),
+        description="FCC healthcare exemption: treatment sms+voice per patient, all rules together",
+    )
     quiet_hours: QuietHours | None = Field(default_factory=QuietHours)
     site_timezone: str = "America/New_York"
     holidays: list[str] = Field(default_factory=list, description="extra holiday dates YYYY-MM-DD")
     holiday_calendar: str | None = Field(default="US", description="country code for the `holidays` package, or none")
     suppress_hospice: bool = True
+    hospice_valueset: str = Field(default="hospice", description="value set naming hospice dispositions, encounter types, care plans")
 
 
-def json_schema() -> dict:
-    """The published JSON Schema of a rule file."""
+def json_schema() -> dict[str, Any]:
+    """The published JSON Schema of a rule file (``docs/schema/rules.schema.json``)."""
     schema = RuleFileSpec.model_json_schema(by_alias=True)
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["$id"] = "https://careloop.dev/schemas/rules.schema.json"

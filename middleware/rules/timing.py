@@ -8,7 +8,7 @@ from functools import lru_cache
 from typing import Iterable
 from zoneinfo import ZoneInfo
 
-from .spec import QuietHours, parse_duration
+from .spec import CALENDAR_UNITS, QuietHours, duration_unit, parse_duration
 
 
 def parse_fhir_datetime(value: str | None, default_zone: str = "UTC") -> datetime | None:
@@ -73,16 +73,22 @@ def add_business_days(start: datetime, n: int, cal: Calendar, zone: str) -> date
 
 
 def add_duration(start: datetime, text: str, cal: Calendar, zone: str, sign: int = 1) -> datetime:
-    """Add ``"4h"``/``"2d"``/``"2bd"`` (signed by ``sign``); days are calendar days in ``zone``."""
+    """Add ``"4h"``/``"2d"``/``"2bd"`` (signed by ``sign``).
+
+    ``s``/``m``/``h`` are elapsed time; ``d``/``w`` are calendar days in ``zone`` (the
+    local wall-clock time is kept across a DST change, so ``-1d`` before a 14:00
+    appointment is 14:00 the day before even when that day had 23 hours); ``bd`` are
+    business days (Monday-Friday minus the calendar's holidays), same local time.
+    """
     amount, business = parse_duration(text)
     if business:
         return add_business_days(start, int(sign * amount), cal, zone)
-    if amount % 86400 == 0 and amount >= 86400:
-        # whole days keep the local wall-clock time across DST changes
-        local = start.astimezone(ZoneInfo(zone))
-        days = int(amount // 86400) * sign
-        naive = local.replace(tzinfo=None) + timedelta(days=days)
-        return naive.replace(tzinfo=ZoneInfo(zone))
+    if duration_unit(text) in CALENDAR_UNITS:
+        tz = ZoneInfo(zone)
+        local = start.astimezone(tz)
+        naive = local.replace(tzinfo=None) + timedelta(seconds=sign * amount)
+        # a nonexistent wall time (spring forward) is normalised through UTC
+        return naive.replace(tzinfo=tz).astimezone(timezone.utc).astimezone(tz)
     return start + timedelta(seconds=sign * amount)
 
 

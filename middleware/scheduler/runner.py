@@ -13,6 +13,7 @@ from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from .patientctx import suppression_at_send
 from ..rules.load import RuleSet
 from ..storage.db import is_sqlite
 from ..storage.tables import Authorization, DeliveryRow, Suppression, TriggerRow
@@ -21,6 +22,8 @@ log = logging.getLogger("careloop.scheduler")
 
 DAY = 86400.0
 WEEK = 7 * DAY
+#: channels the TCPA counts together for the healthcare exemption caps
+PHONE_CHANNELS = ("sms", "voice")
 
 
 def idempotency_key(t: TriggerRow, destination: str) -> str:
@@ -110,18 +113,36 @@ class Scheduler:
             ).first()
             if auth is None:
                 return "marketing requires a recorded authorization (prior express written consent) for this patient"
-        caps = rs.settings.treatment_caps if t.purpose == "treatment-reminder" else rs.settings.caps
-        kind_filter = (TriggerRow.purpose == "treatment-reminder") if t.purpose == "treatment-reminder" else (TriggerRow.message_kind == t.message_kind)
-        for limit, window, label in ((caps.per_day, DAY, "day"), (caps.per_week, WEEK, "week")):
+        why = suppression_at_send(s, pk, rs)
+        if why:
+            return why
+        return self._caps(s, t, rs, now)
+
+    def _caps(self, s: Session, t: TriggerRow, rs: RuleSet, now: float) -> str | None:
+        """Caps per patient over rolling 24 h / 7 days, counted over *fired* triggers of all rules.
+
+        A treatment reminder by sms or voice counts against ``settings.treatment_caps``
+        with every other treatment sms/voice trigger (the FCC healthcare exemption:
+        calls and texts together). Any other trigger counts against ``settings.caps``
+        with triggers of the same ``message_kind``, whatever the rule or channel.
+        """
+        rule = rs.rule(t.rule_id)
+        phone_rules = [r.id for r in rs.rules if r.rule.purpose == "treatment-reminder" and r.rule.channel in PHONE_CHANNELS]
+        if t.purpose == "treatment-reminder" and rule is not None and rule.rule.channel in PHONE_CHANNELS:
+            caps, label_kind = rs.settings.treatment_caps, "treatment calls/texts"
+            kind_filter = TriggerRow.rule_id.in_(phone_rules)  # type: ignore[attr-defined]
+        else:
+            caps, label_kind = rs.settings.caps, f"'{t.message_kind}' messages"
+            kind_filter = TriggerRow.message_kind == t.message_kind
+        for limit, window, label in ((caps.per_day, DAY, "24 hours"), (caps.per_week, WEEK, "7 days")):
             if limit is None:
                 continue
             n = s.exec(
                 select(func.count()).select_from(TriggerRow).where(
-                    TriggerRow.patient_key == pk, TriggerRow.status == "fired", kind_filter,
+                    TriggerRow.patient_key == t.patient_key, TriggerRow.status == "fired", kind_filter,
                     TriggerRow.fired_at >= now - window,  # type: ignore[operator]
                 )
             ).one()
             if n >= limit:
-                what = "treatment messages" if t.purpose == "treatment-reminder" else f"'{t.message_kind}' messages"
-                return f"cap reached: {n} {what} to this patient in the last {label} (limit {limit})"
+                return f"cap reached: {n} {label_kind} to this patient in the last {label} (limit {limit})"
         return None
