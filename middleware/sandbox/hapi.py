@@ -25,7 +25,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -233,7 +233,7 @@ def is_healthy(base_url: str, timeout_s: float = 5.0) -> bool:
     if r.status_code != 200:
         return False
     try:
-        return r.json().get("resourceType") == "CapabilityStatement"
+        return bool(r.json().get("resourceType") == "CapabilityStatement")
     except ValueError:
         return False
 
@@ -302,14 +302,15 @@ def wait_ready(
 # --------------------------------------------------------------------------- state files
 
 
-def _read_state(workdir: Path) -> dict | None:
+def _read_state(workdir: Path) -> dict[str, Any] | None:
     p = workdir / _STATE_FILE
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text())
+        data = json.loads(p.read_text())
     except (OSError, ValueError):
         return None
+    return data if isinstance(data, dict) else None
 
 
 def _write_state(workdir: Path, handle: SandboxHandle, started_at: float) -> None:
@@ -330,7 +331,7 @@ def _clear_state(workdir: Path) -> None:
             pass
 
 
-def _handle_from_state(state: dict, reused: bool) -> SandboxHandle:
+def _handle_from_state(state: dict[str, Any], reused: bool) -> SandboxHandle:
     return SandboxHandle(
         base_url=state["base_url"],
         pid=state.get("pid"),
@@ -403,6 +404,9 @@ def start(
         pid = state.get("pid")
         alive = pid is None or (_pid_alive(pid) and _is_our_java(pid))
         if alive and is_healthy(state["base_url"]):
+            return _handle_from_state(state, reused=True)
+        if alive and pid is not None and not wait:
+            # Still booting and the caller does not want to wait: report it, never start twice.
             return _handle_from_state(state, reused=True)
         if alive and pid is not None and wait:
             # Started earlier and still booting: wait for it instead of starting a second one.

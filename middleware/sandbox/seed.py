@@ -280,7 +280,8 @@ def post_bundle(base_url: str, bundle: Resource, timeout_s: float = 120.0,
     else:
         r = client.post(url, json=bundle, headers=headers, timeout=timeout_s)
     r.raise_for_status()
-    return r.json()
+    out: Resource = r.json()
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,6 +42,8 @@ def hapi_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[hapi.Sand
         _skip_or_fail(
             "no HAPI sandbox runtime: need Java 17+ with Maven ('mvn'), or a running Docker engine; "
             "or set CARELOOP_SANDBOX_URL to a running server"
+            + (f" (CARELOOP_SANDBOX_RUNTIME={os.environ['CARELOOP_SANDBOX_RUNTIME']} is forced)"
+               if os.environ.get("CARELOOP_SANDBOX_RUNTIME") else "")
         )
     port = int(os.environ.get("CARELOOP_SANDBOX_PORT", hapi.DEFAULT_PORT))
     workdir = tmp_path_factory.mktemp("hapi-sandbox")
