@@ -85,12 +85,23 @@ class Runtime:
         return self._ruleset.sources
 
     def reload(self) -> list:
-        """Load the mappings again; keep the running set when the new one has errors."""
+        """Load the mappings again; keep the running set when the new one has errors.
+
+        On success the pending triggers of changed or removed rules follow each rule's
+        ``on_rule_change`` (keep / reevaluate / cancel; ``pipeline.replay``).
+        """
         rs, diags = load_ruleset(self.settings.mappings_dir)
         if rs is None:
             log.error("reload refused", extra={"action": "mappings.reload_refused", "count": len(diags)})
             return [d for d in diags if d.level == "error"]
-        self._ruleset = rs
+        old, self._ruleset = self._ruleset, rs
+        if old.version != rs.version:
+            from .pipeline.replay import apply_rule_changes
+
+            try:
+                apply_rule_changes(self.engine, old, rs, self.clock())
+            except Exception as exc:  # the new set is live either way; the policy is retried on the next reload
+                log.error("rule-change policy failed", extra={"action": "mappings.rule_change_failed", "error_type": type(exc).__name__})
         log.info("mappings reloaded", extra={"action": "mappings.reloaded", "version": rs.version})
         return []
 

@@ -31,6 +31,7 @@ def schema_texts() -> dict[str, str]:
     return {
         "rules.schema.json": json.dumps(spec.json_schema(), indent=2) + "\n",
         "rules-test.schema.json": json.dumps(golden.json_schema(), indent=2) + "\n",
+        "settings.schema.json": json.dumps(spec.settings_schema(), indent=2) + "\n",
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Callable
+from zoneinfo import ZoneInfo
 
 import fhirpathpy
 from antlr4 import CommonTokenStream, InputStream, Token
@@ -91,8 +92,10 @@ def _as_text(v: Any) -> str:
 def compile_expr(expr: str, valuesets: ValueSets | None = None, calendar: Any = None, zone: str = "UTC") -> Compiled:
     """Compile an expression (check it with :func:`check_syntax` first).
 
-    Adds ``memberOf('valueset')`` and ``plusBusinessDays(n)`` (a dateTime moved ``n``
-    business days on ``calendar`` in ``zone``, same local time; returned as ISO text).
+    Adds ``memberOf('valueset')``; ``plusBusinessDays(n)`` and ``plusDays(n)`` (a
+    dateTime moved ``n`` business / calendar days in ``zone``, same local time, ISO text
+    with its offset: FHIRPath's own ``+ 7 days`` drops the offset in fhirpathpy); and
+    ``localDate()`` (the YYYY-MM-DD a dateTime was written with, for same-day tests).
     """
     vs = valuesets or ValueSets()
 
@@ -110,9 +113,25 @@ def compile_expr(expr: str, valuesets: ValueSets | None = None, calendar: Any = 
                 out.append(add_business_days(dt, int(n), cal, zone).isoformat())
         return out
 
+    def plus_days(inputs: list[Any], n: int) -> list[str]:
+        from .timing import add_duration, parse_fhir_datetime
+
+        out = []
+        for i in inputs:
+            dt = parse_fhir_datetime(_as_text(i), zone)
+            if dt is not None:
+                local = dt.astimezone(ZoneInfo(zone))
+                out.append(add_duration(local, f"{abs(int(n))}d", calendar, zone, 1 if n >= 0 else -1).isoformat())
+        return out
+
+    def local_date(inputs: list[Any]) -> list[str]:
+        return [_as_text(i)[:10] for i in inputs if len(_as_text(i)) >= 10]
+
     table = {
         "memberOf": {"fn": member_of, "arity": {1: ["String"]}},
         "plusBusinessDays": {"fn": plus_business_days, "arity": {1: ["Integer"]}},
+        "plusDays": {"fn": plus_days, "arity": {1: ["Integer"]}},
+        "localDate": {"fn": local_date, "arity": {0: []}},
     }
     return fhirpathpy.compile(expr, R4, options={"userInvocationTable": table})
 

@@ -192,3 +192,12 @@ def json_schema() -> dict[str, Any]:
     schema["$id"] = "https://careloop.dev/schemas/rules.schema.json"
     schema["title"] = "careloop rule file"
     return schema
+
+
+def settings_schema() -> dict[str, Any]:
+    """The published JSON Schema of ``mappings/settings.yaml``."""
+    schema = Settings.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://careloop.dev/schemas/settings.schema.json"
+    schema["title"] = "careloop rule-set settings"
+    return schema

@@ -29,6 +29,8 @@ PHONE_CHANNELS = ("sms", "voice")
 def idempotency_key(t: TriggerRow, destination: str) -> str:
     """Stable across retries, restarts and replays: patient, trigger, resource, version, destination."""
     raw = f"{t.patient_key}|{t.name}|{t.resource_key}|{t.resource_version}|{t.rule_id}|{destination}"
+    if t.dedup_key:  # two triggers of one rule from one resource version (e.g. two CarePlan activities)
+        raw += f"|{t.dedup_key}"
     return "cl_" + hashlib.sha256(raw.encode()).hexdigest()[:40]
 
 
