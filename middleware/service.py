@@ -12,8 +12,11 @@ from typing import Callable
 from sqlalchemy.engine import Engine
 
 from .config.sources import Sources
+from .delivery.audit import ensure_columns, guard_append_only
+from .delivery.retention import purge
 from .delivery.worker import DeliveryWorker
 from .listeners.mllp import MllpListener
+from .metrics import Meters
 from .pipeline.process import Processor
 from .rules.load import RuleSet, load_ruleset
 from .scheduler.runner import Scheduler
@@ -60,18 +63,29 @@ class Runtime:
         self._ruleset = rs
         self.engine = engine or make_engine(settings.database_url)
         init_db(self.engine)
+        ensure_columns(self.engine)
+        guard_append_only()
         self.fault = fault_hook_from_env()
         self.wake_process = asyncio.Event()
         self.wake_schedule = asyncio.Event()
         self.wake_deliver = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.writer = InboxWriter(self.engine, on_commit=self._signal(self.wake_process), fault_hook=self.fault)
+        self.meters = Meters()
+        self.writer = InboxWriter(self.engine, on_commit=self._signal(self.wake_process), fault_hook=self.fault,
+                                  on_stored=self.meters.on_stored)
         self.processor = Processor(self.engine, self.ruleset, clock=self.clock, on_due=self._threadsafe(self.wake_schedule))
         self.scheduler = Scheduler(self.engine, self.ruleset, clock=self.clock, on_deliveries=self._threadsafe(self.wake_deliver))
         self.delivery = DeliveryWorker(
             self.engine, self.ruleset, contact_secret=settings.contact_key_secret, clock=self.clock,
             link_base=f"http://{settings.http_host}:{settings.http_port}", fault_hook=self.fault,
         )
+        from .listeners.reconcile import Reconciler
+        from .pipeline.fhir_handler import FhirHandler
+
+        self.reconciler = Reconciler(self.engine, self.writer, lambda: self.sources, clock=self.clock)
+        self.processor.handlers["fhir"] = FhirHandler(self.reconciler)
+        self.processor.fault_hook = self.fault
+        self.scheduler.fault_hook = self.fault
         self.mllp: MllpListener | None = None
         self.extra_handlers_installed = False
         self.started_at = self.clock()
@@ -135,17 +149,72 @@ class Runtime:
                 log.error("worker step failed", extra={"action": f"{name}.error", "error_type": type(exc).__name__}, exc_info=True)
                 await asyncio.sleep(1.0)
 
-    async def start_workers(self) -> list[asyncio.Task]:
+    async def _retention_loop(self, every_s: float = 3600.0) -> None:
+        """Purge raw messages and payload bodies older than ``retention_days``, hourly (audit kept)."""
+        while True:
+            try:
+                await asyncio.to_thread(purge, self.engine, now=self.clock().timestamp(), days=self.settings.retention_days)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("retention failed", extra={"action": "retention.error", "error_type": type(exc).__name__})
+            await asyncio.sleep(every_s)
+
+    async def _reconcile(self) -> None:
+        """The FHIR reconciler (``listeners/reconcile.py``), restarted after an unexpected error."""
+        while True:
+            try:
+                await self.reconciler.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("reconciler failed", extra={"action": "fhir.reconcile_error", "error_type": type(exc).__name__}, exc_info=True)
+                await asyncio.sleep(5.0)
+
+    async def start_workers(self, *, standalone: bool = False) -> list[asyncio.Task]:
+        """Start the inbox writer and (unless ``run_worker`` is off) the worker loops.
+
+        ``standalone`` (``careloop worker``): no listener in this process wakes the processing
+        loop after a commit, so it polls at ``worker_poll_interval_s`` instead of 5x that.
+        """
         self.loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(self.writer.run(), name="inbox-writer")]
-        if self.settings.run_worker:
-            poll = self.settings.worker_poll_interval_s
+        if self.settings.run_worker or standalone:
+            poll = max(self.settings.worker_poll_interval_s, 0.05)
+            # the scheduler polls often enough that a trigger fires well within a second of its due time
+            sched_every = min(1.0, 2 * poll)
             tasks += [
-                asyncio.create_task(self._loop(self.wake_process, lambda: asyncio.to_thread(self.processor.run_once), max(poll, 0.05) * 5, "process")),
-                asyncio.create_task(self._loop(self.wake_schedule, lambda: asyncio.to_thread(self.scheduler.fire_due), 1.0, "schedule")),
+                asyncio.create_task(self._loop(self.wake_process, lambda: asyncio.to_thread(self.processor.run_once), poll if standalone else poll * 5, "process")),
+                asyncio.create_task(self._loop(self.wake_schedule, lambda: asyncio.to_thread(self.scheduler.fire_due), sched_every, "schedule")),
                 asyncio.create_task(self._loop(self.wake_deliver, self.delivery.run_once, 1.0, "deliver")),
+                asyncio.create_task(self._retention_loop(), name="retention"),
+                asyncio.create_task(self._reconcile(), name="fhir-reconcile"),
             ]
         return tasks
+
+    async def work(self) -> None:
+        """``careloop worker``: processing, scheduler and delivery loops only (no listeners), until
+        SIGTERM/SIGINT. Safe to run many against one PostgreSQL: every claim is ``FOR UPDATE SKIP LOCKED``."""
+        self.loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+        except (NotImplementedError, RuntimeError):
+            pass
+        tasks = await self.start_workers(standalone=True)
+        log.info("careloop worker running", extra={"action": "worker.start"})
+        try:
+            await stop.wait()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.delivery.aclose()
 
     async def serve(self) -> None:
         """Run HTTP, MLLP and workers until cancelled or signalled."""
@@ -158,6 +227,7 @@ class Runtime:
         self.mllp = MllpListener(
             sources=self.sources, writer=self.writer, host=self.settings.mllp_host, port=self.settings.mllp_port,
             max_message_bytes=self.settings.mllp_max_message_bytes, idle_timeout_s=self.settings.mllp_idle_timeout_s,
+            fault_hook=self.fault,
         )
         await self.mllp.start()
         app = create_app(self)

@@ -23,17 +23,21 @@ def _engine(request: Request) -> Any:
     return request.app.state.runtime.engine
 
 
+def _page(session: Session, table: Any, *, limit: int, before_id: int | None, **filters: Any) -> list[Any]:
+    """Newest first, ``limit`` rows older than ``before_id``, equality filters that are set."""
+    stmt = select(table).order_by(col(table.id).desc()).limit(limit)
+    for name, value in filters.items():
+        if value is not None:
+            stmt = stmt.where(getattr(table, name) == value)
+    if before_id:
+        stmt = stmt.where(col(table.id) < before_id)
+    return list(session.exec(stmt).all())
+
+
 @router.get("/api/messages")
 def messages(request: Request, status: str | None = None, source: str | None = None, limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
     with Session(_engine(request)) as s:
-        stmt = select(InboundMessage).order_by(col(InboundMessage.id).desc()).limit(limit)
-        if status:
-            stmt = stmt.where(InboundMessage.status == status)
-        if source:
-            stmt = stmt.where(InboundMessage.source == source)
-        if before_id:
-            stmt = stmt.where(col(InboundMessage.id) < before_id)
-        rows = s.exec(stmt).all()
+        rows = _page(s, InboundMessage, limit=limit, before_id=before_id, status=status, source=source)
         return {"items": [
             {"id": m.id, "source": m.source, "channel": m.channel, "received_at": iso(m.received_at),
              "message_type": m.message_type, "control_id": m.control_id, "status": m.status, "error": m.error,
@@ -76,16 +80,8 @@ def event_json(e: EventRow) -> dict[str, Any]:
 def events(request: Request, type: str | None = None, patient_key: str | None = None, arrival: str | None = None,
            limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
     with Session(_engine(request)) as s:
-        stmt = select(EventRow).order_by(col(EventRow.id).desc()).limit(limit)
-        if type:
-            stmt = stmt.where(EventRow.type == type)
-        if patient_key:
-            stmt = stmt.where(EventRow.patient_key == patient_key)
-        if arrival:
-            stmt = stmt.where(EventRow.arrival == arrival)
-        if before_id:
-            stmt = stmt.where(col(EventRow.id) < before_id)
-        return {"items": [event_json(e) for e in s.exec(stmt).all()]}
+        rows = _page(s, EventRow, limit=limit, before_id=before_id, type=type, patient_key=patient_key, arrival=arrival)
+        return {"items": [event_json(e) for e in rows]}
 
 
 def trigger_json(t: TriggerRow) -> dict[str, Any]:
@@ -101,16 +97,8 @@ def trigger_json(t: TriggerRow) -> dict[str, Any]:
 def triggers(request: Request, status: str | None = None, rule_id: str | None = None, patient_key: str | None = None,
              limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
     with Session(_engine(request)) as s:
-        stmt = select(TriggerRow).order_by(col(TriggerRow.id).desc()).limit(limit)
-        if status:
-            stmt = stmt.where(TriggerRow.status == status)
-        if rule_id:
-            stmt = stmt.where(TriggerRow.rule_id == rule_id)
-        if patient_key:
-            stmt = stmt.where(TriggerRow.patient_key == patient_key)
-        if before_id:
-            stmt = stmt.where(col(TriggerRow.id) < before_id)
-        return {"items": [trigger_json(t) for t in s.exec(stmt).all()]}
+        rows = _page(s, TriggerRow, limit=limit, before_id=before_id, status=status, rule_id=rule_id, patient_key=patient_key)
+        return {"items": [trigger_json(t) for t in rows]}
 
 
 @router.get("/api/triggers/{trigger_id}")
@@ -126,15 +114,8 @@ def trigger_one(request: Request, trigger_id: int) -> dict[str, Any]:
 def deliveries(request: Request, status: str | None = None, destination: str | None = None,
                limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
     with Session(_engine(request)) as s:
-        stmt = select(DeliveryRow).order_by(col(DeliveryRow.id).desc()).limit(limit)
-        if status:
-            stmt = stmt.where(DeliveryRow.status == status)
-        if destination:
-            stmt = stmt.where(DeliveryRow.destination == destination)
-        if before_id:
-            stmt = stmt.where(col(DeliveryRow.id) < before_id)
         out = []
-        for d in s.exec(stmt).all():
+        for d in _page(s, DeliveryRow, limit=limit, before_id=before_id, status=status, destination=destination):
             attempts = s.exec(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == d.id).order_by(col(DeliveryAttempt.id))).all()
             out.append({"id": d.id, "trigger_id": d.trigger_id, "destination": d.destination,
                         "idempotency_key": d.idempotency_key, "status": d.status, "attempts": d.attempts,
@@ -146,8 +127,14 @@ def deliveries(request: Request, status: str | None = None, destination: str | N
 
 
 @router.post("/api/deliveries/replay")
-def deliveries_replay(request: Request, delivery_id: int | None = None, destination: str | None = None, status: str = "dead") -> dict[str, Any]:
-    n = replay(_engine(request), delivery_id=delivery_id, destination=destination, status=status)
+def deliveries_replay(request: Request, delivery_id: int | None = None, destination: str | None = None, status: str = "dead",
+                      rule_id: str | None = None, reason_contains: str | None = None) -> dict[str, Any]:
+    """Replay one delivery (``delivery_id``), a filter (status, rule, reason text) or a whole destination."""
+    try:
+        n = replay(_engine(request), delivery_id=delivery_id, destination=destination, status=status,
+                   rule_id=rule_id, reason_contains=reason_contains)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
     request.app.state.runtime.wake_deliver.set()
     return {"replayed": n}
 

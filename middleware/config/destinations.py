@@ -32,9 +32,19 @@ class Destination(_Strict):
     enabled: bool = True
     policy: Policy = Field(default_factory=Policy)
     config: dict[str, Any] = Field(default_factory=dict)
-    max_attempts: int = 12
+    #: Base 30 s doubling to a 6 h cap: 20 attempts span about 2.6 days
+    #: (the first 10 waits sum to 30·(2^10−1) s ≈ 8.5 h, then 9 waits of 6 h = 54 h).
+    max_attempts: int = 20
     backoff_base_s: float = 30.0
     backoff_max_s: float = 6 * 3600.0
+    dedup: Literal["auto", "receiver", "ledger"] = Field(
+        "auto",
+        description="after a crash between sending and recording: 'receiver' re-sends the same idempotency key "
+        "(the destination de-duplicates: Segment messageId, Iterable id, Standard Webhooks webhook-id); "
+        "'ledger' never sends twice and marks the delivery unconfirmed; 'auto' picks by connector",
+    )
+    max_concurrency: int | None = Field(None, ge=1, description="concurrent requests; default: the connector's")
+    rate_per_s: float | None = Field(None, gt=0, description="token-bucket rate; default: the connector's documented limit")
 
 
 class DestinationsFile(_Strict):

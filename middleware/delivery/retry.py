@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .registry import AuthFailure, Delivered, Disable, Outcome, Permanent, RateLimit, Retry
 
@@ -60,37 +61,59 @@ class TokenBucket:
 
 
 class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failures for ``cool_s``; auth failures open it until reset."""
+    """Pause a failing destination, then probe it, then resume.
 
-    def __init__(self, threshold: int = 5, cool_s: float = 60.0) -> None:
+    States: ``closed`` (send freely) → after ``threshold`` consecutive transient
+    failures ``open`` for ``cool_s`` (no sends) → ``half-open`` (one probe delivery
+    allowed: :meth:`budget` is 1) → a success closes it, a failure re-opens it for
+    twice as long (at most ``max_cool_s``). An :class:`AuthFailure` (static
+    credentials refused) opens it as ``open-auth`` until :meth:`reset` (an operator
+    resumes the destination after fixing the key). ``clock`` is monotonic seconds.
+    """
+
+    def __init__(self, threshold: int = 5, cool_s: float = 30.0, max_cool_s: float = 900.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.threshold = threshold
+        self.base_cool_s = cool_s
         self.cool_s = cool_s
+        self.max_cool_s = max_cool_s
+        self.clock = clock
         self.failures = 0
         self.open_until = 0.0
+        self.opened = False
         self.auth_blocked: str | None = None
 
     @property
     def state(self) -> str:
         if self.auth_blocked:
             return "open-auth"
-        if time.monotonic() < self.open_until:
-            return "open"
-        return "half-open" if self.failures >= self.threshold else "closed"
+        if not self.opened:
+            return "closed"
+        return "open" if self.clock() < self.open_until else "half-open"
+
+    def budget(self) -> int | None:
+        """How many deliveries may be claimed now: None = no limit, 1 = a probe, 0 = paused."""
+        st = self.state
+        return None if st == "closed" else 1 if st == "half-open" else 0
 
     def allow(self) -> bool:
-        return self.state in ("closed", "half-open")
+        return self.budget() != 0
 
     def record(self, outcome: Outcome) -> None:
         if isinstance(outcome, Delivered):
-            self.failures = 0
+            self.failures, self.opened, self.cool_s = 0, False, self.base_cool_s
             return
         if isinstance(outcome, AuthFailure):
             self.auth_blocked = outcome.reason
             return
         if isinstance(outcome, Retry):
+            was_probe = self.state == "half-open"
             self.failures += 1
-            if self.failures >= self.threshold:
-                self.open_until = time.monotonic() + self.cool_s
+            if was_probe or self.failures >= self.threshold:
+                if was_probe:
+                    self.cool_s = min(self.max_cool_s, self.cool_s * 2)
+                self.opened, self.open_until = True, self.clock() + self.cool_s
 
     def reset(self) -> None:
-        self.failures, self.open_until, self.auth_blocked = 0, 0.0, None
+        self.failures, self.open_until, self.opened, self.auth_blocked = 0, 0.0, False, None
+        self.cool_s = self.base_cool_s

@@ -177,6 +177,11 @@ class Disclosure(SQLModel, table=True):
     rule_id: str = Field(max_length=128)
     ruleset_version: str = Field(max_length=64)
     sent_at: float
+    # added for issue 6 (nullable, so older databases gain them with ALTER TABLE ADD COLUMN):
+    outcome: Optional[str] = Field(default=None, max_length=16)  # delivered | unconfirmed
+    body_bytes: Optional[int] = None  # length of the exact request body that carried it
+    request_target: Optional[str] = Field(default=None, max_length=200)  # "POST /v1/track" (no host, no query)
+    attempt: Optional[int] = None
 
 
 class SendLedger(SQLModel, table=True):
@@ -186,6 +191,49 @@ class SendLedger(SQLModel, table=True):
     idempotency_key: str = Field(primary_key=True, max_length=128)
     destination: str = Field(max_length=64)
     sent_at: float
+
+
+class SendIntent(SQLModel, table=True):
+    """A send that began but whose outcome is not yet recorded (destinations without de-duplication).
+
+    Written when a delivery is claimed, removed when its outcome is recorded. Finding one when a
+    delivery is claimed again means the worker stopped after sending began: the send ledger rule
+    is then "do not send twice" and the delivery becomes ``unconfirmed``.
+    """
+
+    __tablename__ = "send_intent"
+    idempotency_key: str = Field(primary_key=True, max_length=128)
+    delivery_id: int = Field(index=True)
+    destination: str = Field(max_length=64)
+    started_at: float
+
+
+class ConsentRecord(SQLModel, table=True):
+    """A FHIR Consent resource for a patient (posted to the API or delivered by a FHIR source)."""
+
+    __tablename__ = "consent"
+    __table_args__ = (Index("ix_consent_patient", "patient_key", "status"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    patient_key: str = Field(max_length=300)
+    fhir_id: Optional[str] = Field(default=None, max_length=64, index=True)
+    status: str = Field(max_length=32)
+    resource: str = Field(sa_column=Column(Text, nullable=False))
+    source: str = Field(default="api", max_length=64)
+    received_at: float
+    updated_at: float
+
+
+class DeliveryAlert(SQLModel, table=True):
+    """An operator alert (e.g. a destination refused static credentials and its circuit opened)."""
+
+    __tablename__ = "delivery_alert"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)  # auth-failure | destination-disabled
+    destination: str = Field(max_length=64, index=True)
+    delivery_id: Optional[int] = None
+    message: str = Field(sa_column=Column(Text, nullable=False))
+    created_at: float
+    resolved_at: Optional[float] = None
 
 
 class Suppression(SQLModel, table=True):
@@ -199,6 +247,7 @@ class Suppression(SQLModel, table=True):
     reason: str = Field(max_length=200)
     created_at: float
     revoked_at: Optional[float] = None
+    source: Optional[str] = Field(default=None, max_length=64)  # sms-stop | unsubscribe | revocation | operator
 
 
 class Authorization(SQLModel, table=True):

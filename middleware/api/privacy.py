@@ -1,0 +1,201 @@
+"""Privacy API: FHIR Consents, the suppression list, marketing authorizations, the
+disclosure audit, delivery alerts and destination resume. Honoured at send time, so
+a suppression or consent recorded here stops the next send immediately."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+import orjson
+from fastapi import APIRouter, Body, HTTPException, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlmodel import Session, col, select
+
+from ..delivery import admin, audit
+from ..delivery.consent import consent_patient_ref
+from ..storage.tables import Authorization, ConsentRecord, PatientRow, Suppression
+from .deps import TokenDep
+
+router = APIRouter(dependencies=[TokenDep])
+
+
+def _engine(request: Request) -> Any:
+    return request.app.state.runtime.engine
+
+
+def _iso(ts: float | None) -> str | None:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat() if ts else None
+
+
+# -- consents ---------------------------------------------------------------
+def _consent_json(c: ConsentRecord) -> dict[str, Any]:
+    return {"id": c.id, "patient_key": c.patient_key, "fhir_id": c.fhir_id, "status": c.status, "source": c.source,
+            "received_at": _iso(c.received_at), "resource": orjson.loads(c.resource)}
+
+
+@router.post("/api/consents", status_code=201)
+def consent_post(request: Request, resource: dict[str, Any] = Body(...), patient_key: str | None = None) -> dict[str, Any]:
+    """Store a FHIR Consent (validated as R4B). The patient comes from ``patient.identifier``
+    (``system|value``), ``patient.reference`` (``Patient/<id>`` of a known patient) or ``?patient_key=``.
+    A Consent with the same ``id`` replaces the earlier one."""
+    from fhir.resources.R4B.consent import Consent
+
+    if resource.get("resourceType") != "Consent":
+        raise HTTPException(422, "resourceType must be Consent")
+    try:
+        Consent.model_validate(resource)
+    except Exception as exc:
+        raise HTTPException(422, {"error": "invalid FHIR Consent", "detail": str(exc)[:2000]}) from exc
+    key, pid = consent_patient_ref(resource)
+    now = time.time()
+    with Session(_engine(request)) as s:
+        if patient_key is None and key is None and pid:
+            row = s.exec(select(PatientRow.key).where(PatientRow.fhir_id == pid)).first()
+            key = row
+        key = patient_key or key
+        if not key:
+            raise HTTPException(422, "cannot tell which patient: give patient.identifier, a known Patient/<id>, or ?patient_key=")
+        existing = s.exec(select(ConsentRecord).where(ConsentRecord.fhir_id == resource["id"])).first() if resource.get("id") else None
+        rec = existing or ConsentRecord(patient_key=key, status="", resource="{}", received_at=now, updated_at=now)
+        rec.patient_key, rec.fhir_id, rec.status = key, resource.get("id"), str(resource.get("status"))
+        rec.resource, rec.updated_at = orjson.dumps(resource).decode(), now
+        s.add(rec)
+        s.commit()
+        s.refresh(rec)
+        return _consent_json(rec)
+
+
+@router.get("/api/consents")
+def consent_list(request: Request, patient_key: str = Query(...)) -> dict[str, Any]:
+    with Session(_engine(request)) as s:
+        rows = s.exec(select(ConsentRecord).where(ConsentRecord.patient_key == patient_key).order_by(col(ConsentRecord.id))).all()
+        return {"items": [_consent_json(c) for c in rows]}
+
+
+# -- suppressions -------------------------------------------------------------
+class SuppressionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    patient_key: str
+    destination: str | None = Field(None, description="None = every destination")
+    purpose: str | None = Field(None, description="None = every purpose")
+    reason: str = Field("opt-out", max_length=200, description="a category such as 'STOP reply'; no free-text PHI")
+    source: Literal["sms-stop", "unsubscribe", "revocation", "operator", "other"] = "operator"
+
+
+def _supp_json(r: Suppression) -> dict[str, Any]:
+    return {"id": r.id, "patient_key": r.patient_key, "destination": r.destination, "purpose": r.purpose,
+            "reason": r.reason, "source": r.source, "created_at": _iso(r.created_at), "revoked_at": _iso(r.revoked_at),
+            "active": r.revoked_at is None}
+
+
+@router.get("/api/suppressions")
+def suppressions_list(request: Request, patient_key: str | None = None, active: bool = True,
+                      limit: int = Query(100, le=1000)) -> dict[str, Any]:
+    with Session(_engine(request)) as s:
+        stmt = select(Suppression).order_by(col(Suppression.id).desc()).limit(limit)
+        if patient_key:
+            stmt = stmt.where(Suppression.patient_key == patient_key)
+        if active:
+            stmt = stmt.where(col(Suppression.revoked_at).is_(None))
+        return {"items": [_supp_json(r) for r in s.exec(stmt)]}
+
+
+@router.post("/api/suppressions", status_code=201)
+def suppressions_add(request: Request, body: SuppressionIn) -> dict[str, Any]:
+    """Record an opt-out; it applies from the next send (deliveries are checked at send time)."""
+    with Session(_engine(request)) as s:
+        r = Suppression(patient_key=body.patient_key, destination=body.destination, purpose=body.purpose,
+                        reason=body.reason, source=body.source, created_at=time.time())
+        s.add(r)
+        s.commit()
+        s.refresh(r)
+        out = _supp_json(r)
+    request.app.state.runtime.wake_deliver.set()
+    return out
+
+
+@router.delete("/api/suppressions/{suppression_id}")
+def suppressions_remove(request: Request, suppression_id: int) -> dict[str, Any]:
+    """Lift an opt-out (the row is kept with ``revoked_at`` for the record)."""
+    with Session(_engine(request)) as s:
+        r = s.get(Suppression, suppression_id)
+        if r is None:
+            raise HTTPException(404, "no such suppression")
+        if r.revoked_at is None:
+            r.revoked_at = time.time()
+            s.add(r)
+            s.commit()
+            s.refresh(r)
+        return _supp_json(r)
+
+
+# -- authorizations -----------------------------------------------------------
+class AuthorizationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    patient_key: str
+    purpose: str = "marketing"
+    reference: str | None = Field(None, max_length=200, description="where the signed authorization is kept")
+
+
+def _auth_json(a: Authorization) -> dict[str, Any]:
+    return {"id": a.id, "patient_key": a.patient_key, "purpose": a.purpose, "reference": a.reference,
+            "granted_at": _iso(a.granted_at), "revoked_at": _iso(a.revoked_at), "active": a.revoked_at is None}
+
+
+@router.get("/api/authorizations")
+def authorizations_list(request: Request, patient_key: str = Query(...)) -> dict[str, Any]:
+    with Session(_engine(request)) as s:
+        rows = s.exec(select(Authorization).where(Authorization.patient_key == patient_key).order_by(col(Authorization.id)))
+        return {"items": [_auth_json(a) for a in rows]}
+
+
+@router.post("/api/authorizations", status_code=201)
+def authorizations_add(request: Request, body: AuthorizationIn) -> dict[str, Any]:
+    with Session(_engine(request)) as s:
+        a = Authorization(patient_key=body.patient_key, purpose=body.purpose, reference=body.reference, granted_at=time.time())
+        s.add(a)
+        s.commit()
+        s.refresh(a)
+        return _auth_json(a)
+
+
+@router.delete("/api/authorizations/{authorization_id}")
+def authorizations_revoke(request: Request, authorization_id: int) -> dict[str, Any]:
+    """Revoke; pending marketing deliveries for the patient are suppressed at their send time."""
+    with Session(_engine(request)) as s:
+        a = s.get(Authorization, authorization_id)
+        if a is None:
+            raise HTTPException(404, "no such authorization")
+        if a.revoked_at is None:
+            a.revoked_at = time.time()
+            s.add(a)
+            s.commit()
+            s.refresh(a)
+        return _auth_json(a)
+
+
+# -- audit, alerts, destinations ----------------------------------------------
+@router.get("/api/audit", response_model=None)
+def audit_query(request: Request, patient_key: str = Query(...), destination: str | None = None,
+                format: Literal["json", "csv"] = "json") -> Any:
+    """Every disclosure about one patient (append-only; kept at least 6 years)."""
+    rows = audit.disclosures_for(_engine(request), patient_key, destination=destination)
+    if format == "csv":
+        return PlainTextResponse(audit.to_csv(rows), media_type="text/csv")
+    return {"patient_key": patient_key, "items": rows}
+
+
+@router.get("/api/alerts")
+def alerts_list(request: Request, all: bool = False) -> dict[str, Any]:
+    return {"items": admin.alerts(_engine(request), open_only=not all),
+            "paused": admin.paused_destinations(_engine(request))}
+
+
+@router.post("/api/destinations/{name}/resume")
+def destination_resume(request: Request, name: str) -> dict[str, Any]:
+    """Lift an auth-failure pause or a 410 disable (after fixing the cause) and resolve its alerts."""
+    lifted = admin.resume(_engine(request), name)
+    request.app.state.runtime.wake_deliver.set()
+    return {"destination": name, "resumed": lifted}

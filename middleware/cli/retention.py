@@ -1,0 +1,29 @@
+"""``careloop retention run [--days N]``: purge raw messages and payload bodies (the audit is kept)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from .serve import add_common, settings_from
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ..delivery.retention import purge
+    from ..storage.db import init_db, make_engine
+
+    settings = settings_from(args)
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    report = purge(engine, now=time.time(), days=args.days or settings.retention_days)
+    print(json.dumps(report.as_dict()))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("retention", help="data retention")
+    rsub = p.add_subparsers(dest="retention_command", metavar="ACTION", required=True)
+    pr = rsub.add_parser("run", help="purge bodies older than retention_days [CARELOOP_RETENTION_DAYS]")
+    pr.add_argument("--days", type=int, help="override retention_days")
+    add_common(pr)
+    pr.set_defaults(func=cmd_run)

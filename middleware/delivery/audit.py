@@ -1,0 +1,101 @@
+"""The disclosure audit: append-only, queryable per patient, exportable (JSON or CSV).
+
+Every delivery that left (or may have left: ``unconfirmed``) has one ``Disclosure``
+row: recipient, the dotted list of fields in its part of the request body, the SHA-256
+and length of the exact request bytes, purpose, rule and rule-set version, time.
+Retention never touches this table; rows must be kept at least :data:`KEEP_YEARS`.
+:func:`guard_append_only` makes ORM updates and deletes of a disclosure raise.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from sqlalchemy import event, inspect, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from ..storage.tables import Disclosure
+
+KEEP_YEARS = 6
+
+#: Nullable columns added by issue 6 to tables that may already exist in older databases.
+ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "disclosure": {"outcome": "VARCHAR(16)", "body_bytes": "INTEGER", "request_target": "VARCHAR(200)", "attempt": "INTEGER"},
+    "suppression": {"source": "VARCHAR(64)"},
+}
+
+
+class AppendOnlyError(RuntimeError):
+    """Disclosures are append-only: they are never updated or deleted."""
+
+
+def _refuse(*_args: Any) -> None:
+    raise AppendOnlyError(AppendOnlyError.__doc__)
+
+
+def guard_append_only() -> None:
+    """Install (once) ORM hooks that refuse to update or delete a Disclosure."""
+    for name in ("before_update", "before_delete"):
+        if not event.contains(Disclosure, name, _refuse):
+            event.listen(Disclosure, name, _refuse)
+
+
+def ensure_columns(engine: Engine) -> list[str]:
+    """Add the issue-6 nullable columns to an existing database; return what was added."""
+    insp = inspect(engine)
+    added = []
+    with engine.begin() as conn:
+        for table, cols in ADDED_COLUMNS.items():
+            if not insp.has_table(table):
+                continue
+            have = {c["name"] for c in insp.get_columns(table)}
+            for name, sqltype in cols.items():
+                if name not in have:
+                    conn.execute(text(f'ALTER TABLE "{table}" ADD COLUMN {name} {sqltype}'))
+                    added.append(f"{table}.{name}")
+    return added
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
+
+
+def disclosure_json(d: Disclosure) -> dict[str, Any]:
+    return {
+        "id": d.id, "sent_at": _iso(d.sent_at), "patient_key": d.patient_key, "destination": d.destination,
+        "fields": orjson.loads(d.fields), "body_sha256": d.body_sha256, "body_bytes": d.body_bytes,
+        "request": d.request_target, "purpose": d.purpose, "rule_id": d.rule_id, "ruleset_version": d.ruleset_version,
+        "delivery_id": d.delivery_id, "trigger_id": d.trigger_id, "attempt": d.attempt, "outcome": d.outcome or "delivered",
+    }
+
+
+def disclosures_for(engine: Engine, patient_key: str, *, since: float | None = None, until: float | None = None,
+                    destination: str | None = None) -> list[dict[str, Any]]:
+    """Every disclosure about ``patient_key``, oldest first."""
+    with Session(engine) as s:
+        stmt = select(Disclosure).where(Disclosure.patient_key == patient_key)
+        if since is not None:
+            stmt = stmt.where(Disclosure.sent_at >= since)
+        if until is not None:
+            stmt = stmt.where(Disclosure.sent_at < until)
+        if destination:
+            stmt = stmt.where(Disclosure.destination == destination)
+        return [disclosure_json(d) for d in s.exec(stmt.order_by(col(Disclosure.sent_at), col(Disclosure.id)))]
+
+
+CSV_COLUMNS = ["id", "sent_at", "patient_key", "destination", "purpose", "rule_id", "ruleset_version", "outcome",
+               "fields", "body_sha256", "body_bytes", "request", "delivery_id", "trigger_id", "attempt"]
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """CSV export; ``fields`` joined with ``;``."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({**r, "fields": ";".join(r["fields"])})
+    return buf.getvalue()
