@@ -74,14 +74,18 @@ class Processor:
         handlers: dict[str, Handler] | None = None,
         on_due: Callable[[], None] | None = None,
         batch: int = 100,
+        fault_hook: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
         self.ruleset = ruleset
         self.clock = clock
-        self.handlers: dict[str, Handler] = {"mllp": handle_hl7, "http": handle_hl7}
+        from .fhir_handler import FhirHandler  # FHIR notifications; the runtime swaps in one that can fetch
+
+        self.handlers: dict[str, Handler] = {"mllp": handle_hl7, "http": handle_hl7, "fhir": FhirHandler()}
         if handlers:
             self.handlers.update(handlers)
         self.on_due = on_due
+        self.fault_hook = fault_hook
         self.batch = batch
         self.processed = 0
         self.failed = 0
@@ -120,6 +124,8 @@ class Processor:
                 msg.processed_at = time.time()
                 session.add(msg)
             session.commit()
+        if self.fault_hook:
+            self.fault_hook("process.after_commit")
         if due and self.on_due:
             self.on_due()
         return len(rows)

@@ -1,0 +1,286 @@
+"""Reconciliation: find every change a FHIR server made, notified or not.
+
+Per source and resource type a high-water mark (the newest ``meta.lastUpdated`` seen,
+kept in ``kv``) drives two reads, both from ``hwm - overlap`` because commit order is not
+``lastUpdated`` order (a transaction that started earlier may commit later):
+
+* ``GET {Type}?_lastUpdated=gt{since}&_sort=_lastUpdated&_count=200`` (paged) for creates
+  and updates (a search never returns deletes);
+* ``GET {Type}/_history?_since={since}`` for deletes.
+
+What is found is stored in the inbox as ``fhir`` rows (``meta.kind`` resource/delete,
+``meta.arrival`` reconcile, or notification for a sweep a notification asked for) and
+applied by the processor, so state is written by one worker only and every fetch is
+durable before the mark moves. Rows whose ``(Type, id, version)`` the inbox already holds
+are skipped; the processor ignores versions it already applied.
+
+A sweep runs at start-up and every ``reconcile_interval_s`` for ``kind: fhir`` sources; for
+any source with a ``base_url`` when a payload-less / ``empty`` notification or an
+event-number gap asks for it (requests are also kept in ``kv`` until done, so a crash
+does not lose them); ``id-only`` notifications queue single reads. Without a mark the
+sweep starts at *now* (loading history is ``careloop backfill``'s job).
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterable, Sequence
+
+import orjson
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from ..config.sources import Source, Sources
+from ..pipeline.fhir_state import (
+    clear_pending, fhir_instant, hwm_key, kv_get, kv_prefix, kv_set, parse_instant, reconcile_key,
+)
+from ..storage.inbox import InboundRecord, InboxWriter
+from ..storage.tables import InboundMessage
+from .fhir_fetch import FetchError, FhirFetcher
+
+log = logging.getLogger("careloop.fhir.reconcile")
+Json = dict[str, Any]
+PAGE = 200
+
+
+@dataclass
+class SweepReport:
+    source: str
+    types: list[str]
+    arrival: str
+    reason: str
+    resources: int = 0
+    deletes: int = 0
+    stored: int = 0
+    skipped: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def delete_entries(entries: Iterable[Json], rtype: str) -> list[Json]:
+    """History entries that are deletes -> ``{"id", "version", "last_updated"}`` (pure)."""
+    out = []
+    for e in entries:
+        req, resp = e.get("request") or {}, e.get("response") or {}
+        is_delete = req.get("method") == "DELETE" or str(resp.get("status", "")).startswith("410") or (
+            not e.get("resource") and not req)
+        if not is_delete:
+            continue
+        url = str(req.get("url") or e.get("fullUrl") or "")
+        parts = [p for p in url.split("?")[0].split("/") if p]
+        version = None
+        if "_history" in parts:
+            i = parts.index("_history")
+            version = parts[i + 1] if i + 1 < len(parts) else None
+            parts = parts[:i]
+        if len(parts) < 2 or parts[-2] != rtype:
+            continue
+        etag = str(resp.get("etag") or "")
+        if version is None and etag:
+            version = etag.replace('W/', '').strip('"') or None
+        out.append({"id": parts[-1], "version": version, "last_updated": resp.get("lastModified")})
+    return out
+
+
+class Reconciler:
+    """Runs sweeps and reads for FHIR sources; implements the handler's ``FetchPlanner``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        writer: InboxWriter,
+        sources: Callable[[], Sources],
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        fetcher_factory: Callable[[Source], Any] = FhirFetcher.for_source,
+        periodic: Callable[[Source], bool] = lambda s: s.kind == "fhir",
+    ) -> None:
+        self.engine = engine
+        self.writer = writer
+        self.sources = sources
+        self.clock = clock
+        self.fetcher_factory = fetcher_factory
+        self.periodic = periodic
+        self._fetchers: dict[tuple[str, str], Any] = {}
+        self._sweeps: dict[tuple[str, str], tuple[str, str]] = {}  # (source, type) -> (arrival, reason)
+        self._reads: dict[tuple[str, str, str], str] = {}
+        self._wake: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.reports: list[SweepReport] = []
+        self.idle = asyncio.Event()
+
+    # -- planner (called from the processor thread) --------------------------------------
+    def fetcher(self, source: str) -> Any:
+        src = self.sources().get(source)
+        if src is None or not src.fhir.base_url:
+            return None
+        k = (source, src.fhir.base_url)
+        if k not in self._fetchers:
+            self._fetchers[k] = self.fetcher_factory(src)
+        return self._fetchers[k]
+
+    def request_sweep(self, source: str, types: Sequence[str], arrival: str, reason: str) -> None:
+        for t in types:
+            old = self._sweeps.get((source, t))
+            # a reconcile request outranks a notification one for the same type
+            if old is None or (arrival == "reconcile" and old[0] != "reconcile"):
+                self._sweeps[(source, t)] = (arrival, reason)
+        self._kick()
+
+    def request_read(self, source: str, rtype: str, rid: str, arrival: str) -> None:
+        self._reads[(source, rtype, rid)] = arrival
+        self._kick()
+
+    def _kick(self) -> None:
+        if self.loop is not None and self._wake is not None:
+            self.loop.call_soon_threadsafe(self._wake.set)
+
+    # -- loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Start-up sweep, then requests as they come and periodic sweeps when due."""
+        self.loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._load_pending()
+        due: dict[str, float] = {}
+        for src in self.sources().items:
+            if self.periodic(src) and src.fhir.base_url:
+                self.request_sweep(src.name, src.fhir.resource_types, "reconcile", "startup")
+        while True:
+            await self._drain()
+            now = time.monotonic()
+            for src in self.sources().items:
+                if not (self.periodic(src) and src.fhir.base_url):
+                    continue
+                if src.name not in due:
+                    due[src.name] = now + src.fhir.reconcile_interval_s
+                elif now >= due[src.name]:
+                    due[src.name] = now + src.fhir.reconcile_interval_s
+                    self.request_sweep(src.name, src.fhir.resource_types, "reconcile", "interval")
+            if self._sweeps or self._reads:
+                continue
+            self.idle.set()
+            timeout = max(0.05, min(due.values(), default=now + 60) - now)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            self.idle.clear()
+
+    def _load_pending(self) -> None:
+        with Session(self.engine) as s:
+            for key, val in kv_prefix(s, "fhir.pending.").items():
+                source, _, rtype = key[len("fhir.pending."):].rpartition(".")
+                self.request_sweep(source, [rtype], val.get("arrival", "reconcile"), val.get("reason", "pending"))
+
+    async def _drain(self) -> None:
+        while self._reads:
+            (source, rtype, rid), arrival = self._reads.popitem()
+            try:
+                await self.read(source, rtype, rid, arrival)
+            except Exception as exc:  # the next sweep covers it
+                log.warning("read failed", extra={"action": "fhir.read_failed", "source": source, "resource_type": rtype,
+                                                  "error_type": type(exc).__name__})
+        groups: dict[tuple[str, str, str], list[str]] = {}
+        while self._sweeps:
+            (source, rtype), (arrival, reason) = self._sweeps.popitem()
+            groups.setdefault((source, arrival, reason), []).append(rtype)
+        for (source, arrival, reason), types in groups.items():
+            await self.sweep(source, sorted(types), arrival, reason)
+
+    # -- operations ---------------------------------------------------------------------
+    async def read(self, source: str, rtype: str, rid: str, arrival: str) -> int:
+        """Read one resource and store it (or its deletion); returns rows stored."""
+        f = self.fetcher(source)
+        if f is None:
+            return 0
+        res = await asyncio.to_thread(f.read, rtype, rid)
+        if res is None:
+            return await self._store(source, [], [{"id": rid, "version": None, "last_updated": None}], rtype, arrival)
+        return await self._store(source, [res], [], rtype, arrival)
+
+    async def sweep(self, source: str, types: Sequence[str], arrival: str = "reconcile", reason: str = "manual") -> SweepReport:
+        """Sweep ``types`` of ``source`` from each high-water mark (see the module docstring)."""
+        rep = SweepReport(source, list(types), arrival, reason)
+        src = self.sources().get(source)
+        f = self.fetcher(source)
+        started = self.clock()
+        if src is None or f is None:
+            rep.errors.append("no base_url configured")
+            return rep
+        overlap = timedelta(seconds=src.fhir.reconcile_overlap_s)
+        for rtype in types:
+            try:
+                with Session(self.engine) as s:
+                    mark = parse_instant((kv_get(s, hwm_key(source, rtype)) or {}).get("at"))
+                since = fhir_instant((mark or started) - overlap)
+                found = await asyncio.to_thread(
+                    lambda: list(f.search(rtype, {"_lastUpdated": f"gt{since}", "_sort": "_lastUpdated", "_count": str(PAGE)})))
+                deletes = await asyncio.to_thread(lambda: delete_entries(f.history(rtype, since, PAGE), rtype))
+                rep.resources += len(found)
+                rep.deletes += len(deletes)
+                stored = await self._store(source, found, deletes, rtype, arrival)
+                rep.stored += stored
+                rep.skipped += len(found) + len(deletes) - stored
+                stamps = [parse_instant((r.get("meta") or {}).get("lastUpdated")) for r in found]
+                stamps += [parse_instant(d.get("last_updated")) for d in deletes]
+                newest = max([t for t in stamps if t is not None] + [mark or started])
+                with Session(self.engine) as s:
+                    kv_set(s, hwm_key(source, rtype), {"at": fhir_instant(newest)}, time.time())
+                    clear_pending(s, source, rtype, started.timestamp())
+                    s.commit()
+            except (FetchError, OSError) as exc:
+                rep.errors.append(f"{rtype}: {type(exc).__name__}: {exc}")
+                log.warning("sweep failed", extra={"action": "fhir.sweep_failed", "source": source, "resource_type": rtype,
+                                                   "error_type": type(exc).__name__})
+        with Session(self.engine) as s:
+            kv_set(s, reconcile_key(source), {
+                "at": self.clock().timestamp(), "types": list(types), "arrival": arrival, "reason": reason,
+                "resources": rep.resources, "deletes": rep.deletes, "stored": rep.stored, "errors": rep.errors[:5],
+            }, time.time())
+            s.commit()
+        log.info("sweep done", extra={"action": "fhir.swept", "source": source, "count": rep.stored, "status": reason})
+        self.reports.append(rep)
+        del self.reports[:-100]
+        return rep
+
+    async def _store(self, source: str, resources: list[Json], deletes: list[Json], rtype: str, arrival: str) -> int:
+        """Store fetched resources/deletes in the inbox, skipping versions already held there."""
+        recs: list[InboundRecord] = []
+        for r in resources:
+            raw = orjson.dumps(r)
+            v = (r.get("meta") or {}).get("versionId")
+            meta = {"kind": "resource", "arrival": arrival, "resource_type": r.get("resourceType"), "id": r.get("id"),
+                    "version": v, "method": "GET"}
+            dedup = f"fhir|{source}|{r.get('resourceType')}/{r.get('id')}/_history/{v}" if v else None
+            recs.append(self._record(source, raw, meta, dedup))
+        for d in deletes:
+            meta = {"kind": "delete", "arrival": arrival, "resource_type": rtype, "id": d["id"], "version": d["version"],
+                    "last_updated": d["last_updated"], "method": "GET"}
+            dedup = f"fhir|{source}|{rtype}/{d['id']}/_history/{d['version']}|DELETE" if d["version"] else None
+            recs.append(self._record(source, b"", meta, dedup))
+        held = self._held([r.dedup_key for r in recs if r.dedup_key])
+        todo = [r for r in recs if r.dedup_key is None or r.dedup_key not in held]
+        for i in range(0, len(todo), 500):
+            results = await asyncio.gather(*(self.writer.store(r) for r in todo[i:i + 500]))
+            if not all(x.stored for x in results):
+                raise OSError("inbox did not store the fetched resources")
+        return len(todo)
+
+    def _record(self, source: str, raw: bytes, meta: Json, dedup: str | None) -> InboundRecord:
+        return InboundRecord(source=source, channel="fhir", raw=raw, sha256=hashlib.sha256(raw).hexdigest(),
+                             status="received", dedup_key=dedup, message_type=f"{meta['kind']}:{meta['resource_type']}",
+                             meta=orjson.dumps(meta).decode())
+
+    def _held(self, keys: list[str]) -> set[str]:
+        out: set[str] = set()
+        with Session(self.engine) as s:
+            for i in range(0, len(keys), 500):
+                chunk = keys[i:i + 500]
+                out |= set(s.exec(select(InboundMessage.dedup_key).where(
+                    col(InboundMessage.dedup_key).in_(chunk), col(InboundMessage.status) != "duplicate",
+                    col(InboundMessage.status) != "failed")))
+        return out
