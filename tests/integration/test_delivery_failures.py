@@ -27,7 +27,7 @@ HOOK = "http://receiver.test/hooks"
 
 class Clock:
     def __init__(self) -> None:
-        self.now = datetime(2026, 6, 2, 15, 0, tzinfo=timezone.utc)  # 11:00 in New York: outside quiet hours
+        self.now = datetime(2030, 6, 4, 15, 0, tzinfo=timezone.utc)  # 11:00 in New York, after the wall clock (replay uses it)
 
     def __call__(self) -> datetime:
         return self.now
