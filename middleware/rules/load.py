@@ -110,6 +110,15 @@ def _load_valuesets(directory: Path, diags: list[Diagnostic], digest: Any = None
     return out
 
 
+def plain_diagnostic(d: Diagnostic) -> Diagnostic:
+    """Say pydantic's value errors plainly: ``error[bad-duration] rules.0.when.after: '2 days' is not...``."""
+    if d.code not in ("value_error", "assertion_error"):
+        return d
+    msg = d.message.replace("Value error, ", "")
+    code = "bad-duration" if "is not a duration" in msg else "invalid"
+    return Diagnostic(d.path, d.line, d.col, d.level, code, msg)
+
+
 def _check_expr(sink: DiagnosticSink, node: Any, key: str | int, expr: str | None, vs_names: set[str], what: str,
                 extra_vars: frozenset[str] = frozenset()) -> bool:
     if expr is None:
@@ -222,7 +231,7 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
         except ValidationError as exc:
             exc._careloop_model = RuleFileSpec  # type: ignore[attr-defined]
             pydantic_errors_to_diagnostics(sink, raw, exc)
-            diags += sink.items
+            diags += [plain_diagnostic(d) for d in sink.items]
             continue
         file_vs = {k: {c if "|" in c else f"|{c}" for c in v} for k, v in spec.valuesets.items()}
         vs.update(file_vs)

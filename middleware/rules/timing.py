@@ -69,7 +69,8 @@ def add_business_days(start: datetime, n: int, cal: Calendar, zone: str) -> date
         d += timedelta(days=step)
         if cal.is_business_day(d):
             left -= 1
-    return datetime.combine(d, local.time().replace(tzinfo=None), tzinfo=ZoneInfo(zone))
+    moved = datetime.combine(d, local.time().replace(tzinfo=None), tzinfo=ZoneInfo(zone))
+    return moved.astimezone(timezone.utc).astimezone(ZoneInfo(zone))  # normalise a nonexistent wall time
 
 
 def add_duration(start: datetime, text: str, cal: Calendar, zone: str, sign: int = 1) -> datetime:
@@ -89,7 +90,8 @@ def add_duration(start: datetime, text: str, cal: Calendar, zone: str, sign: int
         naive = local.replace(tzinfo=None) + timedelta(seconds=sign * amount)
         # a nonexistent wall time (spring forward) is normalised through UTC
         return naive.replace(tzinfo=tz).astimezone(timezone.utc).astimezone(tz)
-    return start + timedelta(seconds=sign * amount)
+    # elapsed time is added in UTC: Python adds wall-clock time within one ZoneInfo
+    return (start.astimezone(timezone.utc) + timedelta(seconds=sign * amount)).astimezone(start.tzinfo)
 
 
 def _hm(s: str) -> time:
