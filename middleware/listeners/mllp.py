@@ -11,6 +11,7 @@ import hashlib
 import logging
 import socket
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..config.sources import Sources
 from ..normalize.hl7_peek import Hl7Problem, peek
@@ -40,6 +41,8 @@ class MllpListener:
         port: int = 2575,
         max_message_bytes: int = 1_048_576,
         idle_timeout_s: float = 600.0,
+        max_connections: int = 512,
+        fault_hook: Callable[[str], None] | None = None,
     ) -> None:
         self.sources = sources
         self.writer = writer
@@ -48,11 +51,18 @@ class MllpListener:
         self.max_message_bytes = max_message_bytes
         self.idle_timeout_s = idle_timeout_s
         self.stats = MllpStats()
+        self.fault_hook = fault_hook
+        # Connections beyond the limit wait (unread, so TCP pushes back on the sender) for a slot.
+        # Memory bound: max_connections x (read buffer 2 x 64 KiB + one frame up to max_message_bytes).
+        self.max_connections = max_connections
+        self._slots: asyncio.Semaphore | None = None
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> int:
         """Start listening; return the bound port (useful with port 0)."""
-        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=2**20, backlog=512)
+        self._slots = asyncio.Semaphore(self.max_connections)
+        # limit: the StreamReader pauses the socket past 2 x limit buffered bytes (we read in 64 KiB chunks)
+        self._server = await asyncio.start_server(self._handle, self.host, self.port, limit=65536, backlog=512)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         log.info("mllp listening", extra={"action": "mllp.listen", "port": self.port})
@@ -64,6 +74,12 @@ class MllpListener:
             await self._server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_connections)
+        async with self._slots:
+            await self._serve_connection(reader, writer)
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             try:
@@ -86,8 +102,16 @@ class MllpListener:
                 items = framer.feed(data)
                 if not items:
                     continue
-                acks = await asyncio.gather(*(self._one(item) for item in items))
-                out = b"".join(SB + a + EB + CR for a in acks if a)
+                # Every frame of this read is stored (group commit) before any ACK is written and
+                # before the next read: the connection's in-flight work is bounded by one read.
+                if len(items) == 1:
+                    one = await self._one(items[0])
+                    acks = [one] if one else []
+                else:
+                    acks = [a for a in await asyncio.gather(*(self._one(item) for item in items)) if a]
+                if self.fault_hook:
+                    self.fault_hook("mllp.before_ack")
+                out = b"".join(SB + a + EB + CR for a in acks)
                 if out:
                     writer.write(out)
                     await writer.drain()

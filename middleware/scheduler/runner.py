@@ -50,6 +50,7 @@ class Scheduler:
         self.batch = batch
         self.on_deliveries = on_deliveries
         self.fired = 0
+        self.fault_hook: Callable[[str], None] | None = None  # crash tests: CARELOOP_FAULT=scheduler.after_commit:N
 
     def next_due(self) -> float | None:
         with Session(self.engine) as s:
@@ -89,6 +90,8 @@ class Scheduler:
                     created += 1
                 self.fired += 1
             s.commit()
+        if self.fault_hook and rows:
+            self.fault_hook("scheduler.after_commit")
         if created and self.on_deliveries:
             self.on_deliveries()
         return len(rows)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -60,10 +61,13 @@ class InboxWriter:
         max_batch: int = 512,
         on_commit: Callable[[], None] | None = None,
         fault_hook: Callable[[str], None] | None = None,
+        on_stored: Callable[[list[InboundRecord]], None] | None = None,
+        max_queue: int = 10_000,
     ) -> None:
         self.engine = engine
         self.max_batch = max_batch
         self.on_commit = on_commit
+        self.on_stored = on_stored
         self.fault_hook = fault_hook
         self._queue: list[tuple[InboundRecord, asyncio.Future[StoreResult]]] = []
         self._wake: asyncio.Event | None = None
@@ -75,8 +79,11 @@ class InboxWriter:
         self._ph = ph
         self.batches = 0
         self.records = 0
-        self.max_queue = 10_000  # backpressure bound: producers wait when the queue is this long
+        self.max_queue = max_queue  # backpressure bound: producers wait when the queue is this long
+        self.queue_waits = 0  # how often a producer waited for room (backpressure engaged)
         self._space: asyncio.Event | None = None
+        # one dedicated thread keeps the connection on one thread and avoids the default pool's hand-offs
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbox-commit")
 
     async def store(self, rec: InboundRecord) -> StoreResult:
         """Queue one record and wait until it is committed (or the batch failed)."""
@@ -84,6 +91,7 @@ class InboxWriter:
             self._wake, self._space = asyncio.Event(), asyncio.Event()
             self._space.set()
         while len(self._queue) >= self.max_queue:
+            self.queue_waits += 1
             self._space.clear()
             await self._space.wait()
         fut: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
@@ -107,7 +115,8 @@ class InboxWriter:
                 if not batch:
                     continue
                 try:
-                    results = await asyncio.to_thread(self.write_batch, [r for r, _ in batch])
+                    records = [r for r, _ in batch]
+                    results = await asyncio.get_running_loop().run_in_executor(self._executor, self.write_batch, records)
                 except Exception as exc:  # storage failure -> every producer answers AR
                     self._reset_conn()
                     for _, fut in batch:
@@ -117,10 +126,12 @@ class InboxWriter:
                 for (_, fut), res in zip(batch, results):
                     if not fut.done():
                         fut.set_result(res)
+                if self.on_stored:
+                    self.on_stored(records)
                 if self.on_commit:
                     self.on_commit()
         finally:
-            self._reset_conn()
+            self._executor.submit(self._reset_conn)
 
     def _reset_conn(self) -> None:
         if self._conn is not None:

@@ -1,0 +1,53 @@
+"""``careloop worker``: processing, scheduler and delivery without listeners.
+
+Run any number of these (and ``careloop serve --no-worker`` replicas for ingest) against
+one PostgreSQL database: inbound messages, due triggers and deliveries are claimed with
+``FOR UPDATE SKIP LOCKED``, so no row is handled by two workers at once.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from .serve import add_common, settings_from
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .. import logsafe
+    from ..service import ConfigError, Runtime
+
+    settings = settings_from(args)
+    logsafe.configure(settings.log_level)
+    if args.metrics_port:
+        print("careloop worker: --metrics-port serves /metrics for this worker", file=sys.stderr)
+    try:
+        rt = Runtime(settings)
+    except ConfigError as exc:
+        for d in exc.diagnostics:
+            print(d, file=sys.stderr)
+        print(f"careloop: {len(exc.diagnostics)} error(s) in {settings.mappings_dir}; not starting", file=sys.stderr)
+        return 1
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        from ..api.metrics import install
+
+        install(rt)
+
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=rt.meters.registry)
+    print(f"careloop worker: db={settings.database_url.split('@')[-1]} mappings={settings.mappings_dir} "
+          f"(version {rt.ruleset().version})", flush=True)
+    try:
+        asyncio.run(rt.work())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("worker", help="run processing, scheduler and delivery only (scale out on PostgreSQL)")
+    p.add_argument("--metrics-port", type=int, help="serve this worker's process counters on :PORT/metrics")
+    p.add_argument("--metrics-host", default="127.0.0.1")
+    add_common(p)
+    p.set_defaults(func=cmd_worker)
