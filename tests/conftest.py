@@ -28,6 +28,18 @@ def mappings_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def pipeline_mappings(mappings_dir: Path) -> Path:
+    """Bundled sources/destinations/settings with the test rules of tests/fixtures/rules and quiet hours off."""
+    for f in (mappings_dir / "rules").glob("*.yaml"):
+        f.unlink()
+    shutil.copy(FIXTURES / "rules" / "pipeline.yaml", mappings_dir / "rules" / "pipeline.yaml")
+    p = mappings_dir / "settings.yaml"
+    lines = [ln for ln in p.read_text().splitlines() if not ln.startswith("quiet_hours:")]
+    p.write_text("\n".join(lines + ["quiet_hours: null", ""]))
+    return mappings_dir
+
+
+@pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/careloop.db"
 

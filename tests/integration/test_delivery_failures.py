@@ -34,7 +34,8 @@ class Clock:
 
 
 @pytest.fixture
-def world(tmp_path: Path, mappings_dir: Path, monkeypatch: pytest.MonkeyPatch):
+def world(tmp_path: Path, pipeline_mappings: Path, monkeypatch: pytest.MonkeyPatch):
+    mappings_dir = pipeline_mappings
     monkeypatch.setenv("CARELOOP_WEBHOOK_URL", HOOK)
     monkeypatch.setenv("CARELOOP_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
     (mappings_dir / "destinations.yaml").write_text(

@@ -30,11 +30,8 @@ def err(ack: bytes) -> str | None:
 
 
 @pytest.fixture
-def quiet_free_mappings(mappings_dir: Path) -> Path:
-    """Bundled mappings with quiet hours off, so immediate triggers fire whatever the hour."""
-    p = mappings_dir / "settings.yaml"
-    p.write_text(p.read_text().replace('quiet_hours: {start: "21:00", end: "08:00", zone: patient}', "quiet_hours: null"))
-    return mappings_dir
+def quiet_free_mappings(pipeline_mappings: Path) -> Path:
+    return pipeline_mappings
 
 
 @pytest.fixture

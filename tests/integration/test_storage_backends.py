@@ -14,10 +14,8 @@ from tests.support.server import start_in_process, wait_until
 
 
 @pytest.fixture
-def no_quiet(mappings_dir: Path) -> Path:
-    p = mappings_dir / "settings.yaml"
-    p.write_text(p.read_text().replace('quiet_hours: {start: "21:00", end: "08:00", zone: patient}', "quiet_hours: null"))
-    return mappings_dir
+def no_quiet(pipeline_mappings: Path) -> Path:
+    return pipeline_mappings
 
 
 def test_journey_on_each_backend(any_db_url: str, no_quiet: Path, monkeypatch: pytest.MonkeyPatch):

@@ -55,11 +55,17 @@ class InProcess:
         return r.json()
 
     def stop(self) -> None:
-        def cancel() -> None:
-            for t in asyncio.all_tasks(self.loop):
-                t.cancel()
-        self.loop.call_soon_threadsafe(cancel)
+        """Graceful: ask uvicorn to exit; serve() then closes MLLP and the workers."""
+        server = self.runtime.http_server
+        if server is not None:
+            server.should_exit = True  # type: ignore[attr-defined]
         self.thread.join(timeout=15)
+        if self.thread.is_alive():
+            def cancel() -> None:
+                for t in asyncio.all_tasks(self.loop):
+                    t.cancel()
+            self.loop.call_soon_threadsafe(cancel)
+            self.thread.join(timeout=15)
         self.runtime.engine.dispose()
 
 
