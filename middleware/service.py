@@ -87,6 +87,7 @@ class Runtime:
         self.processor.fault_hook = self.fault
         self.scheduler.fault_hook = self.fault
         self.mllp: MllpListener | None = None
+        self.http_server: object | None = None
         self.extra_handlers_installed = False
         self.started_at = self.clock()
 
@@ -234,6 +235,7 @@ class Runtime:
         config = uvicorn.Config(app, host=self.settings.http_host, port=self.settings.http_port, log_level="warning",
                                 lifespan="on", access_log=False)
         server = uvicorn.Server(config)
+        self.http_server = server
         try:
             self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         except (NotImplementedError, RuntimeError):
