@@ -231,6 +231,16 @@ class Runtime:
             fault_hook=self.fault,
         )
         await self.mllp.start()
+        # a source that owns extra MLLP ports gets a listener on each of them
+        self.extra_mllp: list[MllpListener] = []
+        for port in sorted({p for src in self.sources.items for p in src.hl7.ports} - {self.mllp.port}):
+            extra = MllpListener(
+                sources=self.sources, writer=self.writer, host=self.settings.mllp_host, port=port,
+                max_message_bytes=self.settings.mllp_max_message_bytes,
+                idle_timeout_s=self.settings.mllp_idle_timeout_s, fault_hook=self.fault,
+            )
+            await extra.start()
+            self.extra_mllp.append(extra)
         app = create_app(self)
         config = uvicorn.Config(app, host=self.settings.http_host, port=self.settings.http_port, log_level="warning",
                                 lifespan="on", access_log=False)
@@ -245,6 +255,8 @@ class Runtime:
             await server.serve()
         finally:
             await self.mllp.close()
+            for extra in getattr(self, "extra_mllp", []):
+                await extra.close()
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
