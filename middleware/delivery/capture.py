@@ -91,14 +91,19 @@ def _mentions(value: Any, markers: set[str]) -> set[str]:
     return {value} & markers if isinstance(value, str) else set()
 
 
-def _own_part(doc: Any, mine: set[str], others: set[str]) -> Any:
-    """The outermost node mentioning one of ``mine`` and none of ``others``."""
+def _own_part(doc: Any, mine: set[str], others: set[str], path: str = "") -> tuple[Any, str] | None:
+    """(the outermost object mentioning one of ``mine`` and none of ``others``, its dotted path)."""
+    if not isinstance(doc, (dict, list)):
+        return None  # a scalar is never a part: the object holding it is
     found = _mentions(doc, mine | others)
     if found & mine and not found & others:
-        return doc
-    children = doc.values() if isinstance(doc, dict) else doc if isinstance(doc, list) else []
-    for child in children:
-        part = _own_part(child, mine, others)
+        return doc, path
+    if isinstance(doc, dict):
+        children = [(v, f"{path}.{k}" if path else str(k)) for k, v in doc.items()]
+    else:
+        children = [(v, path) for v in doc]
+    for child, cpath in children:
+        part = _own_part(child, mine, others, cpath)
         if part is not None:
             return part
     return None
@@ -116,8 +121,9 @@ def attribute(requests: list[SentRequest], markers: list[set[str]], index: int) 
     ``markers[i]`` are strings unique to item ``i`` (idempotency key, contact key).
     Returns ``Attribution(None, [])`` when no request mentions the item.
     """
-    mine = markers[index] - set().union(*(m for i, m in enumerate(markers) if i != index)) or markers[index]
-    others = set().union(*(m for i, m in enumerate(markers) if i != index)) - mine
+    rest: set[str] = set().union(*(m for i, m in enumerate(markers) if i != index))
+    mine = markers[index] - rest or markers[index]
+    others = rest - markers[index]  # markers shared with this item (same patient) say nothing
     for req in reversed(requests):
         try:
             doc = orjson.loads(req.body) if req.body else None
@@ -127,7 +133,7 @@ def attribute(requests: list[SentRequest], markers: list[set[str]], index: int) 
             continue
         part = _own_part(doc, mine, others)
         if part is not None:
-            return Attribution(req, sorted(leaf_paths(part)))
+            return Attribution(req, sorted(leaf_paths(part[0], part[1])))
         if _mentions(doc, markers[index]):  # only shared markers (same patient twice in one batch)
             return Attribution(req, sorted(leaf_paths(doc)))
     if len(requests) == 1 and len(markers) == 1:

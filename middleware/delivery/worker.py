@@ -336,6 +336,9 @@ class DeliveryWorker:
         s.add(DeliveryAttempt(delivery_id=d.id or 0, at=now, outcome=d.status, error=c.skip_reason))
         s.add(d)
         if d.status == "unconfirmed":
+            intent = s.get(SendIntent, d.idempotency_key)
+            if intent is not None:  # the delivery's status now carries "possibly sent"
+                s.delete(intent)
             s.add(self._disclosure(d, c, now, None, c.fields, outcome="unconfirmed"))
             log.warning("delivery unconfirmed", extra={"action": "delivery.unconfirmed", "delivery_id": d.id,
                                                          "destination": d.destination})
