@@ -54,13 +54,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
             if step.result.note and not step.result.events and not args.json:
                 print(f"{f}: {step.result.note}")
         fired = dry.fire_until(now + timedelta(days=args.horizon_days)) if args.horizon_days else []
+        rows = dry.triggers()
         timeline = [{"id": t.id, "rule": t.rule_id, "trigger": t.name, "status": t.status, "reason": t.reason,
-                     "due_at": _iso(t.due_at), "fired_at": _iso(t.fired_at)} for t in dry.triggers()]
+                     "due_at": _iso(t.due_at), "fired_at": _iso(t.fired_at)} for t in rows]
+        journey = journey_of(rows)
     finally:
         dry.close()
     if args.json:
         sys.stdout.write(orjson.dumps({"ruleset_version": rs.version, "now": now.isoformat(), "events": out_events,
-                                       "timeline": timeline}, option=orjson.OPT_INDENT_2).decode() + "\n")
+                                       "timeline": timeline, "journey": journey}, option=orjson.OPT_INDENT_2).decode() + "\n")
         return rc
     for ev in out_events:
         if not ev.get("type"):
@@ -77,11 +79,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"   [{mark}] {r['rule']}: {r['reason']}")
             for s in r["steps"]:
                 print(f"          - {s}")
-    if timeline:
-        print("\n== timeline")
-        for t in timeline:
-            print(f"   #{t['id']} {t['rule']} -> {t['trigger']}: {t['status']} (due {t['due_at']}) {t['reason'] or ''}")
+    if journey:
+        print("\n== journey (simulated clock)")
+        for j in journey:
+            print(f"   {j['at']}  {j['what']:<10} #{j['trigger_id']} {j['rule']}: {j['why']}")
     return rc
+
+
+def journey_of(rows: list[Any]) -> list[dict[str, Any]]:
+    """The journey as a timeline: each trigger scheduled (with its due time), then
+    fired, cancelled, skipped or suppressed, with the recorded reason, in time order."""
+    out: list[dict[str, Any]] = []
+    for t in rows:
+        base = {"trigger_id": t.id, "rule": t.rule_id, "trigger": t.name}
+        if t.status in ("pending", "fired", "cancelled") or "moved" in (t.reason or ""):
+            out.append(base | {"at": _iso(t.created_at), "what": "scheduled", "why": f"due {_iso(t.due_at)}"})
+        if t.status == "fired":
+            out.append(base | {"at": _iso(t.fired_at), "what": "fired", "why": t.reason or ""})
+        elif t.status != "pending":
+            out.append(base | {"at": _iso(t.updated_at), "what": t.status, "why": t.reason or ""})
+    return sorted(out, key=lambda j: (j["at"] or "", j["trigger_id"] or 0))
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
