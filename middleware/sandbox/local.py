@@ -15,6 +15,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import threading
@@ -179,6 +180,10 @@ class LocalCareloop:
     def stop(self) -> None:
         """Stop careloop (cancel its tasks, wait for the thread) and the sink; restore the env."""
         loop, thread = self._loop, self._thread
+        # Cancelling uvicorn's lifespan logs a CancelledError traceback at ERROR; it is expected here.
+        uv_log = logging.getLogger("uvicorn.error")
+        level = uv_log.level
+        uv_log.setLevel(logging.CRITICAL)
         if loop is not None and thread is not None and thread.is_alive():
             def cancel() -> None:
                 for t in asyncio.all_tasks(loop):
@@ -190,6 +195,7 @@ class LocalCareloop:
             thread.join(timeout=20)
         if self._runtime is not None:
             self._runtime.engine.dispose()
+        uv_log.setLevel(level)
         self.sink.stop()
         for k, v in self._env_before.items():
             if v is None:

@@ -9,7 +9,7 @@ API (and the webhook sink) until everything the step expects has happened, or a 
 2. the expected events (``appointment.noshow`` …) with their transition;
 3. the expected triggers fired and delivered to the sink, or cancelled.
 
-``on_update(index, step, observed)`` is called after every poll (the CLI draws a progress
+``on_update(index, step, observed, missing, step_watermark)`` is called after every poll (the CLI draws a progress
 display from it). Returns a :class:`RunReport`; ``report.ok`` tells whether every
 expectation was met. Nothing here sleeps a fixed time: every wait is a deadline-bounded poll.
 """
@@ -50,6 +50,7 @@ class StepReport:
     observed: Observed
     missing: list[str]
     seconds: float
+    since: dict[str, int] = field(default_factory=dict)  # operator-API ids before the step
 
     @property
     def ok(self) -> bool:
@@ -111,8 +112,12 @@ def observe(api: CareloopApi, journey: Journey, since: dict[str, int], sink: Sin
 
 
 def missing(step: Step, writes: list[tuple[str, str | None]], obs: Observed, step_since: dict[str, int],
-            sink_known: bool) -> list[str]:
-    """What the step still waits for (empty when done); pure."""
+            sink_known: bool, pending_ok: bool = False) -> list[str]:
+    """What the step still waits for (empty when done); pure.
+
+    ``pending_ok``: a trigger that is scheduled (``pending``) counts as fired — for a careloop
+    whose rules were not sped up, where the real wait (hours, days) cannot be watched.
+    """
     out: list[str] = []
     for ref, version in writes:
         ok = any(_ref_of(m.get("meta") or {}) == ref and (m.get("meta") or {}).get("subscription")
@@ -125,6 +130,8 @@ def missing(step: Step, writes: list[tuple[str, str | None]], obs: Observed, ste
             out.append(f"event {etype}")
     for rule in step.fired:
         fired = [t for t in obs.triggers if t["rule_id"] == rule and t["status"] == "fired"]
+        if not fired and pending_ok and any(t["rule_id"] == rule and t["status"] == "pending" for t in obs.triggers):
+            continue
         if not fired:
             out.append(f"trigger {rule} fired")
             continue
@@ -172,8 +179,8 @@ def prepare(client: httpx.Client, api: CareloopApi, endpoint: str, token: str | 
 
 
 def run(journey: Journey, fhir_base: str, api: CareloopApi, *, sink: SinkReader | None = None,
-        on_update: Callable[[int, Step, Observed, list[str]], None] | None = None,
-        step_deadline_s: float = 60.0) -> RunReport:
+        on_update: Callable[[int, Step, Observed, list[str], dict[str, int]], None] | None = None,
+        step_deadline_s: float = 60.0, pending_ok: bool = False) -> RunReport:
     """Perform ``journey`` on HAPI and wait for careloop's reaction to each step (see module doc)."""
     report = RunReport(journey)
     since = api.newest_ids()
@@ -186,13 +193,13 @@ def run(journey: Journey, fhir_base: str, api: CareloopApi, *, sink: SinkReader 
             end = t0 + step_deadline_s
             while True:
                 obs = observe(api, journey, since, sink)
-                left = missing(step, expected, obs, step_since, sink is not None)
+                left = missing(step, expected, obs, step_since, sink is not None, pending_ok)
                 if on_update is not None:
-                    on_update(i, step, obs, left)
+                    on_update(i, step, obs, left, step_since)
                 if not left or time.monotonic() > end:
                     break
                 time.sleep(0.1)
-            report.steps.append(StepReport(step, expected, obs, left, time.monotonic() - t0))
+            report.steps.append(StepReport(step, expected, obs, left, time.monotonic() - t0, step_since))
             if left:
                 break
     return report

@@ -1,0 +1,110 @@
+"""The body of ``careloop sandbox scenario``: find or start careloop, point HAPI at it, run the
+journeys with a live display, say what was sped up. Returns the process exit code."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.text import Text
+
+from . import scenarios
+from .hooks import HookError
+from .local import CareloopApi, CareloopError, LocalCareloop, is_careloop, port_free
+from .render import header, step_panel
+
+Json = dict[str, Any]
+
+
+def _sink_reader(url: str) -> Any:
+    def read() -> list[Json]:
+        r = httpx.get(url.rstrip("/") + "/received", timeout=10)
+        r.raise_for_status()
+        out: list[Json] = r.json()
+        return out
+    return read
+
+
+def run_scenarios(names: list[str], *, fhir_base: str, careloop_url: str, port: int, token: str, database_url: str,
+                  api_token: str | None, sink_url: str | None, workdir: Path, step_deadline_s: float = 60.0,
+                  console: Console | None = None) -> int:
+    con = console or Console()
+    local: LocalCareloop | None = None
+    if is_careloop(careloop_url):
+        mode = "running careloop, rules as configured"
+        api = CareloopApi(careloop_url, api_token)
+        sink = _sink_reader(sink_url) if sink_url else None
+        con.print(f"[bold]using the careloop at {careloop_url}[/]; its rules are not sped up, so triggers that "
+                  "wait hours or days are reported as scheduled (pending), not watched until they fire"
+                  + ("" if sink else "; no --sink-url given, so delivery is read from /api/deliveries"))
+    else:
+        if not port_free(port):
+            con.print(f"[red]port {port} is busy but does not answer as careloop; pass --careloop-url[/]")
+            return 2
+        try:
+            with con.status(f"starting careloop on {careloop_url} with a local webhook sink…"):
+                local = LocalCareloop.start(fhir_base=fhir_base, workdir=workdir, token=token, port=port,
+                                            database_url=database_url)
+        except CareloopError as exc:
+            con.print(f"[red]{exc}[/]")
+            return 1
+        mode = "started here, demo timings"
+        api, sink = CareloopApi(local.url), local.sink.received
+    try:
+        with httpx.Client(base_url=fhir_base + "/", timeout=30) as client, \
+                con.status("pointing HAPI's subscriptions at careloop and waiting until HAPI delivers…"):
+            try:
+                scenarios.prepare(client, api, careloop_url + "/fhir/default", token)
+            except (HookError, httpx.HTTPError) as exc:
+                con.print(f"[red]HAPI does not reach careloop: {exc}[/] (is `careloop sandbox up` done?)")
+                return 1
+        failed = 0
+        for name in names:
+            failed += 0 if _run_one(con, name, fhir_base, careloop_url, mode, api, sink, step_deadline_s,
+                                    pending_ok=local is None) else 1
+        if local is not None and local.speedups:
+            con.print(Panel(Text("\n".join(
+                f"{s.where}: {s.what} {s.real} -> {s.demo}" for s in local.speedups)
+                + "\nOnly this demo careloop's copy of the mappings was changed (in " + str(local.mappings_dir)
+                + "); mappings/ is untouched and `careloop serve` uses the real waits."),
+                title="sped up for the demo", title_align="left", border_style="yellow"))
+        return 1 if failed else 0
+    finally:
+        if local is not None:
+            local.stop()
+
+
+def _run_one(con: Console, name: str, fhir_base: str, careloop_url: str, mode: str, api: CareloopApi,
+             sink: Any, step_deadline_s: float, pending_ok: bool) -> bool:
+    journey = scenarios.build(name)
+    panels: dict[int, Any] = {}
+
+    def view() -> Group:
+        return Group(header(journey, fhir_base, careloop_url, mode), *[panels[k] for k in sorted(panels)])
+
+    with Live(view(), console=con, refresh_per_second=8, transient=False) as live:
+        def update(i: int, step: Any, obs: scenarios.Observed, left: list[str], floors: dict[str, int]) -> None:
+            for k in range(i):  # earlier steps: final view with the latest statuses
+                panels[k] = step_panel(k, journey.steps[k], obs, report_floors[k], [], True, report_floors.get(k + 1, floors))
+            report_floors[i] = floors
+            panels[i] = step_panel(i, step, obs, floors, left, False)
+            live.update(view())
+
+        report_floors: dict[int, dict[str, int]] = {}
+        report = scenarios.run(journey, fhir_base, api, sink=sink, on_update=update,
+                               step_deadline_s=step_deadline_s, pending_ok=pending_ok)
+        last = report.steps[-1].observed if report.steps else scenarios.Observed()
+        for k, s in enumerate(report.steps):
+            ceil = report.steps[k + 1].since if k + 1 < len(report.steps) else None
+            panels[k] = step_panel(k, s.step, last, s.since, s.missing, True, ceil)
+        live.update(view())
+    con.print()
+    if report.ok:
+        total = sum(s.seconds for s in report.steps)
+        con.print(f"[green]✔ {name}: every step confirmed end to end in {total:.1f}s[/]")
+    else:
+        con.print(f"[red]✘ {name}: stopped at step {len(report.steps)}[/]")
+    return report.ok
