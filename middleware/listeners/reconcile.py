@@ -6,7 +6,8 @@ kept in ``kv``) drives two reads, both from ``hwm - overlap`` because commit ord
 
 * ``GET {Type}?_lastUpdated=gt{since}&_sort=_lastUpdated&_count=200`` (paged) for creates
   and updates (a search never returns deletes);
-* ``GET {Type}/_history?_since={since}`` for deletes.
+* ``GET {Type}/_history?_since={since}`` for deletes, and for the intermediate versions a
+  search cannot show (applied oldest first, so each transition is seen).
 
 What is found is stored in the inbox as ``fhir`` rows (``meta.kind`` resource/delete,
 ``meta.arrival`` reconcile, or notification for a sweep a notification asked for) and
@@ -58,6 +59,28 @@ class SweepReport:
     stored: int = 0
     skipped: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+def history_items(entries: Iterable[Json], rtype: str) -> list[tuple[str, Json]]:
+    """History entries -> ``("resource", resource)`` / ``("delete", {"id", "version", "last_updated"})``,
+    oldest first, so every intermediate version (and its transition) is applied in order (pure)."""
+    items: list[tuple[str, Json, str, int]] = []
+    for e in entries:
+        res = e.get("resource")
+        if isinstance(res, dict) and res.get("resourceType") == rtype:
+            m = res.get("meta") or {}
+            items.append(("resource", res, str(m.get("lastUpdated") or ""), _int(m.get("versionId"))))
+    for d in delete_entries(entries, rtype):
+        items.append(("delete", d, str(d.get("last_updated") or ""), _int(d.get("version"))))
+    items.sort(key=lambda x: (x[2], x[3]))
+    return [(kind, body) for kind, body, _, _ in items]
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return 0
 
 
 def delete_entries(entries: Iterable[Json], rtype: str) -> list[Json]:
@@ -199,8 +222,8 @@ class Reconciler:
             return 0
         res = await asyncio.to_thread(f.read, rtype, rid)
         if res is None:
-            return await self._store(source, [], [{"id": rid, "version": None, "last_updated": None}], rtype, arrival)
-        return await self._store(source, [res], [], rtype, arrival)
+            return await self._store(source, [("delete", {"id": rid, "version": None, "last_updated": None})], rtype, arrival)
+        return await self._store(source, [("resource", res)], rtype, arrival)
 
     async def sweep(self, source: str, types: Sequence[str], arrival: str = "reconcile", reason: str = "manual") -> SweepReport:
         """Sweep ``types`` of ``source`` from each high-water mark (see the module docstring)."""
@@ -219,12 +242,14 @@ class Reconciler:
                 since = fhir_instant((mark or started) - overlap)
                 found = await asyncio.to_thread(
                     lambda: list(f.search(rtype, {"_lastUpdated": f"gt{since}", "_sort": "_lastUpdated", "_count": str(PAGE)})))
-                deletes = await asyncio.to_thread(lambda: delete_entries(f.history(rtype, since, PAGE), rtype))
+                hist = await asyncio.to_thread(lambda: history_items(list(f.history(rtype, since, PAGE)), rtype))
+                items = hist + [("resource", r) for r in found]  # history in order first, then current versions
+                deletes = [d for k, d in hist if k == "delete"]
                 rep.resources += len(found)
                 rep.deletes += len(deletes)
-                stored = await self._store(source, found, deletes, rtype, arrival)
+                stored = await self._store(source, items, rtype, arrival)
                 rep.stored += stored
-                rep.skipped += len(found) + len(deletes) - stored
+                rep.skipped += len(items) - stored
                 stamps = [parse_instant((r.get("meta") or {}).get("lastUpdated")) for r in found]
                 stamps += [parse_instant(d.get("last_updated")) for d in deletes]
                 newest = max([t for t in stamps if t is not None] + [mark or started])
@@ -247,23 +272,28 @@ class Reconciler:
         del self.reports[:-100]
         return rep
 
-    async def _store(self, source: str, resources: list[Json], deletes: list[Json], rtype: str, arrival: str) -> int:
-        """Store fetched resources/deletes in the inbox, skipping versions already held there."""
+    async def _store(self, source: str, items: list[tuple[str, Json]], rtype: str, arrival: str) -> int:
+        """Store fetched resources/deletes in the inbox in order, skipping versions already held there."""
         recs: list[InboundRecord] = []
-        for r in resources:
-            raw = orjson.dumps(r)
-            v = (r.get("meta") or {}).get("versionId")
-            meta = {"kind": "resource", "arrival": arrival, "resource_type": r.get("resourceType"), "id": r.get("id"),
-                    "version": v, "method": "GET"}
-            dedup = f"fhir|{source}|{r.get('resourceType')}/{r.get('id')}/_history/{v}" if v else None
-            recs.append(self._record(source, raw, meta, dedup))
-        for d in deletes:
-            meta = {"kind": "delete", "arrival": arrival, "resource_type": rtype, "id": d["id"], "version": d["version"],
-                    "last_updated": d["last_updated"], "method": "GET"}
-            dedup = f"fhir|{source}|{rtype}/{d['id']}/_history/{d['version']}|DELETE" if d["version"] else None
-            recs.append(self._record(source, b"", meta, dedup))
+        for kind, body in items:
+            if kind == "resource":
+                v = (body.get("meta") or {}).get("versionId")
+                meta = {"kind": "resource", "arrival": arrival, "resource_type": body.get("resourceType"),
+                        "id": body.get("id"), "version": v, "method": "GET"}
+                dedup = f"fhir|{source}|{body.get('resourceType')}/{body.get('id')}/_history/{v}" if v else None
+                recs.append(self._record(source, orjson.dumps(body), meta, dedup))
+            else:
+                meta = {"kind": "delete", "arrival": arrival, "resource_type": rtype, "id": body["id"],
+                        "version": body["version"], "last_updated": body["last_updated"], "method": "GET"}
+                dedup = f"fhir|{source}|{rtype}/{body['id']}/_history/{body['version']}|DELETE" if body["version"] else None
+                recs.append(self._record(source, b"", meta, dedup))
         held = self._held([r.dedup_key for r in recs if r.dedup_key])
-        todo = [r for r in recs if r.dedup_key is None or r.dedup_key not in held]
+        todo, seen = [], set()
+        for r in recs:
+            if r.dedup_key is not None and (r.dedup_key in held or r.dedup_key in seen):
+                continue
+            seen.add(r.dedup_key)
+            todo.append(r)
         for i in range(0, len(todo), 500):
             results = await asyncio.gather(*(self.writer.store(r) for r in todo[i:i + 500]))
             if not all(x.stored for x in results):

@@ -236,7 +236,7 @@ def _careplan(r: Json) -> None:
         r["author"] = r.pop("custodian")
     acts = []
     for a in r.get("activity") or []:
-        if "detail" in a or not ("plannedActivityReference" in a or "performedActivity" in a):
+        if "detail" in a or "reference" in a:  # already R4-shaped
             acts.append(a)
             continue
         out: Json = {k: v for k, v in a.items() if k in ("id", "extension", "progress")}

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any, Protocol, Sequence
 
 import orjson
+from sqlalchemy import text
 from sqlmodel import Session
 
 from ..config.sources import Source
@@ -106,6 +107,11 @@ class FhirHandler:
         self.cache_size = cache_size
 
     def __call__(self, session: Session, msg: InboundMessage, rs: RuleSet, now: datetime) -> ChangeResult:
+        if session.get_bind().dialect.name == "sqlite":
+            # Take the write lock first: the batch's SAVEPOINT opened a deferred transaction, and a
+            # read snapshot taken before the inbox writer commits would make our first write fail
+            # at once with "database is locked" (SQLITE_BUSY_SNAPSHOT) instead of waiting.
+            session.execute(text("UPDATE inbound_message SET attempts = attempts WHERE id = :id"), {"id": msg.id})
         meta = orjson.loads(msg.meta or "{}")
         source = rs.sources.get(msg.source) or rs.sources.by_name["default"]
         kind = meta.get("kind")

@@ -113,6 +113,7 @@ class App:
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    self.wait_settled()  # the start-up sweep is done
                     return self
             except httpx.HTTPError:
                 time.sleep(0.05)
