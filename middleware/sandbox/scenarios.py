@@ -163,9 +163,10 @@ def _write(client: httpx.Client, w: Write) -> tuple[str, str | None]:
 
 
 def prepare(client: httpx.Client, api: CareloopApi, endpoint: str, token: str | None,
-            deadline_s: float = 90) -> list[str]:
-    """Point the sandbox Subscriptions at ``endpoint`` and wait until HAPI delivers each type."""
-    ids = hooks.apply(client, hooks.sandbox_set(endpoint, token))
+            deadline_s: float = 90, prefix: str = "careloop-sbx") -> list[str]:
+    """Point the sandbox Subscriptions (ids ``{prefix}-<type>``) at ``endpoint`` and wait until
+    HAPI delivers each type to careloop; return the Subscription ids."""
+    ids = hooks.apply(client, hooks.sandbox_set(endpoint, token, prefix))
 
     def seen(rtype: str) -> Callable[[str], bool]:
         def check(rid: str) -> bool:
@@ -174,7 +175,7 @@ def prepare(client: httpx.Client, api: CareloopApi, endpoint: str, token: str | 
         return check
 
     for rtype in hooks.TYPES:
-        hooks.warm_up(client, rtype, seen(rtype), deadline_s)
+        hooks.warm_up(client, rtype, seen(rtype), deadline_s, rid=f"{prefix}-warmup")
     return ids
 
 
