@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from ..model import ResourceChange
 from ..normalize.hl7_peek import decode
 from ..rules.load import RuleSet
-from ..storage.db import is_sqlite
+from ..storage.db import begin_write, is_sqlite
 from ..storage.tables import InboundMessage
 from .changes import ChangeResult, apply_change, merge_patients, upsert_patient
 
@@ -94,6 +94,7 @@ class Processor:
         """Process up to ``batch`` messages; return how many were handled."""
         rs = self.ruleset()
         with Session(self.engine, expire_on_commit=False) as session:
+            begin_write(session)
             stmt = select(InboundMessage).where(InboundMessage.status == "received").order_by(InboundMessage.id).limit(self.batch)  # type: ignore[arg-type]
             if not is_sqlite(self.engine):
                 stmt = stmt.with_for_update(skip_locked=True)

@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 
 from .patientctx import suppression_at_send
 from ..rules.load import RuleSet
-from ..storage.db import is_sqlite
+from ..storage.db import begin_write, is_sqlite
 from ..storage.tables import Authorization, DeliveryRow, Suppression, TriggerRow
 
 log = logging.getLogger("careloop.scheduler")
@@ -62,6 +62,7 @@ class Scheduler:
         now = self.clock().timestamp()
         created = 0
         with Session(self.engine, expire_on_commit=False) as s:
+            begin_write(s)  # SQLite: take the write lock first (read-then-write would fail under a concurrent commit)
             stmt = (
                 select(TriggerRow)
                 .where(TriggerRow.status == "pending", TriggerRow.due_at <= now)

@@ -78,3 +78,16 @@ def synchronous_setting(engine: Engine) -> str:
             val = conn.exec_driver_sql("PRAGMA synchronous").scalar()
             return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(int(val or 0), str(val))
         return "synchronous_commit=" + str(conn.exec_driver_sql("SHOW synchronous_commit").scalar())
+
+
+def begin_write(session: Session) -> None:
+    """Start a unit of work that reads, then writes, as a write transaction.
+
+    SQLite only (a no-op on PostgreSQL): a deferred transaction that has read and then
+    tries to write after another connection committed fails at once with "database is
+    locked" (SQLITE_BUSY_SNAPSHOT; the busy timeout does not apply). ``BEGIN IMMEDIATE``
+    takes the write lock up front and waits for it under the busy timeout instead.
+    """
+    bind = session.get_bind()
+    if is_sqlite(bind):  # type: ignore[arg-type]
+        session.connection().exec_driver_sql("BEGIN IMMEDIATE")
