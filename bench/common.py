@@ -189,3 +189,21 @@ def strace_fsyncs(pid: int, action: Callable[[], Any]) -> tuple[int, Any]:
         if cols and cols[-1] in ("fsync", "fdatasync"):
             n += int(cols[3]) if len(cols) >= 5 else 0
     return n, res
+
+
+def fsync_latency_ms(directory: Path, n: int = 200) -> float:
+    """Median latency of write(4 KiB) + fdatasync in ``directory`` (what one group commit waits for)."""
+    path = directory / ".fsync-probe"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        times = []
+        for _ in range(n):
+            os.lseek(fd, 0, 0)
+            t = time.perf_counter()
+            os.write(fd, b"x" * 4096)
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - t) * 1000)
+        return statistics.median(times)
+    finally:
+        os.close(fd)
+        path.unlink(missing_ok=True)
