@@ -51,16 +51,13 @@ def test_docker_compose_v1_accepts_file() -> None:
     assert {"hapi", "postgres", "careloop", "sink"} <= set(rendered["services"])
 
 
-def test_docker_compose_v2_accepts_file_if_present() -> None:
-    docker = shutil.which("docker")
-    if docker is None or subprocess.run(
-        [docker, "compose", "version"], capture_output=True, text=True
-    ).returncode != 0:
-        pytest.skip("Compose v2 plugin ('docker compose') not installed; v1 is checked above")
-    res = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE), "config"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert res.returncode == 0, res.stderr
+def test_careloop_healthcheck_uses_healthz() -> None:
+    """Compose v1 ('docker-compose config', above) is the required check; Compose v2 is not
+    packaged on Debian, so there is no v2 test (tests never skip under CI). The careloop
+    service must be reported healthy only when its HTTP API answers GET /healthz."""
+    rendered = yaml.safe_load(COMPOSE.read_text())
+    test = " ".join(rendered["services"]["careloop"]["healthcheck"]["test"])
+    assert "/healthz" in test and "8080" in test
 
 
 def test_hapi_settings_match_launcher() -> None:
