@@ -88,6 +88,10 @@ def _lift(s: Session, destination: str, now: float) -> bool:
     for a in s.exec(select(DeliveryAlert).where(DeliveryAlert.destination == destination, col(DeliveryAlert.resolved_at).is_(None))):
         a.resolved_at = now
         s.add(a)
+    if lifted:  # what waited behind the pause is due now, not after its backoff
+        for d in s.exec(select(DeliveryRow).where(DeliveryRow.destination == destination, DeliveryRow.status == "pending")):
+            d.next_attempt_at = min(d.next_attempt_at, now)
+            s.add(d)
     return lifted
 
 

@@ -26,6 +26,7 @@ KEEP_YEARS = 6
 ADDED_COLUMNS: dict[str, dict[str, str]] = {
     "disclosure": {"outcome": "VARCHAR(16)", "body_bytes": "INTEGER", "request_target": "VARCHAR(200)", "attempt": "INTEGER"},
     "suppression": {"source": "VARCHAR(64)"},
+    "delivery": {"locked_by": "VARCHAR(200)"},
 }
 
 

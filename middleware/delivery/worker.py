@@ -22,7 +22,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
+import socket
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -121,6 +124,7 @@ class DeliveryWorker:
         self.buckets: dict[str, TokenBucket] = {}
         self._conn_version: str | None = None
         self.sent = 0
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # -- connectors -------------------------------------------------------
     def _connector(self, dest: Destination) -> Connector:
@@ -187,6 +191,7 @@ class DeliveryWorker:
                 stmt = stmt.where(col(DeliveryRow.destination).not_in(sorted(blocked)))
             if not is_sqlite(self.engine):
                 stmt = stmt.with_for_update(skip_locked=True)
+            self._release_dead_owners(s, now)
             taken: dict[str, int] = defaultdict(int)
             for d in s.exec(stmt):
                 if d.destination in probes and taken[d.destination] >= probes[d.destination]:
@@ -195,6 +200,7 @@ class DeliveryWorker:
                 recovering = d.status == "sending"
                 t = s.get(TriggerRow, d.trigger_id)
                 d.status, d.locked_until, d.attempts, d.updated_at = "sending", now + self.lease_s, d.attempts + 1, now
+                d.locked_by = self.owner
                 s.add(d)
                 c = self._build(s, d, t, rs.destinations.get(d.destination), now_dt)
                 if c.outbound is not None:
@@ -202,6 +208,27 @@ class DeliveryWorker:
                 out.append(c)
             s.commit()
         return out
+
+    def _release_dead_owners(self, s: Session, now: float) -> None:
+        """Expire leases held by a worker process on this host that no longer exists (killed mid-send)."""
+        host = socket.gethostname() + ":"
+        owners = s.exec(select(DeliveryRow.locked_by).where(
+            DeliveryRow.status == "sending", col(DeliveryRow.locked_until) >= now,
+            col(DeliveryRow.locked_by).startswith(host)).distinct()).all()
+        for owner in owners:
+            if not owner or owner == self.owner:
+                continue
+            try:
+                os.kill(int(owner.split(":")[1]), 0)
+                continue  # alive: its lease stands
+            except ProcessLookupError:
+                pass
+            except (PermissionError, ValueError, IndexError):
+                continue
+            for d in s.exec(select(DeliveryRow).where(DeliveryRow.locked_by == owner, DeliveryRow.status == "sending")):
+                d.locked_until = now - 1
+                s.add(d)
+            s.flush()
 
     def _intent(self, s: Session, d: DeliveryRow, c: Claimed, rs: "RuleSet", now: float, recovering: bool) -> None:
         """Ledger-mode destinations: never send twice after a crash; note the send before it starts."""
@@ -281,6 +308,8 @@ class DeliveryWorker:
 
     async def _send(self, conn: Connector, items: list[Claimed], sem: asyncio.Semaphore, name: str) -> list[Sent]:
         async with sem:
+            if not self.breakers[name].allow():  # opened by an earlier batch of this round: do not send
+                return [Sent(c, Retry("circuit open: not sent", after_s=self.breakers[name].cool_s)) for c in items]
             wait = self.buckets[name].take(len(items) if conn.max_batch == 1 else 1)
             if wait > 0:
                 await asyncio.sleep(min(wait, 5.0))

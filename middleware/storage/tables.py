@@ -148,6 +148,8 @@ class DeliveryRow(SQLModel, table=True):
     updated_at: float
     delivered_at: Optional[float] = None
     locked_until: Optional[float] = None
+    # added for issue 6: "host:pid:nonce" of the worker holding the lease (a dead local owner is reclaimed at once)
+    locked_by: Optional[str] = Field(default=None, max_length=200)
 
 
 class DeliveryAttempt(SQLModel, table=True):

@@ -1,0 +1,1 @@
+"""Delivery tests share the pipeline harness in tests/support."""
