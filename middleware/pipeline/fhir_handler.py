@@ -19,6 +19,7 @@ and the state is missing, and the Patient read for patient identity (both short,
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from datetime import datetime
 from typing import Any, Protocol, Sequence
@@ -101,12 +102,17 @@ def _merge(total: ChangeResult, r: ChangeResult) -> None:
 class FhirHandler:
     """Callable matching ``pipeline.process.Handler``; ``planner`` may be ``None`` (no fetching)."""
 
-    def __init__(self, planner: FetchPlanner | None = None, cache_size: int = 50_000) -> None:
+    def __init__(self, planner: FetchPlanner | None = None, cache_size: int = 50_000, miss_ttl_s: float = 300.0) -> None:
         self.planner = planner
         self._patients: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._fresh: dict[tuple[str, str], dict[str, Any]] = {}  # read but not yet stored
+        self._misses: dict[tuple[str, str], float] = {}  # unreadable patients, until a monotonic time
         self.cache_size = cache_size
+        self.miss_ttl_s = miss_ttl_s
 
     def __call__(self, session: Session, msg: InboundMessage, rs: RuleSet, now: datetime) -> ChangeResult:
+        if msg.meta and '"kind":"resource"' in msg.meta and self.planner is not None:
+            self._prefetch_patient(msg)  # network first, before this message holds the database lock
         if session.get_bind().dialect.name == "sqlite":
             # Take the write lock first: the batch's SAVEPOINT opened a deferred transaction, and a
             # read snapshot taken before the inbox writer commits would make our first write fail
@@ -241,11 +247,37 @@ class FhirHandler:
             self._cache(source.name, pid, key)
         return ChangeResult(note="patient stored")
 
+    def _prefetch_patient(self, msg: InboundMessage) -> None:
+        try:
+            source = self._source_for(msg)
+            if source is None:
+                return
+            res = orjson.loads(bytes(msg.raw))
+            if res.get("resourceType") in source.fhir.resource_types:
+                self.resolve_patient(source, to_r4(res, source.fhir.version))
+        except Exception:  # the locked pass tries again and reports
+            return
+
+    def _source_for(self, msg: InboundMessage) -> Source | None:
+        planner_sources = getattr(self.planner, "sources", None)
+        return planner_sources().get(msg.source) if callable(planner_sources) else None
+
     def patient_key(self, session: Session, source: Source, resource: dict[str, Any], now: datetime) -> str | None:
         """The patient key (see :func:`patient_key_from_reference`); a fetched Patient is stored too."""
+        key, fetched = self.resolve_patient(source, resource)
+        if key and fetched:
+            occurred = parse_instant((fetched.get("meta") or {}).get("lastUpdated")) or now
+            upsert_patient(session, key, fetched, occurred.timestamp(), now.timestamp())
+            self._fresh.pop((source.name, str(fetched.get("id"))), None)
+        return key
+
+    def resolve_patient(self, source: Source, resource: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+        """(patient key, Patient read just now and not yet stored); network only, no database."""
         pid = patient_id(patient_reference(resource))
         if pid and (hit := self._patients.get((source.name, pid))):
-            return hit
+            return hit, self._fresh.get((source.name, pid))
+        if pid and self._misses.get((source.name, pid), 0) > time.monotonic():
+            return patient_key_from_reference(resource, source), None
         fetcher = self.planner.fetcher(source.name) if self.planner is not None else None
         fetched: dict[str, Any] = {}
 
@@ -261,13 +293,15 @@ class FhirHandler:
             return got
 
         key = patient_key_from_reference(resource, source, fetch=fetch if fetcher is not None else None)
-        if key and fetched:
-            p = fetched["p"]
-            occurred = parse_instant((p.get("meta") or {}).get("lastUpdated")) or now
-            upsert_patient(session, key, p, occurred.timestamp(), now.timestamp())
         if pid and key and (fetched or not key.endswith(f"|Patient/{pid}")):
             self._cache(source.name, pid, key)
-        return key
+            if fetched:
+                self._fresh[(source.name, pid)] = fetched["p"]
+        elif pid and fetcher is not None:
+            self._misses[(source.name, pid)] = time.monotonic() + self.miss_ttl_s
+            while len(self._misses) > self.cache_size:
+                self._misses.pop(next(iter(self._misses)))
+        return key, fetched.get("p")
 
     def _remember_key(self, session: Session, source: Source, r4: dict[str, Any]) -> None:
         """Map ``<source>|<Type>/<id>`` to the stored key so a body-less DELETE finds the state."""

@@ -1,0 +1,189 @@
+"""``careloop subscriptions apply|status``: manage careloop's Subscriptions on a FHIR server.
+
+``apply`` reads ``subscriptions/careloop-<type>[-payloadless].json``, fills
+``${CARELOOP_ENDPOINT}`` (``--endpoint``, default ``http://<http_host>:<http_port>/fhir/<source>``)
+and ``${CARELOOP_FHIR_TOKEN}`` (the source's notification token; without one the header
+line is dropped), finds an existing Subscription by its ``meta.tag``
+(``urn:careloop:subscription|<name>``), creates or updates it only when it differs, and
+waits until the server reports ``active`` (HAPI activates asynchronously, in seconds).
+``status`` shows the server's view plus careloop's: last notification, event counters,
+last reconciliation and the high-water-mark lag.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .serve import add_common, settings_from
+
+TAG_SYSTEM = "urn:careloop:subscription"
+DEFAULT_DIR = Path("subscriptions")
+FJ = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
+
+def _load(path: Path, endpoint: str, token: str | None) -> dict[str, Any]:
+    sub = json.loads(path.read_text())
+    ch = sub["channel"]
+    ch["endpoint"] = ch["endpoint"].replace("${CARELOOP_ENDPOINT}", endpoint.rstrip("/"))
+    headers = []
+    for h in ch.get("header") or []:
+        if "${CARELOOP_FHIR_TOKEN}" in h:
+            if not token:
+                continue
+            h = h.replace("${CARELOOP_FHIR_TOKEN}", token)
+        headers.append(h)
+    ch["header"] = headers
+    return sub  # type: ignore[no-any-return]
+
+
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("criteria", "channel", "reason")
+    return all(a.get(k) == b.get(k) for k in keys) and b.get("status") in ("active", "requested")
+
+
+def _client(source: Any) -> Any:
+    import httpx
+
+    from ..listeners.fhir_fetch import TokenSource
+
+    tok = TokenSource(source.fhir.auth).token()
+    headers = dict(FJ, **({"Authorization": f"Bearer {tok}"} if tok else {}))
+    return httpx.Client(base_url=source.fhir.base_url.rstrip("/"), headers=headers, timeout=15.0)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from ..api.fhir import token_env
+    from ..rules.load import load_ruleset
+
+    settings = settings_from(args)
+    rs, _ = load_ruleset(settings.mappings_dir)
+    source = rs.sources.get(args.source) if rs else None
+    if source is None or not source.fhir.base_url:
+        print(f"careloop subscriptions: unknown source {args.source!r} or no fhir.base_url", file=sys.stderr)
+        return 2
+    endpoint = args.endpoint or f"http://{settings.http_host}:{settings.http_port}/fhir/{source.name}"
+    token = os.environ.get(token_env(source))
+    if not token:
+        print(f"warning: {token_env(source)} is not set; careloop accepts this source from loopback only", file=sys.stderr)
+    suffix = "-payloadless" if args.payloadless else ""
+    types = args.types or source.fhir.resource_types
+    rc = 0
+    with _client(source) as http:
+        applied: list[tuple[str, str]] = []
+        for t in types:
+            name = f"careloop-{t.lower()}{suffix}"
+            path = args.dir / f"{name}.json"
+            if not path.exists():
+                print(f"{name}: no definition at {path}", file=sys.stderr)
+                rc = 1
+                continue
+            want = _load(path, endpoint, token)
+            found = http.get("/Subscription", params={"_tag": f"{TAG_SYSTEM}|{name}"}).raise_for_status().json()
+            existing = [e["resource"] for e in found.get("entry") or []]
+            if existing and _same(want, existing[0]):
+                applied.append((name, existing[0]["id"]))
+                print(f"{name}: unchanged (Subscription/{existing[0]['id']})")
+                continue
+            if existing:
+                want["id"] = existing[0]["id"]
+                r = http.put(f"/Subscription/{want['id']}", content=json.dumps(want))
+                verb = "updated"
+            else:
+                r = http.post("/Subscription", content=json.dumps(want))
+                verb = "created"
+            if r.status_code >= 300:
+                print(f"{name}: {verb[:-1]} failed: HTTP {r.status_code}", file=sys.stderr)
+                rc = 1
+                continue
+            sid = r.json()["id"]
+            applied.append((name, sid))
+            print(f"{name}: {verb} Subscription/{sid}")
+        deadline = time.monotonic() + args.wait
+        for name, sid in applied:
+            status = "?"
+            while True:
+                sub = http.get(f"/Subscription/{sid}").json()
+                status = sub.get("status", "?")
+                if status in ("active", "error", "off") or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            extra = f" ({sub.get('error')})" if sub.get("error") else ""
+            print(f"{name}: Subscription/{sid} is {status}{extra} -> {sub['channel']['endpoint']}")
+            if status != "active":
+                rc = 1
+    return rc
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sqlmodel import Session, col, func, select
+
+    from ..pipeline.fhir_state import hwm_key, kv_get, kv_prefix, parse_instant, reconcile_key
+    from ..rules.load import load_ruleset
+    from ..storage.db import init_db, make_engine
+    from ..storage.tables import InboundMessage
+
+    settings = settings_from(args)
+    rs, _ = load_ruleset(settings.mappings_dir)
+    source = rs.sources.get(args.source) if rs else None
+    if source is None:
+        print(f"careloop subscriptions: unknown source {args.source!r}", file=sys.stderr)
+        return 2
+    if source.fhir.base_url:
+        try:
+            with _client(source) as http:
+                found = http.get("/Subscription", params={"_tag": TAG_SYSTEM + "|", "_count": "50"}).json()
+            subs = [e["resource"] for e in found.get("entry") or []]
+            if not subs:
+                with _client(source) as http:
+                    found = http.get("/Subscription", params={"_count": "100"}).json()
+                subs = [e["resource"] for e in found.get("entry") or []
+                        if any(t.get("system") == TAG_SYSTEM for t in (e["resource"].get("meta") or {}).get("tag") or [])]
+            print(f"server {source.fhir.base_url}: {len(subs)} careloop subscription(s)")
+            for s in subs:
+                tag = next((t["code"] for t in s["meta"]["tag"] if t.get("system") == TAG_SYSTEM), "?")
+                print(f"  Subscription/{s['id']} {tag}: {s.get('status')} {s.get('error') or ''} criteria={s.get('criteria')}")
+        except Exception as exc:  # report and carry on with local state
+            print(f"server {source.fhir.base_url}: unreachable ({type(exc).__name__})")
+    engine = make_engine(settings.database_url)
+    init_db(engine)
+    now = time.time()
+    with Session(engine) as s:
+        last = s.exec(select(func.max(InboundMessage.received_at)).where(
+            col(InboundMessage.channel) == "fhir", col(InboundMessage.source) == source.name)).one()
+        print(f"last notification: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(last)) + f' ({now - last:.0f} s ago)' if last else 'never'}")
+        for key, st in kv_prefix(s, f"fhir.sub.{source.name}.").items():
+            print(f"  {key.rsplit('.', 1)[-1]}: last event {st.get('last_event')}, missing {len(st.get('missing') or [])}, "
+                  f"gaps {st.get('gaps', 0)}, resets {st.get('resets', 0)}, last {st.get('last_type')}")
+        rec = kv_get(s, reconcile_key(source.name))
+        if rec:
+            print(f"last reconciliation: {now - rec['at']:.0f} s ago ({rec['reason']}): {rec['stored']} stored, "
+                  f"errors {len(rec.get('errors') or [])}")
+        else:
+            print("last reconciliation: never")
+        for t in source.fhir.resource_types:
+            at = parse_instant((kv_get(s, hwm_key(source.name, t)) or {}).get("at"))
+            print(f"  {t}: high-water mark {at.isoformat() if at else 'none'}" + (f", lag {now - at.timestamp():.0f} s" if at else ""))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("subscriptions", help="create/update careloop's FHIR Subscriptions; show their status")
+    ss = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+    a = ss.add_parser("apply", help="create or update the Subscriptions idempotently and wait for active")
+    a.add_argument("--source", default="default")
+    a.add_argument("--endpoint", help="careloop's base for this source (default http://<http_host>:<http_port>/fhir/<source>)")
+    a.add_argument("--types", nargs="+")
+    a.add_argument("--payloadless", action="store_true", help="payload-less variants (careloop searches on each POST)")
+    a.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    a.add_argument("--wait", type=float, default=60.0, help="seconds to wait for status active")
+    add_common(a)
+    a.set_defaults(func=cmd_apply)
+    st = ss.add_parser("status", help="server status, last notification, last reconciliation, lag")
+    st.add_argument("--source", default="default")
+    add_common(st)
+    st.set_defaults(func=cmd_status)
