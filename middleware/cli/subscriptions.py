@@ -46,6 +46,25 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return all(a.get(k) == b.get(k) for k in keys) and b.get("status") in ("active", "requested")
 
 
+def ours(http: Any) -> dict[str, list[dict[str, Any]]]:
+    """careloop's Subscriptions on the server by tag code, oldest first.
+
+    Lists ``Subscription?_count=200`` (following ``next``) and filters by ``meta.tag`` here:
+    HAPI 8.8 answers ``_tag`` searches on Subscription with nothing.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    url: str | None = "/Subscription?_count=200&_sort=_id"
+    while url:
+        bundle = http.get(url).raise_for_status().json()
+        for e in bundle.get("entry") or []:
+            r = e["resource"]
+            for t in (r.get("meta") or {}).get("tag") or []:
+                if t.get("system") == TAG_SYSTEM:
+                    out.setdefault(t.get("code", ""), []).append(r)
+        url = next((l["url"] for l in bundle.get("link") or [] if l.get("relation") == "next"), None)
+    return out
+
+
 def _client(source: Any) -> Any:
     import httpx
 
@@ -75,6 +94,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     rc = 0
     with _client(source) as http:
         applied: list[tuple[str, str]] = []
+        mine = ours(http)
         for t in types:
             name = f"careloop-{t.lower()}{suffix}"
             path = args.dir / f"{name}.json"
@@ -83,8 +103,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 rc = 1
                 continue
             want = _load(path, endpoint, token)
-            found = http.get("/Subscription", params={"_tag": f"{TAG_SYSTEM}|{name}"}).raise_for_status().json()
-            existing = [e["resource"] for e in found.get("entry") or []]
+            existing = mine.get(name, [])
+            for extra in existing[1:]:  # an earlier non-idempotent run or a copy: one per definition
+                http.delete(f"/Subscription/{extra['id']}")
+                print(f"{name}: removed duplicate Subscription/{extra['id']}")
             if existing and _same(want, existing[0]):
                 applied.append((name, existing[0]["id"]))
                 print(f"{name}: unchanged (Subscription/{existing[0]['id']})")
@@ -136,13 +158,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if source.fhir.base_url:
         try:
             with _client(source) as http:
-                found = http.get("/Subscription", params={"_tag": TAG_SYSTEM + "|", "_count": "50"}).json()
-            subs = [e["resource"] for e in found.get("entry") or []]
-            if not subs:
-                with _client(source) as http:
-                    found = http.get("/Subscription", params={"_count": "100"}).json()
-                subs = [e["resource"] for e in found.get("entry") or []
-                        if any(t.get("system") == TAG_SYSTEM for t in (e["resource"].get("meta") or {}).get("tag") or [])]
+                subs = [r for rs_ in ours(http).values() for r in rs_]
             print(f"server {source.fhir.base_url}: {len(subs)} careloop subscription(s)")
             for s in subs:
                 tag = next((t["code"] for t in s["meta"]["tag"] if t.get("system") == TAG_SYSTEM), "?")
