@@ -79,7 +79,7 @@ class Runtime:
             self.engine, self.ruleset, contact_secret=settings.contact_key_secret, clock=self.clock,
             link_base=f"http://{settings.http_host}:{settings.http_port}", fault_hook=self.fault,
         )
-        from .listeners.reconcile import Reconciler
+        from .pipeline.reconcile import Reconciler
         from .pipeline.fhir_handler import FhirHandler
 
         self.reconciler = Reconciler(self.engine, self.writer, lambda: self.sources, clock=self.clock)
@@ -162,7 +162,7 @@ class Runtime:
             await asyncio.sleep(every_s)
 
     async def _reconcile(self) -> None:
-        """The FHIR reconciler (``listeners/reconcile.py``), restarted after an unexpected error."""
+        """The FHIR reconciler (``pipeline/reconcile.py``), restarted after an unexpected error."""
         while True:
             try:
                 await self.reconciler.run()

@@ -8,7 +8,7 @@ from .serve import add_common, settings_from
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
-    from ..listeners.backfill import backfill
+    from ..pipeline.backfill import backfill
     from ..listeners.fhir_fetch import FetchError, FhirFetcher
     from ..rules.load import load_ruleset
     from ..storage.db import init_db, make_engine

@@ -1,6 +1,6 @@
 """Backfill a careloop database from the sandbox without firing anything.
 
-Uses careloop's own reconciler (``listeners/reconcile.py``): the high-water marks of the
+Uses careloop's own reconciler (``pipeline/reconcile.py``): the high-water marks of the
 ``default`` source are set to the epoch, one sweep reads every Appointment, Encounter and
 CarePlan into the inbox with ``arrival="backfill"`` (rules skip backfilled events unless a
 rule opts in with ``include_backfill``), and the processor applies them. Afterwards the marks

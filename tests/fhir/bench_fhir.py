@@ -107,7 +107,7 @@ def bench_puts(n: int, threads: int) -> None:
 def bench_backfill(n: int) -> None:
     from sqlmodel import Session, func, select
 
-    from middleware.listeners.backfill import backfill
+    from middleware.pipeline.backfill import backfill
     from middleware.listeners.fhir_fetch import FhirFetcher
     from middleware.rules.load import load_ruleset
     from middleware.storage.db import init_db, make_engine

@@ -10,7 +10,7 @@ from sqlmodel import Session, select
 import fhir_samples as S
 from conftest import make_settings
 from fhir_stub import FhirStub
-from middleware.listeners.backfill import backfill
+from middleware.pipeline.backfill import backfill
 from middleware.listeners.fhir_fetch import FhirFetcher
 from middleware.rules.load import load_ruleset
 from middleware.storage.db import init_db, make_engine

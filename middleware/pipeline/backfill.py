@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from ..config.sources import Source
-from ..pipeline.fhir_handler import FhirHandler
-from ..pipeline.fhir_state import fhir_instant, hwm_key, kv_get, kv_set, parse_instant
+from .fhir_handler import FhirHandler
+from .fhir_state import fhir_instant, hwm_key, kv_get, kv_set, parse_instant
 from ..rules.load import RuleSet
 
 log = logging.getLogger("careloop.fhir.backfill")

@@ -36,12 +36,12 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from ..config.sources import Source, Sources
-from ..pipeline.fhir_state import (
+from .fhir_state import (
     clear_pending, fhir_instant, hwm_key, kv_get, kv_prefix, kv_set, parse_instant, reconcile_key,
 )
 from ..storage.inbox import InboundRecord, InboxWriter
 from ..storage.tables import InboundMessage
-from .fhir_fetch import FetchError, FhirFetcher
+from ..listeners.fhir_fetch import FetchError, FhirFetcher
 
 log = logging.getLogger("careloop.fhir.reconcile")
 Json = dict[str, Any]
