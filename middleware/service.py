@@ -144,6 +144,7 @@ class Runtime:
                     n = await res if asyncio.iscoroutine(res) else res
                     if not n:
                         break
+                    await asyncio.sleep(0.001)  # let the inbox writer take the SQLite write lock between batches
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

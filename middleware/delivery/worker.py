@@ -37,7 +37,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
 from ..config.destinations import Destination
-from ..storage.db import is_sqlite
+from ..storage.db import is_sqlite, write_lock
 from ..storage.tables import (
     DeliveryAlert, DeliveryAttempt, DeliveryRow, Disclosure, KeyValue, SendIntent, SendLedger, TriggerRow,
 )
@@ -170,6 +170,10 @@ class DeliveryWorker:
 
     def claim(self, limit: int = 200) -> list[Claimed]:
         """Lease up to ``limit`` due deliveries and build what to send (or why not)."""
+        with write_lock(self.engine):
+            return self._claim(limit)
+
+    def _claim(self, limit: int = 200) -> list[Claimed]:
         rs = self.ruleset()
         now_dt = self.clock()
         now = now_dt.timestamp()
@@ -342,6 +346,10 @@ class DeliveryWorker:
     # -- record -----------------------------------------------------------
     def record(self, results: list[Sent]) -> None:
         """One transaction: attempts, statuses, retries, disclosures, ledger, alerts."""
+        with write_lock(self.engine):
+            self._record(results)
+
+    def _record(self, results: list[Sent]) -> None:
         rs = self.ruleset()
         now = self.clock().timestamp()
         with Session(self.engine, expire_on_commit=False) as s:

@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from ..model import ResourceChange
 from ..normalize.hl7_peek import decode
 from ..rules.load import RuleSet
-from ..storage.db import begin_write, is_sqlite
+from ..storage.db import begin_write, is_sqlite, write_lock
 from ..storage.tables import InboundMessage
 from .changes import ChangeResult, apply_change, merge_patients, upsert_patient
 
@@ -75,6 +75,7 @@ class Processor:
         on_due: Callable[[], None] | None = None,
         batch: int = 100,
         fault_hook: Callable[[str], None] | None = None,
+        budget_s: float = 0.005,
     ) -> None:
         self.engine = engine
         self.ruleset = ruleset
@@ -87,22 +88,46 @@ class Processor:
         self.on_due = on_due
         self.fault_hook = fault_hook
         self.batch = batch
+        # On SQLite one transaction holds the only write lock: a short budget per batch lets
+        # the inbox commit (and ACK) between batches instead of waiting for a whole batch.
+        self.budget_s = budget_s
         self.processed = 0
         self.failed = 0
 
     def run_once(self) -> int:
-        """Process up to ``batch`` messages; return how many were handled."""
+        """Process up to ``batch`` messages (within the time budget); return how many were handled."""
+        with write_lock(self.engine):
+            return self._run_once()
+
+    def _restore_full(self, session: Session) -> None:
+        session.connection().exec_driver_sql("PRAGMA synchronous=FULL")
+
+    def _run_once(self) -> int:
         rs = self.ruleset()
+        sqlite = is_sqlite(self.engine)
         with Session(self.engine, expire_on_commit=False) as session:
+            if sqlite:
+                # Processing commits need not wait for fsync: the inbox row stays `received` until
+                # this commit lands, so a lost commit is processed again, and every later FULL commit
+                # (scheduler, delivery) syncs the WAL up to and including this one.
+                session.connection().exec_driver_sql("PRAGMA synchronous=NORMAL")
             begin_write(session)
             stmt = select(InboundMessage).where(InboundMessage.status == "received").order_by(InboundMessage.id).limit(self.batch)  # type: ignore[arg-type]
             if not is_sqlite(self.engine):
                 stmt = stmt.with_for_update(skip_locked=True)
             rows = list(session.exec(stmt))
             if not rows:
+                session.rollback()
+                if sqlite:
+                    self._restore_full(session)
                 return 0
             due = False
+            started = time.perf_counter()
+            done = 0
             for msg in rows:
+                if done and time.perf_counter() - started > self.budget_s:
+                    break  # the rest stay `received` for the next batch
+                done += 1
                 now = self.clock()
                 handler = self.handlers.get(msg.channel)
                 sp = session.begin_nested()
@@ -125,11 +150,13 @@ class Processor:
                 msg.processed_at = time.time()
                 session.add(msg)
             session.commit()
+            if sqlite:
+                self._restore_full(session)
         if self.fault_hook:
             self.fault_hook("process.after_commit")
         if due and self.on_due:
             self.on_due()
-        return len(rows)
+        return done
 
     def drain(self, max_rounds: int = 10_000) -> int:
         total = 0

@@ -15,7 +15,7 @@ from sqlmodel import Session, select
 
 from .patientctx import suppression_at_send
 from ..rules.load import RuleSet
-from ..storage.db import begin_write, is_sqlite
+from ..storage.db import begin_write, is_sqlite, write_lock
 from ..storage.tables import Authorization, DeliveryRow, Suppression, TriggerRow
 
 log = logging.getLogger("careloop.scheduler")
@@ -58,6 +58,10 @@ class Scheduler:
 
     def fire_due(self) -> int:
         """Fire up to ``batch`` due triggers; return how many were handled."""
+        with write_lock(self.engine):
+            return self._fire_due()
+
+    def _fire_due(self) -> int:
         rs = self.ruleset()
         now = self.clock().timestamp()
         created = 0

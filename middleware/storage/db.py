@@ -2,6 +2,7 @@
 is on disk before anything is acknowledged; PostgreSQL is reached through psycopg 3."""
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -54,9 +55,25 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
     return engine
 
 
-def init_db(engine: Engine) -> None:
-    """Create missing tables and indexes (idempotent)."""
-    SQLModel.metadata.create_all(engine)
+def init_db(engine: Engine, attempts: int = 5) -> None:
+    """Create missing tables and indexes (idempotent).
+
+    Several processes may start on one new database at once (``serve`` and ``worker``,
+    replicas): one of them wins each CREATE and the others see "already exists" — they
+    retry, and the retry finds the tables there.
+    """
+    import time as _time
+
+    from sqlalchemy.exc import DatabaseError
+
+    for attempt in range(attempts):
+        try:
+            SQLModel.metadata.create_all(engine)
+            return
+        except DatabaseError:
+            if attempt == attempts - 1:
+                raise
+            _time.sleep(0.2 * (attempt + 1))
 
 
 @contextmanager
@@ -78,6 +95,28 @@ def synchronous_setting(engine: Engine) -> str:
             val = conn.exec_driver_sql("PRAGMA synchronous").scalar()
             return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(int(val or 0), str(val))
         return "synchronous_commit=" + str(conn.exec_driver_sql("SHOW synchronous_commit").scalar())
+
+
+_WRITE_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def write_lock(engine: Engine) -> Iterator[None]:
+    """Serialise this process's SQLite write transactions on a Python lock (no-op on PostgreSQL).
+
+    SQLite has one write lock; a writer that finds it taken sleeps in SQLite's busy handler
+    for up to 100 ms at a time, so an ingest commit waiting behind a processing batch would
+    stall ACKs. Threads of one process hand the lock over at once through this lock instead.
+    """
+    if not is_sqlite(engine):
+        yield
+        return
+    key = str(engine.url)
+    with _LOCKS_GUARD:
+        lock = _WRITE_LOCKS.setdefault(key, threading.RLock())
+    with lock:
+        yield
 
 
 def begin_write(session: Session) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from sqlalchemy.engine import Engine
 
-from .db import is_sqlite
+from .db import is_sqlite, write_lock
 
 _COLUMNS = (
     "source", "channel", "received_at", "raw", "sha256", "dedup_key", "control_id",
@@ -142,6 +142,10 @@ class InboxWriter:
             self._conn = None
 
     def write_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
+        with write_lock(self.engine):
+            return self._write_batch(records)
+
+    def _write_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
         """Insert the records in one transaction; resolve duplicates against stored rows."""
         if self._conn is None:
             self._conn = self.engine.raw_connection()
