@@ -1,0 +1,177 @@
+"""Whole pipeline: HL7v2 over MLLP -> storage -> FHIR normalization -> the shipped rule library
+-> trigger -> signed webhook to a local receiver. Reports (a) p50/p99 latency from the send
+of each message to the receiver's call, at a steady rate, and (b) sustained messages/s.
+
+The message is an SIU^S12 for an appointment a few hours ahead, so the shipped
+`appointment-reminder-24h` rule fires at once (booked inside 24 h). Quiet hours are turned
+off in a copy of the mappings so the figure does not depend on the hour of the run; each
+message is a new patient so FCC caps do not suppress. Usage:
+    python bench/pipeline.py [--rate 200] [--seconds 10] [--burst 2000] [--runs 3]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from middleware.cli.sink import DEV_WEBHOOK_SECRET  # noqa: E402
+from middleware.delivery.sink import SinkServer  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ts(dt: datetime) -> str:
+    return dt.strftime("%Y%m%d%H%M%S") + "+0000"
+
+
+def message(i: int, start: datetime) -> bytes:
+    now = datetime.now(timezone.utc)
+    end = start + timedelta(minutes=30)
+    segs = [
+        f"MSH|^~\\&|SCHED|HOSP|CARELOOP|CL|{ts(now)}||SIU^S12^SIU_S12|B{i}-{time.time_ns()}|P|2.5.1",
+        f"SCH|P{i}^SCHED|F{i}-{time.time_ns()}^SCHED||||FOLLOWUP^Follow-up^LOCAL|||30|MIN|^^30^{ts(start)}^{ts(end)}||||||||||||||Booked",
+        f"PID|1||MRNB{i:07d}^^^HOSP^MR||TESTPATIENT^BENCH||19700101|F",
+        "RGS|1",
+        f"AIS|1||CLINIC^Clinic visit^LOCAL|{ts(start)}|||30|MIN",
+    ]
+    return ("\r".join(segs) + "\r").encode()
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.sent: dict[str, float] = {}
+
+    async def send(self, i: int, writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
+        start = (datetime.now(timezone.utc) + timedelta(hours=3)).replace(microsecond=0) + timedelta(seconds=i % 3600)
+        self.sent[start.isoformat()] = time.perf_counter()
+        writer.write(b"\x0b" + message(i, start) + b"\x1c\r")
+        await writer.drain()
+        await reader.readuntil(b"\x1c\r")
+
+
+def latencies(sink: SinkServer, client: Client, t0_wall: float, t0_perf: float) -> list[float]:
+    out = []
+    for r in sink.received():
+        body = r["body"] or {}
+        key = (body.get("data") or {}).get("appointment_start")
+        if not key:
+            continue
+        sent = client.sent.get(datetime.fromisoformat(key.replace("Z", "+00:00")).isoformat())
+        if sent is None:
+            continue
+        got = datetime.fromisoformat(r["received_at"]).timestamp() - t0_wall + t0_perf
+        out.append((got - sent) * 1000)
+    return out
+
+
+async def steady(port: int, rate: float, seconds: float, client: Client, base: int) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    n = int(rate * seconds)
+    t0 = time.perf_counter()
+    for k in range(n):
+        await asyncio.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
+        await client.send(base + k, writer, reader)
+    writer.close()
+    return n
+
+
+async def burst(port: int, total: int, conns: int, client: Client, base: int) -> None:
+    async def one(c: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for k in range(c, total, conns):
+            await client.send(base + k, writer, reader)
+        writer.close()
+    await asyncio.gather(*(one(c) for c in range(conns)))
+
+
+def wait_delivered(sink: SinkServer, n: int, timeout: float) -> float:
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        if len([r for r in sink.received() if r["type"] == "appointment_reminder"]) >= n:
+            return time.perf_counter()
+        time.sleep(0.02)
+    raise SystemExit(f"only {len(sink.received())}/{n} delivered within {timeout}s")
+
+
+def run_once(args: argparse.Namespace, run: int) -> tuple[list[float], float]:
+    work = Path(tempfile.mkdtemp(prefix="careloop-pipeline-"))
+    maps = work / "mappings"
+    shutil.copytree(REPO / "mappings", maps)
+    st = maps / "settings.yaml"
+    st.write_text("\n".join(ln for ln in st.read_text().splitlines() if not ln.startswith("quiet_hours:")) + "\nquiet_hours: null\n")
+    with SinkServer([DEV_WEBHOOK_SECRET]) as sink:
+        http, mllp = free_port(), free_port()
+        env = {**os.environ, "CARELOOP_WEBHOOK_URL": sink.url + "/hooks", "CARELOOP_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
+               "CARELOOP_LOG_LEVEL": "WARNING"}
+        proc = subprocess.Popen([sys.executable, "-m", "middleware", "serve", "--http-port", str(http), "--mllp-port", str(mllp),
+                                 "--mappings", str(maps), "--database-url", f"sqlite:///{work}/c.db"],
+                                cwd=work, env=env, stdout=(work / "serve.log").open("wb"), stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.1)
+            client = Client(mllp)
+            t0_wall, t0_perf = time.time(), time.perf_counter()
+            n = asyncio.run(steady(mllp, args.rate, args.seconds, client, 0))
+            wait_delivered(sink, n, 120)
+            lat = latencies(sink, client, t0_wall, t0_perf)
+            b0 = time.perf_counter()
+            asyncio.run(burst(mllp, args.burst, 8, client, 5000))
+            done = wait_delivered(sink, n + args.burst, 600)
+            rate = args.burst / (done - b0)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+    shutil.rmtree(work, ignore_errors=True)
+    lat.sort()
+    print(f"run {run}: steady {args.rate:.0f} msg/s x {args.seconds:.0f} s: p50 {statistics.median(lat):.1f} ms, "
+          f"p99 {lat[int(len(lat) * 0.99) - 1]:.1f} ms (n={len(lat)}); sustained {rate:.0f} msg/s end to end "
+          f"({args.burst} messages, 8 connections)", flush=True)
+    return lat, rate
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rate", type=float, default=200)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--burst", type=int, default=2000)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    print(f"machine: {os.cpu_count()} cpus; careloop serve (worker in process) on SQLite WAL synchronous=FULL; "
+          f"shipped rules, quiet hours off; receiver verifies signatures in the bench process")
+    p50s, p99s, rates = [], [], []
+    for r in range(args.runs):
+        lat, rate = run_once(args, r + 1)
+        p50s.append(statistics.median(lat))
+        p99s.append(lat[int(len(lat) * 0.99) - 1])
+        rates.append(rate)
+    print(f"\nmedian over {args.runs} runs: p50 {statistics.median(p50s):.1f} ms, p99 {statistics.median(p99s):.1f} ms "
+          f"(range {min(p99s):.1f}-{max(p99s):.1f}); sustained {statistics.median(rates):.0f} msg/s ({min(rates):.0f}-{max(rates):.0f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
