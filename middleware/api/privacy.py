@@ -116,19 +116,24 @@ def suppressions_add(request: Request, body: SuppressionIn) -> dict[str, Any]:
     return out
 
 
+def _revoke(s: Session, table: Any, row_id: int, missing: str) -> Any:
+    """Mark a row revoked now (kept for the record); 404 when it does not exist; idempotent."""
+    row = s.get(table, row_id)
+    if row is None:
+        raise HTTPException(404, missing)
+    if row.revoked_at is None:
+        row.revoked_at = time.time()
+        s.add(row)
+        s.commit()
+        s.refresh(row)
+    return row
+
+
 @router.delete("/api/suppressions/{suppression_id}")
 def suppressions_remove(request: Request, suppression_id: int) -> dict[str, Any]:
     """Lift an opt-out (the row is kept with ``revoked_at`` for the record)."""
     with Session(_engine(request)) as s:
-        r = s.get(Suppression, suppression_id)
-        if r is None:
-            raise HTTPException(404, "no such suppression")
-        if r.revoked_at is None:
-            r.revoked_at = time.time()
-            s.add(r)
-            s.commit()
-            s.refresh(r)
-        return _supp_json(r)
+        return _supp_json(_revoke(s, Suppression, suppression_id, "no such suppression"))
 
 
 # -- authorizations -----------------------------------------------------------
@@ -165,15 +170,7 @@ def authorizations_add(request: Request, body: AuthorizationIn) -> dict[str, Any
 def authorizations_revoke(request: Request, authorization_id: int) -> dict[str, Any]:
     """Revoke; pending marketing deliveries for the patient are suppressed at their send time."""
     with Session(_engine(request)) as s:
-        a = s.get(Authorization, authorization_id)
-        if a is None:
-            raise HTTPException(404, "no such authorization")
-        if a.revoked_at is None:
-            a.revoked_at = time.time()
-            s.add(a)
-            s.commit()
-            s.refresh(a)
-        return _auth_json(a)
+        return _auth_json(_revoke(s, Authorization, authorization_id, "no such authorization"))
 
 
 # -- audit, alerts, destinations ----------------------------------------------

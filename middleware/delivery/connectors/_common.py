@@ -97,6 +97,18 @@ def same_for_all(outcome: Outcome, n: int) -> list[Outcome]:
     return [outcome] * n
 
 
+def finish(items: Sequence[Any], results: Sequence[Outcome | None], *, logger: logging.Logger, action: str,
+           destination: str) -> list[Outcome]:
+    """Fill items no step answered with ``Permanent("not sent")`` and log one id-only line per item."""
+    from ..registry import Permanent
+
+    final: list[Outcome] = [o if o is not None else Permanent("not sent") for o in results]
+    for item, outcome in zip(items, final):
+        logger.info(action, extra={"action": action, "destination": destination,
+                                   "delivery_id": item.delivery_id, "outcome": type(outcome).__name__})
+    return final
+
+
 def chunks(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
     """``seq`` cut into consecutive slices of at most ``size``."""
     return [seq[i : i + size] for i in range(0, len(seq), size)]

@@ -32,7 +32,7 @@ from ..registry import (
     register,
     retry_after_seconds,
 )
-from ._common import MissingSecret, chunks, iso_z, require_secret, safe_json, same_for_all, send_request, transport_outcome
+from ._common import finish, MissingSecret, chunks, iso_z, require_secret, safe_json, same_for_all, send_request, transport_outcome
 
 log = logging.getLogger("middleware.delivery.braze")
 
@@ -129,11 +129,7 @@ class BrazeConnector(Connector):
                 outs = same_for_all(transport_outcome(exc), len(chunk))
             for i, o in zip(idxs, outs):
                 results[i] = o
-        final = [o if o is not None else Permanent("not sent") for o in results]
-        for item, outcome in zip(items, final):
-            log.info("braze.sent", extra={"action": "braze.sent", "destination": self.name,
-                                           "delivery_id": item.delivery_id, "outcome": type(outcome).__name__})
-        return final
+        return finish(items, results, logger=log, action="braze.sent", destination=self.name)
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         key = require_secret(self.secrets, self.cfg.api_key_env)

@@ -39,6 +39,7 @@ from ..registry import (
     retry_after_seconds,
 )
 from ._common import (
+    finish,
     MissingSecret,
     TokenCache,
     TokenError,
@@ -234,11 +235,7 @@ class HubSpotConnector(Connector):
             outs = await self._send_chunk([items[i] for i in idxs], events[start : start + BATCH_MAX])
             for i, o in zip(idxs, outs):
                 results[i] = o
-        final = [o if o is not None else Permanent("not sent") for o in results]
-        for item, outcome in zip(items, final):
-            log.info("hubspot.sent", extra={"action": "hubspot.sent", "destination": self.name,
-                                             "delivery_id": item.delivery_id, "outcome": type(outcome).__name__})
-        return final
+        return finish(items, results, logger=log, action="hubspot.sent", destination=self.name)
 
     async def _send_chunk(self, items: list[Outbound], events: list[dict[str, Any]]) -> list[Outcome]:
         try:

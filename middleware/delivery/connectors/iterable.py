@@ -19,7 +19,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..registry import Connector, Delivered, Outbound, Outcome, Permanent, RateLimit, classify_http, register
-from ._common import MissingSecret, chunks, require_secret, safe_json, same_for_all, send_request, transport_outcome
+from ._common import finish, MissingSecret, chunks, require_secret, safe_json, same_for_all, send_request, transport_outcome
 
 log = logging.getLogger("middleware.delivery.iterable")
 
@@ -97,11 +97,7 @@ class IterableConnector(Connector):
                 outs = same_for_all(transport_outcome(exc), len(chunk))
             for i, o in zip(idxs, outs):
                 results[i] = o
-        final = [o if o is not None else Permanent("not sent") for o in results]
-        for item, outcome in zip(items, final):
-            log.info("iterable.sent", extra={"action": "iterable.sent", "destination": self.name,
-                                              "delivery_id": item.delivery_id, "outcome": type(outcome).__name__})
-        return final
+        return finish(items, results, logger=log, action="iterable.sent", destination=self.name)
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         key = require_secret(self.secrets, self.cfg.api_key_env)

@@ -21,7 +21,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..registry import Connector, Delivered, Outbound, Outcome, Permanent, RateLimit, classify_http, register
-from ._common import MissingSecret, iso_z, require_secret, same_for_all, send_request, transport_outcome
+from ._common import finish, MissingSecret, iso_z, require_secret, same_for_all, send_request, transport_outcome
 
 log = logging.getLogger("middleware.delivery.segment")
 
@@ -119,11 +119,7 @@ class SegmentConnector(Connector):
             outs = await self._send([messages[g] for g in group])
             for i, o in zip(idxs, outs):
                 results[i] = o
-        final = [o if o is not None else Permanent("not sent") for o in results]
-        for item, outcome in zip(items, final):
-            log.info("segment.sent", extra={"action": "segment.sent", "destination": self.name,
-                                             "delivery_id": item.delivery_id, "outcome": type(outcome).__name__})
-        return final
+        return finish(items, results, logger=log, action="segment.sent", destination=self.name)
 
     async def _send(self, messages: list[dict[str, Any]]) -> list[Outcome]:
         base = self.cfg.endpoint.rstrip("/")
