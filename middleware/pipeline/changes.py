@@ -15,12 +15,13 @@ import orjson
 from sqlalchemy import or_, update
 from sqlmodel import Session, select
 
-from ..model import ClinicalEvent, ResourceChange
+from ..model import ClinicalEvent, EventRecord, ResourceChange
 from ..normalize.events import derive
 from ..rules.evaluate import Decision, cancellations, evaluate
 from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for
-from ..storage.tables import EventRow, PatientRow, ResourceIdentity, ResourceState, TriggerRow
+from ..storage.rawsql import Raw
+from ..storage.tables import EventRow, PatientRow, ResourceState, TriggerRow
 
 log = logging.getLogger("careloop.pipeline")
 
@@ -31,7 +32,7 @@ def dumps(obj: Any) -> str:
 
 @dataclass
 class ChangeResult:
-    events: list[EventRow] = field(default_factory=list)
+    events: list[EventRecord] = field(default_factory=list)
     decisions: list[tuple[ClinicalEvent, list[Decision]]] = field(default_factory=list)
     cancelled: int = 0
     triggers: int = 0
@@ -39,35 +40,39 @@ class ChangeResult:
     note: str | None = None
 
 
-def resolve_patient_key(session: Session, key: str | None) -> str | None:
+_PATIENT_GET = "SELECT resource, merged_into, occurred_at FROM patient WHERE key = ?"
+
+
+def resolve_patient_key(session: Session, key: str | None, raw: Raw | None = None) -> str | None:
     """Follow merges to the surviving patient."""
+    db = raw or Raw(session)
     seen = set()
     while key and key not in seen:
         seen.add(key)
-        row = session.get(PatientRow, key)
-        if row is None or not row.merged_into:
+        row = db.one("SELECT merged_into FROM patient WHERE key = ?", (key,))
+        if row is None or not row[0]:
             return key
-        key = row.merged_into
+        key = row[0]
     return key
 
 
-def upsert_patient(session: Session, key: str, resource: dict[str, Any], occurred_at: float, now: float) -> None:
-    row = session.get(PatientRow, key)
+def upsert_patient(session: Session, key: str, resource: dict[str, Any], occurred_at: float, now: float,
+                   raw: Raw | None = None) -> None:
+    db = raw or Raw(session)
+    row = db.one("SELECT occurred_at FROM patient WHERE key = ?", (key,))
     if row is None:
-        session.add(PatientRow(key=key, fhir_id=str(resource.get("id", "")), resource=dumps(resource), updated_at=now, occurred_at=occurred_at))
-    elif occurred_at >= row.occurred_at:
-        row.resource = dumps(resource)
-        row.fhir_id = str(resource.get("id", row.fhir_id))
-        row.occurred_at = occurred_at
-        row.updated_at = now
-        session.add(row)
+        db.run("INSERT INTO patient (key, fhir_id, resource, merged_into, updated_at, occurred_at) VALUES (?, ?, ?, NULL, ?, ?)",
+               (key, str(resource.get("id", "")), dumps(resource), now, occurred_at))
+    elif occurred_at >= row[0]:
+        db.run("UPDATE patient SET resource = ?, fhir_id = COALESCE(?, fhir_id), occurred_at = ?, updated_at = ? WHERE key = ?",
+               (dumps(resource), str(resource["id"]) if "id" in resource else None, occurred_at, now, key))
 
 
-def load_patient(session: Session, key: str | None) -> dict[str, Any] | None:
+def load_patient(session: Session, key: str | None, raw: Raw | None = None) -> dict[str, Any] | None:
     if not key:
         return None
-    row = session.get(PatientRow, key)
-    return orjson.loads(row.resource) if row else None
+    row = (raw or Raw(session)).one("SELECT resource FROM patient WHERE key = ?", (key,))
+    return orjson.loads(row[0]) if row else None
 
 
 def _identifiers(resource: dict[str, Any]) -> list[str]:
@@ -85,20 +90,77 @@ def _version_int(res: dict[str, Any] | None) -> int | None:
         return None
 
 
-def resolve_key(session: Session, resource: dict[str, Any]) -> str:
+def lookup_identity(session: Session, identifier: str, raw: Raw | None = None) -> str | None:
+    """The resource key stored for a business identifier (or a source-local FHIR id), if any."""
+    row = (raw or Raw(session)).one("SELECT resource_key FROM resource_identity WHERE identifier = ?", (identifier,))
+    return row[0] if row else None
+
+
+def remember_identity(session: Session, identifier: str, key: str, raw: Raw | None = None) -> None:
+    """Record ``identifier -> key`` unless the identifier is already known (the first key wins)."""
+    db = raw or Raw(session)
+    if db.one("SELECT 1 FROM resource_identity WHERE identifier = ?", (identifier,)) is None:
+        db.run("INSERT INTO resource_identity (identifier, resource_key) VALUES (?, ?)", (identifier, key))
+
+
+def resolve_key(session: Session, resource: dict[str, Any], raw: Raw | None = None) -> str:
     """The stored key of this resource: an earlier key sharing a business identifier wins."""
+    db = raw or Raw(session)
     own = f"{resource['resourceType']}/{resource.get('id')}"
     idents = _identifiers(resource)
-    key = own
-    for ident in idents:
-        row = session.get(ResourceIdentity, ident)
-        if row is not None:
-            key = row.resource_key
-            break
-    for ident in idents:
-        if session.get(ResourceIdentity, ident) is None:
-            session.add(ResourceIdentity(identifier=ident, resource_key=key))
+    if not idents:
+        return own
+    found = dict(db.all(
+        f"SELECT identifier, resource_key FROM resource_identity WHERE identifier IN ({', '.join('?' * len(idents))})",
+        idents))
+    key = next((found[i] for i in idents if i in found), own)
+    db.many("INSERT INTO resource_identity (identifier, resource_key) VALUES (?, ?)",
+            [(i, key) for i in dict.fromkeys(idents) if i not in found])
     return key
+
+
+_STATE_COLS = "key, resource_type, patient_key, status, version, last_updated, occurred_at, resource, source, deleted, updated_at"
+
+
+@dataclass
+class StateRow:
+    """One ``resource_state`` row, read and written with plain SQL."""
+
+    key: str
+    resource_type: str
+    patient_key: str | None
+    status: str | None
+    version: str | None
+    last_updated: str | None
+    occurred_at: float
+    resource: str
+    source: str
+    deleted: bool
+    updated_at: float
+
+    def values(self) -> tuple[Any, ...]:
+        return (self.key, self.resource_type, self.patient_key, self.status, self.version, self.last_updated,
+                self.occurred_at, self.resource, self.source, bool(self.deleted), self.updated_at)
+
+
+def load_state(session: Session, key: str, raw: Raw | None = None) -> StateRow | None:
+    row = (raw or Raw(session)).one(f"SELECT {_STATE_COLS} FROM resource_state WHERE key = ?", (key,))
+    return StateRow(*row) if row is not None else None
+
+
+def save_state(db: Raw, st: StateRow, new: bool) -> None:
+    if new:
+        db.run(f"INSERT INTO resource_state ({_STATE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", st.values())
+    else:
+        db.run("UPDATE resource_state SET resource_type = ?, patient_key = ?, status = ?, version = ?, last_updated = ?, "
+               "occurred_at = ?, resource = ?, source = ?, deleted = ?, updated_at = ? WHERE key = ?",
+               st.values()[1:] + (st.key,))
+
+
+_EVENT_INSERT = (
+    "INSERT INTO event (type, previous_status, status, resource_type, resource_key, patient_key, resource, source, "
+    "arrival, occurred_at, created_at, inbound_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 
 def apply_change(
@@ -113,11 +175,12 @@ def apply_change(
     evaluate_rules: bool = True,
 ) -> ChangeResult:
     """Store the change, derive events, cancel and create triggers. Caller commits."""
+    db = Raw(session)
     res = ChangeResult()
     resource = dict(change.resource)
     rtype = resource["resourceType"]
-    key = resolve_key(session, resource)
-    state = session.get(ResourceState, key)
+    key = resolve_key(session, resource, db)
+    state = load_state(session, key, db)
     prev = orjson.loads(state.resource) if state is not None and not state.deleted else None
     occurred = change.occurred_at.timestamp()
     nowts = now.timestamp()
@@ -137,51 +200,50 @@ def apply_change(
     if keep_status and prev is not None and prev.get("status"):
         resource["status"] = prev["status"]
     events = derive(resource, prev, deleted=change.deleted)
-    patient_key = resolve_patient_key(session, change.patient_key)
+    patient_key = resolve_patient_key(session, change.patient_key, db)
+    is_new = state is None
     if state is None:
-        state = ResourceState(key=key, resource_type=rtype, resource="{}", source=change.source)
+        state = StateRow(key=key, resource_type=rtype, patient_key=None, status=None, version=None, last_updated=None,
+                         occurred_at=0.0, resource="{}", source=change.source, deleted=False, updated_at=0.0)
+    meta = resource.get("meta") or {}
     state.patient_key = patient_key or state.patient_key
     state.status = resource.get("status") if not change.deleted else state.status
-    state.version = ((resource.get("meta") or {}).get("versionId")) or state.version
-    state.last_updated = ((resource.get("meta") or {}).get("lastUpdated")) or state.last_updated
+    state.version = meta.get("versionId") or state.version
+    state.last_updated = meta.get("lastUpdated") or state.last_updated
     state.occurred_at = max(occurred, state.occurred_at)
     if not change.deleted:
         state.resource = dumps(resource)
     state.deleted = change.deleted
     state.source = change.source
     state.updated_at = nowts
-    session.add(state)
+    save_state(db, state, is_new)
     if not events:
         res.note = "no change"
         return res
-    patient = load_patient(session, patient_key)
-    body = dumps(resource if not change.deleted else (prev or resource))
+    patient = load_patient(session, patient_key, db)
+    shown = resource if not change.deleted else (prev or resource)
+    body = state.resource if shown is resource and not change.deleted else dumps(shown)
     seen: dict[str, int] = {}
     for etype, pstatus, status in events:
         nth = seen.get(etype, 0)
         seen[etype] = nth + 1
-        row = EventRow(
-            type=etype, previous_status=pstatus, status=status, resource_type=rtype, resource_key=key,
-            patient_key=patient_key, resource=body, source=change.source, arrival=change.arrival,
-            occurred_at=occurred, created_at=nowts, inbound_id=inbound_id,
-        )
-        session.add(row)
-        session.flush()
+        values = (etype, pstatus, status, rtype, key, patient_key, body, change.source, change.arrival, occurred, nowts, inbound_id)
+        row = EventRecord(db.insert_id(_EVENT_INSERT, values), *values)
         res.events.append(row)
         ev = ClinicalEvent(
             type=etype, previous_status=pstatus, status=status, resource_type=rtype, resource_key=key,
-            patient_key=patient_key, resource=resource if not change.deleted else (prev or resource),
-            previous=prev, source=change.source, arrival=change.arrival, occurred_at=change.occurred_at,
+            patient_key=patient_key, resource=shown, previous=prev, source=change.source, arrival=change.arrival,
+            occurred_at=change.occurred_at,
         )
         if evaluate_rules:
-            on_event(session, ev, row, rs, now=now, patient=patient, source_zone=source_zone, result=res, nth=nth)
+            on_event(session, ev, row, rs, now=now, patient=patient, source_zone=source_zone, result=res, nth=nth, raw=db)
     return res
 
 
 def on_event(
     session: Session,
     ev: ClinicalEvent,
-    row: EventRow,
+    row: EventRow | EventRecord,
     rs: RuleSet,
     *,
     now: datetime,
@@ -191,6 +253,7 @@ def on_event(
     only: set[str] | None = None,
     cancel_only_ids: set[int] | None = None,
     nth: int | None = None,
+    raw: Raw | None = None,
 ) -> None:
     """Cancel what this event cancels, then record each rule's decision as a trigger row.
 
@@ -198,95 +261,98 @@ def on_event(
     cancellation to some trigger ids (``careloop reprocess`` uses both so a replay
     never touches triggers it did not create).
     """
+    db = raw or Raw(session)
     nowts = now.timestamp()
     if ev.arrival != "backfill":
-        _cancel(session, ev, row, rs, now, patient, result, cancel_only_ids, nth)
+        _cancel(db, ev, row, rs, now, patient, result, cancel_only_ids, nth)
     hospice = hospice_for(session, ev.patient_key, rs)
     decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
     result.decisions.append((ev, decisions))
     for d in decisions:
         if not d.fired:
             continue
-        tid = _record_trigger(session, ev, row, d, rs, nowts, result)
+        tid = _record_trigger(db, ev, row, d, rs, nowts, result)
         if tid is not None and cancel_only_ids is not None:
             cancel_only_ids.add(tid)
 
 
-def _cancel(session: Session, ev: ClinicalEvent, row: EventRow, rs: RuleSet, now: datetime,
+_PENDING_BY = {
+    "patient": "SELECT id, event_id, payload FROM \"trigger\" WHERE rule_id = ? AND status = 'pending' AND patient_key = ?",
+    "resource": "SELECT id, event_id, payload FROM \"trigger\" WHERE rule_id = ? AND status = 'pending' AND resource_key = ?",
+}
+
+
+def _cancel(db: Raw, ev: ClinicalEvent, row: EventRow | EventRecord, rs: RuleSet, now: datetime,
             patient: dict[str, Any] | None, result: ChangeResult, only_ids: set[int] | None, nth: int | None = None) -> None:
     """Cancel pending triggers at once (visible in /api/triggers before their due time)."""
     nowts = now.timestamp()
     origins: dict[int, dict[str, Any]] = {}
     for c in cancellations(ev, rs, patient, now, nth):
-        col = TriggerRow.patient_key if c.same == "patient" else TriggerRow.resource_key
-        stmt = select(TriggerRow).where(TriggerRow.rule_id == c.rule_id, TriggerRow.status == "pending", col == c.key)
+        sql = _PENDING_BY["patient" if c.same == "patient" else "resource"]
+        params: tuple[Any, ...] = (c.rule_id, c.key)
         if c.within_s:
-            stmt = stmt.where(TriggerRow.created_at >= nowts - c.within_s)
-        for t in session.exec(stmt):
-            if only_ids is not None and t.id not in only_ids:
+            sql, params = sql + " AND created_at >= ?", params + (nowts - c.within_s,)
+        hits = []
+        for tid, event_id, payload in db.all(sql, params):
+            if only_ids is not None and tid not in only_ids:
                 continue
             if c.condition is not None:
-                eid = t.event_id or 0
+                eid = event_id or 0
                 if eid not in origins:
-                    erow = session.get(EventRow, eid) if eid else None
-                    origins[eid] = orjson.loads(erow.resource) if erow else {}
-                if not c.applies(origins[eid], orjson.loads(t.payload or "{}")):
+                    erow = db.one("SELECT resource FROM event WHERE id = ?", (eid,)) if eid else None
+                    origins[eid] = orjson.loads(erow[0]) if erow else {}
+                if not c.applies(origins[eid], orjson.loads(payload or "{}")):
                     continue
-            t.status, t.updated_at = "cancelled", nowts
-            t.reason = f"cancelled before its due time: {c.reason} (event {row.id})"
-            session.add(t)
-            result.cancelled += 1
+            hits.append((nowts, f"cancelled before its due time: {c.reason} (event {row.id})", tid))
+        db.many("UPDATE \"trigger\" SET status = 'cancelled', updated_at = ?, reason = ? WHERE id = ?", hits)
+        result.cancelled += len(hits)
+
+
+_TRIGGER_COLS = (
+    "rule_id, ruleset_version, name, purpose, destinations, patient_key, resource_key, origin_key, resource_version, "
+    "event_id, due_at, status, reason, dedup_key, cancel_scope, message_kind, payload, explain, created_at, updated_at"
+)
+_TRIGGER_INSERT = f"INSERT INTO \"trigger\" ({_TRIGGER_COLS}) VALUES ({', '.join('?' * 20)})"
 
 
 def _record_trigger(
-    session: Session, ev: ClinicalEvent, row: EventRow, d: Decision, rs: RuleSet, nowts: float, result: ChangeResult
+    db: Raw, ev: ClinicalEvent, row: EventRow | EventRecord, d: Decision, rs: RuleSet, nowts: float, result: ChangeResult
 ) -> int | None:
     """Insert the decision as a trigger row (or move the pending one it replaces); return its id."""
     status, reason = d.status or "pending", d.reason
     due = d.due_at.timestamp() if d.due_at else nowts
     if status in ("pending", "skipped") and ev.resource_key:
-        existing = session.exec(
-            select(TriggerRow).where(
-                TriggerRow.rule_id == d.rule_id, TriggerRow.resource_key == ev.resource_key, TriggerRow.status == "pending"
-            )
-        ).first()
-        if existing is not None and existing.dedup_key == d.dedup_key and existing.event_id != row.id:
+        existing = db.one(
+            "SELECT id, dedup_key, event_id FROM \"trigger\" WHERE rule_id = ? AND resource_key = ? AND status = 'pending'"
+            " ORDER BY id LIMIT 1", (d.rule_id, ev.resource_key))
+        if existing is not None and existing[1] == d.dedup_key and existing[2] != row.id:
             if status == "skipped":  # the new time is past or too late: the old reminder must not go out either
-                existing.status, existing.reason = "skipped", f"{ev.type} (event {row.id}) moved it: {reason}"
+                db.run("UPDATE \"trigger\" SET status = 'skipped', reason = ?, updated_at = ? WHERE id = ?",
+                       (f"{ev.type} (event {row.id}) moved it: {reason}", nowts, existing[0]))
             else:
-                existing.due_at = due
-                existing.payload = dumps(d.payload)
-                existing.reason = f"moved by {ev.type} (event {row.id}) to {d.due_at.isoformat() if d.due_at else 'now'}"
-            existing.updated_at = nowts
-            session.add(existing)
-            result.due_now = result.due_now or (existing.status == "pending" and due <= nowts)
-            return existing.id
+                db.run("UPDATE \"trigger\" SET due_at = ?, payload = ?, reason = ?, updated_at = ? WHERE id = ?",
+                       (due, dumps(d.payload), f"moved by {ev.type} (event {row.id}) to {d.due_at.isoformat() if d.due_at else 'now'}",
+                        nowts, existing[0]))
+            result.due_now = result.due_now or (status != "skipped" and due <= nowts)
+            return int(existing[0])
     if status == "pending" and d.dedup_key and d.dedup_window_s:
-        dup = session.exec(
-            select(TriggerRow.id).where(
-                TriggerRow.dedup_key == d.dedup_key,
-                TriggerRow.status.in_(("pending", "fired")),  # type: ignore[attr-defined]
-                TriggerRow.created_at >= nowts - d.dedup_window_s,
-            )
-        ).first()
+        dup = db.one(
+            "SELECT id FROM \"trigger\" WHERE dedup_key = ? AND status IN ('pending', 'fired') AND created_at >= ? LIMIT 1",
+            (d.dedup_key, nowts - d.dedup_window_s))
         if dup is not None:
-            status, reason = "skipped", f"duplicate of trigger {dup} within the dedup window"
+            status, reason = "skipped", f"duplicate of trigger {dup[0]} within the dedup window"
     origin = f"{d.rule_id}|event:{row.id}"
-    if session.exec(select(TriggerRow.id).where(TriggerRow.origin_key == origin)).first() is not None:
+    if db.one("SELECT id FROM \"trigger\" WHERE origin_key = ?", (origin,)) is not None:
         return None
-    t = TriggerRow(
-        rule_id=d.rule_id, ruleset_version=rs.version, name=d.trigger or d.rule_id, purpose=d.purpose or "",
-        destinations=",".join(d.destinations), patient_key=ev.patient_key, resource_key=ev.resource_key,
-        origin_key=origin, resource_version=str(((ev.resource.get("meta") or {}).get("versionId")) or row.id),
-        event_id=row.id, due_at=due, status=status, reason=reason, dedup_key=d.dedup_key, cancel_scope=d.cancel_scope,
-        message_kind=d.message_kind, payload=dumps(d.payload), explain=dumps(d.steps), created_at=nowts, updated_at=nowts,
-    )
-    session.add(t)
-    session.flush()
+    version = str(((ev.resource.get("meta") or {}).get("versionId")) or row.id)
+    tid = db.insert_id(_TRIGGER_INSERT, (
+        d.rule_id, rs.version, d.trigger or d.rule_id, d.purpose or "", ",".join(d.destinations), ev.patient_key,
+        ev.resource_key, origin, version, row.id, due, status, reason, d.dedup_key, d.cancel_scope, d.message_kind,
+        dumps(d.payload), dumps(d.steps), nowts, nowts))
     result.triggers += 1
     if status == "pending" and due <= nowts:
         result.due_now = True
-    return t.id
+    return tid
 
 
 def merge_patients(session: Session, surviving: str, retired: str, now: datetime) -> int:

@@ -29,12 +29,13 @@ from sqlalchemy import text
 from sqlmodel import Session
 
 from ..config.sources import Source
-from ..model import ResourceChange
+from ..model import InboundItem, ResourceChange
 from ..normalize.fhir import mr_key, patient_id, patient_key_from_reference, patient_reference, source_systems, to_r4
 from ..normalize.fhir_notification import Notification, parse_notification
 from ..rules.load import RuleSet
-from ..storage.tables import InboundMessage, ResourceIdentity, ResourceState
-from .changes import ChangeResult, apply_change, dumps, resolve_key, upsert_patient
+from ..storage.rawsql import Raw
+from .changes import (ChangeResult, StateRow, apply_change, dumps, load_state, lookup_identity, remember_identity,
+                      resolve_key, save_state, upsert_patient)
 from .fhir_state import kv_get, kv_set, parse_instant, pending_key, sub_key
 
 log = logging.getLogger("careloop.fhir.handler")
@@ -110,7 +111,7 @@ class FhirHandler:
         self.cache_size = cache_size
         self.miss_ttl_s = miss_ttl_s
 
-    def __call__(self, session: Session, msg: InboundMessage, rs: RuleSet, now: datetime) -> ChangeResult:
+    def __call__(self, session: Session, msg: InboundItem, rs: RuleSet, now: datetime) -> ChangeResult:
         if msg.meta and '"kind":"resource"' in msg.meta and self.planner is not None:
             self._prefetch_patient(msg)  # network first, before this message holds the database lock
         if session.get_bind().dialect.name == "sqlite":
@@ -158,8 +159,8 @@ class FhirHandler:
     def apply_delete(self, session: Session, source: Source, rtype: str, rid: str, arrival: str, now: datetime,
                      inbound_id: int | None, rs: RuleSet, *, version: str | None = None,
                      at: datetime | None = None) -> ChangeResult:
-        ident = session.get(ResourceIdentity, f"{FHIR_ID}{source.name}|{rtype}/{rid}")
-        state = session.get(ResourceState, ident.resource_key if ident else f"{rtype}/{rid}")
+        known = lookup_identity(session, f"{FHIR_ID}{source.name}|{rtype}/{rid}")
+        state = load_state(session, known or f"{rtype}/{rid}")
         if state is None:
             return ChangeResult(note=f"delete of {rtype}/{rid}, which careloop never held: nothing to do")
         if state.deleted:
@@ -247,7 +248,7 @@ class FhirHandler:
             self._cache(source.name, pid, key)
         return ChangeResult(note="patient stored")
 
-    def _prefetch_patient(self, msg: InboundMessage) -> None:
+    def _prefetch_patient(self, msg: InboundItem) -> None:
         try:
             source = self._source_for(msg)
             if source is None:
@@ -258,7 +259,7 @@ class FhirHandler:
         except Exception:  # the locked pass tries again and reports
             return
 
-    def _source_for(self, msg: InboundMessage) -> Source | None:
+    def _source_for(self, msg: InboundItem) -> Source | None:
         planner_sources = getattr(self.planner, "sources", None)
         return planner_sources().get(msg.source) if callable(planner_sources) else None
 
@@ -306,8 +307,8 @@ class FhirHandler:
     def _remember_key(self, session: Session, source: Source, r4: dict[str, Any]) -> None:
         """Map ``<source>|<Type>/<id>`` to the stored key so a body-less DELETE finds the state."""
         ident = f"{FHIR_ID}{source.name}|{r4['resourceType']}/{r4.get('id')}"
-        if session.get(ResourceIdentity, ident) is None:
-            session.add(ResourceIdentity(identifier=ident, resource_key=resolve_key(session, r4)))
+        if lookup_identity(session, ident) is None:
+            remember_identity(session, ident, resolve_key(session, r4))
 
     def _seed_previous(self, session: Session, source: Source, r4: dict[str, Any], pkey: str | None, now: datetime) -> None:
         """First sighting of version N>1: read version N-1 from ``_history`` as the prior state."""
@@ -319,7 +320,7 @@ class FhirHandler:
         if version <= 1 or fetcher is None:
             return
         key = resolve_key(session, r4)
-        if session.get(ResourceState, key) is not None:
+        if load_state(session, key) is not None:
             return
         try:
             prev = fetcher.vread(r4["resourceType"], str(r4["id"]), str(version - 1))
@@ -332,8 +333,8 @@ class FhirHandler:
         prev = to_r4(prev, source.fhir.version)
         pm = prev.get("meta") or {}
         at = parse_instant(pm.get("lastUpdated")) or now
-        session.add(ResourceState(
+        save_state(Raw(session), StateRow(
             key=key, resource_type=r4["resourceType"], patient_key=pkey, status=prev.get("status"),
             version=str(pm.get("versionId") or version - 1), last_updated=pm.get("lastUpdated"),
-            occurred_at=at.timestamp(), resource=dumps(prev), source=source.name, updated_at=now.timestamp()))
-        session.flush()
+            occurred_at=at.timestamp(), resource=dumps(prev), source=source.name, deleted=False,
+            updated_at=now.timestamp()), new=True)

@@ -9,13 +9,13 @@ from datetime import datetime, timezone
 from typing import Callable, Protocol
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session
 
-from ..model import ResourceChange
+from ..model import InboundItem, ResourceChange
 from ..normalize.hl7_peek import decode
 from ..rules.load import RuleSet
 from ..storage.db import begin_write, is_sqlite, write_lock
-from ..storage.tables import InboundMessage
+from ..storage.rawsql import Raw
 from .changes import ChangeResult, apply_change, merge_patients, upsert_patient
 
 log = logging.getLogger("careloop.process")
@@ -28,10 +28,10 @@ def utcnow() -> datetime:
 
 
 class Handler(Protocol):
-    def __call__(self, session: Session, msg: InboundMessage, rs: RuleSet, now: datetime) -> ChangeResult: ...
+    def __call__(self, session: Session, msg: InboundItem, rs: RuleSet, now: datetime) -> ChangeResult: ...
 
 
-def handle_hl7(session: Session, msg: InboundMessage, rs: RuleSet, now: datetime) -> ChangeResult:
+def handle_hl7(session: Session, msg: InboundItem, rs: RuleSet, now: datetime) -> ChangeResult:
     """Normalize one stored HL7v2 message and apply its changes."""
     from ..normalize.hl7v2 import normalize_hl7
 
@@ -75,7 +75,7 @@ class Processor:
         on_due: Callable[[], None] | None = None,
         batch: int = 100,
         fault_hook: Callable[[str], None] | None = None,
-        budget_s: float = 0.005,
+        budget_s: float = 0.008,
     ) -> None:
         self.engine = engine
         self.ruleset = ruleset
@@ -93,6 +93,7 @@ class Processor:
         self.budget_s = budget_s
         self.processed = 0
         self.failed = 0
+        self._limit = min(16, batch)
 
     def run_once(self) -> int:
         """Process up to ``batch`` messages (within the time budget); return how many were handled."""
@@ -112,10 +113,7 @@ class Processor:
                 # (scheduler, delivery) syncs the WAL up to and including this one.
                 session.connection().exec_driver_sql("PRAGMA synchronous=NORMAL")
             begin_write(session)
-            stmt = select(InboundMessage).where(InboundMessage.status == "received").order_by(InboundMessage.id).limit(self.batch)  # type: ignore[arg-type]
-            if not is_sqlite(self.engine):
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = list(session.exec(stmt))
+            rows = self._claim(Raw(session))
             if not rows:
                 session.rollback()
                 if sqlite:
@@ -123,40 +121,56 @@ class Processor:
                 return 0
             due = False
             started = time.perf_counter()
-            done = 0
+            done: list[InboundItem] = []
             for msg in rows:
                 if done and time.perf_counter() - started > self.budget_s:
                     break  # the rest stay `received` for the next batch
-                done += 1
-                now = self.clock()
-                handler = self.handlers.get(msg.channel)
-                sp = session.begin_nested()
-                try:
-                    if handler is None:
-                        raise ValueError(f"no handler for channel {msg.channel}")
-                    result = handler(session, msg, rs, now)
-                    sp.commit()
-                    msg.status = "processed"
-                    msg.error = result.note if result.note and not result.events else None
-                    due = due or result.due_now
-                    self.processed += 1
-                except Exception as exc:
-                    sp.rollback()
-                    msg.status = "failed"
-                    msg.error = f"{type(exc).__name__}: {exc}"[:2000]
-                    self.failed += 1
-                    log.warning("processing failed", extra={"action": "process.failed", "inbound_id": msg.id, "error_type": type(exc).__name__})
-                msg.attempts += 1
-                msg.processed_at = time.time()
-                session.add(msg)
+                done.append(msg)
+                due = self._handle(session, msg, rs) or due
+            Raw(session).many(
+                "UPDATE inbound_message SET status = ?, error = ?, attempts = attempts + 1, processed_at = ? WHERE id = ?",
+                [(m.status, m.error, m.processed_at, m.id) for m in done])
             session.commit()
             if sqlite:
                 self._restore_full(session)
+        # size the next claim to what fits the budget (a claim loads raw payloads)
+        self._limit = max(4, min(self.batch, 2 * len(done)))
         if self.fault_hook:
             self.fault_hook("process.after_commit")
         if due and self.on_due:
             self.on_due()
-        return done
+        return len(done)
+
+    def _claim(self, db: Raw) -> list[InboundItem]:
+        """The oldest ``received`` rows, as detached objects (status written back in one statement)."""
+        sql = ("SELECT id, source, channel, raw, meta FROM inbound_message WHERE status = 'received' "
+               "ORDER BY id LIMIT ?")
+        if not db.pg:
+            return [InboundItem(*r) for r in db.all(sql, (self._limit,))]
+        return [InboundItem(*r) for r in db.all(sql + " FOR UPDATE SKIP LOCKED", (self._limit,))]
+
+    def _handle(self, session: Session, msg: InboundItem, rs: RuleSet) -> bool:
+        """Run one message's handler in its own savepoint; set its status; return whether a trigger is due now."""
+        handler = self.handlers.get(msg.channel)
+        sp = session.begin_nested()
+        due = False
+        try:
+            if handler is None:
+                raise ValueError(f"no handler for channel {msg.channel}")
+            result = handler(session, msg, rs, self.clock())
+            sp.commit()
+            msg.status = "processed"
+            msg.error = result.note if result.note and not result.events else None
+            due = result.due_now
+            self.processed += 1
+        except Exception as exc:
+            sp.rollback()
+            msg.status = "failed"
+            msg.error = f"{type(exc).__name__}: {exc}"[:2000]
+            self.failed += 1
+            log.warning("processing failed", extra={"action": "process.failed", "inbound_id": msg.id, "error_type": type(exc).__name__})
+        msg.processed_at = time.time()
+        return due
 
     def drain(self, max_rounds: int = 10_000) -> int:
         total = 0
