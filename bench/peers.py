@@ -5,7 +5,13 @@
 * ``hl7apy``: hl7apy's ``MLLPServer`` (threaded; one message per connection); parses with
   ``parse_message`` and answers an AA; stores nothing.
 
-Usage: ``python bench/peers.py python-hl7|hl7apy PORT``.
+* ``bridge``: what a developer would hand-write instead of careloop for the whole pipeline
+  (bench 3): python-hl7's asyncio server; for each SIU it reads the appointment start
+  (SCH-11.4, else AIS-4), POSTs a Standard Webhooks-signed JSON to ``BRIDGE_WEBHOOK_URL``
+  with one keep-alive httpx client, then ACKs. No storage, no rules, no retry: a webhook
+  that fails loses the message.
+
+Usage: ``python bench/peers.py python-hl7|hl7apy|bridge PORT``.
 """
 from __future__ import annotations
 
@@ -46,6 +52,58 @@ def hl7apy_server(port: int) -> None:
     MLLPServer("127.0.0.1", port, {"SIU^S12^SIU_S12": (Ack,)}).serve_forever()
 
 
+def bridge(port: int) -> None:
+    import base64
+    import hashlib
+    import hmac
+    import os
+    import time
+    import uuid
+    from datetime import datetime
+
+    import hl7
+    import hl7.mllp
+    import httpx
+    import orjson
+
+    url = os.environ["BRIDGE_WEBHOOK_URL"]
+    key = base64.b64decode(os.environ["BRIDGE_WEBHOOK_SECRET"].removeprefix("whsec_"))
+
+    def start_of(msg: "hl7.Message") -> str:
+        for path in ("SCH.F11.R1.C4", "AIS.F4"):
+            try:
+                raw = str(msg[path])
+            except (KeyError, IndexError):
+                continue
+            if raw:
+                digits, _, off = raw.partition("+")
+                return datetime.strptime(digits[:14] + "+" + (off or "0000"), "%Y%m%d%H%M%S%z").isoformat()
+        return ""
+
+    async def main() -> None:
+        client = httpx.AsyncClient(timeout=10)
+
+        async def on_connection(reader: "hl7.mllp.HL7StreamReader", writer: "hl7.mllp.HL7StreamWriter") -> None:
+            try:
+                while not writer.is_closing():
+                    msg = await reader.readmessage()
+                    body = orjson.dumps({"type": "appointment_reminder", "data": {"appointment_start": start_of(msg)}})
+                    wid, ts = f"msg_{uuid.uuid4().hex}", int(time.time())
+                    sig = base64.b64encode(hmac.new(key, f"{wid}.{ts}.".encode() + body, hashlib.sha256).digest()).decode()
+                    await client.post(url, content=body, headers={
+                        "content-type": "application/json", "webhook-id": wid, "webhook-timestamp": str(ts),
+                        "webhook-signature": f"v1,{sig}"})
+                    writer.writemessage(msg.create_ack())
+                    await writer.drain()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+
+        await hl7.mllp.start_hl7_server(on_connection, host="127.0.0.1", port=port)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
 if __name__ == "__main__":
     which, port = sys.argv[1], int(sys.argv[2])
-    {"python-hl7": python_hl7, "hl7apy": hl7apy_server}[which](port)
+    {"python-hl7": python_hl7, "hl7apy": hl7apy_server, "bridge": bridge}[which](port)

@@ -6,7 +6,10 @@ The message is an SIU^S12 for an appointment a few hours ahead, so the shipped
 `appointment-reminder-24h` rule fires at once (booked inside 24 h). Quiet hours are turned
 off in a copy of the mappings so the figure does not depend on the hour of the run; each
 message is a new patient so FCC caps do not suppress. Usage:
-    python bench/pipeline.py [--rate 200] [--seconds 10] [--burst 2000] [--runs 3]
+    python bench/pipeline.py [--rate 200] [--seconds 10] [--burst 2000] [--runs 5] [--servers careloop,bridge]
+
+The peer, run interleaved with careloop in the same run, is ``bench/peers.py bridge``: the
+script a developer would write instead (parse, POST a signed webhook, ACK; nothing stored).
 """
 from __future__ import annotations
 
@@ -27,7 +30,9 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
+from common import machine  # noqa: E402
 from middleware.cli.sink import DEV_WEBHOOK_SECRET  # noqa: E402
 from middleware.delivery.sink import SinkServer  # noqa: E402
 
@@ -112,27 +117,52 @@ def wait_delivered(sink: SinkServer, n: int, timeout: float) -> float:
     raise SystemExit(f"only {len(sink.received())}/{n} delivered within {timeout}s")
 
 
-def run_once(args: argparse.Namespace, run: int) -> tuple[list[float], float]:
-    work = Path(tempfile.mkdtemp(prefix="careloop-pipeline-"))
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+def start_server(kind: str, work: Path, hook_url: str) -> tuple[subprocess.Popen, int]:
+    """``careloop``: ``careloop serve`` (worker in process) on SQLite; ``bridge``: bench/peers.py's hand-written bridge."""
+    http, mllp = free_port(), free_port()
+    log = (work / f"{kind}.log").open("wb")
+    if kind == "bridge":
+        env = {**os.environ, "BRIDGE_WEBHOOK_URL": hook_url, "BRIDGE_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET}
+        proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "peers.py"), "bridge", str(mllp)], cwd=work, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        wait_port(mllp)
+        return proc, mllp
     maps = work / "mappings"
     shutil.copytree(REPO / "mappings", maps)
     st = maps / "settings.yaml"
     st.write_text("\n".join(ln for ln in st.read_text().splitlines() if not ln.startswith("quiet_hours:")) + "\nquiet_hours: null\n")
-    with SinkServer([DEV_WEBHOOK_SECRET]) as sink:
-        http, mllp = free_port(), free_port()
-        env = {**os.environ, "CARELOOP_WEBHOOK_URL": sink.url + "/hooks", "CARELOOP_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
-               "CARELOOP_LOG_LEVEL": "WARNING"}
-        proc = subprocess.Popen([sys.executable, "-m", "middleware", "serve", "--http-port", str(http), "--mllp-port", str(mllp),
-                                 "--mappings", str(maps), "--database-url", f"sqlite:///{work}/c.db"],
-                                cwd=work, env=env, stdout=(work / "serve.log").open("wb"), stderr=subprocess.STDOUT)
+    env = {**os.environ, "CARELOOP_WEBHOOK_URL": hook_url, "CARELOOP_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
+           "CARELOOP_LOG_LEVEL": "WARNING"}
+    proc = subprocess.Popen([sys.executable, "-m", "middleware", "serve", "--http-port", str(http), "--mllp-port", str(mllp),
+                             "--mappings", str(maps), "--database-url", f"sqlite:///{work}/c.db"],
+                            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
+            if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    wait_port(mllp)
+    return proc, mllp
+
+
+def run_once(args: argparse.Namespace, run: int, kind: str) -> tuple[list[float], float]:
+    work = Path(tempfile.mkdtemp(prefix=f"careloop-pipeline-{kind}-"))
+    with SinkServer([DEV_WEBHOOK_SECRET]) as sink:
+        proc, mllp = start_server(kind, work, sink.url + "/hooks")
+        try:
             client = Client(mllp)
             t0_wall, t0_perf = time.time(), time.perf_counter()
             n = asyncio.run(steady(mllp, args.rate, args.seconds, client, 0))
@@ -147,7 +177,7 @@ def run_once(args: argparse.Namespace, run: int) -> tuple[list[float], float]:
             proc.wait(timeout=30)
     shutil.rmtree(work, ignore_errors=True)
     lat.sort()
-    print(f"run {run}: steady {args.rate:.0f} msg/s x {args.seconds:.0f} s: p50 {statistics.median(lat):.1f} ms, "
+    print(f"run {run} {kind:8s}: steady {args.rate:.0f} msg/s x {args.seconds:.0f} s: p50 {statistics.median(lat):.1f} ms, "
           f"p99 {lat[int(len(lat) * 0.99) - 1]:.1f} ms (n={len(lat)}); sustained {rate:.0f} msg/s end to end "
           f"({args.burst} messages, 8 connections)", flush=True)
     return lat, rate
@@ -158,18 +188,27 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--burst", type=int, default=2000)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--servers", default="careloop,bridge")
     args = ap.parse_args()
-    print(f"machine: {os.cpu_count()} cpus; careloop serve (worker in process) on SQLite WAL synchronous=FULL; "
-          f"shipped rules, quiet hours off; receiver verifies signatures in the bench process")
-    p50s, p99s, rates = [], [], []
+    kinds = args.servers.split(",")
+    print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
+    print("careloop: `careloop serve` (worker in process) on SQLite WAL synchronous=FULL, the shipped rules with quiet "
+          "hours off, every message stored before its ACK and every webhook signed, recorded and audited; bridge: "
+          "python-hl7 server + httpx POST then ACK, nothing stored. The receiver (same process as the load client) "
+          "verifies Standard Webhooks signatures.", flush=True)
+    res: dict[str, tuple[list[float], list[float], list[float]]] = {k: ([], [], []) for k in kinds}
     for r in range(args.runs):
-        lat, rate = run_once(args, r + 1)
-        p50s.append(statistics.median(lat))
-        p99s.append(lat[int(len(lat) * 0.99) - 1])
-        rates.append(rate)
-    print(f"\nmedian over {args.runs} runs: p50 {statistics.median(p50s):.1f} ms, p99 {statistics.median(p99s):.1f} ms "
-          f"(range {min(p99s):.1f}-{max(p99s):.1f}); sustained {statistics.median(rates):.0f} msg/s ({min(rates):.0f}-{max(rates):.0f})")
+        for kind in kinds:  # interleaved
+            lat, rate = run_once(args, r + 1, kind)
+            res[kind][0].append(statistics.median(lat))
+            res[kind][1].append(lat[int(len(lat) * 0.99) - 1])
+            res[kind][2].append(rate)
+    print()
+    for kind, (p50s, p99s, rates) in res.items():
+        print(f"{kind:8s} over {args.runs} runs: p50 {statistics.median(p50s):.1f} ms ({min(p50s):.1f}-{max(p50s):.1f}), "
+              f"p99 {statistics.median(p99s):.1f} ms ({min(p99s):.1f}-{max(p99s):.1f}); "
+              f"sustained {statistics.median(rates):.0f} msg/s ({min(rates):.0f}-{max(rates):.0f})")
     return 0
 
 
