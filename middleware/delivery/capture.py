@@ -137,10 +137,18 @@ def attribute(requests: list[SentRequest], markers: list[set[str]], index: int) 
         if _mentions(doc, markers[index]):  # only shared markers (same patient twice in one batch)
             return Attribution(req, sorted(leaf_paths(doc)))
     if len(requests) == 1 and len(markers) == 1:
-        req = requests[0]
-        try:
-            doc = orjson.loads(req.body)
-        except orjson.JSONDecodeError:
-            return Attribution(req, [])
-        return Attribution(req, sorted(leaf_paths(doc)))
+        return attribute_single(requests[0])
     return Attribution(None, [])
+
+
+def attribute_single(req: SentRequest) -> Attribution:
+    """:func:`attribute` for a batch of one item that made one request: that request carried it.
+
+    Equal to ``attribute([req], [markers], 0)`` for any markers (with a single item
+    there is no other item to tell apart, so its part is the whole body).
+    """
+    try:
+        doc = orjson.loads(req.body)
+    except orjson.JSONDecodeError:
+        return Attribution(req, [])
+    return Attribution(req, sorted(leaf_paths(doc)))

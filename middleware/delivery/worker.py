@@ -23,6 +23,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import random
 import socket
 import time
 import uuid
@@ -33,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import httpx
 import orjson
+from sqlalchemy import Connection, bindparam, delete, insert, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
@@ -42,7 +45,7 @@ from ..storage.tables import (
     DeliveryAlert, DeliveryAttempt, DeliveryRow, Disclosure, KeyValue, SendIntent, SendLedger, TriggerRow,
 )
 from . import capture
-from .gate import send_time_block
+from .gate import send_time_blocks
 from .policy import identifier_for, project
 from .registry import (
     AuthFailure, Connector, Delivered, Disable, Outbound, Outcome, Permanent, RateLimit, Retry, SecretSource,
@@ -58,6 +61,22 @@ log = logging.getLogger("careloop.delivery")
 LEASE_S = 120.0
 DISABLED = "destination.disabled."  # KeyValue prefix: 410 Gone (endpoint asked to be removed)
 PAUSED = "destination.paused."  # KeyValue prefix: static credentials refused (circuit open until resumed)
+
+# Core tables: the claim and the record are a few statements per batch, not ORM objects per row.
+_DELIVERY = DeliveryRow.__table__
+_TRIGGER = TriggerRow.__table__
+_ATTEMPT = DeliveryAttempt.__table__
+_DISCLOSURE = Disclosure.__table__
+_INTENT = SendIntent.__table__
+_LEDGER = SendLedger.__table__
+_KV = KeyValue.__table__
+_ALERT = DeliveryAlert.__table__
+_INSERT_ATTEMPT = insert(_ATTEMPT)
+_INSERT_DISCLOSURE = insert(_DISCLOSURE)
+_INSERT_INTENT = insert(_INTENT)
+_INSERT_LEDGER = insert(_LEDGER)
+_TRIGGER_COLS = (_TRIGGER.c.id, _TRIGGER.c.rule_id, _TRIGGER.c.ruleset_version, _TRIGGER.c.purpose, _TRIGGER.c.name,
+                 _TRIGGER.c.status, _TRIGGER.c.patient_key, _TRIGGER.c.payload, _TRIGGER.c.fired_at, _TRIGGER.c.due_at)
 
 
 @dataclass
@@ -124,6 +143,7 @@ class DeliveryWorker:
         self.buckets: dict[str, TokenBucket] = {}
         self._conn_version: str | None = None
         self.sent = 0
+        self._rng = random.Random()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # -- connectors -------------------------------------------------------
@@ -177,39 +197,46 @@ class DeliveryWorker:
         rs = self.ruleset()
         now_dt = self.clock()
         now = now_dt.timestamp()
-        out: list[Claimed] = []
+        D = _DELIVERY
         with Session(self.engine, expire_on_commit=False) as s:
             blocked, probes = self._blocked(s, rs)
             stmt = (
-                select(DeliveryRow)
+                sa_select(D.c.id, D.c.trigger_id, D.c.destination, D.c.idempotency_key, D.c.status, D.c.attempts)
                 .where(
                     or_(
-                        (DeliveryRow.status == "pending") & (DeliveryRow.next_attempt_at <= now),
-                        (DeliveryRow.status == "sending") & (col(DeliveryRow.locked_until) < now),
+                        (D.c.status == "pending") & (D.c.next_attempt_at <= now),
+                        (D.c.status == "sending") & (D.c.locked_until < now),
                     )
                 )
-                .order_by(col(DeliveryRow.next_attempt_at))
+                .order_by(D.c.next_attempt_at)
                 .limit(limit)
             )
             if blocked:
-                stmt = stmt.where(col(DeliveryRow.destination).not_in(sorted(blocked)))
+                stmt = stmt.where(D.c.destination.not_in(sorted(blocked)))
             if not is_sqlite(self.engine):
                 stmt = stmt.with_for_update(skip_locked=True)
             self._release_dead_owners(s, now)
             taken: dict[str, int] = defaultdict(int)
-            for d in s.exec(stmt):
+            rows = []
+            for d in s.execute(stmt):
                 if d.destination in probes and taken[d.destination] >= probes[d.destination]:
                     continue
                 taken[d.destination] += 1
-                recovering = d.status == "sending"
-                t = s.get(TriggerRow, d.trigger_id)
-                d.status, d.locked_until, d.attempts, d.updated_at = "sending", now + self.lease_s, d.attempts + 1, now
-                d.locked_by = self.owner
-                s.add(d)
-                c = self._build(s, d, t, rs.destinations.get(d.destination), now_dt)
-                if c.outbound is not None:
-                    self._intent(s, d, c, rs, now, recovering)
-                out.append(c)
+                rows.append(d)
+            if not rows:
+                s.commit()
+                return []
+            # the lease: one UPDATE for the whole batch, committed before anything is sent
+            s.execute(
+                update(D).where(D.c.id.in_(bindparam("ids", expanding=True)))
+                .values(status="sending", locked_until=now + self.lease_s, attempts=D.c.attempts + 1,
+                        updated_at=now, locked_by=self.owner),
+                {"ids": [d.id for d in rows]},
+            )
+            trigger_ids = sorted({d.trigger_id for d in rows})
+            triggers = {t.id: t for t in s.execute(sa_select(*_TRIGGER_COLS).where(_TRIGGER.c.id.in_(trigger_ids)))}
+            out = self._build_all(s, rows, triggers, rs, now_dt)
+            self._intents(s, out, rs, now)
             s.commit()
         return out
 
@@ -229,49 +256,76 @@ class DeliveryWorker:
                 pass
             except (PermissionError, ValueError, IndexError):
                 continue
-            for d in s.exec(select(DeliveryRow).where(DeliveryRow.locked_by == owner, DeliveryRow.status == "sending")):
-                d.locked_until = now - 1
-                s.add(d)
-            s.flush()
+            s.execute(update(_DELIVERY).where(_DELIVERY.c.locked_by == owner, _DELIVERY.c.status == "sending")
+                      .values(locked_until=now - 1))
 
-    def _intent(self, s: Session, d: DeliveryRow, c: Claimed, rs: "RuleSet", now: float, recovering: bool) -> None:
+    def _intents(self, s: Session, claimed: list[Claimed], rs: "RuleSet", now: float) -> None:
         """Ledger-mode destinations: never send twice after a crash; note the send before it starts."""
-        dest = rs.destinations[d.destination]
-        if receiver_dedups(dest, connector_types()[dest.type]):
+        types = connector_types()
+        ledger = [c for c in claimed if c.outbound is not None
+                  and not receiver_dedups(rs.destinations[c.destination], types[rs.destinations[c.destination].type])]
+        if not ledger:
             return
-        if s.get(SendIntent, d.idempotency_key) is not None:
-            c.skip_status = "unconfirmed"
-            c.skip_reason = ("outcome unknown: the worker stopped after sending began; not re-sent because "
-                             f"{d.destination} does not de-duplicate (send ledger); replay to force a resend")
-            return
-        s.add(SendIntent(idempotency_key=d.idempotency_key, delivery_id=d.id or 0, destination=d.destination, started_at=now))
+        keys = [c.idempotency_key for c in ledger]
+        found = set(s.execute(sa_select(_INTENT.c.idempotency_key)
+                              .where(_INTENT.c.idempotency_key.in_(bindparam("keys", expanding=True))),
+                              {"keys": keys}).scalars())
+        new = []
+        for c in ledger:
+            if c.idempotency_key in found:
+                c.skip_status = "unconfirmed"
+                c.skip_reason = ("outcome unknown: the worker stopped after sending began; not re-sent because "
+                                 f"{c.destination} does not de-duplicate (send ledger); replay to force a resend")
+            else:
+                new.append({"idempotency_key": c.idempotency_key, "delivery_id": c.delivery_id,
+                            "destination": c.destination, "started_at": now})
+        if new:
+            s.execute(_INSERT_INTENT, new)
 
-    def _build(self, s: Session, d: DeliveryRow, t: TriggerRow | None, dest: Destination | None, now: datetime) -> Claimed:
-        base: dict[str, Any] = dict(delivery_id=d.id or 0, attempt=d.attempts, destination=d.destination,
-                                    idempotency_key=d.idempotency_key, fields=[])
-        if t is None or dest is None:
-            return Claimed(**base, outbound=None, patient_key=None, trigger={}, skip_status="dead",
-                           skip_reason="trigger or destination no longer exists")
-        tinfo = {"id": t.id, "rule_id": t.rule_id, "ruleset_version": t.ruleset_version, "purpose": t.purpose, "name": t.name}
-        block = send_time_block(s, t, dest, now)
-        if block is None and self.consent_check is not None:
-            extra = self.consent_check(s, t.patient_key, dest.name, t.purpose)
-            block = ("suppressed", extra) if extra else None
-        if block is not None:
-            return Claimed(**base, outbound=None, patient_key=t.patient_key, trigger=tinfo,
-                           skip_status=block[0], skip_reason=block[1])
-        proj = project(orjson.loads(t.payload), dest.policy)
-        payload = dict(proj.payload)
-        if dest.policy.mode == "thin":
-            payload = {"link": f"{self.link_base}/api/triggers/{t.id}"}
-        ob = Outbound(
-            delivery_id=d.id or 0, idempotency_key=d.idempotency_key, destination=dest.name, trigger_id=t.id or 0,
-            trigger_name=t.name, rule_id=t.rule_id, purpose=t.purpose,
-            contact_key=identifier_for(dest.policy, self.contact_secret, t.patient_key), payload=payload,
-            occurred_at=datetime.fromtimestamp(t.fired_at or t.due_at, tz=timezone.utc), attempt=d.attempts,
-        )
-        base["fields"] = ["contact_key", "trigger_name", "occurred_at"] + sorted(payload if dest.policy.mode == "thin" else proj.fields)
-        return Claimed(**base, outbound=ob, patient_key=t.patient_key, trigger=tinfo)
+    def _build_all(self, s: Session, rows: list[Any], triggers: dict[int, Any], rs: "RuleSet",
+                   now: datetime) -> list[Claimed]:
+        """What to send for each leased delivery (or why not), in claim order."""
+        out: list[Claimed] = []
+        checks: list[tuple[Any, Destination]] = []
+        where: list[int] = []
+        for d in rows:
+            t, dest = triggers.get(d.trigger_id), rs.destinations.get(d.destination)
+            c = Claimed(delivery_id=d.id, attempt=d.attempts + 1, destination=d.destination,
+                        idempotency_key=d.idempotency_key, outbound=None, fields=[],
+                        patient_key=None if t is None or dest is None else t.patient_key,
+                        trigger={} if t is None or dest is None else
+                        {"id": t.id, "rule_id": t.rule_id, "ruleset_version": t.ruleset_version, "purpose": t.purpose,
+                         "name": t.name})
+            out.append(c)
+            if t is None or dest is None:
+                c.skip_status, c.skip_reason = "dead", "trigger or destination no longer exists"
+            else:
+                checks.append((t, dest))
+                where.append(len(out) - 1)
+        blocks = send_time_blocks(s, checks, now) if checks else []
+        ckeys: dict[tuple[str, str], str] = {}
+        for i, (t, dest), block in zip(where, checks, blocks):
+            c = out[i]
+            if block is None and self.consent_check is not None:
+                extra = self.consent_check(s, t.patient_key, dest.name, t.purpose)
+                block = ("suppressed", extra) if extra else None
+            if block is not None:
+                c.skip_status, c.skip_reason = block
+                continue
+            proj = project(orjson.loads(t.payload), dest.policy)
+            payload = dict(proj.payload)
+            if dest.policy.mode == "thin":
+                payload = {"link": f"{self.link_base}/api/triggers/{t.id}"}
+            ck = (dest.policy.identifiers, t.patient_key or "")
+            if ck not in ckeys:
+                ckeys[ck] = identifier_for(dest.policy, self.contact_secret, t.patient_key)
+            c.outbound = Outbound(
+                delivery_id=c.delivery_id, idempotency_key=c.idempotency_key, destination=dest.name, trigger_id=t.id or 0,
+                trigger_name=t.name, rule_id=t.rule_id, purpose=t.purpose, contact_key=ckeys[ck], payload=payload,
+                occurred_at=datetime.fromtimestamp(t.fired_at or t.due_at, tz=timezone.utc), attempt=c.attempt,
+            )
+            c.fields = ["contact_key", "trigger_name", "occurred_at"] + sorted(payload if dest.policy.mode == "thin" else proj.fields)
+        return out
 
     # -- send -------------------------------------------------------------
     async def run_once(self, limit: int = 200) -> int:
@@ -287,16 +341,17 @@ class DeliveryWorker:
                 results.append(Sent(c, None))
             else:
                 groups[c.destination].append(c)
-        keys = [c.idempotency_key for g in groups.values() for c in g]
-        ledger_hits = await asyncio.to_thread(self._ledger_hits, keys)
+        conns = {name: self._connector(rs.destinations[name]) for name in groups}
+        ledger_mode = {name: not receiver_dedups(rs.destinations[name], type(conn)) for name, conn in conns.items()}
+        keys = [c.idempotency_key for name, g in groups.items() if ledger_mode[name] for c in g]
+        ledger_hits = await asyncio.to_thread(self._ledger_hits, keys) if keys else set()
         tasks = []
         for name, items in groups.items():
             dest = rs.destinations[name]
-            conn = self._connector(dest)
-            ledger_mode = not receiver_dedups(dest, type(conn))
+            conn = conns[name]
             todo = []
             for c in items:
-                if ledger_mode and c.idempotency_key in ledger_hits:
+                if ledger_mode[name] and c.idempotency_key in ledger_hits:
                     results.append(Sent(c, Delivered(None, "already sent (send ledger)")))
                 else:
                     todo.append(c)
@@ -329,6 +384,9 @@ class DeliveryWorker:
                 outcomes = [Permanent("connector returned the wrong number of outcomes")] * len(items)
             for o in outcomes:
                 self.breakers[name].record(o)
+            if len(items) == 1 and len(requests) == 1:  # one item, one request: it carried the item (no markers needed)
+                att = capture.attribute_single(requests[0])
+                return [Sent(items[0], outcomes[0], ms, att.request, att.fields)]
             markers = [{m for m in (c.idempotency_key, c.outbound.contact_key if c.outbound else "", _hubspot_uuid(c.idempotency_key)) if m}
                        for c in items]
             out = []
@@ -352,73 +410,94 @@ class DeliveryWorker:
     def _record(self, results: list[Sent]) -> None:
         rs = self.ruleset()
         now = self.clock().timestamp()
-        with Session(self.engine, expire_on_commit=False) as s:
+        D = _DELIVERY
+        ids = [r.claimed.delivery_id for r in results]
+        with self.engine.begin() as conn:
+            rows = {d.id: d for d in conn.execute(
+                sa_select(D.c.id, D.c.attempts, D.c.destination, D.c.idempotency_key)
+                .where(D.c.id.in_(bindparam("ids", expanding=True))), {"ids": ids})}
+            rec = _Batch()
             for r in results:
-                c = r.claimed
-                d = s.get(DeliveryRow, c.delivery_id)
+                d = rows.get(r.claimed.delivery_id)
                 if d is None:
                     continue
-                d.updated_at, d.locked_until = now, None
                 if r.outcome is None:
-                    self._record_skip(s, d, c, now)
-                    continue
-                intent = s.get(SendIntent, d.idempotency_key)
-                if intent is not None:
-                    s.delete(intent)
-                self._record_outcome(s, d, r, rs.destinations.get(d.destination), now)
-            s.commit()
+                    self._record_skip(rec, d, r.claimed, now)
+                else:
+                    rec.intents_done.append(d.idempotency_key)
+                    self._record_outcome(rec, d, r, rs.destinations.get(d.destination), now)
+            self._write(conn, rec, now)
 
-    def _record_skip(self, s: Session, d: DeliveryRow, c: Claimed, now: float) -> None:
-        d.status, d.last_error = c.skip_status or "suppressed", c.skip_reason
-        s.add(DeliveryAttempt(delivery_id=d.id or 0, at=now, outcome=d.status, error=c.skip_reason))
-        s.add(d)
-        if d.status == "unconfirmed":
-            intent = s.get(SendIntent, d.idempotency_key)
-            if intent is not None:  # the delivery's status now carries "possibly sent"
-                s.delete(intent)
-            s.add(self._disclosure(d, c, now, None, c.fields, outcome="unconfirmed"))
+    def _write(self, conn: Connection, rec: "_Batch", now: float) -> None:
+        """The batch's statements: a few executemany calls, whatever the batch size."""
+        if rec.intents_done:
+            conn.execute(delete(_INTENT).where(_INTENT.c.idempotency_key.in_(bindparam("keys", expanding=True))),
+                         {"keys": rec.intents_done})
+        for shape, params in rec.updates.items():
+            conn.execute(update(_DELIVERY).where(_DELIVERY.c.id == bindparam("p_id"))
+                         .values({k: bindparam("p_" + k) for k in shape}), params)
+        if rec.attempts:
+            conn.execute(_INSERT_ATTEMPT, rec.attempts)
+        if rec.disclosures:
+            conn.execute(_INSERT_DISCLOSURE, rec.disclosures)
+        if rec.ledger:
+            have = set(conn.execute(sa_select(_LEDGER.c.idempotency_key)
+                                    .where(_LEDGER.c.idempotency_key.in_(bindparam("keys", expanding=True))),
+                                    {"keys": list(rec.ledger)}).scalars())
+            new = [{"idempotency_key": k, "destination": dest, "sent_at": now}
+                   for k, dest in rec.ledger.items() if k not in have]
+            if new:
+                conn.execute(_INSERT_LEDGER, new)
+        for key, (d, kind, message) in rec.pauses.items():
+            if conn.execute(sa_select(_KV.c.key).where(_KV.c.key == key)).first() is not None:
+                continue
+            conn.execute(insert(_KV).values(key=key, value=orjson.dumps({"reason": message, "since": now, "delivery_id": d.id}).decode(),
+                                            updated_at=now))
+            conn.execute(insert(_ALERT).values(kind=kind, destination=d.destination, delivery_id=d.id, message=message,
+                                               created_at=now, resolved_at=None))
+            log.error("destination paused", extra={"action": f"delivery.{kind}", "destination": d.destination,
+                                                    "delivery_id": d.id, "circuit": "open"})
+
+    def _record_skip(self, rec: "_Batch", d: Any, c: Claimed, now: float) -> None:
+        status = c.skip_status or "suppressed"
+        rec.update(d.id, status=status, last_error=c.skip_reason, updated_at=now, locked_until=None)
+        rec.attempts.append(_attempt(d.id, now, status, None, c.skip_reason, 0.0))
+        if status == "unconfirmed":
+            rec.intents_done.append(d.idempotency_key)  # the delivery's status now carries "possibly sent"
+            rec.disclosures.append(self._disclosure(d, c, now, None, c.fields, outcome="unconfirmed"))
             log.warning("delivery unconfirmed", extra={"action": "delivery.unconfirmed", "delivery_id": d.id,
                                                          "destination": d.destination})
 
-    def _record_outcome(self, s: Session, d: DeliveryRow, r: Sent, dest: Destination | None, now: float) -> None:
+    def _record_outcome(self, rec: "_Batch", d: Any, r: Sent, dest: Destination | None, now: float) -> None:
         c, outcome = r.claimed, r.outcome
         assert outcome is not None
         dec = decide(outcome, d.attempts, max_attempts=dest.max_attempts if dest else 5,
-                     base_s=dest.backoff_base_s if dest else 30.0, max_s=dest.backoff_max_s if dest else 3600.0)
+                     base_s=dest.backoff_base_s if dest else 30.0, max_s=dest.backoff_max_s if dest else 3600.0,
+                     rng=self._rng)
         code = getattr(outcome, "status_code", None)
-        s.add(DeliveryAttempt(delivery_id=d.id or 0, at=now, outcome=type(outcome).__name__.lower(), status_code=code,
-                              error=None if isinstance(outcome, Delivered) else getattr(outcome, "reason", ""), duration_ms=r.ms))
-        d.last_status_code = code
+        rec.attempts.append(_attempt(d.id, now, type(outcome).__name__.lower(), code,
+                                     None if isinstance(outcome, Delivered) else getattr(outcome, "reason", ""), r.ms))
         if dec.status == "delivered":
-            d.status, d.delivered_at, d.last_error = "delivered", now, None
+            rec.update(d.id, status="delivered", delivered_at=now, last_error=None, last_status_code=code,
+                       updated_at=now, locked_until=None)
             already = isinstance(outcome, Delivered) and outcome.detail.startswith("already sent")
             if not already:
-                s.add(self._disclosure(d, c, now, r.request, r.fields or c.fields, outcome="delivered"))
+                rec.disclosures.append(self._disclosure(d, c, now, r.request, r.fields or c.fields, outcome="delivered"))
                 self.sent += 1
-            if s.get(SendLedger, d.idempotency_key) is None:
-                s.add(SendLedger(idempotency_key=d.idempotency_key, destination=d.destination, sent_at=now))
+            rec.ledger.setdefault(d.idempotency_key, d.destination)
         elif dec.status == "pending":
-            d.status, d.next_attempt_at, d.last_error = "pending", now + (dec.next_in_s or 0.0), dec.reason
+            rec.update(d.id, status="pending", next_attempt_at=now + (dec.next_in_s or 0.0), last_error=dec.reason,
+                       last_status_code=code, updated_at=now, locked_until=None)
         else:
-            d.status, d.last_error = "dead", dec.reason
+            rec.update(d.id, status="dead", last_error=dec.reason, last_status_code=code, updated_at=now, locked_until=None)
             log.warning("dead letter", extra={"action": "delivery.dead", "delivery_id": d.id, "destination": d.destination})
         if isinstance(outcome, AuthFailure):
-            self._pause(s, d, PAUSED, "auth-failure", f"static credentials refused ({outcome.reason}); circuit open until resumed", now)
+            rec.pause(d, PAUSED, "auth-failure", f"static credentials refused ({outcome.reason}); circuit open until resumed")
         elif isinstance(outcome, Disable):
-            self._pause(s, d, DISABLED, "destination-disabled", f"endpoint asked to be removed ({outcome.reason})", now)
-        s.add(d)
+            rec.pause(d, DISABLED, "destination-disabled", f"endpoint asked to be removed ({outcome.reason})")
 
-    def _pause(self, s: Session, d: DeliveryRow, prefix: str, kind: str, message: str, now: float) -> None:
-        key = prefix + d.destination
-        if s.get(KeyValue, key) is not None:
-            return
-        s.add(KeyValue(key=key, value=orjson.dumps({"reason": message, "since": now, "delivery_id": d.id}).decode(), updated_at=now))
-        s.add(DeliveryAlert(kind=kind, destination=d.destination, delivery_id=d.id, message=message, created_at=now))
-        log.error("destination paused", extra={"action": f"delivery.{kind}", "destination": d.destination,
-                                                "delivery_id": d.id, "circuit": "open"})
-
-    def _disclosure(self, d: DeliveryRow, c: Claimed, now: float, req: capture.SentRequest | None,
-                    fields: list[str], *, outcome: str) -> Disclosure:
+    def _disclosure(self, d: Any, c: Claimed, now: float, req: capture.SentRequest | None,
+                    fields: list[str], *, outcome: str) -> dict[str, Any]:
         if req is not None:
             sha, size, target = req.sha256, req.length, req.target
         elif c.outbound is not None and outcome == "delivered":  # a connector that made no HTTP request
@@ -426,13 +505,37 @@ class DeliveryWorker:
             sha, size, target = hashlib.sha256(body).hexdigest(), len(body), "(no HTTP request captured)"
         else:
             sha, size, target = "", None, None
-        return Disclosure(
-            delivery_id=d.id or 0, trigger_id=c.trigger.get("id") or 0, patient_key=c.patient_key,
-            destination=d.destination, fields=orjson.dumps(fields).decode(), body_sha256=sha,
-            purpose=c.trigger.get("purpose", ""), rule_id=c.trigger.get("rule_id", ""),
-            ruleset_version=c.trigger.get("ruleset_version", ""), sent_at=now, outcome=outcome,
-            body_bytes=size, request_target=target, attempt=d.attempts,
-        )
+        return {
+            "delivery_id": d.id or 0, "trigger_id": c.trigger.get("id") or 0, "patient_key": c.patient_key,
+            "destination": d.destination, "fields": orjson.dumps(fields).decode(), "body_sha256": sha,
+            "purpose": c.trigger.get("purpose", ""), "rule_id": c.trigger.get("rule_id", ""),
+            "ruleset_version": c.trigger.get("ruleset_version", ""), "sent_at": now, "outcome": outcome,
+            "body_bytes": size, "request_target": target, "attempt": d.attempts,
+        }
+
+
+def _attempt(delivery_id: int, at: float, outcome: str, code: int | None, error: str | None, ms: float) -> dict[str, Any]:
+    return {"delivery_id": delivery_id, "at": at, "outcome": outcome, "status_code": code, "error": error, "duration_ms": ms}
+
+
+class _Batch:
+    """What one record transaction writes, gathered first and then written with executemany."""
+
+    def __init__(self) -> None:
+        self.attempts: list[dict[str, Any]] = []
+        self.disclosures: list[dict[str, Any]] = []
+        self.intents_done: list[str] = []
+        self.ledger: dict[str, str] = {}
+        self.updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+        self.pauses: dict[str, tuple[Any, str, str]] = {}
+
+    def update(self, delivery_id: int, **values: Any) -> None:
+        """Rows that set the same columns share one executemany UPDATE."""
+        shape = tuple(sorted(values))
+        self.updates[shape].append({"p_id": delivery_id, **{"p_" + k: v for k, v in values.items()}})
+
+    def pause(self, d: Any, prefix: str, kind: str, message: str) -> None:
+        self.pauses.setdefault(prefix + d.destination, (d, kind, message))
 
 
 def _hubspot_uuid(key: str) -> str:

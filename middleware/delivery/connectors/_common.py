@@ -7,17 +7,32 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from ..registry import AuthFailure, Outcome, Retry, SecretSource
 
 log = logging.getLogger("middleware.delivery.connectors")
+
+
+def _remember_missing_sniffio() -> None:
+    """httpcore runs ``import sniffio`` (falling back to asyncio when it is absent) each time it
+    sets up a lock or event, about five times per request. Without sniffio installed, every
+    one of those failed imports searches ``sys.path`` again (~80 µs each). Recording the
+    absence in ``sys.modules`` makes the same ``ImportError`` immediate; nothing changes
+    when sniffio is installed."""
+    try:
+        import sniffio  # noqa: F401
+    except ImportError:
+        sys.modules.setdefault("sniffio", None)  # type: ignore[arg-type]
+
+
+_remember_missing_sniffio()
 
 #: In-call retries are only for connection errors (the request never left): 2 tries, 0.2 s apart.
 CONNECT_TRIES = 2
@@ -49,14 +64,13 @@ async def send_request(
     Raises the last :class:`httpx.TransportError` (timeouts are never retried here:
     the vendor may have processed the request).
     """
-    async for attempt in AsyncRetrying(
-        retry=retry_if_exception_type(httpx.ConnectError),
-        stop=stop_after_attempt(CONNECT_TRIES),
-        wait=wait_fixed(CONNECT_WAIT_S),
-        reraise=True,
-    ):
-        with attempt:
+    for attempt in range(1, CONNECT_TRIES + 1):
+        try:
             return await http.request(method, url, timeout=timeout_s, **kwargs)
+        except httpx.ConnectError:
+            if attempt >= CONNECT_TRIES:
+                raise
+        await asyncio.sleep(CONNECT_WAIT_S)
     raise AssertionError("unreachable")  # pragma: no cover
 
 
