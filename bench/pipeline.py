@@ -128,25 +128,56 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise SystemExit(f"nothing listening on {port}")
 
 
-def start_server(kind: str, work: Path, hook_url: str) -> tuple[subprocess.Popen, int]:
-    """``careloop``: ``careloop serve`` (worker in process) on SQLite; ``bridge``: bench/peers.py's hand-written bridge."""
+def fresh_postgres(url: str, run: int) -> str:
+    """A new, empty database on the server of ``url`` for one run; return its URL."""
+    import psycopg
+
+    name = f"careloop_bench_{os.getpid()}_{run}"
+    with psycopg.connect(url, autocommit=True) as con:
+        con.execute(f"DROP DATABASE IF EXISTS {name}")
+        con.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
+class Procs:
+    """The server processes of one run (stopped together)."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def terminate(self) -> None:
+        for p in self.procs:
+            p.terminate()
+
+    def wait(self, timeout: float) -> None:
+        for p in self.procs:
+            p.wait(timeout=timeout)
+
+
+def start_server(kind: str, work: Path, hook_url: str, database_url: str = "", workers: int = 0) -> tuple[Procs, int]:
+    """``careloop``: ``careloop serve`` on SQLite with its worker in process, or, with ``database_url``
+    (PostgreSQL) and ``workers`` > 0, ``serve --no-worker`` plus that many ``careloop worker``
+    processes; ``bridge``: bench/peers.py's hand-written bridge."""
     http, mllp = free_port(), free_port()
     log = (work / f"{kind}.log").open("wb")
+    procs = Procs()
     if kind == "bridge":
         env = {**os.environ, "BRIDGE_WEBHOOK_URL": hook_url, "BRIDGE_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET}
-        proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "peers.py"), "bridge", str(mllp)], cwd=work, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        procs.procs.append(subprocess.Popen([sys.executable, str(REPO / "bench" / "peers.py"), "bridge", str(mllp)],
+                                            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT))
         wait_port(mllp)
-        return proc, mllp
+        return procs, mllp
     maps = work / "mappings"
     shutil.copytree(REPO / "mappings", maps)
     st = maps / "settings.yaml"
     st.write_text("\n".join(ln for ln in st.read_text().splitlines() if not ln.startswith("quiet_hours:")) + "\nquiet_hours: null\n")
     env = {**os.environ, "CARELOOP_WEBHOOK_URL": hook_url, "CARELOOP_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
            "CARELOOP_LOG_LEVEL": "WARNING"}
-    proc = subprocess.Popen([sys.executable, "-m", "middleware", "serve", "--http-port", str(http), "--mllp-port", str(mllp),
-                             "--mappings", str(maps), "--database-url", f"sqlite:///{work}/c.db"],
-                            cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    db = database_url or f"sqlite:///{work}/c.db"
+    serve = [sys.executable, "-m", "middleware", "serve", "--http-port", str(http), "--mllp-port", str(mllp),
+             "--mappings", str(maps), "--database-url", db]
+    procs.procs.append(subprocess.Popen(serve + (["--no-worker"] if workers else []), cwd=work, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -155,13 +186,17 @@ def start_server(kind: str, work: Path, hook_url: str) -> tuple[subprocess.Popen
         except httpx.HTTPError:
             time.sleep(0.1)
     wait_port(mllp)
-    return proc, mllp
+    for _ in range(workers):
+        procs.procs.append(subprocess.Popen([sys.executable, "-m", "middleware", "worker", "--mappings", str(maps),
+                                             "--database-url", db], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT))
+    return procs, mllp
 
 
 def run_once(args: argparse.Namespace, run: int, kind: str) -> tuple[list[float], float]:
     work = Path(tempfile.mkdtemp(prefix=f"careloop-pipeline-{kind}-"))
     with SinkServer([DEV_WEBHOOK_SECRET]) as sink:
-        proc, mllp = start_server(kind, work, sink.url + "/hooks")
+        pg = fresh_postgres(args.postgres, run) if args.postgres and kind == "careloop" else ""
+        proc, mllp = start_server(kind, work, sink.url + "/hooks", pg, args.workers if pg else 0)
         try:
             client = Client(mllp)
             t0_wall, t0_perf = time.time(), time.perf_counter()
@@ -190,10 +225,14 @@ def main() -> int:
     ap.add_argument("--burst", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--servers", default="careloop,bridge")
+    ap.add_argument("--postgres", default="", help="postgresql:// URL of a server: careloop runs on a fresh database there")
+    ap.add_argument("--workers", type=int, default=2, help="with --postgres: `careloop worker` processes beside `serve --no-worker`")
     args = ap.parse_args()
     kinds = args.servers.split(",")
     print(f"machine: {machine()}; load average before: {os.getloadavg()[0]:.2f}")
-    print("careloop: `careloop serve` (worker in process) on SQLite WAL synchronous=FULL, the shipped rules with quiet "
+    where = (f"PostgreSQL (synchronous_commit=on), `serve --no-worker` + {args.workers} `careloop worker` processes"
+             if args.postgres else "`careloop serve` (worker in process) on SQLite WAL synchronous=FULL")
+    print(f"careloop: {where}, the shipped rules with quiet "
           "hours off, every message stored before its ACK and every webhook signed, recorded and audited; bridge: "
           "python-hl7 server + httpx POST then ACK, nothing stored. The receiver (same process as the load client) "
           "verifies Standard Webhooks signatures.", flush=True)

@@ -40,32 +40,33 @@ class ChangeResult:
     note: str | None = None
 
 
-_PATIENT_GET = "SELECT resource, merged_into, occurred_at FROM patient WHERE key = ?"
+def _patient_row(db: Raw, key: str | None) -> tuple[str | None, str | None]:
+    """(surviving key after merges, its stored resource JSON or None) in one read per hop."""
+    seen = set()
+    while key and key not in seen:
+        seen.add(key)
+        row = db.one("SELECT merged_into, resource FROM patient WHERE key = ?", (key,))
+        if row is None:
+            return key, None
+        if not row[0]:
+            return key, row[1]
+        key = row[0]
+    return key, None
 
 
 def resolve_patient_key(session: Session, key: str | None, raw: Raw | None = None) -> str | None:
     """Follow merges to the surviving patient."""
-    db = raw or Raw(session)
-    seen = set()
-    while key and key not in seen:
-        seen.add(key)
-        row = db.one("SELECT merged_into FROM patient WHERE key = ?", (key,))
-        if row is None or not row[0]:
-            return key
-        key = row[0]
-    return key
+    return _patient_row(raw or Raw(session), key)[0]
 
 
 def upsert_patient(session: Session, key: str, resource: dict[str, Any], occurred_at: float, now: float,
                    raw: Raw | None = None) -> None:
-    db = raw or Raw(session)
-    row = db.one("SELECT occurred_at FROM patient WHERE key = ?", (key,))
-    if row is None:
-        db.run("INSERT INTO patient (key, fhir_id, resource, merged_into, updated_at, occurred_at) VALUES (?, ?, ?, NULL, ?, ?)",
-               (key, str(resource.get("id", "")), dumps(resource), now, occurred_at))
-    elif occurred_at >= row[0]:
-        db.run("UPDATE patient SET resource = ?, fhir_id = COALESCE(?, fhir_id), occurred_at = ?, updated_at = ? WHERE key = ?",
-               (dumps(resource), str(resource["id"]) if "id" in resource else None, occurred_at, now, key))
+    """Store the patient unless a later version is already held (one statement)."""
+    (raw or Raw(session)).run(
+        "INSERT INTO patient (key, fhir_id, resource, merged_into, updated_at, occurred_at) VALUES (?, ?, ?, NULL, ?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET resource = excluded.resource, fhir_id = COALESCE(?, patient.fhir_id), "
+        "occurred_at = excluded.occurred_at, updated_at = excluded.updated_at WHERE excluded.occurred_at >= patient.occurred_at",
+        (key, str(resource.get("id", "")), dumps(resource), now, occurred_at, str(resource["id"]) if "id" in resource else None))
 
 
 def load_patient(session: Session, key: str | None, raw: Raw | None = None) -> dict[str, Any] | None:
@@ -200,7 +201,7 @@ def apply_change(
     if keep_status and prev is not None and prev.get("status"):
         resource["status"] = prev["status"]
     events = derive(resource, prev, deleted=change.deleted)
-    patient_key = resolve_patient_key(session, change.patient_key, db)
+    patient_key, patient_json = _patient_row(db, change.patient_key)
     is_new = state is None
     if state is None:
         state = StateRow(key=key, resource_type=rtype, patient_key=None, status=None, version=None, last_updated=None,
@@ -220,7 +221,7 @@ def apply_change(
     if not events:
         res.note = "no change"
         return res
-    patient = load_patient(session, patient_key, db)
+    patient = orjson.loads(patient_json) if patient_json else None
     shown = resource if not change.deleted else (prev or resource)
     body = state.resource if shown is resource and not change.deleted else dumps(shown)
     seen: dict[str, int] = {}
@@ -312,7 +313,7 @@ _TRIGGER_COLS = (
     "rule_id, ruleset_version, name, purpose, destinations, patient_key, resource_key, origin_key, resource_version, "
     "event_id, due_at, status, reason, dedup_key, cancel_scope, message_kind, payload, explain, created_at, updated_at"
 )
-_TRIGGER_INSERT = f"INSERT INTO \"trigger\" ({_TRIGGER_COLS}) VALUES ({', '.join('?' * 20)})"
+_TRIGGER_INSERT = f"INSERT INTO \"trigger\" ({_TRIGGER_COLS}) VALUES ({', '.join('?' * 20)}) ON CONFLICT (origin_key) DO NOTHING"
 
 
 def _record_trigger(
@@ -342,13 +343,13 @@ def _record_trigger(
         if dup is not None:
             status, reason = "skipped", f"duplicate of trigger {dup[0]} within the dedup window"
     origin = f"{d.rule_id}|event:{row.id}"
-    if db.one("SELECT id FROM \"trigger\" WHERE origin_key = ?", (origin,)) is not None:
-        return None
     version = str(((ev.resource.get("meta") or {}).get("versionId")) or row.id)
     tid = db.insert_id(_TRIGGER_INSERT, (
         d.rule_id, rs.version, d.trigger or d.rule_id, d.purpose or "", ",".join(d.destinations), ev.patient_key,
         ev.resource_key, origin, version, row.id, due, status, reason, d.dedup_key, d.cancel_scope, d.message_kind,
         dumps(d.payload), dumps(d.steps), nowts, nowts))
+    if tid is None:  # this rule already made a trigger from this event (reprocessing)
+        return None
     result.triggers += 1
     if status == "pending" and due <= nowts:
         result.due_now = True

@@ -51,8 +51,9 @@ class Raw:
         self.cur.execute(self._sql(sql), params)
         return [tuple(r) for r in self.cur.fetchall()]
 
-    def insert_id(self, sql: str, params: Sequence[Any]) -> int:
-        """``INSERT ...`` returning the new row's id (``RETURNING id``: SQLite >= 3.35 and PostgreSQL)."""
+    def insert_id(self, sql: str, params: Sequence[Any]) -> Any:
+        """``INSERT ...`` returning the new row's id (``RETURNING id``: SQLite >= 3.35 and PostgreSQL);
+        ``None`` when an ``ON CONFLICT ... DO NOTHING`` inserted nothing."""
         self.cur.execute(self._sql(sql + " RETURNING id"), params)
         row = self.cur.fetchone()
-        return int(row[0])
+        return int(row[0]) if row is not None else None
