@@ -20,7 +20,7 @@ def py_spy_while(pid: int, action: Callable[[], Any], out: Path, top: int = 18) 
     if not Path(exe).exists():
         return "py-spy not installed (pip install py-spy)", action()
     rec = subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", "1000", "--format", "raw", "--threads",
-                            "--nonblocking", "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            *(["--gil"] if __import__("os").environ.get("PYSPY_GIL") else []), "--nonblocking", "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
     try:
         res = action()
