@@ -139,6 +139,7 @@ class DeliveryWorker:
         self.consent_check = consent_check
         self.lease_s = lease_s
         self.connectors: dict[str, Connector] = {}
+        self._clients: dict[str, httpx.AsyncClient] = {}
         self.breakers: dict[str, CircuitBreaker] = defaultdict(CircuitBreaker)
         self.buckets: dict[str, TokenBucket] = {}
         self._conn_version: str | None = None
@@ -155,20 +156,32 @@ class DeliveryWorker:
         c = self.connectors.get(dest.name)
         if c is None:
             cls = connector_types()[dest.type]
-            if self.http is None:
-                self.http = httpx.AsyncClient(timeout=10.0)
-                capture.install(self.http)
-            c = cls(dest.name, cls.Config.model_validate(dest.config), self.http, self.secrets, self.clock)
+            c = cls(dest.name, cls.Config.model_validate(dest.config), self._client(dest.name), self.secrets, self.clock)
             self.connectors[dest.name] = c
             limit = cls.rate_limit if dest.rate_per_s is None else RateLimit(dest.rate_per_s, max(1, int(dest.rate_per_s)))
             self.buckets.setdefault(dest.name, TokenBucket(limit))
         return c
+
+    def _client(self, name: str) -> httpx.AsyncClient:
+        """The HTTP client for destination ``name``: the one given to the worker, else one per destination,
+        kept across rounds (keep-alive), so a destination's requests only look through its own connections."""
+        if self.http is not None:
+            return self.http
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = httpx.AsyncClient(timeout=10.0)
+            capture.install(client)
+        return client
 
     async def aclose(self) -> None:
         for c in self.connectors.values():
             await c.aclose()
         if self.http is not None:
             await self.http.aclose()
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()
+        self.connectors.clear()  # they hold closed clients: rebuilt if the worker runs again
 
     # -- claim ------------------------------------------------------------
     def _blocked(self, s: Session, rs: "RuleSet") -> tuple[set[str], dict[str, int]]:

@@ -187,3 +187,33 @@ def test_ledger_mode_intents_are_written_per_batch_and_cleared(tmp_path: Path) -
     assert sorted(d.delivery_id for d in p.rows(Disclosure) if d.outcome == "unconfirmed") == ids
     assert p.rows(SendIntent) == []
     assert len(p.rows(DeliveryAttempt)) == 4
+
+
+def test_one_kept_alive_client_per_destination(tmp_path: Path) -> None:
+    from middleware.delivery.sink import SinkServer
+
+    with SinkServer([WEBHOOK_SECRET]) as sink:
+        dests = [destination("hook", "webhook", webhook_url=sink.url + "/a"),
+                 destination("hook2", "webhook", webhook_url=sink.url + "/b")]
+        p = make_pipeline(tmp_path, write_mappings(tmp_path, dests))
+        p.clock.now = datetime.now(timezone.utc)
+        _deliveries(p, 3)
+        with Session(p.engine) as s:  # and three more for the second destination
+            for d in p.rows(DeliveryRow):
+                s.add(DeliveryRow(trigger_id=d.trigger_id, destination="hook2", idempotency_key=d.idempotency_key + "-2",
+                                  next_attempt_at=d.next_attempt_at, created_at=d.created_at, updated_at=d.updated_at))
+            s.commit()
+
+        async def go() -> tuple[int, list[httpx.AsyncClient], int]:
+            w = p.worker()
+            n = await w.run_once()
+            clients = list(w._clients.values())
+            n += await w.run_once()  # a later round reuses them
+            again = len(w._clients)
+            await w.aclose()
+            return n, clients, again
+        n, clients, again = asyncio.run(go())
+        assert n == 6 and len(clients) == 2 and clients[0] is not clients[1] and again == 2
+        assert all(c.is_closed for c in clients)
+        assert {d.status for d in p.rows(DeliveryRow)} == {"delivered"}
+        assert len(sink.received()) == 6 and sink.duplicates() == 0
