@@ -7,13 +7,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import datetime, timezone
-from typing import Callable
+from functools import lru_cache
+from typing import Any, Callable, Sequence, cast
 
-from sqlalchemy import func
+from sqlalchemy import bindparam, case, func, insert, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from .patientctx import suppression_at_send
+from .patientctx import chunks, suppressions_at_send
 from ..rules.load import RuleSet
 from ..storage.db import begin_write, is_sqlite, write_lock
 from ..storage.tables import Authorization, DeliveryRow, Suppression, TriggerRow
@@ -67,33 +69,35 @@ class Scheduler:
         created = 0
         with Session(self.engine, expire_on_commit=False) as s:
             begin_write(s)  # SQLite: take the write lock first (read-then-write would fail under a concurrent commit)
-            stmt = (
-                select(TriggerRow)
-                .where(TriggerRow.status == "pending", TriggerRow.due_at <= now)
-                .order_by(TriggerRow.due_at)  # type: ignore[arg-type]
-                .limit(self.batch)
-            )
-            if not is_sqlite(self.engine):
-                stmt = stmt.with_for_update(skip_locked=True)
-            rows = list(s.exec(stmt))
+            conn = s.connection()
+            rows = conn.execute(_claim_stmt(self.batch, not is_sqlite(self.engine)), {"now": now}).all()
+            verdicts = _Checks(s, rows, rs, now)
+            fired: list[dict[str, Any]] = []
+            suppressed: list[dict[str, Any]] = []
+            deliveries: list[dict[str, Any]] = []
+            # ``t`` is a Core row of the claimed columns (all that ``idempotency_key`` and the checks read);
+            # in claim order: a trigger fired earlier in the batch counts toward later ones' caps
             for t in rows:
-                verdict = self._check(s, t, rs, now)
-                t.updated_at = now
+                verdict = verdicts.check(t)
                 if verdict:
-                    t.status, t.reason = "suppressed", verdict
-                    s.add(t)
+                    suppressed.append({"t_id": t.id, "t_reason": verdict, "t_now": now})
                     continue
-                t.status, t.fired_at = "fired", now
-                s.add(t)
+                fired.append({"t_id": t.id, "t_now": now})
+                verdicts.count_fired(t)
                 for dest in [d for d in t.destinations.split(",") if d]:
-                    s.add(
-                        DeliveryRow(
-                            trigger_id=t.id or 0, destination=dest, idempotency_key=idempotency_key(t, dest),
-                            status="pending", next_attempt_at=now, created_at=now, updated_at=now,
-                        )
-                    )
+                    deliveries.append({
+                        "trigger_id": t.id or 0, "destination": dest,
+                        "idempotency_key": idempotency_key(cast(TriggerRow, t), dest), "status": "pending", "attempts": 0,
+                        "next_attempt_at": now, "created_at": now, "updated_at": now,
+                    })
                     created += 1
                 self.fired += 1
+            if fired:
+                conn.execute(_MARK_FIRED, fired)
+            if suppressed:
+                conn.execute(_MARK_SUPPRESSED, suppressed)
+            if deliveries:
+                conn.execute(_INSERT_DELIVERY, deliveries)
             s.commit()
         if self.fault_hook and rows:
             self.fault_hook("scheduler.after_commit")
@@ -101,58 +105,122 @@ class Scheduler:
             self.on_deliveries()
         return len(rows)
 
-    def _check(self, s: Session, t: TriggerRow, rs: RuleSet, now: float) -> str | None:
+
+# -- statements, built once (SQLAlchemy caches their compiled form) --
+
+_T = TriggerRow.__table__  # type: ignore[attr-defined]
+_S = Suppression.__table__  # type: ignore[attr-defined]
+_A = Authorization.__table__  # type: ignore[attr-defined]
+_D = DeliveryRow.__table__  # type: ignore[attr-defined]
+_CLAIM = (
+    sa_select(_T.c.id, _T.c.rule_id, _T.c.name, _T.c.purpose, _T.c.destinations, _T.c.patient_key, _T.c.resource_key,
+              _T.c.resource_version, _T.c.dedup_key, _T.c.message_kind)
+    .where(_T.c.status == "pending", _T.c.due_at <= bindparam("now"))
+    .order_by(_T.c.due_at)
+)
+_OPT_OUTS = (  # patient-wide opt-outs (any purpose, or a purpose matched per trigger below); id order like ``.first()``
+    sa_select(_S.c.patient_key, _S.c.purpose, _S.c.reason)
+    .where(_S.c.patient_key.in_(bindparam("pks", expanding=True)), _S.c.revoked_at.is_(None), _S.c.destination.is_(None))
+    .order_by(_S.c.id)
+)
+_AUTHORIZED = sa_select(_A.c.patient_key).distinct().where(
+    _A.c.patient_key.in_(bindparam("pks", expanding=True)), _A.c.purpose == "marketing", _A.c.revoked_at.is_(None),
+)
+#: fired triggers per patient, rule and message kind over the last 7 days, and how many of them in the last 24 hours
+_FIRED_COUNTS = (
+    sa_select(
+        _T.c.patient_key, _T.c.rule_id, _T.c.message_kind,
+        func.sum(case((_T.c.fired_at >= bindparam("day_from"), 1), else_=0)), func.count(),
+    )
+    .where(_T.c.patient_key.in_(bindparam("pks", expanding=True)), _T.c.status == "fired",
+           _T.c.fired_at >= bindparam("week_from"))
+    .group_by(_T.c.patient_key, _T.c.rule_id, _T.c.message_kind)
+)
+_MARK_FIRED = update(_T).where(_T.c.id == bindparam("t_id")).values(
+    status="fired", fired_at=bindparam("t_now"), updated_at=bindparam("t_now"))
+_MARK_SUPPRESSED = update(_T).where(_T.c.id == bindparam("t_id")).values(
+    status="suppressed", reason=bindparam("t_reason"), updated_at=bindparam("t_now"))
+_INSERT_DELIVERY = insert(_D)
+
+
+@lru_cache(maxsize=8)
+def _claim_stmt(limit: int, skip_locked: bool) -> Any:
+    stmt = _CLAIM.limit(limit)
+    return stmt.with_for_update(skip_locked=True) if skip_locked else stmt
+
+
+class _Checks:
+    """The fire-time checks for one claimed batch, read with one query per check for all its
+    patients, then decided per trigger in Python (in this order, as each trigger used to be
+    checked on its own): opt-out, marketing authorization, deceased/hospice, caps.
+
+    Caps are per patient over rolling 24 h / 7 days, counted over *fired* triggers of all rules.
+    A treatment reminder by sms or voice counts against ``settings.treatment_caps`` with every
+    other treatment sms/voice trigger (the FCC healthcare exemption: calls and texts together).
+    Any other trigger counts against ``settings.caps`` with triggers of the same
+    ``message_kind``, whatever the rule or channel. Triggers fired earlier in the same batch
+    count (``count_fired``).
+    """
+
+    def __init__(self, s: Session, rows: Sequence[Any], rs: RuleSet, now: float) -> None:
+        self.rs = rs
+        self.rules: dict[str, Any] = {}
+        for r in rs.rules:
+            self.rules.setdefault(r.id, r)  # RuleSet.rule: the first rule of that id
+        self.phone_rules = {r.id for r in rs.rules if r.rule.purpose == "treatment-reminder" and r.rule.channel in PHONE_CHANNELS}
+        keys = sorted({t.patient_key for t in rows if t.patient_key})
+        marketing = sorted({t.patient_key for t in rows if t.patient_key and t.purpose == "marketing"})
+        conn = s.connection()
+        self.opt_outs: dict[str, list[tuple[str | None, str]]] = {}
+        self.authorized: set[str] = set()
+        #: ("kind", patient, message_kind) or ("phone", patient) -> [fired in 24 h, fired in 7 days]
+        self.counts: dict[tuple[Any, ...], list[int]] = {}
+        for part in chunks(keys):
+            for pk, purpose, reason in conn.execute(_OPT_OUTS, {"pks": part}):
+                self.opt_outs.setdefault(pk, []).append((purpose, reason))
+        for part in chunks(marketing):
+            self.authorized.update(pk for (pk,) in conn.execute(_AUTHORIZED, {"pks": part}))
+        self.at_send = suppressions_at_send(s, keys, rs)
+        st = rs.settings
+        if any(c is not None for c in (st.caps.per_day, st.caps.per_week, st.treatment_caps.per_day, st.treatment_caps.per_week)):
+            params = {"day_from": now - DAY, "week_from": now - WEEK}
+            for part in chunks(keys):
+                for pk, rule_id, kind, day, week in conn.execute(_FIRED_COUNTS, {**params, "pks": part}):
+                    self._add(pk, rule_id, kind, int(day or 0), int(week))
+
+    def _add(self, pk: str, rule_id: str, kind: str | None, day: int, week: int) -> None:
+        for key in (("kind", pk, kind), ("phone", pk)) if rule_id in self.phone_rules else (("kind", pk, kind),):
+            c = self.counts.setdefault(key, [0, 0])
+            c[0] += day
+            c[1] += week
+
+    def count_fired(self, t: Any) -> None:
+        if t.patient_key:
+            self._add(t.patient_key, t.rule_id, t.message_kind, 1, 1)
+
+    def check(self, t: Any) -> str | None:
         """Reason to suppress at fire time, or None."""
         pk = t.patient_key
         if not pk:
             return None
-        opt_out = s.exec(
-            select(Suppression.reason).where(
-                Suppression.patient_key == pk, Suppression.revoked_at.is_(None),  # type: ignore[union-attr]
-                Suppression.destination.is_(None),  # type: ignore[union-attr]
-            ).where((Suppression.purpose.is_(None)) | (Suppression.purpose == t.purpose))  # type: ignore[union-attr]
-        ).first()
-        if opt_out is not None:
-            return f"patient opted out: {opt_out}"
-        if t.purpose == "marketing":
-            auth = s.exec(
-                select(Authorization.id).where(
-                    Authorization.patient_key == pk, Authorization.purpose == "marketing",
-                    Authorization.revoked_at.is_(None),  # type: ignore[union-attr]
-                )
-            ).first()
-            if auth is None:
-                return "marketing requires a recorded authorization (prior express written consent) for this patient"
-        why = suppression_at_send(s, pk, rs)
+        for purpose, reason in self.opt_outs.get(pk, ()):
+            if purpose is None or purpose == t.purpose:
+                return f"patient opted out: {reason}"
+        if t.purpose == "marketing" and pk not in self.authorized:
+            return "marketing requires a recorded authorization (prior express written consent) for this patient"
+        why = self.at_send.get(pk)
         if why:
             return why
-        return self._caps(s, t, rs, now)
+        return self.caps(t)
 
-    def _caps(self, s: Session, t: TriggerRow, rs: RuleSet, now: float) -> str | None:
-        """Caps per patient over rolling 24 h / 7 days, counted over *fired* triggers of all rules.
-
-        A treatment reminder by sms or voice counts against ``settings.treatment_caps``
-        with every other treatment sms/voice trigger (the FCC healthcare exemption:
-        calls and texts together). Any other trigger counts against ``settings.caps``
-        with triggers of the same ``message_kind``, whatever the rule or channel.
-        """
-        rule = rs.rule(t.rule_id)
-        phone_rules = [r.id for r in rs.rules if r.rule.purpose == "treatment-reminder" and r.rule.channel in PHONE_CHANNELS]
+    def caps(self, t: Any) -> str | None:
+        rule = self.rules.get(t.rule_id)
         if t.purpose == "treatment-reminder" and rule is not None and rule.rule.channel in PHONE_CHANNELS:
-            caps, label_kind = rs.settings.treatment_caps, "treatment calls/texts"
-            kind_filter = TriggerRow.rule_id.in_(phone_rules)  # type: ignore[attr-defined]
+            caps, label_kind, key = self.rs.settings.treatment_caps, "treatment calls/texts", ("phone", t.patient_key)
         else:
-            caps, label_kind = rs.settings.caps, f"'{t.message_kind}' messages"
-            kind_filter = TriggerRow.message_kind == t.message_kind
-        for limit, window, label in ((caps.per_day, DAY, "24 hours"), (caps.per_week, WEEK, "7 days")):
-            if limit is None:
-                continue
-            n = s.exec(
-                select(func.count()).select_from(TriggerRow).where(
-                    TriggerRow.patient_key == t.patient_key, TriggerRow.status == "fired", kind_filter,
-                    TriggerRow.fired_at >= now - window,  # type: ignore[operator]
-                )
-            ).one()
-            if n >= limit:
+            caps, label_kind, key = self.rs.settings.caps, f"'{t.message_kind}' messages", ("kind", t.patient_key, t.message_kind)
+        counts = self.counts.get(key, (0, 0))
+        for limit, n, label in ((caps.per_day, counts[0], "24 hours"), (caps.per_week, counts[1], "7 days")):
+            if limit is not None and n >= limit:
                 return f"cap reached: {n} {label_kind} to this patient in the last {label} (limit {limit})"
         return None
