@@ -11,10 +11,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import orjson
 from sqlalchemy import bindparam
 from sqlalchemy import select as sa_select
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from ..rules.load import RuleSet
 from ..rules.suppress import hospice_reason, is_deceased
+from ..storage.rawsql import Raw
 from ..storage.tables import PatientRow, ResourceState
 
 
@@ -23,14 +24,10 @@ def hospice_for(session: Session, patient_key: str | None, rs: RuleSet) -> str |
     s = rs.settings
     if not patient_key or not s.suppress_hospice or s.hospice_valueset not in rs.valuesets.sets:
         return None
-    rows = session.exec(
-        select(ResourceState.resource).where(
-            ResourceState.patient_key == patient_key,
-            ResourceState.resource_type.in_(("Encounter", "CarePlan")),  # type: ignore[attr-defined]
-            ResourceState.deleted == False,  # noqa: E712
-        )
-    ).all()
-    return hospice_reason((orjson.loads(r) for r in rows), rs.valuesets, s.hospice_valueset)
+    rows = Raw(session).all(  # per processed event: plain SQL, no ORM statement to build
+        "SELECT resource FROM resource_state WHERE patient_key = ? AND resource_type IN ('Encounter', 'CarePlan') "
+        "AND deleted = ?", (patient_key, False))
+    return hospice_reason((orjson.loads(r[0]) for r in rows), rs.valuesets, s.hospice_valueset)
 
 
 def suppression_at_send(session: Session, patient_key: str | None, rs: RuleSet) -> str | None:
