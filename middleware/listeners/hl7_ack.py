@@ -30,17 +30,44 @@ _CODE_TEXT = {
 }
 
 
+_VERSIONS: dict[str, tuple[int, ...]] = {}
+_SPECIALS: dict[tuple[str, str], str] = {}
+
+
 def _version_tuple(v: str) -> tuple[int, ...]:
+    vt = _VERSIONS.get(v)
+    if vt is not None:
+        return vt
     out = []
     for part in v.split("."):
         try:
             out.append(int(part))
         except ValueError:
             break
-    return tuple(out) or (2, 5)
+    vt = tuple(out) or (2, 5)
+    if len(_VERSIONS) < 256:
+        _VERSIONS[v] = vt
+    return vt
+
+
+def _specials(sep: str, enc: str) -> str:
+    """The characters :func:`_esc` replaces for these delimiters."""
+    chars = _SPECIALS.get((sep, enc))
+    if chars is None:
+        chars = (enc[2] if len(enc) > 2 else "\\") + sep + enc[:2] + enc[3:4]
+        if len(_SPECIALS) < 256:
+            _SPECIALS[(sep, enc)] = chars
+    return chars
 
 
 def _esc(text: str, sep: str, enc: str) -> str:
+    if "\r" in text or "\n" in text:
+        text = text.replace("\r", " ").replace("\n", " ")
+    for c in _specials(sep, enc):
+        if c in text:
+            break
+    else:
+        return text  # nothing to escape (the usual case)
     esc = enc[2] if len(enc) > 2 else "\\"
     repl = {esc: f"{esc}E{esc}", sep: f"{esc}F{esc}"}
     if enc:
@@ -49,7 +76,24 @@ def _esc(text: str, sep: str, enc: str) -> str:
         repl[enc[1]] = f"{esc}R{esc}"
     if len(enc) > 3:
         repl[enc[3]] = f"{esc}T{esc}"
-    return "".join(repl.get(c, c) for c in text.replace("\r", " ").replace("\n", " "))
+    return "".join(repl.get(c, c) for c in text)
+
+
+_UTC_STAMP: list = [None, "", ""]  # [second it is for, "%Y%m%d%H%M%S", "%Y%m%d%H%M%S%z"]
+
+
+def _stamps(now: datetime) -> tuple[str, str]:
+    """``now`` as %Y%m%d%H%M%S and as %Y%m%d%H%M%S%z (formatted once per second for UTC)."""
+    if now.tzinfo is not timezone.utc:
+        sec = now.strftime("%Y%m%d%H%M%S")
+        return sec, sec + now.strftime("%z")
+    key = (now.year, now.month, now.day, now.hour, now.minute, now.second)
+    c = _UTC_STAMP
+    if c[0] != key:
+        sec = now.strftime("%Y%m%d%H%M%S")
+        c[1], c[2] = sec, sec + now.strftime("%z")
+        c[0] = key
+    return c[1], c[2]
 
 
 def ack_code(kind: str, enhanced: bool) -> str:
@@ -88,7 +132,7 @@ def build_ack(
     enc = peek.encoding_chars or "^~\\&"
     comp = enc[0]
     now = now or datetime.now(timezone.utc)
-    ts = now.strftime("%Y%m%d%H%M%S") + now.strftime("%z")
+    sec, ts = _stamps(now)
     version = peek.version or "2.5.1"
     vt = _version_tuple(version)
     trigger = peek.message_type.split("^")[1] if "^" in peek.message_type else ""
@@ -97,7 +141,7 @@ def build_ack(
         mtype += comp + trigger
         if vt >= (2, 3, 1):
             mtype += comp + "ACK"
-    ctl = f"CL{now.strftime('%Y%m%d%H%M%S%f')}{next(_counter) % 100000:05d}"
+    ctl = f"CL{sec}{now.microsecond:06d}{next(_counter) % 100000:05d}"
     msh = sep.join(
         [
             "MSH",

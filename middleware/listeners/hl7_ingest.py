@@ -1,7 +1,9 @@
 """Decide and record one inbound HL7v2 message: the part shared by MLLP and HTTP.
 
 Flow: peek (decode, MSH) -> choose the source -> decide accept / ignore / error / reject
--> build the ACK -> store durably (group commit) -> return the ACK bytes. Every input
+-> build the ACK (:func:`prepare_hl7`, pure) -> store durably (group commit) -> return the
+ACK bytes (:func:`answer_hl7`). The MLLP listener calls the two halves around a callback
+store; :func:`ingest_hl7` (HTTP) awaits the store between them. Every input
 is stored, including rejected and erroneous ones (status ``rejected`` / ``failed``).
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 from ..config.sources import Source, Sources
 from ..normalize.hl7_peek import Hl7Problem, Peek, peek
-from ..storage.inbox import InboundRecord, InboxWriter
+from ..storage.inbox import InboundRecord, InboxWriter, StoreResult
 from .hl7_ack import build_ack, wants_ack
 
 log = logging.getLogger("careloop.ingest")
@@ -51,6 +53,55 @@ def encode_ack(text: str, p: Peek) -> bytes:
         return text.encode("utf-8", errors="replace")
 
 
+@dataclass
+class Prepared:
+    """One message decided and its record built, not yet stored (see :func:`prepare_hl7`)."""
+
+    record: InboundRecord
+    peek: Peek
+    kind: str
+    status: str
+    ack: bytes
+    source: str
+
+
+def prepare_hl7(raw: bytes, *, channel: str, port: int | None, sources: Sources) -> Prepared:
+    """Peek, choose the source, decide and build the ACK and the record to store (pure, no I/O)."""
+    first = peek(raw, "cp1252")
+    source = sources.for_hl7(port, first.sending_app or None, first.sending_facility or None)
+    p = first if source.hl7.charset_fallback == "cp1252" else peek(raw, source.hl7.charset_fallback)
+    kind, status, problems = decide(p, source)
+    ack = encode_ack(build_ack(p, kind, problems), p)
+    dedup = f"{p.sending_app}|{p.sending_facility}|{p.control_id}" if p.control_id else None
+    error = "; ".join(f"{x.code} {x.text}" for x in problems if x.severity == "E") if problems else None
+    rec = InboundRecord(
+        source=source.name,
+        channel=channel,
+        raw=raw,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        status=status,
+        dedup_key=dedup,
+        control_id=p.control_id or None,
+        message_type=p.message_type or None,
+        error=error or None,
+        ack=ack,
+    )
+    return Prepared(rec, p, kind, status, ack, source.name)
+
+
+def answer_hl7(prep: Prepared, res: StoreResult) -> IngestAnswer:
+    """The answer to send once the store finished (committed, duplicate or failed)."""
+    if not res.stored:
+        log.warning("store failed", extra={"action": "ingest.store_failed", "source": prep.source})
+        reject = [Hl7Problem("207", "message could not be stored; resend", "MSH", 1)]
+        p = prep.peek
+        return IngestAnswer(encode_ack(build_ack(p, "reject", reject), p), "reject", "not-stored")
+    if res.duplicate:
+        log.info("duplicate", extra={"action": "ingest.duplicate", "source": prep.source})
+        return IngestAnswer(res.previous_ack or prep.ack, prep.kind, "duplicate", duplicate=True)
+    return IngestAnswer(prep.ack if wants_ack(prep.peek, prep.kind) else None, prep.kind, prep.status)
+
+
 async def ingest_hl7(
     raw: bytes,
     *,
@@ -60,33 +111,5 @@ async def ingest_hl7(
     writer: InboxWriter,
 ) -> IngestAnswer:
     """Store one message durably and return the ACK to send (after the commit)."""
-    first = peek(raw, "cp1252")
-    source = sources.for_hl7(port, first.sending_app or None, first.sending_facility or None)
-    p = first if source.hl7.charset_fallback == "cp1252" else peek(raw, source.hl7.charset_fallback)
-    kind, status, problems = decide(p, source)
-    ack_text = build_ack(p, kind, problems)
-    ack = encode_ack(ack_text, p)
-    digest = hashlib.sha256(raw).hexdigest()
-    dedup = f"{p.sending_app}|{p.sending_facility}|{p.control_id}" if p.control_id else None
-    error = "; ".join(f"{x.code} {x.text}" for x in problems if x.severity == "E") or None
-    rec = InboundRecord(
-        source=source.name,
-        channel=channel,
-        raw=raw,
-        sha256=digest,
-        status=status,
-        dedup_key=dedup,
-        control_id=p.control_id or None,
-        message_type=p.message_type or None,
-        error=error,
-        ack=ack,
-    )
-    res = await writer.store(rec)
-    if not res.stored:
-        log.warning("store failed", extra={"action": "ingest.store_failed", "source": source.name})
-        reject = [Hl7Problem("207", "message could not be stored; resend", "MSH", 1)]
-        return IngestAnswer(encode_ack(build_ack(p, "reject", reject), p), "reject", "not-stored")
-    if res.duplicate:
-        log.info("duplicate", extra={"action": "ingest.duplicate", "source": source.name})
-        return IngestAnswer(res.previous_ack or ack, kind, "duplicate", duplicate=True)
-    return IngestAnswer(ack if wants_ack(p, kind) else None, kind, status)
+    prep = prepare_hl7(raw, channel=channel, port=port, sources=sources)
+    return answer_hl7(prep, await writer.store(prep.record))

@@ -159,6 +159,19 @@ def _norm(text: str) -> str:
     return text.strip("\r\x00 \t") + "\r"
 
 
+_SEG_OK: dict[str, bool] = {}  # segment id -> matches _SEG_ID (memo; ids are few)
+_DEFAULT_DELIMS = ("|", "^~\\&")
+
+
+def _seg_ok(sid: str) -> bool:
+    ok = _SEG_OK.get(sid)
+    if ok is None:
+        ok = _SEG_ID.match(sid) is not None
+        if len(_SEG_OK) < 4096:
+            _SEG_OK[sid] = ok
+    return ok
+
+
 def peek(raw: bytes, fallback: str = "cp1252") -> Peek:
     """Decode and read MSH; record structural problems (never raises)."""
     p = Peek()
@@ -167,7 +180,8 @@ def peek(raw: bytes, fallback: str = "cp1252") -> Peek:
         return p
     text, codec, problems = decode(raw, fallback)
     p.text, p.codec = text, codec
-    p.problems.extend(problems)
+    if problems:
+        p.problems.extend(problems)
     if not text.startswith("MSH"):
         p.problems.append(Hl7Problem("100", "message does not start with an MSH segment", "MSH", 1))
         return p
@@ -180,8 +194,9 @@ def peek(raw: bytes, fallback: str = "cp1252") -> Peek:
     sep = msh[3]
     p.field_sep = sep
     f = msh.split(sep)
-    enc = f[1] if len(f) > 1 else ""
-    if (
+    n = len(f)
+    enc = f[1] if n > 1 else ""
+    if (sep, enc) != _DEFAULT_DELIMS and (
         len(enc) not in (4, 5)
         or len(set(enc + sep)) != len(enc) + 1
         or any(c.isalnum() or c.isspace() for c in enc + sep)
@@ -192,28 +207,23 @@ def peek(raw: bytes, fallback: str = "cp1252") -> Peek:
         return p
     p.encoding_chars = enc
     comp = enc[0]
-
-    def get(i: int) -> str:  # MSH-i
-        return f[i - 1] if len(f) >= i else ""
-
-    def first(v: str) -> str:
-        return v.split(comp)[0]
-
-    p.sending_app = first(get(3))
-    p.sending_facility = first(get(4))
-    p.receiving_app = first(get(5))
-    p.receiving_facility = first(get(6))
-    p.message_time = first(get(7))
-    mt = get(9).split(comp)
-    code = mt[0] if mt else ""
+    # MSH-i is f[i - 1]; the first component of a field is what precedes the first ``comp``
+    p.sending_app = f[2].partition(comp)[0] if n > 2 else ""
+    p.sending_facility = f[3].partition(comp)[0] if n > 3 else ""
+    p.receiving_app = f[4].partition(comp)[0] if n > 4 else ""
+    p.receiving_facility = f[5].partition(comp)[0] if n > 5 else ""
+    p.message_time = f[6].partition(comp)[0] if n > 6 else ""
+    mt = f[8].split(comp) if n > 8 else [""]
+    code = mt[0]
     trig = mt[1] if len(mt) > 1 else ""
     p.structure = mt[2] if len(mt) > 2 else ""
-    p.control_id = get(10)
-    p.processing_id = first(get(11))
-    p.version = first(get(12))
-    p.accept_ack_type = get(15)
-    p.app_ack_type = get(16)
-    p.charset = first(get(18).split(enc[1])[0]) if len(enc) > 1 else get(18)
+    p.control_id = f[9] if n > 9 else ""
+    p.processing_id = f[10].partition(comp)[0] if n > 10 else ""
+    p.version = f[11].partition(comp)[0] if n > 11 else ""
+    p.accept_ack_type = f[14] if n > 14 else ""
+    p.app_ack_type = f[15] if n > 15 else ""
+    if n > 17:
+        p.charset = f[17].partition(enc[1])[0].partition(comp)[0]
     if not code:
         p.problems.append(Hl7Problem("101", "MSH-9 message type is missing", "MSH", 1, 9))
     if not p.control_id:
@@ -228,13 +238,16 @@ def peek(raw: bytes, fallback: str = "cp1252") -> Peek:
                 trig = ef[1] if len(ef) > 1 else ""
                 break
     p.message_type = f"{code}^{trig}" if trig else code
-    for idx, s in enumerate(segments[1:], start=2):
+    for idx in range(1, len(segments)):
+        s = segments[idx]
         sid = s[:3]
-        if not _SEG_ID.match(sid) or (len(s) > 3 and s[3] != sep):
-            p.problems.append(Hl7Problem("100", f"segment {idx} ('{s[:8]}...') is not a valid segment", sid if _SEG_ID.match(sid) else "MSH", idx))
+        if not _seg_ok(sid) or (len(s) > 3 and s[3] != sep):
+            p.problems.append(Hl7Problem("100", f"segment {idx + 1} ('{s[:8]}...') is not a valid segment", sid if _seg_ok(sid) else "MSH", idx + 1))
             break
-    present = {s[:3] for s in segments}
-    for req in REQUIRED_SEGMENTS.get(code, ()):
-        if req not in present:
-            p.problems.append(Hl7Problem("100", f"required segment {req} is missing for {code}", req, 1))
+    required = REQUIRED_SEGMENTS.get(code)
+    if required:
+        present = {s[:3] for s in segments}
+        for req in required:
+            if req not in present:
+                p.problems.append(Hl7Problem("100", f"required segment {req} is missing for {code}", req, 1))
     return p

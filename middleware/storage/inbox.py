@@ -1,26 +1,41 @@
 """Durable inbox with group commit: many concurrent producers, one transaction per batch.
 
-A producer awaits :meth:`InboxWriter.store`; it returns only after the batch holding its
-record is committed (SQLite ``synchronous=FULL`` or a PostgreSQL commit), so the caller
-may then acknowledge. Duplicates (same dedup key and the same bytes) get the ACK stored
-the first time and are recorded with status ``duplicate``, never processed twice.
+A producer awaits :meth:`InboxWriter.store` (or, on the MLLP hot path, hands a callback to
+:meth:`InboxWriter.submit`); it is answered only after the batch holding its record is
+committed (SQLite ``synchronous=FULL`` or a PostgreSQL commit), so the caller may then
+acknowledge. Duplicates (same dedup key and the same bytes) get the ACK stored the first
+time and are recorded with status ``duplicate``, never processed twice.
+
+One dedicated commit thread takes whatever is queued (up to ``max_batch``), writes it in
+one transaction and hands the results back to the event loop with a single
+``call_soon_threadsafe`` per batch; while it commits, the next batch gathers in the queue.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Callable
 
 from sqlalchemy.engine import Engine
 
 from .db import is_sqlite, write_lock
 
+try:  # the same per-database lock ``write_lock`` takes, looked up once instead of per batch
+    from .db import _LOCKS_GUARD, _WRITE_LOCKS
+except ImportError:  # pragma: no cover - db.py changed: fall back to the context manager
+    _WRITE_LOCKS = None  # type: ignore[assignment]
+
+log = logging.getLogger("careloop.inbox")
+
 _COLUMNS = (
     "source", "channel", "received_at", "raw", "sha256", "dedup_key", "control_id",
     "message_type", "status", "error", "ack", "meta", "attempts",
 )
+_row_of = attrgetter(*_COLUMNS[:-1])  # every column but ``attempts`` (always 0 on insert)
 
 
 @dataclass
@@ -51,8 +66,12 @@ class StoreFailed(Exception):
     """The batch could not be committed; nothing in it is stored."""
 
 
+Done = Callable[[StoreResult], None]
+
+
 class InboxWriter:
-    """Group-commit writer. Call :meth:`run` as a task; :meth:`store` from any coroutine."""
+    """Group-commit writer. Call :meth:`run` as a task; :meth:`store` from any coroutine,
+    :meth:`submit` (callback, no task or future) from protocol callbacks on the same loop."""
 
     def __init__(
         self,
@@ -69,69 +88,165 @@ class InboxWriter:
         self.on_commit = on_commit
         self.on_stored = on_stored
         self.fault_hook = fault_hook
-        self._queue: list[tuple[InboundRecord, asyncio.Future[StoreResult]]] = []
-        self._wake: asyncio.Event | None = None
+        # records waiting for the next batch, each with the callback that answers its producer
+        self._queue: list[tuple[InboundRecord, Done]] = []
+        # The commit thread sleeps on ``_bell`` (a lock held while nobody rang) when the queue is
+        # empty and says so in ``_idle``; a producer that finds it idle rings once. A plain lock's
+        # release is one C call, where a Condition's notify is a page of Python per record.
+        self._bell = threading.Lock()
+        self._bell.acquire()
+        self._idle = False
         self._conn: Any = None
         ph = "?" if is_sqlite(engine) else "%s"
         self._insert = (
             f"INSERT INTO inbound_message ({', '.join(_COLUMNS)}) VALUES ({', '.join([ph] * len(_COLUMNS))})"
         )
         self._ph = ph
+        self._sqlite = ph == "?"
         self.batches = 0
         self.records = 0
         self.max_queue = max_queue  # backpressure bound: producers wait when the queue is this long
         self.queue_waits = 0  # how often a producer waited for room (backpressure engaged)
-        self._space: asyncio.Event | None = None
-        # one dedicated thread keeps the connection on one thread and avoids the default pool's hand-offs
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbox-commit")
+        self._room_waiters: list[Callable[[], None]] = []  # called on the loop when the queue has room again
+        self._stop: list[bool] | None = None  # the running commit thread's stop flag
+        self._after_batch: list[Callable[[], None]] = []  # one-shot, after a batch's producers are answered
+        self._select: dict[int, str] = {}  # dedup SELECT per number of keys
+        self._lock: Any = None
+        if self._sqlite and _WRITE_LOCKS is not None:
+            with _LOCKS_GUARD:
+                self._lock = _WRITE_LOCKS.setdefault(str(engine.url), threading.RLock())
+
+    # -- producers (event-loop thread) --------------------------------------
+    def has_room(self) -> bool:
+        return len(self._queue) < self.max_queue
+
+    def when_room(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (once, on the loop) when the queue is below ``max_queue`` again."""
+        self._room_waiters.append(callback)
+
+    def submit(self, rec: InboundRecord, done: Done) -> None:
+        """Queue one record without waiting; ``done(result)`` runs on the event loop once the batch
+        holding it is committed (or failed). Callers honour backpressure with :meth:`has_room` /
+        :meth:`when_room` first."""
+        self._queue.append((rec, done))
+        if self._idle:
+            self._ring()
+
+    def _ring(self) -> None:
+        self._idle = False
+        try:
+            self._bell.release()
+        except RuntimeError:  # already rung (two producers at once): one ring wakes it
+            pass
+
+    def after_batch(self, callback: Callable[[], None]) -> None:
+        """From a ``submit`` callback: run ``callback`` once every producer of the batch being
+        answered has been answered (a listener writes one reply per connection per batch)."""
+        self._after_batch.append(callback)
 
     async def store(self, rec: InboundRecord) -> StoreResult:
         """Queue one record and wait until it is committed (or the batch failed)."""
-        if self._wake is None or self._space is None:
-            self._wake, self._space = asyncio.Event(), asyncio.Event()
-            self._space.set()
+        loop = asyncio.get_running_loop()
         while len(self._queue) >= self.max_queue:
             self.queue_waits += 1
-            self._space.clear()
-            await self._space.wait()
-        fut: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((rec, fut))
-        self._wake.set()
+            room: asyncio.Future[None] = loop.create_future()
+            self._room_waiters.append(lambda: room.done() or room.set_result(None))
+            await room
+        fut: asyncio.Future[StoreResult] = loop.create_future()
+
+        def done(res: StoreResult) -> None:
+            if not fut.done():
+                fut.set_result(res)
+
+        self.submit(rec, done)
         return await fut
 
+    def _notify_room(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for cb in waiters:
+            try:
+                cb()
+            except Exception:
+                log.exception("inbox room callback failed")
+
+    # -- the commit thread ----------------------------------------------------
     async def run(self) -> None:
-        if self._wake is None or self._space is None:
-            self._wake, self._space = asyncio.Event(), asyncio.Event()
-            self._space.set()
+        """Run the commit thread until this task is cancelled."""
+        loop = asyncio.get_running_loop()
+        stop = [False]
+        self._stop = stop
+        thread = threading.Thread(target=self._commit_loop, args=(loop, stop), name="inbox-commit", daemon=True)
+        thread.start()
+        try:
+            await loop.create_future()  # until cancelled
+        finally:
+            stop[0] = True
+            self._ring()
+
+    def _commit_loop(self, loop: asyncio.AbstractEventLoop, stop: list[bool]) -> None:
+        q = self._queue
         try:
             while True:
-                await self._wake.wait()
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                if not self._queue:
-                    self._wake.clear()
-                if len(self._queue) < self.max_queue:
-                    self._space.set()
-                if not batch:
-                    continue
+                while not q and not stop[0]:
+                    self._bell.acquire(False)  # forget a ring that found work already taken
+                    self._idle = True
+                    if not q and not stop[0]:  # re-check: a record queued before _idle was seen
+                        self._bell.acquire()
+                    self._idle = False
+                if stop[0]:
+                    return
+                # only this thread takes from the front; producers append at the end
+                before = len(q)
+                batch = q[: self.max_batch]
+                del q[: self.max_batch]
+                after = len(q)
+                if before >= self.max_queue > after:
+                    loop.call_soon_threadsafe(self._notify_room)
+                records = [r for r, _ in batch]
                 try:
-                    records = [r for r, _ in batch]
-                    results = await asyncio.get_running_loop().run_in_executor(self._executor, self.write_batch, records)
+                    results: list[StoreResult] | None = self.write_batch(records)
+                    error = None
                 except Exception as exc:  # storage failure -> every producer answers AR
                     self._reset_conn()
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(StoreResult(stored=False, error=f"{type(exc).__name__}: {exc}"))
-                    continue
-                for (_, fut), res in zip(batch, results):
-                    if not fut.done():
-                        fut.set_result(res)
-                if self.on_stored:
-                    self.on_stored(records)
-                if self.on_commit:
-                    self.on_commit()
+                    results, error = None, f"{type(exc).__name__}: {exc}"
+                try:
+                    loop.call_soon_threadsafe(self._deliver, batch, records, results, error)
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
+                    return
         finally:
-            self._executor.submit(self._reset_conn)
+            self._reset_conn()
+
+    def _deliver(
+        self, batch: list[tuple[InboundRecord, Done]], records: list[InboundRecord],
+        results: list[StoreResult] | None, error: str | None,
+    ) -> None:
+        """On the loop: answer every producer of one batch, then the commit listeners."""
+        if results is None:
+            for _, done in batch:
+                try:
+                    done(StoreResult(stored=False, error=error))
+                except Exception:
+                    log.exception("inbox callback failed")
+        else:
+            for (_, done), res in zip(batch, results):
+                try:
+                    done(res)
+                except Exception:
+                    log.exception("inbox callback failed")
+        if self._after_batch:
+            after, self._after_batch = self._after_batch, []
+            for cb in after:
+                try:
+                    cb()
+                except Exception:
+                    log.exception("inbox after-batch callback failed")
+        if results is not None:
+            if self.on_stored:
+                self.on_stored(records)
+            if self.on_commit:
+                self.on_commit()
+        if self._room_waiters and len(self._queue) < self.max_queue:
+            self._notify_room()
 
     def _reset_conn(self) -> None:
         if self._conn is not None:
@@ -142,14 +257,19 @@ class InboxWriter:
             self._conn = None
 
     def write_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
-        with write_lock(self.engine):
+        lock = self._lock
+        if lock is None:
+            with write_lock(self.engine):
+                return self._write_batch(records)
+        with lock:
             return self._write_batch(records)
 
     def _write_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
         """Insert the records in one transaction; resolve duplicates against stored rows."""
         if self._conn is None:
             self._conn = self.engine.raw_connection()
-        conn = self._conn
+        # the DB-API connection itself (the pool's proxy only adds a layer per call)
+        conn = getattr(self._conn, "driver_connection", None) or self._conn
         cur = conn.cursor()
         try:
             keys = sorted({r.dedup_key for r in records if r.dedup_key})
@@ -157,26 +277,31 @@ class InboxWriter:
             if keys:
                 for i in range(0, len(keys), 500):
                     chunk = keys[i : i + 500]
-                    cur.execute(
-                        "SELECT dedup_key, sha256, ack FROM inbound_message WHERE dedup_key IN ("
-                        + ", ".join([self._ph] * len(chunk))
-                        + ") AND status <> 'duplicate'",
-                        chunk,
-                    )
+                    sql = self._select.get(len(chunk))
+                    if sql is None:
+                        sql = self._select[len(chunk)] = (
+                            "SELECT dedup_key, sha256, ack FROM inbound_message WHERE dedup_key IN ("
+                            + ", ".join([self._ph] * len(chunk))
+                            + ") AND status <> 'duplicate'"
+                        )
+                    cur.execute(sql, chunk)
                     for k, h, ack in cur.fetchall():
                         seen.setdefault((k, h), bytes(ack) if ack is not None else None)
             results: list[StoreResult] = []
             rows = []
             for r in records:
-                dup_ack = None
-                dup = False
-                if r.dedup_key and (r.dedup_key, r.sha256) in seen:
-                    dup, dup_ack = True, seen[(r.dedup_key, r.sha256)]
-                    r.status = "duplicate"
-                elif r.dedup_key:
-                    seen[(r.dedup_key, r.sha256)] = r.ack
-                rows.append(tuple(getattr(r, c) if c != "attempts" else 0 for c in _COLUMNS))
-                results.append(StoreResult(stored=True, duplicate=dup, previous_ack=dup_ack))
+                key = r.dedup_key
+                if key and seen:
+                    pair = (key, r.sha256)
+                    if pair in seen:
+                        r.status = "duplicate"
+                        rows.append(_row_of(r) + (0,))
+                        results.append(StoreResult(stored=True, duplicate=True, previous_ack=seen[pair]))
+                        continue
+                if key:
+                    seen[(key, r.sha256)] = r.ack
+                rows.append(_row_of(r) + (0,))
+                results.append(StoreResult(stored=True))
             if self.fault_hook:
                 self.fault_hook("inbox.before_commit")
             cur.executemany(self._insert, rows)
