@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ipaddress
 import os
 import socket
 import sys
 from pathlib import Path
+
+from ._loop import run as run_loop
 
 
 def _is_loopback(host: str) -> bool:
@@ -54,7 +55,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"careloop serving: http://{settings.http_host}:{settings.http_port}  mllp://{settings.mllp_host}:{settings.mllp_port}  "
           f"db={settings.database_url.split('@')[-1]}  mappings={settings.mappings_dir} (version {rt.ruleset().version})", flush=True)
     try:
-        asyncio.run(rt.serve())
+        run_loop(rt.serve())
     except KeyboardInterrupt:
         pass
     return 0

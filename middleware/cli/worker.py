@@ -7,10 +7,10 @@ one PostgreSQL database: inbound messages, due triggers and deliveries are claim
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from .serve import add_common, settings_from
+from ._loop import run as run_loop
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -39,7 +39,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     print(f"careloop worker: db={settings.database_url.split('@')[-1]} mappings={settings.mappings_dir} "
           f"(version {rt.ruleset().version})", flush=True)
     try:
-        asyncio.run(rt.work())
+        run_loop(rt.work())
     except KeyboardInterrupt:
         pass
     return 0

@@ -24,7 +24,7 @@ import logging
 import socket
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import cast, Callable
 
 from ..config.sources import Sources
 from ..normalize.hl7_peek import Hl7Problem, peek
@@ -160,8 +160,8 @@ class _MllpConnection(asyncio.Protocol):
 
     # -- lifecycle -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's TCPTransport is not a subclass of asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
         self.listener._conns.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
