@@ -1,6 +1,7 @@
 """Run every benchmark in turn (``make bench``); each prints what it was measured with.
 
-Benchmark 5 (growth at 10k and 1M rows) is not yet written: see docs/benchmarks.md, "What is not measured yet".
+``growth.py`` is benchmark 5 (10k vs 1M rows stored, with EXPLAIN QUERY PLAN of the hot queries; it
+fills a ~5 GB SQLite file in a temporary directory, removed at the end); ``flood.py`` is the memory ceiling of the MLLP listener under a flood.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ BENCHES = [
     ["fhir_ingest.py", "--runs", "5"],
     ["pipeline.py", "--runs", "3"],
     ["scheduler_scale.py", "--runs", "5"],
+    ["growth.py", "--runs", "3"],
+    ["flood.py"],
 ]
 
 if __name__ == "__main__":
