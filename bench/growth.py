@@ -528,8 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     only = set(args.only.split(","))
-    tmp = Path(tempfile.mkdtemp(prefix="careloop-bench-growth-"))
-    db_dir = args.db_dir or tmp
+    db_dir = args.db_dir or Path(tempfile.mkdtemp(prefix="careloop-bench-growth-"))
     db_dir.mkdir(parents=True, exist_ok=True)
     print(f"# growth  {machine()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -586,7 +585,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {where}: {detail}\n      {sql}")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if not args.db_dir:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(db_dir, ignore_errors=True)
     return 0
 
 
