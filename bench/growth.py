@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", default="10000,1000000", help="rows per hot table, comma-separated (first = baseline)")
     ap.add_argument("--ingest-messages", type=int, default=8000)
     ap.add_argument("--pipeline-messages", type=int, default=1500)
-    ap.add_argument("--due", type=int, default=20000, help="due triggers fired per scheduler run")
+    ap.add_argument("--due", type=int, default=20000, help="due triggers fired per scheduler run; many times its 500-row batch (the rate runs from its first batch to its last)")
     ap.add_argument("--settle", type=float, default=3.0,
                     help="seconds between `serve` answering and (b)/(c) starting (its start-up purge is timed apart)")
     ap.add_argument("--db-dir", type=Path, help="keep the filled databases here (reused when present)")
