@@ -148,7 +148,7 @@ class _MllpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.framer = MllpFramer(listener.max_message_bytes)
         self.slots: deque[_Slot] = deque()  # frames not yet answered, oldest first
-        self.held: deque[tuple[InboundRecord, Callable[[StoreResult], None]]] = deque()  # waiting for inbox room
+        self.held: deque[bytes | Oversize | Truncated] = deque()  # frames waiting for inbox room, oldest first
         self.admitted = False
         self.closed = False
         self.eof = False
@@ -201,8 +201,7 @@ class _MllpConnection(asyncio.Protocol):
             return
         rest = self.framer.pending()
         if rest:
-            rec = self.listener._problem_record(rest, "truncated frame: connection closed before the end block")
-            self.held.append((rec, _ignore))
+            self.held.append(Truncated(rest, "connection closed before the end block"))
         # frames still waiting for room are stored anyway (their sender may resend: a duplicate)
         self._submit_held(force=True)
         self.listener.stats.open_connections -= 1
@@ -241,49 +240,53 @@ class _MllpConnection(asyncio.Protocol):
         items = self.framer.feed(data)
         if not items:
             return
-        listener = self.listener
-        stats = listener.stats
         writer = self.writer
         for item in items:
-            stats.frames += 1
-            slot = _Slot()
-            self.slots.append(slot)
-            if isinstance(item, bytes):
-                prep = prepare_hl7(item, channel="mllp", port=listener.port, sources=listener.sources)
-                rec = prep.record
-
-                def done(res: StoreResult, slot: _Slot = slot, prep=prep) -> None:
-                    ans = answer_hl7(prep, res)
-                    acks = stats.acks
-                    acks[ans.kind] = acks.get(ans.kind, 0) + 1
-                    slot.ack = ans.ack
-                    slot.done = True
-                    self._schedule_flush()
-
-            elif isinstance(item, Oversize):
-                rec, ack = listener._oversize(item)
-
-                def done(res: StoreResult, slot: _Slot = slot, ack: bytes = ack) -> None:
-                    stats.acks["error"] = stats.acks.get("error", 0) + 1
-                    slot.ack = ack
-                    slot.done = True
-                    self._schedule_flush()
-
-            else:
-                rec = listener._problem_record(item.data, "truncated frame: " + item.reason)
-
-                def done(res: StoreResult, slot: _Slot = slot) -> None:
-                    slot.done = True
-                    self._schedule_flush()
-
+            self.listener.stats.frames += 1
             if self.held or not writer.has_room():
                 if not self.held:
                     writer.queue_waits += 1
                     writer.when_room(self._on_room)
-                self.held.append((rec, done))
+                self.held.append(item)  # raw frame bytes only (~0.6 KB), not a prepared record (~4 KB)
             else:
-                writer.submit(rec, done)
+                self._start(item)
         self._update_reading()
+
+    def _start(self, item: bytes | Oversize | Truncated) -> None:
+        """Give the frame its place in the ACK order, decide its answer, hand it to the inbox."""
+        listener = self.listener
+        stats = listener.stats
+        slot = _Slot()
+        self.slots.append(slot)
+        if isinstance(item, bytes):
+            prep = prepare_hl7(item, channel="mllp", port=listener.port, sources=listener.sources)
+            rec = prep.record
+
+            def done(res: StoreResult, slot: _Slot = slot, prep=prep) -> None:
+                ans = answer_hl7(prep, res)
+                acks = stats.acks
+                acks[ans.kind] = acks.get(ans.kind, 0) + 1
+                slot.ack = ans.ack
+                slot.done = True
+                self._schedule_flush()
+
+        elif isinstance(item, Oversize):
+            rec, ack = listener._oversize(item)
+
+            def done(res: StoreResult, slot: _Slot = slot, ack: bytes = ack) -> None:
+                stats.acks["error"] = stats.acks.get("error", 0) + 1
+                slot.ack = ack
+                slot.done = True
+                self._schedule_flush()
+
+        else:
+            rec = listener._problem_record(item.data, "truncated frame: " + item.reason)
+
+            def done(res: StoreResult, slot: _Slot = slot) -> None:
+                slot.done = True
+                self._schedule_flush()
+
+        self.writer.submit(rec, done)
 
     def _on_room(self) -> None:
         self._submit_held()
@@ -295,8 +298,7 @@ class _MllpConnection(asyncio.Protocol):
         writer = self.writer
         held = self.held
         while held and (force or writer.has_room()):
-            rec, done = held.popleft()
-            writer.submit(rec, done)
+            self._start(held.popleft())
 
     def _update_reading(self) -> None:
         """Read unless too much is in flight, the peer is not reading its ACKs, or the inbox is full."""
@@ -352,6 +354,3 @@ class _MllpConnection(asyncio.Protocol):
         self.write_paused = False
         self._update_reading()
 
-
-def _ignore(res: StoreResult) -> None:
-    pass
