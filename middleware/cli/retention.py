@@ -15,7 +15,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     engine = make_engine(settings.database_url)
     init_db(engine)
-    report = purge(engine, now=time.time(), days=args.days or settings.retention_days)
+    report = purge(engine, now=time.time(), days=args.days or settings.retention_days, full=args.full)
     print(json.dumps(report.as_dict()))
     return 0
 
@@ -25,5 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rsub = p.add_subparsers(dest="retention_command", metavar="ACTION", required=True)
     pr = rsub.add_parser("run", help="purge bodies older than retention_days [CARELOOP_RETENTION_DAYS]")
     pr.add_argument("--days", type=int, help="override retention_days")
+    pr.add_argument("--full", action="store_true",
+                    help="cover all history, not only the window since the last run's cut-off")
     add_common(pr)
     pr.set_defaults(func=cmd_run)

@@ -69,6 +69,9 @@ def init_db(engine: Engine, attempts: int = 5) -> None:
     for attempt in range(attempts):
         try:
             SQLModel.metadata.create_all(engine)
+            for table in SQLModel.metadata.sorted_tables:  # indexes added since a table was created
+                for index in table.indexes:
+                    index.create(engine, checkfirst=True)
             return
         except DatabaseError:
             if attempt == attempts - 1:

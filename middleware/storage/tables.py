@@ -75,6 +75,7 @@ class EventRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_event_patient", "patient_key", "id"),
         Index("ix_event_resource", "resource_key", "id"),
+        Index("ix_event_created", "created_at"),  # retention windows
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     type: str = Field(max_length=64, index=True)
@@ -101,6 +102,7 @@ class TriggerRow(SQLModel, table=True):
         Index("ix_trigger_cancel", "cancel_scope", "status"),
         Index("ix_trigger_dedup", "dedup_key", "created_at"),
         Index("ix_trigger_rule_resource", "rule_id", "resource_key", "status"),
+        Index("ix_trigger_updated", "updated_at"),  # retention windows
         UniqueConstraint("origin_key", name="uq_trigger_origin"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
