@@ -11,7 +11,13 @@
   with one keep-alive httpx client, then ACKs. No storage, no rules, no retry: a webhook
   that fails loses the message.
 
-Usage: ``python bench/peers.py python-hl7|hl7apy|bridge PORT``.
+* ``apscheduler``: the scheduler a Python developer would pick instead of careloop's
+  (bench 4): APScheduler 3's ``BackgroundScheduler`` on a ``SQLAlchemyJobStore`` (SQLite),
+  date-triggered jobs, the default thread pool; a job does nothing (careloop's checks and
+  writes are more work, so this flatters the peer). Here PORT is the jobstore file's path and
+  the process prints ``serving`` once ``start()`` has returned.
+
+Usage: ``python bench/peers.py python-hl7|hl7apy|bridge PORT`` or ``python bench/peers.py apscheduler DB``.
 """
 from __future__ import annotations
 
@@ -104,6 +110,48 @@ def bridge(port: int) -> None:
     asyncio.run(main())
 
 
+def noop() -> None:
+    """The peer scheduler's job."""
+
+
+def apscheduler_jobs(n: int, run_at: "list[float]", start: int = 0) -> "list[tuple[str, float, bytes]]":
+    """Rows of APScheduler 3's ``apscheduler_jobs`` table for ``n`` date-triggered ``noop`` jobs
+    (built through APScheduler's own ``Job.__getstate__``; fired however late: no misfire grace)."""
+    import pickle
+    from datetime import datetime, timezone
+
+    from apscheduler.job import Job
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.date import DateTrigger
+
+    sched = BackgroundScheduler(timezone=timezone.utc)
+    rows = []
+    for i in range(n):
+        at = datetime.fromtimestamp(run_at[i % len(run_at)], tz=timezone.utc)
+        job = Job(sched, id=f"j{start + i}", func="peers:noop", trigger=DateTrigger(run_date=at, timezone=timezone.utc),
+                  executor="default", args=(), kwargs={}, name="noop", misfire_grace_time=None, coalesce=True,
+                  max_instances=1, next_run_time=at)
+        rows.append((job.id, at.timestamp(), pickle.dumps(job.__getstate__(), pickle.HIGHEST_PROTOCOL)))
+    return rows
+
+
+def apscheduler_server(db: str) -> None:
+    import time
+    from datetime import timezone
+
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    sched = BackgroundScheduler(jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{db}")}, timezone=timezone.utc)
+    sched.start()
+    print("serving", flush=True)
+    while True:
+        time.sleep(3600)
+
+
 if __name__ == "__main__":
-    which, port = sys.argv[1], int(sys.argv[2])
-    {"python-hl7": python_hl7, "hl7apy": hl7apy_server, "bridge": bridge}[which](port)
+    which = sys.argv[1]
+    if which == "apscheduler":
+        apscheduler_server(sys.argv[2])
+    else:
+        {"python-hl7": python_hl7, "hl7apy": hl7apy_server, "bridge": bridge}[which](int(sys.argv[2]))
