@@ -12,10 +12,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = [
     ["mllp_ingest.py", "--runs", "5"],
-    ["mllp_ingest.py", "--runs", "5", "--prefill", "1000000", "--servers", "careloop"],
     ["fhir_ingest.py", "--runs", "5"],
-    ["pipeline.py", "--runs", "3"],
-    ["scheduler_scale.py", "--runs", "5"],
+    ["pipeline.py", "--runs", "5"],
+    ["stages.py", "--runs", "5"],
+    ["scheduler_scale.py", "--runs", "5", "--due", "100000"],
     ["growth.py", "--runs", "3"],
     ["flood.py"],
 ]
