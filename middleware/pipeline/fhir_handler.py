@@ -103,17 +103,18 @@ def _merge(total: ChangeResult, r: ChangeResult) -> None:
 class FhirHandler:
     """Callable matching ``pipeline.process.Handler``; ``planner`` may be ``None`` (no fetching)."""
 
-    def __init__(self, planner: FetchPlanner | None = None, cache_size: int = 50_000, miss_ttl_s: float = 300.0) -> None:
+    def __init__(self, planner: FetchPlanner | None = None, cache_size: int = 50_000, miss_ttl_s: float = 300.0,
+                 down_s: float = 30.0) -> None:
         self.planner = planner
         self._patients: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._fresh: dict[tuple[str, str], dict[str, Any]] = {}  # read but not yet stored
         self._misses: dict[tuple[str, str], float] = {}  # unreadable patients, until a monotonic time
         self.cache_size = cache_size
         self.miss_ttl_s = miss_ttl_s
+        self._down: dict[str, float] = {}  # source -> monotonic time until which its server is not asked
+        self.down_s = down_s
 
     def __call__(self, session: Session, msg: InboundItem, rs: RuleSet, now: datetime) -> ChangeResult:
-        if msg.meta and '"kind":"resource"' in msg.meta and self.planner is not None:
-            self._prefetch_patient(msg)  # network first, before this message holds the database lock
         if session.get_bind().dialect.name == "sqlite":
             # Take the write lock first: the batch's SAVEPOINT opened a deferred transaction, and a
             # read snapshot taken before the inbox writer commits would make our first write fail
@@ -248,7 +249,10 @@ class FhirHandler:
             self._cache(source.name, pid, key)
         return ChangeResult(note="patient stored")
 
-    def _prefetch_patient(self, msg: InboundItem) -> None:
+    def prefetch(self, msg: InboundItem) -> None:
+        """Read the message's Patient now (network), before the processor takes the write lock."""
+        if not (msg.meta and '"kind":"resource"' in msg.meta and self.planner is not None):
+            return
         try:
             source = self._source_for(msg)
             if source is None:
@@ -277,7 +281,8 @@ class FhirHandler:
         pid = patient_id(patient_reference(resource))
         if pid and (hit := self._patients.get((source.name, pid))):
             return hit, self._fresh.get((source.name, pid))
-        if pid and self._misses.get((source.name, pid), 0) > time.monotonic():
+        if pid and (self._misses.get((source.name, pid), 0) > time.monotonic()
+                    or self._down.get(source.name, 0) > time.monotonic()):
             return patient_key_from_reference(resource, source), None
         fetcher = self.planner.fetcher(source.name) if self.planner is not None else None
         fetched: dict[str, Any] = {}
@@ -288,6 +293,8 @@ class FhirHandler:
             except Exception as exc:  # FetchError, connection errors: fall back to the source-local key
                 log.warning("patient read failed", extra={"action": "fhir.patient_read_failed", "source": source.name,
                                                            "error_type": type(exc).__name__})
+                # the server is down or refusing: stop asking it for a while (each read would wait for its retries)
+                self._down[source.name] = time.monotonic() + self.down_s
                 return None
             if got:
                 fetched["p"] = got

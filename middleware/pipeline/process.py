@@ -97,8 +97,24 @@ class Processor:
 
     def run_once(self) -> int:
         """Process up to ``batch`` messages (within the time budget); return how many were handled."""
+        self._prefetch()
         with write_lock(self.engine):
             return self._run_once()
+
+    def _prefetch(self) -> None:
+        """Let handlers do their network reads (a FHIR Patient, say) for the next messages before
+        the batch takes the write lock: a slow or unreachable server must not hold up ingest."""
+        fetching = {ch: h for ch, h in self.handlers.items() if callable(getattr(h, "prefetch", None))}
+        if not fetching:
+            return
+        with Session(self.engine) as session:
+            rows = Raw(session).all(
+                "SELECT id, source, channel, raw, meta FROM inbound_message WHERE status = 'received' ORDER BY id LIMIT ?",
+                (self._limit,))
+        for row in rows:
+            handler = fetching.get(row[2])
+            if handler is not None:
+                handler.prefetch(InboundItem(*row))  # type: ignore[attr-defined]
 
     def _restore_full(self, session: Session) -> None:
         session.connection().exec_driver_sql("PRAGMA synchronous=FULL")
