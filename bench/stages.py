@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 from common import machine  # noqa: E402
-from pipeline import message  # noqa: E402
+from pipeline import fresh_postgres, message  # noqa: E402
 
 
 def one_run(args: argparse.Namespace, run: int) -> dict[str, tuple[float, float]]:
@@ -109,16 +109,6 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, tuple[float, float]
     shutil.rmtree(work, ignore_errors=True)
     print(f"run {run}: " + ", ".join(f"{k} {w:.2f} ms wall / {c:.2f} ms CPU" for k, (w, c) in out.items()), flush=True)
     return out
-
-
-def fresh_postgres(url: str, run: int) -> str:
-    import psycopg
-
-    name = f"careloop_stages_{os.getpid()}_{run}"
-    with psycopg.connect(url, autocommit=True) as con:
-        con.execute(f"DROP DATABASE IF EXISTS {name}")
-        con.execute(f"CREATE DATABASE {name}")
-    return url.rsplit("/", 1)[0] + "/" + name
 
 
 def main() -> int:

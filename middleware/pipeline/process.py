@@ -21,6 +21,8 @@ from .changes import ChangeResult, apply_change, merge_patients, upsert_patient
 log = logging.getLogger("careloop.process")
 
 Clock = Callable[[], datetime]
+#: the oldest stored messages not yet processed
+_NEXT = "SELECT id, source, channel, raw, meta FROM inbound_message WHERE status = 'received' ORDER BY id LIMIT ?"
 
 
 def utcnow() -> datetime:
@@ -108,9 +110,7 @@ class Processor:
         if not fetching:
             return
         with Session(self.engine) as session:
-            rows = Raw(session).all(
-                "SELECT id, source, channel, raw, meta FROM inbound_message WHERE status = 'received' ORDER BY id LIMIT ?",
-                (self._limit,))
+            rows = Raw(session).all(_NEXT, (self._limit,))
         for row in rows:
             handler = fetching.get(row[2])
             if handler is not None:
@@ -159,11 +159,9 @@ class Processor:
 
     def _claim(self, db: Raw) -> list[InboundItem]:
         """The oldest ``received`` rows, as detached objects (status written back in one statement)."""
-        sql = ("SELECT id, source, channel, raw, meta FROM inbound_message WHERE status = 'received' "
-               "ORDER BY id LIMIT ?")
         if not db.pg:
-            return [InboundItem(*r) for r in db.all(sql, (self._limit,))]
-        return [InboundItem(*r) for r in db.all(sql + " FOR UPDATE SKIP LOCKED", (self._limit,))]
+            return [InboundItem(*r) for r in db.all(_NEXT, (self._limit,))]
+        return [InboundItem(*r) for r in db.all(_NEXT + " FOR UPDATE SKIP LOCKED", (self._limit,))]
 
     def _handle(self, session: Session, msg: InboundItem, rs: RuleSet) -> bool:
         """Run one message's handler in its own savepoint; set its status; return whether a trigger is due now."""
