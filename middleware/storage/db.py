@@ -112,14 +112,21 @@ def write_lock(engine: Engine) -> Iterator[None]:
     for up to 100 ms at a time, so an ingest commit waiting behind a processing batch would
     stall ACKs. Threads of one process hand the lock over at once through this lock instead.
     """
-    if not is_sqlite(engine):
+    lock = sqlite_write_lock(engine)
+    if lock is None:
         yield
         return
-    key = str(engine.url)
-    with _LOCKS_GUARD:
-        lock = _WRITE_LOCKS.setdefault(key, threading.RLock())
     with lock:
         yield
+
+
+def sqlite_write_lock(engine: Engine) -> threading.RLock | None:
+    """The lock :func:`write_lock` takes for this database (``None`` on PostgreSQL); a hot
+    writer can look it up once instead of per transaction."""
+    if not is_sqlite(engine):
+        return None
+    with _LOCKS_GUARD:
+        return _WRITE_LOCKS.setdefault(str(engine.url), threading.RLock())
 
 
 def begin_write(session: Session) -> None:

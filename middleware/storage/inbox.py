@@ -22,12 +22,7 @@ from typing import Any, Callable
 
 from sqlalchemy.engine import Engine
 
-from .db import is_sqlite, write_lock
-
-try:  # the same per-database lock ``write_lock`` takes, looked up once instead of per batch
-    from .db import _LOCKS_GUARD, _WRITE_LOCKS
-except ImportError:  # pragma: no cover - db.py changed: fall back to the context manager
-    _WRITE_LOCKS = None  # type: ignore[assignment]
+from .db import is_sqlite, sqlite_write_lock
 
 log = logging.getLogger("careloop.inbox")
 
@@ -111,10 +106,7 @@ class InboxWriter:
         self._stop: list[bool] | None = None  # the running commit thread's stop flag
         self._after_batch: list[Callable[[], None]] = []  # one-shot, after a batch's producers are answered
         self._select: dict[int, str] = {}  # dedup SELECT per number of keys
-        self._lock: Any = None
-        if self._sqlite and _WRITE_LOCKS is not None:
-            with _LOCKS_GUARD:
-                self._lock = _WRITE_LOCKS.setdefault(str(engine.url), threading.RLock())
+        self._lock = sqlite_write_lock(engine)  # the lock write_lock() takes, looked up once
 
     # -- producers (event-loop thread) --------------------------------------
     def has_room(self) -> bool:
@@ -257,11 +249,9 @@ class InboxWriter:
             self._conn = None
 
     def write_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
-        lock = self._lock
-        if lock is None:
-            with write_lock(self.engine):
-                return self._write_batch(records)
-        with lock:
+        if self._lock is None:  # PostgreSQL: no process-wide writer to queue behind
+            return self._write_batch(records)
+        with self._lock:
             return self._write_batch(records)
 
     def _write_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
