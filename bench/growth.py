@@ -458,16 +458,19 @@ QUERIES: list[tuple[str, str, tuple[Any, ...]]] = [
      "SELECT resource_state.patient_key, resource_state.resource FROM resource_state WHERE resource_state.patient_key"
      " IN (?, ?, ?) AND resource_state.resource_type IN (?, ?) AND resource_state.deleted = 0",
      PKS + ("Encounter", "CarePlan")),
-    ("delivery/worker.py _claim",
+    ("delivery/worker.py _claim: due pending rows",
      "SELECT delivery.id, delivery.trigger_id, delivery.destination, delivery.idempotency_key, delivery.status,"
-     " delivery.attempts FROM delivery WHERE delivery.status = ? AND delivery.next_attempt_at <= ? OR"
-     " delivery.status = ? AND delivery.locked_until < ? ORDER BY delivery.next_attempt_at LIMIT ? OFFSET ?",
-     ("pending", 0.0, "sending", 0.0, 200, 0)),
-    ("delivery/worker.py _claim (a destination blocked)",
+     " delivery.attempts, delivery.next_attempt_at FROM delivery WHERE delivery.status = ? AND"
+     " delivery.next_attempt_at <= ? ORDER BY delivery.next_attempt_at LIMIT ? OFFSET ?", ("pending", 0.0, 200, 0)),
+    ("delivery/worker.py _claim: expired leases",
      "SELECT delivery.id, delivery.trigger_id, delivery.destination, delivery.idempotency_key, delivery.status,"
-     " delivery.attempts FROM delivery WHERE (delivery.status = ? AND delivery.next_attempt_at <= ? OR"
-     " delivery.status = ? AND delivery.locked_until < ?) AND (delivery.destination NOT IN (?))"
-     " ORDER BY delivery.next_attempt_at LIMIT ? OFFSET ?", ("pending", 0.0, "sending", 0.0, "x", 200, 0)),
+     " delivery.attempts, delivery.next_attempt_at FROM delivery WHERE delivery.status = ? AND"
+     " delivery.locked_until < ? ORDER BY delivery.next_attempt_at LIMIT ? OFFSET ?", ("sending", 0.0, 200, 0)),
+    ("delivery/worker.py _claim: due pending rows (a destination blocked)",
+     "SELECT delivery.id, delivery.trigger_id, delivery.destination, delivery.idempotency_key, delivery.status,"
+     " delivery.attempts, delivery.next_attempt_at FROM delivery WHERE delivery.status = ? AND"
+     " delivery.next_attempt_at <= ? AND (delivery.destination NOT IN (?)) ORDER BY delivery.next_attempt_at"
+     " LIMIT ? OFFSET ?", ("pending", 0.0, "x", 200, 0)),
     ("delivery/worker.py lease update",
      "UPDATE delivery SET status=?, attempts=(delivery.attempts + ?), updated_at=?, locked_until=?, locked_by=?"
      " WHERE delivery.id IN (?, ?)", ("sending", 1, 0.0, 0.0, "h", 1, 2)),
