@@ -38,6 +38,7 @@ class ChangeResult:
     triggers: int = 0
     due_now: bool = False
     note: str | None = None
+    key: str | None = None  # the stored key of the changed resource (``resolve_key``)
 
 
 def _patient_row(db: Raw, key: str | None) -> tuple[str | None, str | None]:
@@ -99,9 +100,8 @@ def lookup_identity(session: Session, identifier: str, raw: Raw | None = None) -
 
 def remember_identity(session: Session, identifier: str, key: str, raw: Raw | None = None) -> None:
     """Record ``identifier -> key`` unless the identifier is already known (the first key wins)."""
-    db = raw or Raw(session)
-    if db.one("SELECT 1 FROM resource_identity WHERE identifier = ?", (identifier,)) is None:
-        db.run("INSERT INTO resource_identity (identifier, resource_key) VALUES (?, ?)", (identifier, key))
+    (raw or Raw(session)).run("INSERT INTO resource_identity (identifier, resource_key) VALUES (?, ?) "
+                              "ON CONFLICT (identifier) DO NOTHING", (identifier, key))
 
 
 def resolve_key(session: Session, resource: dict[str, Any], raw: Raw | None = None) -> str:
@@ -180,7 +180,7 @@ def apply_change(
     res = ChangeResult()
     resource = dict(change.resource)
     rtype = resource["resourceType"]
-    key = resolve_key(session, resource, db)
+    key = res.key = resolve_key(session, resource, db)
     state = load_state(session, key, db)
     prev = orjson.loads(state.resource) if state is not None and not state.deleted else None
     occurred = change.occurred_at.timestamp()

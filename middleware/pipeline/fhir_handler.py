@@ -154,7 +154,8 @@ class FhirHandler:
         change = ResourceChange(resource=r4, previous=None, patient_key=pkey, source=source.name, arrival=arrival,
                                 occurred_at=occurred)
         res = apply_change(session, change, rs, now=now, inbound_id=inbound_id, source_zone=self._zone(source))
-        self._remember_key(session, source, r4)
+        if res.key:  # a body-less DELETE names <source>|<Type>/<id>: map it to the stored key
+            remember_identity(session, f"{FHIR_ID}{source.name}|{r4['resourceType']}/{r4.get('id')}", res.key)
         return res
 
     def apply_delete(self, session: Session, source: Source, rtype: str, rid: str, arrival: str, now: datetime,
@@ -310,12 +311,6 @@ class FhirHandler:
             while len(self._misses) > self.cache_size:
                 self._misses.pop(next(iter(self._misses)))
         return key, fetched.get("p")
-
-    def _remember_key(self, session: Session, source: Source, r4: dict[str, Any]) -> None:
-        """Map ``<source>|<Type>/<id>`` to the stored key so a body-less DELETE finds the state."""
-        ident = f"{FHIR_ID}{source.name}|{r4['resourceType']}/{r4.get('id')}"
-        if lookup_identity(session, ident) is None:
-            remember_identity(session, ident, resolve_key(session, r4))
 
     def _seed_previous(self, session: Session, source: Source, r4: dict[str, Any], pkey: str | None, now: datetime) -> None:
         """First sighting of version N>1: read version N-1 from ``_history`` as the prior state."""
