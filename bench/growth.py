@@ -479,7 +479,8 @@ QUERIES: list[tuple[str, str, tuple[Any, ...]]] = [
     ("delivery/worker.py _release_dead_owners",
      "SELECT DISTINCT delivery.locked_by FROM delivery WHERE delivery.status = ? AND delivery.locked_until >= ?"
      " AND (delivery.locked_by LIKE ? || '%')", ("sending", 0.0, "vm:")),
-    ("delivery/gate.py patient_keys (merged)", "SELECT patient.key FROM patient WHERE patient.merged_into = ?", (PK,)),
+    ("delivery/gate.py send_time_blocks (merged keys)",
+     "SELECT patient.key, patient.merged_into FROM patient WHERE patient.merged_into IN (?)", (PK,)),
     # retention picks a chunk of ids in the window since the last run, then updates those ids
     ("delivery/retention.py purge chunk: inbound_message (window since the last run, 2,000 rows per transaction)",
      "SELECT id, received_at FROM inbound_message WHERE received_at >= ? AND received_at < ? AND status <> 'received'"

@@ -21,44 +21,12 @@ from ..storage.tables import Authorization, ConsentRecord, PatientRow, Suppressi
 from .consent import consent_denies
 
 
-def patient_keys(s: Session, patient_key: str) -> list[str]:
-    """``patient_key`` plus every key merged into it (one level of ADT^A40 merges)."""
-    merged = s.exec(select(PatientRow.key).where(PatientRow.merged_into == patient_key)).all()
-    return [patient_key, *merged]
-
-
-def opt_out_reason(s: Session, keys: list[str], destination: str, purpose: str) -> str | None:
-    """The active suppression covering this destination and purpose, as a reason, or None."""
-    rows = s.exec(
-        select(Suppression).where(col(Suppression.patient_key).in_(keys), col(Suppression.revoked_at).is_(None))
-        .order_by(col(Suppression.id))
-    ).all()
-    return _opt_out(rows, destination, purpose)
-
-
 def _opt_out(rows: Iterable[Suppression], destination: str, purpose: str) -> str | None:
     for r in rows:
         if r.destination in (None, destination) and r.purpose in (None, purpose):
             scope = f"destination {r.destination}" if r.destination else "all destinations"
             return f"opt-out (suppression {r.id}, {r.source or 'recorded'}; {scope}): {r.reason}"
     return None
-
-
-def has_authorization(s: Session, keys: list[str], purpose: str = "marketing") -> bool:
-    row = s.exec(
-        select(Authorization.id).where(
-            col(Authorization.patient_key).in_(keys), Authorization.purpose == purpose,
-            col(Authorization.revoked_at).is_(None),
-        )
-    ).first()
-    return row is not None
-
-
-def consent_reason(s: Session, keys: list[str], destination: str, purpose: str, at: datetime) -> str | None:
-    rows = s.exec(
-        select(ConsentRecord.resource).where(col(ConsentRecord.patient_key).in_(keys), ConsentRecord.status == "active")
-    ).all()
-    return consent_denies((orjson.loads(r) for r in rows), purpose=purpose, destination=destination, at=at)
 
 
 def _static_block(t: Any, dest: Destination) -> tuple[str, str] | None:

@@ -30,18 +30,6 @@ def hospice_for(session: Session, patient_key: str | None, rs: RuleSet) -> str |
     return hospice_reason((orjson.loads(r[0]) for r in rows), rs.valuesets, s.hospice_valueset)
 
 
-def suppression_at_send(session: Session, patient_key: str | None, rs: RuleSet) -> str | None:
-    """Deceased or hospice reason for a trigger about to fire, or None."""
-    if not patient_key:
-        return None
-    row = session.get(PatientRow, patient_key)
-    patient: dict[str, Any] | None = orjson.loads(row.resource) if row else None
-    if is_deceased(patient):
-        return "patient is deceased"
-    reason = hospice_for(session, patient_key, rs)
-    return f"hospice: {reason}" if reason else None
-
-
 # -- batched, for the scheduler: one query per check for all the patients of a claimed batch --
 
 _P = PatientRow.__table__  # type: ignore[attr-defined]
@@ -62,9 +50,9 @@ def chunks(keys: Sequence[str], n: int = CHUNK) -> Iterator[list[str]]:
 
 
 def suppressions_at_send(session: Session, patient_keys: Iterable[str], rs: RuleSet) -> dict[str, str]:
-    """``suppression_at_send`` for many patients at once: ``{patient_key: reason}`` for the keys
-    that have one (deceased, or hospice), with one query for the patients and one for their
-    Encounters/CarePlans per chunk of keys instead of two per patient."""
+    """Deceased or hospice reasons for triggers about to fire: ``{patient_key: reason}`` for the
+    keys that have one, with one query for the patients and one for their Encounters/CarePlans
+    per chunk of keys."""
     keys = sorted({k for k in patient_keys if k})
     out: dict[str, str] = {}
     if not keys:
