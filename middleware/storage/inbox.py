@@ -97,13 +97,11 @@ class InboxWriter:
             f"INSERT INTO inbound_message ({', '.join(_COLUMNS)}) VALUES ({', '.join([ph] * len(_COLUMNS))})"
         )
         self._ph = ph
-        self._sqlite = ph == "?"
         self.batches = 0
         self.records = 0
         self.max_queue = max_queue  # backpressure bound: producers wait when the queue is this long
         self.queue_waits = 0  # how often a producer waited for room (backpressure engaged)
         self._room_waiters: list[Callable[[], None]] = []  # called on the loop when the queue has room again
-        self._stop: list[bool] | None = None  # the running commit thread's stop flag
         self._after_batch: list[Callable[[], None]] = []  # one-shot, after a batch's producers are answered
         self._select: dict[int, str] = {}  # dedup SELECT per number of keys
         self._lock = sqlite_write_lock(engine)  # the lock write_lock() takes, looked up once
@@ -165,8 +163,7 @@ class InboxWriter:
     async def run(self) -> None:
         """Run the commit thread until this task is cancelled."""
         loop = asyncio.get_running_loop()
-        stop = [False]
-        self._stop = stop
+        stop = [False]  # the commit thread's stop flag
         thread = threading.Thread(target=self._commit_loop, args=(loop, stop), name="inbox-commit", daemon=True)
         thread.start()
         try:
