@@ -4,20 +4,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .serve import add_common, settings_from
+from .serve import add_common, load_rules_or_report, settings_from
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     from ..pipeline.backfill import backfill
     from ..listeners.fhir_fetch import FetchError, FhirFetcher
-    from ..rules.load import load_ruleset
     from ..storage.db import init_db, make_engine
 
     settings = settings_from(args)
-    rs, diags = load_ruleset(settings.mappings_dir)
+    rs = load_rules_or_report(settings.mappings_dir)
     if rs is None:
-        for d in diags:
-            print(d, file=sys.stderr)
         return 1
     source = rs.sources.get(args.source)
     if source is None:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import sys
 
-from .serve import add_common, settings_from
+from .serve import add_common, load_rules_or_report, settings_from
 
 
 def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -80,15 +80,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .. import logsafe
     from ..delivery.audit import guard_append_only
     from ..delivery.worker import DeliveryWorker
-    from ..rules.load import load_ruleset
     from ..service import fault_hook_from_env
 
     settings, engine = _engine(args)
     logsafe.configure(settings.log_level)
-    rs, diags = load_ruleset(settings.mappings_dir)
+    rs = load_rules_or_report(settings.mappings_dir)
     if rs is None:
-        for d in diags:
-            print(d, file=sys.stderr)
         return 1
     guard_append_only()
     worker = DeliveryWorker(engine, lambda: rs, contact_secret=settings.contact_key_secret, fault_hook=fault_hook_from_env(),

@@ -16,13 +16,11 @@ def _iso(ts: float | None) -> str | None:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from ..pipeline.dryrun import DryRun
-    from ..rules.load import load_ruleset
+    from .serve import load_rules_or_report
     from ..storage.tables import EventRow  # noqa: F401
 
-    rs, diags = load_ruleset(args.mappings)
+    rs = load_rules_or_report(args.mappings)
     if rs is None:
-        for d in diags:
-            print(d, file=sys.stderr)
         return 1
     now = datetime.fromisoformat(args.now) if args.now else datetime.now(timezone.utc)
     if now.tzinfo is None:

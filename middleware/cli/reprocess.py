@@ -3,7 +3,6 @@ current rules after a mapping fix, never doubling a trigger (``origin_key``)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,15 +17,12 @@ def _when(text: str | None) -> datetime | None:
 def cmd_reprocess(args: argparse.Namespace) -> int:
     from ..pipeline.process import Processor
     from ..pipeline.replay import reprocess, requeue_inbound
-    from ..rules.load import load_ruleset
     from ..storage.db import init_db, make_engine
-    from .serve import settings_from
+    from .serve import load_rules_or_report, settings_from
 
     settings = settings_from(args)
-    rs, diags = load_ruleset(settings.mappings_dir)
+    rs = load_rules_or_report(settings.mappings_dir)
     if rs is None:
-        for d in diags:
-            print(d, file=sys.stderr)
         return 1
     engine = make_engine(settings.database_url)
     init_db(engine)

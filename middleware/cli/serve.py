@@ -33,6 +33,17 @@ def settings_from(args: argparse.Namespace, **more: object):  # type: ignore[no-
     return get_settings(**{k: getattr(args, k, None) for k in keys}, **more)
 
 
+def load_rules_or_report(directory: object):  # type: ignore[no-untyped-def]
+    """The rule set in ``directory``, or ``None`` after printing its diagnostics (file:line) to stderr."""
+    from ..rules.load import load_ruleset
+
+    rs, diags = load_ruleset(directory)  # type: ignore[arg-type]
+    if rs is None:
+        for d in diags:
+            print(d, file=sys.stderr)
+    return rs
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .. import logsafe
     from ..service import ConfigError, Runtime
