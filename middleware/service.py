@@ -78,6 +78,7 @@ class Runtime:
         self.delivery = DeliveryWorker(
             self.engine, self.ruleset, contact_secret=settings.contact_key_secret, clock=self.clock,
             link_base=f"http://{settings.http_host}:{settings.http_port}", fault_hook=self.fault,
+            own_ports=(settings.http_port, settings.mllp_port, *(p for s in rs.sources.items for p in s.hl7.ports)),
         )
         from .pipeline.reconcile import Reconciler
         from .pipeline.fhir_handler import FhirHandler

@@ -17,7 +17,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .serve import add_common, settings_from
 
@@ -66,15 +66,39 @@ def ours(http: Any) -> dict[str, list[dict[str, Any]]]:
 
 
 def _client(source: Any) -> Any:
-    import httpx
-
+    """An httpx client for the source's FHIR server under the outbound policy: connections
+    checked at connect time, the token sent only to the base URL's origin and the source's
+    ``credential_hosts`` (a ``next`` link elsewhere is refused, see docs/destinations.md)."""
+    from .. import netpolicy
     from ..listeners.fhir_fetch import TokenSource
 
-    tok = TokenSource(source.fhir.auth).token()
-    headers = dict(FJ, **({"Authorization": f"Bearer {tok}"} if tok else {}))
-    return httpx.Client(base_url=source.fhir.base_url.rstrip("/"), headers=headers, timeout=15.0)
+    fhir = source.fhir
+    policy = netpolicy.policy(fhir.allow_private_network)
+    tokens = TokenSource(fhir.auth, policy=policy)
+    scope = netpolicy.CredentialScope.of(fhir.base_url, fhir.credential_hosts)
+    return netpolicy.guarded_client(policy, base_url=fhir.base_url.rstrip("/"), headers=FJ, timeout=15.0,
+                                    auth=netpolicy.ScopedBearer(tokens.token, scope))
 
 
+def _one_line_errors(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Policy refusals and unreachable servers end the command with one line and exit 1."""
+    def run(args: argparse.Namespace) -> int:
+        import httpx
+
+        from .. import netpolicy
+
+        try:
+            return cmd(args)
+        except netpolicy.CredentialRefused as exc:
+            print(f"careloop subscriptions: {exc}", file=sys.stderr)
+        except httpx.TransportError as exc:
+            print(f"careloop subscriptions: {netpolicy.refusal_of(exc) or type(exc).__name__}", file=sys.stderr)
+        return 1
+
+    return run
+
+
+@_one_line_errors
 def cmd_apply(args: argparse.Namespace) -> int:
     from ..api.fhir import token_env
     from ..rules.load import load_ruleset

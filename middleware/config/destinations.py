@@ -7,7 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .outbound import check_url, load_policy
 from .yamlpos import DiagnosticSink, YamlError, load_positioned, pydantic_errors_to_diagnostics
+
+#: Connector config fields that hold a URL careloop connects to (checked against the outbound policy).
+URL_FIELDS = ("url", "endpoint", "base_url", "rest_endpoint", "rest_instance_url", "token_url")
 
 
 class _Strict(BaseModel):
@@ -32,6 +36,11 @@ class Destination(_Strict):
     enabled: bool = True
     policy: Policy = Field(default_factory=Policy)
     config: dict[str, Any] = Field(default_factory=dict)
+    allow_private_network: bool = Field(
+        False,
+        description="allow loopback and private addresses (127/8, ::1, 10/8, 172.16/12, 192.168/16, fc00::/7, "
+        "100.64/10, 0.0.0.0); link-local and metadata addresses and careloop's own ports stay refused",
+    )
     #: Base 30 s doubling to a 6 h cap: 20 attempts span about 2.6 days
     #: (the first 10 waits sum to 30·(2^10−1) s ≈ 8.5 h, then 9 waits of 6 h = 54 h).
     max_attempts: int = 20
@@ -88,10 +97,19 @@ def load_destinations(mappings_dir: Path) -> tuple[list[Destination], list, Any]
             sink.error(node, "type", "unknown-connector", f"unknown destination type '{d.type}'" + (f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(sorted(types))}"))
             continue
         try:
-            cls.Config.model_validate(d.config)
+            cfg = cls.Config.model_validate(d.config)
         except Exception as exc:
             exc._careloop_model = cls.Config  # type: ignore[attr-defined]
             sub = DiagnosticSink(str(path))
             pydantic_errors_to_diagnostics(sub, node.get("config", node), exc)
             sink.items.extend(sub.items)
+            continue
+        _check_urls(sink, node.get("config", node), cfg, d.allow_private_network)
     return list(parsed.destinations), sink.items, raw
+
+
+def _check_urls(sink: DiagnosticSink, node: Any, cfg: BaseModel, allow_private: bool) -> None:
+    """Every URL field of a connector config must pass the outbound policy (see ``docs/destinations.md``)."""
+    policy = load_policy(allow_private)
+    for key in URL_FIELDS:
+        check_url(sink, node, key, getattr(cfg, key, None), policy)

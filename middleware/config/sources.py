@@ -6,7 +6,7 @@ names the server careloop subscribes to. A source named ``default`` always exist
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -91,6 +91,15 @@ class FhirSettings(_Strict):
     identifier_systems: list[str] = Field(
         default_factory=list, description="identifier systems that identify the same resource across sources"
     )
+    allow_private_network: bool = Field(
+        default=False,
+        description="allow a base_url on loopback or a private address; link-local and metadata stay refused",
+    )
+    credential_hosts: list[str] = Field(
+        default_factory=list,
+        description="origins (https://host[:port]) besides base_url's that may receive this source's credentials "
+        "(paging links, redirects, Bulk export files)",
+    )
 
 
 class Source(_Strict):
@@ -155,4 +164,24 @@ def load_sources(mappings_dir: Path) -> tuple[Sources, list]:
         exc._careloop_model = SourcesFile  # type: ignore[attr-defined]
         pydantic_errors_to_diagnostics(sink, raw, exc)
         return Sources([]), sink.items
+    _check_fhir_urls(sink, raw, parsed)
+    if sink.has_errors:
+        return Sources([]), sink.items
     return Sources(list(parsed.sources)), sink.items
+
+
+def _check_fhir_urls(sink: DiagnosticSink, raw: Any, parsed: SourcesFile) -> None:
+    """FHIR ``base_url``, ``auth.token_url`` and ``credential_hosts`` must pass the outbound policy."""
+    from .outbound import check_url, load_policy
+
+    for i, src in enumerate(parsed.sources):
+        node = raw["sources"][i].get("fhir")
+        if node is None:
+            continue
+        policy = load_policy(src.fhir.allow_private_network)
+        check_url(sink, node, "base_url", src.fhir.base_url, policy)
+        check_url(sink, node.get("auth", node), "token_url", src.fhir.auth.token_url, policy)
+        hosts = node.get("credential_hosts") or []
+        for j, url in enumerate(src.fhir.credential_hosts):
+            check_url(sink, hosts if hosts else node, j if hosts else "credential_hosts", url, policy,
+                      label="credential_hosts")

@@ -39,6 +39,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
+from .. import netpolicy
 from ..config.destinations import Destination
 from ..storage.db import is_sqlite, write_lock
 from ..storage.tables import (
@@ -125,6 +126,7 @@ class DeliveryWorker:
         fault_hook: Callable[[str], None] | None = None,
         consent_check: Callable[[Session, str | None, str, str], str | None] | None = None,
         lease_s: float = LEASE_S,
+        own_ports: tuple[int, ...] = (),
     ) -> None:
         self.engine = engine
         self.ruleset = ruleset
@@ -138,6 +140,7 @@ class DeliveryWorker:
         self.fault_hook = fault_hook
         self.consent_check = consent_check
         self.lease_s = lease_s
+        self.own_ports = own_ports  # careloop's listeners: never a destination, even on loopback
         self.connectors: dict[str, Connector] = {}
         self._clients: dict[str, httpx.AsyncClient] = {}
         self.breakers: dict[str, CircuitBreaker] = defaultdict(CircuitBreaker)
@@ -157,20 +160,23 @@ class DeliveryWorker:
         c = self.connectors.get(dest.name)
         if c is None:
             cls = connector_types()[dest.type]
-            c = cls(dest.name, cls.Config.model_validate(dest.config), self._client(dest.name), self.secrets, self.clock)
+            c = cls(dest.name, cls.Config.model_validate(dest.config), self._client(dest), self.secrets, self.clock)
             self.connectors[dest.name] = c
             limit = cls.rate_limit if dest.rate_per_s is None else RateLimit(dest.rate_per_s, max(1, int(dest.rate_per_s)))
             self.buckets.setdefault(dest.name, TokenBucket(limit))
         return c
 
-    def _client(self, name: str) -> httpx.AsyncClient:
-        """The HTTP client for destination ``name``: the one given to the worker, else one per destination,
-        kept across rounds (keep-alive), so a destination's requests only look through its own connections."""
+    def _client(self, dest: Destination) -> httpx.AsyncClient:
+        """The HTTP client for ``dest``: the one given to the worker, else one per destination, kept across
+        rounds (keep-alive), so a destination's requests only look through its own connections. Its
+        connections pass the outbound policy (:mod:`middleware.netpolicy`) at connect time."""
         if self.http is not None:
             return self.http
-        client = self._clients.get(name)
+        key = f"{dest.name}|{dest.allow_private_network}"
+        client = self._clients.get(key)
         if client is None:
-            client = self._clients[name] = httpx.AsyncClient(timeout=10.0)
+            client = self._clients[key] = netpolicy.guarded_async_client(
+                netpolicy.policy(dest.allow_private_network, *self.own_ports), timeout=10.0)
             capture.install(client)
         return client
 

@@ -1,14 +1,15 @@
 """Reading a FHIR server: reads, paged searches, ``_history`` and Bulk ``$export``.
 
-Requests go through **fhirclient** (``FHIRClient(...).server``: its ``requests`` session,
-``request_json`` and status-to-exception mapping); Bulk export polling uses httpx.
+Requests go through one httpx client per fetcher, built by :mod:`middleware.netpolicy`
+(connect-time address checks, no proxy environment variables, credentials only inside the
+source's credential scope).
 Authentication: none, a static bearer token from an environment variable, or SMART
 backend-services / OAuth2 client credentials (token cached until 30 s before expiry,
 refreshed once on a 401). Short retries (tenacity) cover dropped connections, 5xx and
 429/503, waiting what ``Retry-After`` asks (capped). Long outages are the reconciler's
 business: it keeps its high-water mark and tries again at its interval.
 
-Thread-safe: one lock serialises requests on the shared session.
+Thread-safe: one lock serialises requests on the shared client.
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlencode
 
 import httpx
-import requests
 from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
+from .. import netpolicy
 from ..config.sources import FhirAuth, Source
 
 log = logging.getLogger("careloop.fhir.fetch")
@@ -33,6 +34,8 @@ FHIR_JSON = "application/fhir+json"
 #: short in-call retries: 4 attempts, waits 0.2 s, 0.4 s, 0.8 s (or Retry-After, at most 10 s), 30 s in all
 ATTEMPTS = 4
 MAX_RETRY_AFTER_S = 10.0
+#: redirects followed per request (each must stay inside the credential scope)
+MAX_REDIRECTS = 5
 
 
 class FetchError(Exception):
@@ -79,9 +82,11 @@ class _Token:
 class TokenSource:
     """Bearer tokens for a source's ``fhir.auth`` (``None`` for ``kind: none``)."""
 
-    def __init__(self, auth: FhirAuth, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, auth: FhirAuth, env: Mapping[str, str] | None = None,
+                 policy: netpolicy.NetPolicy | None = None) -> None:
         self.auth = auth
         self.env = env if env is not None else os.environ
+        self.policy = policy or netpolicy.policy(False)
         self._cached: _Token | None = None
 
     def token(self, *, refresh: bool = False) -> str | None:
@@ -98,7 +103,11 @@ class TokenSource:
         data = {"grant_type": "client_credentials"}
         if a.scope:
             data["scope"] = a.scope
-        resp = httpx.post(a.token_url, data=data, auth=(a.client_id, secret), timeout=10.0)
+        with netpolicy.guarded_client(self.policy, timeout=10.0) as http:
+            try:
+                resp = http.post(a.token_url, data=data, auth=(a.client_id, secret))
+            except httpx.TransportError as exc:
+                raise FetchError(f"token endpoint unreachable ({type(exc).__name__})") from exc
         if resp.status_code >= 400:
             raise FetchError(f"token endpoint answered {resp.status_code}", resp.status_code)
         body = resp.json()
@@ -107,20 +116,27 @@ class TokenSource:
 
 
 class FhirFetcher:
-    """A read-only client of one FHIR server (see the module docstring)."""
+    """A read-only client of one FHIR server (see the module docstring).
+
+    Every connection goes through the outbound policy (:mod:`middleware.netpolicy`): the
+    host is resolved once, checked, and the checked address is used. Credentials go only to
+    the base URL's origin and the source's ``credential_hosts``: a ``link[next]``, redirect
+    or status URL elsewhere is refused with :class:`FetchError` (not followed without them).
+    """
 
     def __init__(self, base_url: str, auth: FhirAuth | None = None, *, env: Mapping[str, str] | None = None,
-                 timeout_s: float = 10.0) -> None:
-        from fhirclient import client
-
+                 timeout_s: float = 10.0, allow_private_network: bool = False,
+                 credential_hosts: Iterable[str] = ()) -> None:
         self.base_url = base_url.rstrip("/")
-        self.client = client.FHIRClient(settings={"app_id": "careloop", "api_base": self.base_url + "/"})
-        self.server = self.client.server
-        session = self.server.session
-        self._request = session.request
-        session.request = self._timed  # type: ignore[method-assign]  # fhirclient passes no timeout
         self.timeout_s = timeout_s
-        self.tokens = TokenSource(auth or FhirAuth(), env)
+        self.policy = netpolicy.policy(allow_private_network)
+        self.scope = netpolicy.CredentialScope.of(self.base_url, credential_hosts)
+        self.tokens = TokenSource(auth or FhirAuth(), env, self.policy)
+        self._refresh = False
+        self.http = netpolicy.guarded_client(
+            self.policy, timeout=timeout_s, auth=netpolicy.ScopedBearer(self._token, self.scope),
+            headers={"Accept": FHIR_JSON, "Accept-Charset": "UTF-8"},
+        )
         self._lock = threading.Lock()
         self.requests = 0
 
@@ -129,53 +145,75 @@ class FhirFetcher:
         """A fetcher for a source with ``fhir.base_url``; ``None`` when it has none."""
         if not source.fhir.base_url:
             return None
-        return cls(source.fhir.base_url, source.fhir.auth, env=env)
+        return cls(source.fhir.base_url, source.fhir.auth, env=env,
+                   allow_private_network=source.fhir.allow_private_network,
+                   credential_hosts=source.fhir.credential_hosts)
 
-    def _timed(self, method: str, url: str, **kw: Any) -> requests.Response:
-        kw.setdefault("timeout", self.timeout_s)
-        return self._request(method, url, **kw)  # type: ignore[no-any-return]
+    def close(self) -> None:
+        self.http.close()
 
-    def _authorize(self, refresh: bool = False) -> None:
-        tok = self.tokens.token(refresh=refresh)
-        if tok:
-            self.server.session.headers["Authorization"] = f"Bearer {tok}"
+    def _token(self) -> str | None:
+        return self.tokens.token(refresh=self._refresh)
+
+    def _url(self, path: str) -> str:
+        return path if "://" in path else f"{self.base_url}/{path.lstrip('/')}"
+
+    def _get(self, url: str) -> httpx.Response:
+        """GET ``url``, following at most :data:`MAX_REDIRECTS` redirects inside the credential scope."""
+        for _ in range(MAX_REDIRECTS + 1):
+            self._in_scope(url, "URL")
+            resp = self.http.get(url)
+            if not resp.is_redirect:
+                return resp
+            url = str(resp.next_request.url) if resp.next_request else url
+            self._in_scope(url, "redirect")
+        raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _in_scope(self, url: str, what: str) -> None:
+        if not self.scope.permits(url):
+            host = httpx.URL(url).host if "://" in url else "?"
+            log.warning("fhir link refused", extra={"action": "fhir.link_refused", "host": host, "what": what})
+            raise FetchError(f"refused {what} to {host}: not the base URL's origin nor in credential_hosts")
 
     # -- core GET ---------------------------------------------------------------------
     def get_json(self, path: str) -> Json | None:
-        """GET a path relative to the base (or an absolute URL); ``None`` on 404/410.
+        """GET a path relative to the base (or an absolute URL in scope); ``None`` on 404/410.
 
-        Raises :class:`FetchError` on other failures, after the short retries.
+        Raises :class:`FetchError` on other failures, after the short retries, and at once
+        for a URL outside the credential scope or refused by the outbound policy.
         """
         with self._lock:
-            return self._get_retrying(path)
+            return self._get_retrying(self._url(path))
 
     @retry(retry=retry_if_exception_type(_Retryable), stop=(stop_after_attempt(ATTEMPTS) | stop_after_delay(30)),
            wait=_wait, reraise=True)
-    def _get_retrying(self, path: str) -> Json | None:
-        from fhirclient.server import FHIRNotFoundException, FHIRUnauthorizedException
-
+    def _get_retrying(self, url: str) -> Json | None:
         self.requests += 1
         for attempt in (0, 1):
-            self._authorize(refresh=attempt == 1)
+            self._refresh = attempt == 1
             try:
-                return self.server.request_json(path)  # type: ignore[no-any-return]
-            except FHIRNotFoundException:
-                return None
-            except FHIRUnauthorizedException as exc:
+                resp = self._get(url)
+            except netpolicy.CredentialRefused as exc:
+                raise FetchError(str(exc)) from exc
+            except httpx.TransportError as exc:
+                if netpolicy.refusal_of(exc):
+                    raise FetchError(str(netpolicy.refusal_of(exc))) from exc
+                raise _Retryable(type(exc).__name__, None, None) from exc
+            finally:
+                self._refresh = False
+            code = resp.status_code
+            if code == 401:
                 if attempt == 0 and self.tokens.auth.kind == "client-credentials":
                     continue
-                raise FetchError("unauthorized", 401) from exc
-            except requests.HTTPError as exc:
-                resp = exc.response
-                code = resp.status_code if resp is not None else None
-                if code == 410:
-                    return None
-                if code in (429, 502, 503, 504) or (code or 0) >= 500:
-                    after = _retry_after(resp.headers.get("Retry-After")) if resp is not None else None
-                    raise _Retryable(f"server answered {code}", code, after) from exc
-                raise FetchError(f"server answered {code}", code) from exc
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                raise _Retryable(type(exc).__name__, None, None) from exc
+                raise FetchError("unauthorized", 401)
+            if code in (404, 410):
+                return None
+            if code == 429 or code >= 500:
+                raise _Retryable(f"server answered {code}", code, _retry_after(resp.headers.get("Retry-After")))
+            if code >= 300:
+                raise FetchError(f"server answered {code}", code)
+            try:
+                return resp.json()  # type: ignore[no-any-return]
             except ValueError as exc:  # not JSON
                 raise FetchError("response is not JSON") from exc
         raise FetchError("unauthorized", 401)
@@ -228,28 +266,48 @@ class FhirFetcher:
 
     def export(self, types: list[str], poll_s: float = 1.0, deadline_s: float = 3600,
                sleep: Callable[[float], None] = time.sleep) -> Iterator[Json]:
-        """Bulk Data ``$export`` (kick-off, poll, download NDJSON); yields resources."""
-        headers = {"Accept": FHIR_JSON, "Prefer": "respond-async"}
-        tok = self.tokens.token()
-        if tok:
-            headers["Authorization"] = f"Bearer {tok}"
-        with httpx.Client(timeout=self.timeout_s, headers=headers) as http:
-            kick = http.get(f"{self.base_url}/$export", params={"_type": ",".join(types)})
-            if kick.status_code != 202 or "content-location" not in kick.headers:
-                raise FetchError(f"$export kick-off answered {kick.status_code}", kick.status_code)
-            status_url = kick.headers["content-location"]
-            end = time.monotonic() + deadline_s
-            while True:
-                st = http.get(status_url, headers={"Accept": "application/json"})
-                if st.status_code == 200:
-                    break
-                if st.status_code != 202 or time.monotonic() > end:
-                    raise FetchError(f"$export status answered {st.status_code}", st.status_code)
-                sleep(min(_retry_after(st.headers.get("retry-after")) or poll_s, 30.0))
-            for out in st.json().get("output") or []:
-                with http.stream("GET", out["url"], headers={"Accept": "application/fhir+ndjson"}) as resp:
-                    for line in resp.iter_lines():
-                        if line.strip():
-                            import orjson
+        """Bulk Data ``$export`` (kick-off, poll, download NDJSON); yields resources.
 
-                            yield orjson.loads(line)
+        The status URL gets credentials only inside the credential scope (else
+        :class:`FetchError`); an output file gets them only when the manifest says
+        ``requiresAccessToken: true`` and the file is inside the scope (else refused), and is
+        fetched without them when it says ``false`` (e.g. pre-signed storage URLs).
+        """
+        try:
+            yield from self._export(types, poll_s, deadline_s, sleep)
+        except netpolicy.CredentialRefused as exc:
+            raise FetchError(str(exc)) from exc
+        except httpx.TransportError as exc:
+            raise FetchError(f"$export: {netpolicy.refusal_of(exc) or type(exc).__name__}") from exc
+
+    def _export(self, types: list[str], poll_s: float, deadline_s: float,
+                sleep: Callable[[float], None]) -> Iterator[Json]:
+        import orjson
+
+        http = self.http
+        kick = http.get(f"{self.base_url}/$export", params={"_type": ",".join(types)},
+                        headers={"Prefer": "respond-async"})
+        if kick.status_code != 202 or "content-location" not in kick.headers:
+            raise FetchError(f"$export kick-off answered {kick.status_code}", kick.status_code)
+        status_url = self._url(kick.headers["content-location"])
+        end = time.monotonic() + deadline_s
+        while True:
+            st = http.get(status_url, headers={"Accept": "application/json"})
+            if st.status_code == 200:
+                break
+            if st.status_code != 202 or time.monotonic() > end:
+                raise FetchError(f"$export status answered {st.status_code}", st.status_code)
+            sleep(min(_retry_after(st.headers.get("retry-after")) or poll_s, 30.0))
+        manifest = st.json()
+        with_token = bool(manifest.get("requiresAccessToken", True))
+        for out in manifest.get("output") or []:
+            url = str(out["url"])
+            if with_token:
+                self._in_scope(url, "$export output")
+            auth: Any = httpx.USE_CLIENT_DEFAULT if with_token else None
+            with http.stream("GET", url, headers={"Accept": "application/fhir+ndjson"}, auth=auth) as resp:
+                if resp.status_code != 200:
+                    raise FetchError(f"$export output answered {resp.status_code}", resp.status_code)
+                for line in resp.iter_lines():
+                    if line.strip():
+                        yield orjson.loads(line)

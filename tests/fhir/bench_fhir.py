@@ -123,7 +123,7 @@ def bench_backfill(n: int) -> None:
         rs, _ = load_ruleset(settings.mappings_dir)
         engine = make_engine(settings.database_url)
         init_db(engine)
-        rep = backfill(engine, rs, rs.sources.get("hospital"), FhirFetcher(stub.base), page=500)
+        rep = backfill(engine, rs, rs.sources.get("hospital"), FhirFetcher(stub.base, allow_private_network=True), page=500)
         with Session(engine) as s:
             trig = s.exec(select(func.count()).select_from(TriggerRow)).one()
             unknown = s.exec(select(func.count()).select_from(ResourceState).where(ResourceState.status == None)).one()  # noqa: E711

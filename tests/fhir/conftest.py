@@ -41,6 +41,7 @@ sources:
     timezone: America/New_York
     fhir:
       base_url: "{stub_base}"
+      allow_private_network: true
       version: R4
       notification_token_env: TEST_FHIR_TOKEN_HOSPITAL
       reconcile_interval_s: 3600
@@ -50,6 +51,7 @@ sources:
     kind: fhir
     fhir:
       base_url: "{stub_base}"
+      allow_private_network: true
       version: R5
       notification_token_env: TEST_FHIR_TOKEN_CLINIC5
       reconcile_interval_s: 3600

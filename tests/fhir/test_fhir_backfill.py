@@ -28,7 +28,7 @@ def test_backfill_fires_nothing_and_knows_every_status(tmp_path: Path, stub: Fhi
     rs, _ = load_ruleset(settings.mappings_dir)
     engine = make_engine(settings.database_url)
     init_db(engine)
-    rep = backfill(engine, rs, rs.sources.get("hospital"), FhirFetcher(stub.base), page=100)
+    rep = backfill(engine, rs, rs.sources.get("hospital"), FhirFetcher(stub.base, allow_private_network=True), page=100)
     assert rep.resources == 500 and rep.per_type == {"Appointment": 300, "Encounter": 100, "CarePlan": 100}
     with Session(engine) as s:
         assert s.exec(select(TriggerRow)).all() == []

@@ -67,7 +67,7 @@ def test_changes_while_down_arrive_at_startup(tmp_path: Path, stub: FhirStub, mo
 
 def test_fetcher_retries_429_and_reports_errors(stub: FhirStub) -> None:
     stub.put(S.appointment("a1"))
-    f = FhirFetcher(stub.base, FhirAuth(kind="bearer", token_env="X_TOK"), env={"X_TOK": "abc"})
+    f = FhirFetcher(stub.base, FhirAuth(kind="bearer", token_env="X_TOK"), env={"X_TOK": "abc"}, allow_private_network=True)
     stub.fail = [(429, {"Retry-After": "0.2"}), (503, {})]
     t0 = time.monotonic()
     assert f.read("Appointment", "a1")["id"] == "a1"

@@ -66,6 +66,8 @@ def hl7_bytes(name: str) -> bytes:
 def destination(name: str, type_: str, *, webhook_url: str = "http://127.0.0.1:9/hooks", policy: dict[str, Any] | None = None,
                 **extra: Any) -> dict[str, Any]:
     config = {"url": webhook_url, "secret_env": "HOOK_SECRET"} if type_ == "webhook" else dict(VENDORS[type_])
+    if type_ == "webhook":  # test receivers listen on loopback (outbound policy)
+        extra.setdefault("allow_private_network", True)
     return {"name": name, "type": type_, "baa": True, "policy": policy or {"mode": "fields", "allow": DEFAULT_ALLOW},
             "config": config, **extra}
 

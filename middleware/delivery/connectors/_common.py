@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 
+from ... import netpolicy
 from ..registry import AuthFailure, Outcome, Retry, SecretSource
 
 log = logging.getLogger("middleware.delivery.connectors")
@@ -66,9 +67,11 @@ async def send_request(
     """
     for attempt in range(1, CONNECT_TRIES + 1):
         try:
-            return await http.request(method, url, timeout=timeout_s, **kwargs)
-        except httpx.ConnectError:
-            if attempt >= CONNECT_TRIES:
+            # never follow redirects: httpx strips only Authorization on a cross-origin hop, not
+            # API-key headers or signatures; a 3xx is the connector's outcome to classify
+            return await http.request(method, url, timeout=timeout_s, follow_redirects=False, **kwargs)
+        except httpx.ConnectError as exc:
+            if attempt >= CONNECT_TRIES or netpolicy.refusal_of(exc):
                 raise
         await asyncio.sleep(CONNECT_WAIT_S)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -85,6 +88,9 @@ def transport_outcome(exc: Exception) -> Outcome:
     if isinstance(exc, httpx.TimeoutException):
         return Retry(f"timeout ({type(exc).__name__})")
     if isinstance(exc, httpx.TransportError):
+        refused = netpolicy.refusal_of(exc)
+        if refused:  # names the host and the range, never a path or a body
+            return Retry(refused)
         return Retry(f"connection error ({type(exc).__name__})")
     raise exc
 
