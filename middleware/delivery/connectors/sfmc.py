@@ -83,6 +83,20 @@ class SfmcConfig(BaseModel):
         return v
 
 
+def _vendor_rest_url(url: str) -> str | None:
+    """The token response's ``rest_instance_url`` when it is an https URL on Marketing Cloud's
+    domain; ``None`` otherwise, so the access token never goes to a host the response names
+    elsewhere (credentials only to the configured vendor, docs/destinations.md)."""
+    try:
+        u = httpx.URL(url)
+    except httpx.InvalidURL:
+        return None
+    if u.scheme != "https" or not u.host.endswith(".marketingcloudapis.com"):
+        log.warning("sfmc.rest_url_ignored", extra={"action": "sfmc.rest_url_ignored", "host": u.host})
+        return None
+    return url.rstrip("/")
+
+
 @register
 class SfmcConnector(Connector):
     """Journey Builder entry events, single or async batch."""
@@ -127,7 +141,7 @@ class SfmcConnector(Connector):
         if not isinstance(data, dict) or not isinstance(data.get("access_token"), str):
             raise TokenError(Retry("malformed token response", None, resp.status_code))
         if isinstance(data.get("rest_instance_url"), str):
-            self._rest_url = data["rest_instance_url"].rstrip("/")
+            self._rest_url = _vendor_rest_url(data["rest_instance_url"]) or self._rest_url
         log.info("sfmc.token", extra={"action": "sfmc.token_fetched", "destination": self.name})
         return data["access_token"], float(data.get("expires_in") or 1079)
 
