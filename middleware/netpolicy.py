@@ -238,7 +238,7 @@ def _checked_addresses(host: str, port: int, infos: Iterable[tuple[Any, ...]], p
         ip = str(info[4][0])
         reason = policy.address_refusal(ipaddress.ip_address(ip.split("%", 1)[0]), port)
         if reason is not None:
-            log.warning("outbound connection refused", extra={"action": "netpolicy.refused", "host": host, "reason": reason})
+            log.warning("outbound connection to %s refused: %s", host, reason, extra={"action": "netpolicy.refused"})
             raise PolicyRefused(f"outbound policy refuses {host}: {reason}")
         if ip not in addrs:
             addrs.append(ip)
@@ -250,7 +250,7 @@ def _checked_addresses(host: str, port: int, infos: Iterable[tuple[Any, ...]], p
 def _precheck(host: str, port: int, policy: NetPolicy) -> None:
     reason = policy.host_refusal(host, port)
     if reason is not None:
-        log.warning("outbound connection refused", extra={"action": "netpolicy.refused", "host": host, "reason": reason})
+        log.warning("outbound connection to %s refused: %s", host, reason, extra={"action": "netpolicy.refused"})
         raise PolicyRefused(f"outbound policy refuses {host}: {reason}")
 
 
@@ -393,8 +393,8 @@ class ScopedBearer(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if not self.scope.permits(request.url):
-            log.warning("credentials withheld", extra={"action": "netpolicy.credential_refused",
-                                                       "host": request.url.host})
+            log.warning("request to %s refused: outside the credential scope", request.url.host,
+                        extra={"action": "netpolicy.credential_refused"})
             raise CredentialRefused(f"refused: {request.url.host} is outside this source's credential scope "
                                     "(base URL origin or credential_hosts)")
         tok = self._token()

@@ -172,7 +172,8 @@ class FhirFetcher:
     def _in_scope(self, url: str, what: str) -> None:
         if not self.scope.permits(url):
             host = httpx.URL(url).host if "://" in url else "?"
-            log.warning("fhir link refused", extra={"action": "fhir.link_refused", "host": host, "what": what})
+            log.warning("%s to %s refused: not the base URL's origin nor in credential_hosts", what, host,
+                        extra={"action": "fhir.link_refused"})
             raise FetchError(f"refused {what} to {host}: not the base URL's origin nor in credential_hosts")
 
     # -- core GET ---------------------------------------------------------------------

@@ -226,10 +226,11 @@ def _fetcher(base: str, **kw: Any) -> FhirFetcher:
                        allow_private_network=True, **kw)
 
 
-def test_next_link_to_another_origin_is_refused_and_gets_no_credentials(servers: Callable[[], Recorder]) -> None:
+def test_next_link_to_another_origin_is_refused_and_gets_no_credentials(servers: Callable[[], Recorder],
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     a, b = servers(), servers()
     b.routes["/"] = _json(_bundle(None))
-    a.routes["/Appointment"] = _json(_bundle(f"{b.origin}/Appointment?page=2"))
+    a.routes["/Appointment"] = _json(_bundle(f"{b.origin}/Appointment?patient=MRN12345"))
     f = _fetcher(a.origin)
     got: list[Any] = []
     with pytest.raises(FetchError, match="refused URL to 127.0.0.1"):
@@ -238,6 +239,9 @@ def test_next_link_to_another_origin_is_refused_and_gets_no_credentials(servers:
     assert len(got) == 1
     assert a.seen[0][1]["authorization"] == "Bearer secret-token"
     assert b.seen == []  # B never receives the Authorization header (nor any request)
+    logged = [r for r in caplog.records if getattr(r, "action", "") == "fhir.link_refused"]
+    assert len(logged) == 1 and "127.0.0.1" in logged[0].getMessage()
+    assert "MRN12345" not in logged[0].getMessage() and "/Appointment" not in logged[0].getMessage()
 
 
 def test_next_link_on_a_listed_credential_host_is_followed(servers: Callable[[], Recorder]) -> None:

@@ -92,7 +92,8 @@ def _vendor_rest_url(url: str) -> str | None:
     except httpx.InvalidURL:
         return None
     if u.scheme != "https" or not u.host.endswith(".marketingcloudapis.com"):
-        log.warning("sfmc.rest_url_ignored", extra={"action": "sfmc.rest_url_ignored", "host": u.host})
+        log.warning("sfmc token response names rest_instance_url on %s: ignored", u.host,
+                    extra={"action": "sfmc.rest_url_ignored"})
         return None
     return url.rstrip("/")
 
