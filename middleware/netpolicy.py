@@ -30,6 +30,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import unicodedata
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -107,8 +108,9 @@ def parse_ipv4_loose(host: str) -> ipaddress.IPv4Address | None:
 
 
 def parse_ip_literal(host: str) -> IPAddress | None:
-    """The address ``host`` spells (any form above), or ``None`` for a name."""
-    h = host.strip()
+    """The address ``host`` spells (any form above, after NFKC normalisation, so fullwidth digits
+    and dots count), or ``None`` for a name."""
+    h = unicodedata.normalize("NFKC", host).strip()
     if h.startswith("[") and h.endswith("]"):
         h = h[1:-1]
     if ":" in h:
@@ -185,7 +187,7 @@ class NetPolicy:
         addr = parse_ip_literal(host)
         if addr is not None:
             return self.address_refusal(addr, port)
-        name = host.strip().rstrip(".").lower()
+        name = unicodedata.normalize("NFKC", host).strip().rstrip(".").lower()
         if name in METADATA_NAMES:
             return f"{name} is a cloud metadata service (always refused)"
         if name in _LOCAL_NAMES or name.endswith(".localhost"):

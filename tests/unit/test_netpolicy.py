@@ -28,6 +28,7 @@ METADATA_SPELLINGS = [
     "168.63.129.16",  # Azure wire server
     "metadata.google.internal",
     "METADATA.GOOGLE.INTERNAL.",
+    "\uff11\uff16\uff19\uff0e254\uff0e169\uff0e254",  # fullwidth digits and dots (IDNA maps them)
 ]
 
 PRIVATE_SPELLINGS = [
