@@ -15,6 +15,7 @@ from .config.sources import Sources
 from .delivery.audit import ensure_columns, guard_append_only
 from .delivery.retention import purge
 from .delivery.worker import DeliveryWorker
+from .keyring import contact_keyring
 from .listeners.mllp import MllpListener
 from .metrics import Meters
 from .pipeline.process import Processor
@@ -76,7 +77,7 @@ class Runtime:
         self.processor = Processor(self.engine, self.ruleset, clock=self.clock, on_due=self._threadsafe(self.wake_schedule))
         self.scheduler = Scheduler(self.engine, self.ruleset, clock=self.clock, on_deliveries=self._threadsafe(self.wake_deliver))
         self.delivery = DeliveryWorker(
-            self.engine, self.ruleset, contact_secret=settings.contact_key_secret, clock=self.clock,
+            self.engine, self.ruleset, contact_secret=contact_keyring(settings).current.secret, clock=self.clock,
             link_base=f"http://{settings.http_host}:{settings.http_port}", fault_hook=self.fault,
         )
         from .pipeline.reconcile import Reconciler
@@ -151,11 +152,20 @@ class Runtime:
                 log.error("worker step failed", extra={"action": f"{name}.error", "error_type": type(exc).__name__}, exc_info=True)
                 await asyncio.sleep(1.0)
 
+    def _audit_retention(self, report: object) -> None:
+        from .delivery.admin_audit import record
+
+        record(self.engine, actor="careloop", role="system", channel="service", action="retention.run",
+               target_kind="retention", target_id=f"{self.settings.retention_days}d",
+               detail=report.as_dict())  # type: ignore[attr-defined]
+
     async def _retention_loop(self, every_s: float = 3600.0) -> None:
         """Purge raw messages and payload bodies older than ``retention_days``, hourly (audit kept)."""
         while True:
             try:
-                await asyncio.to_thread(purge, self.engine, now=self.clock().timestamp(), days=self.settings.retention_days)
+                report = await asyncio.to_thread(purge, self.engine, now=self.clock().timestamp(),
+                                                 days=self.settings.retention_days)
+                await asyncio.to_thread(self._audit_retention, report)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
