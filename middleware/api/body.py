@@ -9,12 +9,18 @@ reading and discarding the rest of the body.
 """
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 #: How much of a refused body is stored for inspection (64 KiB, like the MLLP framer's prefix).
 KEEP_PREFIX_BYTES = 65_536
+
+#: How long a body declared over the cap is read for its prefix: a sender that declares more
+#: than it sends is answered after this, not after its whole declared length.
+PREFIX_WAIT_S = 0.5
 
 #: Headers that go with a 413: the connection is closed instead of draining the unread body.
 CLOSE = {"Connection": "close"}
@@ -65,9 +71,14 @@ async def read_capped(request: Request, limit: int) -> CappedBody:
 
 
 async def _prefix(request: Request, keep: int) -> bytes:
+    """Up to ``keep`` bytes of what arrives within :data:`PREFIX_WAIT_S`."""
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) >= keep:
-            break
+    try:
+        async with asyncio.timeout(PREFIX_WAIT_S):
+            async for chunk in request.stream():
+                buf += chunk
+                if len(buf) >= keep:
+                    break
+    except (TimeoutError, ClientDisconnect):
+        pass
     return bytes(buf[:keep])
