@@ -153,11 +153,15 @@ class Runtime:
                 await asyncio.sleep(1.0)
 
     def _audit_retention(self, report: object) -> None:
+        """Admin-audit an automatic retention run that purged something (empty hourly runs are not rows)."""
         from .delivery.admin_audit import record
 
+        counts = report.as_dict()  # type: ignore[attr-defined]
+        if not any(v for k, v in counts.items() if k != "cutoff"):
+            return
         record(self.engine, actor="careloop", role="system", channel="service", action="retention.run",
                target_kind="retention", target_id=f"{self.settings.retention_days}d",
-               detail=report.as_dict())  # type: ignore[attr-defined]
+               detail=counts)
 
     async def _retention_loop(self, every_s: float = 3600.0) -> None:
         """Purge raw messages and payload bodies older than ``retention_days``, hourly (audit kept)."""

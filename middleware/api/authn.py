@@ -1,8 +1,8 @@
 """Who is calling: named bearer tokens, failed-authentication logging and per-address throttling.
 
 Tokens come from ``CARELOOP_API_TOKENS="name:token,..."`` and ``CARELOOP_API_TOKEN``
-(name ``api``); the name is the admin-audit actor. Every failed authentication is logged
-(client address, path, never the token) and counted; after ``auth_fail_limit`` failures
+(name ``api``); the name is the admin-audit actor. Every failed authentication (a wrong
+credential) is logged (client address, path, never the token) and counted; after ``auth_fail_limit`` failures
 from one address within ``auth_fail_window_s`` seconds that address is answered 429 with
 ``Retry-After`` until the window has passed. Counts are per process (per replica).
 """
@@ -91,9 +91,15 @@ def refuse_if_throttled(request: Request) -> None:
         raise HTTPException(429, "too many failed authentications; retry later", headers={"Retry-After": str(wait)})
 
 
-def authentication_failed(request: Request, what: str) -> None:
-    """Log and count one failed authentication (address and path only, never the token)."""
+def authentication_failed(request: Request, what: str, presented: bool = True) -> None:
+    """Log and count one failed authentication (address and path only, never the token).
+
+    A request that presents no credential at all is answered 401 and logged at DEBUG, but
+    not counted: it guesses nothing, and a browser opening ``/docs`` must not throttle itself."""
     client = client_address(request)
+    if not presented:
+        log.debug("no credential", extra={"action": "auth.missing", "client": client, "path": request.url.path})
+        return
     started = throttle_for(request).fail(client, time.monotonic())
     log.warning("authentication failed", extra={"action": "auth.failed", "client": client,
                                                 "path": request.url.path, "what": what})
@@ -135,9 +141,10 @@ def authenticate(request: Request) -> Caller:
     if not tokens:
         caller = Caller("local", client_address(request))
     else:
-        name = match_token(bearer(request), tokens) if bearer(request) else None
+        given = bearer(request)
+        name = match_token(given, tokens) if given else None
         if name is None:
-            authentication_failed(request, "api-token")
+            authentication_failed(request, "api-token", presented=bool(given or request.headers.get("authorization")))
             raise HTTPException(status_code=401, detail="missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
         caller = Caller(name, client_address(request))

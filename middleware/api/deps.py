@@ -30,6 +30,17 @@ TokenDep = Depends(require_token)
 REASON_HEADER = "x-careloop-reason"
 
 
+def pseudonym(request: Request, patient_key: str | None) -> str | None:
+    """A patient key as the admin audit records it: the contact key under the current secret
+    (``careloop contact-keys resolve`` maps it back while that secret is valid), never the MRN."""
+    from ..delivery.policy import contact_key
+    from ..keyring import contact_keyring
+
+    if not patient_key:
+        return None
+    return contact_key(contact_keyring(request.app.state.runtime.settings).current.secret, patient_key)
+
+
 class Audited:
     """One admin action being recorded; set ``target_id`` / ``detail`` inside the block."""
 

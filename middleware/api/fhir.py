@@ -90,7 +90,7 @@ def _known_caller(request: Request) -> bool:
     """For an unknown source: does the caller hold any FHIR source token or API token?
     Without any credential, only a loopback caller of a token-less (development) setup."""
     rt = request.app.state.runtime
-    tokens = [t for src in rt.sources.items if src.kind == "fhir" and (t := os.environ.get(token_env(src)))]
+    tokens = [t for src in rt.sources.items if (t := os.environ.get(token_env(src)))]
     tokens += list(api_token_map(rt.settings).values())
     given = _credentials(request)
     if given and tokens:
@@ -143,7 +143,7 @@ async def _guard(request: Request, source_name: str) -> tuple[Source | None, Res
     if source is None or not _authorized(request, source):
         log.warning("fhir call refused", extra={"action": "fhir.unauthorized", "method": request.method,
                                                  "source": source.name if source else None})
-        authentication_failed(request, "fhir-token")
+        authentication_failed(request, "fhir-token", presented=bool(_credentials(request)))
         return None, _fhir(outcome("login", "missing or wrong token"), 401, {"WWW-Authenticate": "Bearer"})
     return source, None
 

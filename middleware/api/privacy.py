@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from ..delivery import admin, audit
 from ..delivery.consent import consent_patient_ref
 from ..storage.tables import Authorization, ConsentRecord, PatientRow, Suppression
-from .deps import TokenDep, audited
+from .deps import TokenDep, audited, pseudonym
 
 router = APIRouter(dependencies=[TokenDep])
 
@@ -61,7 +61,7 @@ def consent_post(request: Request, resource: dict[str, Any] = Body(...), patient
         rec = existing or ConsentRecord(patient_key=key, status="", resource="{}", received_at=now, updated_at=now)
         rec.patient_key, rec.fhir_id, rec.status = key, resource.get("id"), str(resource.get("status"))
         rec.resource, rec.updated_at = orjson.dumps(resource).decode(), now
-        a.target_id = key
+        a.target_id = pseudonym(request, key)
         a.detail = {"consent_id": resource.get("id"), "status": rec.status}
         if rec.status in ("inactive", "rejected", "entered-in-error"):
             a.detail["revoked"] = True
@@ -109,7 +109,7 @@ def suppressions_list(request: Request, patient_key: str | None = None, active: 
 @router.post("/api/suppressions", status_code=201)
 def suppressions_add(request: Request, body: SuppressionIn) -> dict[str, Any]:
     """Record an opt-out; it applies from the next send (deliveries are checked at send time)."""
-    with audited(request, "suppression.add", "patient", body.patient_key) as a, Session(_engine(request)) as s:
+    with audited(request, "suppression.add", "patient", pseudonym(request, body.patient_key)) as a, Session(_engine(request)) as s:
         r = Suppression(patient_key=body.patient_key, destination=body.destination, purpose=body.purpose,
                         reason=body.reason, source=body.source, created_at=time.time())
         s.add(r)
@@ -140,7 +140,7 @@ def suppressions_remove(request: Request, suppression_id: int) -> dict[str, Any]
     """Lift an opt-out (the row is kept with ``revoked_at`` for the record)."""
     with audited(request, "suppression.revoke", "suppression", suppression_id) as a, Session(_engine(request)) as s:
         row = _revoke(s, Suppression, suppression_id, "no such suppression")
-        a.detail = {"patient_key": row.patient_key}
+        a.detail = {"patient": pseudonym(request, row.patient_key)}
         return _supp_json(row)
 
 
@@ -166,7 +166,7 @@ def authorizations_list(request: Request, patient_key: str = Query(...)) -> dict
 
 @router.post("/api/authorizations", status_code=201)
 def authorizations_add(request: Request, body: AuthorizationIn) -> dict[str, Any]:
-    with audited(request, "authorization.add", "patient", body.patient_key) as au, Session(_engine(request)) as s:
+    with audited(request, "authorization.add", "patient", pseudonym(request, body.patient_key)) as au, Session(_engine(request)) as s:
         a = Authorization(patient_key=body.patient_key, purpose=body.purpose, reference=body.reference, granted_at=time.time())
         s.add(a)
         s.commit()
@@ -180,7 +180,7 @@ def authorizations_revoke(request: Request, authorization_id: int) -> dict[str, 
     """Revoke; pending marketing deliveries for the patient are suppressed at their send time."""
     with audited(request, "authorization.revoke", "authorization", authorization_id) as au, Session(_engine(request)) as s:
         row = _revoke(s, Authorization, authorization_id, "no such authorization")
-        au.detail = {"patient_key": row.patient_key, "purpose": row.purpose}
+        au.detail = {"patient": pseudonym(request, row.patient_key), "purpose": row.purpose}
         return _auth_json(row)
 
 
