@@ -56,6 +56,10 @@ class FailureThrottle:
             return None
         return max(1, int(q[-self.limit] + self.window_s - now + 0.999))
 
+    def throttled_clients(self, now: float) -> int:
+        """Client addresses answered 429 right now."""
+        return sum(1 for c in list(self.failures) if self.retry_after(c, now) is not None)
+
     def fail(self, client: str, now: float) -> bool:
         """Count one failure; True when this failure starts throttling ``client``."""
         self.total += 1
@@ -76,11 +80,12 @@ def client_address(request: Request) -> str:
 
 def throttle_for(request: Request) -> FailureThrottle:
     """The app's throttle (made on first use from the runtime's settings)."""
-    state = request.app.state
-    th = getattr(state, "auth_throttle", None)
+    rt = request.app.state.runtime
+    th = getattr(rt, "auth_throttle", None)
     if th is None:
-        s: Settings = state.runtime.settings
-        th = state.auth_throttle = FailureThrottle(s.auth_fail_limit, s.auth_fail_window_s)
+        s: Settings = rt.settings
+        th = FailureThrottle(s.auth_fail_limit, s.auth_fail_window_s)
+        rt.auth_throttle = th  # on the runtime, so /metrics can read it
     return th  # type: ignore[no-any-return]
 
 

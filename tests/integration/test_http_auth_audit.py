@@ -74,6 +74,8 @@ def test_failed_authentication_is_logged_and_throttled(srv: InProcess, caplog: p
     assert all(getattr(r, "client", None) == "127.0.0.1" and getattr(r, "path", None) == "/api/events" for r in failed)
     for rec in caplog.records:
         assert wrong not in rec.getMessage() and wrong not in repr(rec.__dict__)
+    metrics = httpx.get(srv.http_url + "/metrics").text
+    assert "careloop_auth_failures_total 3.0" in metrics and "careloop_auth_throttled_clients 1.0" in metrics
     # one admin-audit row for the throttle, not one per failure
     with Session(srv.runtime.engine) as s:
         rows = list(s.exec(select(AdminAudit)))
