@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     )
     http_max_hl7_bytes: int = Field(default=1_048_576, description="largest POST /hl7v2 body; larger is refused with 413")
     http_max_fhir_bytes: int = Field(default=10 * 1_048_576, description="largest /fhir/{source} body; larger is refused with 413")
+    http_max_api_bytes: int = Field(default=1_048_576, description="largest /api request body; larger is refused with 413")
     auth_fail_limit: int = Field(default=10, description="failed authentications per client address before 429")
     auth_fail_window_s: float = Field(default=60.0, description="window for auth_fail_limit, seconds")
     mllp_max_message_bytes: int = 1_048_576

@@ -11,6 +11,8 @@ from sqlalchemy import text
 import importlib
 import pkgutil
 
+from .body import ApiBodyLimit
+
 if TYPE_CHECKING:
     from ..service import Runtime
 
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 def create_app(runtime: "Runtime") -> FastAPI:
     app = FastAPI(title="careloop", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
+    app.add_middleware(ApiBodyLimit, limit=runtime.settings.http_max_api_bytes)
     _add_docs(app)
 
     @app.get("/healthz")

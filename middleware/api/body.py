@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
@@ -82,3 +83,63 @@ async def _prefix(request: Request, keep: int) -> bytes:
     except (TimeoutError, ClientDisconnect):
         pass
     return bytes(buf[:keep])
+
+
+class ApiBodyLimit:
+    """ASGI middleware: request bodies on ``/api/`` over ``limit`` bytes get 413 (JSON), read with the
+    same cap as :func:`read_capped` (``Content-Length`` first, then streamed), so FastAPI's own body
+    parsing never holds more than ``limit`` bytes."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"").strip()
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send, int(declared))
+            return
+        body = bytearray()
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                await self.app(scope, _replay(bytes(body), receive, first=msg), send)
+                return
+            body += msg.get("body", b"")
+            more = bool(msg.get("more_body", False))
+            if len(body) > self.limit:
+                await self._refuse(send, len(body))
+                return
+        await self.app(scope, _replay(bytes(body), receive), send)
+
+    async def _refuse(self, send: Any, size: int) -> None:
+        more = "" if size > self.limit else " or more"
+        detail = (f"body of {size}{more} bytes exceeds the {self.limit}-byte limit "
+                  "(CARELOOP_HTTP_MAX_API_BYTES)").encode()
+        content = b'{"detail":"' + detail + b'"}'
+        await send({"type": "http.response.start", "status": 413, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(content)).encode()),
+            (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": content})
+
+
+def _replay(body: bytes, receive: Any, first: dict[str, Any] | None = None) -> Any:
+    """A ``receive`` that yields the buffered body once, then defers to the real one."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent, first
+        if first is not None:
+            msg, first = first, None
+            return msg
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # type: ignore[no-any-return]
+
+    return replay

@@ -33,7 +33,7 @@ FJ = {"Content-Type": "application/fhir+json"}
 def srv(tmp_path: Path, mappings_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcess]:
     monkeypatch.delenv("CARELOOP_FHIR_TOKEN_DEFAULT", raising=False)
     s = start_in_process(f"sqlite:///{tmp_path}/limits.db", mappings_dir, http_max_hl7_bytes=LIMIT,
-                         http_max_fhir_bytes=LIMIT)
+                         http_max_fhir_bytes=LIMIT, http_max_api_bytes=LIMIT)
     try:
         yield s
     finally:
@@ -182,6 +182,18 @@ def test_fhir_over_limit_answers_413_operation_outcome(srv: InProcess) -> None:
     status, _, resp = raw_http(port, head, chunked(4 * LIMIT))
     assert status == 413 and orjson.loads(resp)["issue"][0]["code"] == "too-costly"
     assert len([m for m in stored(srv, channel="fhir") if m.status == "failed"]) == 2
+
+
+def test_api_bodies_over_limit_are_refused(srv: InProcess) -> None:
+    big = orjson.dumps({"patient_key": "sys|1", "reason": "x" * (LIMIT + 10)})
+    r = httpx.post(srv.http_url + "/api/suppressions", content=big, headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 413 and "CARELOOP_HTTP_MAX_API_BYTES" in r.json()["detail"]
+    port = int(srv.http_url.rsplit(":", 1)[1])
+    head = b"POST /api/suppressions HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    status, _, _ = raw_http(port, head, chunked(4 * LIMIT))
+    assert status == 413
+    ok = httpx.post(srv.http_url + "/api/suppressions", json={"patient_key": "sys|1"}, timeout=10)
+    assert ok.status_code == 201
 
 
 def _peak_rss_kb(pid: int) -> int:
