@@ -121,6 +121,18 @@ class Runtime:
         log.info("mappings reloaded", extra={"action": "mappings.reloaded", "version": rs.version})
         return []
 
+    def reload_on_signal(self) -> None:
+        """SIGHUP: reload, and write the admin-audit row (actor ``careloop``, channel ``service``)."""
+        from .delivery.admin_audit import record
+
+        errors = self.reload()
+        try:
+            record(self.engine, actor="careloop", role="system", channel="service", action="mappings.reload",
+                   outcome="refused" if errors else "ok", target_kind="ruleset", target_id=self.ruleset().version,
+                   detail={"signal": "SIGHUP", **({"errors": len(errors)} if errors else {})})
+        except Exception as exc:
+            log.error("admin audit not written", extra={"action": "admin_audit.error", "error_type": type(exc).__name__})
+
     # -- wake-ups ---------------------------------------------------------
     def _signal(self, ev: asyncio.Event) -> Callable[[], None]:
         return ev.set
@@ -219,7 +231,7 @@ class Runtime:
             except (NotImplementedError, RuntimeError):
                 pass
         try:
-            self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload_on_signal)
         except (NotImplementedError, RuntimeError):
             pass
         tasks = await self.start_workers(standalone=True)
@@ -262,7 +274,7 @@ class Runtime:
         server = uvicorn.Server(config)
         self.http_server = server
         try:
-            self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload_on_signal)
         except (NotImplementedError, RuntimeError):
             pass
         log.info("careloop serving", extra={"action": "serve.start", "port": self.settings.http_port})

@@ -143,3 +143,11 @@ def test_admin_audit_is_append_only(srv: InProcess) -> None:
         s.rollback()
         with pytest.raises(AppendOnlyError):
             s.exec(update(AdminAudit).values(outcome="x"))  # type: ignore[call-overload]
+
+
+def test_sighup_reload_is_audited_as_the_service(srv: InProcess) -> None:
+    srv.runtime.reload_on_signal()
+    items = httpx.get(srv.http_url + "/api/admin-audit", headers=bearer(ALICE)).json()["items"]
+    assert [(i["action"], i["actor"], i["channel"], i["outcome"]) for i in items] == [
+        ("mappings.reload", "careloop", "service", "ok")]
+    assert items[0]["detail"] == {"signal": "SIGHUP"}
