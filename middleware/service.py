@@ -15,6 +15,7 @@ from .config.sources import Sources
 from .delivery.audit import ensure_columns, guard_append_only
 from .delivery.retention import purge
 from .delivery.worker import DeliveryWorker
+from .keyring import contact_keyring
 from .listeners.mllp import MllpListener
 from .metrics import Meters
 from .pipeline.process import Processor
@@ -76,7 +77,7 @@ class Runtime:
         self.processor = Processor(self.engine, self.ruleset, clock=self.clock, on_due=self._threadsafe(self.wake_schedule))
         self.scheduler = Scheduler(self.engine, self.ruleset, clock=self.clock, on_deliveries=self._threadsafe(self.wake_deliver))
         self.delivery = DeliveryWorker(
-            self.engine, self.ruleset, contact_secret=settings.contact_key_secret, clock=self.clock,
+            self.engine, self.ruleset, contact_secret=contact_keyring(settings).current.secret, clock=self.clock,
             link_base=f"http://{settings.http_host}:{settings.http_port}", fault_hook=self.fault,
             own_ports=(settings.http_port, settings.mllp_port, *(p for s in rs.sources.items for p in s.hl7.ports)),
         )
@@ -121,6 +122,18 @@ class Runtime:
         log.info("mappings reloaded", extra={"action": "mappings.reloaded", "version": rs.version})
         return []
 
+    def reload_on_signal(self) -> None:
+        """SIGHUP: reload, and write the admin-audit row (actor ``careloop``, channel ``service``)."""
+        from .delivery.admin_audit import record
+
+        errors = self.reload()
+        try:
+            record(self.engine, actor="careloop", role="system", channel="service", action="mappings.reload",
+                   outcome="refused" if errors else "ok", target_kind="ruleset", target_id=self.ruleset().version,
+                   detail={"signal": "SIGHUP", **({"errors": len(errors)} if errors else {})})
+        except Exception as exc:
+            log.error("admin audit not written", extra={"action": "admin_audit.error", "error_type": type(exc).__name__})
+
     # -- wake-ups ---------------------------------------------------------
     def _signal(self, ev: asyncio.Event) -> Callable[[], None]:
         return ev.set
@@ -152,11 +165,24 @@ class Runtime:
                 log.error("worker step failed", extra={"action": f"{name}.error", "error_type": type(exc).__name__}, exc_info=True)
                 await asyncio.sleep(1.0)
 
+    def _audit_retention(self, report: object) -> None:
+        """Admin-audit an automatic retention run that purged something (empty hourly runs are not rows)."""
+        from .delivery.admin_audit import record
+
+        counts = report.as_dict()  # type: ignore[attr-defined]
+        if not any(v for k, v in counts.items() if k != "cutoff"):
+            return
+        record(self.engine, actor="careloop", role="system", channel="service", action="retention.run",
+               target_kind="retention", target_id=f"{self.settings.retention_days}d",
+               detail=counts)
+
     async def _retention_loop(self, every_s: float = 3600.0) -> None:
         """Purge raw messages and payload bodies older than ``retention_days``, hourly (audit kept)."""
         while True:
             try:
-                await asyncio.to_thread(purge, self.engine, now=self.clock().timestamp(), days=self.settings.retention_days)
+                report = await asyncio.to_thread(purge, self.engine, now=self.clock().timestamp(),
+                                                 days=self.settings.retention_days)
+                await asyncio.to_thread(self._audit_retention, report)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -206,7 +232,7 @@ class Runtime:
             except (NotImplementedError, RuntimeError):
                 pass
         try:
-            self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload_on_signal)
         except (NotImplementedError, RuntimeError):
             pass
         tasks = await self.start_workers(standalone=True)
@@ -249,7 +275,7 @@ class Runtime:
         server = uvicorn.Server(config)
         self.http_server = server
         try:
-            self.loop.add_signal_handler(signal.SIGHUP, self.reload)
+            self.loop.add_signal_handler(signal.SIGHUP, self.reload_on_signal)
         except (NotImplementedError, RuntimeError):
             pass
         log.info("careloop serving", extra={"action": "serve.start", "port": self.settings.http_port})

@@ -11,6 +11,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+#: Development default of ``CARELOOP_CONTACT_KEY_SECRET``; published, so refused beyond loopback.
+DEV_CONTACT_KEY_SECRET = "careloop-dev-contact-key-secret"
+
+
 class Settings(BaseSettings):
     """Runtime settings; every field can be set as ``CARELOOP_<FIELD>``."""
 
@@ -22,11 +26,23 @@ class Settings(BaseSettings):
     mllp_host: str = "127.0.0.1"
     mllp_port: int = 2575
     mappings_dir: Path = Path("mappings")
-    api_token: str | None = Field(default=None, description="bearer token for /api and /hl7v2")
+    api_token: str | None = Field(default=None, description="bearer token for /api and /hl7v2 (actor name 'api')")
+    api_tokens: str | None = Field(
+        default=None, description="named bearer tokens 'name:token,name:token'; the name is the admin-audit actor")
     contact_key_secret: str = Field(
-        default="careloop-dev-contact-key-secret",
-        description="HMAC key for pseudonymous contact keys; set a real secret in production",
+        default=DEV_CONTACT_KEY_SECRET,
+        description="HMAC key for pseudonymous contact keys (version v1); set a real secret in production",
     )
+    contact_key_secrets: str | None = Field(
+        default=None,
+        description="versioned contact-key secrets 'v2:<secret>,v1:<secret>@2027-06-30'; first is current, "
+                    "each older one is valid for lookups until its date",
+    )
+    http_max_hl7_bytes: int = Field(default=1_048_576, description="largest POST /hl7v2 body; larger is refused with 413")
+    http_max_fhir_bytes: int = Field(default=10 * 1_048_576, description="largest /fhir/{source} body; larger is refused with 413")
+    http_max_api_bytes: int = Field(default=1_048_576, description="largest /api request body; larger is refused with 413")
+    auth_fail_limit: int = Field(default=10, description="failed authentications per client address before 429")
+    auth_fail_window_s: float = Field(default=60.0, description="window for auth_fail_limit, seconds")
     mllp_max_message_bytes: int = 1_048_576
     mllp_idle_timeout_s: float = 600.0
     worker_poll_interval_s: float = 0.2
@@ -39,3 +55,20 @@ def get_settings(**overrides: object) -> Settings:
     """Build settings from the environment, with explicit overrides (CLI flags) winning."""
     clean = {k: v for k, v in overrides.items() if v is not None}
     return Settings(**clean)  # type: ignore[arg-type]
+
+
+def api_token_map(settings: Settings) -> dict[str, str]:
+    """Configured API tokens by name: ``CARELOOP_API_TOKENS`` ("name:token,...") and
+    ``CARELOOP_API_TOKEN`` (named ``api``). Raises ValueError naming a malformed entry."""
+    tokens: dict[str, str] = {}
+    for i, entry in enumerate((settings.api_tokens or "").split(","), 1):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, token = entry.partition(":")
+        if not sep or not name.strip() or not token.strip():
+            raise ValueError(f"CARELOOP_API_TOKENS entry {i} is not 'name:token'")
+        tokens[name.strip()] = token.strip()
+    if settings.api_token:
+        tokens.setdefault("api", settings.api_token)
+    return tokens

@@ -23,17 +23,20 @@ import re
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, HTTPException, Request, Response
 
 from ..config.sources import Source
 from ..normalize.fhir_notification import NotificationError, is_notification, parse_notification
 from ..storage.inbox import InboundRecord
+from ..settings import api_token_map
+from .authn import authentication_failed, refuse_if_throttled
+from .body import CLOSE, read_capped
+from .refusals import FHIR_LIMIT_SETTING
 
 log = logging.getLogger("careloop.fhir.http")
 router = APIRouter()
 
 FHIR_JSON = "application/fhir+json"
-MAX_BODY = 10 * 1024 * 1024
 EXTRA_TYPES = ("Patient",)  # accepted besides the source's resource_types (patient identity)
 SUBSCRIPTION_HEADERS = ("x-careloop-subscription", "x-subscription-id", "x-subscription")
 LOOPBACK = ("127.", "::1", "localhost")
@@ -53,21 +56,46 @@ def _fhir(body: Any, status: int, headers: dict[str, str] | None = None) -> Resp
     return Response(content=content, status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
-def _authorized(request: Request, source: Source) -> bool:
-    token = os.environ.get(token_env(source))
-    if not token:
-        host = request.client.host if request.client else ""
-        return host.startswith(LOOPBACK)
+def _credentials(request: Request) -> list[str]:
     given = []
     auth = request.headers.get("authorization", "")
     if auth:
         given.append(auth[7:].strip() if auth.lower().startswith("bearer ") else auth.strip())
     if h := request.headers.get("x-careloop-token"):
         given.append(h.strip())
+    return given
+
+
+def _any_matches(given: list[str], tokens: list[str]) -> bool:
     ok = False
     for g in given:  # compare every candidate so timing does not reveal which matched
-        ok = hmac.compare_digest(g.encode(), token.encode()) or ok
+        for token in tokens:
+            ok = hmac.compare_digest(g.encode(), token.encode()) or ok
     return ok
+
+
+def _is_loopback(request: Request) -> bool:
+    host = request.client.host if request.client else ""
+    return host.startswith(LOOPBACK)
+
+
+def _authorized(request: Request, source: Source) -> bool:
+    token = os.environ.get(token_env(source))
+    if not token:
+        return _is_loopback(request)
+    return _any_matches(_credentials(request), [token])
+
+
+def _known_caller(request: Request) -> bool:
+    """For an unknown source: does the caller hold any FHIR source token or API token?
+    Without any credential, only a loopback caller of a token-less (development) setup."""
+    rt = request.app.state.runtime
+    tokens = [t for src in rt.sources.items if (t := os.environ.get(token_env(src)))]
+    tokens += list(api_token_map(rt.settings).values())
+    given = _credentials(request)
+    if given and tokens:
+        return _any_matches(given, tokens)
+    return not tokens and _is_loopback(request)
 
 
 def _meta(request: Request, kind: str, **extra: Any) -> dict[str, Any]:
@@ -102,22 +130,41 @@ async def _store(request: Request, source: Source, raw: bytes, meta: dict[str, A
 
 
 async def _guard(request: Request, source_name: str) -> tuple[Source | None, Response | None]:
+    """The source, or the answer: 429 (address throttled), 401 (not authenticated, also for an
+    unknown source, so source names cannot be enumerated), 404 (unknown, after authentication)."""
     rt = request.app.state.runtime
+    try:
+        refuse_if_throttled(request)
+    except HTTPException as exc:
+        return None, _fhir(outcome("throttled", str(exc.detail)), 429, dict(exc.headers or {}))
     source = rt.sources.get(source_name)
-    if source is None:
+    if source is None and _known_caller(request):
         return None, _fhir(outcome("not-found", f"unknown source {source_name!r}"), 404)
-    if not _authorized(request, source):
-        log.warning("fhir call refused", extra={"action": "fhir.unauthorized", "source": source.name,
-                                                 "method": request.method})
+    if source is None or not _authorized(request, source):
+        log.warning("fhir call refused", extra={"action": "fhir.unauthorized", "method": request.method,
+                                                 "source": source.name if source else None})
+        authentication_failed(request, "fhir-token", presented=bool(_credentials(request)))
         return None, _fhir(outcome("login", "missing or wrong token"), 401, {"WWW-Authenticate": "Bearer"})
     return source, None
 
 
 async def _reject(request: Request, source: Source, raw: bytes, meta: dict[str, Any], code: str, text: str,
-                  status: int = 400) -> Response:
+                  status: int = 400, headers: dict[str, str] | None = None) -> Response:
     """Keep the bad request (status ``failed``) and answer with an OperationOutcome."""
     await _store(request, source, raw, meta, status="failed", error=text)
-    return _fhir(outcome(code, text), status)
+    return _fhir(outcome(code, text), status, headers)
+
+
+async def _body(request: Request, source: Source, kind: str, **meta: Any) -> tuple[bytes, Response | None]:
+    """The whole body, or a 413 OperationOutcome when it is over ``http_max_fhir_bytes``
+    (its prefix stored as a failed request; never truncated and accepted)."""
+    body = await read_capped(request, request.app.state.runtime.settings.http_max_fhir_bytes)
+    if not body.oversize:
+        return body.data, None
+    m = _meta(request, kind, **meta)
+    m["refused_size"] = body.size
+    return body.data, await _reject(request, source, body.data, m, "too-costly", body.reason(FHIR_LIMIT_SETTING),
+                                    413, CLOSE)
 
 
 def _accepts(source: Source, rtype: str) -> bool:
@@ -133,7 +180,9 @@ async def put_resource(source_name: str, rtype: str, rid: str, request: Request)
     source, err = await _guard(request, source_name)
     if source is None:
         return err  # type: ignore[return-value]
-    raw = (await request.body())[:MAX_BODY]
+    raw, refused = await _body(request, source, "resource", resource_type=rtype, id=rid)
+    if refused is not None:
+        return refused
     meta = _meta(request, "resource", resource_type=rtype, id=rid)
     if not _accepts(source, rtype):
         return await _reject(request, source, raw, meta, "not-supported", f"resource type {rtype} is not accepted here")
@@ -161,7 +210,9 @@ async def delete_resource(source_name: str, rtype: str, rid: str, request: Reque
     source, err = await _guard(request, source_name)
     if source is None:
         return err  # type: ignore[return-value]
-    raw = (await request.body())[:MAX_BODY]
+    raw, refused = await _body(request, source, "delete", resource_type=rtype, id=rid)
+    if refused is not None:
+        return refused
     meta = _meta(request, "delete", resource_type=rtype, id=rid)
     if not _accepts(source, rtype):
         return await _reject(request, source, raw, meta, "not-supported", f"resource type {rtype} is not accepted here")
@@ -176,7 +227,9 @@ async def post_type(source_name: str, rtype: str, request: Request) -> Response:
     source, err = await _guard(request, source_name)
     if source is None:
         return err  # type: ignore[return-value]
-    raw = (await request.body())[:MAX_BODY]
+    raw, refused = await _body(request, source, "notification", resource_type=rtype)
+    if refused is not None:
+        return refused
     if not _accepts(source, rtype):
         meta = _meta(request, "ping", resource_type=rtype)
         return await _reject(request, source, raw, meta, "not-supported", f"resource type {rtype} is not accepted here")
@@ -193,7 +246,9 @@ async def post_base(source_name: str, request: Request) -> Response:
     source, err = await _guard(request, source_name)
     if source is None:
         return err  # type: ignore[return-value]
-    raw = (await request.body())[:MAX_BODY]
+    raw, refused = await _body(request, source, "notification")
+    if refused is not None:
+        return refused
     if not raw.strip():
         if not await _store(request, source, b"", _meta(request, "ping", types=list(source.fhir.resource_types))):
             return _unavailable()

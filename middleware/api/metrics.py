@@ -105,6 +105,13 @@ class RuntimeCollector(Collector):
         g = GaugeMetricFamily("careloop_inbox_queue", "Records waiting for the next group commit")
         g.add_metric([], float(len(rt.writer._queue)))
         yield g
+        th = getattr(rt, "auth_throttle", None)
+        c = CounterMetricFamily("careloop_auth_failures", "Failed authentications (wrong credentials) seen by this process")
+        c.add_metric([], float(th.total if th else 0))
+        yield c
+        g = GaugeMetricFamily("careloop_auth_throttled_clients", "Client addresses answered 429 after failed authentications")
+        g.add_metric([], float(th.throttled_clients(time.monotonic()) if th else 0))
+        yield g
         if rt.mllp is not None:
             g = GaugeMetricFamily("careloop_mllp_open_connections", "Open MLLP connections")
             g.add_metric([], float(rt.mllp.stats.open_connections))

@@ -10,7 +10,7 @@ from sqlmodel import Session, col, select
 
 from ..delivery.worker import replay
 from ..storage.tables import DeliveryAttempt, DeliveryRow, EventRow, InboundMessage, TriggerRow
-from .deps import TokenDep
+from .deps import TokenDep, audited
 
 router = APIRouter(dependencies=[TokenDep])
 
@@ -58,7 +58,7 @@ def message_raw(request: Request, message_id: int) -> dict[str, Any]:
 @router.post("/api/messages/{message_id}/replay")
 def message_replay(request: Request, message_id: int) -> dict[str, Any]:
     """Process a failed (or any) stored message again through the current rules."""
-    with Session(_engine(request)) as s:
+    with audited(request, "message.replay", "message", message_id), Session(_engine(request)) as s:
         m = s.get(InboundMessage, message_id)
         if m is None:
             raise HTTPException(404, "no such message")
@@ -130,18 +130,25 @@ def deliveries(request: Request, status: str | None = None, destination: str | N
 def deliveries_replay(request: Request, delivery_id: int | None = None, destination: str | None = None, status: str = "dead",
                       rule_id: str | None = None, reason_contains: str | None = None) -> dict[str, Any]:
     """Replay one delivery (``delivery_id``), a filter (status, rule, reason text) or a whole destination."""
-    try:
-        n = replay(_engine(request), delivery_id=delivery_id, destination=destination, status=status,
-                   rule_id=rule_id, reason_contains=reason_contains)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from exc
+    target = ("delivery", delivery_id) if delivery_id is not None else ("destination", destination)
+    with audited(request, "deliveries.replay", *target) as a:
+        a.detail = {k: v for k, v in {"status": status, "rule_id": rule_id, "destination": destination}.items() if v}
+        try:
+            n = replay(_engine(request), delivery_id=delivery_id, destination=destination, status=status,
+                       rule_id=rule_id, reason_contains=reason_contains)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        a.detail["replayed"] = n
     request.app.state.runtime.wake_deliver.set()
     return {"replayed": n}
 
 
 @router.post("/api/mappings/reload")
 def mappings_reload(request: Request) -> dict[str, Any]:
-    errors = request.app.state.runtime.reload()
-    if errors:
-        raise HTTPException(422, {"errors": [str(e) for e in errors], "running_version": request.app.state.runtime.ruleset().version})
+    with audited(request, "mappings.reload", "ruleset") as a:
+        errors = request.app.state.runtime.reload()
+        a.target_id = request.app.state.runtime.ruleset().version
+        if errors:
+            a.detail["errors"] = len(errors)
+            raise HTTPException(422, {"errors": [str(e) for e in errors], "running_version": request.app.state.runtime.ruleset().version})
     return {"version": request.app.state.runtime.ruleset().version}

@@ -16,7 +16,7 @@ from sqlmodel import Session, col, select
 from ..delivery import admin, audit
 from ..delivery.consent import consent_patient_ref
 from ..storage.tables import Authorization, ConsentRecord, PatientRow, Suppression
-from .deps import TokenDep
+from .deps import TokenDep, audited, pseudonym
 
 router = APIRouter(dependencies=[TokenDep])
 
@@ -50,7 +50,7 @@ def consent_post(request: Request, resource: dict[str, Any] = Body(...), patient
         raise HTTPException(422, {"error": "invalid FHIR Consent", "detail": str(exc)[:2000]}) from exc
     key, pid = consent_patient_ref(resource)
     now = time.time()
-    with Session(_engine(request)) as s:
+    with audited(request, "consent.add", "patient") as a, Session(_engine(request)) as s:
         if patient_key is None and key is None and pid:
             row = s.exec(select(PatientRow.key).where(PatientRow.fhir_id == pid)).first()
             key = row
@@ -61,6 +61,10 @@ def consent_post(request: Request, resource: dict[str, Any] = Body(...), patient
         rec = existing or ConsentRecord(patient_key=key, status="", resource="{}", received_at=now, updated_at=now)
         rec.patient_key, rec.fhir_id, rec.status = key, resource.get("id"), str(resource.get("status"))
         rec.resource, rec.updated_at = orjson.dumps(resource).decode(), now
+        a.target_id = pseudonym(request, key)
+        a.detail = {"consent_id": resource.get("id"), "status": rec.status}
+        if rec.status in ("inactive", "rejected", "entered-in-error"):
+            a.detail["revoked"] = True
         s.add(rec)
         s.commit()
         s.refresh(rec)
@@ -105,13 +109,15 @@ def suppressions_list(request: Request, patient_key: str | None = None, active: 
 @router.post("/api/suppressions", status_code=201)
 def suppressions_add(request: Request, body: SuppressionIn) -> dict[str, Any]:
     """Record an opt-out; it applies from the next send (deliveries are checked at send time)."""
-    with Session(_engine(request)) as s:
+    with audited(request, "suppression.add", "patient", pseudonym(request, body.patient_key)) as a, Session(_engine(request)) as s:
         r = Suppression(patient_key=body.patient_key, destination=body.destination, purpose=body.purpose,
                         reason=body.reason, source=body.source, created_at=time.time())
         s.add(r)
         s.commit()
         s.refresh(r)
         out = _supp_json(r)
+        a.detail = {"suppression_id": r.id, "destination": body.destination, "purpose": body.purpose,
+                    "source": body.source}
     request.app.state.runtime.wake_deliver.set()
     return out
 
@@ -132,8 +138,10 @@ def _revoke(s: Session, table: Any, row_id: int, missing: str) -> Any:
 @router.delete("/api/suppressions/{suppression_id}")
 def suppressions_remove(request: Request, suppression_id: int) -> dict[str, Any]:
     """Lift an opt-out (the row is kept with ``revoked_at`` for the record)."""
-    with Session(_engine(request)) as s:
-        return _supp_json(_revoke(s, Suppression, suppression_id, "no such suppression"))
+    with audited(request, "suppression.revoke", "suppression", suppression_id) as a, Session(_engine(request)) as s:
+        row = _revoke(s, Suppression, suppression_id, "no such suppression")
+        a.detail = {"patient": pseudonym(request, row.patient_key)}
+        return _supp_json(row)
 
 
 # -- authorizations -----------------------------------------------------------
@@ -158,19 +166,22 @@ def authorizations_list(request: Request, patient_key: str = Query(...)) -> dict
 
 @router.post("/api/authorizations", status_code=201)
 def authorizations_add(request: Request, body: AuthorizationIn) -> dict[str, Any]:
-    with Session(_engine(request)) as s:
+    with audited(request, "authorization.add", "patient", pseudonym(request, body.patient_key)) as au, Session(_engine(request)) as s:
         a = Authorization(patient_key=body.patient_key, purpose=body.purpose, reference=body.reference, granted_at=time.time())
         s.add(a)
         s.commit()
         s.refresh(a)
+        au.detail = {"authorization_id": a.id, "purpose": a.purpose}
         return _auth_json(a)
 
 
 @router.delete("/api/authorizations/{authorization_id}")
 def authorizations_revoke(request: Request, authorization_id: int) -> dict[str, Any]:
     """Revoke; pending marketing deliveries for the patient are suppressed at their send time."""
-    with Session(_engine(request)) as s:
-        return _auth_json(_revoke(s, Authorization, authorization_id, "no such authorization"))
+    with audited(request, "authorization.revoke", "authorization", authorization_id) as au, Session(_engine(request)) as s:
+        row = _revoke(s, Authorization, authorization_id, "no such authorization")
+        au.detail = {"patient": pseudonym(request, row.patient_key), "purpose": row.purpose}
+        return _auth_json(row)
 
 
 # -- audit, alerts, destinations ----------------------------------------------
@@ -193,6 +204,8 @@ def alerts_list(request: Request, all: bool = False) -> dict[str, Any]:
 @router.post("/api/destinations/{name}/resume")
 def destination_resume(request: Request, name: str) -> dict[str, Any]:
     """Lift an auth-failure pause or a 410 disable (after fixing the cause) and resolve its alerts."""
-    lifted = admin.resume(_engine(request), name)
+    with audited(request, "destination.resume", "destination", name) as a:
+        lifted = admin.resume(_engine(request), name)
+        a.detail = {"resumed": bool(lifted)}
     request.app.state.runtime.wake_deliver.set()
     return {"destination": name, "resumed": lifted}

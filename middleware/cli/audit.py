@@ -1,4 +1,5 @@
-"""``careloop audit export --patient KEY [--format csv|json] [--destination NAME]``: the disclosure record."""
+"""``careloop audit export --patient KEY [--format csv|json] [--destination NAME]``: the disclosure record.
+``careloop audit admin [--since WHEN] [--action A] [--actor NAME] [--json]``: the admin audit."""
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    from ..delivery.admin_audit import parse_since, query
+    from ..storage.db import init_db, make_engine
+
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        print(f"careloop audit admin: {exc}", file=sys.stderr)
+        return 2
+    engine = make_engine(settings_from(args).database_url)
+    init_db(engine)
+    rows, next_before = query(engine, action=args.action, actor=args.actor, since=since, before_id=args.before_id,
+                              limit=args.limit)
+    if args.json:
+        sys.stdout.write(json.dumps({"items": rows, "next_before_id": next_before}, indent=2) + "\n")
+        return 0
+    for r in rows:
+        target = f"{r['target_kind']}:{r['target_id']}" if r["target_kind"] else "-"
+        print(f"{r['id']:>6} {r['at'][:19]} {r['actor'][:16]:<16} {r['channel']:<7} {r['action']:<22} "
+              f"{r['outcome']:<8} {target}" + (f"  ({r['reason']})" if r["reason"] else ""))
+    if next_before:
+        print(f"... more: --before-id {next_before}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("audit", help="the disclosure audit (append-only)")
+    p = sub.add_parser("audit", help="the disclosure audit and the admin audit (append-only)")
     asub = p.add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     pe = asub.add_parser("export", help="every disclosure about one patient")
     pe.add_argument("--patient", required=True, help="patient key (system|value)")
@@ -35,3 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pe.add_argument("--output", "-o")
     add_common(pe)
     pe.set_defaults(func=cmd_export)
+    pa = asub.add_parser("admin", help="the admin audit: who did what, newest first")
+    pa.add_argument("--since", help="ISO 8601 date/time (UTC if no offset) or epoch seconds")
+    pa.add_argument("--action", help="e.g. deliveries.replay, suppression.add, contact_keys.export")
+    pa.add_argument("--actor", help="API token name or OS user")
+    pa.add_argument("--limit", type=int, default=100)
+    pa.add_argument("--before-id", type=int, help="page: rows older than this id")
+    pa.add_argument("--json", action="store_true")
+    add_common(pa)
+    pa.set_defaults(func=cmd_admin)

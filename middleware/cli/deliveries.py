@@ -27,6 +27,15 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return settings, engine
 
 
+def _audit(engine: object, action: str, kind: str, target: object, *, reason: str | None, detail: dict) -> None:  # type: ignore[type-arg]
+    """Write the admin-audit row of a CLI action (actor: the OS user)."""
+    from ..delivery.admin_audit import cli_actor, record
+
+    record(engine, actor=cli_actor(), channel="cli", action=action, target_kind=kind,  # type: ignore[arg-type]
+           target_id=None if target is None else str(target), reason=reason,
+           detail={k: v for k, v in detail.items() if v is not None})
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from ..delivery.admin import list_deliveries
 
@@ -55,6 +64,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"careloop deliveries replay: {exc}", file=sys.stderr)
         return 2
+    _audit(engine, "deliveries.replay", *(("delivery", args.id) if args.id is not None else ("destination", args.destination)),
+           reason=args.audit_reason, detail={"status": args.status, "rule_id": args.rule, "replayed": n})
     print(f"replayed {n} deliver{'y' if n == 1 else 'ies'} (status {args.status} -> pending)")
     return 0
 
@@ -63,7 +74,9 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from ..delivery.admin import resume
 
     _, engine = _engine(args)
-    print(f"{args.name}: {'resumed' if resume(engine, args.name) else 'was not paused'}")
+    lifted = resume(engine, args.name)
+    _audit(engine, "destination.resume", "destination", args.name, reason=args.audit_reason, detail={"resumed": bool(lifted)})
+    print(f"{args.name}: {'resumed' if lifted else 'was not paused'}")
     return 0
 
 
@@ -88,7 +101,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if rs is None:
         return 1
     guard_append_only()
-    worker = DeliveryWorker(engine, lambda: rs, contact_secret=settings.contact_key_secret, fault_hook=fault_hook_from_env(),
+    from ..keyring import contact_keyring
+
+    worker = DeliveryWorker(engine, lambda: rs, contact_secret=contact_keyring(settings).current.secret, fault_hook=fault_hook_from_env(),
                             lease_s=args.lease_s, link_base=f"http://{settings.http_host}:{settings.http_port}")
 
     async def loop() -> None:
@@ -129,10 +144,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pr.add_argument("--rule", help="only deliveries of triggers from this rule id")
     pr.add_argument("--reason", help="only deliveries whose last error contains this text")
     pr.add_argument("--all", action="store_true", help="every delivery with --status")
+    pr.add_argument("--audit-reason", help="why (kept in the admin audit; no PHI)")
     add_common(pr)
     pr.set_defaults(func=cmd_replay)
     pu = dsub.add_parser("resume", help="lift an auth-failure pause or 410 disable of a destination")
     pu.add_argument("name")
+    pu.add_argument("--audit-reason", help="why (kept in the admin audit; no PHI)")
     add_common(pu)
     pu.set_defaults(func=cmd_resume)
     pa = dsub.add_parser("alerts", help="open delivery alerts and paused destinations")

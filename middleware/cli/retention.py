@@ -15,7 +15,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     engine = make_engine(settings.database_url)
     init_db(engine)
-    report = purge(engine, now=time.time(), days=args.days or settings.retention_days, full=args.full)
+    from ..delivery.admin_audit import cli_actor, record
+
+    days = args.days or settings.retention_days
+    report = purge(engine, now=time.time(), days=days, full=args.full)
+    record(engine, actor=cli_actor(), channel="cli", action="retention.run", target_kind="retention", target_id=f"{days}d",
+           reason=args.reason, detail={**report.as_dict(), "full": args.full})
     print(json.dumps(report.as_dict()))
     return 0
 
@@ -27,5 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pr.add_argument("--days", type=int, help="override retention_days")
     pr.add_argument("--full", action="store_true",
                     help="cover all history, not only the window since the last run's cut-off")
+    pr.add_argument("--reason", help="why (kept in the admin audit; no PHI)")
     add_common(pr)
     pr.set_defaults(func=cmd_run)

@@ -44,6 +44,23 @@ def load_rules_or_report(directory: object):  # type: ignore[no-untyped-def]
     return rs
 
 
+def network_secret_problems(settings: object, beyond_loopback: bool) -> list[str]:
+    """Malformed secrets always; beyond loopback also weak ones (development defaults, short
+    tokens): see ``cli/_secrets.py``."""
+    from ._secrets import malformed_secrets, weak_secrets
+    from .sink import DEV_WEBHOOK_SECRET, webhook_secret
+
+    if not beyond_loopback:
+        return malformed_secrets(settings)  # type: ignore[arg-type]
+    return weak_secrets(settings, webhook_secret(), DEV_WEBHOOK_SECRET)  # type: ignore[arg-type]
+
+
+def report_secrets(problems: list[str], command: str, beyond_loopback: bool) -> int:
+    from ._secrets import report
+
+    return report(problems, command, "refusing to serve beyond loopback: " if beyond_loopback else "")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .. import logsafe
     from ..service import ConfigError, Runtime
@@ -53,9 +70,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("CARELOOP_WEBHOOK_SECRET", webhook_secret())
     logsafe.configure(settings.log_level)
-    if not settings.api_token and not (_is_loopback(settings.http_host) and _is_loopback(settings.mllp_host)):
+    beyond_loopback = not (_is_loopback(settings.http_host) and _is_loopback(settings.mllp_host))
+    if not (settings.api_token or settings.api_tokens) and beyond_loopback:
         print("careloop: refusing to listen beyond loopback without an API token; set CARELOOP_API_TOKEN or --api-token", file=sys.stderr)
         return 2
+    if problems := network_secret_problems(settings, beyond_loopback):
+        return report_secrets(problems, "serve", beyond_loopback)
     try:
         rt = Runtime(settings)
     except ConfigError as exc:

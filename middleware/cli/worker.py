@@ -9,7 +9,25 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .serve import add_common, settings_from
+from .serve import _is_loopback, add_common, network_secret_problems, report_secrets, settings_from
+
+
+def worker_beyond_loopback(settings: object, metrics_host: str | None) -> bool:
+    """A worker is in network mode when its database, its metrics port or the configured
+    HTTP/MLLP hosts (shared settings with ``serve``) are beyond loopback."""
+    from sqlalchemy.engine import make_url
+
+    s = settings  # Settings; typed loosely to keep this module import-light
+    hosts = [getattr(s, "http_host"), getattr(s, "mllp_host")]
+    url = str(getattr(s, "database_url"))
+    if not url.startswith("sqlite"):
+        try:
+            hosts.append(make_url(url).host or "localhost")
+        except Exception:
+            hosts.append("")
+    if metrics_host:
+        hosts.append(metrics_host)
+    return not all(_is_loopback(h) for h in hosts)
 from ._loop import run as run_loop
 
 
@@ -19,6 +37,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     logsafe.configure(settings.log_level)
+    beyond = worker_beyond_loopback(settings, args.metrics_host if args.metrics_port else None)
+    if problems := network_secret_problems(settings, beyond):
+        return report_secrets(problems, "worker", beyond)
     if args.metrics_port:
         print("careloop worker: --metrics-port serves /metrics for this worker", file=sys.stderr)
     try:

@@ -273,3 +273,32 @@ class KeyValue(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=200)
     value: str = Field(sa_column=Column(Text, nullable=False))
     updated_at: float = 0.0
+
+
+class AdminAudit(SQLModel, table=True):
+    """Append-only record of every admin action (reload, replay, resume, suppressions,
+    authorizations, consents, retention runs, contact-key exports, auth throttling).
+
+    Targets are ids, names or pseudonymous keys only, never PHI. ORM updates and deletes
+    raise (``delivery/admin_audit.guard_admin_audit``); retention never touches it.
+    """
+
+    __tablename__ = "admin_audit"
+    __table_args__ = (
+        Index("ix_admin_audit_at", "at", "id"),
+        Index("ix_admin_audit_action", "action", "id"),
+        Index("ix_admin_audit_actor", "actor", "id"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    at: float
+    actor: str = Field(max_length=100)  # API token name, OS user (CLI), or "careloop" (the service itself)
+    role: Optional[str] = Field(default=None, max_length=32)
+    channel: str = Field(max_length=8)  # api | cli | service
+    action: str = Field(max_length=64)  # e.g. deliveries.replay, suppression.add, contact_keys.export
+    target_kind: Optional[str] = Field(default=None, max_length=32)
+    target_id: Optional[str] = Field(default=None, max_length=300)
+    reason: Optional[str] = Field(default=None, max_length=200)
+    client: Optional[str] = Field(default=None, max_length=64)  # client address (API calls)
+    outcome: str = Field(max_length=16)  # ok | refused | error
+    request_id: Optional[str] = Field(default=None, max_length=64)
+    detail: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON: counts, filters

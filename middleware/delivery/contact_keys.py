@@ -1,0 +1,71 @@
+"""Contact keys across secret versions: resolve a key a vendor holds, export old -> new.
+
+A contact key is ``ck_`` + HMAC-SHA256(secret, patient key) (:func:`policy.contact_key`);
+it cannot be reversed, so resolving one recomputes it for every known patient key under
+each secret still valid for lookups (about 1 µs per patient and version here: a lookup over
+a million patients and two versions takes about 2 s). The export recomputes the key of
+every patient that was disclosed to a destination (the disclosure audit is never purged)
+under both versions, so a destination can re-key its records: no history is lost.
+"""
+from __future__ import annotations
+
+import csv
+from datetime import datetime
+from typing import IO, Iterator
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+
+from ..keyring import ContactKeyring
+from ..storage.tables import Disclosure, PatientRow
+from .policy import contact_key
+
+EXPORT_COLUMNS = ("old_key", "new_key")
+
+
+def disclosed_patients(engine: Engine, destination: str | None = None) -> Iterator[str]:
+    """Distinct patient keys disclosed (to ``destination``, or to any), in key order."""
+    stmt = select(Disclosure.patient_key).where(Disclosure.patient_key.is_not(None)).distinct()  # type: ignore[union-attr]
+    if destination:
+        stmt = stmt.where(Disclosure.destination == destination)
+    with engine.connect() as c:
+        for (key,) in c.execute(stmt.order_by(Disclosure.patient_key)):
+            yield key
+
+
+def _known_patients(engine: Engine) -> Iterator[str]:
+    seen: set[str] = set()
+    with engine.connect() as c:
+        for (key,) in c.execute(select(PatientRow.key)):
+            seen.add(key)
+            yield key
+    for key in disclosed_patients(engine):
+        if key not in seen:
+            yield key
+
+
+def resolve(engine: Engine, keyring: ContactKeyring, ck: str, *, now: datetime | None = None) -> tuple[str, str] | None:
+    """``(patient key, secret version)`` of contact key ``ck`` under a secret valid for lookups, or None."""
+    versions = keyring.for_lookup(now)
+    for key in _known_patients(engine):
+        for v in versions:
+            if contact_key(v.secret, key) == ck:
+                return key, v.version
+    return None
+
+
+def export_mapping(engine: Engine, keyring: ContactKeyring, old: str, new: str, out: IO[str], *,
+                   destination: str | None = None) -> int:
+    """Write CSV ``old_key,new_key`` (pseudonymous keys only) for every disclosed patient; return the row count.
+
+    Raises KeyError when a version is not configured, ValueError when they are the same."""
+    if old == new:
+        raise ValueError("--from and --to name the same version")
+    s_old, s_new = keyring.get(old).secret, keyring.get(new).secret
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(EXPORT_COLUMNS)
+    n = 0
+    for key in disclosed_patients(engine, destination):
+        w.writerow((contact_key(s_old, key), contact_key(s_new, key)))
+        n += 1
+    return n
