@@ -8,7 +8,8 @@ as :class:`Truncated`.
 
 Bytes that are not HL7 are *junk*: anything outside frames other than the separators
 above, and frames (complete, unfinished or oversize) whose first 256 bytes carry no
-``MSH``, ``FHS`` or ``BHS`` header in ASCII, UTF-16 or UTF-32 and that do not begin like an
+``MSH``, ``FHS`` or ``BHS`` header (first, in ASCII, UTF-8, UTF-16 or UTF-32, or after a line
+end) and that do not begin like an
 HL7 segment (three letters or digits and a delimiter, after a BOM or whitespace): random
 bytes, a port scanner, TLS or HTTP sent to the plain port. A run of junk between two HL7 frames is one *burst*,
 reported once as :class:`Junk` — when the next HL7 item arrives or at :meth:`MllpFramer.finish`
@@ -27,7 +28,8 @@ CR = b"\x0d"
 
 _SEPARATORS = b"\x00\t\n\r \x1c"  # between frames: not junk (NUL padding, CR/LF, a doubled end block)
 _HEADERS = ("MSH", "FHS", "BHS")
-_SIGNATURES = tuple(h.encode(c) for h in _HEADERS for c in ("ascii", "utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"))
+_LEAD = b"\xef\xbb\xbf\xff\xfe\x00\t\r\n "  # BOMs, NULs (UTF-16/32 high bytes) and whitespace before a header
+_AFTER_CR = tuple(b"\r" + h.encode() for h in _HEADERS) + tuple(b"\n" + h.encode() for h in _HEADERS)
 _PROBE = 256
 # a segment ID and a delimiter, then ASCII text (up to 16 bytes are checked): random bytes pass with p ~ 1e-10
 _SEGMENT_START = re.compile(rb"[\xef\xbb\xbf\xff\xfe\x00\t\r\n ]*[A-Z][A-Z0-9]{2}[!-/:-@\[-`{-~]")
@@ -71,8 +73,10 @@ def looks_like_hl7(payload: bytes) -> bool:
     """Whether a frame's first 256 bytes hold an MSH/FHS/BHS header in any encoding HL7 allows,
     or the frame begins like a segment (``PID|``): such a frame is answered, even with AE."""
     head = payload[:_PROBE]
-    if any(sig in head for sig in _SIGNATURES):
-        return True
+    if head.lstrip(_LEAD)[:16].replace(b"\x00", b"")[:3].decode("latin-1") in _HEADERS:
+        return True  # MSH/FHS/BHS first, in ASCII, UTF-8 (with BOM), UTF-16 or UTF-32
+    if any(sig in head for sig in _AFTER_CR):
+        return True  # a header after a stray line
     m = _SEGMENT_START.match(head)
     return m is not None and _TEXT.match(head[m.end():m.end() + 16]) is not None
 
