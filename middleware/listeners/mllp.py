@@ -423,7 +423,7 @@ class _MllpConnection(asyncio.Protocol):
         self.last_activity = self.loop.time()
         if self.phase == "proxy":
             data = self._read_proxy_header(data)
-        if data and self.phase == "tls":
+        if data and self.tls is not None and not self.closed:
             data = self._read_tls(data)
         if data and self.phase == "frames" and not self.closed:
             self._read_frames(data)
