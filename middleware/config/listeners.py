@@ -8,6 +8,7 @@ Per-source address allow-lists and certificate subjects live on the source
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from pathlib import Path
 from typing import Literal
 
@@ -102,6 +103,38 @@ class MllpListenerConfig(_Strict):
     )
     tls: ListenerTls | None = None
     proxy_protocol: ProxyProtocolSettings | None = None
+
+
+_TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def build_server_context(cfg: ListenerTls) -> ssl.SSLContext:
+    """A server context: TLS ``min_version`` or newer, the certificate chain, and client
+    verification against ``client_ca_file`` when set. Raises OSError / ssl.SSLError / ValueError."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = _TLS_VERSIONS[cfg.min_version]
+    ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    if cfg.client_ca_file is not None:
+        ctx.load_verify_locations(cafile=str(cfg.client_ca_file))
+        ctx.verify_mode = ssl.CERT_REQUIRED if cfg.require_client_cert else ssl.CERT_OPTIONAL
+    return ctx
+
+
+def check_listeners(items: list[MllpListenerConfig]) -> list[tuple[int, str | None, str, str]]:
+    """Problems pydantic cannot see: a port listed twice, certificates that do not load.
+    Returns (index, key, code, message) tuples for positioned diagnostics."""
+    out: list[tuple[int, str | None, str, str]] = []
+    seen: set[int] = set()
+    for i, cfg in enumerate(items):
+        if cfg.port in seen:
+            out.append((i, "port", "duplicate-listener", f"MLLP port {cfg.port} is listed twice"))
+        seen.add(cfg.port)
+        if cfg.tls is not None:
+            try:
+                build_server_context(cfg.tls)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                out.append((i, "tls", "tls-unusable", f"certificate, key or CA does not load: {exc}"))
+    return out
 
 
 def default_listener(port: int) -> MllpListenerConfig:

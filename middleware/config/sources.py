@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .listeners import MllpListenerConfig, address_in, default_listener, networks, parse_networks
+from .listeners import MllpListenerConfig, address_in, check_listeners, default_listener, networks, parse_networks
 from .yamlpos import DiagnosticSink, YamlError, load_positioned, pydantic_errors_to_diagnostics
 
 DEFAULT_ACCEPT = [
@@ -144,6 +144,10 @@ class Sources:
         """The configuration of the MLLP listener on ``port`` (defaults when not listed)."""
         return self.listeners.get(port) or default_listener(port)
 
+    def mllp_ports(self) -> set[int]:
+        """Ports named by a source (``hl7.ports``) or a ``listeners:`` entry."""
+        return {p for s in self.items for p in s.hl7.ports} | set(self.listeners)
+
     def for_port(self, port: int) -> Source | None:
         """The source owning an MLLP port (``hl7.ports``), if any."""
         return next((s for s in self.items if s.kind == "hl7v2" and port in s.hl7.ports), None)
@@ -211,4 +215,11 @@ def load_sources(mappings_dir: Path) -> tuple[Sources, list]:
         exc._careloop_model = SourcesFile  # type: ignore[attr-defined]
         pydantic_errors_to_diagnostics(sink, raw, exc)
         return Sources([]), sink.items
-    return Sources(list(parsed.sources), list(parsed.listeners)), sink.items
+    listeners = list(parsed.listeners)
+    raw_listeners = raw.get("listeners") if isinstance(raw, dict) else None
+    for i, key, code, message in check_listeners(listeners):
+        node = raw_listeners[i] if isinstance(raw_listeners, list) and i < len(raw_listeners) else raw
+        sink.error(node, key, code, message)
+    if sink.has_errors:
+        return Sources([]), sink.items
+    return Sources(list(parsed.sources), listeners), sink.items

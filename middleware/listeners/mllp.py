@@ -355,7 +355,9 @@ class _MllpConnection(asyncio.Protocol):
         self.idle_timer = self.deadline_timer = None
         if not self.admitted:
             return
-        self.held.extend(self.framer.finish("connection closed before the end block"))
+        for item in self.framer.finish("connection closed before the end block"):
+            self.held.append(item)
+            self.held_bytes += _item_size(item)
         # frames still waiting for room are stored anyway (their sender may resend: a duplicate)
         self._submit_held(force=True)
         self._account()

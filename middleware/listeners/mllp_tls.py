@@ -15,27 +15,13 @@ import os
 import ssl
 from dataclasses import dataclass
 
-from ..config.listeners import ListenerTls
+from ..config.listeners import ListenerTls, build_server_context as build_context
 
 log = logging.getLogger("careloop.mllp")
-
-_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 class TlsError(Exception):
     """The TLS session failed (handshake refused, bad record); the connection is closed."""
-
-
-def build_context(cfg: ListenerTls) -> ssl.SSLContext:
-    """A server context: TLS ``min_version`` or newer, the certificate chain, and client
-    verification against ``client_ca_file`` when set. Raises OSError/ssl.SSLError."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = _VERSIONS[cfg.min_version]
-    ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
-    if cfg.client_ca_file is not None:
-        ctx.load_verify_locations(cafile=str(cfg.client_ca_file))
-        ctx.verify_mode = ssl.CERT_REQUIRED if cfg.require_client_cert else ssl.CERT_OPTIONAL
-    return ctx
 
 
 def _stamp(cfg: ListenerTls) -> tuple[tuple[int, int, int], ...]:
