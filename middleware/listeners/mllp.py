@@ -429,6 +429,9 @@ class _MllpConnection(asyncio.Protocol):
             data = self._read_tls(data)
         if data and self.phase == "frames" and not self.closed:
             self._read_frames(data)
+        if self.eof and not self.slots and not self.closed and self.transport is not None:
+            self.transport.close()  # the TLS peer said close_notify and everything is answered
+            return
         self._update_deadline()
 
     def _read_proxy_header(self, data: bytes) -> bytes:
@@ -472,7 +475,7 @@ class _MllpConnection(asyncio.Protocol):
                 chosen = sources.for_port(self.listener.port)
             self._bind(chosen.name if chosen is not None else None)
         if out.closed:
-            self.eof_received()
+            self.eof = True  # close_notify: answer what was sent, then close (see data_received)
         return out.plaintext
 
     def _read_frames(self, data: bytes) -> None:
