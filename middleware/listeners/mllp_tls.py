@@ -124,8 +124,10 @@ class TlsSession:
         cert = self._obj.getpeercert()
         if not cert:
             return []
-        names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
-        names += [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+        names: list[str] = []
+        for rdn in cert.get("subject", ()):
+            names += [str(attr[1]) for attr in rdn if attr[0] == "commonName"]
+        names += [str(alt[1]) for alt in cert.get("subjectAltName", ()) if alt[0] == "DNS"]
         return names
 
     def version(self) -> str | None:
