@@ -224,7 +224,7 @@ class Runtime:
         return MllpListener(
             sources=self.sources, writer=self.writer, host=cfg.host or self.settings.mllp_host, port=port,
             max_message_bytes=self.settings.mllp_max_message_bytes, idle_timeout_s=self.settings.mllp_idle_timeout_s,
-            fault_hook=self.fault, config=cfg,
+            fault_hook=self.fault, config=cfg, sources_now=lambda: self.sources,
         )
 
     async def serve(self) -> None:

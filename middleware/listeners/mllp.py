@@ -101,8 +101,10 @@ class MllpListener:
         max_inflight: int = 256,
         fault_hook: Callable[[str], None] | None = None,
         config: MllpListenerConfig | None = None,
+        sources_now: Callable[[], Sources] | None = None,
     ) -> None:
-        self.sources = sources
+        self._sources = sources
+        self._sources_now = sources_now  # the running service's current sources (they change on reload)
         self.writer = writer
         self.host = host
         self.port = port
@@ -128,6 +130,12 @@ class MllpListener:
         self._conns: set[_MllpConnection] = set()  # open connections
         self._server: asyncio.base_events.Server | None = None
         self._log_limit = _ThrottledLog()
+
+    @property
+    def sources(self) -> Sources:
+        """The sources frames are attributed with: the service's current set when it gave one
+        (allow-lists and certificate subjects follow a reload; ports, limits and TLS need a restart)."""
+        return self._sources_now() if self._sources_now is not None else self._sources
 
     async def start(self) -> int:
         """Start listening; return the bound port (useful with port 0)."""
