@@ -224,3 +224,33 @@ async def test_proxy_protocol_gives_the_real_client_to_caps_and_allow_lists(mllp
     assert [row[0] for row in h.rows()] == ["PP-1", "PP-2"]
     for x in (w, w2, w3, w4, w5, w6):
         x.close()
+
+
+async def test_proxy_header_then_tls_handshake_on_one_connection(mllp, pki):
+    """Balancers send the PROXY header in clear before the client's TLS bytes."""
+    import socket
+
+    port = free_port()
+    sources = [Source(name="clinic", hl7=Hl7Settings(ports=[port], allow_from=["10.9.8.0/24"]))]
+    h = await mllp(port=port, sources=sources, proxy_protocol=ProxyProtocolSettings(trusted=["127.0.0.1/32"]),
+                   tls=ListenerTls(cert_file=pki.cert, key_file=pki.key))
+    ctx = pki.client_ctx()
+
+    def client(real: str) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(proxy_v2(real))
+            with ctx.wrap_socket(raw) as s:
+                s.sendall(frame(siu("S12", control=f"PT-{real}")))
+                buf = b""
+                while b"\x1c" not in buf:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise ConnectionError("closed")
+                    buf += chunk
+                return buf
+
+    loop = asyncio.get_running_loop()
+    assert b"MSA|AA|PT-10.9.8.7" in await loop.run_in_executor(None, client, "10.9.8.7")
+    with pytest.raises((ConnectionError, ssl.SSLError, OSError)):
+        await loop.run_in_executor(None, client, "192.0.2.5")
+    assert h.listener.stats.refused == {"client address not in the source's allow_from": 1}
