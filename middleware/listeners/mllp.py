@@ -65,7 +65,8 @@ class MllpStats:
     buffered_bytes: int = 0  # now, all connections of the listener
 
 
-_PROXY_HEADER_MAX = 4096  # a v2 header with TLVs; longer is refused
+_PROXY_HEADER_MAX = 4096
+_TRUNCATED_KEEP = 65536  # a v2 header with TLVs; longer is refused
 _LOG_EVERY_S = 5.0
 
 
@@ -208,6 +209,13 @@ class MllpListener:
             control_id=p_control or None,
             message_type=p_type or None,
         )
+
+    def _truncated_record(self, item: Truncated) -> InboundRecord:
+        """An unfinished frame, its first 64 KiB kept: its sender got no ACK and resends it whole,
+        and a peer closed by a limit must not turn each connection into a large stored row."""
+        data = item.data[:_TRUNCATED_KEEP]
+        more = f" ({len(item.data)} bytes, first {len(data)} kept)" if len(data) < len(item.data) else ""
+        return self._problem_record(data, "truncated frame: " + item.reason + more)
 
     def _junk_record(self, item: Junk) -> InboundRecord:
         text = f"{item.size} bytes outside MLLP frames or not HL7 (first {len(item.data)} kept, {item.dropped} dropped)"
@@ -567,7 +575,7 @@ class _MllpConnection(asyncio.Protocol):
                 self._schedule_flush()
 
         else:
-            rec = listener._problem_record(item.data, "truncated frame: " + item.reason)
+            rec = listener._truncated_record(item)
 
             def done(res: StoreResult, slot: _Slot = slot) -> None:
                 slot.done = True

@@ -154,3 +154,15 @@ async def test_one_megabyte_of_random_bytes_is_one_record_and_real_frames_keep_t
     junk = [row for row in rows if row[2] and "outside MLLP frames" in row[2]]
     assert junk and sum(len(row[4]) for row in junk) <= 2 * 65536
     assert h.listener.stats.junk_bytes >= 990_000
+
+
+async def test_a_connection_closed_mid_frame_stores_at_most_64_kib_of_it(mllp):
+    h = await mllp(frame_deadline_s=0.5)
+    r, w = await asyncio.open_connection("127.0.0.1", h.port)
+    w.write(b"\x0b" + siu("S12", control="BIGHALF") + b"NTE|1||" + b"Z" * 500_000)
+    await w.drain()
+    assert await closed_by_server(r, 5)
+    (row,) = await h.wait_rows(1)
+    assert row[1] == "failed" and len(row[4]) == 65536 and "first 65536 kept" in row[2]
+    assert row[4].startswith(b"MSH|")
+    w.close()
