@@ -17,6 +17,21 @@ must still answer /healthz and its memory come back or stay flat.
 
 A bounded server shows RSS reaching a plateau while the bytes offered keep growing; the
 report prints both (peak, last 25 % of the flood vs. the middle, MB per 10k frames offered).
+
+Attacks (``--attacks overcap,drip --loops uvloop,asyncio``, issue 11), each under both event
+loops (``CARELOOP_EVENT_LOOP``), ``careloop serve --no-worker`` with the default limits:
+
+* ``overcap``: ``--attack-connections`` (700, beyond the 512 cap) from 20 loopback addresses
+  (127.0.0.10-29, 35 each: under the per-address cap) each push 1 MB of an unfinished frame
+  and reconnect when closed;
+* ``drip``: as many connections each send a frame start and then one byte a second (reconnecting
+  when closed).
+
+Meanwhile a real sender on its own address (127.0.0.2) keeps one persistent connection
+(opened before the attack, as MLLP senders do) and sends a message every 0.25 s, and a second
+one (127.0.0.3) opens a new connection every second. Reported: the server's RSS (before, peak,
+median of the last third), the persistent sender's ACK latency (p50/p99/max: must stay
+under 1 s), the new-connection sender's successes, and the server's refusal/close counters.
 """
 from __future__ import annotations
 
@@ -199,10 +214,12 @@ def metrics(http: int) -> dict[str, float]:
     except httpx.HTTPError:
         return out
     for name in ("careloop_inbox_queue", "careloop_inbox_queue_waits_total", "careloop_inbox_queue_waits",
-                 "careloop_mllp_open_connections"):
-        m = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
-        if m:
-            out[name] = float(m.group(1))
+                 "careloop_mllp_open_connections", "careloop_mllp_buffered_bytes",
+                 "careloop_mllp_refused_connections_total", "careloop_mllp_limit_closes_total",
+                 "careloop_mllp_junk_records_total"):
+        vals = [float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+]+)$", text, re.M)]
+        if vals:
+            out[name] = sum(vals)  # summed over listeners and reasons
     return out
 
 
@@ -216,7 +233,7 @@ def healthz(http: int) -> float | None:
     return (time.perf_counter() - t) * 1000 if ok else None
 
 
-def start(variant: str, work: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+def start(variant: str, work: Path, loop: str = "uvloop") -> tuple[subprocess.Popen[bytes], int, int]:
     http, mllp = free_port(), free_port()
     cmd = [PY, "-m", "middleware", "serve", "--http-port", str(http), "--mllp-port", str(mllp),
            "--database-url", f"sqlite:///{work}/c.db", "--mappings", str(REPO / "mappings")]
@@ -224,7 +241,7 @@ def start(variant: str, work: Path) -> tuple[subprocess.Popen[bytes], int, int]:
         cmd.append("--no-worker")
     log = (work / "serve.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "CARELOOP_LOG_LEVEL": "WARNING"})
+                            env={**os.environ, "CARELOOP_LOG_LEVEL": "WARNING", "CARELOOP_EVENT_LOOP": loop})
     wait_port(mllp, 60, proc)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and healthz(http) is None:
@@ -353,6 +370,145 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict[str, float]:
             "acked_per_s": acked / dur, "offered": offered}
 
 
+# -- attacks (issue 11): beyond the cap, slow drip; a real sender measured meanwhile -------------
+
+class Attack:
+    """Attackers and the two real senders, on an asyncio loop in a thread."""
+
+    def __init__(self, port: int, kind: str, conns: int) -> None:
+        self.port, self.kind, self.conns = port, kind, conns
+        self.latencies: list[float] = []  # persistent real sender: ACK latency, s
+        self.unanswered = 0  # persistent real sender: no ACK within 5 s
+        self.new_ok: list[float] = []  # new-connection sender: connect + ACK, s
+        self.new_failed = 0
+        self.attack_connects = 0
+        self.attack_closed = 0
+        self.loop = asyncio.new_event_loop()
+        self.stop_ev: asyncio.Event | None = None
+        self.attack_on: asyncio.Event | None = None
+        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(self._main()), daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def begin_attack(self) -> None:
+        self.loop.call_soon_threadsafe(lambda: self.attack_on.set() if self.attack_on else None)
+
+    def finish(self) -> None:
+        self.loop.call_soon_threadsafe(lambda: self.stop_ev.set() if self.stop_ev else None)
+        self.thread.join(30)
+
+    async def _main(self) -> None:
+        self.stop_ev, self.attack_on = asyncio.Event(), asyncio.Event()
+        tasks = [asyncio.create_task(self._persistent()), asyncio.create_task(self._new_connections())]
+        await self.attack_on.wait()
+        tasks += [asyncio.create_task(self._attacker(i)) for i in range(self.conns)]
+        await self.stop_ev.wait()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _message(self, control: str) -> bytes:
+        return SB + siu_message(control[:16], mrn="MRN900001", appt=control[-12:]) + EB + CR
+
+    async def _persistent(self) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", self.port, local_addr=("127.0.0.2", 0))
+        seq = 0
+        while True:
+            seq += 1
+            t = time.perf_counter()
+            w.write(self._message(f"RP{seq:014d}"))
+            try:
+                await asyncio.wait_for(r.readuntil(EB + CR), 5)
+                self.latencies.append(time.perf_counter() - t)
+            except asyncio.TimeoutError:
+                self.unanswered += 1
+            await asyncio.sleep(0.25)
+
+    async def _new_connections(self) -> None:
+        seq = 0
+        while True:
+            seq += 1
+            t = time.perf_counter()
+            try:
+                r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port,
+                                                                      local_addr=("127.0.0.3", 0)), 5)
+                w.write(self._message(f"RN{seq:014d}"))
+                await asyncio.wait_for(r.readuntil(EB + CR), 5)
+                self.new_ok.append(time.perf_counter() - t)
+                w.close()
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                self.new_failed += 1
+            await asyncio.sleep(max(0.0, 1.0 - (time.perf_counter() - t)))
+
+    async def _attacker(self, i: int) -> None:
+        addr = f"127.0.0.{10 + i % 20}"
+        await asyncio.sleep(i * 0.003)  # spread the connects over ~2 s
+        while True:
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", self.port, local_addr=(addr, 0))
+                self.attack_connects += 1
+                w.write(SB + b"MSH|^~\\&|")
+                if self.kind == "overcap":
+                    for _ in range(16):
+                        w.write(b"X" * 65536)
+                        await w.drain()
+                    await r.read()  # hold it open until the server closes it
+                else:
+                    while True:
+                        await asyncio.sleep(1.0)
+                        w.write(b"Y")
+                        await w.drain()
+                        if r.at_eof():
+                            break
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            self.attack_closed += 1
+            await asyncio.sleep(1.0)
+
+
+def run_attack(kind: str, loop: str, args: argparse.Namespace) -> dict[str, float]:
+    work = Path(tempfile.mkdtemp(prefix=f"careloop-attack-{kind}-{loop}-"))
+    proc, http, mllp = start("no-worker", work, loop)
+    print(f"\n## {kind} on {loop}: `careloop serve --no-worker` (pid {proc.pid}), {args.attack_connections} attacking"
+          f" connections for {args.attack_seconds:.0f} s; a persistent real sender (a message every 0.25 s) and a"
+          f" new-connection real sender (one a second)", flush=True)
+    time.sleep(1.0)
+    rss0, _ = vm(proc.pid)
+    attack = Attack(mllp, kind, args.attack_connections)
+    attack.start()
+    time.sleep(2.0)
+    base_lat = list(attack.latencies)
+    attack.begin_attack()
+    t0 = time.perf_counter()
+    samples: list[tuple[float, float]] = []
+    while (t := time.perf_counter() - t0) < args.attack_seconds:
+        samples.append((t, vm(proc.pid)[0]))
+        time.sleep(0.5)
+    m = metrics(http)
+    rss_end_attack, hwm = vm(proc.pid)
+    lat = attack.latencies[len(base_lat):]
+    attack.finish()
+    alive = healthz(http) is not None
+    stop(proc)
+    shutil.rmtree(work, ignore_errors=True)
+    peak = max(r for _, r in samples)
+    plateau = statistics.median(r for t, r in samples if t >= 2 * args.attack_seconds / 3)
+    lat_ms = sorted(x * 1000 for x in lat)
+    p = (lambda q: lat_ms[min(len(lat_ms) - 1, int(q * len(lat_ms)))] if lat_ms else float("nan"))
+    print(f"RSS {rss0:.0f} MB before; peak {peak:.0f} MB (VmHWM {hwm:.0f}); median over the last third {plateau:.0f} MB")
+    print(f"persistent real sender: {len(lat)} ACKs during the attack, p50 {p(0.5):.0f} ms, p99 {p(0.99):.0f} ms,"
+          f" max {max(lat_ms, default=float('nan')):.0f} ms, {attack.unanswered} unanswered within 5 s")
+    print(f"new-connection real sender: {len(attack.new_ok)} answered, {attack.new_failed} refused or failed")
+    print(f"attackers: {attack.attack_connects} connections made, {attack.attack_closed} ended; server: refused"
+          f" {m.get('careloop_mllp_refused_connections_total', 0):,.0f}, closed by a limit"
+          f" {m.get('careloop_mllp_limit_closes_total', 0):,.0f}, open {m.get('careloop_mllp_open_connections', 0):.0f},"
+          f" buffered {m.get('careloop_mllp_buffered_bytes', 0) / 2**20:.1f} MB; /healthz after: {'ok' if alive else 'NO ANSWER'}")
+    return {"rss0": rss0, "peak": peak, "plateau": plateau, "p50": p(0.5), "p99": p(0.99),
+            "max": max(lat_ms, default=float("nan")), "unanswered": attack.unanswered,
+            "new_ok": len(attack.new_ok), "new_failed": attack.new_failed, "end": rss_end_attack}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--connections", type=int, default=400)
@@ -362,12 +518,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--big-kb", type=int, default=900, help="size of the one large-message sender's messages (0: none)")
     ap.add_argument("--variants", default="no-worker,worker")
     ap.add_argument("--keep", action="store_true", help="keep the databases and server logs")
+    ap.add_argument("--attacks", default="", help="overcap,drip: the issue-11 attacks instead of the flood")
+    ap.add_argument("--loops", default="uvloop,asyncio", help="event loops for --attacks")
+    ap.add_argument("--attack-connections", type=int, default=700)
+    ap.add_argument("--attack-seconds", type=float, default=40)
     args = ap.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4 * args.connections + 256:  # the server inherits it
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4 * args.connections + 256), hard))
     print(f"# flood  {machine()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; SQLite WAL synchronous=FULL, bundled mappings")
+    if args.attacks:
+        out = {(k, lp): run_attack(k, lp, args) for k in args.attacks.split(",") for lp in args.loops.split(",")}
+        print("\n| attack | loop | RSS idle | RSS peak | RSS last third | real sender ACK p50 / p99 / max | unanswered | new connections ok / failed |")
+        print("|---|---|---|---|---|---|---|---|")
+        for (k, lp), r in out.items():
+            print(f"| {k} | {lp} | {r['rss0']:.0f} MB | {r['peak']:.0f} MB | {r['plateau']:.0f} MB |"
+                  f" {r['p50']:.0f} / {r['p99']:.0f} / {r['max']:.0f} ms | {r['unanswered']} | {r['new_ok']} / {r['new_failed']} |")
+        return 0
     res = {v: run_variant(v, args) for v in args.variants.split(",") if v}
     print()
     for v, r in res.items():

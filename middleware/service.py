@@ -245,6 +245,15 @@ class Runtime:
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.delivery.aclose()
 
+    def _mllp_listener(self, port: int) -> MllpListener:
+        """The MLLP listener on ``port`` with its `listeners:` settings (limits, TLS, PROXY protocol)."""
+        cfg = self.sources.listener(port)
+        return MllpListener(
+            sources=self.sources, writer=self.writer, host=cfg.host or self.settings.mllp_host, port=port,
+            max_message_bytes=self.settings.mllp_max_message_bytes, idle_timeout_s=self.settings.mllp_idle_timeout_s,
+            fault_hook=self.fault, config=cfg, sources_now=lambda: self.sources,
+        )
+
     async def serve(self) -> None:
         """Run HTTP, MLLP and workers until cancelled or signalled."""
         import uvicorn
@@ -253,20 +262,12 @@ class Runtime:
 
         self.loop = asyncio.get_running_loop()
         tasks = await self.start_workers()
-        self.mllp = MllpListener(
-            sources=self.sources, writer=self.writer, host=self.settings.mllp_host, port=self.settings.mllp_port,
-            max_message_bytes=self.settings.mllp_max_message_bytes, idle_timeout_s=self.settings.mllp_idle_timeout_s,
-            fault_hook=self.fault,
-        )
+        self.mllp = self._mllp_listener(self.settings.mllp_port)
         await self.mllp.start()
-        # a source that owns extra MLLP ports gets a listener on each of them
+        # every other MLLP port (a source's hl7.ports, a `listeners:` entry) gets its own listener
         self.extra_mllp: list[MllpListener] = []
-        for port in sorted({p for src in self.sources.items for p in src.hl7.ports} - {self.mllp.port}):
-            extra = MllpListener(
-                sources=self.sources, writer=self.writer, host=self.settings.mllp_host, port=port,
-                max_message_bytes=self.settings.mllp_max_message_bytes,
-                idle_timeout_s=self.settings.mllp_idle_timeout_s, fault_hook=self.fault,
-            )
+        for port in self.sources.mllp_ports() - {self.mllp.port}:
+            extra = self._mllp_listener(port)
             await extra.start()
             self.extra_mllp.append(extra)
         app = create_app(self)

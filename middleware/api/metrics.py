@@ -8,7 +8,7 @@ Unauthenticated like ``/healthz``: it carries counts and destination names, no P
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -113,9 +113,30 @@ class RuntimeCollector(Collector):
         g.add_metric([], float(th.throttled_clients(time.monotonic()) if th else 0))
         yield g
         if rt.mllp is not None:
-            g = GaugeMetricFamily("careloop_mllp_open_connections", "Open MLLP connections")
-            g.add_metric([], float(rt.mllp.stats.open_connections))
-            yield g
+            yield from mllp_families([rt.mllp, *getattr(rt, "extra_mllp", [])])
+
+
+def mllp_families(listeners: list[Any]) -> Iterator[Any]:
+    """Per-listener MLLP series: open connections, refusals and limit closes by reason, junk, buffered bytes."""
+    g = GaugeMetricFamily("careloop_mllp_open_connections", "Open MLLP connections", labels=["port"])
+    b = GaugeMetricFamily("careloop_mllp_buffered_bytes", "Bytes held by MLLP connections (unfinished frames, "
+                          "frames waiting for storage)", labels=["port"])
+    r = CounterMetricFamily("careloop_mllp_refused_connections", "MLLP connections refused (caps, allow-lists, "
+                            "PROXY header, TLS handshake)", labels=["port", "reason"])
+    c = CounterMetricFamily("careloop_mllp_limit_closes", "MLLP connections closed by a limit (frame deadline, "
+                            "buffer caps)", labels=["port", "reason"])
+    j = CounterMetricFamily("careloop_mllp_junk_records", "Errored records of bytes outside frames", labels=["port"])
+    for lst in listeners:
+        port = str(lst.port)
+        st = lst.stats
+        g.add_metric([port], float(st.open_connections))
+        b.add_metric([port], float(st.buffered_bytes))
+        for reason, n in st.refused.items():
+            r.add_metric([port, reason], float(n))
+        for reason, n in st.closed.items():
+            c.add_metric([port, reason], float(n))
+        j.add_metric([port], float(st.junk_records))
+    yield from (g, b, r, c, j)
 
 
 def install(rt: "Runtime") -> None:

@@ -5,12 +5,15 @@ names the server careloop subscribes to. A source named ``default`` always exist
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .listeners import MllpListenerConfig, address_in, check_listeners, default_listener, networks, parse_networks
 from .yamlpos import DiagnosticSink, YamlError, load_positioned, pydantic_errors_to_diagnostics
 
 DEFAULT_ACCEPT = [
@@ -45,6 +48,19 @@ class Hl7Settings(_Strict):
     default_system_prefix: str = Field(
         default="urn:careloop:id:", description="system for an authority with no mapping: prefix + authority"
     )
+    allow_from: list[str] = Field(
+        default_factory=list,
+        description="client addresses (CIDR) this source accepts MLLP connections from; empty: any",
+    )
+    tls_subjects: list[str] = Field(
+        default_factory=list,
+        description="client certificate CN or DNS name that selects this source on an MLLP/TLS listener",
+    )
+
+    @field_validator("allow_from")
+    @classmethod
+    def _cidr(cls, v: list[str]) -> list[str]:
+        return parse_networks(v)
 
     @field_validator("timezone")
     @classmethod
@@ -112,24 +128,68 @@ class Source(_Strict):
 
 class SourcesFile(_Strict):
     sources: list[Source] = Field(default_factory=list)
+    listeners: list[MllpListenerConfig] = Field(default_factory=list, description="MLLP ports: limits, TLS, PROXY protocol")
+
+
+# The source an MLLP connection is bound to (by port or client certificate) and its client
+# address, while the listener decides one of its frames (see :meth:`Sources.bind`).
+_BOUND: ContextVar[tuple[str | None, str | None]] = ContextVar("careloop_bound_source", default=(None, None))
 
 
 class Sources:
     """The configured sources with lookup by port / MSH-3 / MSH-4 / name."""
 
-    def __init__(self, items: list[Source]) -> None:
+    def __init__(self, items: list[Source], listeners: list[MllpListenerConfig] | None = None) -> None:
         names = {s.name for s in items}
         if "default" not in names:
             items = [Source(name="default"), *items]
         self.items = items
         self.by_name = {s.name: s for s in items}
+        self.listeners = {x.port: x for x in (listeners or [])}
+        self._nets = {s.name: networks(s.hl7.allow_from) for s in items if s.hl7.allow_from}
+
+    # -- MLLP connections -----------------------------------------------------
+    def listener(self, port: int) -> MllpListenerConfig:
+        """The configuration of the MLLP listener on ``port`` (defaults when not listed)."""
+        return self.listeners.get(port) or default_listener(port)
+
+    def mllp_ports(self) -> set[int]:
+        """Ports named by a source (``hl7.ports``) or a ``listeners:`` entry."""
+        return {p for s in self.items for p in s.hl7.ports} | set(self.listeners)
+
+    def for_port(self, port: int) -> Source | None:
+        """The source owning an MLLP port (``hl7.ports``), if any."""
+        return next((s for s in self.items if s.kind == "hl7v2" and port in s.hl7.ports), None)
+
+    def for_tls_subject(self, names: list[str]) -> Source | None:
+        """The source whose ``tls_subjects`` lists one of a client certificate's names (CN, DNS)."""
+        return next((s for s in self.items if s.kind == "hl7v2" and set(s.hl7.tls_subjects) & set(names)), None)
+
+    def allows(self, source: Source, addr: str | None) -> bool:
+        """Whether ``source`` accepts a connection from ``addr`` (no allow-list: everyone)."""
+        nets = self._nets.get(source.name)
+        return nets is None or (addr is not None and address_in(addr, nets))
+
+    @contextmanager
+    def bind(self, source: str | None, peer: str | None) -> Iterator[None]:
+        """While inside, :meth:`for_hl7` returns ``source`` (a connection bound by port or
+        certificate), or skips sources whose allow-list excludes ``peer``."""
+        token = _BOUND.set((source, peer))
+        try:
+            yield
+        finally:
+            _BOUND.reset(token)
 
     def for_hl7(self, port: int | None, msh3: str | None, msh4: str | None) -> Source:
-        """The source an HL7v2 message belongs to: MSH-3/MSH-4 match first, then port, then default."""
+        """The source an HL7v2 message belongs to: the connection's bound source, else MSH-3/MSH-4
+        match (among sources that allow the connection's address), then port, then default."""
+        bound, peer = _BOUND.get()
+        if bound is not None and bound in self.by_name:
+            return self.by_name[bound]
         best = None
         for s in self.items:
             h = s.hl7
-            if s.kind != "hl7v2":
+            if s.kind != "hl7v2" or (peer is not None and not self.allows(s, peer)):
                 continue
             if h.sending_application and h.sending_application == msh3 and (
                 not h.sending_facility or h.sending_facility == msh4
@@ -165,9 +225,14 @@ def load_sources(mappings_dir: Path) -> tuple[Sources, list]:
         pydantic_errors_to_diagnostics(sink, raw, exc)
         return Sources([]), sink.items
     _check_fhir_urls(sink, raw, parsed)
+    listeners = list(parsed.listeners)
+    raw_listeners = raw.get("listeners") if isinstance(raw, dict) else None
+    for i, key, code, message in check_listeners(listeners):
+        node = raw_listeners[i] if isinstance(raw_listeners, list) and i < len(raw_listeners) else raw
+        sink.error(node, key, code, message)
     if sink.has_errors:
         return Sources([]), sink.items
-    return Sources(list(parsed.sources)), sink.items
+    return Sources(list(parsed.sources), listeners), sink.items
 
 
 def _check_fhir_urls(sink: DiagnosticSink, raw: Any, parsed: SourcesFile) -> None:

@@ -14,7 +14,17 @@ written in one ``transport.write``. Bounds on memory per connection:
   pauses reading too, so a slow reader holds at most its high-water mark of ACKs;
 * the inbox queue: when it is full (``max_queue``), frames wait in their connection and
   reading pauses until the writer has room (``queue_waits`` counts it);
-* connections beyond ``max_connections`` are accepted but not read until a slot frees.
+* connections beyond ``max_connections`` (per listener) or ``max_connections_per_address``
+  (per client address, after a PROXY protocol header) are closed on accept and counted
+  (``stats.refused``); pausing an accepted connection is not enough (uvloop reads anyway);
+* a frame (and a TLS handshake or PROXY header) must complete within ``frame_deadline_s`` of its
+  first byte, however slowly its bytes trickle in; then the connection is closed;
+* bytes held per connection (unfinished frame + frames waiting for storage) and in total are
+  bounded: beyond ``max_buffered_bytes_per_connection`` reading pauses; beyond
+  ``max_buffered_bytes_total`` a connection holding an unfinished frame is closed, others pause;
+* bytes that are not HL7 are coalesced into one errored record per burst (``mllp_framing``).
+
+The memory bound is stated in docs/operations.md.
 """
 from __future__ import annotations
 
@@ -22,16 +32,20 @@ import asyncio
 import hashlib
 import logging
 import socket
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import cast, Callable
 
+from ..config.listeners import MllpListenerConfig, address_in, networks
 from ..config.sources import Sources
 from ..normalize.hl7_peek import Hl7Problem, peek
 from ..storage.inbox import InboundRecord, InboxWriter, StoreResult
 from .hl7_ack import build_ack
 from .hl7_ingest import answer_hl7, encode_ack, prepare_hl7
-from .mllp_framing import CR, EB, SB, MllpFramer, Oversize, Truncated
+from .mllp_framing import CR, EB, SB, Item, Junk, MllpFramer, Oversize, Truncated
+from .mllp_tls import TlsContextSource, TlsError, TlsSession
+from .proxy_header import ProxyHeaderError, parse_proxy_header
 
 log = logging.getLogger("careloop.mllp")
 
@@ -44,6 +58,34 @@ class MllpStats:
     open_connections: int = 0
     frames: int = 0
     acks: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  # connections closed on accept or at the header, by reason
+    closed: dict[str, int] = field(default_factory=dict)  # connections closed by a limit later, by reason
+    junk_records: int = 0
+    junk_bytes: int = 0
+    buffered_bytes: int = 0  # now, all connections of the listener
+
+
+_PROXY_HEADER_MAX = 4096
+_TRUNCATED_KEEP = 65536  # a v2 header with TLVs; longer is refused
+_LOG_EVERY_S = 5.0
+
+
+class _ThrottledLog:
+    """One log line per reason every few seconds, with the count since the last one (floods)."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._count: dict[str, int] = {}
+
+    def __call__(self, action: str, reason: str, port: int) -> None:
+        key = action + reason
+        self._count[key] = self._count.get(key, 0) + 1
+        now = time.monotonic()
+        if now - self._last.get(key, 0.0) >= _LOG_EVERY_S:
+            log.warning("mllp connection %s: %s", action.split(".")[-1], reason,
+                        extra={"action": action, "reason": reason, "port": port, "count": self._count[key]})
+            self._last[key] = now
+            self._count[key] = 0
 
 
 class MllpListener:
@@ -56,11 +98,14 @@ class MllpListener:
         port: int = 2575,
         max_message_bytes: int = 1_048_576,
         idle_timeout_s: float = 600.0,
-        max_connections: int = 512,
+        max_connections: int | None = None,
         max_inflight: int = 256,
         fault_hook: Callable[[str], None] | None = None,
+        config: MllpListenerConfig | None = None,
+        sources_now: Callable[[], Sources] | None = None,
     ) -> None:
-        self.sources = sources
+        self._sources = sources
+        self._sources_now = sources_now  # the running service's current sources (they change on reload)
         self.writer = writer
         self.host = host
         self.port = port
@@ -68,15 +113,30 @@ class MllpListener:
         self.idle_timeout_s = idle_timeout_s
         self.stats = MllpStats()
         self.fault_hook = fault_hook
-        # Connections beyond the limit wait (unread, so TCP pushes back on the sender) for a slot.
-        # Memory bound: max_connections x (read chunk + one frame up to max_message_bytes
-        # + max_inflight frames waiting for their commit + the transport's write high-water mark).
-        self.max_connections = max_connections
+        cfg = config or sources.listener(port)
+        self.config = cfg
+        # Memory bound (docs/operations.md): max_buffered_bytes_total + max_connections x
+        # (one read chunk + the transport's write high-water mark + TLS state when on).
+        self.max_connections = max_connections if max_connections is not None else cfg.max_connections
+        self.max_per_address = cfg.max_connections_per_address
+        self.frame_deadline_s = cfg.frame_deadline_s
+        self.max_conn_bytes = cfg.max_buffered_bytes_per_connection
+        self.max_total_bytes = cfg.max_buffered_bytes_total
         self.max_inflight = max_inflight
+        self.tls = TlsContextSource(cfg.tls) if cfg.tls is not None else None
+        self.proxy_trusted = networks(cfg.proxy_protocol.trusted) if cfg.proxy_protocol is not None else None
         self._active = 0
-        self._waiting: deque[_MllpConnection] = deque()
-        self._conns: set[_MllpConnection] = set()  # open connections (admitted or waiting)
+        self._per_address: dict[str, int] = {}
+        self._paused_for_total: set[_MllpConnection] = set()
+        self._conns: set[_MllpConnection] = set()  # open connections
         self._server: asyncio.base_events.Server | None = None
+        self._log_limit = _ThrottledLog()
+
+    @property
+    def sources(self) -> Sources:
+        """The sources frames are attributed with: the service's current set when it gave one
+        (allow-lists and certificate subjects follow a reload; ports, limits and TLS need a restart)."""
+        return self._sources_now() if self._sources_now is not None else self._sources
 
     async def start(self) -> int:
         """Start listening; return the bound port (useful with port 0)."""
@@ -92,20 +152,48 @@ class MllpListener:
             self._server.close()
             await self._server.wait_closed()
 
-    # -- connection slots ----------------------------------------------------
-    def _admit(self, conn: _MllpConnection) -> bool:
+    # -- connection limits ----------------------------------------------------
+    def _admit(self) -> str | None:
+        """Take a listener slot; the refusal reason when there is none."""
         if self._active >= self.max_connections:
-            self._waiting.append(conn)
-            return False
+            return "listener connection cap"
         self._active += 1
-        return True
+        return None
 
-    def _release(self) -> None:
+    def _admit_address(self, addr: str) -> str | None:
+        n = self._per_address.get(addr, 0)
+        if n >= self.max_per_address:
+            return "per-address connection cap"
+        self._per_address[addr] = n + 1
+        return None
+
+    def _release(self, addr: str | None) -> None:
         self._active -= 1
-        while self._waiting and self._active < self.max_connections:
-            conn = self._waiting.popleft()
-            if conn.start():
-                self._active += 1
+        if addr is not None:
+            n = self._per_address.get(addr, 1) - 1
+            if n > 0:
+                self._per_address[addr] = n
+            else:
+                self._per_address.pop(addr, None)
+
+    def _refused(self, reason: str) -> None:
+        self.stats.refused[reason] = self.stats.refused.get(reason, 0) + 1
+        self._log_limit("mllp.refused", reason, self.port)
+
+    def _closed_by_limit(self, reason: str) -> None:
+        self.stats.closed[reason] = self.stats.closed.get(reason, 0) + 1
+        self._log_limit("mllp.closed", reason, self.port)
+
+    # -- buffered bytes ---------------------------------------------------------
+    def _add_buffered(self, delta: int) -> None:
+        self.stats.buffered_bytes += delta
+        if delta < 0 and self._paused_for_total and self.stats.buffered_bytes < self.max_total_bytes:
+            for conn in list(self._paused_for_total):
+                self._paused_for_total.discard(conn)
+                conn._update_reading()
+
+    def over_total(self) -> bool:
+        return self.stats.buffered_bytes >= self.max_total_bytes
 
     # -- what each frame is stored as and answered with ------------------------
     def _problem_record(self, data: bytes, reason: str, *, ack: bytes | None = None, p_control: str = "",
@@ -122,6 +210,19 @@ class MllpListener:
             message_type=p_type or None,
         )
 
+    def _truncated_record(self, item: Truncated) -> InboundRecord:
+        """An unfinished frame, its first 64 KiB kept: its sender got no ACK and resends it whole,
+        and a peer closed by a limit must not turn each connection into a large stored row."""
+        data = item.data[:_TRUNCATED_KEEP]
+        more = f" ({len(item.data)} bytes, first {len(data)} kept)" if len(data) < len(item.data) else ""
+        return self._problem_record(data, "truncated frame: " + item.reason + more)
+
+    def _junk_record(self, item: Junk) -> InboundRecord:
+        text = f"{item.size} bytes outside MLLP frames or not HL7 (first {len(item.data)} kept, {item.dropped} dropped)"
+        self.stats.junk_records += 1
+        self.stats.junk_bytes += item.size
+        return self._problem_record(item.data, text)
+
     def _oversize(self, item: Oversize) -> tuple[InboundRecord, bytes]:
         text = f"message of {item.size} bytes exceeds the {self.max_message_bytes}-byte limit"
         p = peek(item.prefix)
@@ -133,22 +234,36 @@ class MllpListener:
 class _Slot:
     """One frame of a connection, in arrival order: answered (``done``) with ``ack`` or nothing."""
 
-    __slots__ = ("done", "ack")
+    __slots__ = ("done", "ack", "size")
 
     def __init__(self) -> None:
         self.done = False
         self.ack: bytes | None = None
+        self.size = 0  # bytes of the frame held until it is answered
+
+
+def _item_size(item: Item) -> int:
+    if isinstance(item, bytes):
+        return len(item)
+    if isinstance(item, Oversize):
+        return len(item.prefix)
+    return len(item.data)
 
 
 class _MllpConnection(asyncio.Protocol):
+    """One MLLP connection: [PROXY header] -> [TLS handshake] -> frames.
+
+    ``phase`` is ``proxy`` (waiting for the header), ``tls`` (handshake) or ``frames``.
+    """
+
     def __init__(self, listener: MllpListener) -> None:
         self.listener = listener
         self.writer = listener.writer
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.framer = MllpFramer(listener.max_message_bytes)
+        self.framer = MllpFramer(listener.max_message_bytes, listener.config.junk_keep_bytes)
         self.slots: deque[_Slot] = deque()  # frames not yet answered, oldest first
-        self.held: deque[bytes | Oversize | Truncated] = deque()  # frames waiting for inbox room, oldest first
+        self.held: deque[Item] = deque()  # frames waiting for inbox room, oldest first
         self.admitted = False
         self.closed = False
         self.eof = False
@@ -157,12 +272,34 @@ class _MllpConnection(asyncio.Protocol):
         self.flush_scheduled = False
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.deadline_timer: asyncio.TimerHandle | None = None
+        self.phase = "frames"
+        self.peer: str | None = None  # the TCP peer (a balancer behind the PROXY protocol)
+        self.client: str | None = None  # the client address limits and allow-lists apply to
+        self.counted_address: str | None = None
+        self.bound_source: str | None = None
+        self.tls: TlsSession | None = None
+        self.header = b""  # PROXY header bytes so far
+        self.held_bytes = 0
+        self.inflight_bytes = 0  # frames handed to the inbox, not yet answered
+        self.buffered = 0  # this connection's share of the listener's buffered bytes
 
     # -- lifecycle -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport (uvloop's TCPTransport is not a subclass of asyncio.Transport)
         self.transport = cast(asyncio.Transport, transport)
-        self.listener._conns.add(self)
+        listener = self.listener
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else None
+        reason = listener._admit()
+        if reason is not None:
+            self._refuse(reason)  # closing is the only refusal uvloop honours (it reads a paused new transport)
+            return
+        self.admitted = True
+        listener._conns.add(self)
+        stats = listener.stats
+        stats.connections += 1
+        stats.open_connections += 1
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -170,42 +307,78 @@ class _MllpConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        if self.listener._admit(self):
-            self.start()
-        else:
-            transport.pause_reading()  # no slot: TCP pushes back on the sender until one frees
-            self.read_paused = True
-
-    def start(self) -> bool:
-        """The connection has a slot: count it, arm the idle timer, read."""
-        if self.closed:
-            return False
-        self.admitted = True
-        stats = self.listener.stats
-        stats.connections += 1
-        stats.open_connections += 1
         self.last_activity = self.loop.time()
-        self._arm_idle(self.last_activity + self.listener.idle_timeout_s)
-        self._update_reading()
-        return True
+        self._arm_idle(self.last_activity + listener.idle_timeout_s)
+        if listener.proxy_trusted is not None:
+            if self.peer is None or not address_in(self.peer, listener.proxy_trusted):
+                self._refuse("PROXY protocol header from an untrusted address")
+                return
+            self.phase = "proxy"
+            self._update_deadline()
+            return
+        self._client_known(self.peer)
+
+    def _client_known(self, client: str | None) -> None:
+        """The real client address is known: per-address cap, then TLS or the port's allow-list."""
+        listener = self.listener
+        self.client = client
+        if client is not None:
+            reason = listener._admit_address(client)
+            if reason is not None:
+                self._refuse(reason)
+                return
+            self.counted_address = client
+        if listener.tls is not None:
+            self.phase = "tls"
+            self.tls = TlsSession(listener.tls.context())
+        else:
+            self.phase = "frames"
+            owner = listener.sources.for_port(listener.port)
+            self._bind(owner.name if owner is not None else None)
+        self._update_deadline()
+
+    def _bind(self, source: str | None) -> None:
+        """Bind the connection to a source (port owner or certificate) and check its allow-list."""
+        if self.closed:
+            return
+        sources = self.listener.sources
+        src = sources.get(source) if source is not None else None
+        if src is not None and not sources.allows(src, self.client):
+            self._refuse("client address not in the source's allow_from")
+            return
+        self.bound_source = source
+
+    def _refuse(self, reason: str) -> None:
+        self.listener._refused(reason)
+        self._abort()
+
+    def _abort(self) -> None:
+        assert self.transport is not None
+        if not self.admitted:
+            self.closed = True
+        self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
             return
         self.closed = True
-        self.listener._conns.discard(self)
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        listener = self.listener
+        listener._conns.discard(self)
+        listener._paused_for_total.discard(self)
+        for timer in (self.idle_timer, self.deadline_timer):
+            if timer is not None:
+                timer.cancel()
+        self.idle_timer = self.deadline_timer = None
         if not self.admitted:
             return
-        rest = self.framer.pending()
-        if rest:
-            self.held.append(Truncated(rest, "connection closed before the end block"))
+        for item in self.framer.finish("connection closed before the end block"):
+            self.held.append(item)
+            self.held_bytes += _item_size(item)
         # frames still waiting for room are stored anyway (their sender may resend: a duplicate)
         self._submit_held(force=True)
-        self.listener.stats.open_connections -= 1
-        self.listener._release()
+        self._account()
+        listener.stats.open_connections -= 1
+        listener._release(self.counted_address)
 
     def eof_received(self) -> bool:
         # the peer finished sending: answer what it sent, then close (keep the write side open)
@@ -214,7 +387,7 @@ class _MllpConnection(asyncio.Protocol):
             return True
         return False
 
-    # -- idle timeout ---------------------------------------------------------
+    # -- timers ---------------------------------------------------------------
     def _arm_idle(self, when: float) -> None:
         self.idle_timer = self.loop.call_at(when, self._idle_check)
 
@@ -234,25 +407,140 @@ class _MllpConnection(asyncio.Protocol):
         assert self.transport is not None
         self.transport.close()
 
+    def _busy(self) -> bool:
+        """A frame, a junk burst, a TLS handshake or a PROXY header is under way."""
+        return self.phase != "frames" or self.framer.busy()
+
+    def _update_deadline(self) -> None:
+        """Arm the frame deadline at the first byte of a frame (not at every byte); disarm at its end."""
+        if self.closed:
+            return
+        if self._busy():
+            if self.deadline_timer is None:
+                self.deadline_timer = self.loop.call_later(self.listener.frame_deadline_s, self._deadline_passed)
+        elif self.deadline_timer is not None:
+            self.deadline_timer.cancel()
+            self.deadline_timer = None
+
+    def _deadline_passed(self) -> None:
+        self.deadline_timer = None
+        if self.closed or not self._busy():
+            return
+        if self.read_paused and self.phase == "frames":
+            # careloop stopped reading (storage, the peer's ACK reading): not the sender's delay
+            self.deadline_timer = self.loop.call_later(self.listener.frame_deadline_s, self._deadline_passed)
+            return
+        what = {"proxy": "PROXY protocol header", "tls": "TLS handshake"}.get(self.phase, "frame")
+        self.listener._closed_by_limit(f"{what} not complete within the frame deadline")
+        self._abort()
+
     # -- reading ----------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self.loop.time()
-        items = self.framer.feed(data)
-        if not items:
+        if self.closed or not self.admitted:
             return
+        self.last_activity = self.loop.time()
+        if self.phase == "proxy":
+            data = self._read_proxy_header(data)
+        if data and self.tls is not None and not self.closed:
+            data = self._read_tls(data)
+        if data and self.phase == "frames" and not self.closed:
+            self._read_frames(data)
+        if self.eof and not self.slots and not self.closed and self.transport is not None:
+            self.transport.close()  # the TLS peer said close_notify and everything is answered
+            return
+        self._update_deadline()
+
+    def _read_proxy_header(self, data: bytes) -> bytes:
+        self.header += data
+        try:
+            header = parse_proxy_header(self.header)
+        except ProxyHeaderError:
+            header = None
+            self._refuse("invalid PROXY protocol header")
+            return b""
+        if header is None:
+            if len(self.header) > _PROXY_HEADER_MAX:
+                self._refuse("invalid PROXY protocol header")
+            return b""
+        rest, self.header = self.header[header.length:], b""
+        self._client_known(header.client or self.peer)
+        return b"" if self.closed else rest
+
+    def _read_tls(self, data: bytes) -> bytes:
+        assert self.tls is not None and self.transport is not None
+        try:
+            out = self.tls.receive(data)
+        except TlsError as exc:
+            wire = self.tls.pending_wire()  # the alert, so the client learns why
+            if wire:
+                self.transport.write(wire)
+            self.listener._refused("TLS handshake failed" if not self.tls.established else "TLS error")
+            log.debug("tls failure", extra={"action": "mllp.tls_failed", "error_type": str(exc)})
+            self.transport.close()
+            return b""
+        if out.wire:
+            self.transport.write(out.wire)
+        if not self.tls.established:
+            return b""
+        if self.phase == "tls":
+            self.phase = "frames"
+            names = self.tls.peer_names()
+            sources = self.listener.sources
+            chosen = sources.for_tls_subject(names) if names else None
+            if chosen is None:
+                chosen = sources.for_port(self.listener.port)
+            self._bind(chosen.name if chosen is not None else None)
+        if out.closed:
+            self.eof = True  # close_notify: answer what was sent, then close (see data_received)
+        return out.plaintext
+
+    def _read_frames(self, data: bytes) -> None:
+        items = self.framer.feed(data)
         writer = self.writer
         for item in items:
-            self.listener.stats.frames += 1
+            if not isinstance(item, Junk):
+                self.listener.stats.frames += 1
             if self.held or not writer.has_room():
                 if not self.held:
                     writer.queue_waits += 1
                     writer.when_room(self._on_room)
                 self.held.append(item)  # raw frame bytes only (~0.6 KB), not a prepared record (~4 KB)
+                self.held_bytes += _item_size(item)
             else:
-                self._start(item)
+                self._submit(item)
+        self._account()
+        self._enforce_buffer_caps()
         self._update_reading()
 
-    def _start(self, item: bytes | Oversize | Truncated) -> None:
+    def _enforce_buffer_caps(self) -> None:
+        """Close a connection whose unfinished frame does not fit the per-connection or total cap."""
+        listener = self.listener
+        partial = self.framer.buffered()
+        if partial > listener.max_conn_bytes:
+            reason = "unfinished frame over max_buffered_bytes_per_connection"
+        elif partial and listener.over_total():
+            reason = "unfinished frame while the listener is over max_buffered_bytes_total"
+        else:
+            return
+        listener._closed_by_limit(reason)
+        self._abort()
+
+    def _account(self) -> None:
+        """Bring the listener's total of buffered bytes up to date with this connection's share."""
+        now = (0 if self.closed else self.framer.buffered()) + self.held_bytes + self.inflight_bytes
+        if now != self.buffered:
+            delta, self.buffered = now - self.buffered, now
+            self.listener._add_buffered(delta)
+
+    def _submit(self, item: Item) -> None:
+        """Start ``item`` with the connection's source bound (port, certificate, allow-list)."""
+        size = _item_size(item)
+        with self.listener.sources.bind(self.bound_source, self.client):
+            self._start(item)
+        self.slots[-1].size = size
+        self.inflight_bytes += size
+
+    def _start(self, item: Item) -> None:
         """Give the frame its place in the ACK order, decide its answer, hand it to the inbox."""
         listener = self.listener
         stats = listener.stats
@@ -279,8 +567,15 @@ class _MllpConnection(asyncio.Protocol):
                 slot.done = True
                 self._schedule_flush()
 
+        elif isinstance(item, Junk):
+            rec = listener._junk_record(item)
+
+            def done(res: StoreResult, slot: _Slot = slot) -> None:
+                slot.done = True  # no answer: junk has no MSH-10
+                self._schedule_flush()
+
         else:
-            rec = listener._problem_record(item.data, "truncated frame: " + item.reason)
+            rec = listener._truncated_record(item)
 
             def done(res: StoreResult, slot: _Slot = slot) -> None:
                 slot.done = True
@@ -292,19 +587,27 @@ class _MllpConnection(asyncio.Protocol):
         self._submit_held()
         if self.held:  # still full: wait for the next round
             self.writer.when_room(self._on_room)
+        self._account()
         self._update_reading()
 
     def _submit_held(self, force: bool = False) -> None:
         writer = self.writer
         held = self.held
         while held and (force or writer.has_room()):
-            self._start(held.popleft())
+            item = held.popleft()
+            self.held_bytes -= _item_size(item)
+            self._submit(item)
 
     def _update_reading(self) -> None:
         """Read unless too much is in flight, the peer is not reading its ACKs, or the inbox is full."""
         if self.closed or self.eof or not self.admitted or self.transport is None:
             return  # after EOF the transport has stopped reading for good
-        pause = self.write_paused or bool(self.held) or len(self.slots) >= self.listener.max_inflight
+        listener = self.listener
+        pause = (self.write_paused or bool(self.held) or len(self.slots) >= listener.max_inflight
+                 or self.buffered >= listener.max_conn_bytes)
+        if not pause and listener.over_total():
+            pause = True  # woken by the listener when the total falls below its cap
+            listener._paused_for_total.add(self)
         if pause != self.read_paused:
             self.read_paused = pause
             if pause:
@@ -324,27 +627,41 @@ class _MllpConnection(asyncio.Protocol):
         self.flush_scheduled = False
         slots = self.slots
         out: list[bytes] = []
+        answered = 0
         while slots and slots[0].done:
-            ack = slots.popleft().ack
-            if ack:
-                out.append(ack)
+            slot = slots.popleft()
+            answered += slot.size
+            if slot.ack:
+                out.append(slot.ack)
+        if answered:
+            self.inflight_bytes -= answered
+            self._account()
         if self.closed:
             return
         if out:
             hook = self.listener.fault_hook
             if hook:
                 hook("mllp.before_ack")
-            assert self.transport is not None
             if len(out) == 1:
-                self.transport.write(SB + out[0] + _FRAME_END)
+                self._write(SB + out[0] + _FRAME_END)
             else:
-                self.transport.write(b"".join(SB + a + _FRAME_END for a in out))
+                self._write(b"".join(SB + a + _FRAME_END for a in out))
             self.last_activity = self.loop.time()
         if self.eof and not slots:
             assert self.transport is not None
             self.transport.close()
             return
         self._update_reading()
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        if self.tls is None:
+            self.transport.write(data)
+            return
+        try:
+            self.transport.write(self.tls.send(data))
+        except TlsError:
+            self.transport.abort()
 
     def pause_writing(self) -> None:
         self.write_paused = True

@@ -1,18 +1,40 @@
 """MLLP framing (pure): ``0x0B`` payload ``0x1C 0x0D``.
 
-Tolerates junk or NULs before the start block, a trailing LF after the end block,
-frames split across reads and several frames in one read. A frame larger than the
-limit is reported as :class:`Oversize` (with its first bytes, so it can be stored and
-answered); a start block inside an unfinished frame reports the unfinished one as
-:class:`Truncated`.
+Tolerates NULs, CR/LF and stray end blocks between frames, a trailing LF after the end
+block, a missing CR, frames split across reads and several frames in one read. A frame
+larger than the limit is reported as :class:`Oversize` (with its first bytes, so it can be
+stored and answered); a start block inside an unfinished frame reports the unfinished one
+as :class:`Truncated`.
+
+Bytes that are not HL7 are *junk*: anything outside frames other than the separators
+above, and frames (complete, unfinished or oversize) whose first 256 bytes carry no
+``MSH``, ``FHS`` or ``BHS`` header (first, in ASCII, UTF-8, UTF-16 or UTF-32, or after a line
+end) and that do not begin like an
+HL7 segment (three letters or digits and a delimiter, after a BOM or whitespace): random
+bytes, a port scanner, TLS or HTTP sent to the plain port. A run of junk between two HL7 frames is one *burst*,
+reported once as :class:`Junk` — when the next HL7 item arrives or at :meth:`MllpFramer.finish`
+— with its first ``junk_keep`` bytes intact and the size of the whole burst, so one
+megabyte of random bytes is one stored record, not one per stray ``0x0B``. Junk gets no
+ACK: there is no MSH-10 to answer.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 SB = b"\x0b"
 EB = b"\x1c"
 CR = b"\x0d"
+
+_SEPARATORS = b"\x00\t\n\r \x1c"  # between frames: not junk (NUL padding, CR/LF, a doubled end block)
+_HEADERS = ("MSH", "FHS", "BHS")
+_LEAD = b"\xef\xbb\xbf\xff\xfe\x00\t\r\n "  # BOMs, NULs (UTF-16/32 high bytes) and whitespace before a header
+_AFTER_CR = tuple(b"\r" + h.encode() for h in _HEADERS) + tuple(b"\n" + h.encode() for h in _HEADERS)
+_PROBE = 256
+# a segment ID and a delimiter, then ASCII text (up to 16 bytes are checked): random bytes pass with p ~ 1e-10
+_SEGMENT_START = re.compile(rb"[\xef\xbb\xbf\xff\xfe\x00\t\r\n ]*[A-Z][A-Z0-9]{2}[!-/:-@\[-`{-~]")
+_TEXT = re.compile(rb"[\t\r\n\x20-\x7e]*\Z")
+_PREFIX = 65536  # bytes of an oversize frame kept for its record
 
 
 @dataclass(frozen=True)
@@ -27,7 +49,19 @@ class Truncated:
     reason: str
 
 
-Item = bytes | Oversize | Truncated
+@dataclass(frozen=True)
+class Junk:
+    """One burst of non-HL7 bytes: the first bytes kept as received, and the whole burst's size."""
+
+    data: bytes
+    size: int
+
+    @property
+    def dropped(self) -> int:
+        return self.size - len(self.data)
+
+
+Item = bytes | Oversize | Truncated | Junk
 
 
 def frame(payload: bytes) -> bytes:
@@ -35,16 +69,66 @@ def frame(payload: bytes) -> bytes:
     return SB + payload + EB + CR
 
 
-class MllpFramer:
-    """Feed received bytes; get complete frames (payload bytes) or framing problems."""
+def looks_like_hl7(payload: bytes) -> bool:
+    """Whether a frame's first 256 bytes hold an MSH/FHS/BHS header in any encoding HL7 allows,
+    or the frame begins like a segment (``PID|``): such a frame is answered, even with AE."""
+    head = payload[:_PROBE]
+    if head.lstrip(_LEAD)[:16].replace(b"\x00", b"")[:3].decode("latin-1") in _HEADERS:
+        return True  # MSH/FHS/BHS first, in ASCII, UTF-8 (with BOM), UTF-16 or UTF-32
+    if any(sig in head for sig in _AFTER_CR):
+        return True  # a header after a stray line
+    m = _SEGMENT_START.match(head)
+    return m is not None and _TEXT.match(head[m.end():m.end() + 16]) is not None
 
-    def __init__(self, max_size: int = 1_048_576) -> None:
+
+class MllpFramer:
+    """Feed received bytes; get complete frames (payload bytes), framing problems and junk bursts."""
+
+    def __init__(self, max_size: int = 1_048_576, junk_keep: int = 65536) -> None:
         self.max_size = max_size
+        self.junk_keep = junk_keep
         self._buf = bytearray()
         self._in_frame = False
         self._discarding = 0  # bytes of an oversize frame skipped so far
         self._oversize_prefix = b""
+        self._junk = bytearray()
+        self._junk_size = 0
 
+    # -- state the listener reads ------------------------------------------------
+    def busy(self) -> bool:
+        """Inside a frame or a junk burst (the frame deadline runs)."""
+        return self._in_frame or self._junk_size > 0
+
+    def buffered(self) -> int:
+        """Bytes held: the unfinished frame (or an oversize frame's prefix) and the kept junk."""
+        return len(self._buf) + len(self._oversize_prefix) + len(self._junk)
+
+    # -- junk ----------------------------------------------------------------------
+    def _add_junk(self, data: bytes | bytearray) -> None:
+        if not data or (not self._junk_size and not bytes(data).strip(_SEPARATORS)):
+            return
+        room = self.junk_keep - len(self._junk)
+        if room > 0:
+            self._junk += data[:room]
+        self._junk_size += len(data)
+
+    def _take_junk(self, out: list[Item]) -> None:
+        if self._junk_size:
+            out.append(Junk(bytes(self._junk), self._junk_size))
+            self._junk.clear()
+            self._junk_size = 0
+
+    def _emit(self, out: list[Item], item: Item, probe: bytes, size: int, tail: bytes = b"") -> None:
+        """An HL7 item goes out after the junk before it; a non-HL7 one (``size`` bytes of which
+        ``probe`` is the start, then ``tail``) joins the burst with its start block."""
+        if looks_like_hl7(probe):
+            self._take_junk(out)
+            out.append(item)
+            return
+        self._add_junk(SB + probe + tail)
+        self._junk_size += size - len(probe)  # an oversize frame's bytes beyond its prefix
+
+    # -- framing ---------------------------------------------------------------------
     def feed(self, data: bytes) -> list[Item]:
         out: list[Item] = []
         self._buf += data
@@ -52,49 +136,78 @@ class MllpFramer:
             if not self._in_frame:
                 i = self._buf.find(SB)
                 if i < 0:
-                    self._buf.clear()  # junk, NULs, stray LF/CR between frames
+                    self._add_junk(self._buf)
+                    self._buf.clear()
                     return out
+                self._add_junk(self._buf[:i])
                 del self._buf[: i + 1]
                 self._in_frame = True
                 self._discarding = 0
             if self._discarding:
-                j = self._buf.find(EB)
-                if j < 0:
-                    self._discarding += len(self._buf)
-                    self._buf.clear()
+                if not self._finish_oversize(out):
                     return out
-                self._discarding += j
-                out.append(Oversize(self._oversize_prefix, self._discarding))
-                del self._buf[: j + 1]
-                self._in_frame = False
-                self._discarding = 0
                 continue
             j = self._buf.find(EB)
             k = self._buf.find(SB)
             if 0 <= k and (j < 0 or k < j):
-                out.append(Truncated(bytes(self._buf[:k]), "a new start block arrived before the end block"))
+                part = bytes(self._buf[:k])
+                self._emit(out, Truncated(part, "a new start block arrived before the end block"), part, len(part))
                 del self._buf[:k]
                 self._in_frame = False
                 continue
             if j < 0:
                 if len(self._buf) > self.max_size:
-                    self._oversize_prefix = bytes(self._buf[: min(len(self._buf), 65536)])
+                    self._oversize_prefix = bytes(self._buf[:_PREFIX])
                     self._discarding = len(self._buf)
                     self._buf.clear()
                 return out
-            if j > self.max_size:
-                out.append(Oversize(bytes(self._buf[:65536]), j))
-            else:
-                out.append(bytes(self._buf[:j]))
             # consume EB and an optional CR (a missing CR is tolerated)
             end = j + 1
             if end < len(self._buf) and self._buf[end : end + 1] == CR:
                 end += 1
+            tail = bytes(self._buf[j:end])
+            if j > self.max_size:
+                prefix = bytes(self._buf[:_PREFIX])
+                self._emit(out, Oversize(prefix, j), prefix, j, tail)
+            else:
+                payload = bytes(self._buf[:j])
+                self._emit(out, payload, payload, j, tail)
             del self._buf[:end]
             self._in_frame = False
+
+    def _finish_oversize(self, out: list[Item]) -> bool:
+        """Skip an oversize frame's bytes; report it once its end block arrives (True)."""
+        j = self._buf.find(EB)
+        if j < 0:
+            self._discarding += len(self._buf)
+            self._buf.clear()
+            return False
+        self._discarding += j
+        prefix = self._oversize_prefix
+        self._emit(out, Oversize(prefix, self._discarding), prefix, self._discarding, EB)
+        del self._buf[: j + 1]
+        self._in_frame = False
+        self._discarding = 0
+        self._oversize_prefix = b""
+        return True
 
     def pending(self) -> bytes | None:
         """Bytes of an unfinished frame (at connection close)."""
         if self._in_frame and (self._buf or self._discarding):
             return bytes(self._buf) if not self._discarding else self._oversize_prefix
         return None
+
+    def finish(self, reason: str) -> list[Item]:
+        """At connection close: the unfinished frame (as :class:`Truncated` with ``reason``, or junk)
+        and the last junk burst. The framer is empty afterwards."""
+        out: list[Item] = []
+        rest = self.pending()
+        if rest is not None:
+            size = self._discarding or len(rest)
+            self._emit(out, Truncated(rest, reason), rest, size)
+        self._buf.clear()
+        self._in_frame = False
+        self._discarding = 0
+        self._oversize_prefix = b""
+        self._take_junk(out)
+        return out

@@ -219,19 +219,25 @@ async def test_full_inbox_queue_holds_frames_in_the_connection(harness):
         w.close()
 
 
-async def test_connections_beyond_the_limit_wait_for_a_slot(harness):
+async def test_connections_beyond_the_limit_are_closed_and_a_freed_slot_is_used(harness):
+    # beyond the cap a connection is closed on accept (tests/integration/test_mllp_limits.py has both loops)
     h = await harness(max_connections=1)
     r1, w1 = await asyncio.open_connection("127.0.0.1", h.listener.port)
     w1.write(frame(siu("S12", control="SL-1")))
     assert msa((await read_acks(r1, 1))[0])[2] == "SL-1"
     r2, w2 = await asyncio.open_connection("127.0.0.1", h.listener.port)
-    w2.write(frame(siu("S12", control="SL-2")))
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(r2.readuntil(b"\x1c\r"), 0.5)  # not read while the slot is taken
-    w1.close()
-    assert msa((await read_acks(r2, 1))[0])[2] == "SL-2"
-    assert h.listener.stats.connections == 2
+    assert await asyncio.wait_for(r2.read(), 5) == b""
     w2.close()
+    w1.close()
+    for _ in range(100):
+        if h.listener.stats.open_connections == 0:
+            break
+        await asyncio.sleep(0.02)
+    r3, w3 = await asyncio.open_connection("127.0.0.1", h.listener.port)
+    w3.write(frame(siu("S12", control="SL-3")))
+    assert msa((await read_acks(r3, 1))[0])[2] == "SL-3"
+    assert h.listener.stats.connections == 2 and h.listener.stats.refused == {"listener connection cap": 1}
+    w3.close()
 
 
 async def test_storage_failure_answers_ar_in_order(harness):

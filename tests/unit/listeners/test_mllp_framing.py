@@ -1,4 +1,6 @@
-from middleware.listeners.mllp_framing import MllpFramer, Oversize, Truncated, frame
+import random
+
+from middleware.listeners.mllp_framing import Junk, MllpFramer, Oversize, Truncated, frame, looks_like_hl7
 
 MSG = b"MSH|^~\\&|A|B|C|D|20240101||ADT^A01|1|P|2.5.1\rPID|1||X\r"
 
@@ -20,9 +22,53 @@ def test_several_frames_in_one_read_and_trailing_lf():
     assert f.pending() is None
 
 
-def test_junk_and_nuls_before_start_block_are_skipped():
+def test_junk_before_start_block_is_one_record_then_the_frame():
     f = MllpFramer()
-    assert f.feed(b"\x00\x00garbage\r\n" + frame(MSG)) == [MSG]
+    assert f.feed(b"\x00\x00garbage\r\n" + frame(MSG)) == [Junk(b"\x00\x00garbage\r\n", 11), MSG]
+
+
+def test_nuls_and_line_ends_between_frames_are_not_junk():
+    f = MllpFramer()
+    assert f.feed(b"\x00\x00\r\n" + frame(MSG) + b"\x1c\r\n\x00" + frame(MSG)) == [MSG, MSG]
+    assert f.finish("closed") == [] and not f.busy()
+
+
+def test_random_bytes_are_one_junk_burst_with_raw_bytes_up_to_the_cap():
+    data = random.Random(7).randbytes(1_000_000)
+    assert data.count(b"\x0b") > 3000  # thousands of stray start blocks
+    f = MllpFramer(junk_keep=4096)
+    out = []
+    for i in range(0, len(data), 1000):
+        out += f.feed(data[i:i + 1000])
+    out += f.feed(frame(MSG))  # a real frame ends the burst
+    assert len(out) == 2 and out[1] == MSG
+    junk = out[0]
+    assert isinstance(junk, Junk)
+    assert junk.size == len(data) and junk.data == data[:4096] and junk.dropped == len(data) - 4096
+
+
+def test_junk_burst_reported_at_finish():
+    f = MllpFramer()
+    assert f.feed(b"\x0bGET / HTTP/1.1\r\n\x1c\r\x0b\x16\x03\x01") == []
+    assert f.busy()
+    (junk,) = f.finish("closed")
+    assert junk == Junk(b"\x0bGET / HTTP/1.1\r\n\x1c\x0b\x16\x03\x01", 23) or junk.size == len(junk.data)
+
+
+def test_hl7_in_utf16_or_after_a_bom_is_not_junk():
+    assert looks_like_hl7(b"\xff\xfe\rMSH|x\r")
+    assert looks_like_hl7("MSH|^~\\&|A".encode("utf-16"))
+    assert looks_like_hl7(b"FHS|^~\\&|") and looks_like_hl7(b"BHS|^~\\&|")
+    assert not looks_like_hl7(b"\x16\x03\x01\x02\x00")
+    f = MllpFramer()
+    assert f.feed(frame(b"\xff\xfe\rMSH|x\r")) == [b"\xff\xfe\rMSH|x\r"]
+
+
+def test_unfinished_hl7_frame_at_finish_is_truncated():
+    f = MllpFramer()
+    assert f.feed(b"\x0b" + MSG[:30]) == []
+    (t,) = f.finish("connection closed")
+    assert t == Truncated(MSG[:30], "connection closed")
 
 
 def test_missing_cr_after_end_block_is_tolerated():
