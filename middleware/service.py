@@ -133,9 +133,12 @@ class Runtime:
     # -- loops ------------------------------------------------------------
     async def _loop(self, ev: asyncio.Event, step: Callable[[], object], interval: float, name: str) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands with
+            # the event (CPython gh-86296), and the loop then never ends (issue 11, item 8)
             try:
-                await asyncio.wait_for(ev.wait(), interval)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(interval):
+                    await ev.wait()
+            except TimeoutError:
                 pass
             ev.clear()
             try:

@@ -186,9 +186,10 @@ class Reconciler:
                 continue
             self.idle.set()
             timeout = max(0.05, min(due.values(), default=now + 60) - now)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout: wait_for can swallow a cancel on 3.11 (CPython gh-86296)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             self.idle.clear()
