@@ -82,7 +82,9 @@ class Runtime:
         from .pipeline.reconcile import Reconciler
         from .pipeline.fhir_handler import FhirHandler
 
-        self.reconciler = Reconciler(self.engine, self.writer, lambda: self.sources, clock=self.clock)
+        self.reconciler = Reconciler(self.engine, self.writer, lambda: self.sources, clock=self.clock,
+                                     fetch_timeout_s=settings.fhir_request_timeout_s,
+                                     sweep_timeout_s=settings.fhir_sweep_timeout_s)
         self.processor.handlers["fhir"] = FhirHandler(self.reconciler)
         self.processor.fault_hook = self.fault
         self.scheduler.fault_hook = self.fault

@@ -8,6 +8,12 @@ refreshed once on a 401). Short retries (tenacity) cover dropped connections, 5x
 429/503, waiting what ``Retry-After`` asks (capped). Long outages are the reconciler's
 business: it keeps its high-water mark and tries again at its interval.
 
+Deadlines: every GET has one (``timeout_s``, default 10 s, from connect to the last byte of
+the body, retries included), and a caller can pass an earlier one for a whole search or
+sweep (``deadline``, a ``time.monotonic()`` instant). A server that accepts and never
+answers, or drips its body, ends in :class:`FetchTimeout` naming the server, the request
+and the wait.
+
 Thread-safe: one lock serialises requests on the shared session.
 """
 from __future__ import annotations
@@ -22,7 +28,8 @@ from urllib.parse import urlencode
 
 import httpx
 import requests
-from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt, stop_after_delay
+import urllib3
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from ..config.sources import FhirAuth, Source
 
@@ -43,10 +50,15 @@ class FetchError(Exception):
         self.status = status
 
 
+class FetchTimeout(FetchError):
+    """A read did not complete within its deadline; the message names what and how long."""
+
+
 class _Retryable(FetchError):
-    def __init__(self, message: str, status: int | None, after: float | None) -> None:
+    def __init__(self, message: str, status: int | None, after: float | None, timed_out: bool = False) -> None:
         super().__init__(message, status)
         self.after = after
+        self.timed_out = timed_out
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -61,6 +73,30 @@ def _retry_after(value: str | None) -> float | None:
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
+
+
+def _left(end: float) -> float:
+    """Seconds left until ``end``; raises ``requests.Timeout`` once it has passed."""
+    left = end - time.monotonic()
+    if left <= 0:
+        raise requests.Timeout("deadline passed")
+    return left
+
+
+def _stop_at(end: float) -> Callable[[RetryCallState], bool]:
+    return lambda state: time.monotonic() >= end
+
+
+def _wait_until(end: float) -> Callable[[RetryCallState], float]:
+    return lambda state: max(0.0, min(_wait(state), end - time.monotonic()))
+
+
+def _what(path: str) -> str:
+    """The request named without its query (which may carry identifiers): ``Appointment (search)``."""
+    bare = path.split("?", 1)[0]
+    if "://" in bare:
+        bare = bare.split("://", 1)[1].partition("/")[2]
+    return bare + (" (search)" if "?" in path else "")
 
 
 def _wait(state: RetryCallState) -> float:
@@ -122,18 +158,46 @@ class FhirFetcher:
         self.timeout_s = timeout_s
         self.tokens = TokenSource(auth or FhirAuth(), env)
         self._lock = threading.Lock()
+        self._end: float | None = None  # the current GET's deadline (requests are serialised by _lock)
         self.requests = 0
 
     @classmethod
-    def for_source(cls, source: Source, env: Mapping[str, str] | None = None) -> "FhirFetcher | None":
+    def for_source(cls, source: Source, env: Mapping[str, str] | None = None,
+                   timeout_s: float = 10.0) -> "FhirFetcher | None":
         """A fetcher for a source with ``fhir.base_url``; ``None`` when it has none."""
         if not source.fhir.base_url:
             return None
-        return cls(source.fhir.base_url, source.fhir.auth, env=env)
+        return cls(source.fhir.base_url, source.fhir.auth, env=env, timeout_s=timeout_s)
 
     def _timed(self, method: str, url: str, **kw: Any) -> requests.Response:
-        kw.setdefault("timeout", self.timeout_s)
-        return self._request(method, url, **kw)  # type: ignore[no-any-return]
+        """One request with the body read under the deadline (fhirclient passes no timeout)."""
+        end = self._end if self._end is not None else time.monotonic() + self.timeout_s
+        kw["timeout"] = _left(end)
+        kw["stream"] = True
+        resp: requests.Response = self._request(method, url, **kw)
+        try:
+            body = bytearray()
+            sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
+            while True:
+                left = _left(end)
+                if sock is not None:
+                    sock.settimeout(left)  # a dripping body cannot outlast the deadline
+                chunk = resp.raw.read1(65536, decode_content=True)
+                if not chunk:
+                    break
+                body += chunk
+        except (urllib3.exceptions.TimeoutError, OSError) as exc:
+            resp.close()
+            if isinstance(exc, (urllib3.exceptions.TimeoutError, TimeoutError)):
+                raise requests.Timeout(f"body not complete by the deadline: {exc}") from exc
+            raise requests.ConnectionError(str(exc)) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            resp.close()
+            raise requests.ConnectionError(str(exc)) from exc
+        resp.raw.release_conn()  # the body is read whole: the connection can serve the next request
+        resp._content = bytes(body)  # what requests itself sets once a body is read
+        resp._content_consumed = True
+        return resp
 
     def _authorize(self, refresh: bool = False) -> None:
         tok = self.tokens.token(refresh=refresh)
@@ -141,17 +205,35 @@ class FhirFetcher:
             self.server.session.headers["Authorization"] = f"Bearer {tok}"
 
     # -- core GET ---------------------------------------------------------------------
-    def get_json(self, path: str) -> Json | None:
+    def get_json(self, path: str, deadline: float | None = None) -> Json | None:
         """GET a path relative to the base (or an absolute URL); ``None`` on 404/410.
 
-        Raises :class:`FetchError` on other failures, after the short retries.
+        Ends by ``timeout_s`` from now, or by ``deadline`` (a ``time.monotonic()`` instant)
+        when that is earlier. Raises :class:`FetchTimeout` when the deadline passes and
+        :class:`FetchError` on other failures, after the short retries.
         """
+        end = time.monotonic() + self.timeout_s
+        if deadline is not None:
+            end = min(end, deadline)
+        waited = max(0.0, end - time.monotonic())
         with self._lock:
-            return self._get_retrying(path)
+            self._end = end
+            try:
+                for attempt in Retrying(retry=retry_if_exception_type(_Retryable), reraise=True,
+                                        stop=stop_after_attempt(ATTEMPTS) | _stop_at(end), wait=_wait_until(end)):
+                    with attempt:
+                        return self._get_once(path)
+            except _Retryable as exc:
+                if not (exc.timed_out or time.monotonic() >= end):
+                    raise FetchError(f"the FHIR server {self.base_url} did not answer GET {_what(path)}: {exc}",
+                                     exc.status) from exc
+                raise FetchTimeout(f"timed out after {waited:.3g} s waiting for the FHIR server {self.base_url} "
+                                   f"to answer GET {_what(path)} ({exc})") from exc
+            finally:
+                self._end = None
+        raise FetchError("no attempt made")  # unreachable: Retrying runs at least once
 
-    @retry(retry=retry_if_exception_type(_Retryable), stop=(stop_after_attempt(ATTEMPTS) | stop_after_delay(30)),
-           wait=_wait, reraise=True)
-    def _get_retrying(self, path: str) -> Json | None:
+    def _get_once(self, path: str) -> Json | None:
         from fhirclient.server import FHIRNotFoundException, FHIRUnauthorizedException
 
         self.requests += 1
@@ -174,7 +256,9 @@ class FhirFetcher:
                     after = _retry_after(resp.headers.get("Retry-After")) if resp is not None else None
                     raise _Retryable(f"server answered {code}", code, after) from exc
                 raise FetchError(f"server answered {code}", code) from exc
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except (requests.Timeout, TimeoutError) as exc:
+                raise _Retryable(type(exc).__name__, None, None, timed_out=True) from exc
+            except requests.ConnectionError as exc:
                 raise _Retryable(type(exc).__name__, None, None) from exc
             except ValueError as exc:  # not JSON
                 raise FetchError("response is not JSON") from exc
@@ -191,27 +275,27 @@ class FhirFetcher:
     def patient(self, pid: str) -> Json | None:
         return self.read("Patient", pid)
 
-    def pages(self, path: str) -> Iterator[Json]:
-        """Each Bundle of a search or history, following ``link[next]``."""
+    def pages(self, path: str, deadline: float | None = None) -> Iterator[Json]:
+        """Each Bundle of a search or history, following ``link[next]``; every page by ``deadline``."""
         url: str | None = path
         while url:
-            bundle = self.get_json(url)
+            bundle = self.get_json(url, deadline)
             if not bundle:
                 return
             yield bundle
             url = next((l.get("url") for l in bundle.get("link") or [] if l.get("relation") == "next"), None)
 
-    def search(self, rtype: str, params: Mapping[str, str]) -> Iterator[Json]:
+    def search(self, rtype: str, params: Mapping[str, str], deadline: float | None = None) -> Iterator[Json]:
         """Resources of ``rtype`` matching ``params``, every page (``mode=include`` entries skipped)."""
-        for bundle in self.pages(f"{rtype}?{urlencode(params)}"):
+        for bundle in self.pages(f"{rtype}?{urlencode(params)}", deadline):
             for e in bundle.get("entry") or []:
                 res = e.get("resource")
                 if res and res.get("resourceType") == rtype and (e.get("search") or {}).get("mode", "match") == "match":
                     yield res
 
-    def history(self, rtype: str, since: str, count: int = 200) -> Iterator[Json]:
+    def history(self, rtype: str, since: str, count: int = 200, deadline: float | None = None) -> Iterator[Json]:
         """Type-level ``_history`` entries since ``since`` (deletes have ``request.method=DELETE``)."""
-        for bundle in self.pages(f"{rtype}/_history?{urlencode({'_since': since, '_count': str(count)})}"):
+        for bundle in self.pages(f"{rtype}/_history?{urlencode({'_since': since, '_count': str(count)})}", deadline):
             yield from bundle.get("entry") or []
 
     def capability(self) -> Json | None:
