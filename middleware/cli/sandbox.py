@@ -65,7 +65,9 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
     h = hapi.running(STATE)
     if h is None:
         st = hapi.status(STATE)
-        why = "nothing recorded" if st.state == "stopped" else f"the recorded one is {st.state}"
+        why = ("nothing recorded" if st.state == "stopped" else
+               "the recorded one has no run id: `careloop sandbox down`, then `up`" if st.run_id is None else
+               f"the recorded one is {st.state}")
         raise Refusal(f"no sandbox of ours is running in {STATE} ({why}); run `careloop sandbox up`, "
                       "or pass --fhir-url to use another FHIR server")
     return h.base_url, server_state.identity(h.run_id, h.base_url)
