@@ -84,7 +84,9 @@ class Runtime:
         from .pipeline.reconcile import Reconciler
         from .pipeline.fhir_handler import FhirHandler
 
-        self.reconciler = Reconciler(self.engine, self.writer, lambda: self.sources, clock=self.clock)
+        self.reconciler = Reconciler(self.engine, self.writer, lambda: self.sources, clock=self.clock,
+                                     fetch_timeout_s=settings.fhir_request_timeout_s,
+                                     sweep_timeout_s=settings.fhir_sweep_timeout_s)
         self.processor.handlers["fhir"] = FhirHandler(self.reconciler)
         self.processor.fault_hook = self.fault
         self.scheduler.fault_hook = self.fault
@@ -147,9 +149,12 @@ class Runtime:
     # -- loops ------------------------------------------------------------
     async def _loop(self, ev: asyncio.Event, step: Callable[[], object], interval: float, name: str) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands with
+            # the event (CPython gh-86296), and the loop then never ends (issue 11, item 8)
             try:
-                await asyncio.wait_for(ev.wait(), interval)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(interval):
+                    await ev.wait()
+            except TimeoutError:
                 pass
             ev.clear()
             try:

@@ -49,6 +49,14 @@ class Settings(BaseSettings):
     run_worker: bool = True
     log_level: str = "INFO"
     retention_days: int = 30
+    # Network waits (issue 11): each ends in an error that names what it waited for and how long.
+    fhir_request_timeout_s: float = Field(default=10.0, gt=0, description=(
+        "one FHIR read or search page, connect to last byte (retries of a failed request count inside it)"))
+    fhir_sweep_timeout_s: float = Field(default=300.0, gt=0, description=(
+        "one reconciliation sweep of a source: every type, every page"))
+    fhir_backfill_timeout_s: float = Field(default=3600.0, gt=0, description="a whole backfill, every page")
+    subscription_activation_timeout_s: float = Field(default=60.0, gt=0, description=(
+        "how long `subscriptions apply` and `sandbox seed` wait for a Subscription to become active"))
 
 
 def get_settings(**overrides: object) -> Settings:

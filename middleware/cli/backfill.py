@@ -20,14 +20,15 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if source is None:
         print(f"careloop backfill: unknown source {args.source!r}", file=sys.stderr)
         return 2
-    fetcher = FhirFetcher.for_source(source)
+    fetcher = FhirFetcher.for_source(source, timeout_s=settings.fhir_request_timeout_s)
     if fetcher is None:
         print(f"careloop backfill: source {source.name} has no fhir.base_url", file=sys.stderr)
         return 2
     engine = make_engine(settings.database_url)
     init_db(engine)
     try:
-        rep = backfill(engine, rs, source, fetcher, args.types, use_export=False if args.no_export else None, page=args.page)
+        rep = backfill(engine, rs, source, fetcher, args.types, use_export=False if args.no_export else None, page=args.page,
+                       deadline_s=settings.fhir_backfill_timeout_s)
     except FetchError as exc:
         print(f"careloop backfill: {exc}", file=sys.stderr)
         return 1

@@ -1,10 +1,14 @@
 """``careloop sandbox up|down|status|seed|scenario``: the HAPI FHIR sandbox, one command each.
 
-State lives in ``.careloop/sandbox/`` (HAPI's pid/log, the notification token, the sandbox
-careloop database). ``seed`` and ``scenario`` agree on careloop's URL (``--careloop-url``,
-default ``http://127.0.0.1:8080``): ``seed`` points the Subscriptions there, ``scenario``
-uses a careloop already answering there, or starts one itself on that port (in-process,
-SQLite in the state directory, demo mappings with waits in seconds, a local webhook sink).
+State lives in ``.careloop/sandbox/`` (HAPI's pid/log/run id, the notification token, the
+sandbox careloop database). ``seed`` and ``scenario`` talk only to the sandbox that ``up``
+started from this directory (alive, ours, answering), or to ``--fhir-url`` when given; with
+neither they refuse. They agree on careloop's URL (``--careloop-url``, default
+``http://127.0.0.1:8080``): ``seed`` points the Subscriptions there, ``scenario`` uses a
+careloop already answering there, or starts one itself on that port (in-process, SQLite in
+the state directory, demo mappings with waits in seconds, a local webhook sink). A new
+sandbox run is a new server: see :mod:`middleware.sandbox.server_state` for what happens to
+the database of the previous one.
 """
 from __future__ import annotations
 
@@ -43,13 +47,41 @@ def _db_url(args: argparse.Namespace) -> str:
     return args.database_url or f"sqlite:///{(STATE / 'careloop.db').resolve()}"
 
 
-def _fhir_base(args: argparse.Namespace) -> str:
-    from ..sandbox import hapi
+class Refusal(Exception):
+    """A user error: one line on stderr, exit 1."""
+
+
+def _target(args: argparse.Namespace) -> tuple[str, str]:
+    """(FHIR base, server identity): ``--fhir-url``, else the sandbox ``up`` started here.
+
+    Raises :class:`Refusal` when no sandbox of ours is running: never a default URL, which
+    may be somebody else's FHIR server.
+    """
+    from ..sandbox import hapi, server_state
 
     if args.fhir_url:
-        return str(args.fhir_url).rstrip("/")
-    st = hapi.status(STATE)
-    return st.base_url or hapi.base_url_for(hapi.DEFAULT_PORT)
+        base = str(args.fhir_url).rstrip("/")
+        return base, server_state.identity(None, base)
+    h = hapi.running(STATE)
+    if h is None:
+        st = hapi.status(STATE)
+        why = ("nothing recorded" if st.state == "stopped" else
+               "the recorded one has no run id: `careloop sandbox down`, then `up`" if st.run_id is None else
+               f"the recorded one is {st.state}")
+        raise Refusal(f"no sandbox of ours is running in {STATE} ({why}); run `careloop sandbox up`, "
+                      "or pass --fhir-url to use another FHIR server")
+    return h.base_url, server_state.identity(h.run_id, h.base_url)
+
+
+def _claim_database(args: argparse.Namespace, ident: str) -> None:
+    from ..sandbox import server_state
+
+    try:
+        note = server_state.claim(_db_url(args), ident, own_database=not args.database_url)
+    except server_state.ServerMismatch as exc:
+        raise Refusal(str(exc)) from exc
+    if note:
+        print(note)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -61,7 +93,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 2
     print(f"starting the HAPI FHIR sandbox ({runtime}; first run builds the launcher)…", flush=True)
     try:
-        h = hapi.start(port=args.port, workdir=STATE, runtime=runtime, deadline_s=args.deadline)
+        h = hapi.start(port=args.port, workdir=STATE, runtime=runtime, deadline_s=args.deadline, bind=args.bind)
     except hapi.SandboxError as exc:
         print(f"careloop sandbox: {exc}", file=sys.stderr)
         return 1
@@ -88,29 +120,78 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
+    try:
+        return _seed(args)
+    except Refusal as exc:
+        print(f"careloop sandbox seed: {exc}", file=sys.stderr)
+        return 1
+
+
+def _seed(args: argparse.Namespace) -> int:
     import httpx
 
+    from ..listeners.fhir_fetch import FetchError
     from ..sandbox import hooks, seed
-    from ..sandbox.backfill import backfill
 
-    base = _fhir_base(args)
+    base, ident = _target(args)
+    settings = _settings(args)
+    _claim_database(args, ident)
     resources = seed.generate(args.patients, seed=args.seed)
     try:
-        resp = seed.post_bundle(base, seed.as_transaction_bundle(resources))
+        resp = seed.post_bundle(base, seed.as_transaction_bundle(resources), timeout_s=settings.fhir_request_timeout_s * 12)
+    except httpx.TimeoutException:
+        raise Refusal(f"timed out after {settings.fhir_request_timeout_s * 12:g} s waiting for {base} "
+                      "to answer the seed transaction") from None
     except httpx.HTTPError as exc:
-        print(f"careloop sandbox seed: could not load data into {base}: {exc} (is `careloop sandbox up` done?)",
-              file=sys.stderr)
-        return 1
-    print(f"seeded {len(resources)} synthetic resources ({len(resp.get('entry', []))} entries) into {base}")
-    counts = backfill(_db_url(args), base, mappings=args.mappings)
-    print(f"backfilled careloop ({_db_url(args).split('@')[-1]}) without firing: "
-          + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        raise Refusal(f"could not load data into {base}: {type(exc).__name__}: {exc}") from None
+    print(f"seeded {len(resources)} synthetic resources ({len(resp.get('entry', []))} entries) into {base}", flush=True)
+    try:
+        rep = _backfill(args, base, settings)
+    except FetchError as exc:
+        raise Refusal(f"backfill failed: {exc}") from None
+    per = ", ".join(f"{k} {v}" for k, v in sorted(rep.per_type.items())) or "nothing"
+    print(f"backfilled careloop ({_db_url(args).split('@')[-1]}) without firing: {rep.resources} resources ({per}), "
+          f"{rep.patients} patients, {rep.events} events", flush=True)
     endpoint = args.careloop_url.rstrip("/") + "/fhir/default"
-    with httpx.Client(base_url=base + "/", timeout=30) as client:
-        ids = hooks.apply(client, hooks.sandbox_set(endpoint, _token()))
+    wait = settings.subscription_activation_timeout_s
+    try:
+        with httpx.Client(base_url=base + "/", timeout=min(30.0, wait)) as client:
+            ids = hooks.apply(client, hooks.sandbox_set(endpoint, _token()), deadline_s=wait)
+    except hooks.HookError as exc:
+        raise Refusal(str(exc)) from None
     print(f"subscriptions active on HAPI -> {endpoint}: {', '.join(ids)} "
           f"(token in {os.environ.get('CARELOOP_FHIR_TOKEN_DEFAULT') and '$CARELOOP_FHIR_TOKEN_DEFAULT' or STATE / 'fhir-token'})")
     return 0
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from ..settings import get_settings
+
+    return get_settings(database_url=_db_url(args), mappings_dir=args.mappings)
+
+
+def _backfill(args: argparse.Namespace, base: str, settings: Any) -> Any:
+    """``careloop backfill`` of the ``default`` source, pointed at ``base`` (search, no $export)."""
+    from ..listeners.fhir_fetch import FhirFetcher
+    from ..pipeline.backfill import backfill
+    from ..rules.load import load_ruleset
+    from ..storage.db import init_db, make_engine
+
+    rs, diags = load_ruleset(settings.mappings_dir)
+    if rs is None:
+        raise Refusal(f"the mappings in {settings.mappings_dir} do not load ({len(diags)} diagnostics; "
+                      "`careloop mappings validate` shows them)")
+    src = rs.sources.get("default")
+    if src is None:
+        raise Refusal(f"no `default` source in {settings.mappings_dir}/sources.yaml")
+    src = src.model_copy(update={"fhir": src.fhir.model_copy(update={"base_url": base})})
+    engine = make_engine(settings.database_url)
+    try:
+        init_db(engine)
+        fetcher = FhirFetcher(base, timeout_s=settings.fhir_request_timeout_s)
+        return backfill(engine, rs, src, fetcher, use_export=False, deadline_s=settings.fhir_backfill_timeout_s)
+    finally:
+        engine.dispose()
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:
@@ -123,14 +204,21 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     except KeyError:
         print(f"unknown scenario {args.name!r}; one of: {', '.join(journeys.SCENARIOS)}, all", file=sys.stderr)
         return 2
+    try:
+        base, ident = _target(args)
+        _claim_database(args, ident)
+    except Refusal as exc:
+        print(f"careloop sandbox scenario: {exc}", file=sys.stderr)
+        return 1
     port = urlparse(args.careloop_url).port or 80
-    return run_scenarios(names, fhir_base=_fhir_base(args), careloop_url=args.careloop_url.rstrip("/"),
+    return run_scenarios(names, fhir_base=base, careloop_url=args.careloop_url.rstrip("/"),
                          port=port, token=_token(), database_url=_db_url(args), api_token=args.api_token,
                          sink_url=args.sink_url, workdir=Path(tempfile.mkdtemp(prefix="careloop-scenario-")),
                          step_deadline_s=args.step_deadline)
 
 
 def register(sub: Any) -> None:
+    from ..sandbox import hapi
     from ..sandbox.journeys import SCENARIOS
 
     p = sub.add_parser("sandbox", help="the HAPI FHIR sandbox: up, down, status, seed, scenario")
@@ -139,6 +227,8 @@ def register(sub: Any) -> None:
     up = s.add_parser("up", help="start HAPI (Docker if an engine runs, else Java 17 + Maven); print the base URL")
     up.add_argument("--port", type=int, default=int(os.environ.get("CARELOOP_SANDBOX_PORT", "8090")))
     up.add_argument("--runtime", choices=["java", "docker"], default=os.environ.get("CARELOOP_SANDBOX_RUNTIME"))
+    up.add_argument("--bind", default=os.environ.get("CARELOOP_SANDBOX_BIND", hapi.DEFAULT_BIND),
+                    help="address HAPI listens on (docker: publishes on); default %(default)s, loopback only")
     up.add_argument("--deadline", type=float, default=START_DEADLINE_S, help="seconds to wait for /fhir/metadata")
     up.set_defaults(func=cmd_up)
     s.add_parser("down", help="stop the sandbox").set_defaults(func=cmd_down)

@@ -5,7 +5,10 @@
 and ``${CARELOOP_FHIR_TOKEN}`` (the source's notification token; without one the header
 line is dropped), finds an existing Subscription by its ``meta.tag``
 (``urn:careloop:subscription|<name>``), creates or updates it only when it differs, and
-waits until the server reports ``active`` (HAPI activates asynchronously, in seconds).
+waits until the server reports ``active`` (HAPI activates asynchronously, in seconds), at
+most ``--wait`` seconds (``subscription_activation_timeout_s``). Every request to the
+server ends by ``fhir_request_timeout_s``; a server that does not answer ends the command
+with one line naming the request and the wait.
 ``status`` shows the server's view plus careloop's: last notification, event counters,
 last reconciliation and the high-water-mark lag.
 """
@@ -65,7 +68,7 @@ def ours(http: Any) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def _client(source: Any) -> Any:
+def _client(source: Any, timeout_s: float = 15.0) -> Any:
     """An httpx client for the source's FHIR server under the outbound policy: connections
     checked at connect time, the token sent only to the base URL's origin and the source's
     ``credential_hosts`` (a ``next`` link elsewhere is refused, see docs/destinations.md)."""
@@ -76,7 +79,7 @@ def _client(source: Any) -> Any:
     policy = netpolicy.policy(fhir.allow_private_network)
     tokens = TokenSource(fhir.auth, policy=policy)
     scope = netpolicy.CredentialScope.of(fhir.base_url, fhir.credential_hosts)
-    return netpolicy.guarded_client(policy, base_url=fhir.base_url.rstrip("/"), headers=FJ, timeout=15.0,
+    return netpolicy.guarded_client(policy, base_url=fhir.base_url.rstrip("/"), headers=FJ, timeout=timeout_s,
                                     auth=netpolicy.ScopedBearer(tokens.token, scope))
 
 
@@ -100,10 +103,47 @@ def _one_line_errors(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argp
 
 @_one_line_errors
 def cmd_apply(args: argparse.Namespace) -> int:
+    import httpx
+
+    settings = settings_from(args)
+    timeout_s = settings.fhir_request_timeout_s
+    try:
+        return _apply(args, settings)
+    except httpx.TimeoutException as exc:
+        try:
+            what = f"{exc.request.method} {exc.request.url.path}"
+        except RuntimeError:  # raised before a request was built
+            what = "a request"
+        print(f"careloop subscriptions: timed out after {timeout_s:g} s waiting for the FHIR server to answer {what}",
+              file=sys.stderr)
+    except httpx.HTTPError as exc:
+        print(f"careloop subscriptions: the FHIR server did not answer ({type(exc).__name__}: {exc})", file=sys.stderr)
+    return 1
+
+
+def _wait_active(http: Any, sid: str, end: float) -> tuple[str, dict[str, Any]]:
+    """Poll ``Subscription/{sid}`` until active/error/off or ``end``; (status, last body)."""
+    import httpx
+
+    status, sub = "no answer", {}
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return status, sub
+        try:
+            sub = http.get(f"/Subscription/{sid}", timeout=left).json()
+            status = sub.get("status", "?")
+        except httpx.TimeoutException:
+            status = "no answer"
+        if status in ("active", "error", "off"):
+            return status, sub
+        time.sleep(min(0.5, max(0.0, end - time.monotonic())))
+
+
+def _apply(args: argparse.Namespace, settings: Any) -> int:
     from ..api.fhir import token_env
     from ..rules.load import load_ruleset
 
-    settings = settings_from(args)
     rs, _ = load_ruleset(settings.mappings_dir)
     source = rs.sources.get(args.source) if rs else None
     if source is None or not source.fhir.base_url:
@@ -116,7 +156,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     suffix = "-payloadless" if args.payloadless else ""
     types = args.types or source.fhir.resource_types
     rc = 0
-    with _client(source) as http:
+    with _client(source, settings.fhir_request_timeout_s) as http:
         applied: list[tuple[str, str]] = []
         mine = ours(http)
         for t in types:
@@ -149,17 +189,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
             sid = r.json()["id"]
             applied.append((name, sid))
             print(f"{name}: {verb} Subscription/{sid}")
-        deadline = time.monotonic() + args.wait
+        wait = args.wait if args.wait is not None else settings.subscription_activation_timeout_s
+        deadline = time.monotonic() + wait
         for name, sid in applied:
-            status = "?"
-            while True:
-                sub = http.get(f"/Subscription/{sid}").json()
-                status = sub.get("status", "?")
-                if status in ("active", "error", "off") or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
+            status, sub = _wait_active(http, sid, deadline)
             extra = f" ({sub.get('error')})" if sub.get("error") else ""
-            print(f"{name}: Subscription/{sid} is {status}{extra} -> {sub['channel']['endpoint']}")
+            if status in ("active", "error", "off"):
+                print(f"{name}: Subscription/{sid} is {status}{extra} -> {(sub.get('channel') or {}).get('endpoint')}")
+            else:
+                print(f"{name}: timed out after {wait:g} s waiting for Subscription/{sid} on {source.fhir.base_url} "
+                      f"to become active (last status: {status}{extra})", file=sys.stderr)
             if status != "active":
                 rc = 1
     return rc
@@ -220,7 +259,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("--types", nargs="+")
     a.add_argument("--payloadless", action="store_true", help="payload-less variants (careloop searches on each POST)")
     a.add_argument("--dir", type=Path, default=DEFAULT_DIR)
-    a.add_argument("--wait", type=float, default=60.0, help="seconds to wait for status active")
+    a.add_argument("--wait", type=float, default=None,
+                   help="seconds to wait for status active (default: subscription_activation_timeout_s, 60)")
     add_common(a)
     a.set_defaults(func=cmd_apply)
     st = ss.add_parser("status", help="server status, last notification, last reconciliation, lag")

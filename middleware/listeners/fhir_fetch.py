@@ -9,6 +9,12 @@ refreshed once on a 401). Short retries (tenacity) cover dropped connections, 5x
 429/503, waiting what ``Retry-After`` asks (capped). Long outages are the reconciler's
 business: it keeps its high-water mark and tries again at its interval.
 
+Deadlines: every GET has one (``timeout_s``, default 10 s, from connect to the last byte of
+the body, retries included), and a caller can pass an earlier one for a whole search or
+sweep (``deadline``, a ``time.monotonic()`` instant). A server that accepts and never
+answers, or drips its body, ends in :class:`FetchTimeout` naming the server, the request
+and the wait.
+
 Thread-safe: one lock serialises requests on the shared client.
 """
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlencode
 
 import httpx
-from tenacity import RetryCallState, retry, retry_if_exception_type, stop_after_attempt, stop_after_delay
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from .. import netpolicy
 from ..config.sources import FhirAuth, Source
@@ -46,10 +52,19 @@ class FetchError(Exception):
         self.status = status
 
 
+class FetchTimeout(FetchError):
+    """A read did not complete within its deadline; the message names what and how long."""
+
+
 class _Retryable(FetchError):
-    def __init__(self, message: str, status: int | None, after: float | None) -> None:
+    def __init__(self, message: str, status: int | None, after: float | None, timed_out: bool = False) -> None:
         super().__init__(message, status)
         self.after = after
+        self.timed_out = timed_out
+
+
+class _DeadlinePassed(Exception):
+    """The current GET's deadline passed (turned into a retryable timeout)."""
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -71,6 +86,30 @@ def _wait(state: RetryCallState) -> float:
     if isinstance(exc, _Retryable) and exc.after is not None:
         return min(exc.after, MAX_RETRY_AFTER_S)
     return float(0.2 * 2 ** (state.attempt_number - 1))
+
+
+def _left(end: float) -> float:
+    """Seconds left until ``end``; raises :class:`_DeadlinePassed` once it has passed."""
+    left = end - time.monotonic()
+    if left <= 0:
+        raise _DeadlinePassed("deadline passed")
+    return left
+
+
+def _stop_at(end: float) -> Callable[[RetryCallState], bool]:
+    return lambda state: time.monotonic() >= end
+
+
+def _wait_until(end: float) -> Callable[[RetryCallState], float]:
+    return lambda state: max(0.0, min(_wait(state), end - time.monotonic()))
+
+
+def _what(path: str) -> str:
+    """The request named without its query (which may carry identifiers): ``Appointment (search)``."""
+    bare = path.split("?", 1)[0]
+    if "://" in bare:
+        bare = bare.split("://", 1)[1].partition("/")[2]
+    return bare + (" (search)" if "?" in path else "")
 
 
 @dataclass
@@ -138,14 +177,16 @@ class FhirFetcher:
             headers={"Accept": FHIR_JSON, "Accept-Charset": "UTF-8"},
         )
         self._lock = threading.Lock()
+        self._end: float | None = None  # the current GET's deadline (requests are serialised by _lock)
         self.requests = 0
 
     @classmethod
-    def for_source(cls, source: Source, env: Mapping[str, str] | None = None) -> "FhirFetcher | None":
+    def for_source(cls, source: Source, env: Mapping[str, str] | None = None,
+                   timeout_s: float = 10.0) -> "FhirFetcher | None":
         """A fetcher for a source with ``fhir.base_url``; ``None`` when it has none."""
         if not source.fhir.base_url:
             return None
-        return cls(source.fhir.base_url, source.fhir.auth, env=env,
+        return cls(source.fhir.base_url, source.fhir.auth, env=env, timeout_s=timeout_s,
                    allow_private_network=source.fhir.allow_private_network,
                    credential_hosts=source.fhir.credential_hosts)
 
@@ -162,12 +203,30 @@ class FhirFetcher:
         """GET ``url``, following at most :data:`MAX_REDIRECTS` redirects inside the credential scope."""
         for _ in range(MAX_REDIRECTS + 1):
             self._in_scope(url, "URL")
-            resp = self.http.get(url)
+            resp = self._timed_get(url)
             if not resp.is_redirect:
                 return resp
             url = str(resp.next_request.url) if resp.next_request else url
             self._in_scope(url, "redirect")
         raise FetchError(f"more than {MAX_REDIRECTS} redirects")
+
+    def _timed_get(self, url: str) -> httpx.Response:
+        """One GET with the body read under the current deadline (a dripping body cannot outlast it)."""
+        end = self._end if self._end is not None else time.monotonic() + self.timeout_s
+        left = _left(end)
+        req = self.http.build_request("GET", url, timeout=httpx.Timeout(left))
+        resp = self.http.send(req, stream=True)
+        try:
+            body = bytearray()
+            for chunk in resp.iter_bytes():
+                body += chunk
+                _left(end)
+        except _DeadlinePassed as exc:
+            raise httpx.ReadTimeout(f"body not complete by the deadline: {exc}", request=req) from exc
+        finally:
+            resp.close()
+        resp._content = bytes(body)  # the body is read whole (what httpx's own read() sets)
+        return resp
 
     def _in_scope(self, url: str, what: str) -> None:
         if not self.scope.permits(url):
@@ -177,18 +236,37 @@ class FhirFetcher:
             raise FetchError(f"refused {what} to {host}: not the base URL's origin nor in credential_hosts")
 
     # -- core GET ---------------------------------------------------------------------
-    def get_json(self, path: str) -> Json | None:
+    def get_json(self, path: str, deadline: float | None = None) -> Json | None:
         """GET a path relative to the base (or an absolute URL in scope); ``None`` on 404/410.
 
-        Raises :class:`FetchError` on other failures, after the short retries, and at once
-        for a URL outside the credential scope or refused by the outbound policy.
+        Ends by ``timeout_s`` from now, or by ``deadline`` (a ``time.monotonic()`` instant)
+        when that is earlier. Raises :class:`FetchTimeout` when the deadline passes,
+        :class:`FetchError` on other failures after the short retries, and at once for a
+        URL outside the credential scope or refused by the outbound policy.
         """
+        end = time.monotonic() + self.timeout_s
+        if deadline is not None:
+            end = min(end, deadline)
+        waited = max(0.0, end - time.monotonic())
+        url = self._url(path)
         with self._lock:
-            return self._get_retrying(self._url(path))
+            self._end = end
+            try:
+                for attempt in Retrying(retry=retry_if_exception_type(_Retryable), reraise=True,
+                                        stop=stop_after_attempt(ATTEMPTS) | _stop_at(end), wait=_wait_until(end)):
+                    with attempt:
+                        return self._get_once(url)
+            except _Retryable as exc:
+                if not (exc.timed_out or time.monotonic() >= end):
+                    raise FetchError(f"the FHIR server {self.base_url} did not answer GET {_what(path)}: {exc}",
+                                     exc.status) from exc
+                raise FetchTimeout(f"timed out after {waited:.3g} s waiting for the FHIR server {self.base_url} "
+                                   f"to answer GET {_what(path)} ({exc})") from exc
+            finally:
+                self._end = None
+        raise FetchError("no attempt made")  # unreachable: Retrying runs at least once
 
-    @retry(retry=retry_if_exception_type(_Retryable), stop=(stop_after_attempt(ATTEMPTS) | stop_after_delay(30)),
-           wait=_wait, reraise=True)
-    def _get_retrying(self, url: str) -> Json | None:
+    def _get_once(self, url: str) -> Json | None:
         self.requests += 1
         for attempt in (0, 1):
             self._refresh = attempt == 1
@@ -196,6 +274,10 @@ class FhirFetcher:
                 resp = self._get(url)
             except netpolicy.CredentialRefused as exc:
                 raise FetchError(str(exc)) from exc
+            except _DeadlinePassed as exc:
+                raise _Retryable("deadline passed", None, None, timed_out=True) from exc
+            except httpx.TimeoutException as exc:
+                raise _Retryable(type(exc).__name__, None, None, timed_out=True) from exc
             except httpx.TransportError as exc:
                 if netpolicy.refusal_of(exc):
                     raise FetchError(str(netpolicy.refusal_of(exc))) from exc
@@ -230,27 +312,27 @@ class FhirFetcher:
     def patient(self, pid: str) -> Json | None:
         return self.read("Patient", pid)
 
-    def pages(self, path: str) -> Iterator[Json]:
-        """Each Bundle of a search or history, following ``link[next]``."""
+    def pages(self, path: str, deadline: float | None = None) -> Iterator[Json]:
+        """Each Bundle of a search or history, following ``link[next]``; every page by ``deadline``."""
         url: str | None = path
         while url:
-            bundle = self.get_json(url)
+            bundle = self.get_json(url, deadline)
             if not bundle:
                 return
             yield bundle
             url = next((l.get("url") for l in bundle.get("link") or [] if l.get("relation") == "next"), None)
 
-    def search(self, rtype: str, params: Mapping[str, str]) -> Iterator[Json]:
+    def search(self, rtype: str, params: Mapping[str, str], deadline: float | None = None) -> Iterator[Json]:
         """Resources of ``rtype`` matching ``params``, every page (``mode=include`` entries skipped)."""
-        for bundle in self.pages(f"{rtype}?{urlencode(params)}"):
+        for bundle in self.pages(f"{rtype}?{urlencode(params)}", deadline):
             for e in bundle.get("entry") or []:
                 res = e.get("resource")
                 if res and res.get("resourceType") == rtype and (e.get("search") or {}).get("mode", "match") == "match":
                     yield res
 
-    def history(self, rtype: str, since: str, count: int = 200) -> Iterator[Json]:
+    def history(self, rtype: str, since: str, count: int = 200, deadline: float | None = None) -> Iterator[Json]:
         """Type-level ``_history`` entries since ``since`` (deletes have ``request.method=DELETE``)."""
-        for bundle in self.pages(f"{rtype}/_history?{urlencode({'_since': since, '_count': str(count)})}"):
+        for bundle in self.pages(f"{rtype}/_history?{urlencode({'_since': since, '_count': str(count)})}", deadline):
             yield from bundle.get("entry") or []
 
     def capability(self) -> Json | None:

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from ..config.sources import Source
+from ..listeners.fhir_fetch import FetchTimeout
 from .fhir_handler import FhirHandler
 from .fhir_state import fhir_instant, hwm_key, kv_get, kv_set, parse_instant
 from ..rules.load import RuleSet
@@ -45,11 +46,13 @@ class BackfillReport:
         return self.resources / self.seconds if self.seconds else 0.0
 
 
-def _pages_by_search(fetcher: Any, rtype: str, page: int) -> Iterable[list[Json]]:
+def _pages_by_search(fetcher: Any, rtype: str, page: int, deadline: float | None = None) -> Iterable[list[Json]]:
     params = {"_count": str(page), "_sort": "_lastUpdated"}
     if rtype in PATIENT_PARAM:
         params["_include"] = f"{rtype}:{PATIENT_PARAM[rtype]}"
-    for bundle in fetcher.pages(f"{rtype}?{urlencode(params)}"):
+    pages = fetcher.pages(f"{rtype}?{urlencode(params)}", deadline) if deadline is not None else \
+        fetcher.pages(f"{rtype}?{urlencode(params)}")
+    for bundle in pages:
         yield [e["resource"] for e in bundle.get("entry") or [] if isinstance(e.get("resource"), dict)]
 
 
@@ -63,12 +66,16 @@ def backfill(
     use_export: bool | None = None,
     page: int = 500,
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+    deadline_s: float | None = None,
 ) -> BackfillReport:
     """Load current state (see the module docstring); returns counts and the time taken.
 
     ``use_export``: ``None`` = use ``$export`` if advertised, ``False`` = always search.
-    Fetch errors propagate (:class:`~middleware.listeners.fhir_fetch.FetchError`).
+    ``deadline_s`` bounds the whole search paging (each page also has the fetcher's own
+    timeout). Fetch errors propagate (:class:`~middleware.listeners.fhir_fetch.FetchError`;
+    ``FetchTimeout`` naming the server, the request and the wait when a deadline passes).
     """
+    deadline = time.monotonic() + deadline_s if deadline_s is not None else None
     types = list(types or source.fhir.resource_types)
     rep = BackfillReport(source.name)
     handler = FhirHandler(planner=None)
@@ -82,7 +89,30 @@ def backfill(
         rest = [r for r in everything if r.get("resourceType") in types]
         batches: Iterable[list[Json]] = [pats] + [rest[i:i + page] for i in range(0, len(rest), page)]
     else:
-        batches = (b for t in types for b in _pages_by_search(fetcher, t, page))
+        batches = (b for t in types for b in _pages_by_search(fetcher, t, page, deadline))
+    try:
+        _apply_batches(engine, rs, source, handler, batches, types, rep, newest, seen_patients, clock)
+    except FetchTimeout as exc:
+        if deadline is None or time.monotonic() < deadline:
+            raise
+        raise FetchTimeout(f"backfill of source {source.name} timed out after {deadline_s:g} s paging "
+                           f"{getattr(fetcher, 'base_url', 'the FHIR server')}: {exc}") from exc
+    with Session(engine) as s:
+        for rtype, at in newest.items():
+            old = parse_instant((kv_get(s, hwm_key(source.name, rtype)) or {}).get("at"))
+            if old is None or at > old:
+                kv_set(s, hwm_key(source.name, rtype), {"at": fhir_instant(at)}, time.time())
+        s.commit()
+    rep.seconds = time.perf_counter() - t0
+    log.info("backfill done", extra={"action": "fhir.backfilled", "source": source.name, "count": rep.resources,
+                                     "duration_ms": round(rep.seconds * 1000)})
+    return rep
+
+
+def _apply_batches(engine: Engine, rs: RuleSet, source: Source, handler: FhirHandler, batches: Iterable[list[Json]],
+                   types: list[str], rep: BackfillReport, newest: dict[str, datetime],
+                   seen_patients: set[tuple[str, str]], clock: Callable[[], datetime]) -> None:
+    """Apply each fetched page in its own transaction (patients first), counting into ``rep``."""
     for batch in batches:
         now = clock()
         with Session(engine, expire_on_commit=False) as s:
@@ -106,13 +136,3 @@ def backfill(
                 if at and (rtype not in newest or at > newest[rtype]):
                     newest[rtype] = at
             s.commit()
-    with Session(engine) as s:
-        for rtype, at in newest.items():
-            old = parse_instant((kv_get(s, hwm_key(source.name, rtype)) or {}).get("at"))
-            if old is None or at > old:
-                kv_set(s, hwm_key(source.name, rtype), {"at": fhir_instant(at)}, time.time())
-        s.commit()
-    rep.seconds = time.perf_counter() - t0
-    log.info("backfill done", extra={"action": "fhir.backfilled", "source": source.name, "count": rep.resources,
-                                     "duration_ms": round(rep.seconds * 1000)})
-    return rep

@@ -20,6 +20,11 @@ any source with a ``base_url`` when a payload-less / ``empty`` notification or a
 event-number gap asks for it (requests are also kept in ``kv`` until done, so a crash
 does not lose them); ``id-only`` notifications queue single reads. Without a mark the
 sweep starts at *now* (loading history is ``careloop backfill``'s job).
+
+Deadlines: each GET ends by ``fetch_timeout_s`` and a whole sweep by ``sweep_timeout_s``
+(settings ``fhir_request_timeout_s`` / ``fhir_sweep_timeout_s``); a sweep that runs out
+records an error naming the source, the type and the wait, keeps the old mark, and the
+next sweep tries again.
 """
 from __future__ import annotations
 
@@ -41,7 +46,7 @@ from .fhir_state import (
 )
 from ..storage.inbox import InboundRecord, InboxWriter
 from ..storage.tables import InboundMessage
-from ..listeners.fhir_fetch import FetchError, FhirFetcher
+from ..listeners.fhir_fetch import FetchError, FetchTimeout, FhirFetcher
 
 log = logging.getLogger("careloop.fhir.reconcile")
 Json = dict[str, Any]
@@ -118,10 +123,15 @@ class Reconciler:
         sources: Callable[[], Sources],
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
-        fetcher_factory: Callable[[Source], Any] = FhirFetcher.for_source,
+        fetcher_factory: Callable[[Source], Any] | None = None,
         periodic: Callable[[Source], bool] = lambda s: s.kind == "fhir",
+        fetch_timeout_s: float = 10.0,
+        sweep_timeout_s: float = 300.0,
     ) -> None:
         self.engine = engine
+        self.sweep_timeout_s = sweep_timeout_s
+        if fetcher_factory is None:
+            fetcher_factory = lambda src: FhirFetcher.for_source(src, timeout_s=fetch_timeout_s)  # noqa: E731
         self.writer = writer
         self.sources = sources
         self.clock = clock
@@ -186,9 +196,10 @@ class Reconciler:
                 continue
             self.idle.set()
             timeout = max(0.05, min(due.values(), default=now + 60) - now)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            try:  # asyncio.timeout: wait_for can swallow a cancel on 3.11 (CPython gh-86296)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             self.idle.clear()
@@ -235,14 +246,17 @@ class Reconciler:
             rep.errors.append("no base_url configured")
             return rep
         overlap = timedelta(seconds=src.fhir.reconcile_overlap_s)
+        end = time.monotonic() + self.sweep_timeout_s
         for rtype in types:
             try:
+                if time.monotonic() >= end:
+                    raise FetchTimeout(self._sweep_timed_out(source, rtype))
                 with Session(self.engine) as s:
                     mark = parse_instant((kv_get(s, hwm_key(source, rtype)) or {}).get("at"))
                 since = fhir_instant((mark or started) - overlap)
-                found = await asyncio.to_thread(
-                    lambda: list(f.search(rtype, {"_lastUpdated": f"gt{since}", "_sort": "_lastUpdated", "_count": str(PAGE)})))
-                hist = await asyncio.to_thread(lambda: history_items(list(f.history(rtype, since, PAGE)), rtype))
+                query = {"_lastUpdated": f"gt{since}", "_sort": "_lastUpdated", "_count": str(PAGE)}
+                found = await asyncio.to_thread(lambda: list(f.search(rtype, query, deadline=end)))
+                hist = await asyncio.to_thread(lambda: history_items(list(f.history(rtype, since, PAGE, deadline=end)), rtype))
                 items = hist + [("resource", r) for r in found]  # history in order first, then current versions
                 deletes = [d for k, d in hist if k == "delete"]
                 rep.resources += len(found)
@@ -258,6 +272,8 @@ class Reconciler:
                     clear_pending(s, source, rtype, started.timestamp())
                     s.commit()
             except (FetchError, OSError) as exc:
+                if isinstance(exc, FetchTimeout) and time.monotonic() >= end:
+                    exc = FetchTimeout(self._sweep_timed_out(source, rtype))
                 rep.errors.append(f"{rtype}: {type(exc).__name__}: {exc}")
                 log.warning("sweep failed", extra={"action": "fhir.sweep_failed", "source": source, "resource_type": rtype,
                                                    "error_type": type(exc).__name__})
@@ -271,6 +287,11 @@ class Reconciler:
         self.reports.append(rep)
         del self.reports[:-100]
         return rep
+
+    def _sweep_timed_out(self, source: str, rtype: str) -> str:
+        f = self.fetcher(source)
+        return (f"sweep of source {source} timed out after {self.sweep_timeout_s:g} s waiting for the FHIR server "
+                f"{getattr(f, 'base_url', '?')} to answer the {rtype} search/_history pages")
 
     async def _store(self, source: str, items: list[tuple[str, Json]], rtype: str, arrival: str) -> int:
         """Store fetched resources/deletes in the inbox in order, skipping versions already held there."""

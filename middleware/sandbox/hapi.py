@@ -10,8 +10,11 @@ Two runtimes:
   ``docker info``; a bare client is not enough.
 
 State lives in a work directory (default ``.careloop/sandbox``): ``hapi.pid``, ``hapi.json``
-and ``hapi.log``. ``start`` is idempotent: when the recorded server is running and answers
-``GET /fhir/metadata`` it returns the existing handle. All traffic is to 127.0.0.1.
+and ``hapi.log``. ``hapi.json`` carries a ``run_id`` made at each start (also on the java
+command line), so :func:`running` can tell this sandbox's server from any other FHIR server
+on the port. ``start`` is idempotent: when the recorded server is running and answers
+``GET /fhir/metadata`` it returns the existing handle; a FHIR server it did not start is
+refused, never adopted. The server binds ``127.0.0.1`` unless ``bind`` says otherwise.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ import signal
 import socket
 import subprocess
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +36,10 @@ import httpx
 Runtime = Literal["docker", "java"]
 
 DEFAULT_PORT = 8090
+#: the address the java runtime listens on (``--server.address``) and compose publishes on
+DEFAULT_BIND = "127.0.0.1"
+#: seconds one ``GET /metadata`` probe may take
+PROBE_TIMEOUT_S = 5.0
 DEFAULT_WORKDIR = Path(".careloop/sandbox")
 JAVA_HEAP = "-Xmx1g"
 JAR_NAME = "careloop-hapi-sandbox.jar"
@@ -62,6 +70,8 @@ class SandboxHandle:
     runtime: Runtime = "java"
     port: int = DEFAULT_PORT
     reused: bool = False
+    run_id: str | None = None
+    bind: str = DEFAULT_BIND
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,7 @@ class SandboxStatus:
     runtime: Runtime | None
     log_path: Path | None
     healthy: bool
+    run_id: str | None = None
 
 
 # --------------------------------------------------------------------------- paths
@@ -97,9 +108,16 @@ def jar_path() -> Path:
     return launcher_dir() / "target" / JAR_NAME
 
 
-def base_url_for(port: int) -> str:
-    """The FHIR base URL of a sandbox on ``port`` (loopback only)."""
-    return f"http://127.0.0.1:{port}/fhir"
+def base_url_for(port: int, bind: str = DEFAULT_BIND) -> str:
+    """The FHIR base URL of a sandbox on ``port`` listening on ``bind`` (loopback for a wildcard)."""
+    host = "127.0.0.1" if bind in ("", "0.0.0.0", "::") else bind
+    return f"http://[{host}]:{port}/fhir" if ":" in host else f"http://{host}:{port}/fhir"
+
+
+def java_command(java: str, jar: Path, port: int, bind: str, run_id: str) -> list[str]:
+    """The launcher's command line: port, listen address, and the run id that marks it ours."""
+    return [java, JAVA_HEAP, "-jar", str(jar), f"--server.port={port}", f"--server.address={bind}",
+            f"--careloop.sandbox.run-id={run_id}"]
 
 
 # --------------------------------------------------------------------------- runtime detection
@@ -220,7 +238,7 @@ def build_launcher(force: bool = False, timeout_s: float = 1800) -> Path:
 # --------------------------------------------------------------------------- health
 
 
-def is_healthy(base_url: str, timeout_s: float = 5.0) -> bool:
+def is_healthy(base_url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
     """True when ``GET {base_url}/metadata`` answers 200 with a CapabilityStatement."""
     try:
         r = httpx.get(
@@ -255,13 +273,15 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _is_our_java(pid: int) -> bool:
-    """Guard against a recycled pid: the process must be a java running our jar."""
+def _is_our_java(pid: int, run_id: str | None = None) -> bool:
+    """Guard against a recycled pid: the process must be a java running our jar (and this run)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return _pid_alive(pid)  # no /proc (not Linux): trust the pid file
-    return any(JAR_NAME.encode() in part for part in cmdline)
+    if not any(JAR_NAME.encode() in part for part in cmdline):
+        return False
+    return run_id is None or f"--careloop.sandbox.run-id={run_id}".encode() in cmdline
 
 
 def _log_tail(path: Path | None, lines: int = 30) -> str:
@@ -280,23 +300,27 @@ def wait_ready(
 ) -> float:
     """Poll ``GET {base_url}/metadata`` until it answers 200; return the seconds waited.
 
-    Raises SandboxError when ``deadline_s`` passes or when ``pid`` (if given) exits first.
+    Each probe is cut to the time left, so the wait ends within ``deadline_s`` (plus one
+    ``interval_s``). Raises SandboxError naming the URL and the wait when the deadline
+    passes, or when ``pid`` (if given) exits first.
     """
     t0 = time.monotonic()
     while True:
-        if is_healthy(base_url, timeout_s=min(5.0, max(1.0, deadline_s))):
+        left = deadline_s - (time.monotonic() - t0)
+        if left > 0 and is_healthy(base_url, timeout_s=max(0.1, min(PROBE_TIMEOUT_S, left))):
             return time.monotonic() - t0
         if pid is not None and not _pid_alive(pid):
             raise SandboxError(
                 f"HAPI process {pid} exited before {base_url} became ready; log tail:\n"
                 + _log_tail(log_path)
             )
-        if time.monotonic() - t0 > deadline_s:
+        if time.monotonic() - t0 >= deadline_s:
+            tail = _log_tail(log_path)
             raise SandboxError(
-                f"{base_url}/metadata not ready after {deadline_s:.0f} s; log tail:\n"
-                + _log_tail(log_path)
+                f"timed out after {deadline_s:g} s waiting for the HAPI sandbox to answer "
+                f"GET {base_url}/metadata with a CapabilityStatement" + (f"; log tail:\n{tail}" if tail else "")
             )
-        time.sleep(interval_s)
+        time.sleep(min(interval_s, max(0.0, deadline_s - (time.monotonic() - t0))))
 
 
 # --------------------------------------------------------------------------- state files
@@ -340,6 +364,8 @@ def _handle_from_state(state: dict[str, Any], reused: bool) -> SandboxHandle:
         runtime=state.get("runtime", "java"),
         port=int(state.get("port", DEFAULT_PORT)),
         reused=reused,
+        run_id=state.get("run_id"),
+        bind=state.get("bind", DEFAULT_BIND),
     )
 
 
@@ -366,8 +392,9 @@ def _compose_command() -> list[str]:
     raise SandboxError("neither 'docker compose' nor 'docker-compose' is available")
 
 
-def _compose(args: list[str], port: int, timeout_s: float = 900) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, CARELOOP_SANDBOX_PORT=str(port))
+def _compose(args: list[str], port: int, timeout_s: float = 900,
+             bind: str = DEFAULT_BIND) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CARELOOP_SANDBOX_PORT=str(port), CARELOOP_SANDBOX_BIND=bind)
     cmd = _compose_command() + ["-f", str(repo_root() / "docker-compose.yml"), *args]
     res = subprocess.run(
         cmd, cwd=repo_root(), env=env, capture_output=True, text=True, timeout=timeout_s, check=False
@@ -386,43 +413,31 @@ def start(
     runtime: Runtime | None = None,
     wait: bool = True,
     deadline_s: float = 300,
+    bind: str = DEFAULT_BIND,
+    adopt_foreign: bool = False,
 ) -> SandboxHandle:
     """Start the sandbox (or return the one already running) and, by default, wait until ready.
 
-    java runtime: builds the jar if stale, then runs ``java -Xmx1g -jar … --server.port=PORT``
-    detached (own session), output to ``workdir/hapi.log``, pid in ``workdir/hapi.pid``.
-    docker runtime: ``docker compose up -d hapi`` (host port from ``CARELOOP_SANDBOX_PORT``).
+    java runtime: builds the jar if stale, then runs :func:`java_command` detached (own
+    session), output to ``workdir/hapi.log``, pid in ``workdir/hapi.pid``, a new ``run_id``
+    in ``workdir/hapi.json``. docker runtime: ``docker compose up -d hapi`` (published on
+    ``bind``:``port``). A FHIR server already answering on the port that this work directory
+    did not start raises SandboxError, unless ``adopt_foreign`` (tests that share a server).
     """
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    base_url = base_url_for(port)
+    base_url = base_url_for(port, bind)
     log_path = workdir / _LOG_FILE
 
-    # Idempotence: a recorded server that is still up and healthy is reused.
-    state = _read_state(workdir)
-    if state is not None:
-        pid = state.get("pid")
-        alive = pid is None or (_pid_alive(pid) and _is_our_java(pid))
-        if alive and is_healthy(state["base_url"]):
-            return _handle_from_state(state, reused=True)
-        if alive and pid is not None and not wait:
-            # Still booting and the caller does not want to wait: report it, never start twice.
-            return _handle_from_state(state, reused=True)
-        if alive and pid is not None and wait:
-            # Started earlier and still booting: wait for it instead of starting a second one.
-            waited = wait_ready(state["base_url"], deadline_s, pid=pid, log_path=Path(state["log_path"]))
-            state["started_in_s"] = state.get("started_in_s") or round(
-                time.time() - float(state.get("started_at", time.time() - waited)), 2
-            )
-            handle = _handle_from_state(state, reused=True)
-            _write_state(workdir, handle, float(state.get("started_at", time.time())))
-            return handle
-        if not alive:
-            _clear_state(workdir)
+    reused = _reuse_recorded(workdir, wait, deadline_s)
+    if reused is not None:
+        return reused
 
     if is_healthy(base_url):
-        # Someone else's server (another checkout, a manual run) already serves this port.
-        return SandboxHandle(base_url, None, log_path, None, runtime or "java", port, reused=True)
+        if adopt_foreign:
+            return SandboxHandle(base_url, None, log_path, None, runtime or "java", port, reused=True, bind=bind)
+        raise SandboxError(f"{base_url} already answers as a FHIR server that this sandbox did not start "
+                           f"(nothing recorded in {workdir}); stop it or choose another --port")
     if _port_in_use(port):
         raise SandboxError(f"port {port} is in use by something that is not a FHIR server")
 
@@ -430,14 +445,15 @@ def start(
     if chosen is None:
         raise SandboxError("no sandbox runtime: need a running Docker engine, or Java 17+ and Maven")
 
+    run_id = uuid.uuid4().hex
     started_at = time.time()
     if chosen == "docker":
-        _compose(["up", "-d", COMPOSE_SERVICE], port)
-        handle = SandboxHandle(base_url, None, log_path, None, "docker", port)
+        _compose(["up", "-d", COMPOSE_SERVICE], port, bind=bind)
+        handle = SandboxHandle(base_url, None, log_path, None, "docker", port, run_id=run_id, bind=bind)
         _write_state(workdir, handle, started_at)
         if wait:
             waited = wait_ready(base_url, deadline_s)
-            handle = SandboxHandle(base_url, None, log_path, round(waited, 2), "docker", port)
+            handle = SandboxHandle(base_url, None, log_path, round(waited, 2), "docker", port, run_id=run_id, bind=bind)
             _write_state(workdir, handle, started_at)
         return handle
 
@@ -447,7 +463,7 @@ def start(
         raise SandboxError("java is not on PATH")
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [java, JAVA_HEAP, "-jar", str(jar), f"--server.port={port}"],
+            java_command(java, jar, port, bind, run_id),
             cwd=workdir,
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -455,7 +471,7 @@ def start(
             start_new_session=True,
         )
     started_at = time.time()
-    handle = SandboxHandle(base_url, proc.pid, log_path, None, "java", port)
+    handle = SandboxHandle(base_url, proc.pid, log_path, None, "java", port, run_id=run_id, bind=bind)
     _write_state(workdir, handle, started_at)
     if wait:
         try:
@@ -463,9 +479,53 @@ def start(
         except SandboxError:
             stop(workdir)
             raise
-        handle = SandboxHandle(base_url, proc.pid, log_path, round(waited, 2), "java", port)
+        handle = SandboxHandle(base_url, proc.pid, log_path, round(waited, 2), "java", port, run_id=run_id, bind=bind)
         _write_state(workdir, handle, started_at)
     return handle
+
+
+def _reuse_recorded(workdir: Path, wait: bool, deadline_s: float) -> SandboxHandle | None:
+    """The server recorded in ``workdir`` when it still runs (waiting for it if it boots); else None."""
+    state = _read_state(workdir)
+    if state is None:
+        return None
+    pid = state.get("pid")
+    alive = pid is None or (_pid_alive(pid) and _is_our_java(pid, state.get("run_id")))
+    if alive and is_healthy(state["base_url"]):
+        return _handle_from_state(state, reused=True)
+    if alive and pid is not None and not wait:
+        # Still booting and the caller does not want to wait: report it, never start twice.
+        return _handle_from_state(state, reused=True)
+    if alive and pid is not None and wait:
+        # Started earlier and still booting: wait for it instead of starting a second one.
+        waited = wait_ready(state["base_url"], deadline_s, pid=pid, log_path=Path(state["log_path"]))
+        state["started_in_s"] = state.get("started_in_s") or round(
+            time.time() - float(state.get("started_at", time.time() - waited)), 2
+        )
+        handle = _handle_from_state(state, reused=True)
+        _write_state(workdir, handle, float(state.get("started_at", time.time())))
+        return handle
+    _clear_state(workdir)
+    return None
+
+
+def running(workdir: Path = DEFAULT_WORKDIR) -> SandboxHandle | None:
+    """The sandbox this work directory started, if it is alive and answers; else None.
+
+    "Ours" means: ``hapi.json`` has a ``run_id``; for the java runtime the recorded pid is a
+    live java running our jar with that run id on its command line; and the recorded URL
+    answers ``GET /metadata``. Anything else on the port is somebody else's server.
+    """
+    state = _read_state(Path(workdir).resolve())
+    if state is None or not state.get("run_id"):
+        return None
+    pid = state.get("pid")
+    if state.get("runtime") != "docker":
+        if pid is None or not (_pid_alive(pid) and _is_our_java(pid, state["run_id"])):
+            return None
+    if not is_healthy(state["base_url"]):
+        return None
+    return _handle_from_state(state, reused=True)
 
 
 def stop(workdir: Path = DEFAULT_WORKDIR, timeout_s: float = 30) -> bool:
@@ -480,11 +540,11 @@ def stop(workdir: Path = DEFAULT_WORKDIR, timeout_s: float = 30) -> bool:
         return False
     stopped = False
     if state.get("runtime") == "docker":
-        _compose(["stop", COMPOSE_SERVICE], int(state.get("port", DEFAULT_PORT)))
+        _compose(["stop", COMPOSE_SERVICE], int(state.get("port", DEFAULT_PORT)), bind=state.get("bind", DEFAULT_BIND))
         stopped = True
     else:
         pid = state.get("pid")
-        if pid is not None and _pid_alive(pid) and _is_our_java(pid):
+        if pid is not None and _pid_alive(pid) and _is_our_java(pid, state.get("run_id")):
             os.kill(pid, signal.SIGTERM)
             t0 = time.monotonic()
             while _pid_alive(pid) and time.monotonic() - t0 < timeout_s:
@@ -520,9 +580,10 @@ def status(workdir: Path = DEFAULT_WORKDIR) -> SandboxStatus:
     pid = state.get("pid")
     runtime = state.get("runtime")
     log_path = Path(state["log_path"])
+    run_id = state.get("run_id")
     healthy = is_healthy(base_url)
     if runtime == "docker" or pid is None:
-        return SandboxStatus("running" if healthy else "dead", base_url, pid, runtime, log_path, healthy)
-    if not (_pid_alive(pid) and _is_our_java(pid)):
-        return SandboxStatus("dead", base_url, pid, runtime, log_path, False)
-    return SandboxStatus("running" if healthy else "starting", base_url, pid, runtime, log_path, healthy)
+        return SandboxStatus("running" if healthy else "dead", base_url, pid, runtime, log_path, healthy, run_id)
+    if not (_pid_alive(pid) and _is_our_java(pid, run_id)):
+        return SandboxStatus("dead", base_url, pid, runtime, log_path, False, run_id)
+    return SandboxStatus("running" if healthy else "starting", base_url, pid, runtime, log_path, healthy, run_id)

@@ -51,29 +51,49 @@ def sandbox_set(endpoint: str, token: str | None, prefix: str = "careloop-sbx") 
 
 
 def apply(client: httpx.Client, subs: list[Json], deadline_s: float = 60) -> list[str]:
-    """PUT each Subscription (create or update), then wait until each is ``active``; return ids."""
+    """PUT each Subscription (create or update), then wait until each is ``active``; return ids.
+
+    Raises :class:`HookError` naming the Subscription and the wait when the server refuses,
+    does not answer, or does not activate them all within ``deadline_s``.
+    """
     ids = []
     for sub in subs:
-        r = client.put(f"Subscription/{sub['id']}", json=sub, headers=FHIR_JSON)
+        try:
+            r = client.put(f"Subscription/{sub['id']}", json=sub, headers=FHIR_JSON)
+        except httpx.HTTPError as exc:
+            raise HookError(f"PUT Subscription/{sub['id']} on {client.base_url}: no answer ({type(exc).__name__})") from exc
         if r.status_code not in (200, 201):
             raise HookError(f"PUT Subscription/{sub['id']} -> {r.status_code}: {r.text[:300]}")
         ids.append(str(sub["id"]))
+    end = time.monotonic() + deadline_s
     for sid in ids:
-        wait_active(client, sid, deadline_s)
+        wait_active(client, sid, deadline_s, end=end)
     return ids
 
 
-def wait_active(client: httpx.Client, sub_id: str, deadline_s: float = 60) -> None:
-    end = time.monotonic() + deadline_s
-    status = None
-    while time.monotonic() < end:
-        status = client.get(f"Subscription/{sub_id}", headers=FHIR_JSON).json().get("status")
+def wait_active(client: httpx.Client, sub_id: str, deadline_s: float = 60, *, end: float | None = None) -> None:
+    """Poll ``Subscription/{id}`` until ``active``; each GET is cut to the time left.
+
+    Raises :class:`HookError` when it reports ``error``, or when ``deadline_s`` (or the shared
+    ``end``, a ``time.monotonic()`` instant) passes: "timed out after N s waiting for …".
+    """
+    end = end if end is not None else time.monotonic() + deadline_s
+    status: str | None = None
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            status = client.get(f"Subscription/{sub_id}", headers=FHIR_JSON, timeout=left).json().get("status")
+        except httpx.HTTPError as exc:
+            status = f"unanswered ({type(exc).__name__})"
         if status == "active":
             return
         if status == "error":
-            break
-        time.sleep(0.2)
-    raise HookError(f"Subscription/{sub_id} is {status!r}, not active")
+            raise HookError(f"Subscription/{sub_id} on {client.base_url} is in status 'error', not active")
+        time.sleep(min(0.2, max(0.0, end - time.monotonic())))
+    raise HookError(f"timed out after {deadline_s:g} s waiting for Subscription/{sub_id} on {client.base_url} "
+                    f"to become active (last status: {status or 'no answer'})")
 
 
 def delete(client: httpx.Client, ids: list[str]) -> None:

@@ -49,7 +49,8 @@ def hapi_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[hapi.Sand
     port = int(os.environ.get("CARELOOP_SANDBOX_PORT", hapi.DEFAULT_PORT))
     workdir = tmp_path_factory.mktemp("hapi-sandbox")
     try:
-        handle = hapi.start(port=port, workdir=workdir, runtime=runtime, deadline_s=START_DEADLINE_S)
+        handle = hapi.start(port=port, workdir=workdir, runtime=runtime, deadline_s=START_DEADLINE_S,
+                            adopt_foreign=True)
     except hapi.SandboxError as exc:
         pytest.fail(f"could not start the HAPI sandbox ({runtime}): {exc}")
     try:

@@ -59,5 +59,8 @@ def test_seed_search_update_history(hapi_base_url: str) -> None:
 def test_start_is_idempotent(hapi_sandbox: hapi.SandboxHandle, tmp_path) -> None:
     if hapi_sandbox.pid is None and hapi_sandbox.runtime != "docker":
         pytest.skip("sandbox was not started by this session")
-    again = hapi.start(port=hapi_sandbox.port, workdir=tmp_path, runtime=hapi_sandbox.runtime)
-    assert again.reused and again.base_url == hapi_sandbox.base_url
+    again = hapi.start(port=hapi_sandbox.port, workdir=hapi_sandbox.log_path.parent, runtime=hapi_sandbox.runtime)
+    assert again.reused and again.base_url == hapi_sandbox.base_url and again.run_id == hapi_sandbox.run_id
+    # from another work directory it is somebody else's server: refused, never adopted
+    with pytest.raises(hapi.SandboxError, match="did not start"):
+        hapi.start(port=hapi_sandbox.port, workdir=tmp_path, runtime=hapi_sandbox.runtime)

@@ -103,9 +103,33 @@ def test_hapi_versions_and_ports_consistent() -> None:
     assert props.findtext("m:hapi.version", namespaces=ns) == m.group(1)
     assert props.findtext("m:spring-boot.version", namespaces=ns).startswith("3.5.")
 
-    assert hapi["ports"] == ["${CARELOOP_SANDBOX_PORT:-8090}:8080"]
+    assert hapi["ports"] == ["${CARELOOP_SANDBOX_BIND:-127.0.0.1}:${CARELOOP_SANDBOX_PORT:-8090}:8080"]
+    assert hapi["environment"]["SERVER_ADDRESS"] == "0.0.0.0"  # inside the container: all its interfaces
     assert "host.docker.internal:host-gateway" in hapi["extra_hosts"]
     careloop = compose["services"]["careloop"]
     assert careloop["environment"]["CARELOOP_FHIR_BASE_URL"] == "http://hapi:8080/fhir"
     assert "CARELOOP_FHIR_TOKEN_DEFAULT" in careloop["environment"]
     assert compose["services"]["postgres"]["image"] == "postgres:16-alpine"
+
+
+def test_every_published_port_is_on_loopback() -> None:
+    """Sandbox credentials and an unauthenticated HAPI: nothing is published beyond 127.0.0.1."""
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    published = [(name, p) for name, svc in services.items() for p in svc.get("ports") or []]
+    assert published
+    for name, port in published:
+        m = re.fullmatch(r"(\$\{[^}]*\}|[^:]+):(\$\{[^}]*\}|[^:]+):(\d+)", str(port))
+        host = m.group(1) if m else ""  # "HOST:PORT:CONTAINER_PORT"; a bare "PORT:CONTAINER_PORT" is all interfaces
+        assert host in ("127.0.0.1", "${CARELOOP_SANDBOX_BIND:-127.0.0.1}"), f"{name} publishes {port} on all interfaces"
+
+
+def test_launcher_binds_loopback_by_default() -> None:
+    """The java runtime passes --server.address (default 127.0.0.1); the jar's own default agrees."""
+    from middleware.sandbox import hapi
+
+    app = yaml.safe_load(APP_YAML.read_text())
+    assert app["server"]["address"] == "127.0.0.1"
+    cmd = hapi.java_command("java", Path("x.jar"), 8090, hapi.DEFAULT_BIND, "r1")
+    assert "--server.address=127.0.0.1" in cmd and "--careloop.sandbox.run-id=r1" in cmd
+    assert hapi.base_url_for(8090, "0.0.0.0") == "http://127.0.0.1:8090/fhir"
+    assert hapi.base_url_for(8091, "::1") == "http://[::1]:8091/fhir"
