@@ -188,7 +188,8 @@ def _backfill(args: argparse.Namespace, base: str, settings: Any) -> Any:
     engine = make_engine(settings.database_url)
     try:
         init_db(engine)
-        fetcher = FhirFetcher(base, timeout_s=settings.fhir_request_timeout_s)
+        fetcher = FhirFetcher.for_source(src, timeout_s=settings.fhir_request_timeout_s)
+        assert fetcher is not None  # src has a base_url
         return backfill(engine, rs, src, fetcher, use_export=False, deadline_s=settings.fhir_backfill_timeout_s)
     finally:
         engine.dispose()

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("mode", ["silent", "drip"])
 def test_fhir_read_ends_at_its_deadline_and_names_the_wait(mode: str) -> None:
     with HostileServer(mode) as srv:  # type: ignore[arg-type]
-        f = FhirFetcher(srv.url + "/fhir", timeout_s=1.0)
+        f = FhirFetcher(srv.url + "/fhir", timeout_s=1.0, allow_private_network=True)
         t0 = time.monotonic()
         with pytest.raises(FetchTimeout) as ei:
             f.read("Appointment", "a1")
@@ -40,7 +40,7 @@ def test_fhir_read_ends_at_its_deadline_and_names_the_wait(mode: str) -> None:
 
 def test_fhir_read_from_a_half_closing_server_says_what_failed() -> None:
     with HostileServer("half-close") as srv:
-        f = FhirFetcher(srv.url + "/fhir", timeout_s=2.0)
+        f = FhirFetcher(srv.url + "/fhir", timeout_s=2.0, allow_private_network=True)
         t0 = time.monotonic()
         with pytest.raises(FetchError) as ei:
             f.search("Appointment", {"_lastUpdated": "gt2026-01-01"}).__next__()
@@ -52,7 +52,7 @@ def test_fhir_read_from_a_half_closing_server_says_what_failed() -> None:
 
 def test_search_paging_ends_at_the_callers_deadline() -> None:
     with HostileServer("silent") as srv:
-        f = FhirFetcher(srv.url + "/fhir", timeout_s=30.0)
+        f = FhirFetcher(srv.url + "/fhir", timeout_s=30.0, allow_private_network=True)
         t0 = time.monotonic()
         with pytest.raises(FetchTimeout):
             list(f.search("Encounter", {"_count": "50"}, deadline=time.monotonic() + 0.5))
