@@ -133,3 +133,36 @@ def test_launcher_binds_loopback_by_default() -> None:
     assert "--server.address=127.0.0.1" in cmd and "--careloop.sandbox.run-id=r1" in cmd
     assert hapi.base_url_for(8090, "0.0.0.0") == "http://127.0.0.1:8090/fhir"
     assert hapi.base_url_for(8091, "::1") == "http://[::1]:8091/fhir"
+
+
+def test_compose_publishes_no_default_secret() -> None:
+    """careloop services serve beyond loopback inside the compose network, so they take their
+    secrets from the environment / .env (`careloop secrets init`) and name no default value."""
+    text = COMPOSE.read_text()
+    for svc in yaml.safe_load(text)["services"].values():
+        env = svc.get("environment") or {}
+        for name, value in (env.items() if isinstance(env, dict) else ()):
+            if any(k in name for k in ("TOKEN", "SECRET")) and name.startswith("CARELOOP_"):
+                assert str(value) == "${" + name + ":-}", (name, value)
+
+
+def test_secrets_init_writes_strong_secrets_once(tmp_path: Path) -> None:
+    import stat
+
+    from middleware.cli import main
+    from middleware.cli.secrets import GENERATED
+    from middleware.cli._secrets import weak_secrets
+    from middleware.cli.sink import DEV_WEBHOOK_SECRET
+    from middleware.settings import Settings
+
+    env = tmp_path / ".env"
+    env.write_text("CARELOOP_API_TOKEN=" + "k" * 40 + "\n")
+    assert main(["secrets", "init", "--env-file", str(env)]) == 0
+    first = env.read_text()
+    values = dict(line.split("=", 1) for line in first.splitlines() if line and not line.startswith("#"))
+    assert set(values) == set(GENERATED) and values["CARELOOP_API_TOKEN"] == "k" * 40  # kept
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    settings = Settings(api_token=values["CARELOOP_API_TOKEN"], contact_key_secrets=values["CARELOOP_CONTACT_KEY_SECRETS"])
+    assert weak_secrets(settings, values["CARELOOP_WEBHOOK_SECRET"], DEV_WEBHOOK_SECRET) == []
+    assert main(["secrets", "init", "--env-file", str(env)]) == 0
+    assert env.read_text() == first  # idempotent: nothing regenerated
