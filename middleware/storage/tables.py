@@ -7,6 +7,19 @@ from typing import Optional
 from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+#: Stable names for every constraint and index, set before any table is declared (and before the
+#: first migration): migrations refer to constraints by these names on both dialects. ``ix`` is
+#: SQLAlchemy's own default, so the names of ``index=True`` columns are those of release 0.1.0;
+#: explicitly named indexes and constraints keep their names.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+SQLModel.metadata.naming_convention = NAMING_CONVENTION
+
 
 class InboundMessage(SQLModel, table=True):
     """Every inbound payload as received, before anything else happens to it."""
