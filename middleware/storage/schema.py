@@ -41,6 +41,8 @@ from . import tables  # noqa: F401  (registers the tables on the metadata)
 from .db import is_sqlite, make_engine
 
 log = logging.getLogger("careloop.storage")
+# Alembic says "Context impl PostgresqlImpl" at INFO each time a revision is read (every start)
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: ``pg_advisory_xact_lock`` key of schema changes ("careloop" in ASCII).

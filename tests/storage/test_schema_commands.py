@@ -144,3 +144,25 @@ def test_two_upgraders_at_once_on_postgres(postgres_url: str, tmp_path: Path) ->
     after = all_rows(engine)
     assert {t: len(after[t]) for t in TABLES} == {t: len(before[t]) for t in TABLES}
     engine.dispose()
+
+
+def test_two_upgraders_at_once_on_sqlite(tmp_path: Path) -> None:
+    import fcntl
+
+    url = release_sqlite(tmp_path)
+    db = tmp_path / "careloop-sqlite.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    with open(db.with_name(db.name + ".upgrade-lock"), "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # both upgraders start while the lock is held
+        procs = [subprocess.Popen([sys.executable, "-m", "middleware", "db", "upgrade", "--database-url", url],
+                                  cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        time.sleep(3)
+        assert all(p.poll() is None for p in procs)  # waiting on the lock
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    said = sorted(o[0].split(";")[0] for o in outs)
+    head = schema.head_revision()
+    assert said == [f"already at schema revision {head}", f"upgraded from release 0.1.0 (no schema version) to {head}"]
+    assert len(list(tmp_path.glob("careloop-sqlite.backup-*.db"))) == 1  # one backup: the second found nothing to do
