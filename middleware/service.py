@@ -12,7 +12,7 @@ from typing import Callable
 from sqlalchemy.engine import Engine
 
 from .config.sources import Sources
-from .delivery.audit import ensure_columns, guard_append_only
+from .delivery.audit import guard_append_only
 from .delivery.retention import purge
 from .delivery.worker import DeliveryWorker
 from .keyring import contact_keyring
@@ -22,7 +22,7 @@ from .pipeline.process import Processor
 from .rules.load import RuleSet, load_ruleset
 from .scheduler.runner import Scheduler
 from .settings import Settings
-from .storage.db import init_db, make_engine
+from .storage.schema import ensure_current, is_embedded, open_database
 from .storage.inbox import InboxWriter
 
 log = logging.getLogger("careloop.service")
@@ -62,9 +62,11 @@ class Runtime:
         if rs is None:
             raise ConfigError([d for d in diags if d.level == "error"])
         self._ruleset = rs
-        self.engine = engine or make_engine(settings.database_url)
-        init_db(self.engine)
-        ensure_columns(self.engine)
+        if engine is None:
+            self.engine = open_database(settings.database_url)  # refuses an older or newer schema (SchemaError)
+        else:
+            self.engine = engine
+            ensure_current(engine, self_upgrade=is_embedded(settings.database_url))
         guard_append_only()
         self.fault = fault_hook_from_env()
         self.wake_process = asyncio.Event()

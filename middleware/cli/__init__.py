@@ -28,10 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    from ..storage.schema import SchemaError
+
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except SchemaError as exc:  # serve, worker and every command that opens the database
+        print(f"careloop: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,12 +10,10 @@ from .serve import add_common, settings_from
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..delivery.audit import disclosures_for, ensure_columns, to_csv
-    from ..storage.db import init_db, make_engine
+    from ..delivery.audit import disclosures_for, to_csv
+    from ..storage.schema import open_database
 
-    engine = make_engine(settings_from(args).database_url)
-    init_db(engine)
-    ensure_columns(engine)
+    engine = open_database(settings_from(args).database_url)
     rows = disclosures_for(engine, args.patient, destination=args.destination)
     text = to_csv(rows) if args.format == "csv" else json.dumps({"patient_key": args.patient, "items": rows}, indent=2) + "\n"
     if args.output:

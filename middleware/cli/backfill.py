@@ -10,7 +10,7 @@ from .serve import add_common, load_rules_or_report, settings_from
 def cmd_backfill(args: argparse.Namespace) -> int:
     from ..pipeline.backfill import backfill
     from ..listeners.fhir_fetch import FetchError, FhirFetcher
-    from ..storage.db import init_db, make_engine
+    from ..storage.schema import open_database
 
     settings = settings_from(args)
     rs = load_rules_or_report(settings.mappings_dir)
@@ -24,8 +24,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if fetcher is None:
         print(f"careloop backfill: source {source.name} has no fhir.base_url", file=sys.stderr)
         return 2
-    engine = make_engine(settings.database_url)
-    init_db(engine)
+    engine = open_database(settings.database_url)
     try:
         rep = backfill(engine, rs, source, fetcher, args.types, use_export=False if args.no_export else None, page=args.page,
                        deadline_s=settings.fhir_backfill_timeout_s)

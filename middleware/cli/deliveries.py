@@ -17,13 +17,10 @@ from .serve import add_common, load_rules_or_report, settings_from
 
 
 def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from ..delivery.audit import ensure_columns
-    from ..storage.db import init_db, make_engine
+    from ..storage.schema import open_database
 
     settings = settings_from(args)
-    engine = make_engine(settings.database_url)
-    init_db(engine)
-    ensure_columns(engine)
+    engine = open_database(settings.database_url)
     return settings, engine
 
 

@@ -17,15 +17,14 @@ def _when(text: str | None) -> datetime | None:
 def cmd_reprocess(args: argparse.Namespace) -> int:
     from ..pipeline.process import Processor
     from ..pipeline.replay import reprocess, requeue_inbound
-    from ..storage.db import init_db, make_engine
+    from ..storage.schema import open_database
     from .serve import load_rules_or_report, settings_from
 
     settings = settings_from(args)
     rs = load_rules_or_report(settings.mappings_dir)
     if rs is None:
         return 1
-    engine = make_engine(settings.database_url)
-    init_db(engine)
+    engine = open_database(settings.database_url)
     since, until = _when(args.since), _when(args.until)
     now = datetime.now(timezone.utc)
     if args.inbound:

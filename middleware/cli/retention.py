@@ -10,11 +10,10 @@ from .serve import add_common, settings_from
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..delivery.retention import purge
-    from ..storage.db import init_db, make_engine
+    from ..storage.schema import open_database
 
     settings = settings_from(args)
-    engine = make_engine(settings.database_url)
-    init_db(engine)
+    engine = open_database(settings.database_url)
     from ..delivery.admin_audit import cli_actor, record
 
     days = args.days or settings.retention_days

@@ -209,7 +209,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from ..pipeline.fhir_state import hwm_key, kv_get, kv_prefix, parse_instant, reconcile_key
     from ..rules.load import load_ruleset
-    from ..storage.db import init_db, make_engine
+    from ..storage.schema import open_database
     from ..storage.tables import InboundMessage
 
     settings = settings_from(args)
@@ -228,8 +228,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"  Subscription/{s['id']} {tag}: {s.get('status')} {s.get('error') or ''} criteria={s.get('criteria')}")
         except Exception as exc:  # report and carry on with local state
             print(f"server {source.fhir.base_url}: unreachable ({type(exc).__name__})")
-    engine = make_engine(settings.database_url)
-    init_db(engine)
+    engine = open_database(settings.database_url)
     now = time.time()
     with Session(engine) as s:
         last = s.exec(select(func.max(InboundMessage.received_at)).where(

@@ -4,7 +4,8 @@ Every delivery that left (or may have left: ``unconfirmed``) has one ``Disclosur
 row: recipient, the dotted list of fields in its part of the request body, the SHA-256
 and length of the exact request bytes, purpose, rule and rule-set version, time.
 Retention never touches this table; rows must be kept at least :data:`KEEP_YEARS`.
-:func:`guard_append_only` makes ORM updates and deletes of a disclosure raise.
+:func:`guard_append_only` makes ORM updates and deletes of a disclosure raise; the database
+itself refuses them too, from any client (triggers: ``storage/append_only.py``).
 """
 from __future__ import annotations
 
@@ -14,21 +15,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import event, inspect, text
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from ..storage.tables import Disclosure
 
 KEEP_YEARS = 6
-
-#: Nullable columns added by issue 6 to tables that may already exist in older databases.
-ADDED_COLUMNS: dict[str, dict[str, str]] = {
-    "disclosure": {"outcome": "VARCHAR(16)", "body_bytes": "INTEGER", "request_target": "VARCHAR(200)", "attempt": "INTEGER"},
-    "suppression": {"source": "VARCHAR(64)"},
-    "delivery": {"locked_by": "VARCHAR(200)"},
-}
-
 
 class AppendOnlyError(RuntimeError):
     """Disclosures are append-only: they are never updated or deleted."""
@@ -43,22 +36,6 @@ def guard_append_only() -> None:
     for name in ("before_update", "before_delete"):
         if not event.contains(Disclosure, name, _refuse):
             event.listen(Disclosure, name, _refuse)
-
-
-def ensure_columns(engine: Engine) -> list[str]:
-    """Add the issue-6 nullable columns to an existing database; return what was added."""
-    insp = inspect(engine)
-    added = []
-    with engine.begin() as conn:
-        for table, cols in ADDED_COLUMNS.items():
-            if not insp.has_table(table):
-                continue
-            have = {c["name"] for c in insp.get_columns(table)}
-            for name, sqltype in cols.items():
-                if name not in have:
-                    conn.execute(text(f'ALTER TABLE "{table}" ADD COLUMN {name} {sqltype}'))
-                    added.append(f"{table}.{name}")
-    return added
 
 
 def _iso(ts: float) -> str:

@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 
 from ..model import ResourceChange
 from ..rules.load import RuleSet
-from ..storage.db import init_db, make_engine
+from ..storage.schema import open_database
 from ..storage.tables import InboundMessage, TriggerRow
 from ..scheduler.runner import Scheduler
 from .changes import ChangeResult, apply_change, upsert_patient
@@ -62,8 +62,7 @@ class DryRun:
         self.rs = rs
         self.now = now or datetime.now(timezone.utc)
         self._dir = tempfile.TemporaryDirectory(prefix="careloop-dryrun-")
-        self.engine = make_engine(f"sqlite:///{self._dir.name}/dry.db", synchronous="OFF")
-        init_db(self.engine)
+        self.engine = open_database(f"sqlite:///{self._dir.name}/dry.db", synchronous="OFF")
         self.steps: list[Step] = []
 
     def close(self) -> None:

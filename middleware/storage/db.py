@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 from . import tables  # noqa: F401  (registers the tables on the metadata)
 
@@ -55,28 +55,12 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
     return engine
 
 
-def init_db(engine: Engine, attempts: int = 5) -> None:
-    """Create missing tables and indexes (idempotent).
+def init_db(engine: Engine) -> None:
+    """Bring ``engine``'s database to the newest schema revision, creating it if empty (tests,
+    benchmarks, scratch databases). Commands open databases with ``schema.open_database``."""
+    from .schema import upgrade
 
-    Several processes may start on one new database at once (``serve`` and ``worker``,
-    replicas): one of them wins each CREATE and the others see "already exists" — they
-    retry, and the retry finds the tables there.
-    """
-    import time as _time
-
-    from sqlalchemy.exc import DatabaseError
-
-    for attempt in range(attempts):
-        try:
-            SQLModel.metadata.create_all(engine)
-            for table in SQLModel.metadata.sorted_tables:  # indexes added since a table was created
-                for index in table.indexes:
-                    index.create(engine, checkfirst=True)
-            return
-        except DatabaseError:
-            if attempt == attempts - 1:
-                raise
-            _time.sleep(0.2 * (attempt + 1))
+    upgrade(engine)
 
 
 @contextmanager

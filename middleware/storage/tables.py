@@ -2,10 +2,35 @@
 JSON is stored as text (orjson) so the hot paths avoid a JSON type adapter."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import CheckConstraint, Column, Index, LargeBinary, Text, UniqueConstraint, false, text, true
 from sqlmodel import Field, SQLModel
+
+from .statuses import DeliveryStatus, DisclosureOutcome, TriggerStatus, one_of
+
+#: Stable names for every constraint and index, set before any table is declared (and before the
+#: first migration): migrations refer to constraints by these names on both dialects. ``ix`` is
+#: SQLAlchemy's own default, so the names of ``index=True`` columns are those of release 0.1.0;
+#: explicitly named indexes and constraints keep their names.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+SQLModel.metadata.naming_convention = NAMING_CONVENTION
+
+
+def server(default: object) -> dict[str, Any]:
+    """``sa_column_kwargs`` giving a column the server default ``default`` (the model's own), so a
+    statement that leaves the column out stores what the ORM would have."""
+    if isinstance(default, bool):
+        return {"server_default": true() if default else false()}
+    if isinstance(default, (int, float)):
+        return {"server_default": text(repr(int(default)) if float(default).is_integer() else repr(default))}
+    return {"server_default": str(default)}
 
 
 class InboundMessage(SQLModel, table=True):
@@ -26,12 +51,12 @@ class InboundMessage(SQLModel, table=True):
     dedup_key: Optional[str] = Field(default=None, max_length=400)
     control_id: Optional[str] = Field(default=None, max_length=200)
     message_type: Optional[str] = Field(default=None, max_length=64)
-    status: str = Field(default="received", max_length=16)  # received|processed|ignored|failed|rejected|duplicate
+    status: str = Field(default="received", max_length=16, sa_column_kwargs=server("received"))  # statuses.InboundStatus
     error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
     ack: Optional[bytes] = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     meta: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
     processed_at: Optional[float] = None
-    attempts: int = 0
+    attempts: int = Field(default=0, sa_column_kwargs=server(0))
 
 
 class PatientRow(SQLModel, table=True):
@@ -40,8 +65,8 @@ class PatientRow(SQLModel, table=True):
     fhir_id: str = Field(max_length=64)
     resource: str = Field(sa_column=Column(Text, nullable=False))
     merged_into: Optional[str] = Field(default=None, max_length=300, index=True)
-    updated_at: float = 0.0
-    occurred_at: float = 0.0
+    updated_at: float = Field(default=0.0, sa_column_kwargs=server(0.0))
+    occurred_at: float = Field(default=0.0, sa_column_kwargs=server(0.0))
 
 
 class ResourceState(SQLModel, table=True):
@@ -55,11 +80,11 @@ class ResourceState(SQLModel, table=True):
     status: Optional[str] = Field(default=None, max_length=32)
     version: Optional[str] = Field(default=None, max_length=64)
     last_updated: Optional[str] = Field(default=None, max_length=40)
-    occurred_at: float = 0.0
+    occurred_at: float = Field(default=0.0, sa_column_kwargs=server(0.0))
     resource: str = Field(sa_column=Column(Text, nullable=False))
     source: str = Field(max_length=64)
-    deleted: bool = False
-    updated_at: float = 0.0
+    deleted: bool = Field(default=False, sa_column_kwargs=server(False))
+    updated_at: float = Field(default=0.0, sa_column_kwargs=server(0.0))
 
 
 class ResourceIdentity(SQLModel, table=True):
@@ -104,6 +129,7 @@ class TriggerRow(SQLModel, table=True):
         Index("ix_trigger_rule_resource", "rule_id", "resource_key", "status"),
         Index("ix_trigger_updated", "updated_at"),  # retention windows
         UniqueConstraint("origin_key", name="uq_trigger_origin"),
+        CheckConstraint(one_of("status", TriggerStatus), name="status"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     rule_id: str = Field(max_length=128)
@@ -117,7 +143,7 @@ class TriggerRow(SQLModel, table=True):
     resource_version: Optional[str] = Field(default=None, max_length=64)
     event_id: Optional[int] = None
     due_at: float
-    status: str = Field(default="pending", max_length=16)  # pending|fired|cancelled|skipped|suppressed
+    status: str = Field(default="pending", max_length=16, sa_column_kwargs=server("pending"))  # statuses.TriggerStatus
     reason: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
     dedup_key: Optional[str] = Field(default=None, max_length=400)
     cancel_scope: Optional[str] = Field(default=None, max_length=400)
@@ -136,13 +162,14 @@ class DeliveryRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_delivery_due", "status", "next_attempt_at"),
         UniqueConstraint("idempotency_key", name="uq_delivery_idem"),
+        CheckConstraint(one_of("status", DeliveryStatus), name="status"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     trigger_id: int = Field(index=True)
     destination: str = Field(max_length=64, index=True)
     idempotency_key: str = Field(max_length=128)
-    status: str = Field(default="pending", max_length=16)  # pending|sending|delivered|dead|suppressed
-    attempts: int = 0
+    status: str = Field(default="pending", max_length=16, sa_column_kwargs=server("pending"))  # statuses.DeliveryStatus
+    attempts: int = Field(default=0, sa_column_kwargs=server(0))
     next_attempt_at: float
     last_error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
     last_status_code: Optional[int] = None
@@ -162,14 +189,17 @@ class DeliveryAttempt(SQLModel, table=True):
     outcome: str = Field(max_length=16)
     status_code: Optional[int] = None
     error: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))
-    duration_ms: float = 0.0
+    duration_ms: float = Field(default=0.0, sa_column_kwargs=server(0.0))
 
 
 class Disclosure(SQLModel, table=True):
     """Append-only accounting of every disclosure: who got which fields, and a hash of the bytes."""
 
     __tablename__ = "disclosure"
-    __table_args__ = (Index("ix_disclosure_patient", "patient_key", "sent_at"),)
+    __table_args__ = (
+        Index("ix_disclosure_patient", "patient_key", "sent_at"),
+        CheckConstraint(one_of("outcome", DisclosureOutcome), name="outcome"),
+    )
     id: Optional[int] = Field(default=None, primary_key=True)
     delivery_id: int
     trigger_id: int
@@ -222,7 +252,7 @@ class ConsentRecord(SQLModel, table=True):
     fhir_id: Optional[str] = Field(default=None, max_length=64, index=True)
     status: str = Field(max_length=32)
     resource: str = Field(sa_column=Column(Text, nullable=False))
-    source: str = Field(default="api", max_length=64)
+    source: str = Field(default="api", max_length=64, sa_column_kwargs=server("api"))
     received_at: float
     updated_at: float
 
@@ -260,7 +290,7 @@ class Authorization(SQLModel, table=True):
     __tablename__ = "authorization"
     id: Optional[int] = Field(default=None, primary_key=True)
     patient_key: str = Field(max_length=300, index=True)
-    purpose: str = Field(default="marketing", max_length=32)
+    purpose: str = Field(default="marketing", max_length=32, sa_column_kwargs=server("marketing"))
     reference: Optional[str] = Field(default=None, max_length=200)
     granted_at: float
     revoked_at: Optional[float] = None
@@ -272,7 +302,7 @@ class KeyValue(SQLModel, table=True):
     __tablename__ = "kv"
     key: str = Field(primary_key=True, max_length=200)
     value: str = Field(sa_column=Column(Text, nullable=False))
-    updated_at: float = 0.0
+    updated_at: float = Field(default=0.0, sa_column_kwargs=server(0.0))
 
 
 class AdminAudit(SQLModel, table=True):

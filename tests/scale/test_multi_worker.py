@@ -15,7 +15,6 @@ from sqlalchemy import text
 from sqlmodel import Session, select
 
 from middleware.cli.sink import DEV_WEBHOOK_SECRET
-from middleware.delivery.audit import ensure_columns
 from middleware.pipeline.process import Processor
 from middleware.rules.load import load_ruleset
 from middleware.storage.db import init_db, make_engine
@@ -33,7 +32,6 @@ SPREAD_S = 10.0
 def test_three_workers_fire_each_trigger_once_on_time(postgres_url: str, immediate_mappings: Path, sink, tmp_path: Path):
     engine = make_engine(postgres_url)
     init_db(engine)
-    ensure_columns(engine)
     rs, diags = load_ruleset(immediate_mappings)
     assert rs is not None, diags
     records = []

@@ -21,7 +21,7 @@ import yaml
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from middleware.delivery.audit import ensure_columns, guard_append_only
+from middleware.delivery.audit import guard_append_only
 from middleware.delivery.registry import SecretSource
 from middleware.delivery.signing import generate_secret
 from middleware.delivery.worker import DeliveryWorker
@@ -172,7 +172,6 @@ def make_pipeline(tmp: Path, mappings: Path, *, start: datetime | None = None,
     url = f"sqlite:///{tmp}/careloop.db"
     engine = make_engine(url)
     init_db(engine)
-    ensure_columns(engine)
     guard_append_only()
     clock = clock or Clock(start or datetime(2024, 1, 1, tzinfo=timezone.utc))
     get: Callable[[], RuleSet] = lambda: rs  # noqa: E731

@@ -1,0 +1,249 @@
+"""Schema versions: open a database at the code's revision, upgrade it safely, report it.
+
+The SQLModel metadata is the schema; ``storage/migrations`` holds its Alembic revisions, the
+first of which (``0001_baseline``) is the schema of release 0.1.0. Every command opens its
+database through :func:`open_database`:
+
+* an empty database is created at the newest revision (``create_all`` plus a stamp: the
+  schema comparison test proves it equal to running every migration);
+* a database at the newest revision is used as it is;
+* an older one (or one of release 0.1.0, which has no ``alembic_version``) is refused with a
+  message naming ``careloop db upgrade`` -- except the embedded SQLite database under
+  ``./.careloop/``, which is upgraded in place after a ``VACUUM INTO`` backup beside it;
+* a newer one (a revision this code does not know) is refused: the code is older than the data.
+
+Upgraders serialize: on PostgreSQL a transaction-scoped advisory lock, on SQLite a file lock
+beside the database and then ``BEGIN IMMEDIATE``; the revision is read again after the lock is
+taken, so the second of two concurrent upgraders finds the work done.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import SQLModel
+
+from . import append_only  # noqa: F401  (create_all installs the audit triggers)
+from . import tables  # noqa: F401  (registers the tables on the metadata)
+from .db import is_sqlite, make_engine
+
+log = logging.getLogger("careloop.storage")
+# Alembic says "Context impl PostgresqlImpl" at INFO each time a revision is read (every start)
+logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+#: ``pg_advisory_xact_lock`` key of schema changes ("careloop" in ASCII).
+PG_LOCK_KEY = 0x636172656C6F6F70
+#: A table every careloop database has had since release 0.1.0.
+MARKER_TABLE = "inbound_message"
+UNVERSIONED = "release 0.1.0 (no schema version)"
+
+
+class SchemaError(RuntimeError):
+    """The database is not at the revision this code needs; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    kind: str  # empty | unversioned | current | behind | ahead
+    revision: str | None
+    head: str
+
+    def describe(self) -> str:
+        return self.revision or (UNVERSIONED if self.kind == "unversioned" else "empty")
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    before: str | None
+    after: str
+    created: bool = False
+    backup: Path | None = None
+
+    @property
+    def changed(self) -> bool:
+        return self.created or self.before != self.after
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+@lru_cache(maxsize=1)
+def scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config())
+
+
+def head_revision() -> str:
+    head = scripts().get_current_head()
+    assert head is not None, "no migrations"
+    return head
+
+
+def history() -> list[tuple[str, str | None, str]]:
+    """(revision, its parent, first line of its docstring), oldest first."""
+    out = [(s.revision, s.down_revision if isinstance(s.down_revision, str) else None, (s.doc or "").splitlines()[0])
+           for s in scripts().walk_revisions()]
+    return list(reversed(out))
+
+
+def _known(revision: str) -> bool:
+    try:
+        return scripts().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def read_state(conn: Connection) -> SchemaState:
+    head = head_revision()
+    rev = MigrationContext.configure(conn).get_current_revision()
+    if rev is None:
+        kind = "unversioned" if inspect(conn).has_table(MARKER_TABLE) else "empty"
+    elif rev == head:
+        kind = "current"
+    else:
+        kind = "behind" if _known(rev) else "ahead"
+    return SchemaState(kind, rev, head)
+
+
+def state(engine: Engine) -> SchemaState:
+    with engine.connect() as conn:
+        st = read_state(conn)
+        conn.rollback()
+    return st
+
+
+def sqlite_file(engine: Engine) -> Path | None:
+    """The SQLite database file, or ``None`` (PostgreSQL, in-memory)."""
+    if not is_sqlite(engine):
+        return None
+    db = engine.url.database
+    return Path(db).resolve() if db and db != ":memory:" else None
+
+
+def is_embedded(url: str) -> bool:
+    """The embedded default: a SQLite file under ``./.careloop/`` (``make run``, the sandbox)."""
+    if not url.startswith("sqlite"):
+        return False
+    path = url.split("///", 1)[-1]
+    if not path or path == ":memory:":
+        return False
+    embedded = (Path.cwd() / ".careloop").resolve()
+    return Path(path).resolve().is_relative_to(embedded)
+
+
+@contextmanager
+def _file_lock(engine: Engine) -> Iterator[None]:
+    """Serialize upgraders of one SQLite file across processes (a no-op elsewhere)."""
+    db = sqlite_file(engine)
+    if db is None:
+        yield
+        return
+    with open(db.with_name(db.name + ".upgrade-lock"), "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _lock_schema(conn: Connection) -> None:
+    """Take the schema lock for the rest of this connection's transaction."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (PG_LOCK_KEY,))
+
+
+def backup_sqlite(engine: Engine, label: str) -> Path:
+    """``VACUUM INTO`` a consistent copy beside the database; return its path."""
+    db = sqlite_file(engine)
+    assert db is not None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    target = db.with_name(f"{db.stem}.backup-{label}-{stamp}{db.suffix}")
+    with engine.connect() as conn:
+        conn.exec_driver_sql("VACUUM INTO ?", (str(target),))
+    return target
+
+
+def _refuse_ahead(st: SchemaState) -> None:
+    if st.kind == "ahead":
+        raise SchemaError(f"the database is at schema revision {st.revision}, newer than this careloop knows "
+                          f"(its newest is {st.head}): this careloop is older than the database; run the newer careloop")
+
+
+def upgrade(engine: Engine, *, backup: bool = False) -> UpgradeResult:
+    """Bring the database to the newest revision (create it if empty); safe to run concurrently.
+
+    ``backup`` (SQLite files): write a ``VACUUM INTO`` copy first when there is anything to change.
+    """
+    head = head_revision()
+    with _file_lock(engine):
+        st = state(engine)
+        _refuse_ahead(st)
+        if st.kind == "current":
+            return UpgradeResult(head, head)
+        saved = None
+        if backup and st.kind != "empty" and sqlite_file(engine) is not None:
+            saved = backup_sqlite(engine, (st.revision or "v0.1.0"))
+        with engine.connect() as conn:
+            _lock_schema(conn)
+            st = read_state(conn)  # again, under the lock: another upgrader may have finished meanwhile
+            _refuse_ahead(st)
+            if st.kind == "current":
+                conn.rollback()
+                return UpgradeResult(head, head, backup=saved)
+            if st.kind == "empty":
+                SQLModel.metadata.create_all(conn)
+                command.stamp(alembic_config(conn), "head")
+            else:
+                command.upgrade(alembic_config(conn), "head")
+            conn.commit()
+    return UpgradeResult(st.revision, head, created=st.kind == "empty", backup=saved)
+
+
+def ensure_current(engine: Engine, *, self_upgrade: bool = False) -> UpgradeResult | None:
+    """Check the database against the code: create an empty one, refuse an older or newer one
+    (raising :class:`SchemaError`), or with ``self_upgrade`` back it up and upgrade it."""
+    st = state(engine)
+    if st.kind == "current":
+        return None
+    _refuse_ahead(st)
+    if st.kind == "empty":
+        return upgrade(engine)
+    if not self_upgrade:
+        raise SchemaError(f"the database is at schema revision {st.describe()}, older than this careloop needs "
+                          f"({st.head}): run `careloop db upgrade` (with the same database settings) first")
+    result = upgrade(engine, backup=True)
+    log.warning(f"embedded database upgraded from {st.describe()} to {result.after}; "
+                f"backup written to {result.backup}", extra={"action": "storage.upgraded"})
+    return result
+
+
+def open_database(url: str, *, synchronous: str = "FULL", self_upgrade: bool | None = None) -> Engine:
+    """The engine for ``url``, its schema checked (see :func:`ensure_current`). ``self_upgrade``
+    defaults to "the embedded SQLite database" (:func:`is_embedded`)."""
+    engine = make_engine(url, synchronous=synchronous)
+    try:
+        ensure_current(engine, self_upgrade=is_embedded(url) if self_upgrade is None else self_upgrade)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine

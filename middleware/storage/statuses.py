@@ -1,0 +1,46 @@
+"""The status values of rows with a lifecycle, one ``StrEnum`` per column (a leaf module: it
+imports nothing of careloop). The database's CHECK constraints are generated from them
+(:func:`one_of`), so a value the code does not know cannot be stored by any client.
+
+``inbound_message.status`` has its enum but no CHECK yet: issue 11 is adding the statuses of
+messages that cannot be decoded; its CHECK comes with that migration.
+"""
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class InboundStatus(StrEnum):
+    RECEIVED = "received"
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+
+
+class TriggerStatus(StrEnum):
+    PENDING = "pending"
+    FIRED = "fired"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+    SUPPRESSED = "suppressed"
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"
+    SENDING = "sending"
+    DELIVERED = "delivered"
+    DEAD = "dead"
+    SUPPRESSED = "suppressed"
+    UNCONFIRMED = "unconfirmed"
+
+
+class DisclosureOutcome(StrEnum):
+    DELIVERED = "delivered"
+    UNCONFIRMED = "unconfirmed"
+
+
+def one_of(column: str, values: type[StrEnum]) -> str:
+    """The SQL of a CHECK that ``column`` holds one of ``values`` (NULL passes, as in SQL)."""
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
