@@ -81,5 +81,5 @@ def test_release_rows_pass_the_new_checks_and_keep_the_triggers(tmp_path: Path) 
     schema.upgrade(engine)  # batch-recreates disclosure among others
     with engine.connect() as conn:
         names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    assert names == {"disclosure_no_update", "disclosure_no_delete"}
+    assert names == {"disclosure_no_update", "disclosure_no_delete", "admin_audit_no_update", "admin_audit_no_delete"}
     engine.dispose()
