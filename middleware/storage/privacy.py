@@ -1,0 +1,284 @@
+"""A patient's privacy records — opt-outs (suppressions), marketing authorizations, FHIR
+Consents — read for a whole batch of patient keys with the merge semantics written once.
+
+**Merges.** An ADT^A40 merge points ``patient.merged_into`` from the merged-away key to the
+survivor (``pipeline.changes.merge_patients``); merges chain (A→B, then B→C). Every key of
+one patient is the whole tree of its survivor: the survivor and every key merged into it,
+transitively. A record stored under *any* key of that tree counts for *every* key of it,
+whether it was recorded before or after the merge and whichever key a trigger carries.
+:data:`PATIENT_KEYS` finds those keys for a batch in one statement (two recursive CTEs: up
+to the survivor, then down to everything merged into it).
+
+**Batches.** The scheduler (fire time) and the delivery worker (send time) call
+:func:`read_privacy` once per claimed batch: one statement for the merged keys, then one per
+table (suppression, authorization, consent) per :data:`CHUNK` keys; the checks per trigger
+are dictionary look-ups in :class:`PatientPrivacy`. The reason texts stay with each stage.
+
+FHIR Consent evaluation (:func:`consent_denies`) is pure and lives here so both stages share it
+without importing each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Iterator, Sequence
+
+import orjson
+from sqlalchemy import bindparam, union
+from sqlalchemy import select as sa_select
+from sqlalchemy.engine import Connection
+
+from .tables import Authorization, ConsentRecord, PatientRow, ResourceState, Suppression
+
+#: patient keys per IN list (well under SQLite's bound-parameter limit whatever the batch size)
+CHUNK = 500
+
+
+def chunks(keys: Sequence[str], n: int = CHUNK) -> Iterator[list[str]]:
+    """``keys`` in lists of at most ``n``."""
+    for i in range(0, len(keys), n):
+        yield list(keys[i:i + n])
+
+
+# -- statements, built once (SQLAlchemy caches their compiled form) --
+
+_P = PatientRow.__table__  # type: ignore[attr-defined]
+_S = Suppression.__table__  # type: ignore[attr-defined]
+_A = Authorization.__table__  # type: ignore[attr-defined]
+_C = ConsentRecord.__table__  # type: ignore[attr-defined]
+_RS = ResourceState.__table__  # type: ignore[attr-defined]
+
+
+def _patient_keys_stmt() -> Any:
+    pks = bindparam("pks", expanding=True)
+    # a key of the batch, whether stored as a patient or only named as a merge survivor
+    seed = union(
+        sa_select(_P.c.key.label("origin"), _P.c.key.label("key")).where(_P.c.key.in_(pks)),
+        sa_select(_P.c.merged_into.label("origin"), _P.c.merged_into.label("key")).where(_P.c.merged_into.in_(pks)),
+    ).subquery("seed")
+    up = sa_select(seed.c.origin, seed.c.key).cte("merged_up", recursive=True)  # the key, the key it was merged into, ... up to the survivor
+    up = up.union(
+        sa_select(up.c.origin, _P.c.merged_into).select_from(up.join(_P, _P.c.key == up.c.key))
+        .where(_P.c.merged_into.is_not(None)))
+    down = sa_select(up.c.origin, up.c.key).cte("merged_down", recursive=True)  # ... and everything merged into those
+    down = down.union(
+        sa_select(down.c.origin, _P.c.key).select_from(down.join(_P, _P.c.merged_into == down.c.key)))
+    return sa_select(down.c.origin, down.c.key).where(down.c.key != down.c.origin)
+
+
+#: ``(key of the batch, another key of the same patient)``; a key without merges has no row
+PATIENT_KEYS = _patient_keys_stmt()
+#: active suppressions (any destination, any purpose) under the given keys, oldest first
+ACTIVE_SUPPRESSIONS = (
+    sa_select(_S.c.id, _S.c.patient_key, _S.c.destination, _S.c.purpose, _S.c.reason, _S.c.source)
+    .where(_S.c.patient_key.in_(bindparam("pks", expanding=True)), _S.c.revoked_at.is_(None))
+    .order_by(_S.c.id)
+)
+#: keys with an active marketing authorization
+MARKETING_AUTHORIZED = sa_select(_A.c.patient_key).distinct().where(
+    _A.c.patient_key.in_(bindparam("pks", expanding=True)), _A.c.purpose == "marketing", _A.c.revoked_at.is_(None),
+)
+#: active FHIR Consents (JSON text) under the given keys, oldest first
+ACTIVE_CONSENTS = (
+    sa_select(_C.c.id, _C.c.patient_key, _C.c.resource)
+    .where(_C.c.patient_key.in_(bindparam("pks", expanding=True)), _C.c.status == "active")
+    .order_by(_C.c.id)
+)
+#: stored Patient resources (deceased check)
+PATIENT_RESOURCES = sa_select(_P.c.key, _P.c.resource).where(_P.c.key.in_(bindparam("pks", expanding=True)))
+#: current Encounters and CarePlans (hospice check)
+CARE_RESOURCES = sa_select(_RS.c.patient_key, _RS.c.resource).where(
+    _RS.c.patient_key.in_(bindparam("pks", expanding=True)),
+    _RS.c.resource_type.in_(("Encounter", "CarePlan")),
+    _RS.c.deleted == False,  # noqa: E712
+)
+
+
+def patient_keys(conn: Connection, keys: Iterable[str | None]) -> dict[str, tuple[str, ...]]:
+    """Every key of the patient of each given key (itself first, then the others sorted)."""
+    wanted = sorted({k for k in keys if k})
+    others: dict[str, set[str]] = {}
+    for part in chunks(wanted):
+        for origin, key in conn.execute(PATIENT_KEYS, {"pks": part}):
+            others.setdefault(origin, set()).add(key)
+    return {k: (k, *sorted(others.get(k, ()))) for k in wanted}
+
+
+@dataclass(frozen=True)
+class OptOut:
+    """An active suppression row."""
+
+    id: int
+    patient_key: str
+    destination: str | None
+    purpose: str | None
+    reason: str
+    source: str | None
+
+    def covers(self, destination: str | None, purpose: str) -> bool:
+        """Does it stop ``purpose`` to ``destination``? ``destination=None`` asks about the
+        patient as a whole (fire time): only rows for all destinations count."""
+        return (self.destination is None or self.destination == destination) and self.purpose in (None, purpose)
+
+
+@dataclass
+class PatientPrivacy:
+    """The privacy records of a batch's patients, each merged over all keys of its patient."""
+
+    keys: dict[str, tuple[str, ...]]
+    opt_outs: dict[str, tuple[OptOut, ...]] = field(default_factory=dict)
+    authorized: frozenset[str] = frozenset()
+    consent_json: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    _parsed: dict[str, list[Any]] = field(default_factory=dict)
+
+    def opt_out(self, patient_key: str, purpose: str, destination: str | None = None) -> OptOut | None:
+        """The oldest active opt-out of this patient that covers ``purpose`` to ``destination``."""
+        for r in self.opt_outs.get(patient_key, ()):
+            if r.covers(destination, purpose):
+                return r
+        return None
+
+    def has_marketing_authorization(self, patient_key: str) -> bool:
+        return patient_key in self.authorized
+
+    def consent_denial(self, patient_key: str, purpose: str, destination: str, at: datetime) -> str | None:
+        """Why the patient's active Consents forbid this disclosure (:func:`consent_denies`), or None."""
+        raw = self.consent_json.get(patient_key)
+        if not raw:
+            return None
+        parsed = self._parsed.get(patient_key)
+        if parsed is None:
+            parsed = self._parsed[patient_key] = [orjson.loads(r) for r in raw]
+        return consent_denies(parsed, purpose=purpose, destination=destination, at=at)
+
+
+def read_privacy(conn: Connection, keys: Iterable[str | None], *, marketing: Iterable[str | None] = (),
+                 consents: bool = True) -> PatientPrivacy:
+    """The privacy records of the patients of ``keys``: one statement for their merged keys, then
+    one per table per :data:`CHUNK` keys. Authorizations are read only for ``marketing`` keys."""
+    keys_of = patient_keys(conn, keys)
+    every = sorted({k for ks in keys_of.values() for k in ks})
+    by_key: dict[str, list[OptOut]] = {}
+    for part in chunks(every):
+        for row in conn.execute(ACTIVE_SUPPRESSIONS, {"pks": part}):
+            by_key.setdefault(row.patient_key, []).append(OptOut(*row))
+    out = PatientPrivacy(keys_of)
+    for pk, ks in keys_of.items():
+        rows = [r for k in ks for r in by_key.get(k, ())]
+        if rows:
+            out.opt_outs[pk] = tuple(sorted(rows, key=lambda r: r.id) if len(ks) > 1 else rows)
+    wanted = {k for k in marketing if k}
+    if wanted:
+        mkeys = sorted({k for pk in wanted if pk in keys_of for k in keys_of[pk]})
+        granted: set[str] = set()
+        for part in chunks(mkeys):
+            granted.update(pk for (pk,) in conn.execute(MARKETING_AUTHORIZED, {"pks": part}))
+        out.authorized = frozenset(pk for pk in wanted if pk in keys_of and not granted.isdisjoint(keys_of[pk]))
+    if consents:
+        by_consent: dict[str, list[tuple[int, str]]] = {}
+        for part in chunks(every):
+            for cid, pk, resource in conn.execute(ACTIVE_CONSENTS, {"pks": part}):
+                by_consent.setdefault(pk, []).append((cid, resource))
+        if by_consent:
+            for pk, ks in keys_of.items():
+                found = sorted(x for k in ks for x in by_consent.get(k, ()))
+                if found:
+                    out.consent_json[pk] = tuple(r for _, r in found)
+    return out
+
+
+# -- FHIR Consent evaluation (pure) --
+
+#: Our purpose names → HL7 v3 ActReason codes that express the same purpose of use.
+PURPOSE_CODES: dict[str, frozenset[str]] = {
+    "marketing": frozenset({"marketing", "HMARKT", "MARKT"}),
+    "treatment-reminder": frozenset({"treatment-reminder", "TREAT", "PATADMIN"}),
+    "care-coordination": frozenset({"care-coordination", "CAREMGT", "TREAT", "HOPERAT"}),
+}
+
+
+def _parse_dt(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else None
+
+
+def _in_period(prov: dict[str, Any], at: datetime) -> bool:
+    period = prov.get("period") or {}
+    start, end = _parse_dt(period.get("start")), _parse_dt(period.get("end"))
+    return (start is None or start <= at) and (end is None or at <= end)
+
+
+def _purpose_matches(prov: dict[str, Any], purpose: str) -> bool | None:
+    codes = prov.get("purpose") or []
+    if not codes:
+        return None
+    wanted = PURPOSE_CODES.get(purpose, frozenset({purpose}))
+    return any(isinstance(c, dict) and c.get("code") in wanted for c in codes)
+
+
+def _actor_matches(prov: dict[str, Any], destination: str) -> bool | None:
+    actors = prov.get("actor") or []
+    if not actors:
+        return None
+    for a in actors:
+        ref = (a or {}).get("reference") or {}
+        if ref.get("reference") in (f"Organization/{destination}", f"Device/{destination}", destination):
+            return True
+        if (ref.get("identifier") or {}).get("value") == destination or ref.get("display") == destination:
+            return True
+    return False
+
+
+def _matches(prov: dict[str, Any], purpose: str, destination: str, at: datetime) -> bool:
+    if not _in_period(prov, at):
+        return False
+    checks = [_purpose_matches(prov, purpose), _actor_matches(prov, destination)]
+    return all(c is not False for c in checks)
+
+
+def _nested_match(prov: dict[str, Any], kind: str, purpose: str, destination: str, at: datetime) -> dict[str, Any] | None:
+    for sub in prov.get("provision") or []:
+        if not isinstance(sub, dict):
+            continue
+        if sub.get("type") == kind and _matches(sub, purpose, destination, at):
+            return sub
+        deeper = _nested_match(sub, kind, purpose, destination, at)
+        if deeper is not None:
+            return deeper
+    return None
+
+
+def consent_denies(consents: Iterable[dict[str, Any]], *, purpose: str, destination: str, at: datetime) -> str | None:
+    """The reason a patient's Consent resources forbid sending ``purpose`` to ``destination`` at
+    ``at``, or ``None``. Rules (most restrictive wins across several Consents):
+
+    * Only ``status: active`` Consents count; a ``provision.period`` outside ``at`` makes a
+      provision inapplicable.
+    * A provision *matches* when each of its constraints that is present matches: ``purpose``
+      (a Coding whose ``code`` is our purpose name, or a v3-ActReason code mapped from it — see
+      :data:`PURPOSE_CODES`) and ``actor`` (``Organization/<destination>``, an identifier value
+      or display equal to the destination name). A provision with neither matches everything.
+    * Root ``type: deny`` that matches → denied, unless a nested ``permit`` provision matches
+      (an exception). Root ``permit`` → denied when a nested ``deny`` provision matches.
+      Nested provisions are searched recursively.
+    """
+    for c in consents:
+        if not isinstance(c, dict) or c.get("status") != "active":
+            continue
+        cid = c.get("id") or "(no id)"
+        root = c.get("provision")
+        if not isinstance(root, dict):
+            continue
+        rtype = root.get("type", "permit")
+        if rtype == "deny" and _matches(root, purpose, destination, at):
+            if _nested_match(root, "permit", purpose, destination, at) is None:
+                return f"consent {cid}: deny provision for purpose {purpose} / destination {destination}"
+        elif rtype == "permit":
+            if _nested_match(root, "deny", purpose, destination, at) is not None:
+                return f"consent {cid}: deny provision for purpose {purpose} / destination {destination}"
+    return None
