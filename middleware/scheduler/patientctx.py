@@ -37,29 +37,33 @@ def deceased_or_hospice(conn: Connection, keys_of: Mapping[str, Sequence[str]], 
     the keys that have one. ``keys_of`` maps each key to every key of its patient
     (:func:`middleware.storage.privacy.patient_keys`): a record under any of them counts.
     One query for the patients and one for their Encounters/CarePlans per chunk of keys."""
-    every = sorted({k for ks in keys_of.values() for k in ks})
+    merged = {pk: ks for pk, ks in keys_of.items() if len(ks) > 1}
+    every = sorted({k for ks in merged.values() for k in ks}.union(keys_of)) if merged else list(keys_of)
     out: dict[str, str] = {}
     if not every:
         return out
-    deceased = set()
+    deceased: set[str] = set()
     for part in chunks(every):
         for key, resource in conn.execute(PATIENT_RESOURCES, {"pks": part}):
             if is_deceased(orjson.loads(resource)):
                 deceased.add(key)
-    for pk, ks in keys_of.items():
-        if not deceased.isdisjoint(ks):
+    for pk in deceased.intersection(keys_of):
+        out[pk] = "patient is deceased"
+    for pk, ks in merged.items():
+        if pk not in out and not deceased.isdisjoint(ks):
             out[pk] = "patient is deceased"
     s = rs.settings
     if not s.suppress_hospice or s.hospice_valueset not in rs.valuesets.sets:
         return out
-    rest = {pk: ks for pk, ks in keys_of.items() if pk not in out}
     by_key: dict[str, list[dict[str, Any]]] = {}
-    for part in chunks(sorted({k for ks in rest.values() for k in ks})):
+    for part in chunks([k for k in every if k not in out]):
         for key, resource in conn.execute(CARE_RESOURCES, {"pks": part}):
             by_key.setdefault(key, []).append(orjson.loads(resource))
-    for pk, ks in rest.items():
-        resources = [r for k in ks for r in by_key.get(k, ())]
-        reason = hospice_reason(resources, rs.valuesets, s.hospice_valueset) if resources else None
+    if not by_key:
+        return out
+    for pk, ks in keys_of.items():
+        resources = [r for k in ks for r in by_key.get(k, ())] if len(ks) > 1 else by_key.get(pk)
+        reason = hospice_reason(resources, rs.valuesets, s.hospice_valueset) if resources and pk not in out else None
         if reason:
             out[pk] = f"hospice: {reason}"
     return out

@@ -206,6 +206,8 @@ class _Checks:
     def consent_denial(self, t: Any) -> str | None:
         """The first destination's reason when the patient's Consents deny *every* destination of
         the trigger; a denial of only some is recorded on those deliveries at send time."""
+        if t.patient_key not in self.privacy.consent_json:  # most patients have none
+            return None
         first: str | None = None
         for dest in [d for d in t.destinations.split(",") if d]:
             reason = self.privacy.consent_denial(t.patient_key, t.purpose, dest, self.at)

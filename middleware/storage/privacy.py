@@ -7,10 +7,12 @@ one patient is the whole tree of its survivor: the survivor and every key merged
 transitively. A record stored under *any* key of that tree counts for *every* key of it,
 whether it was recorded before or after the merge and whichever key a trigger carries.
 :data:`PATIENT_KEYS` finds those keys for a batch in one statement (two recursive CTEs: up
-to the survivor, then down to everything merged into it).
+to the survivor, then down to everything merged into it), run only for the keys that
+:data:`MERGES_TOUCHING` (one cheap look per batch) shows to be part of a merge.
 
 **Batches.** The scheduler (fire time) and the delivery worker (send time) call
-:func:`read_privacy` once per claimed batch: one statement for the merged keys, then one per
+:func:`read_privacy` once per claimed batch: one statement for the merges (two when the batch
+has any), then one per
 table (suppression, authorization, consent) per :data:`CHUNK` keys; the checks per trigger
 are dictionary look-ups in :class:`PatientPrivacy`. The reason texts stay with each stage.
 
@@ -24,7 +26,7 @@ from datetime import datetime
 from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
-from sqlalchemy import bindparam, union
+from sqlalchemy import bindparam, union, union_all
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection
 
@@ -68,6 +70,13 @@ def _patient_keys_stmt() -> Any:
 
 #: ``(key of the batch, another key of the same patient)``; a key without merges has no row
 PATIENT_KEYS = _patient_keys_stmt()
+#: the merges that touch the given keys directly (``key`` merged into ``merged_into``): a cheap
+#: first look, so a batch without merges (nearly all) never runs the recursive :data:`PATIENT_KEYS`
+MERGES_TOUCHING = union_all(
+    sa_select(_P.c.key, _P.c.merged_into).where(_P.c.merged_into.in_(bindparam("pks", expanding=True))),
+    sa_select(_P.c.key, _P.c.merged_into).where(_P.c.key.in_(bindparam("pks", expanding=True)),
+                                                _P.c.merged_into.is_not(None)),
+)
 #: active suppressions (any destination, any purpose) under the given keys, oldest first
 ACTIVE_SUPPRESSIONS = (
     sa_select(_S.c.id, _S.c.patient_key, _S.c.destination, _S.c.purpose, _S.c.reason, _S.c.source)
@@ -97,11 +106,19 @@ CARE_RESOURCES = sa_select(_RS.c.patient_key, _RS.c.resource).where(
 def patient_keys(conn: Connection, keys: Iterable[str | None]) -> dict[str, tuple[str, ...]]:
     """Every key of the patient of each given key (itself first, then the others sorted)."""
     wanted = sorted({k for k in keys if k})
-    others: dict[str, set[str]] = {}
+    out = {k: (k,) for k in wanted}
+    touched: set[str] = set()
     for part in chunks(wanted):
+        for key, into in conn.execute(MERGES_TOUCHING, {"pks": part}):
+            touched.update((key, into))
+    merged = sorted(touched.intersection(out))
+    others: dict[str, set[str]] = {}
+    for part in chunks(merged):
         for origin, key in conn.execute(PATIENT_KEYS, {"pks": part}):
             others.setdefault(origin, set()).add(key)
-    return {k: (k, *sorted(others.get(k, ()))) for k in wanted}
+    for k, ks in others.items():
+        out[k] = (k, *sorted(ks))
+    return out
 
 
 @dataclass(frozen=True)
@@ -157,16 +174,14 @@ def read_privacy(conn: Connection, keys: Iterable[str | None], *, marketing: Ite
     """The privacy records of the patients of ``keys``: one statement for their merged keys, then
     one per table per :data:`CHUNK` keys. Authorizations are read only for ``marketing`` keys."""
     keys_of = patient_keys(conn, keys)
-    every = sorted({k for ks in keys_of.values() for k in ks})
-    by_key: dict[str, list[OptOut]] = {}
+    merged = {pk: ks for pk, ks in keys_of.items() if len(ks) > 1}
+    every = sorted({k for ks in merged.values() for k in ks}.union(keys_of)) if merged else list(keys_of)
+    out = PatientPrivacy(keys_of)
+    opt_outs: dict[str, list[OptOut]] = {}
     for part in chunks(every):
         for row in conn.execute(ACTIVE_SUPPRESSIONS, {"pks": part}):
-            by_key.setdefault(row.patient_key, []).append(OptOut(*row))
-    out = PatientPrivacy(keys_of)
-    for pk, ks in keys_of.items():
-        rows = [r for k in ks for r in by_key.get(k, ())]
-        if rows:
-            out.opt_outs[pk] = tuple(sorted(rows, key=lambda r: r.id) if len(ks) > 1 else rows)
+            opt_outs.setdefault(row.patient_key, []).append(OptOut(*row))
+    out.opt_outs = _merged(opt_outs, keys_of, merged, key=lambda r: r.id)
     wanted = {k for k in marketing if k}
     if wanted:
         mkeys = sorted({k for pk in wanted if pk in keys_of for k in keys_of[pk]})
@@ -175,15 +190,23 @@ def read_privacy(conn: Connection, keys: Iterable[str | None], *, marketing: Ite
             granted.update(pk for (pk,) in conn.execute(MARKETING_AUTHORIZED, {"pks": part}))
         out.authorized = frozenset(pk for pk in wanted if pk in keys_of and not granted.isdisjoint(keys_of[pk]))
     if consents:
-        by_consent: dict[str, list[tuple[int, str]]] = {}
+        found: dict[str, list[tuple[int, str]]] = {}
         for part in chunks(every):
             for cid, pk, resource in conn.execute(ACTIVE_CONSENTS, {"pks": part}):
-                by_consent.setdefault(pk, []).append((cid, resource))
-        if by_consent:
-            for pk, ks in keys_of.items():
-                found = sorted(x for k in ks for x in by_consent.get(k, ()))
-                if found:
-                    out.consent_json[pk] = tuple(r for _, r in found)
+                found.setdefault(pk, []).append((cid, resource))
+        out.consent_json = {pk: tuple(r for _, r in rows)
+                            for pk, rows in _merged(found, keys_of, merged, key=lambda x: x[0]).items()}
+    return out
+
+
+def _merged(by_key: dict[str, list[Any]], keys_of: dict[str, tuple[str, ...]], merged: dict[str, tuple[str, ...]],
+            key: Any) -> dict[str, tuple[Any, ...]]:
+    """Rows per key of the batch, each with the rows of every key of its patient (oldest first)."""
+    out = {pk: tuple(rows) for pk, rows in by_key.items() if pk in keys_of and pk not in merged}
+    for pk, ks in merged.items():
+        rows = sorted((r for k in ks for r in by_key.get(k, ())), key=key)
+        if rows:
+            out[pk] = tuple(rows)
     return out
 
 
