@@ -4,12 +4,14 @@ patient — the survivor and every key merged into it, transitively — counts f
 whether it was recorded before or after the merge and whichever key the trigger carries."""
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
 import pytest
+from sqlalchemy import delete, event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -19,7 +21,7 @@ from middleware.pipeline.changes import merge_patients
 from middleware.rules.load import RuleSet, load_ruleset
 from middleware.scheduler.runner import Scheduler
 from middleware.storage.db import init_db, make_engine
-from middleware.storage.tables import Authorization, ConsentRecord, Suppression, TriggerRow
+from middleware.storage.tables import Authorization, ConsentRecord, PatientRow, Suppression, TriggerRow
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2024, 6, 1, 16, tzinfo=timezone.utc)
@@ -190,3 +192,45 @@ def test_scoped_suppressions_under_an_old_key(engine: Engine, bundled: RuleSet) 
     # a suppression for one destination is a send-time matter: the trigger fires, that delivery is stopped
     assert fired["t-d"] == ("fired", None)
     assert f"operator; destination {DEST}): STOP webhook only" in (sent["t-d"] or "")
+
+
+def test_death_recorded_under_a_merged_away_key_suppresses_at_fire_time(engine: Engine, bundled: RuleSet) -> None:
+    dead = orjson.dumps({"resourceType": "Patient", "deceasedBoolean": True}).decode()
+    add(engine, PatientRow(key=k("dead-old"), fhir_id="d", resource=dead),
+        PatientRow(key=k("dead-new"), fhir_id="n", resource=orjson.dumps({"resourceType": "Patient"}).decode()))
+    merge(engine, k("dead-new"), k("dead-old"))
+    add(engine, trig("t-dead", k("dead-new")))
+    fired, _ = fire_and_gate(engine, bundled)
+    assert fired["t-dead"] == ("suppressed", "patient is deceased")
+
+
+def test_a_batch_is_checked_with_the_same_statements_whatever_its_size(engine: Engine, bundled: RuleSet) -> None:
+    """Fire time and send time read a batch with a fixed number of statements (one per table, plus
+    the merges), not one per trigger or per merged key."""
+    def statements(n: int) -> list[str]:
+        with Session(engine) as s:
+            s.exec(delete(TriggerRow))  # type: ignore[call-overload]
+            s.commit()
+        for i in range(n):
+            old, mid, new = k(f"n{n}-{i}-old"), k(f"n{n}-{i}"), k(f"n{n}-{i}-next")
+            add(engine, optout(old), Authorization(patient_key=old, granted_at=T - 100), consent(old, f"c{n}-{i}", DENY_CARE))
+            merge(engine, mid, old)
+            merge(engine, new, mid)
+            add(engine, trig(f"n{n}-{i}-a", new, "marketing"), trig(f"n{n}-{i}-b", new))
+        seen: list[str] = []
+
+        def hook(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+            plain = re.sub(r"%\(\w+\)s(::\w+)?", "?", statement)  # PostgreSQL's named, cast placeholders
+            seen.append(re.sub(r"\?(, \?)*", "?", plain))  # the same statement whatever the list's length
+
+        event.listen(engine, "before_cursor_execute", hook)
+        try:
+            fired, sent = fire_and_gate(engine, bundled)
+        finally:
+            event.remove(engine, "before_cursor_execute", hook)
+        assert len(fired) == 2 * n
+        assert all(v == ("suppressed", OPTED_OUT) for v in fired.values()), fired
+        assert all("all destinations): STOP" in (r or "") for r in sent.values()), sent
+        return seen
+
+    assert statements(2) == statements(40)
