@@ -14,7 +14,7 @@ from sqlmodel import Session
 
 from ..rules.load import RuleSet
 from ..rules.suppress import hospice_reason, is_deceased
-from ..storage.privacy import CARE_RESOURCES, PATIENT_RESOURCES, chunks
+from ..storage.privacy import chunks, statements
 from ..storage.rawsql import Raw
 
 
@@ -44,7 +44,7 @@ def deceased_or_hospice(conn: Connection, keys_of: Mapping[str, Sequence[str]], 
         return out
     deceased: set[str] = set()
     for part in chunks(every):
-        for key, resource in conn.execute(PATIENT_RESOURCES, {"pks": part}):
+        for key, resource in conn.execute(statements(conn).patient_resources, {"pks": part}):
             if is_deceased(orjson.loads(resource)):
                 deceased.add(key)
     for pk in deceased.intersection(keys_of):
@@ -57,7 +57,7 @@ def deceased_or_hospice(conn: Connection, keys_of: Mapping[str, Sequence[str]], 
         return out
     by_key: dict[str, list[dict[str, Any]]] = {}
     for part in chunks([k for k in every if k not in out]):
-        for key, resource in conn.execute(CARE_RESOURCES, {"pks": part}):
+        for key, resource in conn.execute(statements(conn).care_resources, {"pks": part}):
             by_key.setdefault(key, []).append(orjson.loads(resource))
     if not by_key:
         return out

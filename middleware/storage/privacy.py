@@ -6,9 +6,9 @@ survivor (``pipeline.changes.merge_patients``); merges chain (A→B, then B→C)
 one patient is the whole tree of its survivor: the survivor and every key merged into it,
 transitively. A record stored under *any* key of that tree counts for *every* key of it,
 whether it was recorded before or after the merge and whichever key a trigger carries.
-:data:`PATIENT_KEYS` finds those keys for a batch in one statement (two recursive CTEs: up
+:attr:`Statements.patient_keys` finds those keys for a batch in one statement (two recursive CTEs: up
 to the survivor, then down to everything merged into it), run only for the keys that
-:data:`MERGES_TOUCHING` (one cheap look per batch) shows to be part of a merge.
+:attr:`Statements.merges_touching` (one cheap look per batch) shows to be part of a merge.
 
 **Batches.** The scheduler (fire time) and the delivery worker (send time) call
 :func:`read_privacy` once per claimed batch: one statement for the merges (two when the batch
@@ -26,7 +26,8 @@ from datetime import datetime
 from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
-from sqlalchemy import bindparam, union, union_all
+from sqlalchemy import String, any_, bindparam, union, union_all
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection
 
@@ -42,7 +43,7 @@ def chunks(keys: Sequence[str], n: int = CHUNK) -> Iterator[list[str]]:
         yield list(keys[i:i + n])
 
 
-# -- statements, built once (SQLAlchemy caches their compiled form) --
+# -- statements, built once per form (SQLAlchemy caches their compiled form) --
 
 _P = PatientRow.__table__  # type: ignore[attr-defined]
 _S = Suppression.__table__  # type: ignore[attr-defined]
@@ -51,70 +52,95 @@ _C = ConsentRecord.__table__  # type: ignore[attr-defined]
 _RS = ResourceState.__table__  # type: ignore[attr-defined]
 
 
-def _patient_keys_stmt() -> Any:
-    pks = bindparam("pks", expanding=True)
+@dataclass(frozen=True)
+class Statements:
+    """The privacy queries; each binds its list of keys as ``pks``."""
+
+    #: ``(key of the batch, another key of the same patient)``; a key without merges has no row
+    patient_keys: Any
+    #: the merges that touch the given keys directly (``key`` merged into ``merged_into``): a cheap
+    #: first look, so a batch without merges (nearly all) never runs the recursive ``patient_keys``
+    merges_touching: Any
+    #: active suppressions (any destination, any purpose) under the given keys, oldest first
+    active_suppressions: Any
+    #: keys with an active marketing authorization
+    marketing_authorized: Any
+    #: active FHIR Consents ``(id, patient_key, JSON text)`` under the given keys, oldest first
+    active_consents: Any
+    #: stored Patient resources (deceased check)
+    patient_resources: Any
+    #: current Encounters and CarePlans (hospice check)
+    care_resources: Any
+
+
+def _build(array: bool) -> Statements:
+    """``array``: the keys bind as one array parameter (``= ANY(%(pks)s)``, PostgreSQL), so the
+    statement text is the same for every batch; else as an expanding ``IN (?, ?, ...)`` list."""
+
+    def key_in(col: Any) -> Any:
+        return col == any_(bindparam("pks", type_=ARRAY(String))) if array else col.in_(bindparam("pks", expanding=True))
+
     # a key of the batch, whether stored as a patient or only named as a merge survivor
     seed = union(
-        sa_select(_P.c.key.label("origin"), _P.c.key.label("key")).where(_P.c.key.in_(pks)),
-        sa_select(_P.c.merged_into.label("origin"), _P.c.merged_into.label("key")).where(_P.c.merged_into.in_(pks)),
+        sa_select(_P.c.key.label("origin"), _P.c.key.label("key")).where(key_in(_P.c.key)),
+        sa_select(_P.c.merged_into.label("origin"), _P.c.merged_into.label("key")).where(key_in(_P.c.merged_into)),
     ).subquery("seed")
-    up = sa_select(seed.c.origin, seed.c.key).cte("merged_up", recursive=True)  # the key, the key it was merged into, ... up to the survivor
+    up = sa_select(seed.c.origin, seed.c.key).cte("merged_up", recursive=True)  # the key, its survivor, ...
     up = up.union(
         sa_select(up.c.origin, _P.c.merged_into).select_from(up.join(_P, _P.c.key == up.c.key))
         .where(_P.c.merged_into.is_not(None)))
-    down = sa_select(up.c.origin, up.c.key).cte("merged_down", recursive=True)  # ... and everything merged into those
+    down = sa_select(up.c.origin, up.c.key).cte("merged_down", recursive=True)  # ... and all merged into those
     down = down.union(
         sa_select(down.c.origin, _P.c.key).select_from(down.join(_P, _P.c.merged_into == down.c.key)))
-    return sa_select(down.c.origin, down.c.key).where(down.c.key != down.c.origin)
+    return Statements(
+        patient_keys=sa_select(down.c.origin, down.c.key).where(down.c.key != down.c.origin),
+        merges_touching=union_all(
+            sa_select(_P.c.key, _P.c.merged_into).where(key_in(_P.c.merged_into)),
+            sa_select(_P.c.key, _P.c.merged_into).where(key_in(_P.c.key), _P.c.merged_into.is_not(None)),
+        ),
+        active_suppressions=(
+            sa_select(_S.c.id, _S.c.patient_key, _S.c.destination, _S.c.purpose, _S.c.reason, _S.c.source)
+            .where(key_in(_S.c.patient_key), _S.c.revoked_at.is_(None))
+            .order_by(_S.c.id)
+        ),
+        marketing_authorized=sa_select(_A.c.patient_key).distinct().where(
+            key_in(_A.c.patient_key), _A.c.purpose == "marketing", _A.c.revoked_at.is_(None)),
+        active_consents=(
+            sa_select(_C.c.id, _C.c.patient_key, _C.c.resource)
+            .where(key_in(_C.c.patient_key), _C.c.status == "active")
+            .order_by(_C.c.id)
+        ),
+        patient_resources=sa_select(_P.c.key, _P.c.resource).where(key_in(_P.c.key)),
+        care_resources=sa_select(_RS.c.patient_key, _RS.c.resource).where(
+            key_in(_RS.c.patient_key),
+            _RS.c.resource_type.in_(("Encounter", "CarePlan")),
+            _RS.c.deleted == False,  # noqa: E712
+        ),
+    )
 
 
-#: ``(key of the batch, another key of the same patient)``; a key without merges has no row
-PATIENT_KEYS = _patient_keys_stmt()
-#: the merges that touch the given keys directly (``key`` merged into ``merged_into``): a cheap
-#: first look, so a batch without merges (nearly all) never runs the recursive :data:`PATIENT_KEYS`
-MERGES_TOUCHING = union_all(
-    sa_select(_P.c.key, _P.c.merged_into).where(_P.c.merged_into.in_(bindparam("pks", expanding=True))),
-    sa_select(_P.c.key, _P.c.merged_into).where(_P.c.key.in_(bindparam("pks", expanding=True)),
-                                                _P.c.merged_into.is_not(None)),
-)
-#: active suppressions (any destination, any purpose) under the given keys, oldest first
-ACTIVE_SUPPRESSIONS = (
-    sa_select(_S.c.id, _S.c.patient_key, _S.c.destination, _S.c.purpose, _S.c.reason, _S.c.source)
-    .where(_S.c.patient_key.in_(bindparam("pks", expanding=True)), _S.c.revoked_at.is_(None))
-    .order_by(_S.c.id)
-)
-#: keys with an active marketing authorization
-MARKETING_AUTHORIZED = sa_select(_A.c.patient_key).distinct().where(
-    _A.c.patient_key.in_(bindparam("pks", expanding=True)), _A.c.purpose == "marketing", _A.c.revoked_at.is_(None),
-)
-#: active FHIR Consents (JSON text) under the given keys, oldest first
-ACTIVE_CONSENTS = (
-    sa_select(_C.c.id, _C.c.patient_key, _C.c.resource)
-    .where(_C.c.patient_key.in_(bindparam("pks", expanding=True)), _C.c.status == "active")
-    .order_by(_C.c.id)
-)
-#: stored Patient resources (deceased check)
-PATIENT_RESOURCES = sa_select(_P.c.key, _P.c.resource).where(_P.c.key.in_(bindparam("pks", expanding=True)))
-#: current Encounters and CarePlans (hospice check)
-CARE_RESOURCES = sa_select(_RS.c.patient_key, _RS.c.resource).where(
-    _RS.c.patient_key.in_(bindparam("pks", expanding=True)),
-    _RS.c.resource_type.in_(("Encounter", "CarePlan")),
-    _RS.c.deleted == False,  # noqa: E712
-)
+_EXPANDING = _build(array=False)
+_ARRAY = _build(array=True)
+
+
+def statements(conn: Connection) -> Statements:
+    """The statements for this connection's dialect (PostgreSQL binds key lists as one array)."""
+    return _ARRAY if conn.dialect.name == "postgresql" else _EXPANDING
 
 
 def patient_keys(conn: Connection, keys: Iterable[str | None]) -> dict[str, tuple[str, ...]]:
     """Every key of the patient of each given key (itself first, then the others sorted)."""
     wanted = sorted({k for k in keys if k})
     out = {k: (k,) for k in wanted}
+    st = statements(conn)
     touched: set[str] = set()
     for part in chunks(wanted):
-        for key, into in conn.execute(MERGES_TOUCHING, {"pks": part}):
+        for key, into in conn.execute(st.merges_touching, {"pks": part}):
             touched.update((key, into))
     merged = sorted(touched.intersection(out))
     others: dict[str, set[str]] = {}
     for part in chunks(merged):
-        for origin, key in conn.execute(PATIENT_KEYS, {"pks": part}):
+        for origin, key in conn.execute(st.patient_keys, {"pks": part}):
             others.setdefault(origin, set()).add(key)
     for k, ks in others.items():
         out[k] = (k, *sorted(ks))
@@ -171,15 +197,16 @@ class PatientPrivacy:
 
 def read_privacy(conn: Connection, keys: Iterable[str | None], *, marketing: Iterable[str | None] = (),
                  consents: bool = True) -> PatientPrivacy:
-    """The privacy records of the patients of ``keys``: one statement for their merged keys, then
-    one per table per :data:`CHUNK` keys. Authorizations are read only for ``marketing`` keys."""
+    """The privacy records of the patients of ``keys``: one statement for the merges (two when the
+    batch has any), then one per table per :data:`CHUNK` keys. Authorizations are read only for ``marketing`` keys."""
+    st = statements(conn)
     keys_of = patient_keys(conn, keys)
     merged = {pk: ks for pk, ks in keys_of.items() if len(ks) > 1}
     every = sorted({k for ks in merged.values() for k in ks}.union(keys_of)) if merged else list(keys_of)
     out = PatientPrivacy(keys_of)
     opt_outs: dict[str, list[OptOut]] = {}
     for part in chunks(every):
-        for row in conn.execute(ACTIVE_SUPPRESSIONS, {"pks": part}):
+        for row in conn.execute(st.active_suppressions, {"pks": part}):
             opt_outs.setdefault(row.patient_key, []).append(OptOut(*row))
     out.opt_outs = _merged(opt_outs, keys_of, merged, key=lambda r: r.id)
     wanted = {k for k in marketing if k}
@@ -187,12 +214,12 @@ def read_privacy(conn: Connection, keys: Iterable[str | None], *, marketing: Ite
         mkeys = sorted({k for pk in wanted if pk in keys_of for k in keys_of[pk]})
         granted: set[str] = set()
         for part in chunks(mkeys):
-            granted.update(pk for (pk,) in conn.execute(MARKETING_AUTHORIZED, {"pks": part}))
+            granted.update(pk for (pk,) in conn.execute(st.marketing_authorized, {"pks": part}))
         out.authorized = frozenset(pk for pk in wanted if pk in keys_of and not granted.isdisjoint(keys_of[pk]))
     if consents:
         found: dict[str, list[tuple[int, str]]] = {}
         for part in chunks(every):
-            for cid, pk, resource in conn.execute(ACTIVE_CONSENTS, {"pks": part}):
+            for cid, pk, resource in conn.execute(st.active_consents, {"pks": part}):
                 found.setdefault(pk, []).append((cid, resource))
         out.consent_json = {pk: tuple(r for _, r in rows)
                             for pk, rows in _merged(found, keys_of, merged, key=lambda x: x[0]).items()}
