@@ -6,17 +6,16 @@ scheduled still stops it.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Mapping, Sequence
 
 import orjson
-from sqlalchemy import bindparam
-from sqlalchemy import select as sa_select
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from ..rules.load import RuleSet
 from ..rules.suppress import hospice_reason, is_deceased
+from ..storage.privacy import chunks, statements
 from ..storage.rawsql import Raw
-from ..storage.tables import PatientRow, ResourceState
 
 
 def hospice_for(session: Session, patient_key: str | None, rs: RuleSet) -> str | None:
@@ -32,46 +31,39 @@ def hospice_for(session: Session, patient_key: str | None, rs: RuleSet) -> str |
 
 # -- batched, for the scheduler: one query per check for all the patients of a claimed batch --
 
-_P = PatientRow.__table__  # type: ignore[attr-defined]
-_RS = ResourceState.__table__  # type: ignore[attr-defined]
-_PATIENTS = sa_select(_P.c.key, _P.c.resource).where(_P.c.key.in_(bindparam("pks", expanding=True)))
-_CARE = sa_select(_RS.c.patient_key, _RS.c.resource).where(
-    _RS.c.patient_key.in_(bindparam("pks", expanding=True)),
-    _RS.c.resource_type.in_(("Encounter", "CarePlan")),
-    _RS.c.deleted == False,  # noqa: E712
-)
-#: patient keys per IN list (well under SQLite's bound-parameter limit whatever the batch size)
-CHUNK = 500
 
-
-def chunks(keys: Sequence[str], n: int = CHUNK) -> Iterator[list[str]]:
-    for i in range(0, len(keys), n):
-        yield list(keys[i:i + n])
-
-
-def suppressions_at_send(session: Session, patient_keys: Iterable[str], rs: RuleSet) -> dict[str, str]:
-    """Deceased or hospice reasons for triggers about to fire: ``{patient_key: reason}`` for the
-    keys that have one, with one query for the patients and one for their Encounters/CarePlans
-    per chunk of keys."""
-    keys = sorted({k for k in patient_keys if k})
+def deceased_or_hospice(conn: Connection, keys_of: Mapping[str, Sequence[str]], rs: RuleSet) -> dict[str, str]:
+    """Deceased or hospice reasons for the triggers about to fire: ``{patient_key: reason}`` for
+    the keys that have one. ``keys_of`` maps each key to every key of its patient
+    (:func:`middleware.storage.privacy.patient_keys`): a record under any of them counts.
+    One query for the patients and one for their Encounters/CarePlans per chunk of keys."""
+    merged = {pk: ks for pk, ks in keys_of.items() if len(ks) > 1}
+    every = sorted({k for ks in merged.values() for k in ks}.union(keys_of)) if merged else list(keys_of)
     out: dict[str, str] = {}
-    if not keys:
+    if not every:
         return out
-    conn = session.connection()
-    for part in chunks(keys):
-        for key, resource in conn.execute(_PATIENTS, {"pks": part}):
+    deceased: set[str] = set()
+    for part in chunks(every):
+        for key, resource in conn.execute(statements(conn).patient_resources, {"pks": part}):
             if is_deceased(orjson.loads(resource)):
-                out[key] = "patient is deceased"
+                deceased.add(key)
+    for pk in deceased.intersection(keys_of):
+        out[pk] = "patient is deceased"
+    for pk, ks in merged.items():
+        if pk not in out and not deceased.isdisjoint(ks):
+            out[pk] = "patient is deceased"
     s = rs.settings
     if not s.suppress_hospice or s.hospice_valueset not in rs.valuesets.sets:
         return out
-    rest = [k for k in keys if k not in out]
-    by_patient: dict[str, list[dict[str, Any]]] = {}
-    for part in chunks(rest):
-        for key, resource in conn.execute(_CARE, {"pks": part}):
-            by_patient.setdefault(key, []).append(orjson.loads(resource))
-    for key, resources in by_patient.items():
-        reason = hospice_reason(resources, rs.valuesets, s.hospice_valueset)
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for part in chunks([k for k in every if k not in out]):
+        for key, resource in conn.execute(statements(conn).care_resources, {"pks": part}):
+            by_key.setdefault(key, []).append(orjson.loads(resource))
+    if not by_key:
+        return out
+    for pk, ks in keys_of.items():
+        resources = [r for k in ks for r in by_key.get(k, ())] if len(ks) > 1 else by_key.get(pk)
+        reason = hospice_reason(resources, rs.valuesets, s.hospice_valueset) if resources and pk not in out else None
         if reason:
-            out[key] = f"hospice: {reason}"
+            out[pk] = f"hospice: {reason}"
     return out

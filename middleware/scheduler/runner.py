@@ -15,10 +15,11 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
-from .patientctx import chunks, suppressions_at_send
+from .patientctx import deceased_or_hospice
 from ..rules.load import RuleSet
 from ..storage.db import begin_write, is_sqlite, write_lock
-from ..storage.tables import Authorization, DeliveryRow, Suppression, TriggerRow
+from ..storage.privacy import chunks, read_privacy
+from ..storage.tables import DeliveryRow, TriggerRow
 
 log = logging.getLogger("careloop.scheduler")
 
@@ -65,13 +66,14 @@ class Scheduler:
 
     def _fire_due(self) -> int:
         rs = self.ruleset()
-        now = self.clock().timestamp()
+        at = self.clock()
+        now = at.timestamp()
         created = 0
         with Session(self.engine, expire_on_commit=False) as s:
             begin_write(s)  # SQLite: take the write lock first (read-then-write would fail under a concurrent commit)
             conn = s.connection()
             rows = conn.execute(_claim_stmt(self.batch, not is_sqlite(self.engine)), {"now": now}).all()
-            verdicts = _Checks(s, rows, rs, now)
+            verdicts = _Checks(s, rows, rs, at)
             fired: list[dict[str, Any]] = []
             suppressed: list[dict[str, Any]] = []
             deliveries: list[dict[str, Any]] = []
@@ -109,22 +111,12 @@ class Scheduler:
 # -- statements, built once (SQLAlchemy caches their compiled form) --
 
 _T = TriggerRow.__table__  # type: ignore[attr-defined]
-_S = Suppression.__table__  # type: ignore[attr-defined]
-_A = Authorization.__table__  # type: ignore[attr-defined]
 _D = DeliveryRow.__table__  # type: ignore[attr-defined]
 _CLAIM = (
     sa_select(_T.c.id, _T.c.rule_id, _T.c.name, _T.c.purpose, _T.c.destinations, _T.c.patient_key, _T.c.resource_key,
               _T.c.resource_version, _T.c.dedup_key, _T.c.message_kind)
     .where(_T.c.status == "pending", _T.c.due_at <= bindparam("now"))
     .order_by(_T.c.due_at)
-)
-_OPT_OUTS = (  # patient-wide opt-outs (any purpose, or a purpose matched per trigger below); id order like ``.first()``
-    sa_select(_S.c.patient_key, _S.c.purpose, _S.c.reason)
-    .where(_S.c.patient_key.in_(bindparam("pks", expanding=True)), _S.c.revoked_at.is_(None), _S.c.destination.is_(None))
-    .order_by(_S.c.id)
-)
-_AUTHORIZED = sa_select(_A.c.patient_key).distinct().where(
-    _A.c.patient_key.in_(bindparam("pks", expanding=True)), _A.c.purpose == "marketing", _A.c.revoked_at.is_(None),
 )
 #: fired triggers per patient, rule and message kind over the last 7 days, and how many of them in the last 24 hours
 _FIRED_COUNTS = (
@@ -152,7 +144,9 @@ def _claim_stmt(limit: int, skip_locked: bool) -> Any:
 class _Checks:
     """The fire-time checks for one claimed batch, read with one query per check for all its
     patients, then decided per trigger in Python (in this order, as each trigger used to be
-    checked on its own): opt-out, marketing authorization, deceased/hospice, caps.
+    checked on its own): opt-out, marketing authorization, deceased/hospice, FHIR Consent, caps.
+    Opt-outs, authorizations and consents are read by ``storage.privacy.read_privacy`` (the
+    delivery gate's query at send time): records under every key of the patient count.
 
     Caps are per patient over rolling 24 h / 7 days, counted over *fired* triggers of all rules.
     A treatment reminder by sms or voice counts against ``settings.treatment_caps`` with every
@@ -162,27 +156,23 @@ class _Checks:
     count (``count_fired``).
     """
 
-    def __init__(self, s: Session, rows: Sequence[Any], rs: RuleSet, now: float) -> None:
+    def __init__(self, s: Session, rows: Sequence[Any], rs: RuleSet, at: datetime) -> None:
         self.rs = rs
+        self.at = at
         self.rules: dict[str, Any] = {}
         for r in rs.rules:
             self.rules.setdefault(r.id, r)  # RuleSet.rule: the first rule of that id
         self.phone_rules = {r.id for r in rs.rules if r.rule.purpose == "treatment-reminder" and r.rule.channel in PHONE_CHANNELS}
         keys = sorted({t.patient_key for t in rows if t.patient_key})
-        marketing = sorted({t.patient_key for t in rows if t.patient_key and t.purpose == "marketing"})
         conn = s.connection()
-        self.opt_outs: dict[str, list[tuple[str | None, str]]] = {}
-        self.authorized: set[str] = set()
+        #: opt-outs, authorizations and consents under every key of each patient (merges followed)
+        self.privacy = read_privacy(conn, keys, marketing=(t.patient_key for t in rows if t.purpose == "marketing"))
         #: ("kind", patient, message_kind) or ("phone", patient) -> [fired in 24 h, fired in 7 days]
         self.counts: dict[tuple[Any, ...], list[int]] = {}
-        for part in chunks(keys):
-            for pk, purpose, reason in conn.execute(_OPT_OUTS, {"pks": part}):
-                self.opt_outs.setdefault(pk, []).append((purpose, reason))
-        for part in chunks(marketing):
-            self.authorized.update(pk for (pk,) in conn.execute(_AUTHORIZED, {"pks": part}))
-        self.at_send = suppressions_at_send(s, keys, rs)
+        self.deceased_or_hospice = deceased_or_hospice(conn, self.privacy.keys, rs)
         st = rs.settings
         if any(c is not None for c in (st.caps.per_day, st.caps.per_week, st.treatment_caps.per_day, st.treatment_caps.per_week)):
+            now = at.timestamp()
             params = {"day_from": now - DAY, "week_from": now - WEEK}
             for part in chunks(keys):
                 for pk, rule_id, kind, day, week in conn.execute(_FIRED_COUNTS, {**params, "pks": part}):
@@ -203,15 +193,28 @@ class _Checks:
         pk = t.patient_key
         if not pk:
             return None
-        for purpose, reason in self.opt_outs.get(pk, ()):
-            if purpose is None or purpose == t.purpose:
-                return f"patient opted out: {reason}"
-        if t.purpose == "marketing" and pk not in self.authorized:
+        opt_out = self.privacy.opt_out(pk, t.purpose)  # patient-wide rows; per-destination ones at send time
+        if opt_out is not None:
+            return f"patient opted out: {opt_out.reason}"
+        if t.purpose == "marketing" and not self.privacy.has_marketing_authorization(pk):
             return "marketing requires a recorded authorization (prior express written consent) for this patient"
-        why = self.at_send.get(pk)
+        why = self.deceased_or_hospice.get(pk)
         if why:
             return why
-        return self.caps(t)
+        return self.consent_denial(t) or self.caps(t)
+
+    def consent_denial(self, t: Any) -> str | None:
+        """The first destination's reason when the patient's Consents deny *every* destination of
+        the trigger; a denial of only some is recorded on those deliveries at send time."""
+        if t.patient_key not in self.privacy.consent_json:  # most patients have none
+            return None
+        first: str | None = None
+        for dest in [d for d in t.destinations.split(",") if d]:
+            reason = self.privacy.consent_denial(t.patient_key, t.purpose, dest, self.at)
+            if reason is None:
+                return None
+            first = first or reason
+        return first
 
     def caps(self, t: Any) -> str | None:
         rule = self.rules.get(t.rule_id)
