@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ..config.sources import Source, Sources
 from ..normalize.hl7_peek import Hl7Problem, Peek, peek
+from ..normalize.hl7_structure import check_structure
 from ..storage.inbox import InboundRecord, InboxWriter, StoreResult
 from .hl7_ack import build_ack, wants_ack
 
@@ -42,15 +43,25 @@ def decide(p: Peek, source: Source) -> tuple[str, str, list[Hl7Problem]]:
     if p.message_type not in h.accept and p.message_type.split("^")[0] not in h.accept:
         # stored and acknowledged, but not processed: answering AR would stall the sender's queue
         return "accept", "ignored", warnings
-    return "accept", "received", warnings
+    checked = check_structure(p, source)
+    if checked.errors:
+        return "error", "failed", checked.errors + warnings + checked.warnings
+    if not checked.mapped:
+        return "accept", "ignored", warnings + checked.warnings
+    return "accept", "received", warnings + checked.warnings
 
 
 def encode_ack(text: str, p: Peek) -> bytes:
+    """The ACK in the message's codec; UTF-8 when that cannot encode it or when the
+    encoded bytes would contain an MLLP block character (wide codecs can)."""
     codec = p.codec or "utf-8"
     try:
-        return text.encode(codec)
-    except (UnicodeEncodeError, LookupError):
+        out = text.encode(codec)
+    except (UnicodeError, LookupError):
         return text.encode("utf-8", errors="replace")
+    if codec != "utf-8" and (b"\x1c" in out or b"\x0b" in out):
+        return text.encode("utf-8", errors="replace")
+    return out
 
 
 @dataclass

@@ -1,0 +1,226 @@
+"""Per-structure checks before the ACK (pure): a scan of the peeked segments, not a parse.
+
+For each message structure careloop maps (:data:`STRUCTURES`, tabulated in
+docs/hl7v2-to-fhir.md) the checks answer one question: will normalization produce a
+correct event from this message? What careloop needs is an error (the message is
+answered AE and stored ``failed``); segments HL7 requires but careloop does not read,
+and fields careloop reads only for detail, are warnings (severity W) and the message is
+processed without them. ``structure: strict`` on a source turns the warnings into errors.
+
+Field checks use the same datatype readers as the normalizer (``hl7_types``), on the
+first non-empty repetition, so a message that passes them normalizes without error.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from middleware.config.sources import Source
+
+from .hl7_patient import read_ids
+from .hl7_peek import Hl7Problem, Peek
+from .hl7_types import Ctx, Rep, duration, make_ctx, nm_value, tq_duration, ts_datetime, ts_parts
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What one message structure must carry for careloop."""
+
+    name: str  # HL7 abstract message structure, e.g. ADT_A01
+    needs: tuple[str, ...]  # segments careloop reads to build the event (missing: AE)
+    hl7_required: tuple[str, ...]  # required by HL7, not read by careloop (missing: W)
+
+
+_ADT_A01 = Structure("ADT_A01", ("PID", "PV1"), ("EVN",))
+_SIU = Structure("SIU_S12", ("SCH", "PID"), ("RGS",))
+
+#: message type (code^trigger) -> structure; HL7 v2.5.1 chapter 3 and 10 structures
+STRUCTURES: dict[str, Structure] = {
+    "ADT^A01": _ADT_A01, "ADT^A04": _ADT_A01, "ADT^A08": _ADT_A01, "ADT^A13": _ADT_A01,
+    "ADT^A02": Structure("ADT_A02", ("PID", "PV1"), ("EVN",)),
+    "ADT^A03": Structure("ADT_A03", ("PID", "PV1"), ("EVN",)),
+    "ADT^A05": Structure("ADT_A05", ("PID", "PV1"), ("EVN",)),
+    "ADT^A11": Structure("ADT_A09", ("PID", "PV1"), ("EVN",)),
+    "ADT^A40": Structure("ADT_A39", ("PID", "MRG"), ("EVN",)),
+    **{f"SIU^{t}": _SIU for t in ("S12", "S13", "S14", "S15", "S16", "S17", "S26")},
+}
+
+#: table 0004 patient class (PV1-2); another value is kept as a v2-0004 code, with a warning
+PATIENT_CLASS = frozenset({"E", "I", "O", "P", "R", "B", "C", "N", "U"})
+#: table 0278 filler status (SCH-25); another value reads as booked, with a warning
+FILLER_STATUS = frozenset({"PENDING", "WAITLIST", "BOOKED", "STARTED", "COMPLETE", "CANCELLED", "DC",
+                           "DELETED", "BLOCKED", "OVERBOOK", "NOSHOW"})
+#: (segment, start TS field, duration NM field, units field) read for appointment times
+#: TQ-3 durations that are valid but not read (months, "at", times)
+_TQ_OTHER = re.compile(r"^[LXT]\d{1,16}$")
+_RESOURCE_TIMES = (("AIS", 4, 7, 8), ("AIG", 8, 11, 12), ("AIL", 6, 9, 10), ("AIP", 6, 9, 10))
+
+
+@dataclass
+class StructureResult:
+    mapped: bool  # careloop maps this message type
+    errors: list[Hl7Problem]
+    warnings: list[Hl7Problem]
+
+
+class _Scan:
+    """The peeked segments by id, read as fields/repetitions/components on demand."""
+
+    def __init__(self, p: Peek, ctx: Ctx) -> None:
+        self.ctx = ctx
+        self.by_id: dict[str, list[list[str]]] = {}
+        sep = p.field_sep
+        for s in p.segments[1:]:
+            self.by_id.setdefault(s[:3], []).append(s.split(sep))
+        self.msh = p.segments[0].split(sep) if p.segments else ["MSH"]
+
+    def all(self, sid: str) -> list[list[str]]:
+        return self.by_id.get(sid, [])
+
+    def first(self, sid: str) -> list[str] | None:
+        segs = self.by_id.get(sid)
+        return segs[0] if segs else None
+
+    def reps(self, fields: list[str] | None, n: int) -> list[Rep]:
+        """Non-empty repetitions of field ``n`` (as ``Seg.reps`` reads them)."""
+        if fields is None or n >= len(fields) or not fields[n]:
+            return []
+        ctx = self.ctx
+        out = []
+        for r in fields[n].split(ctx.rep_sep):
+            rep = Rep([c.split(ctx.sub_sep) for c in r.split(ctx.comp_sep)], ctx)
+            if not rep.empty():
+                out.append(rep)
+        return out
+
+    def v(self, fields: list[str] | None, n: int, comp: int = 1) -> str:
+        r = self.reps(fields, n)
+        return r[0].c(comp) if r else ""
+
+
+def check_structure(p: Peek, source: Source) -> StructureResult:
+    """Check a peeked message (no E problems from :func:`peek`) against its structure."""
+    code, _, trigger = p.message_type.upper().partition("^")
+    spec = STRUCTURES.get(f"{code}^{trigger}")
+    if spec is None:
+        text = f"careloop has no mapping for {code or '(empty)'}^{trigger or '(empty)'}; stored, not processed"
+        return StructureResult(False, [], [Hl7Problem("200" if code not in ("ADT", "SIU") else "201", text, "MSH", 1, 9, "W")])
+    strict = source.hl7.structure == "strict"
+    scan = _Scan(p, make_ctx(source, p.encoding_chars, p.field_sep))
+    errors: list[Hl7Problem] = []
+    warnings: list[Hl7Problem] = []
+    for sid in spec.needs:
+        if scan.first(sid) is None:
+            errors.append(Hl7Problem("100", f"{spec.name} needs a {sid} segment (careloop maps it)", sid, 1))
+    for sid in spec.hl7_required:
+        if scan.first(sid) is None:
+            (errors if strict else warnings).append(
+                Hl7Problem("100", f"required segment {sid} of {spec.name} is missing", sid, 1, None, "E" if strict else "W"))
+    if errors:
+        return StructureResult(True, errors, warnings)
+    fields = _Fields(scan, errors, warnings, strict)
+    fields.occurred_at()
+    fields.patient()
+    if code == "SIU":
+        fields.siu()
+    elif trigger == "A40":
+        fields.merge()
+    else:
+        fields.visit()
+    return StructureResult(True, errors, warnings)
+
+
+class _Fields:
+    """Datatype checks of the fields the normalizer reads."""
+
+    def __init__(self, scan: _Scan, errors: list[Hl7Problem], warnings: list[Hl7Problem], strict: bool) -> None:
+        self.scan, self.errors, self.warnings, self.strict = scan, errors, warnings, strict
+        self.tz = scan.ctx.tz
+
+    def _problem(self, needed: bool, code: str, text: str, sid: str, seq: int, fld: int | None) -> None:
+        if needed or self.strict:
+            self.errors.append(Hl7Problem(code, text, sid, seq, fld, "E"))
+        else:
+            self.warnings.append(Hl7Problem(code, text + "; processed without it", sid, seq, fld, "W"))
+
+    def ts(self, sid: str, n: int, *, needed: bool, comp: int = 1) -> None:
+        """Every ``sid``-``n`` that is valued must be a TS/DTM careloop can place in time."""
+        for seq, seg in enumerate(self.scan.all(sid), start=1):
+            value = self.scan.v(seg, n, comp)
+            if value and ts_datetime(value, self.tz) is None:
+                self._problem(needed, "102", f"{sid}-{n} is not a valid date/time", sid, seq, n)
+
+    def occurred_at(self) -> None:
+        evn = self.scan.first("EVN")
+        candidates = [self.scan.v(evn, 2), self.scan.v(evn, 6), self.scan.v(self.scan.msh, 6)]
+        if not any(v and ts_datetime(v, self.tz) for v in candidates):
+            self.errors.append(Hl7Problem("101", "MSH-7 (or EVN-2/EVN-6) must give a valid date/time of the event", "MSH", 1, 7))
+        self.ts("EVN", 2, needed=False)
+        self.ts("EVN", 6, needed=False)
+
+    def patient(self) -> None:
+        pid = self.scan.first("PID")
+        if pid is None:
+            return
+        reps = [*self.scan.reps(pid, 3), *self.scan.reps(pid, 2), *self.scan.reps(pid, 4)]
+        if read_ids(reps).key(self.scan.ctx.settings.mrn_authority) is None:
+            self.errors.append(Hl7Problem("101", "PID-3 has no usable patient identifier", "PID", 1, 3))
+        self.ts("PID", 7, needed=False)
+        self.ts("PID", 29, needed=False)
+
+    def visit(self) -> None:
+        pv1 = self.scan.first("PV1")
+        self.ts("PV1", 44, needed=True)
+        self.ts("PV1", 45, needed=True)
+        self.ts("DG1", 5, needed=False)
+        cls = self.scan.v(pv1, 2).upper()
+        if cls and cls not in PATIENT_CLASS:
+            self.warnings.append(Hl7Problem("103", "PV1-2 patient class is not in table 0004; kept as sent", "PV1", 1, 2, "W"))
+
+    def merge(self) -> None:
+        mrg = self.scan.first("MRG")
+        reps = [*self.scan.reps(mrg, 1), *self.scan.reps(mrg, 4)]
+        if read_ids(reps).key(self.scan.ctx.settings.mrn_authority) is None:
+            self.errors.append(Hl7Problem("101", "MRG-1 has no usable prior patient identifier", "MRG", 1, 1))
+
+    def siu(self) -> None:
+        scan = self.scan
+        sch = scan.first("SCH")
+        if not (scan.v(sch, 1) or scan.v(sch, 2)):
+            self.errors.append(Hl7Problem("101", "SCH-1 placer and SCH-2 filler appointment ids are both empty", "SCH", 1, 2))
+        amount = scan.v(sch, 9)
+        if amount and duration(amount, scan.v(sch, 10) or scan.v(sch, 10, 2)) is None:
+            self._problem(True, "102", "SCH-9 is not a usable duration in SCH-10 units", "SCH", 1, 9)
+        for rep in scan.reps(sch, 11):
+            self._tq(rep)
+        status = scan.v(sch, 25).upper() or scan.v(sch, 25, 2).upper()
+        if status and status.replace(" ", "") not in FILLER_STATUS:
+            self.warnings.append(Hl7Problem("103", "SCH-25 filler status is not in table 0278; read as booked", "SCH", 1, 25, "W"))
+        for sid, start_f, dur_f, unit_f in _RESOURCE_TIMES:
+            self.ts(sid, start_f, needed=True)
+            for seq, seg in enumerate(scan.all(sid), start=1):
+                amount = scan.v(seg, dur_f)
+                if amount and duration(amount, scan.v(seg, unit_f) or scan.v(seg, unit_f, 2)) is None:
+                    self._problem(True, "102", f"{sid}-{dur_f} is not a usable duration", sid, seq, dur_f)
+        self.ts("TQ1", 7, needed=True)
+        self.ts("TQ1", 8, needed=True)
+        for seq, tq1 in enumerate(scan.all("TQ1"), start=1):
+            rep = scan.reps(tq1, 6)
+            if rep and rep[0].c(1) and duration(rep[0].c(1), rep[0].c(2, 1)) is None:
+                self._problem(True, "102", "TQ1-6 is not a usable duration", "TQ1", seq, 6)
+        self.ts("DG1", 5, needed=False)
+
+    def _tq(self, rep: Rep) -> None:
+        """SCH-11 (TQ): components 4 and 5 start and end; component 3 the duration, needed
+        only when the end (component 5) is not given."""
+        for comp in (4, 5):
+            value = rep.c(comp, 1)
+            if value and ts_datetime(value, self.tz) is None:
+                self._problem(True, "102", f"SCH-11.{comp} is not a valid date/time", "SCH", 1, 11)
+        dur = rep.c(3).strip().upper()
+        if dur and dur != "INDEF" and not _TQ_OTHER.match(dur) and tq_duration(dur) is None:
+            self._problem(not rep.c(5, 1), "102", "SCH-11.3 is not a TQ duration (S, M, H, D or W and a number)",
+                          "SCH", 1, 11)
+
+
+__all__ = ["STRUCTURES", "Structure", "StructureResult", "check_structure", "nm_value", "ts_parts"]
