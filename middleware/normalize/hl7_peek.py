@@ -334,7 +334,8 @@ def _peek(raw: bytes, fallback: str) -> Peek:
     p.field_sep = sep
     enc = msh[4:].partition(sep)[0]
     if (sep, enc) != _DEFAULT_DELIMS:
-        version = msh.split(sep)[11] if msh.count(sep) > 11 else ""
+        parts = msh.split(sep, 12)
+        version = parts[11] if len(parts) > 11 else ""
         bad = encoding_problem(sep, enc, version.split("^")[0])
         if bad is not None:
             p.problems.append(bad)
