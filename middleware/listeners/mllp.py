@@ -30,7 +30,7 @@ from ..config.sources import Sources
 from ..normalize.hl7_peek import Hl7Problem, peek
 from ..storage.inbox import InboundRecord, InboxWriter, StoreResult
 from .hl7_ack import build_ack
-from .hl7_ingest import answer_hl7, encode_ack, prepare_hl7
+from .hl7_ingest import IngestAnswer, encode_ack, submit_hl7
 from .mllp_framing import CR, EB, SB, MllpFramer, Oversize, Truncated
 
 log = logging.getLogger("careloop.mllp")
@@ -259,17 +259,17 @@ class _MllpConnection(asyncio.Protocol):
         slot = _Slot()
         self.slots.append(slot)
         if isinstance(item, bytes):
-            prep = prepare_hl7(item, channel="mllp", port=listener.port, sources=listener.sources)
-            rec = prep.record
-
-            def done(res: StoreResult, slot: _Slot = slot, prep=prep) -> None:
-                ans = answer_hl7(prep, res)
+            def answered(ans: IngestAnswer, slot: _Slot = slot) -> None:
                 acks = stats.acks
                 acks[ans.kind] = acks.get(ans.kind, 0) + 1
                 slot.ack = ans.ack
                 slot.done = True
                 self._schedule_flush()
 
+            # a message or a batch (one response batch after all its messages are stored)
+            submit_hl7(item, channel="mllp", port=listener.port, sources=listener.sources, writer=self.writer,
+                       answered=answered)
+            return
         elif isinstance(item, Oversize):
             rec, ack = listener._oversize(item)
 
