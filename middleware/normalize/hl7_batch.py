@@ -25,7 +25,7 @@ _BOM = b"\xef\xbb\xbf"
 class BatchPart:
     """One ``BHS ... BTS`` (or the messages of an FHS without a BHS)."""
 
-    header: list[str] | None = None  # BHS fields as sent: header[i] is BHS-(i + 1), header[0] == "BHS"
+    header: list[str] | None = None  # BHS fields as sent: header[i] is BHS-i (header[1] the separator)
     messages: list[bytes] = field(default_factory=list)
     count: str | None = None  # BTS-1 as sent; None without a BTS
 
@@ -45,8 +45,8 @@ class Hl7Batch:
     def control_id(self) -> str:
         """The batch's own control id: BHS-11 of the first batch, else FHS-11."""
         for hdr in ([p.header for p in self.parts if p.header] + [self.file_header]):
-            if hdr is not None and len(hdr) > 10 and hdr[10]:
-                return hdr[10]
+            if hdr is not None and len(hdr) > 11 and hdr[11]:
+                return hdr[11]
         return ""
 
 

@@ -175,19 +175,22 @@ def decode(raw: bytes, fallback: str = "cp1252") -> tuple[str, str, list[Hl7Prob
     declared = ""
     if fields and len(fields) > 17:
         declared = fields[17].split(fields[1][1] if len(fields[1]) > 1 else "~")[0].strip()
-    if declared:
-        codec = CHARSETS.get(declared.upper())
-        if codec is None:
+    codec = CHARSETS.get(declared.upper()) if declared else None
+    if codec is not None and codec.startswith(("utf-16", "utf-32")):
+        # MSH-18 was read as 8-bit text, so the message is not in a wide encoding
+        problems.append(Hl7Problem("102", f"MSH-18 declares {declared[:20]} but the message is 8-bit text", "MSH", 1, 18, "W"))
+        declared, codec = "", None
+    if declared and codec is None:
+        problems.append(
+            Hl7Problem("103", f"MSH-18 character set '{declared[:40]}' is not in table 0211; used {fallback}", "MSH", 1, 18, "W")
+        )
+    elif codec is not None:
+        try:
+            return _norm(data.decode(codec)), codec, problems
+        except UnicodeError:
             problems.append(
-                Hl7Problem("103", f"MSH-18 character set '{declared[:40]}' is not in table 0211; used {fallback}", "MSH", 1, 18, "W")
+                Hl7Problem("102", f"bytes are not valid {declared} as MSH-18 declares; used {fallback}", "MSH", 1, 18, "W")
             )
-        else:
-            try:
-                return _norm(data.decode(codec)), codec, problems
-            except UnicodeError:
-                problems.append(
-                    Hl7Problem("102", f"bytes are not valid {declared} as MSH-18 declares; used {fallback}", "MSH", 1, 18, "W")
-                )
     else:
         try:
             return _norm(data.decode("utf-8")), "utf-8", problems
