@@ -197,7 +197,9 @@ class Seg:
     def __init__(self, segment: Any, ctx: Ctx) -> None:
         self._s = segment
         self._ctx = ctx
-        self.id = str(segment[0][0]) if len(segment) and len(segment[0]) else ""
+        first = segment[0] if len(segment) else ""
+        # python-hl7 leaves a segment with no field separator ("PV1") as a plain string
+        self.id = first if isinstance(first, str) else (str(first[0]) if len(first) else "")
 
     def reps(self, n: int) -> list[Rep]:
         """Non-empty repetitions of field ``n`` ([] if the field is absent)."""

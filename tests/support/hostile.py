@@ -7,7 +7,7 @@ from pathlib import Path
 
 from middleware.config.sources import Source
 from middleware.normalize.hl7_batch import is_batch
-from middleware.normalize.hl7_peek import decode, valid_field_sep
+from middleware.normalize.hl7_peek import decode, peek, valid_field_sep
 from middleware.normalize.hl7v2 import normalize_hl7
 
 HOSTILE = Path(__file__).resolve().parents[1] / "fixtures" / "hostile"
@@ -26,13 +26,18 @@ def corpus() -> list[Case]:
     return [Case(n, (HOSTILE / f"{n}.hl7").read_bytes(), e.get("code"), e.get("msa2")) for n, e in sorted(expect.items())]
 
 
-def ack_text(ack: bytes) -> str:
-    """An ACK in whatever codec it was sent (the one its message used)."""
+def ack_text(ack: bytes, codec: str | None = None) -> str:
+    """An ACK in the codec its message used (``codec``), else as :func:`decode` reads it."""
+    if codec:
+        try:
+            return ack.decode(codec)
+        except UnicodeDecodeError:
+            pass
     return decode(ack)[0]
 
 
-def msa(ack: bytes) -> list[str]:
-    text = ack_text(ack)
+def msa(ack: bytes, codec: str | None = None) -> list[str]:
+    text = ack_text(ack, codec)
     seg = next(s for s in text.split("\r") if s.startswith("MSA"))
     return seg.split(seg[3])
 
@@ -55,7 +60,7 @@ def readable_msh10(raw: bytes) -> str | None:
 def check_single_answer(raw: bytes, ack: bytes) -> list[str]:
     """Invariants of the ACK to one message; returns the MSA fields."""
     assert b"\x0b" not in ack and b"\x1c" not in ack, "an ACK must not contain MLLP block bytes"
-    fields = msa(ack)
+    fields = msa(ack, peek(raw).codec)
     assert fields[1] in ("AA", "AE", "AR", "CA", "CE", "CR"), fields
     want = readable_msh10(raw)
     if want is not None and want.isprintable() and len(want) < 199:
