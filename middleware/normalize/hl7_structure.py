@@ -94,6 +94,11 @@ class _Scan:
         return out
 
     def v(self, fields: list[str] | None, n: int, comp: int = 1) -> str:
+        if fields is None or n >= len(fields):
+            return ""
+        f = fields[n]
+        if comp == 1 and f.isdigit():  # the usual TS/NM value: no delimiter, nothing to unescape
+            return f
         r = self.reps(fields, n)
         return r[0].c(comp) if r else ""
 
@@ -151,12 +156,19 @@ class _Fields:
                 self._problem(needed, "102", f"{sid}-{n} is not a valid date/time", sid, seq, n)
 
     def occurred_at(self) -> None:
+        """EVN-2, else EVN-6, else MSH-7 (as the normalizer reads it) must give a date/time."""
         evn = self.scan.first("EVN")
-        candidates = [self.scan.v(evn, 2), self.scan.v(evn, 6), self.scan.v(self.scan.msh, 6)]
-        if not any(v and ts_datetime(v, self.tz) for v in candidates):
+        found = False
+        for seg, n, sid in ((evn, 2, "EVN"), (evn, 6, "EVN"), (self.scan.msh, 6, "MSH")):
+            value = self.scan.v(seg, n)
+            if not value:
+                continue
+            if ts_datetime(value, self.tz) is not None:
+                found = True
+            elif sid == "EVN":
+                self._problem(False, "102", f"EVN-{n} is not a valid date/time", "EVN", 1, n)
+        if not found:
             self.errors.append(Hl7Problem("101", "MSH-7 (or EVN-2/EVN-6) must give a valid date/time of the event", "MSH", 1, 7))
-        self.ts("EVN", 2, needed=False)
-        self.ts("EVN", 6, needed=False)
 
     def patient(self) -> None:
         pid = self.scan.first("PID")
