@@ -64,5 +64,5 @@ def test_a_frame_holding_a_batch_has_the_batch_limit():
     assert f.feed(frame(batch)[:700]) == [] and f.feed(frame(batch)[700:]) == [batch]
     out = f.feed(frame(single))
     assert len(out) == 1 and isinstance(out[0], Oversize)
-    small = MllpFramer(max_size=1000, max_batch_size=1500)
+    small = MllpFramer(max_size=1000, max_batch_size=1200)
     assert isinstance(small.feed(frame(batch))[0], Oversize)
