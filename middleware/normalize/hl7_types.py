@@ -251,6 +251,8 @@ def ts_parts(value: str) -> tuple[datetime, int, bool] | None:
     if not m:
         return None
     y, mo, d, hh, mi, ss, frac, off = m.groups()
+    if frac and not ss:
+        return None  # DTM: a fraction only after the seconds (YYYY.123 is not a time)
     digits = 4 + sum(2 for g in (mo, d, hh, mi, ss) if g) + (1 if frac else 0)
     if not 1 < int(y) < 9999:
         return None  # years 1 and 9999 overflow once moved to UTC or by a duration

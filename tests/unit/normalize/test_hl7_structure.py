@@ -136,3 +136,19 @@ def test_structure_setting_is_validated(tmp_path: Path):
     (tmp_path / "sources.yaml").write_text("sources:\n  - name: s\n    hl7:\n      structure: strict\n")
     sources, diags = load_sources(tmp_path)
     assert not diags and sources.by_name["s"].hl7.structure == "strict"
+
+
+def test_found_by_fuzzing_dtm_fraction_without_seconds_is_not_a_time():
+    # atheris: PID-7 "1980.101" raised KeyError in ts_fhir, read as "no usable identifier" after AA
+    text = ADT.format(v="2.5.1").replace("19700101", "1980.101")
+    p = prep(text)
+    assert p.kind == "accept" and segs(p.ack)["ERR"][0][4] == "W"
+    normalizes(text)
+
+
+def test_found_by_fuzzing_segment_without_fields_is_still_a_segment():
+    # hypothesis: "PV1" with no field separator counted as present by the check, invisible to python-hl7's reader
+    text = "\r".join(s if not s.startswith("PV1") else "PV1" for s in ADT.format(v="2.5.1").split("\r"))
+    p = prep(text)
+    if p.status == "received":
+        normalizes(text)
