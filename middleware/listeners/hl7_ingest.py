@@ -62,7 +62,11 @@ def decide(p: Peek, source: Source) -> tuple[str, str, list[Hl7Problem]]:
     if p.message_type not in h.accept and p.message_type.split("^")[0] not in h.accept:
         # stored and acknowledged, but not processed: answering AR would stall the sender's queue
         return "accept", "ignored", warnings
-    checked = check_structure(p, source)
+    try:
+        checked = check_structure(p, source)
+    except Exception:  # a defect in a check must not drop the connection: store, answer AE, replay after a fix
+        log.exception("structure check failed", extra={"action": "ingest.check_failed", "source": source.name})
+        return "error", "failed", [Hl7Problem("207", "the message could not be checked (careloop defect); stored for replay")]
     if checked.errors:
         return "error", "failed", checked.errors + warnings + checked.warnings
     if not checked.mapped:

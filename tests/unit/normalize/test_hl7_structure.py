@@ -152,3 +152,14 @@ def test_found_by_fuzzing_segment_without_fields_is_still_a_segment():
     p = prep(text)
     if p.status == "received":
         normalizes(text)
+
+
+def test_a_defect_in_a_check_is_answered_ae_and_stored_not_raised(monkeypatch: pytest.MonkeyPatch):
+    import middleware.listeners.hl7_ingest as ingest
+
+    def broken(*_a: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(ingest, "check_structure", broken)
+    p = prep(ADT.format(v="2.5.1"))
+    assert p.kind == "error" and p.status == "failed" and segs(p.ack)["MSA"][0][1:3] == ["AE", "A-1"]
