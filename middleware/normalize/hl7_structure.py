@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 
 from middleware.config.sources import Source
 
 from .hl7_patient import read_ids
 from .hl7_peek import Hl7Problem, Peek
-from .hl7_types import Ctx, Rep, duration, make_ctx, nm_value, tq_duration, ts_datetime, ts_parts
+from .hl7_types import Ctx, Rep, duration, make_ctx, nm_value, tq_duration, ts_parts
 
 
 @dataclass(frozen=True)
@@ -63,22 +64,73 @@ class StructureResult:
     warnings: list[Hl7Problem]
 
 
+_SPECIALS: dict[tuple[str, str, str, str], re.Pattern[str]] = {}
+
+
+def _specials(ctx: Ctx) -> re.Pattern[str]:
+    """A pattern finding the repetition, component, subcomponent or escape character."""
+    key = (ctx.rep_sep, ctx.comp_sep, ctx.sub_sep, ctx.esc)
+    rx = _SPECIALS.get(key)
+    if rx is None:
+        rx = re.compile("[" + re.escape("".join(key)) + "]")
+        if len(_SPECIALS) < 64:
+            _SPECIALS[key] = rx
+    return rx
+
+
+_TS_LENGTHS = frozenset({4, 6, 8, 10, 12, 14})
+
+
+def ts_valid(value: str) -> bool:
+    """``ts_parts(value) is not None``, with a fast path for the usual all-digit value
+    (with or without a ``+/-ZZZZ`` offset)."""
+    if len(value) > 9 and value[-5] in "+-":
+        off = value[-4:]
+        if not (off.isdigit() and off.isascii()) or int(off[:2]) * 60 + int(off[2:]) >= 1440:
+            return False
+        value = value[:-5]
+    if value.isdigit() and len(value) in _TS_LENGTHS and value.isascii():
+        y = int(value[:4])
+        if not 1 < y < 9999:
+            return False
+        try:
+            datetime(y, int(value[4:6] or 1), int(value[6:8] or 1), int(value[8:10] or 0), int(value[10:12] or 0),
+                     int(value[12:14] or 0))
+        except ValueError:
+            return False
+        return True
+    return ts_parts(value) is not None
+
+
 class _Scan:
     """The peeked segments by id, read as fields/repetitions/components on demand."""
 
     def __init__(self, p: Peek, ctx: Ctx) -> None:
         self.ctx = ctx
-        self.by_id: dict[str, list[list[str]]] = {}
-        sep = p.field_sep
+        self.sep = p.field_sep
+        self._raw: dict[str, list[str]] = {}  # segment id -> segment texts, split when first read
+        self._split: dict[str, list[list[str]]] = {}
         for s in p.segments[1:]:
-            self.by_id.setdefault(s[:3], []).append(s.split(sep))
-        self.msh = p.segments[0].split(sep) if p.segments else ["MSH"]
+            sid = s[:3]
+            got = self._raw.get(sid)
+            if got is None:
+                self._raw[sid] = [s]
+            else:
+                got.append(s)
+        self.msh = p.segments[0].split(self.sep) if p.segments else ["MSH"]
+        self._special = _specials(ctx)
 
     def all(self, sid: str) -> list[list[str]]:
-        return self.by_id.get(sid, [])
+        segs = self._split.get(sid)
+        if segs is None:
+            segs = self._split[sid] = [s.split(self.sep) for s in self._raw.get(sid, ())]
+        return segs
+
+    def has(self, sid: str) -> bool:
+        return sid in self._raw
 
     def first(self, sid: str) -> list[str] | None:
-        segs = self.by_id.get(sid)
+        segs = self.all(sid) if sid in self._raw else None
         return segs[0] if segs else None
 
     def reps(self, fields: list[str] | None, n: int) -> list[Rep]:
@@ -97,10 +149,26 @@ class _Scan:
         if fields is None or n >= len(fields):
             return ""
         f = fields[n]
-        if comp == 1 and f.isdigit():  # the usual TS/NM value: no delimiter, nothing to unescape
-            return f
+        if comp == 1 and self._special.search(f) is None:  # no delimiter, nothing to unescape: as sent
+            return "" if f == '""' else f
         r = self.reps(fields, n)
         return r[0].c(comp) if r else ""
+
+
+_CTX: dict[tuple[int, str, str], tuple[Source, Ctx]] = {}
+
+
+def _ctx(source: Source, enc: str, sep: str) -> Ctx:
+    """``make_ctx`` once per source and delimiters (sources are frozen; a reload makes new ones)."""
+    key = (id(source), enc, sep)
+    got = _CTX.get(key)
+    if got is not None and got[0] is source:
+        return got[1]
+    ctx = make_ctx(source, enc, sep)
+    if len(_CTX) >= 256:
+        _CTX.clear()
+    _CTX[key] = (source, ctx)
+    return ctx
 
 
 def check_structure(p: Peek, source: Source) -> StructureResult:
@@ -111,14 +179,14 @@ def check_structure(p: Peek, source: Source) -> StructureResult:
         text = f"careloop has no mapping for {code or '(empty)'}^{trigger or '(empty)'}; stored, not processed"
         return StructureResult(False, [], [Hl7Problem("200" if code not in ("ADT", "SIU") else "201", text, "MSH", 1, 9, "W")])
     strict = source.hl7.structure == "strict"
-    scan = _Scan(p, make_ctx(source, p.encoding_chars, p.field_sep))
+    scan = _Scan(p, _ctx(source, p.encoding_chars, p.field_sep))
     errors: list[Hl7Problem] = []
     warnings: list[Hl7Problem] = []
     for sid in spec.needs:
-        if scan.first(sid) is None:
+        if not scan.has(sid):
             errors.append(Hl7Problem("100", f"{spec.name} needs a {sid} segment (careloop maps it)", sid, 1))
     for sid in spec.hl7_required:
-        if scan.first(sid) is None:
+        if not scan.has(sid):
             (errors if strict else warnings).append(
                 Hl7Problem("100", f"required segment {sid} of {spec.name} is missing", sid, 1, None, "E" if strict else "W"))
     if errors:
@@ -152,7 +220,7 @@ class _Fields:
         """Every ``sid``-``n`` that is valued must be a TS/DTM careloop can place in time."""
         for seq, seg in enumerate(self.scan.all(sid), start=1):
             value = self.scan.v(seg, n, comp)
-            if value and ts_datetime(value, self.tz) is None:
+            if value and not ts_valid(value):
                 self._problem(needed, "102", f"{sid}-{n} is not a valid date/time", sid, seq, n)
 
     def occurred_at(self) -> None:
@@ -163,19 +231,36 @@ class _Fields:
             value = self.scan.v(seg, n)
             if not value:
                 continue
-            if ts_datetime(value, self.tz) is not None:
+            if ts_valid(value):
                 found = True
             elif sid == "EVN":
                 self._problem(False, "102", f"EVN-{n} is not a valid date/time", "EVN", 1, n)
         if not found:
             self.errors.append(Hl7Problem("101", "MSH-7 (or EVN-2/EVN-6) must give a valid date/time of the event", "MSH", 1, 7))
 
+    def _has_key(self, fields: list[str] | None, numbers: tuple[int, ...]) -> bool:
+        """Whether the patient key rule finds an identifier: some repetition that
+        ``read_ids`` keeps (CX-1 valued, not an SSN); stops at the first."""
+        if fields is None:
+            return False
+        ctx = self.scan.ctx
+        for n in numbers:
+            if n >= len(fields) or not fields[n]:
+                continue
+            for r in fields[n].split(ctx.rep_sep):  # built one repetition at a time, up to the first usable
+                first = r.partition(ctx.comp_sep)[0]
+                if not first or first == '""':
+                    continue
+                rep = Rep([c.split(ctx.sub_sep) for c in r.split(ctx.comp_sep)], ctx)
+                if read_ids([rep]).items:
+                    return True
+        return False
+
     def patient(self) -> None:
         pid = self.scan.first("PID")
         if pid is None:
             return
-        reps = [*self.scan.reps(pid, 3), *self.scan.reps(pid, 2), *self.scan.reps(pid, 4)]
-        if read_ids(reps).key(self.scan.ctx.settings.mrn_authority) is None:
+        if not self._has_key(pid, (3, 2, 4)):
             self.errors.append(Hl7Problem("101", "PID-3 has no usable patient identifier", "PID", 1, 3))
         self.ts("PID", 7, needed=False)
         self.ts("PID", 29, needed=False)
@@ -191,8 +276,7 @@ class _Fields:
 
     def merge(self) -> None:
         mrg = self.scan.first("MRG")
-        reps = [*self.scan.reps(mrg, 1), *self.scan.reps(mrg, 4)]
-        if read_ids(reps).key(self.scan.ctx.settings.mrn_authority) is None:
+        if not self._has_key(mrg, (1, 4)):
             self.errors.append(Hl7Problem("101", "MRG-1 has no usable prior patient identifier", "MRG", 1, 1))
 
     def siu(self) -> None:
@@ -227,7 +311,7 @@ class _Fields:
         only when the end (component 5) is not given."""
         for comp in (4, 5):
             value = rep.c(comp, 1)
-            if value and ts_datetime(value, self.tz) is None:
+            if value and not ts_valid(value):
                 self._problem(True, "102", f"SCH-11.{comp} is not a valid date/time", "SCH", 1, 11)
         dur = rep.c(3).strip().upper()
         if dur and dur != "INDEF" and not _TQ_OTHER.match(dur) and tq_duration(dur) is None:

@@ -111,3 +111,12 @@ def test_normalization_raises_only_content_errors(raw: bytes) -> None:
         normalize_hl7(text, Source(name="default"))
     except Hl7ContentError:
         pass
+
+
+@settings(max_examples=1500)
+@given(st.text(alphabet="0123456789+-.:T Z٢", max_size=24))
+def test_the_fast_timestamp_check_agrees_with_the_normalizer(value: str) -> None:
+    from middleware.normalize.hl7_structure import ts_valid
+    from middleware.normalize.hl7_types import ts_parts
+
+    assert ts_valid(value) == (ts_parts(value) is not None)
