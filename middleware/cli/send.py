@@ -17,7 +17,10 @@ from ..normalize.hl7_peek import decode
 
 
 def read_message(path: Path) -> bytes:
+    """A file's message (or batch) with CR segment ends; a UTF-16/32 file is sent as it is."""
     data = path.read_bytes()
+    if data[:4].count(b"\x00") or data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data
     return data.replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip(b"\r") + b"\r"
 
 

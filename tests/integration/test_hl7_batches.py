@@ -140,6 +140,11 @@ def test_batch_over_http_send_and_explain(tmp_path: Path, pipeline_mappings: Pat
                               capture_output=True, text=True, timeout=60, cwd=REPO)
         assert sent.returncode == 0, sent.stderr
         assert "batch, 2 ACK(s) back" in sent.stdout and "MSA|AA|C-1" in sent.stdout and "MSA|AA|C-2" in sent.stdout
+        poison = tmp_path / "poison.hl7"
+        poison.write_bytes(b"\xff\xfe\rMSH|x\r")
+        bad = subprocess.run([sys.executable, "-m", "middleware", "send", str(poison), "--port", str(srv.mllp_port)],
+                             capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert bad.returncode == 1 and "poison.hl7: AE" in bad.stdout and "Traceback" not in bad.stderr
     finally:
         srv.stop()
     ex = subprocess.run([sys.executable, "-m", "middleware", "explain", str(f), "--json", "--mappings", str(pipeline_mappings)],
