@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean demo
+.PHONY: install run test lint bench clean demo fuzz
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,16 @@ sink: install
 ## Send the bundled synthetic sample messages to a running careloop over MLLP.
 demo: install
 	$(BIN)/careloop send --samples
+
+## Coverage-guided fuzzing of the HL7 path (atheris) for FUZZ_SECONDS (default 600); crashes land in .careloop/fuzz/.
+FUZZ_SECONDS ?= 600
+FUZZ_DIR     := .careloop/fuzz
+fuzz: install
+	$(BIN)/python -m pip install -q -e '.[fuzz]'
+	@mkdir -p $(FUZZ_DIR)/corpus
+	$(BIN)/python tests/fuzz/atheris_hl7.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=8192 \
+	  -timeout=20 -artifact_prefix=$(FUZZ_DIR)/ -print_final_stats=1 \
+	  $(FUZZ_DIR)/corpus tests/fixtures/hl7 tests/fixtures/hostile
 
 bench: install
 	$(BIN)/python bench/run_all.py

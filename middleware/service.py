@@ -16,6 +16,7 @@ from .delivery.audit import guard_append_only
 from .delivery.retention import purge
 from .delivery.worker import DeliveryWorker
 from .keyring import contact_keyring
+from .listeners.hl7_ingest import configure_batch_limits
 from .listeners.mllp import MllpListener
 from .metrics import Meters
 from .pipeline.process import Processor
@@ -57,6 +58,7 @@ class Runtime:
 
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] | None = None, engine: Engine | None = None) -> None:
         self.settings = settings
+        configure_batch_limits(settings.hl7_max_batch_bytes, settings.hl7_max_batch_messages)
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         rs, diags = load_ruleset(settings.mappings_dir)
         if rs is None:

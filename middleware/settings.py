@@ -45,6 +45,8 @@ class Settings(BaseSettings):
     auth_fail_window_s: float = Field(default=60.0, description="window for auth_fail_limit, seconds")
     mllp_max_message_bytes: int = 1_048_576
     mllp_idle_timeout_s: float = 600.0
+    hl7_max_batch_bytes: int = Field(default=16_777_216, description="largest HL7 batch/file (FHS/BHS), one MLLP frame or /hl7v2 body")
+    hl7_max_batch_messages: int = Field(default=10_000, description="most messages in one HL7 batch/file")
     worker_poll_interval_s: float = 0.2
     run_worker: bool = True
     log_level: str = "INFO"

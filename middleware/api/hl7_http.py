@@ -8,9 +8,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from ..listeners.hl7_ingest import ingest_hl7
-from .body import read_capped
+from ..normalize.hl7_batch import is_batch
+from .body import KEEP_PREFIX_BYTES, CappedBody, read_capped
 from .deps import TokenDep
-from .refusals import refuse_hl7
+from .refusals import BATCH_LIMIT_SETTING, HL7_LIMIT_SETTING, refuse_hl7
 
 router = APIRouter(dependencies=[TokenDep])
 
@@ -20,9 +21,15 @@ ER7 = "x-application/hl7-v2+er7"
 @router.post("/hl7v2")
 async def post_hl7v2(request: Request) -> Response:
     rt = request.app.state.runtime
-    body = await read_capped(request, rt.settings.http_max_hl7_bytes)
-    if body.oversize:
-        return await refuse_hl7(body, sources=rt.sources, writer=rt.writer)
+    single = rt.settings.http_max_hl7_bytes
+    batch_limit = max(single, rt.settings.hl7_max_batch_bytes)
+    # read up to the larger (batch) limit; a body that is not an HL7 batch has the single-message one
+    body = await read_capped(request, batch_limit)
+    batch = is_batch(body.data)
+    limit, setting = (batch_limit, BATCH_LIMIT_SETTING) if batch else (single, HL7_LIMIT_SETTING)
+    if body.oversize or body.size > limit:
+        refused = CappedBody(body.data[:KEEP_PREFIX_BYTES], True, body.size, limit)
+        return await refuse_hl7(refused, sources=rt.sources, writer=rt.writer, setting=setting)
     raw = body.data
     ans = await ingest_hl7(raw, channel="http", port=None, sources=rt.sources, writer=rt.writer)
     status = 503 if ans.status == "not-stored" else 200

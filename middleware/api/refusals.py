@@ -23,6 +23,7 @@ log = logging.getLogger("careloop.http.refused")
 
 ER7 = "x-application/hl7-v2+er7"
 HL7_LIMIT_SETTING = "CARELOOP_HTTP_MAX_HL7_BYTES"
+BATCH_LIMIT_SETTING = "CARELOOP_HL7_MAX_BATCH_BYTES"
 FHIR_LIMIT_SETTING = "CARELOOP_HTTP_MAX_FHIR_BYTES"
 
 
@@ -33,9 +34,10 @@ def _safe_peek(prefix: bytes) -> Peek:
         return Peek()
 
 
-async def refuse_hl7(body: CappedBody, *, sources: Sources, writer: InboxWriter) -> Response:
+async def refuse_hl7(body: CappedBody, *, sources: Sources, writer: InboxWriter,
+                     setting: str = HL7_LIMIT_SETTING) -> Response:
     """413 with an AE NAK naming the limit; the prefix is stored as a failed message."""
-    reason = body.reason(HL7_LIMIT_SETTING)
+    reason = body.reason(setting)
     p = _safe_peek(body.data)
     ack = encode_ack(build_ack(p, "error", [Hl7Problem("100", reason, "MSH", 1)]), p)
     source = sources.for_hl7(None, p.sending_app or None, p.sending_facility or None)

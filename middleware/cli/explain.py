@@ -19,6 +19,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from .serve import load_rules_or_report
     from ..storage.tables import EventRow  # noqa: F401
 
+    missing = [f for f in args.files if not Path(f).is_file()]
+    if missing:
+        print(f"careloop explain: no such file: {missing[0]}", file=sys.stderr)
+        return 2
     rs = load_rules_or_report(args.mappings)
     if rs is None:
         return 1
@@ -29,8 +33,14 @@ def cmd_explain(args: argparse.Namespace) -> int:
     out_events: list[dict[str, Any]] = []
     rc = 0
     try:
-        for f in args.files:
-            step = dry.feed(Path(f).read_bytes(), Path(f).name)
+        for f, data, label in _inputs(args.files):
+            try:
+                step = dry.feed(data, label)
+            except orjson.JSONDecodeError:
+                rc = 1
+                print(f"{f}: error: neither an HL7 v2 message or batch nor FHIR JSON", file=sys.stderr)
+                out_events.append({"input": f, "error": "unreadable input", "type": None, "resource": None, "rules": []})
+                continue
             if step.error:
                 rc = 1
                 if not args.json:
@@ -82,6 +92,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for j in journey:
             print(f"   {j['at']}  {j['what']:<10} #{j['trigger_id']} {j['rule']}: {j['why']}")
     return rc
+
+
+def _inputs(files: list[str]) -> list[tuple[str, bytes, str]]:
+    """(shown name, bytes, label) per input; an HL7 batch file gives one per message (``file#n``)."""
+    from ..normalize.hl7_batch import is_batch, split_batch
+
+    out: list[tuple[str, bytes, str]] = []
+    for f in files:
+        data = Path(f).read_bytes()
+        if not is_batch(data):
+            out.append((f, data, Path(f).name))
+            continue
+        batch = split_batch(data)
+        messages = [m for part in batch.parts for m in part.messages]
+        for note in batch.problems:
+            print(f"{f}: batch: {note}", file=sys.stderr)
+        out += [(f"{f}#{n}", m, f"{Path(f).name}#{n}") for n, m in enumerate(messages, start=1)]
+    return out
 
 
 def journey_of(rows: list[Any]) -> list[dict[str, Any]]:

@@ -1,4 +1,9 @@
-"""``careloop send``: an MLLP client that sends HL7v2 files and prints the ACKs."""
+"""``careloop send``: an MLLP client that sends HL7v2 files and prints the ACKs.
+
+A file holding an HL7 batch (FHS/BHS ... BTS/FTS) is sent as one frame, as HL7 v2
+chapter 2 sends a batch, and answered with one response batch: each ACK in it is
+printed (with ``batch_acks: errors`` only the negative ones come back).
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +12,15 @@ import sys
 from pathlib import Path
 
 from ..listeners.mllp_framing import EB, SB, frame
+from ..normalize.hl7_batch import is_batch
+from ..normalize.hl7_peek import decode
 
 
 def read_message(path: Path) -> bytes:
+    """A file's message (or batch) with CR segment ends; a UTF-16/32 file is sent as it is."""
     data = path.read_bytes()
+    if data[:4].count(b"\x00") or data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data
     return data.replace(b"\r\n", b"\r").replace(b"\n", b"\r").strip(b"\r") + b"\r"
 
 
@@ -30,6 +40,17 @@ def send_messages(host: str, port: int, payloads: list[bytes], timeout: float = 
     return acks
 
 
+def ack_lines(ack: bytes) -> list[tuple[str, str]]:
+    """(MSA-1 code, MSA segment) of each ACK in a reply (one ACK, or a response batch)."""
+    text = decode(ack)[0]
+    out = []
+    for seg in text.split("\r"):
+        if seg.startswith("MSA") and len(seg) > 3:
+            fields = seg.split(seg[3])
+            out.append((fields[1] if len(fields) > 1 else "?", seg))
+    return out
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.files]
     if args.samples:
@@ -39,13 +60,24 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not paths:
         print("careloop send: give files or --samples", file=sys.stderr)
         return 2
-    acks = send_messages(args.host, args.port, [read_message(p) for p in paths])
+    try:
+        payloads = [read_message(p) for p in paths]
+        acks = send_messages(args.host, args.port, payloads)
+    except OSError as exc:
+        print(f"careloop send: {exc.strerror or exc} ({args.host}:{args.port})", file=sys.stderr)
+        return 2
     rc = 0
-    for p, a in zip(paths, acks):
-        text = a.decode("utf-8", "replace")
-        msa = next((seg for seg in text.split("\r") if seg.startswith("MSA")), "")
-        code = msa.split("|")[1] if "|" in msa else "?"
-        print(f"{p.name}: {code}  {msa}")
+    for p, payload, a in zip(paths, payloads, acks):
+        lines = ack_lines(a)
+        if is_batch(payload):
+            trailer = next((s for s in decode(a)[0].split("\r") if s.startswith("BTS")), "BTS")
+            print(f"{p.name}: batch, {len(lines)} ACK(s) back  {trailer}")
+            for code, seg in lines:
+                print(f"  {code}  {seg}")
+                rc = rc or int(code not in ("AA", "CA"))
+            continue
+        code, seg = lines[0] if lines else ("?", "")
+        print(f"{p.name}: {code}  {seg}")
         if code not in ("AA", "CA"):
             rc = 1
     return rc

@@ -48,6 +48,15 @@ class Hl7Settings(_Strict):
     default_system_prefix: str = Field(
         default="urn:careloop:id:", description="system for an authority with no mapping: prefix + authority"
     )
+    structure: Literal["lenient", "strict"] = Field(
+        default="lenient",
+        description="checks before the ACK: lenient answers AE only for what careloop needs and warns (ERR severity W) "
+        "for other required segments and misfit fields; strict answers AE for those too (docs/hl7v2-to-fhir.md)",
+    )
+    batch_acks: Literal["all", "errors"] = Field(
+        default="all",
+        description="HL7 batches: the response batch carries an ACK per message (all) or only the negative ones (errors)",
+    )
     allow_from: list[str] = Field(
         default_factory=list,
         description="client addresses (CIDR) this source accepts MLLP connections from; empty: any",

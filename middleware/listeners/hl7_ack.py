@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from datetime import datetime, timezone
 
-from ..normalize.hl7_peek import Hl7Problem, Peek
+from ..normalize.hl7_peek import Hl7Problem, Peek, version_tuple
 
 _counter = itertools.count(1)
 
@@ -38,16 +38,18 @@ def _version_tuple(v: str) -> tuple[int, ...]:
     vt = _VERSIONS.get(v)
     if vt is not None:
         return vt
-    out = []
-    for part in v.split("."):
-        try:
-            out.append(int(part))
-        except ValueError:
-            break
-    vt = tuple(out) or (2, 5)
+    vt = version_tuple(v) or (2, 5)
     if len(_VERSIONS) < 256:
         _VERSIONS[v] = vt
     return vt
+
+
+def _echo(value: str) -> str:
+    """A field of the inbound MSH as sent (already encoded in the same delimiters), without
+    the control characters that could break a segment or the MLLP frame."""
+    if value.isprintable():
+        return value
+    return "".join(c for c in value if c.isprintable())
 
 
 def _specials(sep: str, enc: str) -> str:
@@ -61,8 +63,8 @@ def _specials(sep: str, enc: str) -> str:
 
 
 def _esc(text: str, sep: str, enc: str) -> str:
-    if "\r" in text or "\n" in text:
-        text = text.replace("\r", " ").replace("\n", " ")
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else " " for c in text)
     for c in _specials(sep, enc):
         if c in text:
             break
@@ -135,7 +137,7 @@ def build_ack(
     sec, ts = _stamps(now)
     version = peek.version or "2.5.1"
     vt = _version_tuple(version)
-    trigger = peek.message_type.split("^")[1] if "^" in peek.message_type else ""
+    trigger = _echo(peek.message_type.split("^")[1]) if "^" in peek.message_type else ""
     mtype = "ACK"
     if trigger:
         mtype += comp + trigger
@@ -146,25 +148,25 @@ def build_ack(
         [
             "MSH",
             enc,
-            _esc(peek.receiving_app or sending_app, sep, enc),
-            _esc(peek.receiving_facility, sep, enc),
-            _esc(peek.sending_app, sep, enc),
-            _esc(peek.sending_facility, sep, enc),
+            _echo(peek.receiving_app) or sending_app,
+            _echo(peek.receiving_facility),
+            _echo(peek.sending_app),
+            _echo(peek.sending_facility),
             ts,
             "",
             mtype,
             ctl,
-            peek.processing_id or "P",
-            version,
+            _echo(peek.processing_id) or "P",
+            _echo(version),
         ]
     )
     if peek.charset:
-        msh += sep * 6 + _esc(peek.charset, sep, enc)
+        msh += sep * 6 + _echo(peek.charset)
     code = ack_code(kind, enhanced)
     msa = [
         "MSA",
         code,
-        _esc(peek.control_id, sep, enc),
+        _echo(peek.control_id),  # MSA-2 echoes MSH-10 as sent
     ]
     if problems and vt < (2, 5):
         msa.append(_esc(problems[0].text, sep, enc)[:80])

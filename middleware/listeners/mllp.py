@@ -42,7 +42,7 @@ from ..config.sources import Sources
 from ..normalize.hl7_peek import Hl7Problem, peek
 from ..storage.inbox import InboundRecord, InboxWriter, StoreResult
 from .hl7_ack import build_ack
-from .hl7_ingest import answer_hl7, encode_ack, prepare_hl7
+from .hl7_ingest import IngestAnswer, encode_ack, submit_hl7
 from .mllp_framing import CR, EB, SB, Item, Junk, MllpFramer, Oversize, Truncated
 from .mllp_tls import TlsContextSource, TlsError, TlsSession
 from .proxy_header import ProxyHeaderError, parse_proxy_header
@@ -516,7 +516,8 @@ class _MllpConnection(asyncio.Protocol):
         """Close a connection whose unfinished frame does not fit the per-connection or total cap."""
         listener = self.listener
         partial = self.framer.buffered()
-        if partial > listener.max_conn_bytes:
+        # an HL7 batch frame may grow to the batch limit (the total cap still bounds the listener)
+        if partial > max(listener.max_conn_bytes, self.framer.frame_limit()):
             reason = "unfinished frame over max_buffered_bytes_per_connection"
         elif partial and listener.over_total():
             reason = "unfinished frame while the listener is over max_buffered_bytes_total"
@@ -547,17 +548,17 @@ class _MllpConnection(asyncio.Protocol):
         slot = _Slot()
         self.slots.append(slot)
         if isinstance(item, bytes):
-            prep = prepare_hl7(item, channel="mllp", port=listener.port, sources=listener.sources)
-            rec = prep.record
-
-            def done(res: StoreResult, slot: _Slot = slot, prep=prep) -> None:
-                ans = answer_hl7(prep, res)
+            def answered(ans: IngestAnswer, slot: _Slot = slot) -> None:
                 acks = stats.acks
                 acks[ans.kind] = acks.get(ans.kind, 0) + 1
                 slot.ack = ans.ack
                 slot.done = True
                 self._schedule_flush()
 
+            # a message or a batch (one response batch after all its messages are stored)
+            submit_hl7(item, channel="mllp", port=listener.port, sources=listener.sources, writer=self.writer,
+                       answered=answered)
+            return
         elif isinstance(item, Oversize):
             rec, ack = listener._oversize(item)
 

@@ -4,7 +4,8 @@ Tolerates NULs, CR/LF and stray end blocks between frames, a trailing LF after t
 block, a missing CR, frames split across reads and several frames in one read. A frame
 larger than the limit is reported as :class:`Oversize` (with its first bytes, so it can be
 stored and answered); a start block inside an unfinished frame reports the unfinished one
-as :class:`Truncated`.
+as :class:`Truncated`. A frame holding an HL7 batch (it starts with FHS or BHS) has its own
+limit, ``max_batch_size`` (``Settings.hl7_max_batch_bytes``).
 
 Bytes that are not HL7 are *junk*: anything outside frames other than the separators
 above, and frames (complete, unfinished or oversize) whose first 256 bytes carry no
@@ -35,6 +36,9 @@ _PROBE = 256
 _SEGMENT_START = re.compile(rb"[\xef\xbb\xbf\xff\xfe\x00\t\r\n ]*[A-Z][A-Z0-9]{2}[!-/:-@\[-`{-~]")
 _TEXT = re.compile(rb"[\t\r\n\x20-\x7e]*\Z")
 _PREFIX = 65536  # bytes of an oversize frame kept for its record
+#: the batch limit when the framer is not given one (``Settings.hl7_max_batch_bytes``; set at startup)
+DEFAULT_MAX_BATCH_BYTES = 16_777_216
+_BATCH_HEADS = (b"FHS", b"BHS", b"\xef\xbb\xbfFHS", b"\xef\xbb\xbfBHS")
 
 
 @dataclass(frozen=True)
@@ -84,8 +88,9 @@ def looks_like_hl7(payload: bytes) -> bool:
 class MllpFramer:
     """Feed received bytes; get complete frames (payload bytes), framing problems and junk bursts."""
 
-    def __init__(self, max_size: int = 1_048_576, junk_keep: int = 65536) -> None:
+    def __init__(self, max_size: int = 1_048_576, junk_keep: int = 65536, max_batch_size: int | None = None) -> None:
         self.max_size = max_size
+        self.max_batch_size = max(max_size, DEFAULT_MAX_BATCH_BYTES if max_batch_size is None else max_batch_size)
         self.junk_keep = junk_keep
         self._buf = bytearray()
         self._in_frame = False
@@ -156,7 +161,7 @@ class MllpFramer:
                 self._in_frame = False
                 continue
             if j < 0:
-                if len(self._buf) > self.max_size:
+                if len(self._buf) > self._limit():
                     self._oversize_prefix = bytes(self._buf[:_PREFIX])
                     self._discarding = len(self._buf)
                     self._buf.clear()
@@ -166,7 +171,7 @@ class MllpFramer:
             if end < len(self._buf) and self._buf[end : end + 1] == CR:
                 end += 1
             tail = bytes(self._buf[j:end])
-            if j > self.max_size:
+            if j > self._limit():
                 prefix = bytes(self._buf[:_PREFIX])
                 self._emit(out, Oversize(prefix, j), prefix, j, tail)
             else:
@@ -174,6 +179,16 @@ class MllpFramer:
                 self._emit(out, payload, payload, j, tail)
             del self._buf[:end]
             self._in_frame = False
+
+    def frame_limit(self) -> int:
+        """The limit of the unfinished frame being read (0 outside a frame)."""
+        return self._limit() if self._in_frame else 0
+
+    def _limit(self) -> int:
+        """The size limit of the frame being read: the batch limit when it starts like a batch."""
+        if self.max_batch_size > self.max_size and bytes(self._buf[:16]).lstrip(b"\r\n\x00 \t").startswith(_BATCH_HEADS):
+            return self.max_batch_size
+        return self.max_size
 
     def _finish_oversize(self, out: list[Item]) -> bool:
         """Skip an oversize frame's bytes; report it once its end block arrives (True)."""

@@ -154,8 +154,9 @@ def _period(seg: Seg, sf: int, df: int, uf: int) -> Json | None:
     if start is None:
         return None
     period: Json = {"start": fhir_instant(start)}
-    if dur is not None:
-        period["end"] = fhir_instant(add(start, dur))
+    end = add(start, dur) if dur is not None else None
+    if end is not None:
+        period["end"] = fhir_instant(end)
     return period
 
 

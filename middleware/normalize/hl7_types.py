@@ -58,6 +58,10 @@ CODING_SYSTEMS: dict[str, str] = {
 _TABLE_SYSTEM = re.compile(r"^HL7?(\d{4})$", re.IGNORECASE)
 _TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d{1,6})?([+-]\d{4})?$")
 _HEX = re.compile(r"^[0-9A-Fa-f]+$")
+#: HL7 NM: optional sign, digits, optional decimal point (no exponent, no "nan"/"inf")
+_NM = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
+#: the longest duration read as an appointment or encounter length (a longer one is a misfit)
+MAX_DURATION = timedelta(days=366)
 
 
 # --------------------------------------------------------------------------- context
@@ -193,7 +197,9 @@ class Seg:
     def __init__(self, segment: Any, ctx: Ctx) -> None:
         self._s = segment
         self._ctx = ctx
-        self.id = str(segment[0][0]) if len(segment) and len(segment[0]) else ""
+        first = segment[0] if len(segment) else ""
+        # python-hl7 leaves a segment with no field separator ("PV1") as a plain string
+        self.id = first if isinstance(first, str) else (str(first[0]) if len(first) else "")
 
     def reps(self, n: int) -> list[Rep]:
         """Non-empty repetitions of field ``n`` ([] if the field is absent)."""
@@ -245,7 +251,11 @@ def ts_parts(value: str) -> tuple[datetime, int, bool] | None:
     if not m:
         return None
     y, mo, d, hh, mi, ss, frac, off = m.groups()
+    if frac and not ss:
+        return None  # DTM: a fraction only after the seconds (YYYY.123 is not a time)
     digits = 4 + sum(2 for g in (mo, d, hh, mi, ss) if g) + (1 if frac else 0)
+    if not 1 < int(y) < 9999:
+        return None  # years 1 and 9999 overflow once moved to UTC or by a duration
     try:
         micro = int((frac[1:] + "000000")[:6]) if frac else 0
         dt = datetime(int(y), int(mo or 1), int(d or 1), int(hh or 0), int(mi or 0), int(ss or 0), micro)
@@ -292,13 +302,17 @@ def ts_fhir(value: str, tz: ZoneInfo, *, instant: bool = False) -> str | None:
     return fhir_instant(dt, fractional=digits > 14)
 
 
-def add(dt: datetime, delta: timedelta) -> datetime:
-    """``dt + delta`` in elapsed time (through UTC), shown in ``dt``'s zone.
+def add(dt: datetime, delta: timedelta) -> datetime | None:
+    """``dt + delta`` in elapsed time (through UTC), shown in ``dt``'s zone; ``None``
+    when the result is outside the years Python can represent.
 
     Plain ``+`` on a ZoneInfo datetime is wall-clock arithmetic and would give a
     wrong end for an appointment that spans a DST change.
     """
-    return (dt.astimezone(timezone.utc) + delta).astimezone(dt.tzinfo)
+    try:
+        return (dt.astimezone(timezone.utc) + delta).astimezone(dt.tzinfo)
+    except OverflowError:
+        return None
 
 
 def elapsed(start: datetime, end: datetime) -> timedelta:
@@ -312,29 +326,42 @@ def fhir_instant(dt: datetime, fractional: bool = False) -> str:
     return s
 
 
-def duration(amount: str, units: str) -> timedelta | None:
-    """NM amount + CE units (ISO+/ANSI: s, min, h, d, wk; default minutes) -> timedelta."""
-    try:
-        n = float(amount)
-    except ValueError:
+def nm_value(amount: str) -> float | None:
+    """An HL7 NM value as a float; ``None`` unless it is one (``1e3``, ``nan``, ``inf`` are not)."""
+    a = amount.strip()
+    if len(a) > 32 or not _NM.match(a):
         return None
-    u = units.strip().lower()
-    if u in ("", "m", "min", "mins", "minute", "minutes", "mn"):
-        return timedelta(minutes=n)
-    if u in ("s", "sec", "second", "seconds"):
-        return timedelta(seconds=n)
-    if u in ("h", "hr", "hrs", "hour", "hours"):
-        return timedelta(hours=n)
-    if u in ("d", "day", "days"):
-        return timedelta(days=n)
-    if u in ("w", "wk", "week", "weeks"):
-        return timedelta(weeks=n)
-    return None
+    return float(a)
+
+
+_UNIT_SECONDS: dict[str, float] = {
+    **dict.fromkeys(("", "m", "min", "mins", "minute", "minutes", "mn"), 60.0),
+    **dict.fromkeys(("s", "sec", "second", "seconds"), 1.0),
+    **dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0),
+    **dict.fromkeys(("d", "day", "days"), 86400.0),
+    **dict.fromkeys(("w", "wk", "week", "weeks"), 604800.0),
+}
+
+
+def duration(amount: str, units: str) -> timedelta | None:
+    """NM amount + CE units (ISO+/ANSI: s, min, h, d, wk; default minutes) -> timedelta.
+
+    ``None`` (never an exception) for an amount that is not an NM, unknown units, or a
+    length that is negative or over :data:`MAX_DURATION`.
+    """
+    n = nm_value(amount)
+    per = _UNIT_SECONDS.get(units.strip().lower())
+    if n is None or per is None:
+        return None
+    seconds = n * per
+    if not 0 <= seconds <= MAX_DURATION.total_seconds():
+        return None
+    return timedelta(seconds=seconds)
 
 
 def tq_duration(value: str) -> timedelta | None:
     """TQ-3 duration (``S10``, ``M30``, ``H1``, ``D2``, ``W1``) -> timedelta."""
-    m = re.match(r"^([SMHDW])(\d+(?:\.\d+)?)$", value.strip().upper())
+    m = re.match(r"^([SMHDW])(\d{1,16}(?:\.\d{1,6})?)$", value.strip().upper())
     if not m:
         return None
     unit = {"S": "s", "M": "min", "H": "h", "D": "d", "W": "wk"}[m.group(1)]

@@ -99,3 +99,16 @@ def test_pending_reports_unfinished_frame_at_close():
     f = MllpFramer()
     assert f.feed(b"\x0b" + MSG[:30]) == []
     assert f.pending() == MSG[:30]
+
+
+def test_a_frame_holding_a_batch_has_the_batch_limit():
+    from middleware.listeners.mllp_framing import MllpFramer, Oversize, frame
+
+    batch = b"BHS|^~\\&|A|B\r" + b"MSH|^~\\&|A|B|||x||ADT^A01|1|P|2.5\r" * 40 + b"BTS|40\r"
+    single = b"MSH|^~\\&|A|B|||x||ADT^A01|1|P|2.5\r" + b"Z" * len(batch)
+    f = MllpFramer(max_size=1000, max_batch_size=100_000)
+    assert f.feed(frame(batch)[:700]) == [] and f.feed(frame(batch)[700:]) == [batch]
+    out = f.feed(frame(single))
+    assert len(out) == 1 and isinstance(out[0], Oversize)
+    small = MllpFramer(max_size=1000, max_batch_size=1200)
+    assert isinstance(small.feed(frame(batch))[0], Oversize)
