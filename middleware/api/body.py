@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Callable, Any
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+#: Bytes of a body's start that :func:`read_capped`'s ``narrow`` sees (BOM, blank lines and a segment id).
+NARROW_PROBE_BYTES = 64
 #: How much of a refused body is stored for inspection (64 KiB, like the MLLP framer's prefix).
 KEEP_PREFIX_BYTES = 65_536
 
@@ -55,8 +57,13 @@ def declared_length(request: Request) -> int | None:
     return int(value)
 
 
-async def read_capped(request: Request, limit: int) -> CappedBody:
-    """Read the body, stopping past ``limit`` bytes; see :class:`CappedBody`."""
+async def read_capped(request: Request, limit: int, narrow: Callable[[bytes], int] | None = None) -> CappedBody:
+    """Read the body, stopping past ``limit`` bytes; see :class:`CappedBody`.
+
+    ``narrow``, when given, is asked once for the limit of this body from its first
+    :data:`NARROW_PROBE_BYTES` bytes (e.g. an HL7 batch has a larger limit than one message);
+    the answer is capped at ``limit``.
+    """
     declared = declared_length(request)
     if declared is not None and declared > limit:
         prefix = b""
@@ -64,8 +71,15 @@ async def read_capped(request: Request, limit: int) -> CappedBody:
             prefix = await _prefix(request, KEEP_PREFIX_BYTES)
         return CappedBody(prefix, True, declared, limit)
     buf = bytearray()
+    decided = narrow is None
     async for chunk in request.stream():
         buf += chunk
+        if not decided and len(buf) >= NARROW_PROBE_BYTES:
+            limit, decided = min(limit, narrow(bytes(buf[:NARROW_PROBE_BYTES]))), True  # type: ignore[misc]
+        if len(buf) > limit:
+            return CappedBody(bytes(buf[:KEEP_PREFIX_BYTES]), True, len(buf), limit)
+    if not decided and narrow is not None:
+        limit = min(limit, narrow(bytes(buf)))
         if len(buf) > limit:
             return CappedBody(bytes(buf[:KEEP_PREFIX_BYTES]), True, len(buf), limit)
     return CappedBody(bytes(buf), False, len(buf), limit)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request, Response
 
 from ..listeners.hl7_ingest import ingest_hl7
 from ..normalize.hl7_batch import is_batch
-from .body import KEEP_PREFIX_BYTES, CappedBody, read_capped
+from .body import CappedBody, read_capped
 from .deps import TokenDep
 from .refusals import BATCH_LIMIT_SETTING, HL7_LIMIT_SETTING, refuse_hl7
 
@@ -23,13 +23,16 @@ async def post_hl7v2(request: Request) -> Response:
     rt = request.app.state.runtime
     single = rt.settings.http_max_hl7_bytes
     batch_limit = max(single, rt.settings.hl7_max_batch_bytes)
-    # read up to the larger (batch) limit; a body that is not an HL7 batch has the single-message one
-    body = await read_capped(request, batch_limit)
-    batch = is_batch(body.data)
-    limit, setting = (batch_limit, BATCH_LIMIT_SETTING) if batch else (single, HL7_LIMIT_SETTING)
-    if body.oversize or body.size > limit:
-        refused = CappedBody(body.data[:KEEP_PREFIX_BYTES], True, body.size, limit)
-        return await refuse_hl7(refused, sources=rt.sources, writer=rt.writer, setting=setting)
+
+    def limit_for(start: bytes) -> int:  # an HL7 batch (FHS/BHS) has its own, larger limit
+        return batch_limit if is_batch(start) else single
+
+    body = await read_capped(request, batch_limit, narrow=limit_for)
+    setting = BATCH_LIMIT_SETTING if is_batch(body.data) else HL7_LIMIT_SETTING
+    if body.oversize:
+        limit = limit_for(body.data) if body.data else body.limit
+        return await refuse_hl7(CappedBody(body.data, True, body.size, limit), sources=rt.sources,
+                                writer=rt.writer, setting=setting)
     raw = body.data
     ans = await ingest_hl7(raw, channel="http", port=None, sources=rt.sources, writer=rt.writer)
     status = 503 if ans.status == "not-stored" else 200
