@@ -101,6 +101,11 @@ class MllpListenerConfig(_Strict):
     junk_keep_bytes: int = Field(
         default=65536, ge=0, description="bytes of a burst outside frames kept in its errored record; the rest is counted"
     )
+    max_junk_frames: int = Field(
+        default=16, ge=1,
+        description="complete non-HL7 frames (each stored and answered AE) one connection may send; "
+        "then it is closed as not an HL7 peer and the rest of its bytes is one errored record",
+    )
     tls: ListenerTls | None = None
     proxy_protocol: ProxyProtocolSettings | None = None
 

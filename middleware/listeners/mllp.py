@@ -22,7 +22,9 @@ written in one ``transport.write``. Bounds on memory per connection:
 * bytes held per connection (unfinished frame + frames waiting for storage) and in total are
   bounded: beyond ``max_buffered_bytes_per_connection`` reading pauses; beyond
   ``max_buffered_bytes_total`` a connection holding an unfinished frame is closed, others pause;
-* bytes that are not HL7 are coalesced into one errored record per burst (``mllp_framing``).
+* bytes that are not HL7 are coalesced into one errored record per burst (``mllp_framing``);
+  a complete non-HL7 frame ends its burst and is answered AE once that record is stored;
+  after ``max_junk_frames`` of them the connection is closed as "not an HL7 peer".
 
 The memory bound is stated in docs/operations.md.
 """
@@ -39,7 +41,7 @@ from typing import cast, Callable
 
 from ..config.listeners import MllpListenerConfig, address_in, networks
 from ..config.sources import Sources
-from ..normalize.hl7_peek import Hl7Problem, peek
+from ..normalize.hl7_peek import Hl7Problem, Peek, peek
 from ..storage.inbox import InboundRecord, InboxWriter, StoreResult
 from .hl7_ack import build_ack
 from .hl7_ingest import IngestAnswer, encode_ack, submit_hl7
@@ -68,6 +70,8 @@ class MllpStats:
 _PROXY_HEADER_MAX = 4096
 _TRUNCATED_KEEP = 65536  # a v2 header with TLVs; longer is refused
 _LOG_EVERY_S = 5.0
+_NOT_HL7 = "not an HL7 v2 message"
+_NEUTRAL = Peek(version="2.5")  # the answer to a frame with no MSH: HL7 v2.5 form, original mode, no MSA-2
 
 
 class _ThrottledLog:
@@ -217,11 +221,18 @@ class MllpListener:
         more = f" ({len(item.data)} bytes, first {len(data)} kept)" if len(data) < len(item.data) else ""
         return self._problem_record(data, "truncated frame: " + item.reason + more)
 
-    def _junk_record(self, item: Junk) -> InboundRecord:
+    def _junk_record(self, item: Junk, ack: bytes | None = None) -> InboundRecord:
         text = f"{item.size} bytes outside MLLP frames or not HL7 (first {len(item.data)} kept, {item.dropped} dropped)"
+        if item.frame:
+            text += "; ends with a complete frame that is " + _NOT_HL7 + ", answered AE"
         self.stats.junk_records += 1
         self.stats.junk_bytes += item.size
-        return self._problem_record(item.data, text)
+        return self._problem_record(item.data, text, ack=ack)
+
+    def _junk_ack(self) -> bytes:
+        """AE with ERR (table 0357 code 100: the first segment is not MSH) and an empty MSA-2."""
+        problem = Hl7Problem("100", _NOT_HL7, "MSH", 1)
+        return encode_ack(build_ack(_NEUTRAL, "error", [problem]), _NEUTRAL)
 
     def _oversize(self, item: Oversize) -> tuple[InboundRecord, bytes]:
         text = f"message of {item.size} bytes exceeds the {self.max_message_bytes}-byte limit"
@@ -261,7 +272,9 @@ class _MllpConnection(asyncio.Protocol):
         self.writer = listener.writer
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.framer = MllpFramer(listener.max_message_bytes, listener.config.junk_keep_bytes)
+        self.framer = MllpFramer(listener.max_message_bytes, listener.config.junk_keep_bytes,
+                                 max_junk_frames=listener.config.max_junk_frames)
+        self.rejected = False  # max_junk_frames reached: answer what is pending, then close
         self.slots: deque[_Slot] = deque()  # frames not yet answered, oldest first
         self.held: deque[Item] = deque()  # frames waiting for inbox room, oldest first
         self.admitted = False
@@ -498,7 +511,7 @@ class _MllpConnection(asyncio.Protocol):
         items = self.framer.feed(data)
         writer = self.writer
         for item in items:
-            if not isinstance(item, Junk):
+            if not isinstance(item, Junk) or item.frame:
                 self.listener.stats.frames += 1
             if self.held or not writer.has_room():
                 if not self.held:
@@ -509,8 +522,23 @@ class _MllpConnection(asyncio.Protocol):
             else:
                 self._submit(item)
         self._account()
+        if self.framer.gave_up and not self.rejected:
+            self._reject_peer()
+            return
         self._enforce_buffer_caps()
         self._update_reading()
+
+    def _reject_peer(self) -> None:
+        """``max_junk_frames`` reached: stop reading, answer the frames pending, then close
+        (the bytes after the last junk frame are one record, stored at close)."""
+        self.rejected = True
+        self.listener._closed_by_limit("not an HL7 peer (max_junk_frames)")
+        self._update_reading()
+        self._close_when_answered()
+
+    def _close_when_answered(self) -> None:
+        if self.rejected and not self.slots and not self.held and not self.closed and self.transport is not None:
+            self.transport.close()
 
     def _enforce_buffer_caps(self) -> None:
         """Close a connection whose unfinished frame does not fit the per-connection or total cap."""
@@ -568,11 +596,21 @@ class _MllpConnection(asyncio.Protocol):
                 slot.done = True
                 self._schedule_flush()
 
+        elif isinstance(item, Junk) and item.frame:
+            junk_ack = listener._junk_ack()
+            rec = listener._junk_record(item, junk_ack)
+
+            def done(res: StoreResult, slot: _Slot = slot, ack: bytes = junk_ack) -> None:
+                stats.acks["error"] = stats.acks.get("error", 0) + 1
+                slot.ack = ack  # the burst ends with a complete frame: answered after its commit
+                slot.done = True
+                self._schedule_flush()
+
         elif isinstance(item, Junk):
             rec = listener._junk_record(item)
 
             def done(res: StoreResult, slot: _Slot = slot) -> None:
-                slot.done = True  # no answer: junk has no MSH-10
+                slot.done = True  # no answer: bytes outside frames have no frame to answer
                 self._schedule_flush()
 
         else:
@@ -604,7 +642,7 @@ class _MllpConnection(asyncio.Protocol):
         if self.closed or self.eof or not self.admitted or self.transport is None:
             return  # after EOF the transport has stopped reading for good
         listener = self.listener
-        pause = (self.write_paused or bool(self.held) or len(self.slots) >= listener.max_inflight
+        pause = (self.rejected or self.write_paused or bool(self.held) or len(self.slots) >= listener.max_inflight
                  or self.buffered >= listener.max_conn_bytes)
         if not pause and listener.over_total():
             pause = True  # woken by the listener when the total falls below its cap
@@ -651,6 +689,9 @@ class _MllpConnection(asyncio.Protocol):
         if self.eof and not slots:
             assert self.transport is not None
             self.transport.close()
+            return
+        if self.rejected:
+            self._close_when_answered()
             return
         self._update_reading()
 

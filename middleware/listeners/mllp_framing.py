@@ -12,11 +12,15 @@ above, and frames (complete, unfinished or oversize) whose first 256 bytes carry
 ``MSH``, ``FHS`` or ``BHS`` header (first, in ASCII, UTF-8, UTF-16 or UTF-32, or after a line
 end) and that do not begin like an
 HL7 segment (three letters or digits and a delimiter, after a BOM or whitespace): random
-bytes, a port scanner, TLS or HTTP sent to the plain port. A run of junk between two HL7 frames is one *burst*,
-reported once as :class:`Junk` — when the next HL7 item arrives or at :meth:`MllpFramer.finish`
-— with its first ``junk_keep`` bytes intact and the size of the whole burst, so one
-megabyte of random bytes is one stored record, not one per stray ``0x0B``. Junk gets no
-ACK: there is no MSH-10 to answer.
+bytes, a port scanner, TLS or HTTP sent to the plain port. Consecutive junk is one *burst*,
+reported once as :class:`Junk` with its first ``junk_keep`` bytes intact and the size of the
+whole burst, so a megabyte of random bytes is a few records, not one per stray ``0x0B``.
+A burst ends when the next HL7 item arrives, at :meth:`MllpFramer.finish`, or with a
+*complete* non-HL7 frame (start block ... end block): that frame is the burst's last part
+and the :class:`Junk` has ``frame=True`` — the listener answers it (AE), once its record is
+stored. Bytes outside frames get no answer (there is no frame to answer).
+After ``max_junk_frames`` complete non-HL7 frames the framer gives up (:attr:`MllpFramer.gave_up`,
+"not an HL7 peer"): every later byte joins one last burst, reported at :meth:`MllpFramer.finish`.
 """
 from __future__ import annotations
 
@@ -59,6 +63,7 @@ class Junk:
 
     data: bytes
     size: int
+    frame: bool = False  # the burst ends with a complete non-HL7 frame, which is answered
 
     @property
     def dropped(self) -> int:
@@ -88,8 +93,12 @@ def looks_like_hl7(payload: bytes) -> bool:
 class MllpFramer:
     """Feed received bytes; get complete frames (payload bytes), framing problems and junk bursts."""
 
-    def __init__(self, max_size: int = 1_048_576, junk_keep: int = 65536, max_batch_size: int | None = None) -> None:
+    def __init__(self, max_size: int = 1_048_576, junk_keep: int = 65536, max_batch_size: int | None = None,
+                 max_junk_frames: int | None = None) -> None:
         self.max_size = max_size
+        self.max_junk_frames = max_junk_frames  # None: never give up
+        self.junk_frames = 0  # complete non-HL7 frames so far
+        self.gave_up = False  # max_junk_frames reached: the rest is one junk burst
         self.max_batch_size = max(max_size, DEFAULT_MAX_BATCH_BYTES if max_batch_size is None else max_batch_size)
         self.junk_keep = junk_keep
         self._buf = bytearray()
@@ -117,27 +126,39 @@ class MllpFramer:
             self._junk += data[:room]
         self._junk_size += len(data)
 
-    def _take_junk(self, out: list[Item]) -> None:
+    def _take_junk(self, out: list[Item], frame: bool = False) -> None:
         if self._junk_size:
-            out.append(Junk(bytes(self._junk), self._junk_size))
+            out.append(Junk(bytes(self._junk), self._junk_size, frame))
             self._junk.clear()
             self._junk_size = 0
 
-    def _emit(self, out: list[Item], item: Item, probe: bytes, size: int, tail: bytes = b"") -> None:
+    def _emit(self, out: list[Item], item: Item, probe: bytes, size: int, tail: bytes = b"",
+              complete: bool = False) -> None:
         """An HL7 item goes out after the junk before it; a non-HL7 one (``size`` bytes of which
-        ``probe`` is the start, then ``tail``) joins the burst with its start block."""
+        ``probe`` is the start, then ``tail``) joins the burst with its start block, and a
+        complete one (its end block seen) ends the burst, to be answered."""
         if looks_like_hl7(probe):
             self._take_junk(out)
             out.append(item)
             return
         self._add_junk(SB + probe + tail)
         self._junk_size += size - len(probe)  # an oversize frame's bytes beyond its prefix
+        if complete:
+            self._take_junk(out, frame=True)
+            self.junk_frames += 1
+            if self.max_junk_frames is not None and self.junk_frames >= self.max_junk_frames:
+                self.gave_up = True
 
     # -- framing ---------------------------------------------------------------------
     def feed(self, data: bytes) -> list[Item]:
         out: list[Item] = []
         self._buf += data
         while True:
+            if self.gave_up:  # not an HL7 peer: keep the rest as one burst, frame nothing more
+                self._add_junk(self._buf)
+                self._buf.clear()
+                self._in_frame = False
+                return out
             if not self._in_frame:
                 i = self._buf.find(SB)
                 if i < 0:
@@ -173,10 +194,10 @@ class MllpFramer:
             tail = bytes(self._buf[j:end])
             if j > self._limit():
                 prefix = bytes(self._buf[:_PREFIX])
-                self._emit(out, Oversize(prefix, j), prefix, j, tail)
+                self._emit(out, Oversize(prefix, j), prefix, j, tail, complete=True)
             else:
                 payload = bytes(self._buf[:j])
-                self._emit(out, payload, payload, j, tail)
+                self._emit(out, payload, payload, j, tail, complete=True)
             del self._buf[:end]
             self._in_frame = False
 
@@ -199,7 +220,7 @@ class MllpFramer:
             return False
         self._discarding += j
         prefix = self._oversize_prefix
-        self._emit(out, Oversize(prefix, self._discarding), prefix, self._discarding, EB)
+        self._emit(out, Oversize(prefix, self._discarding), prefix, self._discarding, EB, complete=True)
         del self._buf[: j + 1]
         self._in_frame = False
         self._discarding = 0

@@ -1,5 +1,6 @@
 """Property-based fuzzing of the MLLP framer and of a running listener on a real socket:
-every frame gets exactly one answer, in order, and its bytes are stored unchanged."""
+every complete frame gets exactly one answer, in order (its HL7 ACK, or AE with an empty
+MSA-2 when it is not HL7), bytes outside frames get none, and every byte is stored unchanged."""
 from __future__ import annotations
 
 import asyncio
@@ -13,14 +14,14 @@ from hypothesis import strategies as st
 
 from middleware.config.sources import Sources
 from middleware.listeners.mllp import MllpListener
-from middleware.listeners.mllp_framing import MllpFramer, frame
+from middleware.listeners.mllp_framing import Junk, MllpFramer, frame, looks_like_hl7
 from middleware.normalize.hl7_batch import is_batch
 from middleware.storage.db import init_db, make_engine
 from middleware.storage.inbox import InboxWriter
 from tests.fuzz.strategies import mllp_payloads
-from tests.support.hostile_hl7 import check_batch_answer, check_single_answer
+from tests.support.hostile_hl7 import check_batch_answer, check_single_answer, msa
 
-_junk = st.binary(max_size=8).map(lambda b: b.replace(b"\x0b", b""))
+_junk = st.binary(max_size=8).map(lambda b: b.replace(b"\x0b", b""))  # bytes outside frames (no start block)
 
 
 @settings(max_examples=300)
@@ -32,7 +33,23 @@ def test_framer_yields_each_frame_once_whatever_the_reads(payloads: list[bytes],
     items: list[object] = []
     for a, b in zip([0, *cuts], [*cuts, len(stream)]):
         items += framer.feed(stream[a:b])
-    assert items == payloads
+    items += framer.finish("closed")
+    # one answered item per complete frame, in order: the payload when it is HL7, else the
+    # junk burst it ends (the bytes outside frames before it, then the frame, unchanged)
+    answered = [i for i in items if not isinstance(i, Junk) or i.frame]
+    assert len(answered) == len(payloads)
+    for p, item in zip(payloads, answered):
+        if looks_like_hl7(p):
+            assert item == p
+        else:
+            assert isinstance(item, Junk) and item.frame
+            # the CR after the end block is the frame's when it came in the same read (it is optional)
+            whole = item.data.removesuffix(b"\r").endswith(b"\x0b" + p + b"\x1c")
+            assert whole or (item.dropped and len(frame(p)) > framer.junk_keep)
+    for item in items:  # bytes outside frames: kept unchanged (a burst's first bytes), never answered
+        if isinstance(item, Junk):
+            assert item.data in stream and item.size >= len(item.data)
+    assert not framer.busy()
 
 
 async def _exchange(payloads: list[bytes], db: Path) -> list[bytes]:
@@ -65,14 +82,20 @@ def test_a_running_listener_answers_every_frame_and_stores_its_bytes(payloads: l
         db = Path(d) / "f.db"
         answers = asyncio.run(_exchange(payloads, db))
         for raw, ans in zip(payloads, answers):
-            if is_batch(raw):
+            if not looks_like_hl7(raw):  # a complete frame that is not HL7: AE, ERR, no MSH-10 to echo
+                assert msa(ans)[1:3] == ["AE", ""] and b"\rERR|" in ans
+            elif is_batch(raw):
                 check_batch_answer(raw, ans)
             else:
                 check_single_answer(raw, ans)
         con = sqlite3.connect(db)
         try:
-            hashes = {h: bytes(raw) for raw, h in con.execute("SELECT raw, sha256 FROM inbound_message")}
+            stored = [bytes(raw) for (raw,) in con.execute("SELECT raw FROM inbound_message")]
         finally:
             con.close()
+        hashes = {hashlib.sha256(raw).hexdigest(): raw for raw in stored}
         for raw in payloads:
-            assert hashes[hashlib.sha256(raw).hexdigest()] == raw
+            if looks_like_hl7(raw):
+                assert hashes[hashlib.sha256(raw).hexdigest()] == raw
+            else:  # its junk record: the frame as received (nothing outside frames was sent here)
+                assert any(s in (frame(raw)[:65536], frame(raw)[:-1][:65536]) for s in stored)

@@ -1,6 +1,7 @@
 """The MLLP listener under hostile peers, on real loopback sockets, under both event loops:
 connection caps that close on accept (per listener, per address), the frame deadline, the
-buffered-byte caps, junk coalesced into one record per burst."""
+buffered-byte caps, junk coalesced into one record per burst, complete non-HL7 frames answered
+AE until ``max_junk_frames``, then the connection closed as not an HL7 peer."""
 from __future__ import annotations
 
 import asyncio
@@ -132,28 +133,76 @@ async def test_unfinished_frames_beyond_the_total_buffer_cap_are_closed(mllp):
         x.close()
 
 
-async def test_one_megabyte_of_random_bytes_is_one_record_and_real_frames_keep_their_answers(mllp):
+async def _read_answers(r: asyncio.StreamReader, out: list[bytes]) -> None:
+    """Collect answers until the server closes (queued answers are read before a reset)."""
+    try:
+        while True:
+            out.append((await r.readuntil(b"\x1c\r")).strip(b"\x0b\x1c\r"))
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+
+
+async def test_one_megabyte_of_random_bytes_makes_at_most_max_junk_frames_plus_one_records(mllp):
+    """~890 rows before (one per stray 0x0B). Each complete non-HL7 frame is answered AE after its
+    burst's record is stored; after max_junk_frames (16 by default) the connection is closed as
+    not an HL7 peer and what it sent after the last one is one more record."""
     h = await mllp()
+    assert h.listener.config.max_junk_frames == 16
     data = random.Random(11).randbytes(1_000_000)
     assert data.count(b"\x0b") > 3000
+    r, w = await asyncio.open_connection("127.0.0.1", h.port)
+    answers: list[bytes] = []
+    reader = asyncio.create_task(_read_answers(r, answers))
+    w.write(frame(siu("S12", control="J-1")))
+    try:
+        for i in range(0, len(data), 65536):
+            w.write(data[i:i + 65536])
+            await asyncio.wait_for(w.drain(), 10)
+    except (ConnectionResetError, BrokenPipeError):
+        pass  # closed by the server
+    await asyncio.wait_for(reader, 10)
+    w.close()
+    assert msa(answers[0])[1:3] == ["AA", "J-1"]
+    junk_answers = answers[1:]
+    assert len(junk_answers) == 16, len(junk_answers)  # one per complete non-HL7 frame, no more
+    assert all(msa(a)[1:3] == ["AE", ""] and b"\rERR|" in a and b"not an HL7 v2 message" in a for a in junk_answers)
+    assert h.listener.stats.closed == {"not an HL7 peer (max_junk_frames)": 1}
+    await h.wait_open(0)
+    rows = await h.wait_rows(18)
+    await asyncio.sleep(0.2)
+    rows = h.rows()
+    assert len(rows) == 1 + 16 + 1, [(c, s, e, r[:40]) for c, s, e, _, r in rows]  # J-1, 16 junk frames, the rest
+    junk = rows[1:]
+    assert all(row[1] == "failed" and "outside MLLP frames" in row[2] and len(row[4]) <= 65536 for row in junk)
+    assert sum("answered AE" in row[2] for row in junk) == 16 and "answered AE" not in junk[-1][2]
+    assert data.startswith(b"".join(row[4] for row in junk[:16]))  # stored unchanged, in order
+    # a real sender on a new connection is answered
+    r2, w2 = await asyncio.open_connection("127.0.0.1", h.port)
+    w2.write(frame(siu("S12", control="J-2")))
+    assert msa((await read_acks(r2, 1))[0])[1:3] == ["AA", "J-2"]
+    w2.close()
+
+
+async def test_a_megabyte_of_bytes_outside_frames_is_one_record_and_real_frames_keep_their_answers(mllp):
+    h = await mllp()
+    data = random.Random(11).randbytes(1_000_000).replace(b"\x0b", b"")  # no start block: no frame
     r, w = await asyncio.open_connection("127.0.0.1", h.port)
     w.write(frame(siu("S12", control="J-1")))
     for i in range(0, len(data), 65536):
         w.write(data[i:i + 65536])
         await w.drain()
-    w.write(b"\x1c\r")  # end whatever random frame is open
     w.write(frame(siu("S12", control="J-2")))
     await w.drain()
     acks = await read_acks(r, 2)
-    assert [msa(a)[2] for a in acks] == ["J-1", "J-2"]
+    assert [msa(a)[1:3] for a in acks] == [["AA", "J-1"], ["AA", "J-2"]]  # nothing for the junk
     w.close()
-    rows = await h.wait_rows(3)
+    await h.wait_rows(3)
     await asyncio.sleep(0.2)
     rows = h.rows()
-    assert len(rows) <= 4, [(c, s, e, r[:40]) for c, s, e, _, r in rows]  # not ~890 (one per stray 0x0B)
-    junk = [row for row in rows if row[2] and "outside MLLP frames" in row[2]]
-    assert junk and sum(len(row[4]) for row in junk) <= 2 * 65536
-    assert h.listener.stats.junk_bytes >= 990_000
+    assert len(rows) == 3, [(c, s, e, r[:40]) for c, s, e, _, r in rows]
+    (junk,) = [row for row in rows if row[2] and "outside MLLP frames" in row[2]]
+    assert junk[4] == data[:65536] and f"{len(data)} bytes" in junk[2]
+    assert h.listener.stats.junk_bytes == len(data) and h.listener.stats.closed == {}
 
 
 async def test_a_connection_closed_mid_frame_stores_at_most_64_kib_of_it(mllp):

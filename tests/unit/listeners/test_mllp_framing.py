@@ -33,26 +33,57 @@ def test_nuls_and_line_ends_between_frames_are_not_junk():
     assert f.finish("closed") == [] and not f.busy()
 
 
-def test_random_bytes_are_one_junk_burst_with_raw_bytes_up_to_the_cap():
+def test_random_bytes_are_junk_bursts_each_ended_by_a_complete_frame_and_no_byte_is_lost():
     data = random.Random(7).randbytes(1_000_000)
     assert data.count(b"\x0b") > 3000  # thousands of stray start blocks
-    f = MllpFramer(junk_keep=4096)
+    f = MllpFramer(junk_keep=2_000_000)
     out = []
     for i in range(0, len(data), 1000):
         out += f.feed(data[i:i + 1000])
-    out += f.feed(frame(MSG))  # a real frame ends the burst
-    assert len(out) == 2 and out[1] == MSG
-    junk = out[0]
-    assert isinstance(junk, Junk)
-    assert junk.size == len(data) and junk.data == data[:4096] and junk.dropped == len(data) - 4096
+    out += f.feed(frame(MSG))  # a real frame ends the last burst
+    assert out[-1] == MSG
+    bursts = out[:-1]
+    assert bursts and all(isinstance(j, Junk) and j.dropped == 0 for j in bursts)
+    assert b"".join(j.data for j in bursts) == data  # every byte, in order, once
+    # each burst but the last ends with a complete non-HL7 frame (to be answered); one per frame
+    assert all(j.frame and j.data.endswith((b"\x1c", b"\x1c\r")) for j in bursts[:-1])
+    assert sum(j.frame for j in bursts) == f.junk_frames > 100
 
 
-def test_junk_burst_reported_at_finish():
+def test_junk_burst_keeps_its_first_bytes_and_counts_the_rest():
+    data = b"\x01" * 10_000  # no frame at all: one burst
+    f = MllpFramer(junk_keep=4096)
+    assert f.feed(data) == []
+    (junk,) = f.feed(frame(MSG))[:1]
+    assert junk == Junk(data[:4096], 10_000) and junk.dropped == 10_000 - 4096
+
+
+def test_bytes_outside_frames_join_a_complete_non_hl7_frame_which_ends_the_burst():
     f = MllpFramer()
-    assert f.feed(b"\x0bGET / HTTP/1.1\r\n\x1c\r\x0b\x16\x03\x01") == []
+    assert f.feed(b"\x0bGET / HTTP/1.1\r\n\x1c\r\x0b\x16\x03\x01") == [
+        Junk(b"\x0bGET / HTTP/1.1\r\n\x1c\r", 19, frame=True)]
     assert f.busy()
     (junk,) = f.finish("closed")
-    assert junk == Junk(b"\x0bGET / HTTP/1.1\r\n\x1c\x0b\x16\x03\x01", 23) or junk.size == len(junk.data)
+    assert junk == Junk(b"\x0b\x16\x03\x01", 4)  # unfinished: not a complete frame, no answer
+    f2 = MllpFramer()
+    assert f2.feed(b"noise" + frame(b"") + frame(MSG)) == [Junk(b"noise\x0b\x1c\r", 8, frame=True), MSG]
+
+
+def test_an_oversize_non_hl7_frame_is_a_complete_junk_frame():
+    f = MllpFramer(max_size=100, junk_keep=65536)
+    (junk,) = f.feed(b"\x0b" + b"z" * 1000 + b"\x1c\r")
+    assert junk.frame and junk.size == 1003 and not f.busy()
+
+
+def test_after_max_junk_frames_the_framer_gives_up_and_keeps_the_rest_as_one_burst():
+    f = MllpFramer(max_junk_frames=3)
+    rest = frame(MSG) + b"\x0bxyz\x1c\r" + b"more"
+    out = f.feed(frame(b"a") + b"x" + frame(b"b") + frame(b"c") + rest)
+    assert [j.frame for j in out] == [True, True, True] and f.gave_up
+    assert out[1] == Junk(b"x\x0bb\x1c\r", 5, frame=True)
+    assert f.feed(b"later") == []
+    (last,) = f.finish("closed")
+    assert last == Junk(rest + b"later", len(rest) + 5)  # unchanged, nothing framed, no answer
 
 
 def test_hl7_in_utf16_or_after_a_bom_is_not_junk():
