@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
 
 
 class StoredRecord(Protocol):

@@ -222,8 +222,10 @@ class Runtime:
             # the scheduler polls often enough that a trigger fires well within a second of its due time
             sched_every = min(1.0, 2 * poll)
             tasks += [
-                asyncio.create_task(self._loop(self.wake_process, lambda: asyncio.to_thread(self.processor.run_once), poll if standalone else poll * 5, "process")),
-                asyncio.create_task(self._loop(self.wake_schedule, lambda: asyncio.to_thread(self.scheduler.fire_due), sched_every, "schedule")),
+                asyncio.create_task(self._loop(self.wake_process, lambda: asyncio.to_thread(self.processor.run_once),
+                                               poll if standalone else poll * 5, "process")),
+                asyncio.create_task(self._loop(self.wake_schedule, lambda: asyncio.to_thread(self.scheduler.fire_due),
+                                               sched_every, "schedule")),
                 asyncio.create_task(self._loop(self.wake_deliver, self.delivery.run_once, 1.0, "deliver")),
                 asyncio.create_task(self._retention_loop(), name="retention"),
                 asyncio.create_task(self._reconcile(), name="fhir-reconcile"),

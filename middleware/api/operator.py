@@ -35,7 +35,8 @@ def _page(session: Session, table: Any, *, limit: int, before_id: int | None, **
 
 
 @router.get("/api/messages")
-def messages(request: Request, status: str | None = None, source: str | None = None, limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
+def messages(request: Request, status: str | None = None, source: str | None = None, limit: int = Query(100, le=1000),
+             before_id: int | None = None) -> dict[str, Any]:
     with Session(_engine(request)) as s:
         rows = _page(s, InboundMessage, limit=limit, before_id=before_id, status=status, source=source)
         return {"items": [

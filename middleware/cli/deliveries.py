@@ -43,7 +43,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'id':>6} {'status':<12} {'destination':<16} {'rule':<28} {'att':>3}  last error")
     for r in rows:
-        print(f"{r['id']:>6} {r['status']:<12} {r['destination']:<16} {str(r['rule_id'])[:28]:<28} {r['attempts']:>3}  {(r['last_error'] or '')[:80]}")
+        print(f"{r['id']:>6} {r['status']:<12} {r['destination']:<16} {str(r['rule_id'])[:28]:<28} {r['attempts']:>3}  "
+              f"{(r['last_error'] or '')[:80]}")
     return 0
 
 

@@ -61,7 +61,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                        "resource": orjson.loads(e.resource), "rules": []})
             if step.result.note and not step.result.events and not args.json:
                 print(f"{f}: {step.result.note}")
-        fired = dry.fire_until(now + timedelta(days=args.horizon_days)) if args.horizon_days else []
+        if args.horizon_days:
+            dry.fire_until(now + timedelta(days=args.horizon_days))
         rows = dry.triggers()
         timeline = [{"id": t.id, "rule": t.rule_id, "trigger": t.name, "status": t.status, "reason": t.reason,
                      "due_at": _iso(t.due_at), "fired_at": _iso(t.fired_at)} for t in rows]

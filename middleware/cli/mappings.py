@@ -88,7 +88,8 @@ def cmd_reload(args: argparse.Namespace) -> int:
         detail = r.json().get("detail", {})
         for e in detail.get("errors", []) if isinstance(detail, dict) else [str(detail)]:
             print(e, file=sys.stderr)
-        print(f"reload refused; still running version {detail.get('running_version') if isinstance(detail, dict) else '?'}", file=sys.stderr)
+        running = detail.get('running_version') if isinstance(detail, dict) else '?'
+        print(f"reload refused; still running version {running}", file=sys.stderr)
         return 1
     print(f"reloaded: version {r.json()['version']}")
     return 0

@@ -64,7 +64,7 @@ def ours(http: Any) -> dict[str, list[dict[str, Any]]]:
             for t in (r.get("meta") or {}).get("tag") or []:
                 if t.get("system") == TAG_SYSTEM:
                     out.setdefault(t.get("code", ""), []).append(r)
-        url = next((l["url"] for l in bundle.get("link") or [] if l.get("relation") == "next"), None)
+        url = next((link["url"] for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
     return out
 
 
@@ -233,7 +233,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     with Session(engine) as s:
         last = s.exec(select(func.max(InboundMessage.received_at)).where(
             col(InboundMessage.channel) == "fhir", col(InboundMessage.source) == source.name)).one()
-        print(f"last notification: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(last)) + f' ({now - last:.0f} s ago)' if last else 'never'}")
+        when = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(last)) + f' ({now - last:.0f} s ago)' if last else 'never'
+        print(f"last notification: {when}")
         for key, st in kv_prefix(s, f"fhir.sub.{source.name}.").items():
             print(f"  {key.rsplit('.', 1)[-1]}: last event {st.get('last_event')}, missing {len(st.get('missing') or [])}, "
                   f"gaps {st.get('gaps', 0)}, resets {st.get('resets', 0)}, last {st.get('last_type')}")

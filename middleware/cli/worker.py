@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ._loop import run as run_loop
 from .serve import _is_loopback, add_common, network_secret_problems, report_secrets, settings_from
 
 
@@ -18,8 +19,8 @@ def worker_beyond_loopback(settings: object, metrics_host: str | None) -> bool:
     from sqlalchemy.engine import make_url
 
     s = settings  # Settings; typed loosely to keep this module import-light
-    hosts = [getattr(s, "http_host"), getattr(s, "mllp_host")]
-    url = str(getattr(s, "database_url"))
+    hosts = [s.http_host, s.mllp_host]
+    url = str(s.database_url)
     if not url.startswith("sqlite"):
         try:
             hosts.append(make_url(url).host or "localhost")
@@ -28,7 +29,6 @@ def worker_beyond_loopback(settings: object, metrics_host: str | None) -> bool:
     if metrics_host:
         hosts.append(metrics_host)
     return not all(_is_loopback(h) for h in hosts)
-from ._loop import run as run_loop
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

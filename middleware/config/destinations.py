@@ -94,7 +94,8 @@ def load_destinations(mappings_dir: Path) -> tuple[list[Destination], list, Any]
             import difflib
 
             hint = difflib.get_close_matches(d.type, list(types), n=1)
-            sink.error(node, "type", "unknown-connector", f"unknown destination type '{d.type}'" + (f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(sorted(types))}"))
+            sink.error(node, "type", "unknown-connector", f"unknown destination type '{d.type}'"
+                       + (f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(sorted(types))}"))
             continue
         try:
             cfg = cls.Config.model_validate(d.config)

@@ -168,7 +168,8 @@ def pydantic_errors_to_diagnostics(sink: DiagnosticSink, raw: Any, exc: Any) -> 
         elif code == "missing":
             code = "missing-field"
             msg = f"required field '{last}' is missing"
-            sink.error(parent if not isinstance(parent, (Positioned, PositionedList)) else node if isinstance(node, Positioned) else parent, None, code, f"{dotted}: {msg}")
+            at = parent if not isinstance(parent, (Positioned, PositionedList)) else node if isinstance(node, Positioned) else parent
+            sink.error(at, None, code, f"{dotted}: {msg}")
             continue
         else:
             msg = f"{dotted}: {msg}"

@@ -320,7 +320,7 @@ class FhirFetcher:
             if not bundle:
                 return
             yield bundle
-            url = next((l.get("url") for l in bundle.get("link") or [] if l.get("relation") == "next"), None)
+            url = next((link.get("url") for link in bundle.get("link") or [] if link.get("relation") == "next"), None)
 
     def search(self, rtype: str, params: Mapping[str, str], deadline: float | None = None) -> Iterator[Json]:
         """Resources of ``rtype`` matching ``params``, every page (``mode=include`` entries skipped)."""

@@ -244,7 +244,8 @@ def encoding_problem(sep: str, enc: str, version: str) -> Hl7Problem | None:
     if any(_bad_delimiter(c) for c in enc):
         return Hl7Problem("102", f"{text} are invalid: letters, digits, spaces and controls are not delimiters", "MSH", 1, 2)
     if len(enc) == 5 and version_tuple(version) < TRUNCATION_FROM:
-        return Hl7Problem("102", f"{text}: the truncation character is defined from v2.7 (MSH-12 is {version[:12] or 'empty'})", "MSH", 1, 2, "W")
+        return Hl7Problem("102", f"{text}: the truncation character is defined from v2.7 (MSH-12 is {version[:12] or 'empty'})",
+                          "MSH", 1, 2, "W")
     return None
 
 

@@ -597,7 +597,8 @@ def xtn_contact(rep: Rep | None, default_use: str | None = None) -> Json | None:
 
 
 def xcn_reference(rep: Rep | None) -> Json | None:
-    """XCN -> logical Reference to a Practitioner: display "Prefix Given Middle Family Suffix Degree", identifier XCN-1 (system XCN-9, type XCN-13)."""
+    """XCN -> logical Reference to a Practitioner: display "Prefix Given Middle Family Suffix Degree",
+    identifier XCN-1 (system XCN-9, type XCN-13)."""
     if rep is None:
         return None
     parts = [rep.c(6), rep.c(3), rep.c(4), rep.c(2, 1), rep.c(5), rep.c(7)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import or_, update
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from ..model import ClinicalEvent, EventRecord, ResourceChange
 from ..normalize.events import derive

@@ -43,7 +43,8 @@ def fhir_change(resource: dict[str, Any], source: str, at: datetime) -> Resource
         pkey = patient_key_from_reference(resource, source)
     except ImportError:  # pragma: no cover - before the FHIR module exists
         ref = ((resource.get("subject") or resource.get("patient") or {}).get("reference")) or next(
-            (p["actor"]["reference"] for p in resource.get("participant") or [] if str(p.get("actor", {}).get("reference", "")).startswith("Patient/")), None)
+            (p["actor"]["reference"] for p in resource.get("participant") or []
+             if str(p.get("actor", {}).get("reference", "")).startswith("Patient/")), None)
         pkey = f"{source}|{ref}" if ref else None
     last = (resource.get("meta") or {}).get("lastUpdated")
     occurred = at
@@ -125,12 +126,15 @@ class DryRun:
                 break
             self.now = max(self.now, datetime.fromtimestamp(nxt, tz=timezone.utc))
             with Session(self.engine) as s:
-                handled += [t for t in s.exec(select(TriggerRow.id).where(TriggerRow.status == "pending", TriggerRow.due_at <= self.now.timestamp())) if t]
+                due = select(TriggerRow.id).where(TriggerRow.status == "pending", TriggerRow.due_at <= self.now.timestamp())
+                handled += [t for t in s.exec(due) if t]
             if not sched.fire_due():
                 break
         self.now = max(self.now, until)
         with Session(self.engine) as s:
-            return list(s.exec(select(TriggerRow).where(col(TriggerRow.id).in_(handled)).order_by(col(TriggerRow.due_at)))) if handled else []
+            if not handled:
+                return []
+            return list(s.exec(select(TriggerRow).where(col(TriggerRow.id).in_(handled)).order_by(col(TriggerRow.due_at))))
 
 
 def load_input(path: Path) -> bytes:

@@ -255,8 +255,9 @@ class Reconciler:
                     mark = parse_instant((kv_get(s, hwm_key(source, rtype)) or {}).get("at"))
                 since = fhir_instant((mark or started) - overlap)
                 query = {"_lastUpdated": f"gt{since}", "_sort": "_lastUpdated", "_count": str(PAGE)}
-                found = await asyncio.to_thread(lambda: list(f.search(rtype, query, deadline=end)))
-                hist = await asyncio.to_thread(lambda: history_items(list(f.history(rtype, since, PAGE, deadline=end)), rtype))
+                found = await asyncio.to_thread(lambda: list(f.search(rtype, query, deadline=end)))  # noqa: B023 (awaited here)
+                hist = await asyncio.to_thread(
+                    lambda: history_items(list(f.history(rtype, since, PAGE, deadline=end)), rtype))  # noqa: B023 (awaited here)
                 items = hist + [("resource", r) for r in found]  # history in order first, then current versions
                 deletes = [d for k, d in hist if k == "delete"]
                 rep.resources += len(found)

@@ -219,7 +219,8 @@ def run_case(case: Case, raw: Any, path: Path, line: int, rs: RuleSet, factory: 
     return res
 
 
-def run_directory(directory: Path, rs: RuleSet, factory: JourneyFactory, *, name_filter: str | None = None) -> tuple[list[CaseResult], list[Diagnostic]]:
+def run_directory(directory: Path, rs: RuleSet, factory: JourneyFactory, *,
+                  name_filter: str | None = None) -> tuple[list[CaseResult], list[Diagnostic]]:
     """Run every case of every ``*_test.yaml`` under ``directory/rules``."""
     results: list[CaseResult] = []
     diags: list[Diagnostic] = []

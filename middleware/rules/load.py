@@ -85,12 +85,14 @@ def _load_valuesets(directory: Path, diags: list[Diagnostic], digest: Any = None
             diags.append(exc.diagnostic)
             continue
         if not isinstance(raw, dict) or "valueset" not in raw or not ("codes" in raw or "include" in raw):
-            sink.error(raw, None, "invalid-valueset", "a value set file needs 'valueset' (its name) and 'codes' (a list of {system, code}) or 'include' (a list of {system, codes: [...]})")
+            sink.error(raw, None, "invalid-valueset", "a value set file needs 'valueset' (its name) and 'codes' "
+                       "(a list of {system, code}) or 'include' (a list of {system, codes: [...]})")
             diags.extend(sink.items)
             continue
         for k in raw:
             if k not in ("valueset", "description", "source", "synthetic", "version", "codes", "include"):
-                hint = difflib.get_close_matches(str(k), ["valueset", "description", "source", "synthetic", "version", "codes", "include"], n=1)
+                hint = difflib.get_close_matches(
+                    str(k), ["valueset", "description", "source", "synthetic", "version", "codes", "include"], n=1)
                 sink.error(raw, k, "unknown-field", f"unknown field '{k}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
         codes: set[str] = set()
         for i, c in enumerate(raw.get("codes") or []):
@@ -126,19 +128,23 @@ def _check_expr(sink: DiagnosticSink, node: Any, key: str | int, expr: str | Non
     ok = True
     for prob in check_syntax(expr):
         line, col = position_of(node, key)
-        sink.items.append(Diagnostic(sink.path, line, col, "error", "fhirpath", f"{what}: FHIRPath does not compile at column {prob.column}: {prob.message}"))
+        sink.items.append(Diagnostic(sink.path, line, col, "error", "fhirpath",
+                                     f"{what}: FHIRPath does not compile at column {prob.column}: {prob.message}"))
         ok = False
     for name in _MEMBER_OF.findall(expr):
         if name not in vs_names:
             hint = difflib.get_close_matches(name, list(vs_names), n=1)
-            sink.error(node, key, "unknown-valueset", f"{what}: unknown value set '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else " (add mappings/valuesets/<name>.yaml or an inline `valuesets:` entry)"))
+            sink.error(node, key, "unknown-valueset", f"{what}: unknown value set '{name}'"
+                       + (f" (did you mean '{hint[0]}'?)" if hint
+                          else " (add mappings/valuesets/<name>.yaml or an inline `valuesets:` entry)"))
             ok = False
     known = VARIABLES | extra_vars
     for var in _VARIABLE.findall(expr):
         if var not in known:
             hint = difflib.get_close_matches(var, sorted(VARIABLES | CANCEL_VARIABLES), n=1)
             where_ok = " (only in unless.where / wait_for.where)" if var in CANCEL_VARIABLES else ""
-            sink.error(node, key, "unknown-variable", f"{what}: unknown variable %{var}{where_ok}" + (f" (did you mean %{hint[0]}?)" if hint and not where_ok else ""))
+            sink.error(node, key, "unknown-variable", f"{what}: unknown variable %{var}{where_ok}"
+                       + (f" (did you mean %{hint[0]}?)" if hint and not where_ok else ""))
             ok = False
     return ok
 
@@ -149,7 +155,8 @@ def _check_events(sink: DiagnosticSink, node: Any, key: str, events: list[str]) 
         if ev not in EVENT_TYPES:
             hint = difflib.get_close_matches(ev, sorted(EVENT_TYPES), n=1)
             where, k = (seq, i) if isinstance(seq, list) else (node, key)
-            sink.error(where, k, "unknown-event", f"unknown event type '{ev}'" + (f" (did you mean '{hint[0]}'?)" if hint else " (see `careloop events`)"))
+            sink.error(where, k, "unknown-event", f"unknown event type '{ev}'"
+                       + (f" (did you mean '{hint[0]}'?)" if hint else " (see `careloop events`)"))
 
 
 def _compiler(valuesets: ValueSets, settings: Settings) -> Any:
@@ -175,7 +182,9 @@ def _check_settings(directory: Path, settings: Settings, vs: dict[str, set[str]]
         except ValueError:
             sink.error(raw.get("holidays") if isinstance(raw, dict) else raw, i, "bad-date", f"holiday '{h}' is not a date YYYY-MM-DD")
     if settings.suppress_hospice and settings.hospice_valueset not in vs:
-        sink.warning(raw, "suppress_hospice", "unknown-valueset", f"hospice suppression needs value set '{settings.hospice_valueset}' (mappings/valuesets/); without it hospice is not detected")
+        sink.warning(raw, "suppress_hospice", "unknown-valueset",
+                     f"hospice suppression needs value set '{settings.hospice_valueset}' (mappings/valuesets/); "
+                     "without it hospice is not detected")
     diags.extend(sink.items)
 
 
@@ -249,7 +258,8 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                 for s in sts or []:
                     if s not in allowed:
                         hint = difflib.get_close_matches(s, sorted(allowed), n=1)
-                        sink.error(node, key, "unknown-status", f"'{s}' is not a status of {', '.join(sorted(types))}" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+                        sink.error(node, key, "unknown-status", f"'{s}' is not a status of {', '.join(sorted(types))}"
+                                   + (f" (did you mean '{hint[0]}'?)" if hint else ""))
             for j, u in enumerate(rule.unless):
                 _check_events(sink, node["unless"][j], "on", u.on)
                 _check_expr(sink, node["unless"][j], "where", u.where, names, "unless.where", CANCEL_VARIABLES)
@@ -270,13 +280,19 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                 where, key = (enode["destinations"], j)
                 if d is None:
                     hint = difflib.get_close_matches(dname, list(dest_by_name), n=1)
-                    sink.error(where, key, "unknown-destination", f"unknown destination '{dname}'" + (f" (did you mean '{hint[0]}'?)" if hint else f"; defined: {', '.join(sorted(dest_by_name)) or 'none'}"))
+                    sink.error(where, key, "unknown-destination", f"unknown destination '{dname}'"
+                               + (f" (did you mean '{hint[0]}'?)" if hint
+                                  else f"; defined: {', '.join(sorted(dest_by_name)) or 'none'}"))
                 elif not d.baa:
-                    sink.error(where, key, "no-baa", f"rule '{rule.id}' sends patient-level triggers to '{dname}', which has no business associate agreement (baa: false); HIPAA forbids it, hashed identifiers included")
+                    sink.error(where, key, "no-baa",
+                               f"rule '{rule.id}' sends patient-level triggers to '{dname}', which has no business associate "
+                               "agreement (baa: false); HIPAA forbids it, hashed identifiers included")
                 elif rule.purpose not in d.policy.purposes:
                     sink.error(where, key, "purpose-not-allowed", f"destination '{dname}' does not accept purpose '{rule.purpose}'")
             if rule.purpose == "marketing" and rule.channel in ("sms", "voice"):
-                sink.warning(node, "purpose", "marketing-consent", f"rule '{rule.id}': marketing {rule.channel} needs prior express written consent; triggers for patients without a recorded authorization are suppressed at send time")
+                sink.warning(node, "purpose", "marketing-consent",
+                             f"rule '{rule.id}': marketing {rule.channel} needs prior express written consent; triggers for "
+                             "patients without a recorded authorization are suppressed at send time")
             if rule.purpose == "treatment-reminder" and rule.channel in ("sms", "voice"):
                 pass  # counted against settings.treatment_caps (FCC healthcare exemption) at send time
             if sink.has_errors:

@@ -55,7 +55,8 @@ Duration = Annotated[
     AfterValidator(_check_duration),
     Field(description=_DURATION_DOC, json_schema_extra={"pattern": r"^[+-]?\s*\d+(\.\d+)?\s*(s|m|min|h|d|w|bd)\s*$"}),
 ]
-FhirPath = Annotated[str, Field(description="FHIRPath on the event's resource; %previous, %patient, %age, %now, %diagnoses, %activity, %origin, %hospice")]
+FhirPath = Annotated[str, Field(description="FHIRPath on the event's resource; %previous, %patient, %age, %now, %diagnoses, "
+                                            "%activity, %origin, %hospice")]
 
 
 class QuietHours(_Strict):

@@ -140,7 +140,7 @@ class InboxWriter:
         while len(self._queue) >= self.max_queue:
             self.queue_waits += 1
             room: asyncio.Future[None] = loop.create_future()
-            self._room_waiters.append(lambda: room.done() or room.set_result(None))
+            self._room_waiters.append(lambda: room.done() or room.set_result(None))  # noqa: B023 (awaited below)
             await room
         fut: asyncio.Future[StoreResult] = loop.create_future()
 
