@@ -12,6 +12,7 @@ from typing import Callable
 from sqlalchemy.engine import Engine
 
 from .config.sources import Sources
+from .config.yamlpos import Diagnostic
 from .delivery.audit import guard_append_only
 from .delivery.retention import purge
 from .delivery.worker import DeliveryWorker
@@ -30,7 +31,7 @@ log = logging.getLogger("careloop.service")
 
 
 class ConfigError(Exception):
-    def __init__(self, diagnostics: list) -> None:
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
         super().__init__("\n".join(str(d) for d in diagnostics))
         self.diagnostics = diagnostics
 
@@ -107,7 +108,7 @@ class Runtime:
     def sources(self) -> Sources:
         return self._ruleset.sources
 
-    def reload(self) -> list:
+    def reload(self) -> list[Diagnostic]:
         """Load the mappings again; keep the running set when the new one has errors.
 
         On success the pending triggers of changed or removed rules follow each rule's
@@ -209,7 +210,7 @@ class Runtime:
                 log.error("reconciler failed", extra={"action": "fhir.reconcile_error", "error_type": type(exc).__name__}, exc_info=True)
                 await asyncio.sleep(5.0)
 
-    async def start_workers(self, *, standalone: bool = False) -> list[asyncio.Task]:
+    async def start_workers(self, *, standalone: bool = False) -> list[asyncio.Task[None]]:
         """Start the inbox writer and (unless ``run_worker`` is off) the worker loops.
 
         ``standalone`` (``careloop worker``): no listener in this process wakes the processing

@@ -86,7 +86,7 @@ def throttle_for(request: Request) -> FailureThrottle:
         s: Settings = rt.settings
         th = FailureThrottle(s.auth_fail_limit, s.auth_fail_window_s)
         rt.auth_throttle = th  # on the runtime, so /metrics can read it
-    return th  # type: ignore[no-any-return]
+    return th
 
 
 def refuse_if_throttled(request: Request) -> None:

@@ -21,8 +21,8 @@ ER7 = "x-application/hl7-v2+er7"
 @router.post("/hl7v2")
 async def post_hl7v2(request: Request) -> Response:
     rt = request.app.state.runtime
-    single = rt.settings.http_max_hl7_bytes
-    batch_limit = max(single, rt.settings.hl7_max_batch_bytes)
+    single: int = rt.settings.http_max_hl7_bytes
+    batch_limit: int = max(single, rt.settings.hl7_max_batch_bytes)
 
     def limit_for(start: bytes) -> int:  # an HL7 batch (FHS/BHS) has its own, larger limit
         return batch_limit if is_batch(start) else single

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .outbound import check_url, load_policy
-from .yamlpos import DiagnosticSink, YamlError, load_positioned, pydantic_errors_to_diagnostics
+from .yamlpos import Diagnostic, DiagnosticSink, YamlError, load_positioned, pydantic_errors_to_diagnostics
 
 #: Connector config fields that hold a URL careloop connects to (checked against the outbound policy).
 URL_FIELDS = ("url", "endpoint", "base_url", "rest_endpoint", "rest_instance_url", "token_url")
@@ -60,7 +60,7 @@ class DestinationsFile(_Strict):
     destinations: list[Destination] = Field(default_factory=list)
 
 
-def load_destinations(mappings_dir: Path) -> tuple[list[Destination], list, Any]:
+def load_destinations(mappings_dir: Path) -> tuple[list[Destination], list[Diagnostic], Any]:
     """Return (destinations, diagnostics, raw positioned YAML)."""
     path = mappings_dir / "destinations.yaml"
     if not path.exists():

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .listeners import MllpListenerConfig, address_in, check_listeners, default_listener, networks, parse_networks
-from .yamlpos import DiagnosticSink, YamlError, load_positioned, pydantic_errors_to_diagnostics
+from .yamlpos import Diagnostic, DiagnosticSink, YamlError, load_positioned, pydantic_errors_to_diagnostics
 
 DEFAULT_ACCEPT = [
     "SIU^S12", "SIU^S13", "SIU^S14", "SIU^S15", "SIU^S16", "SIU^S17", "SIU^S26",
@@ -217,7 +217,7 @@ class Sources:
         return self.by_name.get(name)
 
 
-def load_sources(mappings_dir: Path) -> tuple[Sources, list]:
+def load_sources(mappings_dir: Path) -> tuple[Sources, list[Diagnostic]]:
     """Load ``sources.yaml`` if present; return (sources, diagnostics)."""
     path = mappings_dir / "sources.yaml"
     if not path.exists():

@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -53,10 +53,10 @@ class PositionedList(list):  # type: ignore[type-arg]
 
 def interpolate(text: str, env: dict[str, str] | None = None) -> str:
     """Replace ``${VAR}`` and ``${VAR:-default}`` from the environment."""
-    env = os.environ if env is None else env
+    names: Mapping[str, str] = os.environ if env is None else env
 
     def sub(m: re.Match[str]) -> str:
-        val = env.get(m.group(1))
+        val = names.get(m.group(1))
         if val is None or val == "":
             return m.group(2) if m.group(2) is not None else ""
         return val

@@ -15,6 +15,7 @@ from typing import IO, Iterator
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from ..keyring import ContactKeyring
 from ..storage.tables import Disclosure, PatientRow
@@ -25,18 +26,19 @@ EXPORT_COLUMNS = ("old_key", "new_key")
 
 def disclosed_patients(engine: Engine, destination: str | None = None) -> Iterator[str]:
     """Distinct patient keys disclosed (to ``destination``, or to any), in key order."""
-    stmt = select(Disclosure.patient_key).where(Disclosure.patient_key.is_not(None)).distinct()  # type: ignore[union-attr]
+    stmt = select(col(Disclosure.patient_key)).where(col(Disclosure.patient_key).is_not(None)).distinct()
     if destination:
-        stmt = stmt.where(Disclosure.destination == destination)
+        stmt = stmt.where(col(Disclosure.destination) == destination)
     with engine.connect() as c:
-        for (key,) in c.execute(stmt.order_by(Disclosure.patient_key)):
-            yield key
+        for (key,) in c.execute(stmt.order_by(col(Disclosure.patient_key))):
+            if key is not None:  # always: the query excludes NULL keys
+                yield key
 
 
 def _known_patients(engine: Engine) -> Iterator[str]:
     seen: set[str] = set()
     with engine.connect() as c:
-        for (key,) in c.execute(select(PatientRow.key)):
+        for (key,) in c.execute(select(col(PatientRow.key))):
             seen.add(key)
             yield key
     for key in disclosed_patients(engine):

@@ -73,7 +73,8 @@ class SinkState:
             doc = json.loads(body) if body else None
         except ValueError:
             doc = None
-        data = doc.get("data") if isinstance(doc, dict) and isinstance(doc.get("data"), dict) else {}
+        raw_data = doc.get("data") if isinstance(doc, dict) else None
+        data: dict[str, Any] = raw_data if isinstance(raw_data, dict) else {}
         with self._lock:
             duplicate = verified and webhook_id in self._seen
             if verified:

@@ -37,7 +37,7 @@ import orjson
 from sqlalchemy import Connection, bindparam, delete, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, or_, select
+from sqlmodel import Session, SQLModel, col, or_, select
 
 from .. import netpolicy
 from ..config.destinations import Destination
@@ -64,14 +64,14 @@ DISABLED = "destination.disabled."  # KeyValue prefix: 410 Gone (endpoint asked 
 PAUSED = "destination.paused."  # KeyValue prefix: static credentials refused (circuit open until resumed)
 
 # Core tables: the claim and the record are a few statements per batch, not ORM objects per row.
-_DELIVERY = DeliveryRow.__table__
-_TRIGGER = TriggerRow.__table__
-_ATTEMPT = DeliveryAttempt.__table__
-_DISCLOSURE = Disclosure.__table__
-_INTENT = SendIntent.__table__
-_LEDGER = SendLedger.__table__
-_KV = KeyValue.__table__
-_ALERT = DeliveryAlert.__table__
+_DELIVERY = SQLModel.metadata.tables[DeliveryRow.__tablename__]
+_TRIGGER = SQLModel.metadata.tables[TriggerRow.__tablename__]
+_ATTEMPT = SQLModel.metadata.tables[DeliveryAttempt.__tablename__]
+_DISCLOSURE = SQLModel.metadata.tables[Disclosure.__tablename__]
+_INTENT = SQLModel.metadata.tables[SendIntent.__tablename__]
+_LEDGER = SQLModel.metadata.tables[SendLedger.__tablename__]
+_KV = SQLModel.metadata.tables[KeyValue.__tablename__]
+_ALERT = SQLModel.metadata.tables[DeliveryAlert.__tablename__]
 _INSERT_ATTEMPT = insert(_ATTEMPT)
 _INSERT_DISCLOSURE = insert(_DISCLOSURE)
 _INSERT_INTENT = insert(_INTENT)

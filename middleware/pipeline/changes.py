@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import or_, update
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from ..model import ClinicalEvent, EventRecord, ResourceChange
 from ..normalize.events import derive
@@ -87,7 +87,8 @@ def _identifiers(resource: dict[str, Any]) -> list[str]:
 
 def _version_int(res: dict[str, Any] | None) -> int | None:
     try:
-        return int(((res or {}).get("meta") or {}).get("versionId"))
+        version = ((res or {}).get("meta") or {}).get("versionId")
+        return None if version is None else int(version)  # int(None) raised TypeError: the same None
     except (TypeError, ValueError):
         return None
 
@@ -344,7 +345,7 @@ def _record_trigger(
             status, reason = "skipped", f"duplicate of trigger {dup[0]} within the dedup window"
     origin = f"{d.rule_id}|event:{row.id}"
     version = str(((ev.resource.get("meta") or {}).get("versionId")) or row.id)
-    tid = db.insert_id(_TRIGGER_INSERT, (
+    tid: int | None = db.insert_id(_TRIGGER_INSERT, (
         d.rule_id, rs.version, d.trigger or d.rule_id, d.purpose or "", ",".join(d.destinations), ev.patient_key,
         ev.resource_key, origin, version, row.id, due, status, reason, d.dedup_key, d.cancel_scope, d.message_kind,
         dumps(d.payload), dumps(d.steps), nowts, nowts))
@@ -370,9 +371,9 @@ def merge_patients(session: Session, surviving: str, retired: str, now: datetime
         row.updated_at = nowts
         session.add(row)
     n = 0
-    for table, col in ((ResourceState, ResourceState.patient_key), (TriggerRow, TriggerRow.patient_key)):
-        stmt = update(table).where(col == retired).values(patient_key=surviving)
-        n += session.exec(stmt).rowcount or 0  # type: ignore[call-overload]
+    for table, key_col in ((ResourceState, ResourceState.patient_key), (TriggerRow, TriggerRow.patient_key)):
+        stmt = update(table).where(col(key_col) == retired).values(patient_key=surviving)
+        n += session.exec(stmt).rowcount or 0
     session.add(
         EventRow(type="patient.merged", previous_status=None, status=None, resource_type="Patient",
                  resource_key=f"Patient/{retired}", patient_key=surviving, resource=dumps({"retired": retired, "surviving": surviving}),

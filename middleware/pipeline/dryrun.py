@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from sqlmodel import Session, col, select
 
-from ..model import ResourceChange
+from ..model import InboundItem, ResourceChange
 from ..rules.load import RuleSet
 from ..storage.schema import open_database
 from ..storage.tables import InboundMessage, TriggerRow
@@ -82,7 +82,8 @@ class DryRun:
                 s.add(msg)
                 s.flush()
                 try:
-                    res = handle_hl7(s, msg, self.rs, self.now)
+                    item = InboundItem(msg.id, msg.source, msg.channel, msg.raw, msg.meta, msg.status)
+                    res = handle_hl7(s, item, self.rs, self.now)
                     err = None
                 except Exception as exc:
                     res, err = ChangeResult(), f"{type(exc).__name__}: {exc}"

@@ -315,7 +315,10 @@ class FhirHandler:
     def _seed_previous(self, session: Session, source: Source, r4: dict[str, Any], pkey: str | None, now: datetime) -> None:
         """First sighting of version N>1: read version N-1 from ``_history`` as the prior state."""
         try:
-            version = int((r4.get("meta") or {}).get("versionId"))
+            raw_version = (r4.get("meta") or {}).get("versionId")
+            if raw_version is None:  # int(None) raised TypeError: the same early return
+                return
+            version = int(raw_version)
         except (TypeError, ValueError):
             return
         fetcher = self.planner.fetcher(source.name) if self.planner is not None else None

@@ -57,7 +57,7 @@ def clear_pending(session: Session, source: str, rtype: str, started_at: float) 
     """Drop a pending sweep asked for before ``started_at`` (a later request stays)."""
     row = session.get(KeyValue, pending_key(source, rtype))
     if row is not None and row.updated_at <= started_at:
-        session.exec(delete(KeyValue).where(col(KeyValue.key) == row.key, col(KeyValue.updated_at) <= started_at))  # type: ignore[call-overload]
+        session.exec(delete(KeyValue).where(col(KeyValue.key) == row.key, col(KeyValue.updated_at) <= started_at))
 
 
 def parse_instant(value: str | None) -> datetime | None:

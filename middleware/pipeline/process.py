@@ -46,7 +46,7 @@ def handle_hl7(session: Session, msg: InboundItem, rs: RuleSet, now: datetime) -
         upsert_patient(session, norm.patient_key, norm.patient, occurred, now.timestamp())
     if norm.merge is not None:
         merge_patients(session, norm.merge.surviving_key, norm.merge.retired_key, now)
-    keep = getattr(norm, "keep_status", frozenset())
+    keep: frozenset[str] = getattr(norm, "keep_status", frozenset())
     for res in norm.resources:
         change = ResourceChange(
             resource=res, previous=None, patient_key=norm.patient_key, source=source.name,

@@ -332,7 +332,8 @@ class Reconciler:
         with Session(self.engine) as s:
             for i in range(0, len(keys), 500):
                 chunk = keys[i:i + 500]
-                out |= set(s.exec(select(InboundMessage.dedup_key).where(
+                held = s.exec(select(col(InboundMessage.dedup_key)).where(
                     col(InboundMessage.dedup_key).in_(chunk), col(InboundMessage.status) != "duplicate",
-                    col(InboundMessage.status) != "failed")))
+                    col(InboundMessage.status) != "failed"))
+                out |= {k for k in held if k is not None}  # always: in_(chunk) excludes NULL
         return out

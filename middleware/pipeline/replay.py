@@ -72,7 +72,8 @@ def reprocess(
             for row in rows:
                 ev = event_from_row(row)
                 result = ChangeResult()
-                zone = (rs.sources.get(row.source).hl7.timezone if rs.sources.get(row.source) else None)
+                row_source = rs.sources.get(row.source)
+                zone = row_source.hl7.timezone if row_source else None
                 on_event(s, ev, row, rs, now=now, patient=load_patient(s, ev.patient_key), source_zone=zone,
                          result=result, only=rules, cancel_only_ids=rep.created_ids)
                 rep.events += 1

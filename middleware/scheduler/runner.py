@@ -218,6 +218,7 @@ class _Checks:
 
     def caps(self, t: Any) -> str | None:
         rule = self.rules.get(t.rule_id)
+        key: tuple[str, ...]
         if t.purpose == "treatment-reminder" and rule is not None and rule.rule.channel in PHONE_CHANNELS:
             caps, label_kind, key = self.rs.settings.treatment_caps, "treatment calls/texts", ("phone", t.patient_key)
         else:

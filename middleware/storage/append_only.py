@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import DDL, event
 from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
 
 from .tables import AdminAudit, Disclosure
 
@@ -88,10 +89,10 @@ def installed_triggers(conn: Connection, table: str = TABLE) -> set[str]:
 def _attach() -> None:
     """``create_all`` creates the triggers with the tables (the fast path for a new database)."""
     for model in (Disclosure, AdminAudit):
-        table = model.__table__  # type: ignore[attr-defined]
+        table = SQLModel.metadata.tables[model.__tablename__]
         for dialect in TABLE_TRIGGERS[table.name]:
             for stmt in create_statements(dialect, table.name):
-                ddl = DDL(stmt).execute_if(dialect=dialect)
+                ddl = DDL(stmt).execute_if(dialect=dialect)  # type: ignore[no-untyped-call]  # DDL.__init__ is unannotated in sqlalchemy
                 if not event.contains(table, "after_create", ddl):
                     event.listen(table, "after_create", ddl)
 

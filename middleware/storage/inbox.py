@@ -140,7 +140,12 @@ class InboxWriter:
         while len(self._queue) >= self.max_queue:
             self.queue_waits += 1
             room: asyncio.Future[None] = loop.create_future()
-            self._room_waiters.append(lambda: room.done() or room.set_result(None))  # noqa: B023 (awaited below)
+
+            def make_room() -> None:
+                if not room.done():  # noqa: B023 (awaited below)
+                    room.set_result(None)  # noqa: B023 (awaited below)
+
+            self._room_waiters.append(make_room)
             await room
         fut: asyncio.Future[StoreResult] = loop.create_future()
 

@@ -131,7 +131,7 @@ def statements(conn: Connection) -> Statements:
 def patient_keys(conn: Connection, keys: Iterable[str | None]) -> dict[str, tuple[str, ...]]:
     """Every key of the patient of each given key (itself first, then the others sorted)."""
     wanted = sorted({k for k in keys if k})
-    out = {k: (k,) for k in wanted}
+    out: dict[str, tuple[str, ...]] = {k: (k,) for k in wanted}
     st = statements(conn)
     touched: set[str] = set()
     for part in chunks(wanted):
