@@ -51,7 +51,7 @@ def malformed_secrets(settings: Settings) -> list[str]:
     out: list[str] = []
     for parse in (api_token_map, contact_keyring):
         try:
-            parse(settings)  # type: ignore[operator]
+            parse(settings)
         except ValueError as exc:
             out.append(str(exc))
     return out

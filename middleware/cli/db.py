@@ -34,7 +34,7 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
     except SchemaError as exc:
         return _fail(str(exc))
     except SQLAlchemyError as exc:
-        return _fail(f"upgrade failed, nothing changed ({type(exc).__name__}: {str(exc.orig or exc).splitlines()[0]})")
+        return _fail(f"upgrade failed, nothing changed ({type(exc).__name__}: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]})")
     finally:
         engine.dispose()
     if result.created:

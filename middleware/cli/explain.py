@@ -73,17 +73,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps({"ruleset_version": rs.version, "now": now.isoformat(), "events": out_events,
                                        "timeline": timeline, "journey": journey}, option=orjson.OPT_INDENT_2).decode() + "\n")
         return rc
-    for ev in out_events:
-        if not ev.get("type"):
+    for shown in out_events:
+        if not shown.get("type"):
             continue
-        print(f"\n== {ev['input']}: event {ev['type']} (previous status: {ev.get('previous_status')})")
-        res = ev["resource"] or {}
+        print(f"\n== {shown['input']}: event {shown['type']} (previous status: {shown.get('previous_status')})")
+        res = shown["resource"] or {}
         print(f"   resource {res.get('resourceType')}/{res.get('id')} status={res.get('status')}")
         if args.resources:
             print("   " + orjson.dumps(res, option=orjson.OPT_INDENT_2).decode().replace("\n", "\n   "))
-        if not ev["rules"]:
+        if not shown["rules"]:
             print("   no rule listens to this event")
-        for r in ev["rules"]:
+        for r in shown["rules"]:
             mark = {"pending": "FIRES", "skipped": "SKIPPED", "suppressed": "SUPPRESSED"}.get(r["status"] or "", "no")
             print(f"   [{mark}] {r['rule']}: {r['reason']}")
             for s in r["steps"]:

@@ -125,7 +125,8 @@ def _wait_active(http: Any, sid: str, end: float) -> tuple[str, dict[str, Any]]:
     """Poll ``Subscription/{sid}`` until active/error/off or ``end``; (status, last body)."""
     import httpx
 
-    status, sub = "no answer", {}
+    status: str = "no answer"
+    sub: dict[str, Any] = {}
     while True:
         left = end - time.monotonic()
         if left <= 0:
@@ -193,12 +194,12 @@ def _apply(args: argparse.Namespace, settings: Any) -> int:
         deadline = time.monotonic() + wait
         for name, sid in applied:
             status, sub = _wait_active(http, sid, deadline)
-            extra = f" ({sub.get('error')})" if sub.get("error") else ""
+            error_note = f" ({sub.get('error')})" if sub.get("error") else ""
             if status in ("active", "error", "off"):
-                print(f"{name}: Subscription/{sid} is {status}{extra} -> {(sub.get('channel') or {}).get('endpoint')}")
+                print(f"{name}: Subscription/{sid} is {status}{error_note} -> {(sub.get('channel') or {}).get('endpoint')}")
             else:
                 print(f"{name}: timed out after {wait:g} s waiting for Subscription/{sid} on {source.fhir.base_url} "
-                      f"to become active (last status: {status}{extra})", file=sys.stderr)
+                      f"to become active (last status: {status}{error_note})", file=sys.stderr)
             if status != "active":
                 rc = 1
     return rc
@@ -223,9 +224,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             with _client(source) as http:
                 subs = [r for rs_ in ours(http).values() for r in rs_]
             print(f"server {source.fhir.base_url}: {len(subs)} careloop subscription(s)")
-            for s in subs:
-                tag = next((t["code"] for t in s["meta"]["tag"] if t.get("system") == TAG_SYSTEM), "?")
-                print(f"  Subscription/{s['id']} {tag}: {s.get('status')} {s.get('error') or ''} criteria={s.get('criteria')}")
+            for found in subs:
+                tag = next((t["code"] for t in found["meta"]["tag"] if t.get("system") == TAG_SYSTEM), "?")
+                print(f"  Subscription/{found['id']} {tag}: {found.get('status')} {found.get('error') or ''} "
+                      f"criteria={found.get('criteria')}")
         except Exception as exc:  # report and carry on with local state
             print(f"server {source.fhir.base_url}: unreachable ({type(exc).__name__})")
     engine = open_database(settings.database_url)

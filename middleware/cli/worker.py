@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from ._loop import run as run_loop
 from .serve import _is_loopback, add_common, network_secret_problems, report_secrets, settings_from
 
+if TYPE_CHECKING:
+    from ..settings import Settings
 
-def worker_beyond_loopback(settings: object, metrics_host: str | None) -> bool:
+
+def worker_beyond_loopback(settings: Settings, metrics_host: str | None) -> bool:
     """A worker is in network mode when its database, its metrics port or the configured
     HTTP/MLLP hosts (shared settings with ``serve``) are beyond loopback."""
     from sqlalchemy.engine import make_url
 
-    s = settings  # Settings; typed loosely to keep this module import-light
+    s = settings
     hosts = [s.http_host, s.mllp_host]
     url = str(s.database_url)
     if not url.startswith("sqlite"):

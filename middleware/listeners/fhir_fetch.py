@@ -252,8 +252,10 @@ class FhirFetcher:
         with self._lock:
             self._end = end
             try:
+                # tenacity's stubs type ``stop | callable`` as an error; it is valid at runtime (stop_any)
                 for attempt in Retrying(retry=retry_if_exception_type(_Retryable), reraise=True,
-                                        stop=stop_after_attempt(ATTEMPTS) | _stop_at(end), wait=_wait_until(end)):
+                                        stop=stop_after_attempt(ATTEMPTS) | _stop_at(end),  # type: ignore[operator]
+                                        wait=_wait_until(end)):
                     with attempt:
                         return self._get_once(url)
             except _Retryable as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from datetime import datetime, timezone
+from typing import Any
 
 from ..normalize.hl7_peek import Hl7Problem, Peek, version_tuple
 
@@ -81,7 +82,7 @@ def _esc(text: str, sep: str, enc: str) -> str:
     return "".join(repl.get(c, c) for c in text)
 
 
-_UTC_STAMP: list = [None, "", ""]  # [second it is for, "%Y%m%d%H%M%S", "%Y%m%d%H%M%S%z"]
+_UTC_STAMP: list[Any] = [None, "", ""]  # [second it is for, "%Y%m%d%H%M%S", "%Y%m%d%H%M%S%z"]
 
 
 def _stamps(now: datetime) -> tuple[str, str]:

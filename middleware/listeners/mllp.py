@@ -590,36 +590,40 @@ class _MllpConnection(asyncio.Protocol):
         elif isinstance(item, Oversize):
             rec, ack = listener._oversize(item)
 
-            def done(res: StoreResult, slot: _Slot = slot, ack: bytes = ack) -> None:
+            def answer_oversize(res: StoreResult, slot: _Slot = slot, ack: bytes = ack) -> None:
                 stats.acks["error"] = stats.acks.get("error", 0) + 1
                 slot.ack = ack
                 slot.done = True
                 self._schedule_flush()
 
+            done: Callable[[StoreResult], None] = answer_oversize
         elif isinstance(item, Junk) and item.frame:
             junk_ack = listener._junk_ack()
             rec = listener._junk_record(item, junk_ack)
 
-            def done(res: StoreResult, slot: _Slot = slot, ack: bytes = junk_ack) -> None:
+            def answer_junk(res: StoreResult, slot: _Slot = slot, ack: bytes = junk_ack) -> None:
                 stats.acks["error"] = stats.acks.get("error", 0) + 1
                 slot.ack = ack  # the burst ends with a complete frame: answered after its commit
                 slot.done = True
                 self._schedule_flush()
 
+            done = answer_junk
         elif isinstance(item, Junk):
             rec = listener._junk_record(item)
 
-            def done(res: StoreResult, slot: _Slot = slot) -> None:
+            def unanswered_junk(res: StoreResult, slot: _Slot = slot) -> None:
                 slot.done = True  # no answer: bytes outside frames have no frame to answer
                 self._schedule_flush()
 
+            done = unanswered_junk
         else:
             rec = listener._truncated_record(item)
 
-            def done(res: StoreResult, slot: _Slot = slot) -> None:
+            def unanswered_truncated(res: StoreResult, slot: _Slot = slot) -> None:
                 slot.done = True
                 self._schedule_flush()
 
+            done = unanswered_truncated
         self.writer.submit(rec, done)
 
     def _on_room(self) -> None:

@@ -1,7 +1,7 @@
 """Derive clinical events from a previous and a current version of a resource (pure)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 _VOLATILE = ("meta", "text")
 
@@ -44,7 +44,7 @@ def derive(
 def activity_key(act: dict[str, Any], index: int) -> str:
     ref = (act.get("reference") or {}).get("reference")
     if ref:
-        return ref
+        return cast(str, ref)  # Reference.reference is a string in FHIR R4
     det = act.get("detail") or {}
     code = ((det.get("code") or {}).get("coding") or [{}])[0]
     return f"{code.get('system', '')}|{code.get('code', '')}|{index}"

@@ -263,7 +263,7 @@ def patient_reference(resource: Json) -> Json | None:
         for p in resource.get("participant") or []:
             actor = p.get("actor") or {}
             if str(actor.get("reference", "")).split("/")[-2:-1] == ["Patient"] or actor.get("type") == "Patient":
-                return actor  # type: ignore[no-any-return]
+                return actor
         return resource.get("subject")
     ref = resource.get("subject") or resource.get("patient")
     return ref if isinstance(ref, dict) else None

@@ -162,6 +162,7 @@ def decode(raw: bytes, fallback: str = "cp1252") -> tuple[str, str, list[Hl7Prob
     does not match the bytes, or is not in table 0211, gives a W problem and ``fallback``.
     """
     problems: list[Hl7Problem] = []
+    codec: str | None
     wide = _wide_codec(raw)
     if wide is not None:
         codec, skip = wide

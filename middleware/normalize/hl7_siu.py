@@ -175,15 +175,15 @@ def _participants(msg: Msg, patient_ref: Json) -> list[Json]:
                              _period(ail, 6, 9, 10))
             )
     for aig in msg.all("AIG"):
-        rep = aig.rep(3)
-        if rep is None:
+        aig_rep = aig.rep(3)
+        if aig_rep is None:
             continue
-        actor: Json = {"display": rep.c(2) or rep.c(1)}
-        if rep.c(1):
-            concept = cwe_concept(rep) or {}
+        aig_actor: Json = {"display": aig_rep.c(2) or aig_rep.c(1)}
+        if aig_rep.c(1):
+            concept = cwe_concept(aig_rep) or {}
             system = (concept.get("coding") or [{}])[0].get("system") or msg.ctx.settings.system_for(None)
-            actor["identifier"] = {"system": system, "value": rep.c(1)}
-        parts.append(_participant(actor, aig.v(14), cwe_concept(aig.rep(4)), _period(aig, 8, 11, 12)))
+            aig_actor["identifier"] = {"system": system, "value": aig_rep.c(1)}
+        parts.append(_participant(aig_actor, aig.v(14), cwe_concept(aig.rep(4)), _period(aig, 8, 11, 12)))
     return parts
 
 

@@ -301,8 +301,8 @@ class _Fields:
         self.ts("TQ1", 7, needed=True)
         self.ts("TQ1", 8, needed=True)
         for seq, tq1 in enumerate(scan.all("TQ1"), start=1):
-            rep = scan.reps(tq1, 6)
-            if rep and rep[0].c(1) and duration(rep[0].c(1), rep[0].c(2, 1)) is None:
+            tq1_reps = scan.reps(tq1, 6)
+            if tq1_reps and tq1_reps[0].c(1) and duration(tq1_reps[0].c(1), tq1_reps[0].c(2, 1)) is None:
                 self._problem(True, "102", "TQ1-6 is not a usable duration", "TQ1", seq, 6)
         self.ts("DG1", 5, needed=False)
 

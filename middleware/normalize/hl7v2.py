@@ -20,6 +20,8 @@ Usage::
 """
 from __future__ import annotations
 
+from datetime import datetime
+
 import hl7
 
 from middleware.config.sources import Source
@@ -73,7 +75,7 @@ def _trigger(msg: Msg, msh: Seg) -> str:
     return trigger.upper()
 
 
-def _occurred_at(msg: Msg, msh: Seg):  # -> datetime
+def _occurred_at(msg: Msg, msh: Seg) -> datetime:
     evn = msg.first("EVN")
     tz = msg.ctx.tz
     for seg, field in ((evn, 2), (evn, 6), (msh, 7)):

@@ -41,7 +41,7 @@ class CompiledRule:
     dedup_key: Compiled | None = None
     unless_where: list[Compiled | None] = field(default_factory=list)
     wait_where: Compiled | None = None
-    payload: dict[str, Compiled | str] = field(default_factory=dict)
+    payload: dict[str, Compiled] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -277,18 +277,18 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                 _check_expr(sink, enode["payload"], k, expr, names, f"payload.{k}")
             for j, dname in enumerate(rule.emit.destinations):
                 d = dest_by_name.get(dname)
-                where, key = (enode["destinations"], j)
+                where, dest_key = (enode["destinations"], j)
                 if d is None:
                     hint = difflib.get_close_matches(dname, list(dest_by_name), n=1)
-                    sink.error(where, key, "unknown-destination", f"unknown destination '{dname}'"
+                    sink.error(where, dest_key, "unknown-destination", f"unknown destination '{dname}'"
                                + (f" (did you mean '{hint[0]}'?)" if hint
                                   else f"; defined: {', '.join(sorted(dest_by_name)) or 'none'}"))
                 elif not d.baa:
-                    sink.error(where, key, "no-baa",
+                    sink.error(where, dest_key, "no-baa",
                                f"rule '{rule.id}' sends patient-level triggers to '{dname}', which has no business associate "
                                "agreement (baa: false); HIPAA forbids it, hashed identifiers included")
                 elif rule.purpose not in d.policy.purposes:
-                    sink.error(where, key, "purpose-not-allowed", f"destination '{dname}' does not accept purpose '{rule.purpose}'")
+                    sink.error(where, dest_key, "purpose-not-allowed", f"destination '{dname}' does not accept purpose '{rule.purpose}'")
             if rule.purpose == "marketing" and rule.channel in ("sms", "voice"):
                 sink.warning(node, "purpose", "marketing-consent",
                              f"rule '{rule.id}': marketing {rule.channel} needs prior express written consent; triggers for "

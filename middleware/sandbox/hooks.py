@@ -109,7 +109,7 @@ def warm_up(client: httpx.Client, rtype: str, seen: Callable[[str], bool], deadl
     change after activation can go unnotified. The warm-up resource belongs to no patient.
     """
     start = time.monotonic()
-    bodies = {
+    bodies: dict[str, dict[str, Any]] = {
         "Appointment": {"status": "proposed", "participant": [{"status": "needs-action"}]},
         "Encounter": {"status": "planned", "class": {"code": "AMB"}},
         "CarePlan": {"status": "draft", "intent": "proposal", "subject": {"display": "nobody"}},
