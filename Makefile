@@ -22,6 +22,7 @@ run: install
 ## Set up and run the whole test suite (HAPI sandbox and PostgreSQL tests run where available; never skipped under CI).
 test: install
 	$(BIN)/ruff check middleware
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
