@@ -75,3 +75,14 @@ def all_rows(engine: Engine, tables: list[str] = TABLES) -> dict[str, list[dict[
             order = ", ".join(f'"{c}"' for c in pk)
             out[t] = [dict(r._mapping) for r in conn.execute(text(f'SELECT * FROM "{t}" ORDER BY {order}'))]
     return out
+
+
+def raw_connection(url: str) -> Any:
+    """A plain DB-API connection (sqlite3 or psycopg) to ``url``, bypassing SQLAlchemy."""
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        return sqlite3.connect(url.split("///", 1)[1])
+    import psycopg
+
+    return psycopg.connect(url)

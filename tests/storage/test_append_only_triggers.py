@@ -14,33 +14,19 @@ from middleware.storage import schema
 from middleware.storage.append_only import TRIGGERS, installed_triggers, recreate_append_only
 from middleware.storage.db import make_engine
 
+from storage_helpers import raw_connection
+
 INSERT = ("INSERT INTO disclosure (delivery_id, trigger_id, patient_key, destination, fields, body_sha256, purpose, "
           "rule_id, ruleset_version, sent_at) VALUES (1, 1, 'default|MRN1', 'hook', '[]', 'ab', 'care', 'r1', 'v1', 1.0)")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/a.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-def _raw(url: str):  # type: ignore[no-untyped-def]
-    if url.startswith("sqlite"):
-        import sqlite3
-
-        return sqlite3.connect(url.split("///", 1)[1]), "?"
-    import psycopg
-
-    return psycopg.connect(url), "%s"
 
 
 def test_raw_update_and_delete_are_refused(db_url: str) -> None:
     engine = make_engine(db_url)
     schema.upgrade(engine)
     engine.dispose()
-    conn, _ = _raw(db_url)
+    conn = raw_connection(db_url)
     try:
         cur = conn.cursor()
         cur.execute(INSERT)
@@ -92,7 +78,7 @@ def test_admin_audit_raw_update_and_delete_are_refused(db_url: str) -> None:
 
         assert installed_triggers(c, "admin_audit") == set(TABLE_TRIGGERS["admin_audit"][c.dialect.name])
     engine.dispose()
-    conn, _ = _raw(db_url)
+    conn = raw_connection(db_url)
     try:
         cur = conn.cursor()
         cur.execute(ADMIN_INSERT)

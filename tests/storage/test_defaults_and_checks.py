@@ -12,35 +12,19 @@ from middleware.storage import schema
 from middleware.storage.db import make_engine
 from middleware.storage.statuses import DeliveryStatus, TriggerStatus
 
-from storage_helpers import release_sqlite, schema_of
+from storage_helpers import raw_connection, release_sqlite, schema_of
 
 TRIGGER = ("INSERT INTO \"trigger\" (rule_id, ruleset_version, name, purpose, destinations, origin_key, due_at, payload, "
            "created_at, updated_at{extra}) VALUES ('r', 'v', 'n', 'care', 'hook', '{origin}', 1.0, '{{}}', 1.0, 1.0{value})")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/a.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-def _raw(url: str):  # type: ignore[no-untyped-def]
-    if url.startswith("sqlite"):
-        import sqlite3
-
-        return sqlite3.connect(url.split("///", 1)[1])
-    import psycopg
-
-    return psycopg.connect(url)
 
 
 def test_defaults_fill_what_an_insert_leaves_out_and_checks_refuse_unknown_statuses(db_url: str) -> None:
     engine = make_engine(db_url)
     schema.upgrade(engine)
     engine.dispose()
-    conn = _raw(db_url)
+    conn = raw_connection(db_url)
     try:
         cur = conn.cursor()
         cur.execute(TRIGGER.format(extra="", value="", origin="o1"))
