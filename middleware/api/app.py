@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from sqlalchemy import text
 
 import importlib
 import pkgutil
 
+from ..storage.queries.metrics import ping
 from .body import ApiBodyLimit
 
 if TYPE_CHECKING:
@@ -25,8 +25,7 @@ def create_app(runtime: "Runtime") -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
-        with runtime.engine.connect() as c:
-            c.execute(text("SELECT 1"))
+        ping(runtime.engine)
         return {"status": "ok", "ruleset_version": runtime.ruleset().version,
                 "mllp_port": runtime.mllp.port if runtime.mllp else None}
 

@@ -14,7 +14,9 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import text
+
+from ..storage.queries.metrics import database_figures
+from ..storage.statuses import DeliveryStatus
 
 if TYPE_CHECKING:
     from ..service import Runtime
@@ -32,27 +34,20 @@ class DatabaseCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = time.time()
-        with self.rt.engine.connect() as c:
-            oldest, backlog = c.execute(text(
-                "SELECT min(received_at), count(*) FROM inbound_message WHERE status = 'received'")).one()
-            pending = c.execute(text("SELECT count(*) FROM \"trigger\" WHERE status = 'pending'")).scalar() or 0
-            due = c.execute(text("SELECT count(*) FROM \"trigger\" WHERE status = 'pending' AND due_at <= :now"),
-                            {"now": now}).scalar() or 0
-            oldest_due = c.execute(text("SELECT min(due_at) FROM \"trigger\" WHERE status = 'pending'")).scalar()
-            by_status = c.execute(text("SELECT destination, status, count(*) FROM delivery GROUP BY destination, status")).all()
-            paused = c.execute(text("SELECT key FROM kv WHERE key LIKE 'destination.paused.%' OR key LIKE 'destination.disabled.%'")).all()
+        db = database_figures(self.rt.engine, now)
+        backlog, oldest, oldest_due = db.backlog.rows, db.backlog.oldest_received_at, db.oldest_due_at
         g = GaugeMetricFamily("careloop_processing_backlog", "Stored inbound messages not yet processed")
-        g.add_metric([], float(backlog or 0))
+        g.add_metric([], float(backlog))
         yield g
         g = GaugeMetricFamily("careloop_processing_lag_seconds",
                               "Age of the oldest stored message not yet processed (0 when none)")
         g.add_metric([], max(0.0, now - float(oldest)) if oldest is not None else 0.0)
         yield g
         g = GaugeMetricFamily("careloop_triggers_pending", "Pending triggers (due or not)")
-        g.add_metric([], float(pending))
+        g.add_metric([], float(db.triggers_pending))
         yield g
         g = GaugeMetricFamily("careloop_triggers_due", "Pending triggers whose due time has passed")
-        g.add_metric([], float(due))
+        g.add_metric([], float(db.triggers_due))
         yield g
         g = GaugeMetricFamily("careloop_scheduler_lag_seconds", "How late the most overdue pending trigger is (0 when none)")
         g.add_metric([], max(0.0, now - float(oldest_due)) if oldest_due is not None and oldest_due <= now else 0.0)
@@ -60,22 +55,22 @@ class DatabaseCollector(Collector):
         g = GaugeMetricFamily("careloop_deliveries", "Deliveries by destination and status (delivered, pending, sending, dead, ...)",
                               labels=["destination", "status"])
         dead: dict[str, float] = {}
-        for dest, status, n in by_status:
+        for dest, status, n in db.deliveries:
             g.add_metric([dest, status], float(n))
-            if status == "dead":
+            if status == DeliveryStatus.DEAD:
                 dead[dest] = float(n)
         yield g
         g = GaugeMetricFamily("careloop_dead_letters", "Dead-lettered deliveries (need an operator: fix, then replay)",
                               labels=["destination"])
         for dest in self.rt.ruleset().destinations:
             g.add_metric([dest], dead.pop(dest, 0.0))
-        for dest, n in dead.items():
-            g.add_metric([dest], n)
+        for dest, n_dead in dead.items():
+            g.add_metric([dest], n_dead)
         yield g
         g = GaugeMetricFamily("careloop_destination_circuit_state",
                               "Destination circuit: 0 closed, 1 half-open, 2 open (failures, refused credentials or paused)",
                               labels=["destination"])
-        paused_names = {k.split(".", 2)[2] for (k,) in paused}
+        paused_names = db.paused_destinations
         breakers = self.rt.delivery.breakers
         for dest in sorted(set(self.rt.ruleset().destinations) | set(breakers) | paused_names):
             state = "open" if dest in paused_names else breakers[dest].state if dest in breakers else "closed"

@@ -26,27 +26,17 @@ import time
 from dataclasses import dataclass
 
 import orjson
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from ..storage.db import write_lock
+from ..storage.queries import kv
+from ..storage.queries.retention import AREAS, purge_chunk
+from ..storage.sql import unit
 
 log = logging.getLogger("careloop.retention")
 
 DAY_S = 86400.0
-PURGED = "{}"
 CHUNK = 2000
 WATERMARK = "retention.from"
-
-#: (table, time column, what marks a row still to purge, what the purge sets)
-_TABLES = {
-    "inbound": ("inbound_message", "received_at", "status <> 'received' AND raw IS NOT NULL", "raw = NULL, ack = NULL"),
-    "events": ("event", "created_at", "resource <> '{}'", "resource = '{}'"),
-    "triggers": ('"trigger"', "updated_at",
-                 "status <> 'pending' AND payload <> '{}' AND NOT EXISTS (SELECT 1 FROM delivery d WHERE d.trigger_id = "
-                 "\"trigger\".id AND d.status IN ('pending', 'sending'))",
-                 "payload = '{}', \"explain\" = NULL"),
-}
 
 
 @dataclass(frozen=True)
@@ -61,34 +51,25 @@ class PurgeReport:
 
 
 def _window_start(engine: Engine) -> float:
-    with engine.connect() as c:
-        row = c.execute(text("SELECT value FROM kv WHERE key = :k"), {"k": WATERMARK}).first()
-    return float(orjson.loads(row[0]).get("at", 0.0)) if row else 0.0
+    with unit(engine) as u:
+        value = kv.get(u, WATERMARK)
+    return float(orjson.loads(value).get("at", 0.0)) if value else 0.0
 
 
 def _save_window(engine: Engine, cutoff: float) -> None:
-    value = orjson.dumps({"at": cutoff}).decode()
-    with write_lock(engine), engine.begin() as c:
-        if c.execute(text("UPDATE kv SET value = :v, updated_at = :t WHERE key = :k"),
-                     {"v": value, "t": time.time(), "k": WATERMARK}).rowcount == 0:
-            c.execute(text("INSERT INTO kv (key, value, updated_at) VALUES (:k, :v, :t)"),
-                      {"k": WATERMARK, "v": value, "t": time.time()})
+    with unit(engine, write=True) as u:
+        kv.put(u, WATERMARK, orjson.dumps({"at": cutoff}).decode(), time.time())
 
 
 def _purge_table(engine: Engine, which: str, lo: float, cutoff: float) -> int:
-    table, ts, todo, sets = _TABLES[which]
-    pick = text(f"SELECT id, {ts} FROM {table} WHERE {ts} >= :lo AND {ts} < :cutoff AND {todo} ORDER BY {ts} LIMIT {CHUNK}")
     done = 0
     while True:
-        with write_lock(engine), engine.begin() as c:
-            rows = c.execute(pick, {"lo": lo, "cutoff": cutoff}).all()
-            if rows:
-                ids = ", ".join(str(int(r[0])) for r in rows)
-                c.execute(text(f"UPDATE {table} SET {sets} WHERE id IN ({ids})"))
+        with unit(engine, write=True) as u:
+            rows = purge_chunk(u, which, lo, cutoff, CHUNK)
         done += len(rows)
         if len(rows) < CHUNK:
             return done
-        lo = float(rows[-1][1])  # the next chunk starts where this one ended (rows purged here no longer match)
+        lo = float(rows[-1].at)  # the next chunk starts where this one ended (rows purged here no longer match)
 
 
 def purge(engine: Engine, *, now: float, days: int, full: bool = False) -> PurgeReport:
@@ -97,7 +78,7 @@ def purge(engine: Engine, *, now: float, days: int, full: bool = False) -> Purge
         raise ValueError("retention_days must be at least 1")
     cutoff = now - days * DAY_S
     lo = 0.0 if full else min(_window_start(engine), cutoff)
-    counts = {which: _purge_table(engine, which, lo, cutoff) for which in _TABLES}
+    counts = {which: _purge_table(engine, which, lo, cutoff) for which in AREAS}
     if cutoff > lo:
         _save_window(engine, cutoff)
     report = PurgeReport(cutoff, counts["inbound"], counts["events"], counts["triggers"])

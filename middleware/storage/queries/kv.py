@@ -1,0 +1,41 @@
+"""The ``kv`` table: small durable state (watermarks, destination pauses) by key."""
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..sql import UnitOfWork, param, query
+from ._tables import KV
+
+
+def _insert(dialect: str) -> Any:
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(KV).values(
+        key=param("key"), value=param("value"), updated_at=param("updated_at"))
+
+
+def _put(dialect: str) -> Any:
+    stmt = _insert(dialect)
+    return stmt.on_conflict_do_update(index_elements=[KV.c.key],
+                                      set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at})
+
+
+query("kv.get", select(KV.c.value).where(KV.c.key == param("key")))
+query("kv.put", _put)
+query("kv.add", lambda d: _insert(d).on_conflict_do_nothing(index_elements=[KV.c.key]))
+
+
+def get(u: UnitOfWork, key: str) -> str | None:
+    value: str | None = u.scalar("kv.get", key=key)
+    return value
+
+
+def put(u: UnitOfWork, key: str, value: str, at: float) -> None:
+    """Set ``key`` (insert or replace)."""
+    u.run("kv.put", key=key, value=value, updated_at=at)
+
+
+def add(u: UnitOfWork, key: str, value: str, at: float) -> bool:
+    """Insert ``key`` unless it exists; True when inserted."""
+    return u.run("kv.add", key=key, value=value, updated_at=at) > 0
