@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
-
+from ..storage.queries import audit as q
+from ..storage.sql import unit
 from ..storage.tables import Disclosure
 
 KEEP_YEARS = 6
@@ -42,7 +42,7 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat()
 
 
-def disclosure_json(d: Disclosure) -> dict[str, Any]:
+def disclosure_json(d: q.DisclosureRecord | Disclosure) -> dict[str, Any]:
     return {
         "id": d.id, "sent_at": _iso(d.sent_at), "patient_key": d.patient_key, "destination": d.destination,
         "fields": orjson.loads(d.fields), "body_sha256": d.body_sha256, "body_bytes": d.body_bytes,
@@ -54,15 +54,9 @@ def disclosure_json(d: Disclosure) -> dict[str, Any]:
 def disclosures_for(engine: Engine, patient_key: str, *, since: float | None = None, until: float | None = None,
                     destination: str | None = None) -> list[dict[str, Any]]:
     """Every disclosure about ``patient_key``, oldest first."""
-    with Session(engine) as s:
-        stmt = select(Disclosure).where(Disclosure.patient_key == patient_key)
-        if since is not None:
-            stmt = stmt.where(Disclosure.sent_at >= since)
-        if until is not None:
-            stmt = stmt.where(Disclosure.sent_at < until)
-        if destination:
-            stmt = stmt.where(Disclosure.destination == destination)
-        return [disclosure_json(d) for d in s.exec(stmt.order_by(col(Disclosure.sent_at), col(Disclosure.id)))]
+    with unit(engine) as u:
+        rows = q.disclosures_for(u, patient_key, since=since, until=until, destination=destination or None)
+    return [disclosure_json(d) for d in rows]
 
 
 CSV_COLUMNS = ["id", "sent_at", "patient_key", "destination", "purpose", "rule_id", "ruleset_version", "outcome",

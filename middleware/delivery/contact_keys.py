@@ -13,12 +13,11 @@ import csv
 from datetime import datetime
 from typing import IO, Iterator
 
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
-from sqlmodel import col
 
 from ..keyring import ContactKeyring
-from ..storage.tables import Disclosure, PatientRow
+from ..storage.queries import audit as q
+from ..storage.sql import unit
 from .policy import contact_key
 
 EXPORT_COLUMNS = ("old_key", "new_key")
@@ -26,24 +25,15 @@ EXPORT_COLUMNS = ("old_key", "new_key")
 
 def disclosed_patients(engine: Engine, destination: str | None = None) -> Iterator[str]:
     """Distinct patient keys disclosed (to ``destination``, or to any), in key order."""
-    stmt = select(col(Disclosure.patient_key)).where(col(Disclosure.patient_key).is_not(None)).distinct()
-    if destination:
-        stmt = stmt.where(col(Disclosure.destination) == destination)
-    with engine.connect() as c:
-        for (key,) in c.execute(stmt.order_by(col(Disclosure.patient_key))):
-            if key is not None:  # always: the query excludes NULL keys
-                yield key
+    with unit(engine) as u:
+        keys = list(q.disclosed_patients(u, destination or None))
+    yield from keys
 
 
 def _known_patients(engine: Engine) -> Iterator[str]:
-    seen: set[str] = set()
-    with engine.connect() as c:
-        for (key,) in c.execute(select(col(PatientRow.key))):
-            seen.add(key)
-            yield key
-    for key in disclosed_patients(engine):
-        if key not in seen:
-            yield key
+    with unit(engine) as u:
+        keys = list(q.known_patients(u))
+    yield from keys
 
 
 def resolve(engine: Engine, keyring: ContactKeyring, ck: str, *, now: datetime | None = None) -> tuple[str, str] | None:

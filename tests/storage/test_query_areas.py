@@ -75,3 +75,72 @@ def test_retention_blanks_finished_bodies_only(engine: Engine) -> None:
         assert [e.resource for e in s.query(EventRow)] == ["{}"]
         assert s.get(KeyValue, "retention.from") is not None
     assert purge(engine, now=10.0 + 2 * 86400, days=1).triggers == 0  # idempotent
+
+
+def test_delivery_admin_filters_replay_and_pauses(engine: Engine) -> None:
+    from middleware.delivery import admin
+    from middleware.storage.tables import DeliveryAlert, DeliveryAttempt, SendIntent
+
+    with Session(engine) as s:
+        s.add_all([_trigger(1, "fired", 0.0), _trigger(2, "fired", 0.0)])
+        s.commit()
+        t2 = s.get(TriggerRow, 2)
+        assert t2 is not None
+        t2.rule_id = "other"
+        s.add(t2)
+        rows = [("d1", "dead", 1, "HTTP 500 from d1"), ("d1", "dead", 2, "timeout"), ("d2", "dead", 1, "HTTP 500"),
+                ("d1", "delivered", 1, None), ("d1", "pending", 1, None)]
+        s.add_all([DeliveryRow(trigger_id=t, destination=d, idempotency_key=f"k{i}", status=st, attempts=5,
+                               next_attempt_at=5000.0, last_error=err, created_at=0.0, updated_at=0.0)
+                   for i, (d, st, t, err) in enumerate(rows)])
+        s.add_all([DeliveryAttempt(delivery_id=1, at=1.0, outcome="retry", error="e1"),
+                   DeliveryAttempt(delivery_id=1, at=2.0, outcome="permanent", error="e2"),
+                   SendIntent(idempotency_key="k0", delivery_id=1, destination="d1", started_at=0.0),
+                   KeyValue(key="destination.paused.d1", value='{"reason": "401"}'),
+                   DeliveryAlert(kind="auth-failure", destination="d1", delivery_id=1, message="m", created_at=3.0),
+                   DeliveryAlert(kind="auth-failure", destination="d2", delivery_id=3, message="m", created_at=4.0)])
+        s.commit()
+    assert [d["id"] for d in admin.list_deliveries(engine)] == [5, 4, 3, 2, 1]
+    listed = admin.list_deliveries(engine, status="dead", destination="d1", limit=1, with_history=True)
+    assert [(d["id"], d["rule_id"]) for d in listed] == [(2, "other")] and listed[0]["history"] == []
+    hist = admin.list_deliveries(engine, status="dead", destination="d1", with_history=True)[1]["history"]
+    assert [h["error"] for h in hist] == ["e1", "e2"]
+    assert admin.paused_destinations(engine) == {"d1": {"kind": "paused", "reason": "401"}}
+    assert [a["destination"] for a in admin.alerts(engine)] == ["d2", "d1"]
+    assert admin.replay(engine, status="dead", rule_id="other", now=100.0) == 1  # delivery 2
+    assert admin.replay(engine, status="dead", reason_contains="HTTP 500", delivery_id=3, now=100.0) == 1
+    assert admin.replay(engine, status="dead", destination="d1", now=100.0) == 1  # delivery 1; lifts d1's pause
+    with Session(engine) as s:
+        got = {d.id: (d.status, d.attempts, d.next_attempt_at) for d in s.query(DeliveryRow)}
+        assert got == {1: ("pending", 0, 100.0), 2: ("pending", 0, 100.0), 3: ("pending", 0, 100.0),
+                       4: ("delivered", 5, 5000.0), 5: ("pending", 5, 100.0)}  # 5 waited behind the pause: due now
+        assert s.get(SendIntent, "k0") is None
+    assert admin.paused_destinations(engine) == {}
+    assert [a["destination"] for a in admin.alerts(engine)] == ["d2"]
+    assert len(admin.alerts(engine, open_only=False)) == 2
+    assert admin.resume(engine, "d2", now=200.0) is False
+    assert admin.alerts(engine) == []
+
+
+def test_disclosure_reads_and_contact_key_lookup(engine: Engine) -> None:
+    from middleware.delivery import audit, contact_keys
+    from middleware.delivery.policy import contact_key
+    from middleware.keyring import ContactKeyring, ContactSecret
+    from middleware.storage.tables import Disclosure, PatientRow
+
+    with Session(engine) as s:
+        s.add(PatientRow(key="pa", fhir_id="a", resource="{}"))
+        s.add_all([Disclosure(delivery_id=i, trigger_id=i, patient_key=pk, destination=d, fields='["a"]', body_sha256="h",
+                              purpose="treatment-reminder", rule_id="r", ruleset_version="v", sent_at=at, outcome="delivered")
+                   for i, (pk, d, at) in enumerate((("pb", "d1", 10.0), ("pb", "d2", 20.0), ("pc", "d1", 30.0),
+                                                    ("pb", "d1", 5.0)))])
+        s.commit()
+    assert [r["sent_at"][-14:-6] for r in audit.disclosures_for(engine, "pb")] == ["00:00:05", "00:00:10", "00:00:20"]
+    assert [r["delivery_id"] for r in audit.disclosures_for(engine, "pb", since=6.0, until=20.0)] == [0]
+    assert [r["delivery_id"] for r in audit.disclosures_for(engine, "pb", destination="d2")] == [1]
+    assert list(contact_keys.disclosed_patients(engine)) == ["pb", "pc"]
+    assert list(contact_keys.disclosed_patients(engine, "d2")) == ["pb"]
+    ring = ContactKeyring((ContactSecret("v1", "s" * 32),))
+    assert contact_keys.resolve(engine, ring, contact_key("s" * 32, "pa")) == ("pa", "v1")
+    assert contact_keys.resolve(engine, ring, contact_key("s" * 32, "pc")) == ("pc", "v1")
+    assert contact_keys.resolve(engine, ring, contact_key("s" * 32, "nobody")) is None
