@@ -11,7 +11,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
 from . import tables  # noqa: F401  (registers the tables on the metadata)
-from .sql import sqlite_write_lock, write_lock  # noqa: F401  (one lock map, kept in sql.py)
+from .sql import sqlite_write_lock as sqlite_write_lock  # one lock map, kept in sql.py
+from .sql import write_lock as write_lock
 
 
 def normalize_url(url: str) -> str:

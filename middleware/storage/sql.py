@@ -26,7 +26,7 @@ from enum import Enum
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, TypeVar, cast
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, cast
 
 from sqlalchemy import BindParameter, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,7 +35,6 @@ from sqlalchemy.engine.interfaces import BindTyping
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import ClauseElement, ColumnElement
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import Executable
 from sqlalchemy.types import UserDefinedType
 from sqlmodel import Session
 
@@ -44,9 +43,7 @@ __all__ = [
     "write_lock", "dialect_of",
 ]
 
-R = TypeVar("R")
-
-Statement = Executable | ClauseElement
+Statement = ClauseElement
 
 
 class QueryError(Exception):
@@ -99,7 +96,7 @@ def any_of(column: Any, name: str) -> AnyOf:
 
 _DIALECTS: dict[str, Callable[[], Dialect]] = {
     "sqlite": lambda: sqlite.pysqlite.dialect(paramstyle="qmark"),
-    "postgresql": lambda: _no_casts(postgresql.psycopg.dialect(paramstyle="format")),
+    "postgresql": lambda: _no_casts(postgresql.psycopg.dialect(paramstyle="format")),  # type: ignore[no-untyped-call]
 }
 
 
@@ -186,6 +183,12 @@ class Query:
                     value = value.value
                 proc = bp.type._cached_bind_processor(dialect)
                 constants[name] = proc(value) if proc is not None else value
+        # Python-side column defaults the statement leaves to SQLAlchemy (``Field(default=...)``)
+        for col in [*comp.insert_prefetch, *comp.update_prefetch]:
+            default = col.default if col in comp.insert_prefetch else col.onupdate
+            if default is None or not getattr(default, "is_scalar", False):
+                raise QueryError(f"query {self.name!r}: give column {col.key!r} a value (its default is not a constant)")
+            constants[col.key] = default.arg  # type: ignore[attr-defined]
         return Compiled(sql=comp.string, order=order, constants=constants, lists=frozenset(lists),
                         json_lists=dialect_name == "sqlite")
 
@@ -431,11 +434,3 @@ def unit(engine: Engine, write: bool = False, durable: bool = True) -> Iterator[
     if u._session is not None:
         u._session.close()
     u._release()
-
-
-def rows_of(row: type[R], rows: Iterable[Sequence[Any]]) -> list[R]:
-    make = cast(Callable[[Sequence[Any]], R], getattr(row, "_make"))
-    return [make(r) for r in rows]
-
-
-NamedTupleType = type[NamedTuple]

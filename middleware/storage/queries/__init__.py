@@ -1,3 +1,6 @@
-"""Named queries by area (:mod:`middleware.storage.sql`): each module registers its statements
-when imported and offers small functions that run them in a unit of work and return frozen,
-typed records. Code outside ``storage/`` calls these functions; it writes no SQL."""
+"""The named queries, by area (see :mod:`middleware.storage.sql`). Importing this package
+registers them all. Each area module also offers small functions that run its statements in a
+unit of work and return frozen, typed records: code outside ``storage/`` writes no SQL."""
+from __future__ import annotations
+
+from . import admin, audit, ingest, kv, metrics, retention  # noqa: F401
