@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session
-
 from ..config.destinations import Destination
 from ..storage.privacy import OptOut, read_privacy
+from ..storage.sql import UnitOfWork
+from ..storage.statuses import TriggerStatus
 from ..storage.tables import TriggerRow
 
 
@@ -27,7 +27,7 @@ def _opt_out_reason(r: OptOut) -> str:
 
 def _static_block(t: Any, dest: Destination) -> tuple[str, str] | None:
     """The checks that need no database read (cancellation, BAA, purpose)."""
-    if t.status == "cancelled":
+    if t.status == TriggerStatus.CANCELLED:
         return "suppressed", "trigger was cancelled"
     if t.patient_key and not dest.baa:
         return "suppressed", (f"destination {dest.name} has no business associate agreement; "
@@ -37,7 +37,7 @@ def _static_block(t: Any, dest: Destination) -> tuple[str, str] | None:
     return None
 
 
-def send_time_blocks(s: Session, items: Sequence[tuple[Any, Destination]], at: datetime) -> list[tuple[str, str] | None]:
+def send_time_blocks(u: UnitOfWork, items: Sequence[tuple[Any, Destination]], at: datetime) -> list[tuple[str, str] | None]:
     """:func:`send_time_block` for many ``(trigger, destination)`` pairs with one read per table.
 
     Same checks in the same order as the single form; suppressions and consents are
@@ -48,7 +48,7 @@ def send_time_blocks(s: Session, items: Sequence[tuple[Any, Destination]], at: d
     todo = [i for i, (t, _) in enumerate(items) if out[i] is None and t.patient_key]
     if not todo:
         return out
-    privacy = read_privacy(s.connection(), (items[i][0].patient_key for i in todo),
+    privacy = read_privacy(u, (items[i][0].patient_key for i in todo),
                            marketing=(items[i][0].patient_key for i in todo if items[i][0].purpose == "marketing"))
     for i in todo:
         t, dest = items[i]
@@ -64,6 +64,6 @@ def send_time_blocks(s: Session, items: Sequence[tuple[Any, Destination]], at: d
     return out
 
 
-def send_time_block(s: Session, t: TriggerRow, dest: Destination, at: datetime) -> tuple[str, str] | None:
+def send_time_block(u: UnitOfWork, t: TriggerRow, dest: Destination, at: datetime) -> tuple[str, str] | None:
     """``(status, reason)`` when the delivery must not be sent now, else None (see module docstring)."""
-    return send_time_blocks(s, [(t, dest)], at)[0]
+    return send_time_blocks(u, [(t, dest)], at)[0]

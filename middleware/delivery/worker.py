@@ -34,17 +34,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import httpx
 import orjson
-from sqlalchemy import Connection, bindparam, delete, insert, update
-from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, col, or_, select
 
 from .. import netpolicy
 from ..config.destinations import Destination
-from ..storage.db import is_sqlite, write_lock
-from ..storage.tables import (
-    DeliveryAlert, DeliveryAttempt, DeliveryRow, Disclosure, KeyValue, SendIntent, SendLedger, TriggerRow,
-)
+from ..storage.queries import delivery as q
+from ..storage.queries.delivery import DISABLED, PAUSED
+from ..storage.sql import UnitOfWork, unit
+from ..storage.statuses import DeliveryStatus, DisclosureOutcome
 from . import capture
 from .gate import send_time_blocks
 from .policy import identifier_for, project
@@ -60,24 +57,7 @@ if TYPE_CHECKING:  # the rule set is passed in; delivery never imports the rules
 log = logging.getLogger("careloop.delivery")
 
 LEASE_S = 120.0
-DISABLED = "destination.disabled."  # KeyValue prefix: 410 Gone (endpoint asked to be removed)
-PAUSED = "destination.paused."  # KeyValue prefix: static credentials refused (circuit open until resumed)
-
-# Core tables: the claim and the record are a few statements per batch, not ORM objects per row.
-_DELIVERY = SQLModel.metadata.tables[DeliveryRow.__tablename__]
-_TRIGGER = SQLModel.metadata.tables[TriggerRow.__tablename__]
-_ATTEMPT = SQLModel.metadata.tables[DeliveryAttempt.__tablename__]
-_DISCLOSURE = SQLModel.metadata.tables[Disclosure.__tablename__]
-_INTENT = SQLModel.metadata.tables[SendIntent.__tablename__]
-_LEDGER = SQLModel.metadata.tables[SendLedger.__tablename__]
-_KV = SQLModel.metadata.tables[KeyValue.__tablename__]
-_ALERT = SQLModel.metadata.tables[DeliveryAlert.__tablename__]
-_INSERT_ATTEMPT = insert(_ATTEMPT)
-_INSERT_DISCLOSURE = insert(_DISCLOSURE)
-_INSERT_INTENT = insert(_INTENT)
-_INSERT_LEDGER = insert(_LEDGER)
-_TRIGGER_COLS = (_TRIGGER.c.id, _TRIGGER.c.rule_id, _TRIGGER.c.ruleset_version, _TRIGGER.c.purpose, _TRIGGER.c.name,
-                 _TRIGGER.c.status, _TRIGGER.c.patient_key, _TRIGGER.c.payload, _TRIGGER.c.fired_at, _TRIGGER.c.due_at)
+__all__ = ["DISABLED", "PAUSED", "DeliveryWorker", "LEASE_S", "replay"]
 
 
 @dataclass
@@ -124,7 +104,7 @@ class DeliveryWorker:
         secrets: SecretSource | None = None,
         link_base: str = "http://127.0.0.1:8080",
         fault_hook: Callable[[str], None] | None = None,
-        consent_check: Callable[[Session, str | None, str, str], str | None] | None = None,
+        consent_check: Callable[[UnitOfWork, str | None, str, str], str | None] | None = None,
         lease_s: float = LEASE_S,
         own_ports: tuple[int, ...] = (),
     ) -> None:
@@ -191,11 +171,10 @@ class DeliveryWorker:
         self.connectors.clear()  # they hold closed clients: rebuilt if the worker runs again
 
     # -- claim ------------------------------------------------------------
-    def _blocked(self, s: Session, rs: "RuleSet") -> tuple[set[str], dict[str, int]]:
+    def _blocked(self, u: UnitOfWork, rs: "RuleSet") -> tuple[set[str], dict[str, int]]:
         """(destinations not to claim for at all, destinations limited to a probe of N)."""
         blocked = {n for n, d in rs.destinations.items() if not d.enabled}
-        kvs = s.exec(select(KeyValue.key).where(or_(col(KeyValue.key).startswith(DISABLED), col(KeyValue.key).startswith(PAUSED)))).all()
-        paused = {k.split(".", 2)[2] for k in kvs}
+        paused = q.paused(u)
         blocked |= paused
         probes: dict[str, int] = {}
         for name, br in self.breakers.items():
@@ -209,65 +188,34 @@ class DeliveryWorker:
         return blocked, probes
 
     def claim(self, limit: int = 200) -> list[Claimed]:
-        """Lease up to ``limit`` due deliveries and build what to send (or why not)."""
-        with write_lock(self.engine):
-            return self._claim(limit)
-
-    def _claim(self, limit: int = 200) -> list[Claimed]:
+        """Lease up to ``limit`` due deliveries and build what to send (or why not). One write
+        transaction (the lease is committed before anything is sent)."""
         rs = self.ruleset()
         now_dt = self.clock()
         now = now_dt.timestamp()
-        D = _DELIVERY
-        with Session(self.engine, expire_on_commit=False) as s:
-            blocked, probes = self._blocked(s, rs)
-            # two index-ordered reads (due pending rows; expired leases), merged: one query with OR made
-            # SQLite sort every due row before the LIMIT (MULTI-INDEX OR + temp B-tree; bench/growth.py)
-            stmts = []
-            for cond in ((D.c.status == "pending") & (D.c.next_attempt_at <= now),
-                         (D.c.status == "sending") & (D.c.locked_until < now)):
-                stmt = (sa_select(D.c.id, D.c.trigger_id, D.c.destination, D.c.idempotency_key, D.c.status, D.c.attempts,
-                                  D.c.next_attempt_at)
-                        .where(cond).order_by(D.c.next_attempt_at).limit(limit))
-                if blocked:
-                    stmt = stmt.where(D.c.destination.not_in(sorted(blocked)))
-                if not is_sqlite(self.engine):
-                    stmt = stmt.with_for_update(skip_locked=True)
-                stmts.append(stmt)
+        with unit(self.engine, write=True) as u:
+            blocked, probes = self._blocked(u, rs)
             if time.monotonic() - self._owners_checked_at >= 2.0:  # a query per claim otherwise; at start, then every 2 s
                 self._owners_checked_at = time.monotonic()
-                self._release_dead_owners(s, now)
+                self._release_dead_owners(u, now)
             taken: dict[str, int] = defaultdict(int)
             rows = []
-            due = sorted((d for stmt in stmts for d in s.execute(stmt)), key=lambda d: (d.next_attempt_at, d.id))[:limit]
-            for d in due:
+            for d in q.claim(u, now=now, blocked=sorted(blocked), limit=limit):
                 if d.destination in probes and taken[d.destination] >= probes[d.destination]:
                     continue
                 taken[d.destination] += 1
                 rows.append(d)
             if not rows:
-                s.commit()
                 return []
-            # the lease: one UPDATE for the whole batch, committed before anything is sent
-            s.execute(
-                update(D).where(D.c.id.in_(bindparam("ids", expanding=True)))
-                .values(status="sending", locked_until=now + self.lease_s, attempts=D.c.attempts + 1,
-                        updated_at=now, locked_by=self.owner),
-                {"ids": [d.id for d in rows]},
-            )
-            trigger_ids = sorted({d.trigger_id for d in rows})
-            triggers = {t.id: t for t in s.execute(sa_select(*_TRIGGER_COLS).where(_TRIGGER.c.id.in_(trigger_ids)))}
-            out = self._build_all(s, rows, triggers, rs, now_dt)
-            self._intents(s, out, rs, now)
-            s.commit()
+            q.lease(u, [d.id for d in rows], now=now, until=now + self.lease_s, owner=self.owner)
+            triggers = q.triggers_of(u, sorted({d.trigger_id for d in rows}))
+            out = self._build_all(u, rows, triggers, rs, now_dt)
+            self._intents(u, out, rs, now)
         return out
 
-    def _release_dead_owners(self, s: Session, now: float) -> None:
+    def _release_dead_owners(self, u: UnitOfWork, now: float) -> None:
         """Expire leases held by a worker process on this host that no longer exists (killed mid-send)."""
-        host = socket.gethostname() + ":"
-        owners = s.exec(select(DeliveryRow.locked_by).where(
-            DeliveryRow.status == "sending", col(DeliveryRow.locked_until) >= now,
-            col(DeliveryRow.locked_by).startswith(host)).distinct()).all()
-        for owner in owners:
+        for owner in q.lease_owners_on_host(u, socket.gethostname() + ":", now):
             if not owner or owner == self.owner:
                 continue
             try:
@@ -277,10 +225,9 @@ class DeliveryWorker:
                 pass
             except (PermissionError, ValueError, IndexError):
                 continue
-            s.execute(update(_DELIVERY).where(_DELIVERY.c.locked_by == owner, _DELIVERY.c.status == "sending")
-                      .values(locked_until=now - 1))
+            q.expire_leases_of(u, owner, now)
 
-    def _intents(self, s: Session, claimed: list[Claimed], rs: "RuleSet", now: float) -> None:
+    def _intents(self, u: UnitOfWork, claimed: list[Claimed], rs: "RuleSet", now: float) -> None:
         """Ledger-mode destinations: never send twice after a crash; note the send before it starts."""
         types = connector_types()
         ledger = [c for c in claimed if c.outbound is not None
@@ -288,26 +235,23 @@ class DeliveryWorker:
         if not ledger:
             return
         keys = [c.idempotency_key for c in ledger]
-        found = set(s.execute(sa_select(_INTENT.c.idempotency_key)
-                              .where(_INTENT.c.idempotency_key.in_(bindparam("keys", expanding=True))),
-                              {"keys": keys}).scalars())
+        found = q.keys_in(u, "delivery.intents_of", keys)
         new = []
         for c in ledger:
             if c.idempotency_key in found:
-                c.skip_status = "unconfirmed"
+                c.skip_status = DeliveryStatus.UNCONFIRMED
                 c.skip_reason = ("outcome unknown: the worker stopped after sending began; not re-sent because "
                                  f"{c.destination} does not de-duplicate (send ledger); replay to force a resend")
             else:
                 new.append({"idempotency_key": c.idempotency_key, "delivery_id": c.delivery_id,
                             "destination": c.destination, "started_at": now})
-        if new:
-            s.execute(_INSERT_INTENT, new)
+        u.many("delivery.intent_add", new)
 
-    def _build_all(self, s: Session, rows: list[Any], triggers: dict[int, Any], rs: "RuleSet",
+    def _build_all(self, u: UnitOfWork, rows: list[q.DueDelivery], triggers: dict[int, q.TriggerToSend], rs: "RuleSet",
                    now: datetime) -> list[Claimed]:
         """What to send for each leased delivery (or why not), in claim order."""
         out: list[Claimed] = []
-        checks: list[tuple[Any, Destination]] = []
+        checks: list[tuple[q.TriggerToSend, Destination]] = []
         where: list[int] = []
         for d in rows:
             t, dest = triggers.get(d.trigger_id), rs.destinations.get(d.destination)
@@ -319,17 +263,17 @@ class DeliveryWorker:
                          "name": t.name})
             out.append(c)
             if t is None or dest is None:
-                c.skip_status, c.skip_reason = "dead", "trigger or destination no longer exists"
+                c.skip_status, c.skip_reason = DeliveryStatus.DEAD, "trigger or destination no longer exists"
             else:
                 checks.append((t, dest))
                 where.append(len(out) - 1)
-        blocks = send_time_blocks(s, checks, now) if checks else []
+        blocks = send_time_blocks(u, checks, now) if checks else []
         ckeys: dict[tuple[str, str], str] = {}
         for i, (t, dest), block in zip(where, checks, blocks):
             c = out[i]
             if block is None and self.consent_check is not None:
-                extra = self.consent_check(s, t.patient_key, dest.name, t.purpose)
-                block = ("suppressed", extra) if extra else None
+                extra = self.consent_check(u, t.patient_key, dest.name, t.purpose)
+                block = (DeliveryStatus.SUPPRESSED, extra) if extra else None
             if block is not None:
                 c.skip_status, c.skip_reason = block
                 continue
@@ -419,24 +363,16 @@ class DeliveryWorker:
     def _ledger_hits(self, keys: list[str]) -> set[str]:
         if not keys:
             return set()
-        with Session(self.engine) as s:
-            return set(s.exec(select(SendLedger.idempotency_key).where(col(SendLedger.idempotency_key).in_(keys))).all())
+        with unit(self.engine) as u:
+            return q.keys_in(u, "delivery.ledger_of", keys)
 
     # -- record -----------------------------------------------------------
     def record(self, results: list[Sent]) -> None:
-        """One transaction: attempts, statuses, retries, disclosures, ledger, alerts."""
-        with write_lock(self.engine):
-            self._record(results)
-
-    def _record(self, results: list[Sent]) -> None:
+        """One write transaction: attempts, statuses, retries, disclosures, ledger, alerts."""
         rs = self.ruleset()
         now = self.clock().timestamp()
-        D = _DELIVERY
-        ids = [r.claimed.delivery_id for r in results]
-        with self.engine.begin() as conn:
-            rows = {d.id: d for d in conn.execute(
-                sa_select(D.c.id, D.c.attempts, D.c.destination, D.c.idempotency_key)
-                .where(D.c.id.in_(bindparam("ids", expanding=True))), {"ids": ids})}
+        with unit(self.engine, write=True) as u:
+            rows = q.to_record(u, [r.claimed.delivery_id for r in results])
             rec = _Batch()
             for r in results:
                 d = rows.get(r.claimed.delivery_id)
@@ -447,49 +383,38 @@ class DeliveryWorker:
                 else:
                     rec.intents_done.append(d.idempotency_key)
                     self._record_outcome(rec, d, r, rs.destinations.get(d.destination), now)
-            self._write(conn, rec, now)
+            self._write(u, rec, now)
 
-    def _write(self, conn: Connection, rec: "_Batch", now: float) -> None:
+    def _write(self, u: UnitOfWork, rec: "_Batch", now: float) -> None:
         """The batch's statements: a few executemany calls, whatever the batch size."""
         if rec.intents_done:
-            conn.execute(delete(_INTENT).where(_INTENT.c.idempotency_key.in_(bindparam("keys", expanding=True))),
-                         {"keys": rec.intents_done})
-        for shape, params in rec.updates.items():
-            conn.execute(update(_DELIVERY).where(_DELIVERY.c.id == bindparam("p_id"))
-                         .values({k: bindparam("p_" + k) for k in shape}), params)
-        if rec.attempts:
-            conn.execute(_INSERT_ATTEMPT, rec.attempts)
-        if rec.disclosures:
-            conn.execute(_INSERT_DISCLOSURE, rec.disclosures)
+            u.run("delivery.intents_done", keys=rec.intents_done)
+        for name in q.OUTCOME_UPDATES:
+            u.many(name, rec.updates.get(name, ()))
+        u.many("delivery.attempt_add", rec.attempts)
+        u.many("delivery.disclosure_add", rec.disclosures)
         if rec.ledger:
-            have = set(conn.execute(sa_select(_LEDGER.c.idempotency_key)
-                                    .where(_LEDGER.c.idempotency_key.in_(bindparam("keys", expanding=True))),
-                                    {"keys": list(rec.ledger)}).scalars())
-            new = [{"idempotency_key": k, "destination": dest, "sent_at": now}
-                   for k, dest in rec.ledger.items() if k not in have]
-            if new:
-                conn.execute(_INSERT_LEDGER, new)
+            have = q.keys_in(u, "delivery.ledger_of", list(rec.ledger))
+            u.many("delivery.ledger_add", [{"idempotency_key": k, "destination": dest, "sent_at": now}
+                                           for k, dest in rec.ledger.items() if k not in have])
         for key, (d, kind, message) in rec.pauses.items():
-            if conn.execute(sa_select(_KV.c.key).where(_KV.c.key == key)).first() is not None:
-                continue
-            conn.execute(insert(_KV).values(key=key, value=orjson.dumps({"reason": message, "since": now, "delivery_id": d.id}).decode(),
-                                            updated_at=now))
-            conn.execute(insert(_ALERT).values(kind=kind, destination=d.destination, delivery_id=d.id, message=message,
-                                               created_at=now, resolved_at=None))
-            log.error("destination paused", extra={"action": f"delivery.{kind}", "destination": d.destination,
-                                                    "delivery_id": d.id, "circuit": "open"})
+            value = orjson.dumps({"reason": message, "since": now, "delivery_id": d.id}).decode()
+            alert = {"kind": kind, "destination": d.destination, "delivery_id": d.id, "message": message, "created_at": now}
+            if q.pause(u, key, value, alert, now):
+                log.error("destination paused", extra={"action": f"delivery.{kind}", "destination": d.destination,
+                                                        "delivery_id": d.id, "circuit": "open"})
 
-    def _record_skip(self, rec: "_Batch", d: Any, c: Claimed, now: float) -> None:
-        status = c.skip_status or "suppressed"
-        rec.update(d.id, status=status, last_error=c.skip_reason, updated_at=now, locked_until=None)
+    def _record_skip(self, rec: "_Batch", d: q.DeliveryToRecord, c: Claimed, now: float) -> None:
+        status = c.skip_status or DeliveryStatus.SUPPRESSED
+        rec.update("delivery.set_skipped", d.id, status=status, error=c.skip_reason, now=now)
         rec.attempts.append(_attempt(d.id, now, status, None, c.skip_reason, 0.0))
-        if status == "unconfirmed":
+        if status == DeliveryStatus.UNCONFIRMED:
             rec.intents_done.append(d.idempotency_key)  # the delivery's status now carries "possibly sent"
-            rec.disclosures.append(self._disclosure(d, c, now, None, c.fields, outcome="unconfirmed"))
+            rec.disclosures.append(self._disclosure(d, c, now, None, c.fields, outcome=DisclosureOutcome.UNCONFIRMED))
             log.warning("delivery unconfirmed", extra={"action": "delivery.unconfirmed", "delivery_id": d.id,
                                                          "destination": d.destination})
 
-    def _record_outcome(self, rec: "_Batch", d: Any, r: Sent, dest: Destination | None, now: float) -> None:
+    def _record_outcome(self, rec: "_Batch", d: q.DeliveryToRecord, r: Sent, dest: Destination | None, now: float) -> None:
         c, outcome = r.claimed, r.outcome
         assert outcome is not None
         dec = decide(outcome, d.attempts, max_attempts=dest.max_attempts if dest else 5,
@@ -498,30 +423,29 @@ class DeliveryWorker:
         code = getattr(outcome, "status_code", None)
         rec.attempts.append(_attempt(d.id, now, type(outcome).__name__.lower(), code,
                                      None if isinstance(outcome, Delivered) else getattr(outcome, "reason", ""), r.ms))
-        if dec.status == "delivered":
-            rec.update(d.id, status="delivered", delivered_at=now, last_error=None, last_status_code=code,
-                       updated_at=now, locked_until=None)
+        if dec.status == DeliveryStatus.DELIVERED:
+            rec.update("delivery.set_delivered", d.id, code=code, now=now)
             already = isinstance(outcome, Delivered) and outcome.detail.startswith("already sent")
             if not already:
-                rec.disclosures.append(self._disclosure(d, c, now, r.request, r.fields or c.fields, outcome="delivered"))
+                rec.disclosures.append(self._disclosure(d, c, now, r.request, r.fields or c.fields,
+                                                       outcome=DisclosureOutcome.DELIVERED))
                 self.sent += 1
             rec.ledger.setdefault(d.idempotency_key, d.destination)
-        elif dec.status == "pending":
-            rec.update(d.id, status="pending", next_attempt_at=now + (dec.next_in_s or 0.0), last_error=dec.reason,
-                       last_status_code=code, updated_at=now, locked_until=None)
+        elif dec.status == DeliveryStatus.PENDING:
+            rec.update("delivery.set_retry", d.id, next=now + (dec.next_in_s or 0.0), error=dec.reason, code=code, now=now)
         else:
-            rec.update(d.id, status="dead", last_error=dec.reason, last_status_code=code, updated_at=now, locked_until=None)
+            rec.update("delivery.set_dead", d.id, error=dec.reason, code=code, now=now)
             log.warning("dead letter", extra={"action": "delivery.dead", "delivery_id": d.id, "destination": d.destination})
         if isinstance(outcome, AuthFailure):
             rec.pause(d, PAUSED, "auth-failure", f"static credentials refused ({outcome.reason}); circuit open until resumed")
         elif isinstance(outcome, Disable):
             rec.pause(d, DISABLED, "destination-disabled", f"endpoint asked to be removed ({outcome.reason})")
 
-    def _disclosure(self, d: Any, c: Claimed, now: float, req: capture.SentRequest | None,
+    def _disclosure(self, d: q.DeliveryToRecord, c: Claimed, now: float, req: capture.SentRequest | None,
                     fields: list[str], *, outcome: str) -> dict[str, Any]:
         if req is not None:
             sha, size, target = req.sha256, req.length, req.target
-        elif c.outbound is not None and outcome == "delivered":  # a connector that made no HTTP request
+        elif c.outbound is not None and outcome == DisclosureOutcome.DELIVERED:  # a connector that made no HTTP request
             body = orjson.dumps(c.outbound.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
             sha, size, target = hashlib.sha256(body).hexdigest(), len(body), "(no HTTP request captured)"
         else:
@@ -547,15 +471,14 @@ class _Batch:
         self.disclosures: list[dict[str, Any]] = []
         self.intents_done: list[str] = []
         self.ledger: dict[str, str] = {}
-        self.updates: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-        self.pauses: dict[str, tuple[Any, str, str]] = {}
+        self.updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        self.pauses: dict[str, tuple[q.DeliveryToRecord, str, str]] = {}
 
-    def update(self, delivery_id: int, **values: Any) -> None:
-        """Rows that set the same columns share one executemany UPDATE."""
-        shape = tuple(sorted(values))
-        self.updates[shape].append({"p_id": delivery_id, **{"p_" + k: v for k, v in values.items()}})
+    def update(self, name: str, delivery_id: int, **values: Any) -> None:
+        """Rows with the same kind of outcome share one executemany UPDATE (the query ``name``)."""
+        self.updates[name].append({"p_id": delivery_id, **{"p_" + k: v for k, v in values.items()}})
 
-    def pause(self, d: Any, prefix: str, kind: str, message: str) -> None:
+    def pause(self, d: q.DeliveryToRecord, prefix: str, kind: str, message: str) -> None:
         self.pauses.setdefault(prefix + d.destination, (d, kind, message))
 
 

@@ -7,19 +7,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any, Callable, Sequence, cast
 
-from sqlalchemy import bindparam, case, func, insert, update
-from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, select
 
 from .patientctx import deceased_or_hospice
 from ..rules.load import RuleSet
-from ..storage.db import begin_write, is_sqlite, write_lock
 from ..storage.privacy import chunks, read_privacy
-from ..storage.tables import DeliveryRow, TriggerRow
+from ..storage.queries import scheduler as q
+from ..storage.sql import UnitOfWork, unit
+from ..storage.tables import TriggerRow
 
 log = logging.getLogger("careloop.scheduler")
 
@@ -56,28 +53,23 @@ class Scheduler:
         self.fault_hook: Callable[[str], None] | None = None  # crash tests: CARELOOP_FAULT=scheduler.after_commit:N
 
     def next_due(self) -> float | None:
-        with Session(self.engine) as s:
-            return s.exec(select(func.min(TriggerRow.due_at)).where(TriggerRow.status == "pending")).first()
+        with unit(self.engine) as u:
+            return q.next_due(u)
 
     def fire_due(self) -> int:
         """Fire up to ``batch`` due triggers; return how many were handled."""
-        with write_lock(self.engine):
-            return self._fire_due()
-
-    def _fire_due(self) -> int:
-        rs = self.ruleset()
-        at = self.clock()
-        now = at.timestamp()
         created = 0
-        with Session(self.engine, expire_on_commit=False) as s:
-            begin_write(s)  # SQLite: take the write lock first (read-then-write would fail under a concurrent commit)
-            conn = s.connection()
-            rows = conn.execute(_claim_stmt(self.batch, not is_sqlite(self.engine)), {"now": now}).all()
-            verdicts = _Checks(s, rows, rs, at)
+        # one write transaction (SQLite: the write lock first, since it reads then writes)
+        with unit(self.engine, write=True) as u:
+            rs = self.ruleset()
+            at = self.clock()
+            now = at.timestamp()
+            rows = q.claim(u, now, self.batch)
+            verdicts = _Checks(u, rows, rs, at)
             fired: list[dict[str, Any]] = []
             suppressed: list[dict[str, Any]] = []
             deliveries: list[dict[str, Any]] = []
-            # ``t`` is a Core row of the claimed columns (all that ``idempotency_key`` and the checks read);
+            # ``t`` is a row of the claimed columns (all that ``idempotency_key`` and the checks read);
             # in claim order: a trigger fired earlier in the batch counts toward later ones' caps
             for t in rows:
                 verdict = verdicts.check(t)
@@ -87,58 +79,16 @@ class Scheduler:
                 fired.append({"t_id": t.id, "t_now": now})
                 verdicts.count_fired(t)
                 for dest in [d for d in t.destinations.split(",") if d]:
-                    deliveries.append({
-                        "trigger_id": t.id or 0, "destination": dest,
-                        "idempotency_key": idempotency_key(cast(TriggerRow, t), dest), "status": "pending", "attempts": 0,
-                        "next_attempt_at": now, "created_at": now, "updated_at": now,
-                    })
+                    deliveries.append({"trigger_id": t.id, "destination": dest,
+                                       "idempotency_key": idempotency_key(cast(TriggerRow, t), dest), "now": now})
                     created += 1
                 self.fired += 1
-            if fired:
-                conn.execute(_MARK_FIRED, fired)
-            if suppressed:
-                conn.execute(_MARK_SUPPRESSED, suppressed)
-            if deliveries:
-                conn.execute(_INSERT_DELIVERY, deliveries)
-            s.commit()
+            q.record(u, fired=fired, suppressed=suppressed, deliveries=deliveries)
         if self.fault_hook and rows:
             self.fault_hook("scheduler.after_commit")
         if created and self.on_deliveries:
             self.on_deliveries()
         return len(rows)
-
-
-# -- statements, built once (SQLAlchemy caches their compiled form) --
-
-_T = TriggerRow.__table__  # type: ignore[attr-defined]
-_D = DeliveryRow.__table__  # type: ignore[attr-defined]
-_CLAIM = (
-    sa_select(_T.c.id, _T.c.rule_id, _T.c.name, _T.c.purpose, _T.c.destinations, _T.c.patient_key, _T.c.resource_key,
-              _T.c.resource_version, _T.c.dedup_key, _T.c.message_kind)
-    .where(_T.c.status == "pending", _T.c.due_at <= bindparam("now"))
-    .order_by(_T.c.due_at)
-)
-#: fired triggers per patient, rule and message kind over the last 7 days, and how many of them in the last 24 hours
-_FIRED_COUNTS = (
-    sa_select(
-        _T.c.patient_key, _T.c.rule_id, _T.c.message_kind,
-        func.sum(case((_T.c.fired_at >= bindparam("day_from"), 1), else_=0)), func.count(),
-    )
-    .where(_T.c.patient_key.in_(bindparam("pks", expanding=True)), _T.c.status == "fired",
-           _T.c.fired_at >= bindparam("week_from"))
-    .group_by(_T.c.patient_key, _T.c.rule_id, _T.c.message_kind)
-)
-_MARK_FIRED = update(_T).where(_T.c.id == bindparam("t_id")).values(
-    status="fired", fired_at=bindparam("t_now"), updated_at=bindparam("t_now"))
-_MARK_SUPPRESSED = update(_T).where(_T.c.id == bindparam("t_id")).values(
-    status="suppressed", reason=bindparam("t_reason"), updated_at=bindparam("t_now"))
-_INSERT_DELIVERY = insert(_D)
-
-
-@lru_cache(maxsize=8)
-def _claim_stmt(limit: int, skip_locked: bool) -> Any:
-    stmt = _CLAIM.limit(limit)
-    return stmt.with_for_update(skip_locked=True) if skip_locked else stmt
 
 
 class _Checks:
@@ -156,7 +106,7 @@ class _Checks:
     count (``count_fired``).
     """
 
-    def __init__(self, s: Session, rows: Sequence[Any], rs: RuleSet, at: datetime) -> None:
+    def __init__(self, u: UnitOfWork, rows: Sequence[q.DueTrigger], rs: RuleSet, at: datetime) -> None:
         self.rs = rs
         self.at = at
         self.rules: dict[str, Any] = {}
@@ -164,18 +114,16 @@ class _Checks:
             self.rules.setdefault(r.id, r)  # RuleSet.rule: the first rule of that id
         self.phone_rules = {r.id for r in rs.rules if r.rule.purpose == "treatment-reminder" and r.rule.channel in PHONE_CHANNELS}
         keys = sorted({t.patient_key for t in rows if t.patient_key})
-        conn = s.connection()
         #: opt-outs, authorizations and consents under every key of each patient (merges followed)
-        self.privacy = read_privacy(conn, keys, marketing=(t.patient_key for t in rows if t.purpose == "marketing"))
+        self.privacy = read_privacy(u, keys, marketing=(t.patient_key for t in rows if t.purpose == "marketing"))
         #: ("kind", patient, message_kind) or ("phone", patient) -> [fired in 24 h, fired in 7 days]
         self.counts: dict[tuple[Any, ...], list[int]] = {}
-        self.deceased_or_hospice = deceased_or_hospice(conn, self.privacy.keys, rs)
+        self.deceased_or_hospice = deceased_or_hospice(u.conn, self.privacy.keys, rs)
         st = rs.settings
         if any(c is not None for c in (st.caps.per_day, st.caps.per_week, st.treatment_caps.per_day, st.treatment_caps.per_week)):
             now = at.timestamp()
-            params = {"day_from": now - DAY, "week_from": now - WEEK}
             for part in chunks(keys):
-                for pk, rule_id, kind, day, week in conn.execute(_FIRED_COUNTS, {**params, "pks": part}):
+                for pk, rule_id, kind, day, week in q.fired_counts(u, part, day_from=now - DAY, week_from=now - WEEK):
                     self._add(pk, rule_id, kind, int(day or 0), int(week))
 
     def _add(self, pk: str, rule_id: str, kind: str | None, day: int, week: int) -> None:

@@ -6,9 +6,10 @@ survivor (``pipeline.changes.merge_patients``); merges chain (A→B, then B→C)
 one patient is the whole tree of its survivor: the survivor and every key merged into it,
 transitively. A record stored under *any* key of that tree counts for *every* key of it,
 whether it was recorded before or after the merge and whichever key a trigger carries.
-:attr:`Statements.patient_keys` finds those keys for a batch in one statement (two recursive CTEs: up
-to the survivor, then down to everything merged into it), run only for the keys that
-:attr:`Statements.merges_touching` (one cheap look per batch) shows to be part of a merge.
+:func:`patient_keys` finds those keys for a batch in one statement (``privacy.patient_keys``: two
+recursive CTEs, up to the survivor, then down to everything merged into it), run only for the keys
+that ``privacy.merges_touching`` (one cheap look per batch) shows to be part of a merge. The
+statements are named queries (``storage/queries/privacy.py``) run in the caller's unit of work.
 
 **Batches.** The scheduler (fire time) and the delivery worker (send time) call
 :func:`read_privacy` once per claimed batch: one statement for the merges (two when the batch
@@ -26,12 +27,14 @@ from datetime import datetime
 from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
-from sqlalchemy import String, any_, bindparam, union, union_all
+from sqlalchemy import String, any_, bindparam
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection
 
-from .tables import Authorization, ConsentRecord, PatientRow, ResourceState, Suppression
+from .queries import privacy as _queries  # noqa: F401  (registers the privacy.* queries)
+from .sql import UnitOfWork
+from .tables import PatientRow, ResourceState
 
 #: patient keys per IN list (well under SQLite's bound-parameter limit whatever the batch size)
 CHUNK = 500
@@ -43,79 +46,29 @@ def chunks(keys: Sequence[str], n: int = CHUNK) -> Iterator[list[str]]:
         yield list(keys[i:i + n])
 
 
-# -- statements, built once per form (SQLAlchemy caches their compiled form) --
+# -- the two Core statements scheduler/patientctx.py still runs on a Connection (branch i12-core moves
+# it to ``queries.privacy.patient_resources`` / ``care_resources``; then this block goes) --
 
 _P = PatientRow.__table__  # type: ignore[attr-defined]
-_S = Suppression.__table__  # type: ignore[attr-defined]
-_A = Authorization.__table__  # type: ignore[attr-defined]
-_C = ConsentRecord.__table__  # type: ignore[attr-defined]
 _RS = ResourceState.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
 class Statements:
-    """The privacy queries; each binds its list of keys as ``pks``."""
+    """Stored Patient resources, and current Encounters and CarePlans, of the keys bound as ``pks``."""
 
-    #: ``(key of the batch, another key of the same patient)``; a key without merges has no row
-    patient_keys: Any
-    #: the merges that touch the given keys directly (``key`` merged into ``merged_into``): a cheap
-    #: first look, so a batch without merges (nearly all) never runs the recursive ``patient_keys``
-    merges_touching: Any
-    #: active suppressions (any destination, any purpose) under the given keys, oldest first
-    active_suppressions: Any
-    #: keys with an active marketing authorization
-    marketing_authorized: Any
-    #: active FHIR Consents ``(id, patient_key, JSON text)`` under the given keys, oldest first
-    active_consents: Any
-    #: stored Patient resources (deceased check)
     patient_resources: Any
-    #: current Encounters and CarePlans (hospice check)
     care_resources: Any
 
 
 def _build(array: bool) -> Statements:
-    """``array``: the keys bind as one array parameter (``= ANY(%(pks)s)``, PostgreSQL), so the
-    statement text is the same for every batch; else as an expanding ``IN (?, ?, ...)`` list."""
-
     def key_in(col: Any) -> Any:
         return col == any_(bindparam("pks", type_=ARRAY(String))) if array else col.in_(bindparam("pks", expanding=True))
 
-    # a key of the batch, whether stored as a patient or only named as a merge survivor
-    seed = union(
-        sa_select(_P.c.key.label("origin"), _P.c.key.label("key")).where(key_in(_P.c.key)),
-        sa_select(_P.c.merged_into.label("origin"), _P.c.merged_into.label("key")).where(key_in(_P.c.merged_into)),
-    ).subquery("seed")
-    up = sa_select(seed.c.origin, seed.c.key).cte("merged_up", recursive=True)  # the key, its survivor, ...
-    up = up.union(
-        sa_select(up.c.origin, _P.c.merged_into).select_from(up.join(_P, _P.c.key == up.c.key))
-        .where(_P.c.merged_into.is_not(None)))
-    down = sa_select(up.c.origin, up.c.key).cte("merged_down", recursive=True)  # ... and all merged into those
-    down = down.union(
-        sa_select(down.c.origin, _P.c.key).select_from(down.join(_P, _P.c.merged_into == down.c.key)))
     return Statements(
-        patient_keys=sa_select(down.c.origin, down.c.key).where(down.c.key != down.c.origin),
-        merges_touching=union_all(
-            sa_select(_P.c.key, _P.c.merged_into).where(key_in(_P.c.merged_into)),
-            sa_select(_P.c.key, _P.c.merged_into).where(key_in(_P.c.key), _P.c.merged_into.is_not(None)),
-        ),
-        active_suppressions=(
-            sa_select(_S.c.id, _S.c.patient_key, _S.c.destination, _S.c.purpose, _S.c.reason, _S.c.source)
-            .where(key_in(_S.c.patient_key), _S.c.revoked_at.is_(None))
-            .order_by(_S.c.id)
-        ),
-        marketing_authorized=sa_select(_A.c.patient_key).distinct().where(
-            key_in(_A.c.patient_key), _A.c.purpose == "marketing", _A.c.revoked_at.is_(None)),
-        active_consents=(
-            sa_select(_C.c.id, _C.c.patient_key, _C.c.resource)
-            .where(key_in(_C.c.patient_key), _C.c.status == "active")
-            .order_by(_C.c.id)
-        ),
         patient_resources=sa_select(_P.c.key, _P.c.resource).where(key_in(_P.c.key)),
         care_resources=sa_select(_RS.c.patient_key, _RS.c.resource).where(
-            key_in(_RS.c.patient_key),
-            _RS.c.resource_type.in_(("Encounter", "CarePlan")),
-            _RS.c.deleted == False,  # noqa: E712
-        ),
+            key_in(_RS.c.patient_key), _RS.c.resource_type.in_(_queries.CARE_TYPES), _RS.c.deleted == False),  # noqa: E712
     )
 
 
@@ -128,19 +81,18 @@ def statements(conn: Connection) -> Statements:
     return _ARRAY if conn.dialect.name == "postgresql" else _EXPANDING
 
 
-def patient_keys(conn: Connection, keys: Iterable[str | None]) -> dict[str, tuple[str, ...]]:
+def patient_keys(u: UnitOfWork, keys: Iterable[str | None]) -> dict[str, tuple[str, ...]]:
     """Every key of the patient of each given key (itself first, then the others sorted)."""
     wanted = sorted({k for k in keys if k})
     out: dict[str, tuple[str, ...]] = {k: (k,) for k in wanted}
-    st = statements(conn)
     touched: set[str] = set()
     for part in chunks(wanted):
-        for key, into in conn.execute(st.merges_touching, {"pks": part}):
+        for key, into in u.all("privacy.merges_touching", pks=part):
             touched.update((key, into))
     merged = sorted(touched.intersection(out))
     others: dict[str, set[str]] = {}
     for part in chunks(merged):
-        for origin, key in conn.execute(st.patient_keys, {"pks": part}):
+        for origin, key in u.all("privacy.patient_keys", pks=part):
             others.setdefault(origin, set()).add(key)
     for k, ks in others.items():
         out[k] = (k, *sorted(ks))
@@ -195,18 +147,17 @@ class PatientPrivacy:
         return consent_denies(parsed, purpose=purpose, destination=destination, at=at)
 
 
-def read_privacy(conn: Connection, keys: Iterable[str | None], *, marketing: Iterable[str | None] = (),
+def read_privacy(u: UnitOfWork, keys: Iterable[str | None], *, marketing: Iterable[str | None] = (),
                  consents: bool = True) -> PatientPrivacy:
     """The privacy records of the patients of ``keys``: one statement for the merges (two when the
     batch has any), then one per table per :data:`CHUNK` keys. Authorizations are read only for ``marketing`` keys."""
-    st = statements(conn)
-    keys_of = patient_keys(conn, keys)
+    keys_of = patient_keys(u, keys)
     merged = {pk: ks for pk, ks in keys_of.items() if len(ks) > 1}
     every = sorted({k for ks in merged.values() for k in ks}.union(keys_of)) if merged else list(keys_of)
     out = PatientPrivacy(keys_of)
     opt_outs: dict[str, list[OptOut]] = {}
     for part in chunks(every):
-        for row in conn.execute(st.active_suppressions, {"pks": part}):
+        for row in u.all("privacy.active_suppressions", pks=part):
             opt_outs.setdefault(row.patient_key, []).append(OptOut(*row))
     out.opt_outs = _merged(opt_outs, keys_of, merged, key=lambda r: r.id)
     wanted = {k for k in marketing if k}
@@ -214,12 +165,12 @@ def read_privacy(conn: Connection, keys: Iterable[str | None], *, marketing: Ite
         mkeys = sorted({k for pk in wanted if pk in keys_of for k in keys_of[pk]})
         granted: set[str] = set()
         for part in chunks(mkeys):
-            granted.update(pk for (pk,) in conn.execute(st.marketing_authorized, {"pks": part}))
+            granted.update(pk for (pk,) in u.all("privacy.marketing_authorized", pks=part))
         out.authorized = frozenset(pk for pk in wanted if pk in keys_of and not granted.isdisjoint(keys_of[pk]))
     if consents:
         found: dict[str, list[tuple[int, str]]] = {}
         for part in chunks(every):
-            for cid, pk, resource in conn.execute(st.active_consents, {"pks": part}):
+            for cid, pk, resource in u.all("privacy.active_consents", pks=part):
                 found.setdefault(pk, []).append((cid, resource))
         out.consent_json = {pk: tuple(r for _, r in rows)
                             for pk, rows in _merged(found, keys_of, merged, key=lambda x: x[0]).items()}

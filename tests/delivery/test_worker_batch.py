@@ -15,6 +15,7 @@ import orjson
 from sqlmodel import Session
 
 from middleware.delivery.gate import send_time_block, send_time_blocks
+from middleware.storage.sql import unit
 from middleware.delivery.signing import verify
 from middleware.storage.tables import (
     Authorization, DeliveryAttempt, DeliveryRow, Disclosure, PatientRow, SendIntent, SendLedger, Suppression, TriggerRow,
@@ -162,8 +163,9 @@ def test_batched_send_time_checks_match_the_single_form(tmp_path: Path) -> None:
     at = p.clock()
     with Session(p.engine) as s:
         triggers = sorted(s.exec(__import__("sqlmodel").select(TriggerRow)).all(), key=lambda t: t.id or 0)
-        batched = send_time_blocks(s, [(t, dest) for t in triggers], at)
-        single = [send_time_block(s, t, dest, at) for t in triggers]
+    with unit(p.engine) as u:
+        batched = send_time_blocks(u, [(t, dest) for t in triggers], at)
+        single = [send_time_block(u, t, dest, at) for t in triggers]
     assert batched == single
     assert [b is None for b in batched] == [False, True, False, False, True, False]
 

@@ -10,6 +10,7 @@ import pytest
 from middleware.config.destinations import Destination
 from middleware.delivery.consent import consent_denies
 from middleware.delivery.gate import send_time_block
+from middleware.storage.sql import unit
 from middleware.delivery.sink import SinkServer
 from middleware.storage.tables import DeliveryAttempt, DeliveryRow, Disclosure, TriggerRow
 from sqlmodel import Session
@@ -119,23 +120,23 @@ def test_opt_out_for_one_destination_only(world: tuple[Pipeline, SinkServer, str
 def test_send_time_gate_baa_and_marketing(world: tuple[Pipeline, SinkServer, str]) -> None:
     p, _, pk = world
     api = api_for(p)
-    with Session(p.engine) as s:
+    with Session(p.engine) as s, unit(p.engine) as u:
         [t] = list(s.exec(__import__("sqlmodel").select(TriggerRow)))
         nobaa = Destination(name="x", type="webhook", baa=False)
-        assert send_time_block(s, t, nobaa, NOW)[1].startswith("destination x has no business associate agreement")  # type: ignore[index]
+        assert send_time_block(u, t, nobaa, NOW)[1].startswith("destination x has no business associate agreement")  # type: ignore[index]
         t.purpose = "marketing"
         ok = Destination(name="x", type="webhook", baa=True)
-        assert "marketing requires a recorded authorization" in send_time_block(s, t, ok, NOW)[1]  # type: ignore[index]
+        assert "marketing requires a recorded authorization" in send_time_block(u, t, ok, NOW)[1]  # type: ignore[index]
     aid = api.post("/api/authorizations", json={"patient_key": pk, "reference": "form-17"}).json()["id"]
-    with Session(p.engine) as s:
+    with Session(p.engine) as s, unit(p.engine) as u:
         t = s.get(TriggerRow, t.id)
         t.purpose = "marketing"
-        assert send_time_block(s, t, ok, NOW) is None
+        assert send_time_block(u, t, ok, NOW) is None
     api.delete(f"/api/authorizations/{aid}")
-    with Session(p.engine) as s:
+    with Session(p.engine) as s, unit(p.engine) as u:
         t = s.get(TriggerRow, t.id)
         t.purpose = "marketing"
-        assert send_time_block(s, t, ok, NOW) is not None  # revocation honoured at send time
+        assert send_time_block(u, t, ok, NOW) is not None  # revocation honoured at send time
 
 
 def test_consent_rules_pure() -> None:

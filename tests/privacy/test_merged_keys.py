@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 
 from middleware.config.destinations import Destination
 from middleware.delivery.gate import send_time_blocks
+from middleware.storage.sql import unit
 from middleware.pipeline.changes import merge_patients
 from middleware.rules.load import RuleSet, load_ruleset
 from middleware.scheduler.runner import Scheduler
@@ -90,7 +91,8 @@ def fire_and_gate(engine: Engine, rs: RuleSet) -> tuple[dict[str, tuple[str, str
     dest = Destination(name=DEST, type="webhook", baa=True)
     with Session(engine) as s:
         triggers = list(s.exec(select(TriggerRow).order_by(TriggerRow.id)))  # type: ignore[arg-type]
-        blocks = send_time_blocks(s, [(t, dest) for t in triggers], NOW)
+    with unit(engine) as u:
+        blocks = send_time_blocks(u, [(t, dest) for t in triggers], NOW)
     fired = {t.origin_key: (t.status, t.reason) for t in triggers}
     sent = {t.origin_key: (b[1] if b else None) for t, b in zip(triggers, blocks)}
     return fired, sent

@@ -40,10 +40,7 @@ PENDING: dict[str, str] = {
     "middleware/api/privacy.py": "moving to storage/queries/ (branch i12-queries)",
     "middleware/cli/subscriptions.py": "moving to storage/queries/ (branch i12-queries)",
     "middleware/delivery/admin_audit.py": "moving to storage/queries/ (branch i12-queries)",
-    "middleware/delivery/gate.py": "moving to storage/queries/ (branch i12-queries)",
-    "middleware/delivery/worker.py": "moving to storage/queries/ (branch i12-queries)",
     "middleware/sandbox/server_state.py": "moving to storage/queries/ (branch i12-queries)",
-    "middleware/scheduler/runner.py": "moving to storage/queries/ (branch i12-queries)",
 }
 
 # -- what counts as SQL text ---------------------------------------------------------------
