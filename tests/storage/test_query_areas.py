@@ -3,6 +3,7 @@ the data holds (rows written through the ORM, read back through the registry's s
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -144,3 +145,76 @@ def test_disclosure_reads_and_contact_key_lookup(engine: Engine) -> None:
     assert contact_keys.resolve(engine, ring, contact_key("s" * 32, "pa")) == ("pa", "v1")
     assert contact_keys.resolve(engine, ring, contact_key("s" * 32, "pc")) == ("pc", "v1")
     assert contact_keys.resolve(engine, ring, contact_key("s" * 32, "nobody")) is None
+
+
+def test_delivery_worker_claims_sends_and_records_on_both_backends(engine: Engine, tmp_path: Path) -> None:
+    """The worker's named queries end to end: claim (a paused destination's rows are not claimed),
+    lease, send-time opt-out, ledger-mode intents, then one record transaction with delivered,
+    retry, dead, suppressed and an auth failure that pauses its destination and raises an alert."""
+    import asyncio
+    from datetime import datetime, timezone
+
+    import httpx
+
+    from middleware.delivery.signing import verify
+    from middleware.delivery.worker import DeliveryWorker
+    from middleware.rules.load import load_ruleset
+    from middleware.storage.tables import (DeliveryAlert, DeliveryAttempt, Disclosure, SendIntent, SendLedger,
+                                           Suppression)
+    from support.delivery_pipeline import CONTACT_SECRET, SECRETS, WEBHOOK_SECRET, destination, write_mappings
+
+    hook = "http://receiver.test/hooks"
+    mappings = write_mappings(tmp_path, [destination("hook", "webhook", webhook_url=hook, dedup="ledger"),
+                                         destination("hook2", "webhook", webhook_url=hook + "2")])
+    rs, diags = load_ruleset(mappings)
+    assert rs is not None, diags
+    now = datetime.now(timezone.utc)
+    ts = now.timestamp()
+    plan = [("hook", 200), ("hook", 503), ("hook", 400), ("hook", 200), ("hook2", 401), ("hook2", 200)]
+    with Session(engine) as s:
+        for i, (dest, _) in enumerate(plan):
+            t = _trigger(i, "fired", ts - 60)
+            t.destinations, t.payload, t.fired_at, t.name, t.rule_id = dest, '{"location": "North"}', ts - 60, "reminder", "r1"
+            s.add(t)
+            s.flush()
+            s.add(DeliveryRow(trigger_id=t.id or 0, destination=dest, idempotency_key=f"idem-{i}", next_attempt_at=ts - 60 + i,
+                              created_at=ts, updated_at=ts))
+        s.add(Suppression(patient_key="p3", reason="STOP", created_at=ts))  # delivery 4 (trigger of p3) is suppressed
+        s.add(KeyValue(key="destination.paused.other", value="{}"))
+        s.commit()
+    answers = {f"idem-{i}": code for i, (_, code) in enumerate(plan)}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        wid = verify([WEBHOOK_SECRET], dict(request.headers), request.content, tolerance_s=10**9)
+        return httpx.Response(answers[wid])
+
+    async def one_round() -> int:
+        w = DeliveryWorker(engine, lambda: rs, contact_secret=CONTACT_SECRET, clock=lambda: now, secrets=SECRETS,
+                           http=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+        claimed = w.claim()
+        assert [c.delivery_id for c in claimed] == [1, 2, 3, 4, 5, 6]
+        with Session(engine) as s:
+            assert {i.idempotency_key for i in s.query(SendIntent)} == {"idem-0", "idem-1", "idem-2"}  # ledger mode
+            assert {d.status for d in s.query(DeliveryRow)} == {"sending"}
+        assert w.claim() == []  # leased: not claimed again
+        with Session(engine) as s:
+            for d in s.query(DeliveryRow):
+                d.status, d.attempts, d.locked_until = "pending", 0, None
+                s.add(d)
+            s.query(SendIntent).delete()
+            s.commit()
+        n = await w.run_once()
+        await w.aclose()
+        return n
+
+    assert asyncio.run(one_round()) == 6
+    with Session(engine) as s:
+        got = {d.id: (d.status, d.attempts, d.last_status_code) for d in s.query(DeliveryRow)}
+        assert got == {1: ("delivered", 1, 200), 2: ("pending", 1, 503), 3: ("dead", 1, 400),
+                       4: ("suppressed", 1, None), 5: ("pending", 1, 401), 6: ("pending", 1, None)}  # 6: circuit opened
+        assert sorted(a.delivery_id for a in s.query(DeliveryAttempt)) == [1, 2, 3, 4, 5, 6]
+        assert sorted((x.delivery_id, x.outcome) for x in s.query(Disclosure)) == [(1, "delivered")]
+        assert [x.idempotency_key for x in s.query(SendLedger)] == ["idem-0"]
+        assert list(s.query(SendIntent)) == []
+        assert [(a.kind, a.destination) for a in s.query(DeliveryAlert)] == [("auth-failure", "hook2")]
+        assert s.get(KeyValue, "destination.paused.hook2") is not None
