@@ -26,6 +26,8 @@ import sqlalchemy as sa
 import sqlmodel  # noqa: F401
 from alembic import op
 
+from middleware.storage.schema import SchemaError
+
 revision = "0005_patient_id"
 down_revision = "0004_admin_audit"
 branch_labels = None
@@ -47,7 +49,7 @@ def _check_inbound(conn: sa.engine.Connection) -> None:
     found = {r[0] for r in conn.execute(sa.text("SELECT DISTINCT status FROM inbound_message"))}
     unknown = sorted(str(s) for s in found - set(INBOUND_STATUSES))
     if unknown:
-        raise RuntimeError(f"inbound_message holds statuses careloop does not know ({', '.join(unknown)}): "
+        raise SchemaError(f"revision 0005: inbound_message holds statuses careloop does not know ({', '.join(unknown)}): "
                            "fix or remove those rows, then upgrade again")
 
 
