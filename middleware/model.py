@@ -100,3 +100,4 @@ class EventRecord:
     occurred_at: float
     created_at: float
     inbound_id: int | None
+    patient_id: str | None = None  # careloop's internal patient id (storage/patient_ids.py)

@@ -20,6 +20,7 @@ from ..normalize.events import derive
 from ..rules.evaluate import Decision, cancellations, evaluate
 from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for
+from ..storage.patient_ids import merge_patient_ids, patient_id_for
 from ..storage.rawsql import Raw
 from ..storage.tables import EventRow, PatientRow, ResourceState, TriggerRow
 
@@ -161,7 +162,7 @@ def save_state(db: Raw, st: StateRow, new: bool) -> None:
 
 _EVENT_INSERT = (
     "INSERT INTO event (type, previous_status, status, resource_type, resource_key, patient_key, resource, source, "
-    "arrival, occurred_at, created_at, inbound_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "arrival, occurred_at, created_at, inbound_id, patient_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -225,11 +226,13 @@ def apply_change(
     patient = orjson.loads(patient_json) if patient_json else None
     shown = resource if not change.deleted else (prev or resource)
     body = state.resource if shown is resource and not change.deleted else dumps(shown)
+    patient_id = patient_id_for(db, patient_key, nowts)  # careloop's internal id, stamped on each event
     seen: dict[str, int] = {}
     for etype, pstatus, status in events:
         nth = seen.get(etype, 0)
         seen[etype] = nth + 1
-        values = (etype, pstatus, status, rtype, key, patient_key, body, change.source, change.arrival, occurred, nowts, inbound_id)
+        values = (etype, pstatus, status, rtype, key, patient_key, body, change.source, change.arrival, occurred, nowts, inbound_id,
+                  patient_id)
         row = EventRecord(db.insert_id(_EVENT_INSERT, values), *values)
         res.events.append(row)
         ev = ClinicalEvent(
@@ -312,9 +315,9 @@ def _cancel(db: Raw, ev: ClinicalEvent, row: EventRow | EventRecord, rs: RuleSet
 
 _TRIGGER_COLS = (
     "rule_id, ruleset_version, name, purpose, destinations, patient_key, resource_key, origin_key, resource_version, "
-    "event_id, due_at, status, reason, dedup_key, cancel_scope, message_kind, payload, explain, created_at, updated_at"
+    "event_id, due_at, status, reason, dedup_key, cancel_scope, message_kind, payload, explain, created_at, updated_at, patient_id"
 )
-_TRIGGER_INSERT = f"INSERT INTO \"trigger\" ({_TRIGGER_COLS}) VALUES ({', '.join('?' * 20)}) ON CONFLICT (origin_key) DO NOTHING"
+_TRIGGER_INSERT = f"INSERT INTO \"trigger\" ({_TRIGGER_COLS}) VALUES ({', '.join('?' * 21)}) ON CONFLICT (origin_key) DO NOTHING"
 
 
 def _record_trigger(
@@ -348,7 +351,7 @@ def _record_trigger(
     tid: int | None = db.insert_id(_TRIGGER_INSERT, (
         d.rule_id, rs.version, d.trigger or d.rule_id, d.purpose or "", ",".join(d.destinations), ev.patient_key,
         ev.resource_key, origin, version, row.id, due, status, reason, d.dedup_key, d.cancel_scope, d.message_kind,
-        dumps(d.payload), dumps(d.steps), nowts, nowts))
+        dumps(d.payload), dumps(d.steps), nowts, nowts, row.patient_id or patient_id_for(db, ev.patient_key, nowts)))
     if tid is None:  # this rule already made a trigger from this event (reprocessing)
         return None
     result.triggers += 1
@@ -374,10 +377,11 @@ def merge_patients(session: Session, surviving: str, retired: str, now: datetime
     for table, key_col in ((ResourceState, ResourceState.patient_key), (TriggerRow, TriggerRow.patient_key)):
         stmt = update(table).where(col(key_col) == retired).values(patient_key=surviving)
         n += session.exec(stmt).rowcount or 0
+    patient_id = merge_patient_ids(Raw(session), surviving, retired, nowts)  # the survivor keeps its internal id
     session.add(
         EventRow(type="patient.merged", previous_status=None, status=None, resource_type="Patient",
                  resource_key=f"Patient/{retired}", patient_key=surviving, resource=dumps({"retired": retired, "surviving": surviving}),
-                 source="", arrival="message", occurred_at=nowts, created_at=nowts)
+                 source="", arrival="message", occurred_at=nowts, created_at=nowts, patient_id=patient_id)
     )
     return n
 

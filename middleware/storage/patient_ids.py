@@ -1,0 +1,145 @@
+"""careloop's stable internal patient id: one per person, kept apart from every identifier.
+
+Three names for a patient, each with one job:
+
+* ``patient_key`` -- the identifier as careloop keys it (``"system|MRN"``, or
+  ``"<source>|Patient/<id>"``), stored on resources, events, triggers, consents and opt-outs;
+  it is derived from the MRN and changes when a merge retires it.
+* the **contact key** sent to a destination (``delivery/contact_keys.py``) -- a keyed
+  pseudonym of the patient key; it changes when patients merge or the key is rotated.
+* the **internal patient id** (this module) -- ``pt_`` and 26 base32 characters (128 bits
+  from :func:`secrets.token_bytes`), drawn at random when careloop first sees a patient, so
+  it cannot be derived from (or turned back into) an MRN. It never leaves careloop: no
+  destination receives it. Outcomes, holdouts, exports and console links use it.
+
+Tables: ``patient_identity`` (one row per id ever issued; ``merged_into`` names the surviving
+id of a merged-away one) and ``patient_identifier`` (every patient key seen -> the *current*
+id of its patient). Event and trigger rows carry ``patient_id``, stamped when they are
+written (:func:`patient_id_for`).
+
+**Merges** (ADT^A40/A34/A18 ..., ``pipeline.changes.merge_patients``): the survivor keeps its
+id; every key of the merged-away patient is pointed at it, the merged-away id is recorded as
+merged into it (``merged_into``, flattened: it always names a surviving id, so an old link
+resolves in one hop) and the event and trigger rows stamped with the old id are re-stamped,
+so "every row of this patient" is one indexed look-up by the surviving id.
+"""
+from __future__ import annotations
+
+import base64
+import secrets
+
+from .rawsql import Raw
+
+PREFIX = "pt_"
+
+
+def new_patient_id() -> str:
+    """A fresh random id: ``pt_`` + 128 random bits in lowercase base32 (26 characters)."""
+    return PREFIX + base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
+
+
+_BY_KEY = "SELECT patient_id FROM patient_identifier WHERE patient_key = ?"
+_CLAIM_KEY = ("INSERT INTO patient_identifier (patient_key, patient_id, created_at) VALUES (?, ?, ?) "
+              "ON CONFLICT (patient_key) DO NOTHING RETURNING patient_id")
+_NEW_ID = "INSERT INTO patient_identity (id, merged_into, created_at, merged_at) VALUES (?, NULL, ?, NULL)"
+_MERGED_INTO = "SELECT merged_into FROM patient_identity WHERE id = ?"
+_KEY_MERGED_INTO = "SELECT merged_into FROM patient WHERE key = ?"
+
+
+def lookup_patient_id(db: Raw, patient_key: str | None) -> str | None:
+    """The current internal id of the patient of ``patient_key``, or None if careloop has none for it."""
+    if not patient_key:
+        return None
+    row = db.one(_BY_KEY, (patient_key,))
+    return str(row[0]) if row is not None else None
+
+
+def patient_id_for(db: Raw, patient_key: str | None, now: float) -> str | None:
+    """The internal id of ``patient_key``'s patient, issuing one if the key is new (None for no key).
+
+    One indexed read when the key is known (nearly always). A new key claims its identifier row
+    first (``ON CONFLICT DO NOTHING``), so two workers seeing the same new patient at once agree
+    on one id; the loser reads the winner's.
+    """
+    if not patient_key:
+        return None
+    found = lookup_patient_id(db, patient_key)
+    if found is not None:
+        return found
+    pid = new_patient_id()
+    claimed = db.one(_CLAIM_KEY, (patient_key, pid, now))
+    if claimed is None:  # another transaction claimed this key first
+        return lookup_patient_id(db, patient_key)
+    db.run(_NEW_ID, (pid, now))
+    return pid
+
+
+def current_patient_id(db: Raw, patient_id: str | None) -> str | None:
+    """The surviving id of ``patient_id`` (itself unless it was merged away); None if unknown."""
+    seen: set[str] = set()
+    pid = patient_id
+    while pid and pid not in seen:
+        seen.add(pid)
+        row = db.one(_MERGED_INTO, (pid,))
+        if row is None:
+            return None
+        if not row[0]:
+            return pid
+        pid = str(row[0])
+    return pid
+
+
+def resolve_patient_id(db: Raw, patient_key: str | None) -> str | None:
+    """Key -> surviving internal id, following merges; never issues an id.
+
+    A key merged away before careloop recorded an id for it (``patient.merged_into`` only) is
+    followed to its survivor's key.
+    """
+    seen: set[str] = set()
+    key = patient_key
+    while key and key not in seen:
+        seen.add(key)
+        pid = lookup_patient_id(db, key)
+        if pid is not None:
+            return current_patient_id(db, pid)
+        row = db.one(_KEY_MERGED_INTO, (key,))
+        key = str(row[0]) if row is not None and row[0] else None
+    return None
+
+
+_ADOPT_KEY = ("INSERT INTO patient_identifier (patient_key, patient_id, created_at) VALUES (?, ?, ?) "
+              "ON CONFLICT (patient_key) DO UPDATE SET patient_id = excluded.patient_id")
+_FLATTEN = "UPDATE patient_identity SET merged_into = ? WHERE merged_into = ?"
+_RETIRE = "UPDATE patient_identity SET merged_into = ?, merged_at = ? WHERE id = ?"
+_REPOINT = (
+    "UPDATE patient_identifier SET patient_id = ? WHERE patient_id = ?",
+    "UPDATE event SET patient_id = ? WHERE patient_id = ?",
+    'UPDATE "trigger" SET patient_id = ? WHERE patient_id = ?',
+)
+
+
+def merge_patient_ids(db: Raw, surviving_key: str, retired_key: str, now: float) -> str | None:
+    """Record that ``retired_key``'s patient is ``surviving_key``'s; return the surviving id.
+
+    The survivor keeps (or gets) its id. A retired key without an id simply maps to it; a
+    retired key with an id of its own retires that id: it is recorded as merged into the
+    survivor's, every key and every event/trigger row that carried it now carries the survivor's.
+    """
+    survivor = patient_id_for(db, surviving_key, now)
+    if survivor is None or not retired_key or retired_key == surviving_key:
+        return survivor
+    retired = lookup_patient_id(db, retired_key)
+    if retired is None:
+        db.run(_ADOPT_KEY, (retired_key, survivor, now))
+        return survivor
+    if retired == survivor:
+        return survivor
+    db.run(_FLATTEN, (survivor, retired))
+    db.run(_RETIRE, (survivor, now, retired))
+    for sql in _REPOINT:
+        db.run(sql, (survivor, retired))
+    return survivor
+
+
+__all__ = ["PREFIX", "new_patient_id", "lookup_patient_id", "patient_id_for", "current_patient_id",
+           "resolve_patient_id", "merge_patient_ids"]
