@@ -26,9 +26,9 @@ def seed(engine, n: int, due: float) -> None:
         s.commit()
 
 
-def test_ten_thousand_due_triggers_fire_in_batches_without_loading_all(tmp_path):
+def test_ten_thousand_due_triggers_fire_in_batches_without_loading_all(tmp_path, db_url):
     rs, _ = load_ruleset(REPO / "mappings")
-    engine = make_engine(f"sqlite:///{tmp_path}/s.db", synchronous="OFF")
+    engine = make_engine(db_url, synchronous="OFF")
     init_db(engine)
     now = datetime(2024, 6, 1, 16, tzinfo=timezone.utc)
     seed(engine, N, now.timestamp() - 3600)
@@ -54,9 +54,9 @@ def test_ten_thousand_due_triggers_fire_in_batches_without_loading_all(tmp_path)
     assert deliveries == distinct == N  # each trigger fired exactly once, across the restart
 
 
-def test_not_yet_due_triggers_wait_for_the_injected_clock(tmp_path):
+def test_not_yet_due_triggers_wait_for_the_injected_clock(tmp_path, db_url):
     rs, _ = load_ruleset(REPO / "mappings")
-    engine = make_engine(f"sqlite:///{tmp_path}/s.db", synchronous="OFF")
+    engine = make_engine(db_url, synchronous="OFF")
     init_db(engine)
     now = datetime(2024, 6, 1, 16, tzinfo=timezone.utc)
     seed(engine, 10, now.timestamp() + 3600)
