@@ -29,11 +29,11 @@ def _worker(db_url: str, mappings: Path, fault: str | None) -> subprocess.Comple
     )
 
 
-def test_crash_between_send_and_record(tmp_path: Path) -> None:
+def test_crash_between_send_and_record(tmp_path: Path, db_url: str) -> None:
     with SinkServer([WEBHOOK_SECRET]) as sink:
         dests = [destination("hook", "webhook", webhook_url=sink.url + "/a"),
                  destination("hook-ledger", "webhook", webhook_url=sink.url + "/b", dedup="ledger")]
-        p = make_pipeline(tmp_path, write_mappings(tmp_path, dests))
+        p = make_pipeline(db_url, write_mappings(tmp_path, dests))
         p.ingest(["siu_s26_v251.hl7"])  # no-show → one trigger → one delivery per destination
         p.fire()
         rows = p.rows(DeliveryRow)

@@ -23,10 +23,10 @@ from support.delivery_pipeline import WEBHOOK_SECRET, Pipeline, destination, mak
 FIXTURES = ["siu_s26_v251.hl7", "adt_a03_v23.hl7"]  # no-show (1 trigger) + discharge (3 TCM triggers)
 
 
-def _world(tmp_path: Path, sink: SinkServer) -> Pipeline:
+def _world(db_url: str, tmp_path: Path, sink: SinkServer) -> Pipeline:
     dests = [destination("hook", "webhook", webhook_url=sink.url + "/a"),
              destination("hook2", "webhook", webhook_url=sink.url + "/b")]
-    p = make_pipeline(tmp_path, write_mappings(tmp_path, dests))
+    p = make_pipeline(db_url, write_mappings(tmp_path, dests))
     for f in FIXTURES:  # separate patients' worth of triggers (same synthetic patient, different appointments)
         p.ingest([f])
     p.fire()
@@ -41,9 +41,9 @@ def _now(p: Pipeline) -> None:
     p.clock.now = max(p.clock.now, datetime.now(timezone.utc))
 
 
-def test_dead_letters_and_replay_one_filter_destination(tmp_path: Path) -> None:
+def test_dead_letters_and_replay_one_filter_destination(tmp_path: Path, db_url: str) -> None:
     with SinkServer([WEBHOOK_SECRET]) as sink:
-        p = _world(tmp_path, sink)
+        p = _world(db_url, tmp_path, sink)
         n = len(p.rows(DeliveryRow))
         assert n >= 6
         sink.respond_with(400, times=n)  # every first attempt: permanent failure → dead letter
@@ -88,11 +88,11 @@ def test_dead_letters_and_replay_one_filter_destination(tmp_path: Path) -> None:
         assert len({r["webhook_id"] for r in sink.received()}) == n
 
 
-def test_auth_failure_pauses_alerts_and_does_not_starve_others(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_auth_failure_pauses_alerts_and_does_not_starve_others(tmp_path: Path, db_url: str, caplog: pytest.LogCaptureFixture) -> None:
     with SinkServer([WEBHOOK_SECRET]) as good, SinkServer([generate_secret()]) as refusing:
         dests = [destination("hook", "webhook", webhook_url=good.url + "/a"),
                  destination("hook2", "webhook", webhook_url=refusing.url + "/b")]  # signature refused → 401
-        p = make_pipeline(tmp_path, write_mappings(tmp_path, dests))
+        p = make_pipeline(db_url, write_mappings(tmp_path, dests))
         for f in FIXTURES:
             p.ingest([f])
         p.fire()

@@ -27,8 +27,8 @@ HOOK = "http://receiver.test/hooks"
 PAYLOAD = {"appointment_start": "2030-01-01T10:00:00Z", "location": "North clinic", "mrn": "MRN000123"}
 
 
-def _world(tmp_path: Path, **extra: Any) -> Pipeline:
-    p = make_pipeline(tmp_path, write_mappings(tmp_path, [destination("hook", "webhook", webhook_url=HOOK, **extra)]))
+def _world(db_url: str, tmp_path: Path, **extra: Any) -> Pipeline:
+    p = make_pipeline(db_url, write_mappings(tmp_path, [destination("hook", "webhook", webhook_url=HOOK, **extra)]))
     p.clock.now = datetime.now(timezone.utc)  # webhook signatures carry real time
     return p
 
@@ -73,8 +73,8 @@ def _run(p: Pipeline, http: httpx.AsyncClient, **kw: Any) -> int:
     return asyncio.run(go())
 
 
-def test_one_failing_item_does_not_change_the_others(tmp_path: Path) -> None:
-    p = _world(tmp_path)
+def test_one_failing_item_does_not_change_the_others(tmp_path: Path, db_url: str) -> None:
+    p = _world(db_url, tmp_path)
     ids = _deliveries(p, 6)
     seen: dict[str, list[bytes]] = {}
     assert _run(p, _mock({"idem-002": 503, "idem-004": 400}, seen)) == 6  # one round, one batch
@@ -123,8 +123,8 @@ def test_one_failing_item_does_not_change_the_others(tmp_path: Path) -> None:
     assert list(seen) == ["idem-002"]
 
 
-def test_skipped_and_sent_items_share_a_batch(tmp_path: Path) -> None:
-    p = _world(tmp_path)
+def test_skipped_and_sent_items_share_a_batch(tmp_path: Path, db_url: str) -> None:
+    p = _world(db_url, tmp_path)
     now = p.clock().timestamp()
     patients = ["urn:mrn|A", "urn:mrn|B", "urn:mrn|C", "urn:mrn|D", "urn:mrn|A"]
     with Session(p.engine) as s:  # B opted out under an older key merged into B; C opted out of another destination
@@ -145,8 +145,8 @@ def test_skipped_and_sent_items_share_a_batch(tmp_path: Path) -> None:
     assert sorted(d.delivery_id for d in p.rows(Disclosure)) == [ids[0], ids[2], ids[4]]
 
 
-def test_batched_send_time_checks_match_the_single_form(tmp_path: Path) -> None:
-    p = _world(tmp_path)
+def test_batched_send_time_checks_match_the_single_form(tmp_path: Path, db_url: str) -> None:
+    p = _world(db_url, tmp_path)
     now = p.clock().timestamp()
     keys = [f"urn:mrn|M{i}" for i in range(6)]
     with Session(p.engine) as s:
@@ -170,8 +170,8 @@ def test_batched_send_time_checks_match_the_single_form(tmp_path: Path) -> None:
     assert [b is None for b in batched] == [False, True, False, False, True, False]
 
 
-def test_ledger_mode_intents_are_written_per_batch_and_cleared(tmp_path: Path) -> None:
-    p = _world(tmp_path, dedup="ledger")
+def test_ledger_mode_intents_are_written_per_batch_and_cleared(tmp_path: Path, db_url: str) -> None:
+    p = _world(db_url, tmp_path, dedup="ledger")
     ids = _deliveries(p, 4)
     w = p.worker(lease_s=1)
     claimed = w.claim()
@@ -191,13 +191,13 @@ def test_ledger_mode_intents_are_written_per_batch_and_cleared(tmp_path: Path) -
     assert len(p.rows(DeliveryAttempt)) == 4
 
 
-def test_one_kept_alive_client_per_destination(tmp_path: Path) -> None:
+def test_one_kept_alive_client_per_destination(tmp_path: Path, db_url: str) -> None:
     from middleware.delivery.sink import SinkServer
 
     with SinkServer([WEBHOOK_SECRET]) as sink:
         dests = [destination("hook", "webhook", webhook_url=sink.url + "/a"),
                  destination("hook2", "webhook", webhook_url=sink.url + "/b")]
-        p = make_pipeline(tmp_path, write_mappings(tmp_path, dests))
+        p = make_pipeline(db_url, write_mappings(tmp_path, dests))
         p.clock.now = datetime.now(timezone.utc)
         _deliveries(p, 3)
         with Session(p.engine) as s:  # and three more for the second destination

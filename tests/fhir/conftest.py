@@ -64,7 +64,7 @@ sources:
 
 
 class App:
-    """careloop serving HTTP on loopback; DB helpers read the same SQLite file."""
+    """careloop serving HTTP on loopback; DB helpers read the same database."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -183,11 +183,12 @@ class App:
         self.wait(self.settled, timeout)
 
 
-def make_settings(tmp: Path, stub_base: str) -> Settings:
+def make_settings(tmp: Path, stub_base: str, database_url: str | None = None) -> Settings:
+    """Settings for ``stub_base`` on ``database_url`` (a test's ``db_url``; the benchmarks: SQLite in ``tmp``)."""
     mappings = tmp / "mappings"
     shutil.copytree(REPO / "mappings", mappings)
     (mappings / "sources.yaml").write_text(sources_yaml(stub_base))
-    return Settings(database_url=f"sqlite:///{tmp}/careloop.db", mappings_dir=mappings, http_port=0, mllp_port=0,
+    return Settings(database_url=database_url or f"sqlite:///{tmp}/careloop.db", mappings_dir=mappings, http_port=0, mllp_port=0,
                     worker_poll_interval_s=0.05)
 
 
@@ -198,12 +199,12 @@ def stub() -> Iterator[FhirStub]:
 
 
 @pytest.fixture
-def app(tmp_path: Path, stub: FhirStub, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+def app(tmp_path: Path, stub: FhirStub, monkeypatch: pytest.MonkeyPatch, db_url: str) -> Iterator[App]:
     monkeypatch.setenv("TEST_FHIR_TOKEN_HOSPITAL", TOKEN)
     monkeypatch.setenv("TEST_FHIR_TOKEN_CLINIC5", TOKEN)
     monkeypatch.delenv("TEST_FHIR_TOKEN_OPEN_UNSET", raising=False)
     monkeypatch.setenv("CARELOOP_WEBHOOK_URL", "http://127.0.0.1:9/hooks")
-    a = App(make_settings(tmp_path, stub.base)).start()
+    a = App(make_settings(tmp_path, stub.base, db_url)).start()
     try:
         yield a
     finally:

@@ -19,12 +19,12 @@ from middleware.storage.tables import EventRow, ResourceState, TriggerRow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_backfill_fires_nothing_and_knows_every_status(tmp_path: Path, stub: FhirStub) -> None:
+def test_backfill_fires_nothing_and_knows_every_status(tmp_path: Path, stub: FhirStub, db_url: str) -> None:
     stub.bulk_load([S.patient(f"p{i}", f"M{i}") for i in range(20)])
     stub.bulk_load([S.appointment(f"a{i}", pid=f"p{i % 20}") for i in range(300)]
                    + [S.encounter_r4(f"e{i}", pid=f"p{i % 20}") for i in range(100)]
                    + [S.careplan_r4(f"c{i}", pid=f"p{i % 20}") for i in range(100)])
-    settings = make_settings(tmp_path, stub.base)
+    settings = make_settings(tmp_path, stub.base, db_url)
     rs, _ = load_ruleset(settings.mappings_dir)
     engine = make_engine(settings.database_url)
     init_db(engine)

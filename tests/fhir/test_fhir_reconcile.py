@@ -39,10 +39,11 @@ def test_dropped_notification_and_history_only_delete(app: App, client: httpx.Cl
     assert app.kv("fhir.hwm.hospital.Appointment")["at"] >= a1["meta"]["lastUpdated"]
 
 
-def test_changes_while_down_arrive_at_startup(tmp_path: Path, stub: FhirStub, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_changes_while_down_arrive_at_startup(tmp_path: Path, stub: FhirStub, monkeypatch: pytest.MonkeyPatch,
+                                              db_url: str) -> None:
     monkeypatch.setenv("TEST_FHIR_TOKEN_HOSPITAL", TOKEN)
     monkeypatch.setenv("CARELOOP_WEBHOOK_URL", "http://127.0.0.1:9/hooks")
-    settings = make_settings(tmp_path, stub.base)
+    settings = make_settings(tmp_path, stub.base, db_url)
     e1 = stub.put(S.encounter_r4("e1", status="in-progress"))
     app = App(settings).start()
     with httpx.Client(base_url=app.url, headers={"Authorization": f"Bearer {TOKEN}"}) as c:

@@ -1,9 +1,8 @@
 """Shared harness for the MLLP listener tests: a real listener on loopback with the real inbox
-writer on SQLite, under the event loop the test runs on (asyncio or uvloop)."""
+writer on the database under test (``db_url``), under the event loop the test runs on (asyncio or uvloop)."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -14,6 +13,7 @@ from middleware.config.sources import Source, Sources
 from middleware.listeners.mllp import MllpListener
 from middleware.storage.db import init_db, make_engine
 from middleware.storage.inbox import InboxWriter
+from tests.support.dbrows import fetch
 
 BOTH_LOOPS = [
     pytest.param(("asyncio", {"use_uvloop": False}), id="asyncio"),
@@ -42,21 +42,16 @@ async def closed_by_server(reader: asyncio.StreamReader, timeout: float = 5) -> 
 
 
 class Harness:
-    def __init__(self, db: Path, writer: InboxWriter, listener: MllpListener, task: asyncio.Task[None]) -> None:
-        self.db, self.writer, self.listener, self.task = db, writer, listener, task
+    def __init__(self, writer: InboxWriter, listener: MllpListener, task: asyncio.Task[None]) -> None:
+        self.writer, self.listener, self.task = writer, listener, task
 
     @property
     def port(self) -> int:
         return self.listener.port
 
     def rows(self, where: str = "1=1") -> list[tuple[Any, ...]]:
-        con = sqlite3.connect(self.db)
-        try:
-            return con.execute(
-                f"SELECT control_id, status, error, source, raw FROM inbound_message WHERE {where} ORDER BY id"
-            ).fetchall()
-        finally:
-            con.close()
+        return fetch(self.writer.engine,
+                     f"SELECT control_id, status, error, source, raw FROM inbound_message WHERE {where} ORDER BY id")
 
     async def wait_rows(self, n: int, timeout: float = 10) -> list[tuple[Any, ...]]:
         for _ in range(int(timeout / 0.02)):
@@ -77,13 +72,12 @@ HarnessFactory = Callable[..., Awaitable[Harness]]
 
 
 @pytest.fixture
-async def mllp(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
+async def mllp(db_url: str, fresh_db_url: Callable[[str], str]) -> AsyncIterator[HarnessFactory]:
     made: list[Harness] = []
 
     async def make(*, sources: list[Source] | None = None, listener_kw: dict[str, Any] | None = None,
                    **config: Any) -> Harness:
-        db = tmp_path / f"m{len(made)}.db"
-        engine = make_engine(f"sqlite:///{db}")
+        engine = make_engine(fresh_db_url(f"m{len(made)}") if made else db_url)
         init_db(engine)
         writer = InboxWriter(engine)
         task = asyncio.create_task(writer.run())
@@ -92,7 +86,7 @@ async def mllp(tmp_path: Path) -> AsyncIterator[HarnessFactory]:
         srcs = Sources(sources or [], [cfg])
         listener = MllpListener(sources=srcs, writer=writer, port=port, config=cfg, **(listener_kw or {}))
         await listener.start()
-        h = Harness(db, writer, listener, task)
+        h = Harness(writer, listener, task)
         made.append(h)
         return h
 

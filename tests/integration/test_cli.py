@@ -56,8 +56,8 @@ def test_serve_refuses_non_loopback_without_token(tmp_path: Path):
     assert "refusing to listen beyond loopback" in r.stderr
 
 
-def test_api_token_required_when_configured(tmp_path: Path, mappings_dir: Path):
-    srv = start_in_process(f"sqlite:///{tmp_path}/t.db", mappings_dir, api_token="s3cret-token")
+def test_api_token_required_when_configured(tmp_path: Path, mappings_dir: Path, db_url: str):
+    srv = start_in_process(db_url, mappings_dir, api_token="s3cret-token")
     try:
         assert httpx.get(srv.http_url + "/api/events").status_code == 401
         assert httpx.get(srv.http_url + "/api/events", headers={"Authorization": "Bearer wrong"}).status_code == 401

@@ -34,7 +34,7 @@ class Clock:
 
 
 @pytest.fixture
-def world(tmp_path: Path, pipeline_mappings: Path, monkeypatch: pytest.MonkeyPatch):
+def world(tmp_path: Path, pipeline_mappings: Path, monkeypatch: pytest.MonkeyPatch, db_url: str):
     mappings_dir = pipeline_mappings
     monkeypatch.setenv("CARELOOP_WEBHOOK_URL", HOOK)
     monkeypatch.setenv("CARELOOP_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
@@ -43,7 +43,7 @@ def world(tmp_path: Path, pipeline_mappings: Path, monkeypatch: pytest.MonkeyPat
     )
     rs, diags = load_ruleset(mappings_dir)
     assert rs is not None, diags
-    engine = make_engine(f"sqlite:///{tmp_path}/d.db")
+    engine = make_engine(db_url)
     init_db(engine)
     clock = Clock()
     # a no-show -> one immediate trigger -> one delivery

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ from middleware.listeners.mllp import MllpListener
 from middleware.listeners.mllp_framing import frame
 from middleware.storage.db import init_db, make_engine
 from middleware.storage.inbox import InboxWriter
+from sqlalchemy.engine import Engine
+from tests.support.dbrows import fetch
 from tests.conftest import REPO
 from tests.support.hl7msgs import adt, siu
 from tests.support.server import start_in_process
@@ -42,23 +43,18 @@ def segs(data: bytes) -> list[list[str]]:
     return [s.split("|") for s in data.decode().split("\r") if s]
 
 
-def rows(db: Path) -> list[tuple[str | None, str, str | None]]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute("SELECT control_id, status, message_type FROM inbound_message ORDER BY id").fetchall()
-    finally:
-        con.close()
+def rows(engine: Engine) -> list[tuple[Any, ...]]:
+    return fetch(engine, "SELECT control_id, status, message_type FROM inbound_message ORDER BY id")
 
 
-async def listen(tmp_path: Path, sources: Sources, **kw: Any) -> tuple[Path, InboxWriter, MllpListener, asyncio.Task[None]]:
-    db = tmp_path / "b.db"
-    engine = make_engine(f"sqlite:///{db}")
+async def listen(db_url: str, sources: Sources, **kw: Any) -> tuple[Engine, InboxWriter, MllpListener, asyncio.Task[None]]:
+    engine = make_engine(db_url)
     init_db(engine)
     writer = InboxWriter(engine, **kw)
     task = asyncio.create_task(writer.run())
     listener = MllpListener(sources=sources, writer=writer, port=0)
     await listener.start()
-    return db, writer, listener, task
+    return engine, writer, listener, task
 
 
 async def close(writer: InboxWriter, listener: MllpListener, task: asyncio.Task[None]) -> None:
@@ -68,9 +64,9 @@ async def close(writer: InboxWriter, listener: MllpListener, task: asyncio.Task[
     writer.engine.dispose()
 
 
-async def test_batch_over_mllp_gets_one_response_batch_after_every_message_is_stored(tmp_path: Path) -> None:
+async def test_batch_over_mllp_gets_one_response_batch_after_every_message_is_stored(db_url: str) -> None:
     # max_batch=2: the batch's five records need three commits; the answer waits for the last
-    db, writer, listener, task = await listen(tmp_path, Sources([]), max_batch=2)
+    db, writer, listener, task = await listen(db_url, Sources([]), max_batch=2)
     try:
         r, w = await asyncio.open_connection("127.0.0.1", listener.port)
         no_pv1 = b"\r".join(s for s in adt("A01", control="BM-3").split(b"\r") if not s.startswith(b"PV1"))
@@ -92,9 +88,9 @@ async def test_batch_over_mllp_gets_one_response_batch_after_every_message_is_st
         await close(writer, listener, task)
 
 
-async def test_negative_acks_only_when_the_source_says_so(tmp_path: Path) -> None:
+async def test_negative_acks_only_when_the_source_says_so(db_url: str) -> None:
     src = Source(name="default", hl7=Hl7Settings(batch_acks="errors"))
-    db, writer, listener, task = await listen(tmp_path, Sources([src]))
+    db, writer, listener, task = await listen(db_url, Sources([src]))
     try:
         r, w = await asyncio.open_connection("127.0.0.1", listener.port)
         w.write(frame(batch(siu("S12", control="N-1", appt="F1"), siu("S12", control="N-2", appt="F2"))))
@@ -107,8 +103,8 @@ async def test_negative_acks_only_when_the_source_says_so(tmp_path: Path) -> Non
     assert len(rows(db)) == 3
 
 
-async def test_batch_larger_than_the_frame_limit_uses_the_batch_limit(tmp_path: Path) -> None:
-    db, writer, listener, task = await listen(tmp_path, Sources([]))
+async def test_batch_larger_than_the_frame_limit_uses_the_batch_limit(db_url: str) -> None:
+    db, writer, listener, task = await listen(db_url, Sources([]))
     listener.max_message_bytes = 4096  # frames; a batch frame has its own (16 MiB) limit
     try:
         r, w = await asyncio.open_connection("127.0.0.1", listener.port)
@@ -126,8 +122,8 @@ async def test_batch_larger_than_the_frame_limit_uses_the_batch_limit(tmp_path: 
         await close(writer, listener, task)
 
 
-def test_batch_over_http_send_and_explain(tmp_path: Path, pipeline_mappings: Path) -> None:
-    srv = start_in_process(f"sqlite:///{tmp_path}/c.db", pipeline_mappings, run_worker=False)
+def test_batch_over_http_send_and_explain(tmp_path: Path, pipeline_mappings: Path, db_url: str) -> None:
+    srv = start_in_process(db_url, pipeline_mappings, run_worker=False)
     try:
         data = batch(siu("S12", control="H-1", appt="F1"), siu("S12", control="H-2", appt="F2"), file=True)
         r = httpx.post(srv.http_url + "/hl7v2", content=data, timeout=20)

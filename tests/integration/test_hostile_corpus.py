@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,8 @@ from middleware.listeners.mllp_framing import frame, looks_like_hl7
 from middleware.normalize.hl7_batch import is_batch
 from middleware.storage.db import init_db, make_engine
 from middleware.storage.inbox import InboxWriter
+from sqlalchemy.engine import Engine
+from tests.support.dbrows import fetch
 from tests.support.hl7msgs import siu
 from tests.support.hostile_hl7 import (Case, check_batch_answer, check_single_answer, corpus, msa,
                                    normalizes_without_error)
@@ -34,13 +35,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def stored(db: Path) -> list[tuple[bytes, str, str | None, str | None]]:
-    con = sqlite3.connect(db)
-    try:
-        return [(bytes(r[0]), r[1], r[2], r[3]) for r in
-                con.execute("SELECT raw, status, message_type, sha256 FROM inbound_message ORDER BY id")]
-    finally:
-        con.close()
+def stored(db: Engine) -> list[tuple[bytes, str, str | None, str | None]]:
+    return [(bytes(r[0]), r[1], r[2], r[3]) for r in
+            fetch(db, "SELECT raw, status, message_type, sha256 FROM inbound_message ORDER BY id")]
 
 
 def check_case(case: Case, answer: bytes) -> None:
@@ -55,7 +52,7 @@ def check_case(case: Case, answer: bytes) -> None:
         assert fields[2] == case.msa2, (case.name, fields)
 
 
-def check_storage(db: Path, cases: list[Case], *, mllp: bool = False) -> None:
+def check_storage(db: Engine, cases: list[Case], *, mllp: bool = False) -> None:
     rows = stored(db)
     by_hash = {h: raw for raw, _s, _t, h in rows}
     for case in cases:  # every input's bytes are stored unchanged (a batch as its envelope)
@@ -69,9 +66,8 @@ def check_storage(db: Path, cases: list[Case], *, mllp: bool = False) -> None:
 
 
 @pytest.fixture
-async def writer(tmp_path: Path) -> Any:
-    db = tmp_path / "h.db"
-    engine = make_engine(f"sqlite:///{db}")
+async def writer(db_url: str) -> Any:
+    db = engine = make_engine(db_url)
     init_db(engine)
     w = InboxWriter(engine)
     task = asyncio.create_task(w.run())
@@ -129,8 +125,8 @@ async def test_poison_frame_does_not_stop_the_frames_behind_it(writer: Any) -> N
     assert [s for _r, s, _t, _h in rows[1:]] == ["received"] * 3
 
 
-def test_corpus_over_post_hl7v2(tmp_path: Path, pipeline_mappings: Path) -> None:
-    srv = start_in_process(f"sqlite:///{tmp_path}/c.db", pipeline_mappings, run_worker=False)
+def test_corpus_over_post_hl7v2(tmp_path: Path, pipeline_mappings: Path, db_url: str) -> None:
+    srv = start_in_process(db_url, pipeline_mappings, run_worker=False)
     try:
         for case in CASES:
             if len(case.raw) > 1_000_000:

@@ -26,9 +26,9 @@ FHIR_TOKEN = "fhir-synthetic-token-0123456789abcdef"
 
 
 @pytest.fixture
-def srv(tmp_path: Path, mappings_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcess]:
+def srv(tmp_path: Path, mappings_dir: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> Iterator[InProcess]:
     monkeypatch.setenv("CARELOOP_FHIR_TOKEN_DEFAULT", FHIR_TOKEN)
-    s = start_in_process(f"sqlite:///{tmp_path}/auth.db", mappings_dir, api_token=OPS,
+    s = start_in_process(db_url, mappings_dir, api_token=OPS,
                          api_tokens=f"alice:{ALICE}", auth_fail_limit=3, auth_fail_window_s=60.0)
     try:
         yield s

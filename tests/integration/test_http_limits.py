@@ -30,9 +30,9 @@ FJ = {"Content-Type": "application/fhir+json"}
 
 
 @pytest.fixture
-def srv(tmp_path: Path, mappings_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InProcess]:
+def srv(tmp_path: Path, mappings_dir: Path, monkeypatch: pytest.MonkeyPatch, db_url: str) -> Iterator[InProcess]:
     monkeypatch.delenv("CARELOOP_FHIR_TOKEN_DEFAULT", raising=False)
-    s = start_in_process(f"sqlite:///{tmp_path}/limits.db", mappings_dir, http_max_hl7_bytes=LIMIT,
+    s = start_in_process(db_url, mappings_dir, http_max_hl7_bytes=LIMIT,
                          http_max_fhir_bytes=LIMIT, http_max_api_bytes=LIMIT)
     try:
         yield s
@@ -204,9 +204,9 @@ def _peak_rss_kb(pid: int) -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc for peak RSS")
-def test_large_body_keeps_server_memory_bounded(tmp_path: Path, mappings_dir: Path) -> None:
+def test_large_body_keeps_server_memory_bounded(tmp_path: Path, mappings_dir: Path, db_url: str) -> None:
     """64 MiB sent chunked to a server with the default 1 MiB cap: its peak RSS grows by far less."""
-    sp = start_subprocess(f"sqlite:///{tmp_path}/mem.db", mappings_dir, tmp_path, env={"PYTHONPATH": str(REPO)})
+    sp = start_subprocess(db_url, mappings_dir, tmp_path, env={"PYTHONPATH": str(REPO)})
     try:
         r = httpx.post(sp.http_url + "/hl7v2", content=padded_siu("WARM-1", 2000), headers=ER7, timeout=10)
         assert r.status_code == 200

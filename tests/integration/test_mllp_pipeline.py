@@ -41,10 +41,10 @@ def sink():
 
 
 @pytest.fixture
-def server(tmp_path, quiet_free_mappings, sink, monkeypatch):
+def server(tmp_path, quiet_free_mappings, sink, monkeypatch, db_url):
     monkeypatch.setenv("CARELOOP_WEBHOOK_URL", sink.url + "/hooks")
     monkeypatch.setenv("CARELOOP_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
-    srv = start_in_process(f"sqlite:///{tmp_path}/c.db", quiet_free_mappings)
+    srv = start_in_process(db_url, quiet_free_mappings)
     yield srv
     srv.stop()
 

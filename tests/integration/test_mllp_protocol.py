@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -17,6 +16,7 @@ from middleware.listeners.mllp import MllpListener
 from middleware.listeners.mllp_framing import frame
 from middleware.storage.db import init_db, make_engine
 from middleware.storage.inbox import InboxWriter
+from tests.support.dbrows import fetch
 from tests.support.hl7msgs import siu
 
 pytestmark = pytest.mark.anyio
@@ -37,33 +37,28 @@ def split_acks(buf: bytes) -> list[bytes]:
 
 
 class Harness:
-    def __init__(self, db: Path, writer: InboxWriter, listener: MllpListener, task: asyncio.Task[None]) -> None:
-        self.db, self.writer, self.listener, self.task = db, writer, listener, task
+    def __init__(self, writer: InboxWriter, listener: MllpListener, task: asyncio.Task[None]) -> None:
+        self.writer, self.listener, self.task = writer, listener, task
 
     def rows(self, where: str = "1=1") -> list[tuple[Any, ...]]:
-        con = sqlite3.connect(self.db)
-        try:
-            return con.execute(f"SELECT control_id, status, error FROM inbound_message WHERE {where} ORDER BY id").fetchall()
-        finally:
-            con.close()
+        return fetch(self.writer.engine, f"SELECT control_id, status, error FROM inbound_message WHERE {where} ORDER BY id")
 
     def connections(self) -> list[Any]:
         return [c for c in self.listener._conns if not c.closed]
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Any]:
+async def harness(db_url: str, fresh_db_url: Callable[[str], str]) -> AsyncIterator[Any]:
     made: list[Harness] = []
 
     async def make(writer_kw: dict[str, Any] | None = None, **listener_kw: Any) -> Harness:
-        db = tmp_path / f"c{len(made)}.db"
-        engine = make_engine(f"sqlite:///{db}")
+        engine = make_engine(fresh_db_url(f"c{len(made)}") if made else db_url)
         init_db(engine)
         writer = InboxWriter(engine, **(writer_kw or {}))
         task = asyncio.create_task(writer.run())
         listener = MllpListener(sources=Sources([]), writer=writer, port=0, **listener_kw)
         await listener.start()
-        h = Harness(db, writer, listener, task)
+        h = Harness(writer, listener, task)
         made.append(h)
         return h
 
@@ -244,7 +239,7 @@ async def test_storage_failure_answers_ar_in_order(harness):
     h = await harness()
 
     def broken(records):
-        raise sqlite3.OperationalError("disk I/O error")
+        raise OSError("disk I/O error")
 
     h.writer.write_batch = broken  # type: ignore[method-assign]
     r, w = await asyncio.open_connection("127.0.0.1", h.listener.port)

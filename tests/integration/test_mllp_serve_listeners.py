@@ -29,7 +29,7 @@ def exchange(port: int, ctx: ssl.SSLContext | None, payload: bytes) -> bytes:
 
 
 @pytest.fixture
-def tls_server(tmp_path: Path, pipeline_mappings: Path):
+def tls_server(tmp_path: Path, pipeline_mappings: Path, db_url: str):
     ca = make_ca()
     cert, key = issue(ca, "careloop", server=True).write(tmp_path, "server")
     ca_file = tmp_path / "ca.crt"
@@ -45,7 +45,7 @@ def tls_server(tmp_path: Path, pipeline_mappings: Path):
         f"  - port: {tls_port}\n"
         f"    tls: {{cert_file: {cert}, key_file: {key}, client_ca_file: {ca_file}}}\n"
     ))
-    srv = start_in_process(f"sqlite:///{tmp_path}/c.db", pipeline_mappings)
+    srv = start_in_process(db_url, pipeline_mappings)
     ctx = ssl.create_default_context(cafile=str(ca_file))
     ctx.check_hostname = False
     ctx.load_cert_chain(str(client_cert), str(client_key))

@@ -16,8 +16,8 @@ def msa_code(ack: bytes) -> str:
     return next(s for s in ack.decode().split("\r") if s.startswith("MSA")).split("|")[1]
 
 
-def test_sigkill_mid_run_then_restart_loses_nothing(tmp_path: Path, mappings_dir: Path):
-    db = f"sqlite:///{tmp_path}/c.db"
+def test_sigkill_mid_run_then_restart_loses_nothing(tmp_path: Path, mappings_dir: Path, db_url: str):
+    db = db_url
     first = start_subprocess(db, mappings_dir, tmp_path, env={"CARELOOP_WEBHOOK_URL": "http://127.0.0.1:9/none"})
     batch1 = [siu("S12", control=f"K1-{i}", appt=f"FK{i}") for i in range(30)]
     acks1 = send_messages("127.0.0.1", first.mllp_port, batch1)

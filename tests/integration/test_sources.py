@@ -9,7 +9,7 @@ from tests.support.hl7msgs import siu
 from tests.support.server import free_port, start_in_process, wait_until
 
 
-def test_sources_by_port_and_by_sending_application(tmp_path: Path, pipeline_mappings: Path):
+def test_sources_by_port_and_by_sending_application(tmp_path: Path, pipeline_mappings: Path, db_url: str):
     clinic_port = free_port()
     (pipeline_mappings / "sources.yaml").write_text(f"""
 sources:
@@ -26,7 +26,7 @@ sources:
       sending_application: LABSYS
       accept: ["ORU^R01"]
 """)
-    srv = start_in_process(f"sqlite:///{tmp_path}/s.db", pipeline_mappings)
+    srv = start_in_process(db_url, pipeline_mappings)
     try:
         a1 = send_messages("127.0.0.1", clinic_port, [siu("S12", control="SP-1", appt="FS1"), siu("S26", control="SP-2", appt="FS1", status="Noshow")])
         a2 = send_messages("127.0.0.1", srv.mllp_port, [siu("S12", control="SA-1", appt="FS2", app="LABSYS")])

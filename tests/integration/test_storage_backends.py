@@ -1,4 +1,4 @@
-"""The same journey on SQLite and on a real PostgreSQL server."""
+"""The same journey on the backend under test (SQLite, or a real PostgreSQL server in that pass)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,11 +18,11 @@ def no_quiet(pipeline_mappings: Path) -> Path:
     return pipeline_mappings
 
 
-def test_journey_on_each_backend(any_db_url: str, no_quiet: Path, monkeypatch: pytest.MonkeyPatch):
+def test_journey_on_each_backend(db_url: str, no_quiet: Path, monkeypatch: pytest.MonkeyPatch):
     with SinkServer([DEV_WEBHOOK_SECRET]) as sink:
         monkeypatch.setenv("CARELOOP_WEBHOOK_URL", sink.url + "/hooks")
         monkeypatch.setenv("CARELOOP_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
-        srv = start_in_process(any_db_url, no_quiet)
+        srv = start_in_process(db_url, no_quiet)
         try:
             acks = send_messages("127.0.0.1", srv.mllp_port, [
                 siu("S12", control="PG-1", appt="FP1", mrn="MRN000901"),
@@ -38,8 +38,8 @@ def test_journey_on_each_backend(any_db_url: str, no_quiet: Path, monkeypatch: p
             srv.stop()
 
 
-def test_durability_settings(any_db_url: str):
-    engine = make_engine(any_db_url)
+def test_durability_settings(db_url: str):
+    engine = make_engine(db_url)
     try:
         setting = synchronous_setting(engine)
         assert setting in ("FULL", "synchronous_commit=on")

@@ -76,11 +76,11 @@ def test_malformed_contact_key_secrets_are_one_line_even_on_loopback(tmp_path: P
     assert len(r.stderr.strip().splitlines()) == 1 and "last day" in r.stderr
 
 
-def test_loopback_keeps_the_development_defaults(tmp_path: Path, mappings_dir: Path) -> None:
+def test_loopback_keeps_the_development_defaults(tmp_path: Path, mappings_dir: Path, db_url: str) -> None:
     env = {k: "" for k in ("CARELOOP_WEBHOOK_SECRET", "CARELOOP_CONTACT_KEY_SECRET", "CARELOOP_API_TOKEN")}
     saved = {k: os.environ.pop(k, None) for k in env}
     try:
-        sp = start_subprocess(f"sqlite:///{tmp_path}/lo.db", mappings_dir, tmp_path, env={"PYTHONPATH": str(REPO)})
+        sp = start_subprocess(db_url, mappings_dir, tmp_path, env={"PYTHONPATH": str(REPO)})
         try:
             assert httpx.get(sp.http_url + "/healthz", timeout=5).status_code == 200
         finally:

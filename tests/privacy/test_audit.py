@@ -33,8 +33,8 @@ HOSTS = {"mc-test.rest.marketingcloudapis.com": "sfmc", "api.hubapi.com": "hubsp
          "api.segment.io": "segment", "api.iterable.com": "iterable"}
 
 
-def _deliver_everywhere(tmp_path: Path, sink: SinkServer):  # type: ignore[no-untyped-def]
-    p = make_pipeline(tmp_path, write_mappings(tmp_path, all_destinations(sink.url + "/hooks")))
+def _deliver_everywhere(db_url: str, tmp_path: Path, sink: SinkServer):  # type: ignore[no-untyped-def]
+    p = make_pipeline(db_url, write_mappings(tmp_path, all_destinations(sink.url + "/hooks")))
     p.ingest(["siu_s12_v251.hl7"])  # two reminders (72 h, 24 h) for one synthetic patient
     p.fire()
     received: dict[str, list[bytes]] = defaultdict(list)
@@ -55,9 +55,9 @@ def _deliver_everywhere(tmp_path: Path, sink: SinkServer):  # type: ignore[no-un
     return p, received
 
 
-def test_export_lists_exactly_what_each_destination_received(tmp_path: Path) -> None:
+def test_export_lists_exactly_what_each_destination_received(tmp_path: Path, db_url: str) -> None:
     with SinkServer([WEBHOOK_SECRET]) as sink:
-        p, received = _deliver_everywhere(tmp_path, sink)
+        p, received = _deliver_everywhere(db_url, tmp_path, sink)
     assert {d.status for d in p.rows(DeliveryRow)} == {"delivered"}
     pk = p.rows(TriggerRow)[0].patient_key
     out = io.StringIO()
@@ -93,9 +93,9 @@ def test_export_lists_exactly_what_each_destination_received(tmp_path: Path) -> 
     assert [a["id"] for a in api] == [i["id"] for i in items]
 
 
-def test_retention_purges_bodies_and_keeps_the_audit(tmp_path: Path) -> None:
+def test_retention_purges_bodies_and_keeps_the_audit(tmp_path: Path, db_url: str) -> None:
     with SinkServer([WEBHOOK_SECRET]) as sink:
-        p, _ = _deliver_everywhere(tmp_path, sink)
+        p, _ = _deliver_everywhere(db_url, tmp_path, sink)
     before = [(d.id, d.body_sha256, d.fields) for d in p.rows(Disclosure)]
     assert before
     far = (p.clock() + timedelta(days=31)).timestamp()
@@ -113,9 +113,9 @@ def test_retention_purges_bodies_and_keeps_the_audit(tmp_path: Path) -> None:
     assert "inbound_messages" in out.getvalue()
 
 
-def test_disclosures_are_append_only(tmp_path: Path) -> None:
+def test_disclosures_are_append_only(tmp_path: Path, db_url: str) -> None:
     with SinkServer([WEBHOOK_SECRET]) as sink:
-        p, _ = _deliver_everywhere(tmp_path, sink)
+        p, _ = _deliver_everywhere(db_url, tmp_path, sink)
     with Session(p.engine) as s:
         d = s.get(Disclosure, p.rows(Disclosure)[0].id)
         d.fields = "[]"

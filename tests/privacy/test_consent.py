@@ -38,11 +38,11 @@ DENY_CARE_COORD = {"type": "permit", "provision": [{"type": "deny", "purpose": [
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Pipeline, SinkServer, str]]:
+def world(tmp_path: Path, db_url: str) -> Iterator[tuple[Pipeline, SinkServer, str]]:
     with SinkServer([WEBHOOK_SECRET]) as sink:
         dests = [destination("hook", "webhook", webhook_url=sink.url + "/a"),
                  destination("hook2", "webhook", webhook_url=sink.url + "/b")]
-        p = make_pipeline(tmp_path, write_mappings(tmp_path, dests))
+        p = make_pipeline(db_url, write_mappings(tmp_path, dests))
         p.ingest(["siu_s26_v251.hl7"])
         p.fire()
         [t] = p.rows(TriggerRow)

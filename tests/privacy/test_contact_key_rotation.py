@@ -47,10 +47,10 @@ def _deliver(p: Pipeline, secret: str, at: datetime) -> None:
     asyncio.run(go())
 
 
-def test_rotation_keeps_old_keys_resolvable_and_exports_old_to_new(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rotation_keeps_old_keys_resolvable_and_exports_old_to_new(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # one appointment on 2024-04-02 09:15 -0400: reminders due 72 h and 24 h before
     with SinkServer([WEBHOOK_SECRET]) as sink:
-        p = make_pipeline(tmp_path, write_mappings(tmp_path, [destination("webhook", "webhook", webhook_url=sink.url + "/hooks")]))
+        p = make_pipeline(db_url, write_mappings(tmp_path, [destination("webhook", "webhook", webhook_url=sink.url + "/hooks")]))
         p.ingest([hl7_bytes("siu_s12_v251.hl7")])
         before = contact_keyring(Settings(contact_key_secret=S1))
         assert before.versions() == ["v1"]  # the single variable is version v1

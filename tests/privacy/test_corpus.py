@@ -135,11 +135,11 @@ def sink() -> Iterator[SinkServer]:
         yield s
 
 
-def _run(tmp_path: Path, sink: SinkServer, fixture: str | None) -> tuple[list[tuple[str, dict[str, Any]]], set[str], int]:
+def _run(db_url: str, tmp_path: Path, sink: SinkServer, fixture: str | None) -> tuple[list[tuple[str, dict[str, Any]]], set[str], int]:
     sink.state.clear()
     dests = [destination(n, "webhook" if n == "webhook" else n, webhook_url=sink.url + "/hooks", policy=POLICIES[n])
              for n in POLICIES]
-    p = make_pipeline(tmp_path, write_mappings(tmp_path, dests, extra_rules=LEAKY))
+    p = make_pipeline(db_url, write_mappings(tmp_path, dests, extra_rules=LEAKY))
     if fixture:
         p.ingest([fixture])
     else:  # FHIR resources made here, as a trigger payload for a synthetic patient
@@ -195,8 +195,8 @@ def _assert_clean(bodies: list[tuple[str, dict[str, Any]]], tokens: set[str]) ->
 
 
 @pytest.mark.parametrize("fixture", hl7_fixture_names())
-def test_hl7_fixture_through_every_destination(tmp_path: Path, sink: SinkServer, fixture: str) -> None:
-    bodies, tokens, delivered = _run(tmp_path, sink, fixture)
+def test_hl7_fixture_through_every_destination(tmp_path: Path, db_url: str, sink: SinkServer, fixture: str) -> None:
+    bodies, tokens, delivered = _run(db_url, tmp_path, sink, fixture)
     _assert_clean(bodies, tokens)
     if not any(fixture.startswith(p) for p in NO_TRIGGER):
         assert delivered >= len(POLICIES), "the fixture should reach every destination"
@@ -206,8 +206,8 @@ def test_hl7_fixture_through_every_destination(tmp_path: Path, sink: SinkServer,
                 "api.segment.io", "api.iterable.com"} <= hosts
 
 
-def test_fhir_resources_through_every_destination(tmp_path: Path, sink: SinkServer) -> None:
-    bodies, tokens, delivered = _run(tmp_path, sink, None)
+def test_fhir_resources_through_every_destination(tmp_path: Path, db_url: str, sink: SinkServer) -> None:
+    bodies, tokens, delivered = _run(db_url, tmp_path, sink, None)
     assert delivered == len(POLICIES) and len(bodies) >= len(POLICIES)
     _assert_clean(bodies, tokens)
     webhook = next(b for w, b in bodies if w == "webhook")

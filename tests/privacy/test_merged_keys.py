@@ -37,10 +37,9 @@ def k(name: str) -> str:
     return f"urn:oid:2.16.840.1.113883.3.999|{name}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path}/m.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    eng = make_engine(url, synchronous="OFF") if request.param == "sqlite" else make_engine(url)
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url, synchronous="OFF")
     init_db(eng)
     yield eng
     eng.dispose()

@@ -1,9 +1,7 @@
-"""Retention works in chunks over the window since the last run, on SQLite and PostgreSQL."""
+"""Retention works in chunks over the window since the last run (on the backend under test)."""
 from __future__ import annotations
 
-import os
 import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -13,19 +11,6 @@ from middleware.storage.db import init_db, make_engine
 
 DAY = 86400.0
 NOW = 2_000_000_000.0
-
-
-def _engines(tmp_path: Path) -> list[str]:
-    urls = [f"sqlite:///{tmp_path}/r.db"]
-    pg = os.environ.get("CARELOOP_TEST_POSTGRES_URL")
-    if pg:
-        import psycopg
-
-        name = f"careloop_ret_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(pg, autocommit=True) as c:
-            c.execute(f"CREATE DATABASE {name}")
-        urls.append(pg.rsplit("/", 1)[0] + "/" + name)
-    return urls
 
 
 def _events(engine, ages_days: list[float]) -> None:  # type: ignore[no-untyped-def]
@@ -47,17 +32,8 @@ def _bodies(engine) -> tuple[int, int]:  # type: ignore[no-untyped-def]
     return ev, tr
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_chunks_and_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
-    urls = _engines(tmp_path)
-    if backend == "postgres":
-        if len(urls) < 2:
-            if os.environ.get("CI"):
-                pytest.fail("CARELOOP_TEST_POSTGRES_URL must be set under CI")
-            pytest.skip("PostgreSQL not available: set CARELOOP_TEST_POSTGRES_URL (bash .ci/run starts one)")
-        url = urls[1]
-    else:
-        url = urls[0]
+def test_chunks_and_windows(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = db_url
     monkeypatch.setattr(retention, "CHUNK", 3)  # many chunks from a few rows
     engine = make_engine(url)
     init_db(engine)

@@ -19,11 +19,11 @@ REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2024, 3, 1, 14, tzinfo=timezone.utc)
 
 
-def setup(tmp_path: Path):
+def setup(tmp_path: Path, db_url: str):
     m = tmp_path / "mappings"
     shutil.copytree(REPO / "mappings", m)
     rs, _ = load_ruleset(m)
-    engine = make_engine(f"sqlite:///{tmp_path}/r.db", synchronous="OFF")
+    engine = make_engine(db_url, synchronous="OFF")
     init_db(engine)
     raw = (REPO / "tests/fixtures/hl7/siu_s12_v23.hl7").read_bytes()
     with Session(engine) as s:
@@ -44,8 +44,8 @@ def edit(m: Path, old: str, new: str) -> None:
     p.write_text(p.read_text().replace(old, new, 1))
 
 
-def test_reevaluate_moves_pending_triggers_of_a_changed_rule(tmp_path):
-    m, old, engine = setup(tmp_path)
+def test_reevaluate_moves_pending_triggers_of_a_changed_rule(tmp_path, db_url):
+    m, old, engine = setup(tmp_path, db_url)
     before = triggers(engine)["appointment-reminder-72h"].due_at
     edit(m, "offset: -3d", "offset: -2d")
     new, _ = load_ruleset(m)
@@ -56,8 +56,8 @@ def test_reevaluate_moves_pending_triggers_of_a_changed_rule(tmp_path):
     assert "on_rule_change: reevaluate" in (t.reason or "")
 
 
-def test_cancel_policy_and_removed_rules(tmp_path):
-    m, old, engine = setup(tmp_path)
+def test_cancel_policy_and_removed_rules(tmp_path, db_url):
+    m, old, engine = setup(tmp_path, db_url)
     edit(m, "on_rule_change: reevaluate\n", "on_rule_change: cancel\n")  # the 72h rule changes, policy cancel
     new, _ = load_ruleset(m)
     apply_rule_changes(engine, old, new, NOW)
@@ -66,12 +66,12 @@ def test_cancel_policy_and_removed_rules(tmp_path):
     assert ts["appointment-reminder-24h"].status == "pending"  # unchanged rule: kept
 
 
-def test_reload_refuses_an_invalid_set_and_keeps_running(tmp_path):
+def test_reload_refuses_an_invalid_set_and_keeps_running(tmp_path, db_url):
     from middleware.service import Runtime
     from middleware.settings import get_settings
 
-    m, rs, engine = setup(tmp_path)
-    rt = Runtime(get_settings(mappings_dir=m, database_url=f"sqlite:///{tmp_path}/rt.db"))
+    m, rs, engine = setup(tmp_path, db_url)
+    rt = Runtime(get_settings(mappings_dir=m, database_url=db_url))
     running = rt.ruleset().version
     edit(m, "appointment.booked", "appointment.bookd")
     errors = rt.reload()
@@ -79,8 +79,8 @@ def test_reload_refuses_an_invalid_set_and_keeps_running(tmp_path):
     assert rt.ruleset().version == running
 
 
-def test_reprocess_never_doubles_and_fills_gaps_after_a_fix(tmp_path):
-    m, rs, engine = setup(tmp_path)
+def test_reprocess_never_doubles_and_fills_gaps_after_a_fix(tmp_path, db_url):
+    m, rs, engine = setup(tmp_path, db_url)
     assert len(triggers(engine)) == 2
     rep = reprocess(engine, rs, now=NOW)
     assert rep.events == 1 and rep.triggers == 0  # origin_key: nothing doubled

@@ -50,7 +50,7 @@ class Clock:
 
 
 @pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str):
     secret = generate_secret()
     # the signature timestamp follows the simulated clock, years from the real one
     with SinkServer([secret], tolerance_s=10**10) as sink:
@@ -60,7 +60,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         shutil.copytree(REPO / "mappings", m)
         rs, diags = load_ruleset(m)
         assert rs is not None, [str(d) for d in diags]
-        engine = make_engine(f"sqlite:///{tmp_path}/scenario.db")
+        engine = make_engine(db_url)
         init_db(engine)
         clock = Clock(datetime(2024, 11, 8, 14, 5, tzinfo=NY))
         yield engine, rs, clock, sink

@@ -25,10 +25,9 @@ NOW = datetime(2024, 6, 1, 16, tzinfo=timezone.utc)
 T = NOW.timestamp()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def engine(request, tmp_path):  # noqa: ANN001
-    url = f"sqlite:///{tmp_path}/s.db" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
-    eng = make_engine(url, synchronous="OFF") if request.param == "sqlite" else make_engine(url)
+@pytest.fixture
+def engine(db_url):  # noqa: ANN001
+    eng = make_engine(db_url, synchronous="OFF")
     init_db(eng)
     yield eng
     eng.dispose()

@@ -59,7 +59,7 @@ def test_search_paging_ends_at_the_callers_deadline() -> None:
     assert time.monotonic() - t0 < 1.2
 
 
-def test_reconciler_sweep_ends_at_the_sweep_deadline(tmp_path: Path) -> None:
+def test_reconciler_sweep_ends_at_the_sweep_deadline(tmp_path: Path, db_url: str) -> None:
     from middleware.config.sources import Source
     from middleware.pipeline.reconcile import Reconciler
     from middleware.rules.load import load_ruleset
@@ -74,7 +74,7 @@ def test_reconciler_sweep_ends_at_the_sweep_deadline(tmp_path: Path) -> None:
         assert src is not None
         fhir_src: Source = src.model_copy(update={"fhir": src.fhir.model_copy(update={"base_url": base})})
         sources = type(rs.sources)([fhir_src])
-        engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+        engine = make_engine(db_url)
         init_db(engine)
         rec = Reconciler(engine, InboxWriter(engine), lambda: sources, fetch_timeout_s=30.0, sweep_timeout_s=0.8)
         t0 = time.monotonic()

@@ -8,6 +8,7 @@ import pytest
 from middleware.sandbox import server_state
 
 
+@pytest.mark.sqlite_only  # the sandbox's own database is an embedded SQLite file, moved aside as a file
 def test_same_server_keeps_the_database_another_moves_it_aside(tmp_path: Path) -> None:
     db = tmp_path / "careloop.db"
     url = f"sqlite:///{db}"
@@ -20,10 +21,11 @@ def test_same_server_keeps_the_database_another_moves_it_aside(tmp_path: Path) -
     assert server_state.recorded(url) == "run:bbbb2222"
 
 
-def test_a_database_given_explicitly_is_never_moved(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/mine.db"
+def test_a_database_given_explicitly_is_never_moved(tmp_path: Path, db_url: str) -> None:
+    url = db_url
     server_state.claim(url, "url:http://127.0.0.1:1/fhir", own_database=False)
     with pytest.raises(server_state.ServerMismatch, match="another FHIR server"):
         server_state.claim(url, "run:cccc3333", own_database=False)
     assert server_state.recorded(url) == "url:http://127.0.0.1:1/fhir"
-    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".db"] == ["mine.db"]
+    if url.startswith("sqlite"):
+        assert [p.name for p in tmp_path.iterdir() if p.suffix == ".db"] == ["careloop.db"]

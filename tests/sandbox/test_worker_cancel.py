@@ -19,14 +19,14 @@ from middleware.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _runtime(tmp_path: Path) -> Runtime:
-    return Runtime(Settings(database_url=f"sqlite:///{tmp_path}/careloop.db", mappings_dir=ROOT / "mappings",
+def _runtime(db_url: str) -> Runtime:
+    return Runtime(Settings(database_url=db_url, mappings_dir=ROOT / "mappings",
                             worker_poll_interval_s=0.05))
 
 
-def test_worker_loops_end_when_cancelled_as_they_are_woken(tmp_path: Path) -> None:
+def test_worker_loops_end_when_cancelled_as_they_are_woken(db_url: str) -> None:
     async def scenario() -> set[str]:
-        rt = _runtime(tmp_path)
+        rt = _runtime(db_url)
         tasks = await rt.start_workers()
         await asyncio.sleep(0.3)  # every loop is parked on its wake event
         rt.wake_process.set()

@@ -2,7 +2,6 @@
 at once (no delay, no quiet hours) so every SIU^S26 yields one immediate webhook."""
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Iterator
 
@@ -32,11 +31,3 @@ def immediate_mappings(mappings_dir: Path) -> Path:
 def sink() -> Iterator[SinkServer]:
     with SinkServer([DEV_WEBHOOK_SECRET]) as s:
         yield s
-
-
-def sqlite_rows(path: Path, sql: str, *args: object) -> list[tuple]:
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
-    try:
-        return con.execute(sql, args).fetchall()
-    finally:
-        con.close()

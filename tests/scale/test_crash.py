@@ -12,7 +12,7 @@ import pytest
 
 from middleware.cli.sink import DEV_WEBHOOK_SECRET
 from middleware.listeners.mllp_framing import EB, SB, frame
-from tests.scale.conftest import sqlite_rows
+from tests.support.dbrows import rows_at
 from tests.support.hl7msgs import siu
 from tests.support.server import SubProcess, start_subprocess, wait_until
 
@@ -48,9 +48,8 @@ def send_one(port: int, payload: bytes) -> bytes:
     "scheduler.after_commit:1", # trigger fired + delivery row committed, nothing sent yet
     "delivery.after_send:1",    # webhook sent, outcome not recorded: resent with the same webhook-id
 ])
-def test_sigkill_at_fault_point_then_restart(fault: str, tmp_path: Path, immediate_mappings: Path, sink):
-    db_path = tmp_path / "crash.db"
-    db = f"sqlite:///{db_path}"
+def test_sigkill_at_fault_point_then_restart(fault: str, tmp_path: Path, immediate_mappings: Path, sink, db_url: str):
+    db = db_url
     env = {"CARELOOP_WEBHOOK_URL": sink.url + "/hooks", "CARELOOP_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
            "CARELOOP_WORKER_POLL_INTERVAL_S": "0.1"}
     srv: SubProcess = start_subprocess(db, immediate_mappings, tmp_path, env={**env, "CARELOOP_FAULT": fault})
@@ -85,7 +84,7 @@ def test_sigkill_at_fault_point_then_restart(fault: str, tmp_path: Path, immedia
 
         wait_until(lambda: len({r["webhook_id"] for r in sink.received() if r["verified"]}) >= PAIRS, 40,
                    what="every trigger delivered after the restart")
-        wait_until(lambda: sqlite_rows(db_path, "SELECT count(*) FROM delivery WHERE status = 'delivered'")[0][0] == PAIRS,
+        wait_until(lambda: rows_at(db, "SELECT count(*) FROM delivery WHERE status = 'delivered'")[0][0] == PAIRS,
                    20, what="every delivery recorded as delivered")
     finally:
         srv.terminate()
@@ -94,12 +93,12 @@ def test_sigkill_at_fault_point_then_restart(fault: str, tmp_path: Path, immedia
     assert len(acked) == 2 * PAIRS
     # every ACKed message is stored, and processed exactly once (resends are stored as duplicates)
     for control in acked:
-        rows = sqlite_rows(db_path, "SELECT status FROM inbound_message WHERE control_id = ?", control)
+        rows = rows_at(db, "SELECT status FROM inbound_message WHERE control_id = :c", c=control)
         live = [s for (s,) in rows if s != "duplicate"]
         assert live == ["processed"], (control, rows)
-    events = sqlite_rows(db_path, "SELECT resource_key, count(*) FROM event WHERE type = 'appointment.noshow' GROUP BY resource_key")
+    events = rows_at(db, "SELECT resource_key, count(*) FROM event WHERE type = 'appointment.noshow' GROUP BY resource_key")
     assert len(events) == PAIRS and all(n == 1 for _, n in events), events
-    fired = sqlite_rows(db_path, "SELECT id FROM \"trigger\" WHERE rule_id = 'noshow-reengagement' AND status = 'fired'")
+    fired = rows_at(db, "SELECT id FROM \"trigger\" WHERE rule_id = 'noshow-reengagement' AND status = 'fired'")
     assert len(fired) == PAIRS
     # at least once on the wire; exactly once after de-duplicating on webhook-id
     calls = [r for r in sink.received() if r["verified"]]

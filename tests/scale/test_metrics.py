@@ -30,10 +30,10 @@ def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return out
 
 
-def test_metrics_scrape_shows_ingest_lag_triggers_deliveries_and_circuits(tmp_path: Path, immediate_mappings: Path, sink, monkeypatch):
+def test_metrics_scrape_shows_ingest_lag_triggers_deliveries_and_circuits(tmp_path: Path, immediate_mappings: Path, sink, monkeypatch, db_url: str):
     monkeypatch.setenv("CARELOOP_WEBHOOK_URL", sink.url + "/hooks")
     monkeypatch.setenv("CARELOOP_WEBHOOK_SECRET", DEV_WEBHOOK_SECRET)
-    srv = start_in_process(f"sqlite:///{tmp_path}/m.db", immediate_mappings)
+    srv = start_in_process(db_url, immediate_mappings)
     try:
         msgs = [siu("S12", control="MX-1", appt="MX1", mrn="MRN070001"),
                 siu("S26", control="MX-2", appt="MX1", mrn="MRN070001", status="Noshow"),

@@ -1,23 +1,12 @@
-"""Storage test fixtures: a fresh database on each backend, and a second fresh PostgreSQL database
-(to compare against the first)."""
+"""Storage test fixtures: a second fresh PostgreSQL database (to compare against the first). The
+database under test is the suite-wide ``db_url`` (tests/conftest.py, one backend per pass)."""
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A fresh database URL on SQLite and on PostgreSQL."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/a.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture

@@ -24,6 +24,14 @@ def release_sqlite(tmp: Path, name: str = "careloop-sqlite.db") -> str:
     return f"sqlite:///{dst}"
 
 
+def load_release(url: str) -> None:
+    """Make the (new, empty) database at ``url`` a release-0.1.0 database of its backend."""
+    if url.startswith("sqlite"):
+        shutil.copy(RELEASE / "careloop-sqlite.db", url.split("///", 1)[1])
+    else:
+        load_release_postgres(url)
+
+
 def load_release_postgres(url: str) -> None:
     """Restore the release-0.1.0 ``pg_dump`` into the (empty) database at ``url``."""
     subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-f", str(RELEASE / "careloop-postgres.sql")],

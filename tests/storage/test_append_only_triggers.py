@@ -47,6 +47,7 @@ def test_raw_update_and_delete_are_refused(db_url: str) -> None:
         conn.close()
 
 
+@pytest.mark.sqlite_only  # SQLite batch mode (table recreation) is what drops the triggers
 def test_batch_recreation_needs_the_helper(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path}/a.db")
     schema.upgrade(engine)

@@ -27,7 +27,9 @@ ADDED = {"disclosure": {"outcome", "body_bytes", "request_target", "attempt"}, "
          "delivery": {"locked_by"}}
 
 
-@pytest.fixture(params=["sqlite", "sqlite-without-added-columns", "postgres"])
+@pytest.fixture(params=[pytest.param("sqlite", marks=pytest.mark.sqlite_only),
+                        pytest.param("sqlite-without-added-columns", marks=pytest.mark.sqlite_only),
+                        pytest.param("postgres", marks=pytest.mark.postgres)])
 def release_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return release_sqlite(tmp_path)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from middleware.cli import main as cli
 from middleware.storage import schema
 from middleware.storage.db import make_engine
 
-from storage_helpers import RELEASE, TABLES, all_rows, load_release_postgres, release_sqlite
+from storage_helpers import RELEASE, TABLES, all_rows, load_release, load_release_postgres, release_sqlite
 
 REPO = Path(__file__).resolve().parents[2]
 FUTURE = "9999_from_a_newer_careloop"
@@ -45,6 +46,7 @@ def _stamp_future(url: str) -> None:
     engine.dispose()
 
 
+@pytest.mark.sqlite_only  # the VACUUM INTO backup is SQLite's
 def test_db_commands_one_line_each(tmp_path: Path) -> None:
     url = release_sqlite(tmp_path)
     rc, out, _ = _cli("db", "current", "--database-url", url)
@@ -64,8 +66,8 @@ def test_db_commands_one_line_each(tmp_path: Path) -> None:
     assert _cli("db", "upgrade", "--database-url", fresh)[1] == f"created a new database at schema revision {head}\n"
 
 
-def test_db_upgrade_refuses_a_newer_database(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path}/n.db"
+def test_db_upgrade_refuses_a_newer_database(db_url: str) -> None:
+    url = db_url
     _stamp_future(url)
     rc, out, err = _cli("db", "upgrade", "--database-url", url)
     assert rc == 2 and out == "" and err.count("\n") == 1 and FUTURE in err and "older than the database" in err
@@ -73,9 +75,11 @@ def test_db_upgrade_refuses_a_newer_database(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["serve", "worker"])
-def test_serve_and_worker_refuse_older_and_newer(command: str, tmp_path: Path) -> None:
-    old = release_sqlite(tmp_path)
-    newer = f"sqlite:///{tmp_path}/newer.db"
+def test_serve_and_worker_refuse_older_and_newer(command: str, tmp_path: Path, db_url: str,
+                                                 fresh_db_url: Callable[[str], str]) -> None:
+    old = db_url
+    load_release(old)
+    newer = fresh_db_url("newer")
     _stamp_future(newer)
     for url, says in ((old, "run `careloop db upgrade`"), (newer, "this careloop is older than the database")):
         extra = ["--http-port", "0", "--mllp-port", "0"] if command == "serve" else []
@@ -85,13 +89,15 @@ def test_serve_and_worker_refuse_older_and_newer(command: str, tmp_path: Path) -
     assert schema.state(make_engine(old)).kind == "unversioned"  # refused: not touched
 
 
-def test_other_commands_refuse_an_old_database(tmp_path: Path) -> None:
-    url = release_sqlite(tmp_path)
+def test_other_commands_refuse_an_old_database(db_url: str) -> None:
+    url = db_url
+    load_release(url)
     for argv in (["retention", "run"], ["deliveries", "list"], ["audit", "export", "--patient", "x"]):
         rc, out, err = _cli(*argv, "--database-url", url)
         assert rc == 2 and "careloop db upgrade" in err and err.count("\n") == 1, (argv, err)
 
 
+@pytest.mark.sqlite_only  # the embedded default database
 def test_embedded_default_upgrades_itself_after_a_backup(tmp_path: Path) -> None:
     home = tmp_path / ".careloop"
     home.mkdir()

@@ -165,11 +165,11 @@ class Pipeline:
             return list(s.exec(select(model).where(*where)) if where else s.exec(select(model)))
 
 
-def make_pipeline(tmp: Path, mappings: Path, *, start: datetime | None = None,
+def make_pipeline(url: str, mappings: Path, *, start: datetime | None = None,
                   clock: Clock | None = None) -> Pipeline:
+    """The pipeline on the (new) database at ``url``: the test's ``db_url`` fixture."""
     rs, diags = load_ruleset(mappings)
     assert rs is not None, "\n".join(str(d) for d in diags)
-    url = f"sqlite:///{tmp}/careloop.db"
     engine = make_engine(url)
     init_db(engine)
     guard_append_only()

@@ -47,8 +47,8 @@ def _rec(i: int, raw: bytes = b"x") -> InboundRecord:
                          dedup_key=f"A|B|{i}", ack=b"ACK%d" % i)
 
 
-def test_submit_callbacks_after_batch_and_room(tmp_path: Path):
-    engine = make_engine(f"sqlite:///{tmp_path}/i.db")
+def test_submit_callbacks_after_batch_and_room(tmp_path: Path, db_url: str):
+    engine = make_engine(db_url)
     init_db(engine)
     writer = InboxWriter(engine, max_queue=3)
 
@@ -84,8 +84,8 @@ def test_submit_callbacks_after_batch_and_room(tmp_path: Path):
     engine.dispose()
 
 
-def test_storage_failure_answers_every_producer(tmp_path: Path):
-    engine = make_engine(f"sqlite:///{tmp_path}/f.db")
+def test_storage_failure_answers_every_producer(tmp_path: Path, db_url: str):
+    engine = make_engine(db_url)
     init_db(engine)
     writer = InboxWriter(engine)
 
