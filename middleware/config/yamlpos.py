@@ -40,6 +40,8 @@ class Positioned(dict):  # type: ignore[type-arg]
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.key_pos: dict[str, tuple[int, int]] = {}
+        #: for scalar values: (line, col, source text) of the value as written (quotes, block header...)
+        self.val_src: dict[str, tuple[int, int, str]] = {}
 
 
 class PositionedList(list):  # type: ignore[type-arg]
@@ -64,21 +66,32 @@ def interpolate(text: str, env: dict[str, str] | None = None) -> str:
     return _ENV.sub(sub, text)
 
 
-def _build(node: yaml.Node, interp: bool) -> Any:
+def _build(node: yaml.Node, interp: bool, text: str = "", path: str = "") -> Any:
     if isinstance(node, yaml.MappingNode):
         out = Positioned()
         out.line, out.col = node.start_mark.line + 1, node.start_mark.column + 1
         for k, v in node.value:
             # keys stay strings: YAML 1.1 would turn `on:` / `no:` into booleans
-            key = k.value if isinstance(k, yaml.ScalarNode) else _build(k, interp)
-            out[key] = _build(v, interp)
+            key = k.value if isinstance(k, yaml.ScalarNode) else _build(k, interp, text, path)
+            if key == "<<" and isinstance(k, yaml.ScalarNode):
+                raise YamlError(Diagnostic(path, k.start_mark.line + 1, k.start_mark.column + 1, "error", "yaml",
+                                           "merge keys (<<) are not supported: write the fields out"))
+            if str(key) in out.key_pos:
+                first = out.key_pos[str(key)]
+                raise YamlError(Diagnostic(
+                    path, k.start_mark.line + 1, k.start_mark.column + 1, "error", "duplicate-key",
+                    f"duplicate key '{key}' (first at line {first[0]}); YAML would silently keep only the last one"))
+            out[key] = _build(v, interp, text, path)
             out.key_pos[str(key)] = (k.start_mark.line + 1, k.start_mark.column + 1)
+            if isinstance(v, yaml.ScalarNode) and text:
+                out.val_src[str(key)] = (v.start_mark.line + 1, v.start_mark.column + 1,
+                                         text[v.start_mark.index:v.end_mark.index])
         return out
     if isinstance(node, yaml.SequenceNode):
         seq = PositionedList()
         seq.line, seq.col = node.start_mark.line + 1, node.start_mark.column + 1
         for item in node.value:
-            seq.append(_build(item, interp))
+            seq.append(_build(item, interp, text, path))
             seq.item_pos.append((item.start_mark.line + 1, item.start_mark.column + 1))
         return seq
     assert isinstance(node, yaml.ScalarNode)
@@ -109,7 +122,35 @@ def load_positioned(path: Path, *, interp: bool = True) -> Any:
         ) from exc
     if node is None:
         return None
-    return _build(node, interp)
+    return _build(node, interp, text, str(path))
+
+
+def value_position(container: Any, key: str, value: str, offset: int) -> tuple[int, int]:
+    """File line and column of character ``offset`` of the scalar ``container[key]`` (its
+    parsed ``value``), wherever it was written: plain, quoted, or a folded/literal block
+    spanning lines. Falls back to the key's position."""
+    src = getattr(container, "val_src", {}).get(str(key))
+    if src is None:
+        return position_of(container, key)
+    line, col, raw = src
+    j = 0
+    if raw[:1] in ("|", ">"):
+        j = raw.find("\n") + 1 if "\n" in raw else len(raw)
+    elif raw[:1] in ("'", '"'):
+        j = 1
+    for i, ch in enumerate(value):
+        if not ch.isspace():  # folding and quoting change only whitespace and quotes
+            while j < len(raw) and raw[j] != ch:
+                j += 1
+        if i == offset or j >= len(raw):
+            break
+        j += 1
+    j = min(j, len(raw))
+    before = raw[:j]
+    nl = before.count("\n")
+    if nl:
+        return line + nl, j - before.rfind("\n")
+    return line, col + j
 
 
 def position_of(container: Any, key: str | int | None = None) -> tuple[int, int]:

@@ -17,8 +17,10 @@ from pydantic import ValidationError
 
 from ..config.destinations import Destination, load_destinations
 from ..config.sources import Sources, load_sources
-from ..config.yamlpos import Diagnostic, DiagnosticSink, YamlError, load_positioned, position_of, pydantic_errors_to_diagnostics
+from ..config.yamlpos import (Diagnostic, DiagnosticSink, YamlError, load_positioned, position_of,
+                               pydantic_errors_to_diagnostics, value_position)
 from ..catalogue import ACTIVITY_STATUSES, EVENT_TYPES, STATUSES
+from .check import TypeContext
 from .fhirpath import Compiled, ValueSets, check_syntax, compile_expr
 from .spec import Rule, RuleFileSpec, Settings
 
@@ -122,29 +124,41 @@ def plain_diagnostic(d: Diagnostic) -> Diagnostic:
 
 
 def _check_expr(sink: DiagnosticSink, node: Any, key: str | int, expr: str | None, vs_names: set[str], what: str,
-                extra_vars: frozenset[str] = frozenset()) -> bool:
+                extra_vars: frozenset[str] = frozenset(), types: TypeContext | None = None) -> bool:
     if expr is None:
         return True
     ok = True
     for prob in check_syntax(expr):
-        line, col = position_of(node, key)
-        sink.items.append(Diagnostic(sink.path, line, col, "error", "fhirpath",
-                                     f"{what}: FHIRPath does not compile at column {prob.column}: {prob.message}"))
+        line, col = value_position(node, str(key), expr, prob.offset)
+        sink.items.append(Diagnostic(sink.path, line, col, "error", "fhirpath", f"{what}: FHIRPath syntax: {prob.message}"))
         ok = False
-    for name in _MEMBER_OF.findall(expr):
+    if ok and types is not None:
+        for tp in types.check(expr):
+            line, col = value_position(node, str(key), expr, tp.offset)
+            sink.items.append(Diagnostic(sink.path, line, col, "error", tp.code, f"{what}: {tp.message}"))
+            ok = False
+    def at(offset: int, level: str, code: str, message: str) -> None:
+        line, col = value_position(node, str(key), expr, offset)
+        sink.items.append(Diagnostic(sink.path, line, col, level, code, message))
+
+    for mm in _MEMBER_OF.finditer(expr):
+        name = mm.group(1)
         if name not in vs_names:
             hint = difflib.get_close_matches(name, list(vs_names), n=1)
-            sink.error(node, key, "unknown-valueset", f"{what}: unknown value set '{name}'"
-                       + (f" (did you mean '{hint[0]}'?)" if hint
-                          else " (add mappings/valuesets/<name>.yaml or an inline `valuesets:` entry)"))
+            at(mm.start(1), "error", "unknown-valueset", f"{what}: unknown value set '{name}'"
+               + (f" (did you mean '{hint[0]}'?)" if hint
+                  else " (add mappings/valuesets/<name>.yaml or an inline `valuesets:` entry)"))
             ok = False
     known = VARIABLES | extra_vars
-    for var in _VARIABLE.findall(expr):
+    for vm in _VARIABLE.finditer(expr):
+        var = vm.group(1)
         if var not in known:
             hint = difflib.get_close_matches(var, sorted(VARIABLES | CANCEL_VARIABLES), n=1)
             where_ok = " (only in unless.where / wait_for.where)" if var in CANCEL_VARIABLES else ""
-            sink.error(node, key, "unknown-variable", f"{what}: unknown variable %{var}{where_ok}"
-                       + (f" (did you mean %{hint[0]}?)" if hint and not where_ok else ""))
+            typed = types.variables() if types is not None else {}
+            listing = "; variables: " + ", ".join(f"%{k} ({v.type.replace('obj:', '%')})" for k, v in sorted(typed.items()))
+            at(vm.start(), "error", "unknown-variable", f"{what}: unknown variable %{var}{where_ok}"
+               + (f" (did you mean %{hint[0]}?)" if hint and not where_ok else listing if typed and not where_ok else ""))
             ok = False
     return ok
 
@@ -260,21 +274,24 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                         hint = difflib.get_close_matches(s, sorted(allowed), n=1)
                         sink.error(node, key, "unknown-status", f"'{s}' is not a status of {', '.join(sorted(types))}"
                                    + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            tc = TypeContext.for_rule(rule.on, [*rule.emit.payload, "purpose"])
             for j, u in enumerate(rule.unless):
                 _check_events(sink, node["unless"][j], "on", u.on)
-                _check_expr(sink, node["unless"][j], "where", u.where, names, "unless.where", CANCEL_VARIABLES)
+                _check_expr(sink, node["unless"][j], "where", u.where, names, "unless.where", CANCEL_VARIABLES,
+                            tc.cancelling(u.on))
             if rule.wait_for:
                 _check_events(sink, node["wait_for"], "events", rule.wait_for.events)
-                _check_expr(sink, node["wait_for"], "where", rule.wait_for.where, names, "wait_for.where", CANCEL_VARIABLES)
-            _check_expr(sink, node, "where", rule.where, names, "where")
+                _check_expr(sink, node["wait_for"], "where", rule.wait_for.where, names, "wait_for.where", CANCEL_VARIABLES,
+                            tc.cancelling(rule.wait_for.events))
+            _check_expr(sink, node, "where", rule.where, names, "where", types=tc)
             wnode = node.get("when", node)
-            _check_expr(sink, wnode, "at", rule.when.at, names, "when.at")
-            _check_expr(sink, wnode, "not_after", rule.when.not_after, names, "when.not_after")
+            _check_expr(sink, wnode, "at", rule.when.at, names, "when.at", types=tc)
+            _check_expr(sink, wnode, "not_after", rule.when.not_after, names, "when.not_after", types=tc)
             if rule.dedup:
-                _check_expr(sink, node["dedup"], "key", rule.dedup.key, names, "dedup.key")
+                _check_expr(sink, node["dedup"], "key", rule.dedup.key, names, "dedup.key", types=tc)
             enode = node["emit"]
             for k, expr in rule.emit.payload.items():
-                _check_expr(sink, enode["payload"], k, expr, names, f"payload.{k}")
+                _check_expr(sink, enode["payload"], k, expr, names, f"payload.{k}", types=tc)
             for j, dname in enumerate(rule.emit.destinations):
                 d = dest_by_name.get(dname)
                 where, dest_key = (enode["destinations"], j)
