@@ -117,9 +117,12 @@ def load_positioned(path: Path, *, interp: bool = True) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise YamlError(
-            Diagnostic(str(path), line, col, "error", "yaml", f"{exc.problem or exc}")
-        ) from exc
+        problem = str(exc.problem or exc)
+        if problem in ("mapping values are not allowed here", "did not find expected key",
+                       "expected <block end>, but found '-'", "expected <block end>, but found '<block mapping start>'",
+                       "did not find expected '-' indicator"):
+            problem += " (an indentation slip? keys of one mapping must start in the same column)"
+        raise YamlError(Diagnostic(str(path), line, col, "error", "yaml", problem)) from exc
     if node is None:
         return None
     return _build(node, interp, text, str(path))
@@ -212,9 +215,62 @@ def pydantic_errors_to_diagnostics(sink: DiagnosticSink, raw: Any, exc: Any) -> 
             at = parent if not isinstance(parent, (Positioned, PositionedList)) else node if isinstance(node, Positioned) else parent
             sink.error(at, None, code, f"{dotted}: {msg}")
             continue
+        elif code in _EXPECTED:
+            msg = f"{dotted}: {expectation(code, last, err.get('input'))}"
+            code = "wrong-type"
         else:
             msg = f"{dotted}: {msg}"
         sink.error(parent, last, code, msg)
+
+
+#: what a pydantic type error expected, said plainly
+_EXPECTED = {
+    "list_type": "a list", "string_type": "text", "bool_type": "true or false", "bool_parsing": "true or false",
+    "int_type": "a whole number", "int_parsing": "a whole number", "float_type": "a number", "float_parsing": "a number",
+    "dict_type": "a mapping (key: value)", "model_type": "a mapping of fields", "model_attributes_type": "a mapping of fields",
+}
+#: field name -> (what its items are, an example value) for type errors
+FIELD_EXAMPLES: dict[str, tuple[str, str]] = {
+    "on": ("event names", "[appointment.noshow]"),
+    "events": ("event names", "[appointment.booked, appointment.rescheduled]"),
+    "destinations": ("destination names", "[webhook]"),
+    "from": ("statuses", "[booked, pending]"),
+    "to": ("statuses", "[cancelled]"),
+    "allow": ("payload field names", "[purpose, appointment_start]"),
+    "purposes": ("purposes", "[treatment-reminder, care-coordination]"),
+    "holidays": ("dates", '["2025-12-24"]'),
+    "unless": ("cancelling events", "[{on: [appointment.cancelled], same: resource}]"),
+    "rules": ("rules", "\n  - id: my-rule\n    on: [appointment.booked]"),
+    "sources": ("sources", "\n  - name: default\n    kind: hl7v2"),
+    "payload": ("fields", "{appointment_start: start}"),
+    "when": ("fields", "{after: 2d}  or  {at: start, offset: -1d}"),
+    "wait_for": ("fields", "{events: [appointment.booked], timeout: 48h}"),
+    "dedup": ("fields", "{key: \"'tcm'\", window: 30d}"),
+    "emit": ("fields", "{trigger: my_trigger, destinations: [webhook]}"),
+    "quiet_hours": ("fields", '{start: "21:00", end: "08:00"}'),
+    "caps": ("fields", "{per_day: 1, per_week: 3}"),
+    "policy": ("fields", "{mode: fields, allow: [purpose]}"),
+    "valuesets": ("value sets", "{my-set: ['http://snomed.info/sct|385763009']}"),
+}
+
+
+def expectation(code: str, field_name: Any, value: Any) -> str:
+    """``expected a list of event names, e.g. on: [appointment.noshow] (got the text 'appointment.noshow')``."""
+    want = _EXPECTED.get(code, "another kind of value")
+    noun, example = FIELD_EXAMPLES.get(str(field_name), ("", ""))
+    if want == "a list" and noun:
+        want = f"a list of {noun}"
+    out = f"expected {want}"
+    if example:
+        out += f", e.g. {field_name}: {example}"
+    elif want == "true or false":
+        out += f", e.g. {field_name}: true"
+    got = {str: "the text", bool: "", int: "the number", float: "the number", dict: "a mapping", list: "a list"}
+    if value is not None:
+        kind = got.get(type(value), type(value).__name__)
+        shown = "" if isinstance(value, (dict, list)) else f" {value!r}"
+        out += f" (got {kind}{shown})".replace("( ", "(")
+    return out
 
 
 def _allowed_fields(exc: Any, loc: list[Any]) -> list[str]:

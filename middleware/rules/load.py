@@ -85,6 +85,7 @@ def _load_valuesets(directory: Path, diags: list[Diagnostic], digest: Any = None
             raw = load_positioned(p)
         except YamlError as exc:
             diags.append(exc.diagnostic)
+            out.setdefault(p.stem, set())  # its errors are reported; rules naming it are not
             continue
         if not isinstance(raw, dict) or "valueset" not in raw or not ("codes" in raw or "include" in raw):
             sink.error(raw, None, "invalid-valueset", "a value set file needs 'valueset' (its name) and 'codes' "
@@ -219,6 +220,16 @@ def load_settings(directory: Path, diags: list[Diagnostic]) -> Settings:
     return Settings()
 
 
+def _names_if_broken(ddiags: list[Diagnostic], raw: Any) -> set[str] | None:
+    """None when destinations.yaml loaded cleanly; else the destination names it still shows
+    (empty when it does not parse: then no rule is checked against it)."""
+    if not any(d.level == "error" for d in ddiags):
+        return None
+    items = raw.get("destinations") if isinstance(raw, dict) else None
+    names = {str(i["name"]) for i in items if isinstance(i, dict) and "name" in i} if isinstance(items, list) else set()
+    return names
+
+
 def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
     """Validate and compile everything under ``directory``; errors make the result None."""
     directory = Path(directory)
@@ -227,9 +238,12 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
         return None, [Diagnostic(str(directory), 1, 1, "error", "missing", "mappings directory does not exist")]
     sources, sdiags = load_sources(directory)
     diags += sdiags
-    dests, ddiags, _ = load_destinations(directory)
+    dests, ddiags, draw = load_destinations(directory)
     diags += ddiags
     dest_by_name = {d.name: d for d in dests}
+    # no cascade: with destinations.yaml in error, rules are checked only against the names it
+    # still shows (none when it does not parse), and its own errors are the only ones reported
+    dests_broken = _names_if_broken(ddiags, draw)
     settings = load_settings(directory, diags)
     digest = hashlib.sha256()
     vs = _load_valuesets(directory, diags, digest)
@@ -295,6 +309,11 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
             for j, dname in enumerate(rule.emit.destinations):
                 d = dest_by_name.get(dname)
                 where, dest_key = (enode["destinations"], j)
+                if dests_broken is not None:
+                    if dests_broken and dname not in dests_broken:
+                        sink.error(where, dest_key, "unknown-destination", f"unknown destination '{dname}' "
+                                   "(destinations.yaml has errors, see above)")
+                    continue
                 if d is None:
                     hint = difflib.get_close_matches(dname, list(dest_by_name), n=1)
                     sink.error(where, dest_key, "unknown-destination", f"unknown destination '{dname}'"
