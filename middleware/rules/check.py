@@ -372,6 +372,16 @@ def check_expression(expr: str, context: list[str], variables: dict[str, Variabl
     return checker.problems
 
 
+def result_type(expr: str, context: list[str], variables: dict[str, Variable] | None = None,
+                objects: dict[str, dict[str, str]] | None = None) -> Ty:
+    """The type an expression yields on a resource of the ``context`` types (None: unknown)."""
+    tree = parse(expr)
+    if tree is None:
+        return None
+    checker = _Checker(expr, context, variables or {}, objects or {})
+    return checker.expression(tree.expression(), checker.root, [None])
+
+
 def variable_types(context: list[str], origin: list[str] | None = None) -> dict[str, Variable]:
     """The typed ``%variables`` of a rule expression (see middleware/rules/evaluate.py)."""
     ctx = context[0] if len(context) == 1 else "?"
@@ -431,9 +441,16 @@ class TypeContext:
     def variables(self) -> dict[str, Variable]:
         return variable_types(list(self.resources), list(self.origin) if self.origin is not None else None)
 
+    def objects(self) -> dict[str, dict[str, str]]:
+        return {"obj:event": {"type": "string", "previousStatus": "code", "status": "code"},
+                "obj:payload": {k: "?" for k in self.payload_keys}}
+
     def check(self, expr: str) -> list[Problem]:
         if not self.resources:
             return []
-        objects = {"obj:event": {"type": "string", "previousStatus": "code", "status": "code"},
-                   "obj:payload": {k: "?" for k in self.payload_keys}}
-        return check_expression(expr, list(self.resources), self.variables(), objects)
+        return check_expression(expr, list(self.resources), self.variables(), self.objects())
+
+    def type_of(self, expr: str) -> Ty:
+        if not self.resources:
+            return None
+        return result_type(expr, list(self.resources), self.variables(), self.objects())

@@ -21,6 +21,7 @@ from ..config.yamlpos import (Diagnostic, DiagnosticSink, YamlError, load_positi
                                pydantic_errors_to_diagnostics, value_position)
 from ..catalogue import ACTIVITY_STATUSES, EVENT_TYPES, STATUSES
 from .check import TypeContext
+from .payload_check import check_payload, policy_positions
 from .fhirpath import Compiled, ValueSets, check_syntax, compile_expr
 from .spec import Rule, RuleFileSpec, Settings
 
@@ -244,6 +245,7 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
     # no cascade: with destinations.yaml in error, rules are checked only against the names it
     # still shows (none when it does not parse), and its own errors are the only ones reported
     dests_broken = _names_if_broken(ddiags, draw)
+    dest_positions = policy_positions(draw)
     settings = load_settings(directory, diags)
     digest = hashlib.sha256()
     vs = _load_valuesets(directory, diags, digest)
@@ -325,6 +327,10 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                                "agreement (baa: false); HIPAA forbids it, hashed identifiers included")
                 elif rule.purpose not in d.policy.purposes:
                     sink.error(where, dest_key, "purpose-not-allowed", f"destination '{dname}' does not accept purpose '{rule.purpose}'")
+            if dests_broken is None:
+                check_payload(sink, enode, rule.id, rule.emit.payload,
+                              [dest_by_name[n] for n in dict.fromkeys(rule.emit.destinations) if n in dest_by_name],
+                              tc, str(directory / "destinations.yaml"), dest_positions, rule.emit.internal)
             if rule.purpose == "marketing" and rule.channel in ("sms", "voice"):
                 sink.warning(node, "purpose", "marketing-consent",
                              f"rule '{rule.id}': marketing {rule.channel} needs prior express written consent; triggers for "
