@@ -9,10 +9,16 @@ from pathlib import Path
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from ..rules.golden import load_cases, test_files
     from ..rules.load import load_ruleset
 
     t0 = time.perf_counter()
     rs, diags = load_ruleset(args.dir)
+    for tf in test_files(args.dir):  # golden test files: YAML and structure (duplicate keys...) too
+        test_diags = load_cases(tf)[2]
+        diags += test_diags
+        if rs is not None and any(d.level == "error" for d in test_diags):
+            rs = None
     ms = (time.perf_counter() - t0) * 1000
     for d in diags:
         print(d, file=sys.stderr if d.level == "error" else sys.stdout)

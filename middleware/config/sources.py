@@ -46,6 +46,11 @@ class Hl7Settings(_Strict):
         default_factory=dict,
         description="assigning authority or facility (PID-3.4, SCH-1.2, PV1-19.4 ...) -> identifier system URI",
     )
+    coding_systems: dict[str, str] = Field(
+        default_factory=dict,
+        description="coding-system name as this sender writes it (CWE-3/6) -> code system URI; overrides the "
+        "table 0396 mapping, e.g. {I10: http://hl7.org/fhir/sid/icd-10-cm} for senders that write I10 for ICD-10-CM",
+    )
     default_system_prefix: str = Field(
         default="urn:careloop:id:", description="system for an authority with no mapping: prefix + authority"
     )
@@ -71,6 +76,15 @@ class Hl7Settings(_Strict):
     @classmethod
     def _cidr(cls, v: list[str]) -> list[str]:
         return parse_networks(v)
+
+    @field_validator("coding_systems")
+    @classmethod
+    def _uris(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, uri in v.items():
+            if not str(uri).startswith(("http://", "https://", "urn:")):
+                raise ValueError(f"coding_systems.{name}: '{uri}' is not a code system URI "
+                                 "(e.g. http://hl7.org/fhir/sid/icd-10-cm)")
+        return v
 
     @field_validator("timezone")
     @classmethod

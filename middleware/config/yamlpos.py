@@ -40,6 +40,8 @@ class Positioned(dict):  # type: ignore[type-arg]
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.key_pos: dict[str, tuple[int, int]] = {}
+        #: for scalar values: (line, col, source text) of the value as written (quotes, block header...)
+        self.val_src: dict[str, tuple[int, int, str]] = {}
 
 
 class PositionedList(list):  # type: ignore[type-arg]
@@ -64,21 +66,32 @@ def interpolate(text: str, env: dict[str, str] | None = None) -> str:
     return _ENV.sub(sub, text)
 
 
-def _build(node: yaml.Node, interp: bool) -> Any:
+def _build(node: yaml.Node, interp: bool, text: str = "", path: str = "") -> Any:
     if isinstance(node, yaml.MappingNode):
         out = Positioned()
         out.line, out.col = node.start_mark.line + 1, node.start_mark.column + 1
         for k, v in node.value:
             # keys stay strings: YAML 1.1 would turn `on:` / `no:` into booleans
-            key = k.value if isinstance(k, yaml.ScalarNode) else _build(k, interp)
-            out[key] = _build(v, interp)
+            key = k.value if isinstance(k, yaml.ScalarNode) else _build(k, interp, text, path)
+            if key == "<<" and isinstance(k, yaml.ScalarNode):
+                raise YamlError(Diagnostic(path, k.start_mark.line + 1, k.start_mark.column + 1, "error", "yaml",
+                                           "merge keys (<<) are not supported: write the fields out"))
+            if str(key) in out.key_pos:
+                first = out.key_pos[str(key)]
+                raise YamlError(Diagnostic(
+                    path, k.start_mark.line + 1, k.start_mark.column + 1, "error", "duplicate-key",
+                    f"duplicate key '{key}' (first at line {first[0]}); YAML would silently keep only the last one"))
+            out[key] = _build(v, interp, text, path)
             out.key_pos[str(key)] = (k.start_mark.line + 1, k.start_mark.column + 1)
+            if isinstance(v, yaml.ScalarNode) and text:
+                out.val_src[str(key)] = (v.start_mark.line + 1, v.start_mark.column + 1,
+                                         text[v.start_mark.index:v.end_mark.index])
         return out
     if isinstance(node, yaml.SequenceNode):
         seq = PositionedList()
         seq.line, seq.col = node.start_mark.line + 1, node.start_mark.column + 1
         for item in node.value:
-            seq.append(_build(item, interp))
+            seq.append(_build(item, interp, text, path))
             seq.item_pos.append((item.start_mark.line + 1, item.start_mark.column + 1))
         return seq
     assert isinstance(node, yaml.ScalarNode)
@@ -104,12 +117,43 @@ def load_positioned(path: Path, *, interp: bool = True) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise YamlError(
-            Diagnostic(str(path), line, col, "error", "yaml", f"{exc.problem or exc}")
-        ) from exc
+        problem = str(exc.problem or exc)
+        if problem in ("mapping values are not allowed here", "did not find expected key",
+                       "expected <block end>, but found '-'", "expected <block end>, but found '<block mapping start>'",
+                       "did not find expected '-' indicator"):
+            problem += " (an indentation slip? keys of one mapping must start in the same column)"
+        raise YamlError(Diagnostic(str(path), line, col, "error", "yaml", problem)) from exc
     if node is None:
         return None
-    return _build(node, interp)
+    return _build(node, interp, text, str(path))
+
+
+def value_position(container: Any, key: str, value: str, offset: int) -> tuple[int, int]:
+    """File line and column of character ``offset`` of the scalar ``container[key]`` (its
+    parsed ``value``), wherever it was written: plain, quoted, or a folded/literal block
+    spanning lines. Falls back to the key's position."""
+    src = getattr(container, "val_src", {}).get(str(key))
+    if src is None:
+        return position_of(container, key)
+    line, col, raw = src
+    j = 0
+    if raw[:1] in ("|", ">"):
+        j = raw.find("\n") + 1 if "\n" in raw else len(raw)
+    elif raw[:1] in ("'", '"'):
+        j = 1
+    for i, ch in enumerate(value):
+        if not ch.isspace():  # folding and quoting change only whitespace and quotes
+            while j < len(raw) and raw[j] != ch:
+                j += 1
+        if i == offset or j >= len(raw):
+            break
+        j += 1
+    j = min(j, len(raw))
+    before = raw[:j]
+    nl = before.count("\n")
+    if nl:
+        return line + nl, j - before.rfind("\n")
+    return line, col + j
 
 
 def position_of(container: Any, key: str | int | None = None) -> tuple[int, int]:
@@ -171,9 +215,62 @@ def pydantic_errors_to_diagnostics(sink: DiagnosticSink, raw: Any, exc: Any) -> 
             at = parent if not isinstance(parent, (Positioned, PositionedList)) else node if isinstance(node, Positioned) else parent
             sink.error(at, None, code, f"{dotted}: {msg}")
             continue
+        elif code in _EXPECTED:
+            msg = f"{dotted}: {expectation(code, last, err.get('input'))}"
+            code = "wrong-type"
         else:
             msg = f"{dotted}: {msg}"
         sink.error(parent, last, code, msg)
+
+
+#: what a pydantic type error expected, said plainly
+_EXPECTED = {
+    "list_type": "a list", "string_type": "text", "bool_type": "true or false", "bool_parsing": "true or false",
+    "int_type": "a whole number", "int_parsing": "a whole number", "float_type": "a number", "float_parsing": "a number",
+    "dict_type": "a mapping (key: value)", "model_type": "a mapping of fields", "model_attributes_type": "a mapping of fields",
+}
+#: field name -> (what its items are, an example value) for type errors
+FIELD_EXAMPLES: dict[str, tuple[str, str]] = {
+    "on": ("event names", "[appointment.noshow]"),
+    "events": ("event names", "[appointment.booked, appointment.rescheduled]"),
+    "destinations": ("destination names", "[webhook]"),
+    "from": ("statuses", "[booked, pending]"),
+    "to": ("statuses", "[cancelled]"),
+    "allow": ("payload field names", "[purpose, appointment_start]"),
+    "purposes": ("purposes", "[treatment-reminder, care-coordination]"),
+    "holidays": ("dates", '["2025-12-24"]'),
+    "unless": ("cancelling events", "[{on: [appointment.cancelled], same: resource}]"),
+    "rules": ("rules", "\n  - id: my-rule\n    on: [appointment.booked]"),
+    "sources": ("sources", "\n  - name: default\n    kind: hl7v2"),
+    "payload": ("fields", "{appointment_start: start}"),
+    "when": ("fields", "{after: 2d}  or  {at: start, offset: -1d}"),
+    "wait_for": ("fields", "{events: [appointment.booked], timeout: 48h}"),
+    "dedup": ("fields", "{key: \"'tcm'\", window: 30d}"),
+    "emit": ("fields", "{trigger: my_trigger, destinations: [webhook]}"),
+    "quiet_hours": ("fields", '{start: "21:00", end: "08:00"}'),
+    "caps": ("fields", "{per_day: 1, per_week: 3}"),
+    "policy": ("fields", "{mode: fields, allow: [purpose]}"),
+    "valuesets": ("value sets", "{my-set: ['http://snomed.info/sct|385763009']}"),
+}
+
+
+def expectation(code: str, field_name: Any, value: Any) -> str:
+    """``expected a list of event names, e.g. on: [appointment.noshow] (got the text 'appointment.noshow')``."""
+    want = _EXPECTED.get(code, "another kind of value")
+    noun, example = FIELD_EXAMPLES.get(str(field_name), ("", ""))
+    if want == "a list" and noun:
+        want = f"a list of {noun}"
+    out = f"expected {want}"
+    if example:
+        out += f", e.g. {field_name}: {example}"
+    elif want == "true or false":
+        out += f", e.g. {field_name}: true"
+    got = {str: "the text", bool: "", int: "the number", float: "the number", dict: "a mapping", list: "a list"}
+    if value is not None:
+        kind = got.get(type(value), type(value).__name__)
+        shown = "" if isinstance(value, (dict, list)) else f" {value!r}"
+        out += f" (got {kind}{shown})".replace("( ", "(")
+    return out
 
 
 def _allowed_fields(exc: Any, loc: list[Any]) -> list[str]:

@@ -172,6 +172,15 @@ def project(payload: dict[str, Any], policy: Policy) -> Projection:
     return Projection(out, sorted(sc.kept), sorted(set(sc.stripped)))
 
 
+def outgoing(payload: dict[str, Any], policy: Policy, link: str) -> Projection:
+    """The payload a destination receives for one trigger: :func:`project`, or in ``thin``
+    mode only ``link`` (the worker and ``careloop explain`` both call this; pure)."""
+    proj = project(payload, policy)
+    if policy.mode == "thin":
+        return Projection({"link": link}, ["link"], proj.stripped)
+    return proj
+
+
 def contact_key(secret: str, patient_key: str | None) -> str:
     """Pseudonymous, stable per patient and secret; not reversible without the secret."""
     if not patient_key:

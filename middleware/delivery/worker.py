@@ -44,7 +44,7 @@ from ..storage.sql import UnitOfWork, unit
 from ..storage.statuses import DeliveryStatus, DisclosureOutcome
 from . import capture
 from .gate import send_time_blocks
-from .policy import identifier_for, project
+from .policy import identifier_for, outgoing
 from .registry import (
     AuthFailure, Connector, Delivered, Disable, Outbound, Outcome, Permanent, RateLimit, Retry, SecretSource,
     connector_types,
@@ -277,10 +277,8 @@ class DeliveryWorker:
             if block is not None:
                 c.skip_status, c.skip_reason = block
                 continue
-            proj = project(orjson.loads(t.payload), dest.policy)
+            proj = outgoing(orjson.loads(t.payload), dest.policy, f"{self.link_base}/api/triggers/{t.id}")
             payload = dict(proj.payload)
-            if dest.policy.mode == "thin":
-                payload = {"link": f"{self.link_base}/api/triggers/{t.id}"}
             ck = (dest.policy.identifiers, t.patient_key or "")
             if ck not in ckeys:
                 ckeys[ck] = identifier_for(dest.policy, self.contact_secret, t.patient_key)
@@ -289,7 +287,7 @@ class DeliveryWorker:
                 trigger_name=t.name, rule_id=t.rule_id, purpose=t.purpose, contact_key=ckeys[ck], payload=payload,
                 occurred_at=datetime.fromtimestamp(t.fired_at or t.due_at, tz=timezone.utc), attempt=c.attempt,
             )
-            c.fields = ["contact_key", "trigger_name", "occurred_at"] + sorted(payload if dest.policy.mode == "thin" else proj.fields)
+            c.fields = ["contact_key", "trigger_name", "occurred_at"] + sorted(proj.fields)
         return out
 
     # -- send -------------------------------------------------------------

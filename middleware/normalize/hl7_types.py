@@ -29,30 +29,51 @@ V2 = "http://terminology.hl7.org/CodeSystem/v2-"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
 SNOMED = "http://snomed.info/sct"
 
-#: HL7 table 0396 coding-system names -> FHIR system URIs (upper-cased keys)
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+CPT = "http://www.ama-assn.org/go/cpt"
+HCPCS = "http://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets"
+LOINC = "http://loinc.org"
+#: a coding-system name with no canonical URI and no mapping: ``urn:careloop:cs:<name>``
+LOCAL_CODE_SYSTEM = "urn:careloop:cs:"
+
+#: HL7 table 0396 coding-system names -> canonical FHIR system URIs (upper-cased keys), after the
+#: HL7 v2-to-FHIR guide's table 0396 mapping; the documented table is docs/rules.md "Code systems".
+#: ``HL7nnnn`` / ``HL7nnnn`` names go to ``http://terminology.hl7.org/CodeSystem/v2-nnnn``.
+#: A source overrides any name with ``hl7.coding_systems`` (``I10: http://hl7.org/fhir/sid/icd-10-cm``
+#: for US senders that write I10 for ICD-10-CM).
 CODING_SYSTEMS: dict[str, str] = {
-    "I10": ICD10CM,  # US feeds send I10 for ICD-10-CM (deviation, see docs)
+    "I10": ICD10,  # WHO ICD-10 (table 0396); ICD-10-CM is I10C
+    "ICD10": ICD10,
     "I10C": ICD10CM,
-    "ICD10": ICD10CM,
     "ICD10CM": ICD10CM,
     "ICD-10-CM": ICD10CM,
-    "I10P": "http://www.cms.gov/Medicare/Coding/ICD10",
+    "I10P": "http://www.cms.gov/Medicare/Coding/ICD10",  # ICD-10-PCS
     "I9": "http://hl7.org/fhir/sid/icd-9-cm",
     "I9C": "http://hl7.org/fhir/sid/icd-9-cm",
+    "I9CDX": "http://hl7.org/fhir/sid/icd-9-cm",
     "ICD9": "http://hl7.org/fhir/sid/icd-9-cm",
     "SCT": SNOMED,
     "SNM": SNOMED,
     "SNOMED": SNOMED,
     "SNOMEDCT": SNOMED,
     "SNOMED-CT": SNOMED,
-    "LN": "http://loinc.org",
-    "LOINC": "http://loinc.org",
-    "C4": "http://www.ama-assn.org/go/cpt",
-    "CPT": "http://www.ama-assn.org/go/cpt",
+    "LN": LOINC,
+    "LOINC": LOINC,
+    "C4": CPT,
+    "C5": CPT,
+    "CPT": CPT,
+    "CPT4": CPT,
+    "HCPCS": HCPCS,
+    "HCPC": HCPCS,
+    "HCPT": "http://nucc.org/provider-taxonomy",
+    "NDC": "http://hl7.org/fhir/sid/ndc",
+    "CVX": "http://hl7.org/fhir/sid/cvx",
     "RXNORM": "http://www.nlm.nih.gov/research/umls/rxnorm",
     "UCUM": "http://unitsofmeasure.org",
-    "ISO639": "urn:ietf:bcp:47",
     "ISO+": "http://unitsofmeasure.org",
+    "ISO639": "urn:ietf:bcp:47",
+    "NUCCPT": "http://nucc.org/provider-taxonomy",
+    "NPI": "http://hl7.org/fhir/sid/us-npi",
 }
 
 _TABLE_SYSTEM = re.compile(r"^HL7?(\d{4})$", re.IGNORECASE)
@@ -375,21 +396,27 @@ def coding_system(name: str, settings: Hl7Settings, table: str | None = None) ->
     """Table 0396 name (``HL70203``, ``I10``, ``SCT``...) -> system URI.
 
     Empty name: the HL7 table's ``v2-XXXX`` system if ``table`` is given, else
-    ``None``. A local name maps through ``identifier_systems`` or becomes
-    ``<default_system_prefix>cs:<name>``.
+    ``None``. The source's ``coding_systems`` come first (exact name, then upper-cased);
+    then table 0396 (:data:`CODING_SYSTEMS`, ``HL7nnnn``); a local name maps through
+    ``identifier_systems`` (older configurations) or becomes ``urn:careloop:cs:<name>``.
     """
     n = name.strip()
     if not n:
         return V2 + table if table else None
     if n.startswith(("http://", "https://", "urn:")):
         return n
+    own = settings.coding_systems
+    if own:
+        mapped = own.get(n) or next((v for k, v in own.items() if k.upper() == n.upper()), None)
+        if mapped:
+            return mapped
     known = CODING_SYSTEMS.get(n.upper())
     if known:
         return known
     m = _TABLE_SYSTEM.match(n)
     if m:
         return V2 + m.group(1)
-    return settings.identifier_systems.get(n) or f"{settings.default_system_prefix}cs:{n}"
+    return settings.identifier_systems.get(n) or f"{LOCAL_CODE_SYSTEM}{n}"
 
 
 def cwe_concept(rep: Rep | None, table: str | None = None) -> Json | None:

@@ -22,21 +22,55 @@ R4 = models["r4"]
 
 @dataclass(frozen=True)
 class SyntaxProblem:
-    column: int  # 1-based, within the expression
+    column: int  # 1-based, within the expression's line
     message: str
+    offset: int = 0  # 0-based character offset within the whole expression
+
+
+_EXPECTING = re.compile(r" expecting (\{[^}]*\}|\S+)$")
+
+
+def _plain(msg: str, expr: str, offset: int) -> str:
+    """ANTLR's messages, said plainly: no token sets, no <EOF>."""
+    if msg.startswith("token recognition error at: "):
+        bad = msg[len("token recognition error at: ") + 1:-1]
+        if bad.startswith("'"):
+            return "unterminated string (a quote ' is not closed)"
+        if bad.startswith("$"):
+            return f"unknown symbol '{bad}' (only $this, $index, $total exist)"
+        return f"unexpected character '{bad[:1]}'"
+    if expr[offset:offset + 1] == "=" and expr[offset - 1:offset] == "=":
+        return "'==' is not FHIRPath: equality is a single '='"
+    m = _EXPECTING.search(msg)
+    if m:
+        want = m.group(1)
+        msg = msg[:m.start()]
+        if want.startswith("{") and want.count(",") > 4:
+            msg += " where an expression should be" if "'('" in want else " where a name should be"
+        else:
+            msg += f" (expected {want})"
+    msg = msg.replace("mismatched input '<EOF>'", "the expression ends").replace("at '<EOF>'", "at the end")
+    return msg.replace("extraneous input", "unexpected").replace("mismatched input", "unexpected")
 
 
 class _Collect(ErrorListener):  # type: ignore[misc]
-    def __init__(self) -> None:
+    def __init__(self, expr: str) -> None:
+        self.expr = expr
         self.problems: list[SyntaxProblem] = []
 
     def syntaxError(self, recognizer: Any, offendingSymbol: Any, line: int, column: int, msg: str, e: Any) -> None:
-        self.problems.append(SyntaxProblem(column + 1, msg))
+        lines = self.expr.split("\n")
+        offset = sum(len(x) + 1 for x in lines[:line - 1]) + column
+        if offendingSymbol is not None and getattr(offendingSymbol, "start", -1) >= 0:
+            offset = min(offendingSymbol.start, len(self.expr))
+        if offendingSymbol is not None and offendingSymbol.type == Token.EOF:
+            offset = len(self.expr.rstrip())  # just after the last character written
+        self.problems.append(SyntaxProblem(column + 1, _plain(msg, self.expr, offset), offset))
 
 
 def check_syntax(expr: str) -> list[SyntaxProblem]:
     """Return syntax problems of a FHIRPath expression (empty when it parses whole)."""
-    listener = _Collect()
+    listener = _Collect(expr)
     lexer = FHIRPathLexer(InputStream(expr))
     lexer.removeErrorListeners()
     lexer.addErrorListener(listener)
@@ -51,8 +85,9 @@ def check_syntax(expr: str) -> list[SyntaxProblem]:
     if not listener.problems:
         tok = stream.LT(1)
         if tok is not None and tok.type != Token.EOF:
-            listener.problems.append(SyntaxProblem(tok.column + 1, f"unexpected '{tok.text}' after the expression"))
-    return listener.problems
+            listener.problems.append(SyntaxProblem(tok.column + 1, f"unexpected '{tok.text}' after the expression "
+                                                   "(a missing operator such as 'and'?)", tok.start))
+    return listener.problems[:1]
 
 
 class ValueSets:

@@ -17,8 +17,11 @@ from pydantic import ValidationError
 
 from ..config.destinations import Destination, load_destinations
 from ..config.sources import Sources, load_sources
-from ..config.yamlpos import Diagnostic, DiagnosticSink, YamlError, load_positioned, position_of, pydantic_errors_to_diagnostics
+from ..config.yamlpos import (Diagnostic, DiagnosticSink, YamlError, load_positioned, position_of,
+                               pydantic_errors_to_diagnostics, value_position)
 from ..catalogue import ACTIVITY_STATUSES, EVENT_TYPES, STATUSES
+from .check import TypeContext
+from .payload_check import check_payload, policy_positions
 from .fhirpath import Compiled, ValueSets, check_syntax, compile_expr
 from .spec import Rule, RuleFileSpec, Settings
 
@@ -83,6 +86,7 @@ def _load_valuesets(directory: Path, diags: list[Diagnostic], digest: Any = None
             raw = load_positioned(p)
         except YamlError as exc:
             diags.append(exc.diagnostic)
+            out.setdefault(p.stem, set())  # its errors are reported; rules naming it are not
             continue
         if not isinstance(raw, dict) or "valueset" not in raw or not ("codes" in raw or "include" in raw):
             sink.error(raw, None, "invalid-valueset", "a value set file needs 'valueset' (its name) and 'codes' "
@@ -122,29 +126,41 @@ def plain_diagnostic(d: Diagnostic) -> Diagnostic:
 
 
 def _check_expr(sink: DiagnosticSink, node: Any, key: str | int, expr: str | None, vs_names: set[str], what: str,
-                extra_vars: frozenset[str] = frozenset()) -> bool:
+                extra_vars: frozenset[str] = frozenset(), types: TypeContext | None = None) -> bool:
     if expr is None:
         return True
     ok = True
     for prob in check_syntax(expr):
-        line, col = position_of(node, key)
-        sink.items.append(Diagnostic(sink.path, line, col, "error", "fhirpath",
-                                     f"{what}: FHIRPath does not compile at column {prob.column}: {prob.message}"))
+        line, col = value_position(node, str(key), expr, prob.offset)
+        sink.items.append(Diagnostic(sink.path, line, col, "error", "fhirpath", f"{what}: FHIRPath syntax: {prob.message}"))
         ok = False
-    for name in _MEMBER_OF.findall(expr):
+    if ok and types is not None:
+        for tp in types.check(expr):
+            line, col = value_position(node, str(key), expr, tp.offset)
+            sink.items.append(Diagnostic(sink.path, line, col, "error", tp.code, f"{what}: {tp.message}"))
+            ok = False
+    def at(offset: int, level: str, code: str, message: str) -> None:
+        line, col = value_position(node, str(key), expr, offset)
+        sink.items.append(Diagnostic(sink.path, line, col, level, code, message))
+
+    for mm in _MEMBER_OF.finditer(expr):
+        name = mm.group(1)
         if name not in vs_names:
             hint = difflib.get_close_matches(name, list(vs_names), n=1)
-            sink.error(node, key, "unknown-valueset", f"{what}: unknown value set '{name}'"
-                       + (f" (did you mean '{hint[0]}'?)" if hint
-                          else " (add mappings/valuesets/<name>.yaml or an inline `valuesets:` entry)"))
+            at(mm.start(1), "error", "unknown-valueset", f"{what}: unknown value set '{name}'"
+               + (f" (did you mean '{hint[0]}'?)" if hint
+                  else " (add mappings/valuesets/<name>.yaml or an inline `valuesets:` entry)"))
             ok = False
     known = VARIABLES | extra_vars
-    for var in _VARIABLE.findall(expr):
+    for vm in _VARIABLE.finditer(expr):
+        var = vm.group(1)
         if var not in known:
             hint = difflib.get_close_matches(var, sorted(VARIABLES | CANCEL_VARIABLES), n=1)
             where_ok = " (only in unless.where / wait_for.where)" if var in CANCEL_VARIABLES else ""
-            sink.error(node, key, "unknown-variable", f"{what}: unknown variable %{var}{where_ok}"
-                       + (f" (did you mean %{hint[0]}?)" if hint and not where_ok else ""))
+            typed = types.variables() if types is not None else {}
+            listing = "; variables: " + ", ".join(f"%{k} ({v.type.replace('obj:', '%')})" for k, v in sorted(typed.items()))
+            at(vm.start(), "error", "unknown-variable", f"{what}: unknown variable %{var}{where_ok}"
+               + (f" (did you mean %{hint[0]}?)" if hint and not where_ok else listing if typed and not where_ok else ""))
             ok = False
     return ok
 
@@ -205,6 +221,16 @@ def load_settings(directory: Path, diags: list[Diagnostic]) -> Settings:
     return Settings()
 
 
+def _names_if_broken(ddiags: list[Diagnostic], raw: Any) -> set[str] | None:
+    """None when destinations.yaml loaded cleanly; else the destination names it still shows
+    (empty when it does not parse: then no rule is checked against it)."""
+    if not any(d.level == "error" for d in ddiags):
+        return None
+    items = raw.get("destinations") if isinstance(raw, dict) else None
+    names = {str(i["name"]) for i in items if isinstance(i, dict) and "name" in i} if isinstance(items, list) else set()
+    return names
+
+
 def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
     """Validate and compile everything under ``directory``; errors make the result None."""
     directory = Path(directory)
@@ -213,9 +239,13 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
         return None, [Diagnostic(str(directory), 1, 1, "error", "missing", "mappings directory does not exist")]
     sources, sdiags = load_sources(directory)
     diags += sdiags
-    dests, ddiags, _ = load_destinations(directory)
+    dests, ddiags, draw = load_destinations(directory)
     diags += ddiags
     dest_by_name = {d.name: d for d in dests}
+    # no cascade: with destinations.yaml in error, rules are checked only against the names it
+    # still shows (none when it does not parse), and its own errors are the only ones reported
+    dests_broken = _names_if_broken(ddiags, draw)
+    dest_positions = policy_positions(draw)
     settings = load_settings(directory, diags)
     digest = hashlib.sha256()
     vs = _load_valuesets(directory, diags, digest)
@@ -260,24 +290,32 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                         hint = difflib.get_close_matches(s, sorted(allowed), n=1)
                         sink.error(node, key, "unknown-status", f"'{s}' is not a status of {', '.join(sorted(types))}"
                                    + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+            tc = TypeContext.for_rule(rule.on, [*rule.emit.payload, "purpose"])
             for j, u in enumerate(rule.unless):
                 _check_events(sink, node["unless"][j], "on", u.on)
-                _check_expr(sink, node["unless"][j], "where", u.where, names, "unless.where", CANCEL_VARIABLES)
+                _check_expr(sink, node["unless"][j], "where", u.where, names, "unless.where", CANCEL_VARIABLES,
+                            tc.cancelling(u.on))
             if rule.wait_for:
                 _check_events(sink, node["wait_for"], "events", rule.wait_for.events)
-                _check_expr(sink, node["wait_for"], "where", rule.wait_for.where, names, "wait_for.where", CANCEL_VARIABLES)
-            _check_expr(sink, node, "where", rule.where, names, "where")
+                _check_expr(sink, node["wait_for"], "where", rule.wait_for.where, names, "wait_for.where", CANCEL_VARIABLES,
+                            tc.cancelling(rule.wait_for.events))
+            _check_expr(sink, node, "where", rule.where, names, "where", types=tc)
             wnode = node.get("when", node)
-            _check_expr(sink, wnode, "at", rule.when.at, names, "when.at")
-            _check_expr(sink, wnode, "not_after", rule.when.not_after, names, "when.not_after")
+            _check_expr(sink, wnode, "at", rule.when.at, names, "when.at", types=tc)
+            _check_expr(sink, wnode, "not_after", rule.when.not_after, names, "when.not_after", types=tc)
             if rule.dedup:
-                _check_expr(sink, node["dedup"], "key", rule.dedup.key, names, "dedup.key")
+                _check_expr(sink, node["dedup"], "key", rule.dedup.key, names, "dedup.key", types=tc)
             enode = node["emit"]
             for k, expr in rule.emit.payload.items():
-                _check_expr(sink, enode["payload"], k, expr, names, f"payload.{k}")
+                _check_expr(sink, enode["payload"], k, expr, names, f"payload.{k}", types=tc)
             for j, dname in enumerate(rule.emit.destinations):
                 d = dest_by_name.get(dname)
                 where, dest_key = (enode["destinations"], j)
+                if dests_broken is not None:
+                    if dests_broken and dname not in dests_broken:
+                        sink.error(where, dest_key, "unknown-destination", f"unknown destination '{dname}' "
+                                   "(destinations.yaml has errors, see above)")
+                    continue
                 if d is None:
                     hint = difflib.get_close_matches(dname, list(dest_by_name), n=1)
                     sink.error(where, dest_key, "unknown-destination", f"unknown destination '{dname}'"
@@ -289,6 +327,10 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                                "agreement (baa: false); HIPAA forbids it, hashed identifiers included")
                 elif rule.purpose not in d.policy.purposes:
                     sink.error(where, dest_key, "purpose-not-allowed", f"destination '{dname}' does not accept purpose '{rule.purpose}'")
+            if dests_broken is None:
+                check_payload(sink, enode, rule.id, rule.emit.payload,
+                              [dest_by_name[n] for n in dict.fromkeys(rule.emit.destinations) if n in dest_by_name],
+                              tc, str(directory / "destinations.yaml"), dest_positions, rule.emit.internal)
             if rule.purpose == "marketing" and rule.channel in ("sms", "voice"):
                 sink.warning(node, "purpose", "marketing-consent",
                              f"rule '{rule.id}': marketing {rule.channel} needs prior express written consent; triggers for "

@@ -126,6 +126,11 @@ class Emit(_Strict):
     payload: dict[str, str] = Field(
         default_factory=dict, description="field -> FHIRPath; a quoted string ('text') is a constant; `purpose` is always added"
     )
+    internal: list[str] = Field(
+        default_factory=list,
+        description="payload fields kept on the trigger for %payload in cancellation conditions and golden tests, "
+        "never meant to leave: validation does not warn that policies strip them (and errs if one allows them)",
+    )
 
 
 class Rule(_Strict):

@@ -38,11 +38,12 @@ def diag_for(mdir: Path, text: str) -> list[str]:
     (GOOD.replace("    purpose:", "    dealy: 2d\n    purpose:"), 4, 5, "unknown-field", "unknown field 'dealy'"),
     (GOOD.replace("    on: [appointment.booked]", "    when: {aftr: 2d}\n    on: [appointment.booked]"), 3, 12, "unknown-field", "did you mean 'after'"),
     (GOOD.replace("appointment.booked", "appointment.bookd"), 3, 10, "unknown-event", "did you mean 'appointment.booked'"),
-    (GOOD.replace("    purpose:", "    where: start.exists(\n    purpose:"), 4, 5, "fhirpath", "FHIRPath does not compile"),
+    (GOOD.replace("    purpose:", "    where: start.exists(\n    purpose:"), 4, 25, "fhirpath", "FHIRPath syntax: the expression ends"),
     (GOOD.replace("[webhook]", "[webhok]"), 5, 40, "unknown-destination", "did you mean 'webhook'"),
     (GOOD.replace("    purpose:", "    when: {after: 2 days}\n    purpose:"), 4, 12, "bad-duration", "'2 days' is not a duration"),
-    (GOOD.replace("    purpose:", "    where: \"%patient.age > 3 and %agee > 2\"\n    purpose:"), 4, 5, "unknown-variable", "%agee (did you mean %age?)"),
-    (GOOD.replace("    purpose:", "    where: code.memberOf('comunity-discharge')\n    purpose:"), 4, 5, "unknown-valueset", "did you mean 'community-discharge'"),
+    (GOOD.replace("    purpose:", "    where: \"%patient.age > 3 and %agee > 2\"\n    purpose:"), 4, 34, "unknown-variable", "%agee (did you mean %age?)"),
+    (GOOD.replace("    purpose:", "    where: serviceType.memberOf('comunity-discharge')\n    purpose:"), 4, 34, "unknown-valueset",
+     "did you mean 'community-discharge'"),
 ])
 def test_each_error_kind_names_file_line_col(mdir, bad, line, col, code, words):
     errs = diag_for(mdir, bad)

@@ -59,7 +59,7 @@ def test_a01_v23_fields_and_dst_offsets() -> None:
     # DG1 in 2.3: DG1-2 coding method names the system, DG1-4 is the text
     first, second = enc["contained"]
     assert first["id"] == "dg1-1" and first["code"]["coding"][0] == {
-        "system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "R07.9"}
+        "system": "http://hl7.org/fhir/sid/icd-10", "code": "R07.9"}  # I10: WHO ICD-10 (table 0396)
     assert first["code"]["text"] == "Chest pain, unspecified"
     assert enc["diagnosis"][0]["condition"] == {"reference": "#dg1-1"}
     assert enc["diagnosis"][0]["use"]["coding"][0]["code"] == "AD"  # DG1-6 A
@@ -83,7 +83,7 @@ def test_a03_v251_deceased_and_coded_diagnoses() -> None:
     assert enc["hospitalization"]["dischargeDisposition"]["coding"][0]["code"] == "20"
     assert enc["period"]["start"] == "2024-11-03T01:30:00-04:00"  # fall-back night, first 01:30
     codes = [(c["code"]["coding"][0]["system"], c["code"]["coding"][0]["code"]) for c in enc["contained"]]
-    assert codes == [("http://hl7.org/fhir/sid/icd-10-cm", "J18.9"), ("http://snomed.info/sct", "233604007")]
+    assert codes == [("http://hl7.org/fhir/sid/icd-10", "J18.9"), ("http://snomed.info/sct", "233604007")]
     assert enc["diagnosis"][0]["rank"] == 1 and "rank" not in enc["diagnosis"][1]
     assert enc["diagnosis"][1]["use"]["coding"][0]["code"] == "F"
 

@@ -8,7 +8,7 @@ import hl7
 
 from middleware.config.sources import Hl7Settings, Source
 from middleware.normalize.hl7_types import (
-    ICD10CM,
+    ICD10,
     SNOMED,
     Seg,
     add,
@@ -108,10 +108,10 @@ def test_xtn_both_layouts() -> None:
 
 def test_cwe_systems_tables_icd10_snomed() -> None:
     assert cwe_concept(field("J18.9^Pneumonia^I10").rep(1)) == {
-        "coding": [{"system": ICD10CM, "code": "J18.9", "display": "Pneumonia"}]}
+        "coding": [{"system": ICD10, "code": "J18.9", "display": "Pneumonia"}]}
     both = cwe_concept(field("233604007^Pneumonia^SCT^PNA^Pneumonia^L^^^Pneumonia (free text)").rep(1))
     assert both is not None and both["coding"][0]["system"] == SNOMED
-    assert both["coding"][1]["system"] == "urn:careloop:id:cs:L" and both["text"] == "Pneumonia (free text)"
+    assert both["coding"][1]["system"] == "urn:careloop:cs:L" and both["text"] == "Pneumonia (free text)"
     assert cwe_concept(field("01^Home^HL70112").rep(1))["coding"][0]["system"].endswith("v2-0112")  # type: ignore[index]
     assert cwe_concept(field("01").rep(1), "0112")["coding"][0]["system"].endswith("v2-0112")  # type: ignore[index]
     assert cwe_concept(field("^just text").rep(1)) == {"text": "just text"}
