@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, time, timedelta, timezone
 from functools import lru_cache
 from typing import Any, Callable, Sequence, cast
+from zoneinfo import ZoneInfo
+
+import orjson
 
 from sqlalchemy import bindparam, case, func, insert, update
 from sqlalchemy import select as sa_select
@@ -17,8 +20,9 @@ from sqlmodel import Session, select
 
 from .patientctx import deceased_or_hospice
 from ..rules.load import RuleSet
+from ..rules.sendtime import local_at, patient_zone
 from ..storage.db import begin_write, is_sqlite, write_lock
-from ..storage.privacy import chunks, read_privacy
+from ..storage.privacy import chunks, read_privacy, statements
 from ..storage.tables import DeliveryRow, TriggerRow
 
 log = logging.getLogger("careloop.scheduler")
@@ -128,6 +132,12 @@ _FIRED_COUNTS = (
            _T.c.fired_at >= bindparam("week_from"))
     .group_by(_T.c.patient_key, _T.c.rule_id, _T.c.message_kind)
 )
+#: fired triggers of the last 8 days (any calendar week) with their times, for calendar caps
+_FIRED_TIMES = (
+    sa_select(_T.c.patient_key, _T.c.rule_id, _T.c.message_kind, _T.c.fired_at)
+    .where(_T.c.patient_key.in_(bindparam("pks", expanding=True)), _T.c.status == "fired",
+           _T.c.fired_at >= bindparam("since"))
+)
 _MARK_FIRED = update(_T).where(_T.c.id == bindparam("t_id")).values(
     status="fired", fired_at=bindparam("t_now"), updated_at=bindparam("t_now"))
 _MARK_SUPPRESSED = update(_T).where(_T.c.id == bindparam("t_id")).values(
@@ -148,7 +158,9 @@ class _Checks:
     Opt-outs, authorizations and consents are read by ``storage.privacy.read_privacy`` (the
     delivery gate's query at send time): records under every key of the patient count.
 
-    Caps are per patient over rolling 24 h / 7 days, counted over *fired* triggers of all rules.
+    Caps are per patient over rolling 24 h / 7 days (``per: rolling``) or over the calendar day
+    and week in the patient's zone (``per: calendar``: the zone of ``sendtime.patient_zone``,
+    else ``settings.site_timezone``), counted over *fired* triggers of all rules.
     A treatment reminder by sms or voice counts against ``settings.treatment_caps`` with every
     other treatment sms/voice trigger (the FCC healthcare exemption: calls and texts together).
     Any other trigger counts against ``settings.caps`` with triggers of the same
@@ -169,24 +181,36 @@ class _Checks:
         self.privacy = read_privacy(conn, keys, marketing=(t.patient_key for t in rows if t.purpose == "marketing"))
         #: ("kind", patient, message_kind) or ("phone", patient) -> [fired in 24 h, fired in 7 days]
         self.counts: dict[tuple[Any, ...], list[int]] = {}
+        #: the same keys -> [fired this calendar day, this calendar week] in the patient's zone
+        self.cal_counts: dict[tuple[Any, ...], list[int]] = {}
         self.deceased_or_hospice = deceased_or_hospice(conn, self.privacy.keys, rs)
         st = rs.settings
-        if any(c is not None for c in (st.caps.per_day, st.caps.per_week, st.treatment_caps.per_day, st.treatment_caps.per_week)):
-            now = at.timestamp()
+        used = [c for c in (st.caps, st.treatment_caps) if c.per_day is not None or c.per_week is not None]
+        now = at.timestamp()
+        if any(c.per == "rolling" for c in used):
             params = {"day_from": now - DAY, "week_from": now - WEEK}
             for part in chunks(keys):
                 for pk, rule_id, kind, day, week in conn.execute(_FIRED_COUNTS, {**params, "pks": part}):
-                    self._add(pk, rule_id, kind, int(day or 0), int(week))
+                    self._add(self.counts, pk, rule_id, kind, int(day or 0), int(week))
+        for caps in {c.week_starts: c for c in used if c.per == "calendar"}.values():
+            bounds = calendar_bounds(conn, keys, rs, at, caps.week_starts)
+            for part in chunks(keys):
+                for pk, rule_id, kind, fired_at in conn.execute(_FIRED_TIMES, {"since": now - 8 * DAY, "pks": part}):
+                    day_from, week_from = bounds[pk]
+                    if fired_at is not None and fired_at >= week_from:
+                        self._add(self.cal_counts, pk, rule_id, kind, int(fired_at >= day_from), 1)
 
-    def _add(self, pk: str, rule_id: str, kind: str | None, day: int, week: int) -> None:
+    def _add(self, counts: dict[tuple[Any, ...], list[int]], pk: str, rule_id: str, kind: str | None, day: int,
+             week: int) -> None:
         for key in (("kind", pk, kind), ("phone", pk)) if rule_id in self.phone_rules else (("kind", pk, kind),):
-            c = self.counts.setdefault(key, [0, 0])
+            c = counts.setdefault(key, [0, 0])
             c[0] += day
             c[1] += week
 
     def count_fired(self, t: Any) -> None:
         if t.patient_key:
-            self._add(t.patient_key, t.rule_id, t.message_kind, 1, 1)
+            self._add(self.counts, t.patient_key, t.rule_id, t.message_kind, 1, 1)
+            self._add(self.cal_counts, t.patient_key, t.rule_id, t.message_kind, 1, 1)
 
     def check(self, t: Any) -> str | None:
         """Reason to suppress at fire time, or None."""
@@ -223,8 +247,34 @@ class _Checks:
             caps, label_kind, key = self.rs.settings.treatment_caps, "treatment calls/texts", ("phone", t.patient_key)
         else:
             caps, label_kind, key = self.rs.settings.caps, f"'{t.message_kind}' messages", ("kind", t.patient_key, t.message_kind)
-        counts = self.counts.get(key, (0, 0))
-        for limit, n, label in ((caps.per_day, counts[0], "24 hours"), (caps.per_week, counts[1], "7 days")):
+        if caps.per == "calendar":
+            counts = self.cal_counts.get(key, [0, 0])
+            spans = ("today", "this week")
+        else:
+            counts = self.counts.get(key, [0, 0])
+            spans = ("in the last 24 hours", "in the last 7 days")
+        for limit, n, span in ((caps.per_day, counts[0], spans[0]), (caps.per_week, counts[1], spans[1])):
             if limit is not None and n >= limit:
-                return f"cap reached: {n} {label_kind} to this patient in the last {label} (limit {limit})"
+                return f"cap reached: {n} {label_kind} to this patient {span} (limit {limit})"
         return None
+
+
+def calendar_bounds(conn: Any, keys: Sequence[str], rs: RuleSet, at: datetime,
+                    week_starts: str = "monday") -> dict[str, tuple[float, float]]:
+    """For each patient key: the start of today and of this week (local midnight) in the
+    patient's zone (``sendtime.patient_zone`` of the stored Patient, else the site's)."""
+    zones: dict[str, str] = {}
+    if keys:
+        for part in chunks(list(keys)):
+            for key, resource in conn.execute(statements(conn).patient_resources, {"pks": part}):
+                found = patient_zone(orjson.loads(resource), from_address=rs.settings.zone_from_address)
+                if found:
+                    zones[key] = found[0]
+    first = 0 if week_starts == "monday" else 6
+    out: dict[str, tuple[float, float]] = {}
+    for key in keys:
+        tz = ZoneInfo(zones.get(key, rs.settings.site_timezone))
+        today = at.astimezone(tz).date()
+        week = today - timedelta(days=(today.weekday() - first) % 7)
+        out[key] = (local_at(today, time(0, 0), tz).timestamp(), local_at(week, time(0, 0), tz).timestamp())
+    return out
