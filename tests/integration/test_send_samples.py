@@ -96,3 +96,20 @@ def test_as_is_sends_the_files_unchanged(server, capsys):
     out = capsys.readouterr().out
     assert "re-dated" not in out and "DEMO0001" in out
     assert datetime.now(timezone.utc) - timedelta(days=1) > datetime(2025, 3, 31, tzinfo=timezone.utc)
+
+
+def test_readme_explain_examples_print_fires(capsys):
+    """Every `careloop explain` line of the README runs and shows a firing rule."""
+    import shlex
+
+    repo = Path(__file__).resolve().parents[2]
+    lines = [ln.split("#")[0].strip() for ln in (repo / "README.md").read_text().splitlines()
+             if ln.startswith(".venv/bin/careloop explain ")]
+    assert len(lines) >= 2
+    for ln in lines:
+        argv = shlex.split(ln)[1:]
+        argv = [str(repo / a) if (repo / a).is_file() else a for a in argv]
+        assert main(argv + ["--mappings", str(repo / "mappings")]) == 0, ln
+        out = capsys.readouterr().out
+        assert "[FIRES]" in out or '"status": "pending"' in out, (ln, out)
+        assert "SKIPPED" not in out and '"status": "skipped"' not in out, (ln, out)
