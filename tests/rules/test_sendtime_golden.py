@@ -81,3 +81,19 @@ def test_unknown_holiday_calendar_is_an_error(mappings_dir):
     assert rs is None
     [e] = [d for d in diags if d.code == "unknown-calendar"]
     assert e.path.endswith("settings.yaml") and "use US (U.S. federal holidays)" in e.message
+
+
+def test_sandbox_demo_copy_drops_send_times_and_still_validates(tmp_path):
+    """The sandbox's seconds-long demo waits would otherwise be moved to the next 10:00."""
+    from middleware.sandbox.demo_mappings import prepare
+
+    changes = prepare(REPO / "mappings", tmp_path / "demo", sink_url=None, fhir_base=None)
+    dropped = {(c.where, c.what, c.real) for c in changes if c.what.startswith("when.")}
+    assert ("tcm-visit-7d", "when.at_time", "10:00") in dropped
+    assert ("colonoscopy-prep-5bd", "when.at_time", "09:00") in dropped
+    assert not [p for p in (tmp_path / "demo" / "rules").glob("*.yaml")
+                if not p.name.endswith("_test.yaml") and "at_time" in p.read_text()]
+    rs, diags = load_ruleset(tmp_path / "demo")
+    assert rs is not None, [str(d) for d in diags]
+    assert rs.rule("tcm-visit-7d").rule.when.at_time is None
+    assert rs.rule("colonoscopy-prep-5bd").rule.when.offset == "-5bd"
