@@ -51,17 +51,37 @@ def ack_lines(ack: bytes) -> list[tuple[str, str]]:
     return out
 
 
+def sample_payloads(shift: bool) -> tuple[list[Path], list[bytes], str | None]:
+    """The bundled samples, re-dated relative to now with fresh control ids unless ``shift`` is
+    false; with the one line that says so."""
+    from datetime import datetime, timezone
+
+    from ..samples import sample_paths
+    from ..samples.shift import shift_samples
+
+    paths = list(sample_paths())
+    payloads = [read_message(p) for p in paths]
+    if not shift:
+        return paths, payloads, None
+    payloads, ids = shift_samples(payloads, datetime.now(timezone.utc))
+    note = (f"samples re-dated relative to now (each appointment's or visit's last message an hour ago, gaps kept) "
+            f"with fresh control ids (MSH-10 {ids[0]}..{ids[-1][-2:]}); --as-is sends them unchanged")
+    return paths, payloads, note
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.files]
+    payloads: list[bytes] = []
     if args.samples:
-        from ..samples import sample_paths
-
-        paths = list(sample_paths()) + paths
+        paths, payloads, note = sample_payloads(not args.as_is)
+        paths += [Path(p) for p in args.files]
+        if note:
+            print(note)
     if not paths:
         print("careloop send: give files or --samples", file=sys.stderr)
         return 2
     try:
-        payloads = [read_message(p) for p in paths]
+        payloads += [read_message(p) for p in paths[len(payloads):]]
         acks = send_messages(args.host, args.port, payloads)
     except OSError as exc:
         print(f"careloop send: {exc.strerror or exc} ({args.host}:{args.port})", file=sys.stderr)
@@ -86,7 +106,9 @@ def cmd_send(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("send", help="send HL7v2 files over MLLP and print the ACKs")
     p.add_argument("files", nargs="*")
-    p.add_argument("--samples", action="store_true", help="send the bundled synthetic sample messages")
+    p.add_argument("--samples", action="store_true",
+                   help="send the bundled synthetic sample messages, re-dated relative to now with fresh control ids")
+    p.add_argument("--as-is", action="store_true", help="with --samples: send them with their own dates and ids")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=2575)
     p.set_defaults(func=cmd_send)

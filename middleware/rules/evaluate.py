@@ -26,6 +26,7 @@ from .fhirpath import Compiled, first_value, truthy
 from .load import CompiledRule, RuleSet
 from .spec import parse_duration
 from .suppress import age_in_years, is_deceased
+from .sendtime import SendTime, parse_time_of_day, patient_zone, place
 from .timing import add_duration, apply_quiet_hours, make_calendar, parse_fhir_datetime
 
 #: a trigger due less than this far in the past still fires now (clock skew, processing lag)
@@ -136,13 +137,21 @@ def build_env(event: ClinicalEvent, patient: dict[str, Any] | None, now: datetim
 
 
 def _zone(patient: dict[str, Any] | None, rs: RuleSet, source_zone: str | None, which: str) -> str:
+    return _zone_why(patient, rs, source_zone, which)[0]
+
+
+def _zone_why(patient: dict[str, Any] | None, rs: RuleSet, source_zone: str | None, which: str) -> tuple[str, str]:
+    """``which``: "patient" (the patient's zone, else the site's), "site" (the source's zone,
+    else ``settings.site_timezone``) or an IANA name; with where the zone came from."""
     if which not in ("patient", "site"):
-        return which
-    if which == "patient" and patient:
-        for ext in patient.get("extension") or []:
-            if str(ext.get("url", "")).endswith("patient-timezone") and ext.get("valueCode"):
-                return str(ext["valueCode"])
-    return source_zone or rs.settings.site_timezone
+        return which, "named"
+    if which == "patient":
+        found = patient_zone(patient, from_address=rs.settings.zone_from_address)
+        if found:
+            return found
+    if source_zone:
+        return source_zone, "the site's (the source's timezone)"
+    return rs.settings.site_timezone, "the site's (settings.site_timezone)"
 
 
 def cancellations(event: ClinicalEvent, rs: RuleSet, patient: dict[str, Any] | None, now: datetime | None = None,
@@ -243,7 +252,9 @@ def _due(cr: CompiledRule, event: ClinicalEvent, rs: RuleSet, env: dict[str, Any
     """The due time, or None (with ``d`` saying why) when the rule cannot be timed; sets
     ``d.status = "skipped"`` when the time has passed or quiet hours push it too late."""
     r, when = cr.rule, cr.rule.when
-    zone = _zone(patient, rs, source_zone, "site")
+    send = SendTime(parse_time_of_day(when.at_time) if when.at_time else None, when.business_days, when.if_time_passed)
+    # with a send time, dates are the patient's (else the site's); without, the site's as before
+    zone, zone_why = _zone_why(patient, rs, source_zone, "patient" if send.active else "site")
     cal = make_calendar(rs.settings.holiday_calendar, rs.settings.holidays)
     if when.at:
         assert cr.at is not None
@@ -264,6 +275,15 @@ def _due(cr: CompiledRule, event: ClinicalEvent, rs: RuleSet, env: dict[str, Any
         d.steps.append(f"waits {r.wait_for.timeout} for {', '.join(r.wait_for.events)}; gap branch due {due.isoformat()}")
     else:
         due = now
+    if send.active:
+        d.steps.append(f"send zone {zone}: {zone_why}")
+        placed = place(due, send, zone=zone, now=now, country=cal.country, extra_holidays=cal.extra,
+                       not_before=due if r.wait_for else None)
+        d.steps += placed.steps
+        if placed.skipped:
+            d.fired, d.status, d.reason = True, "skipped", placed.skipped
+            return placed.due
+        due = placed.due
     if due < now - PAST_GRACE:
         if when.skip_if_past:
             d.fired, d.status = True, "skipped"

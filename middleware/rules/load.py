@@ -121,7 +121,7 @@ def plain_diagnostic(d: Diagnostic) -> Diagnostic:
     if d.code not in ("value_error", "assertion_error"):
         return d
     msg = d.message.replace("Value error, ", "")
-    code = "bad-duration" if "is not a duration" in msg else "invalid"
+    code = "bad-duration" if "is not a duration" in msg else "bad-time" if "is not a time of day" in msg else "invalid"
     return Diagnostic(d.path, d.line, d.col, d.level, code, msg)
 
 
@@ -175,11 +175,36 @@ def _check_events(sink: DiagnosticSink, node: Any, key: str, events: list[str]) 
                        + (f" (did you mean '{hint[0]}'?)" if hint else " (see `careloop events`)"))
 
 
+def _check_send_time(sink: DiagnosticSink, node: Any, rule: Rule, settings: Settings) -> None:
+    """Warn when ``when.at_time`` lies inside the quiet hours that apply to the rule: the
+    send then moves to the end of the quiet hours (docs/rules.md#send-times)."""
+    from .sendtime import parse_time_of_day
+
+    qh = rule.when.quiet_hours or settings.quiet_hours
+    if not rule.when.at_time or qh is None or rule.channel == "email":
+        return
+    t = parse_time_of_day(rule.when.at_time).strftime("%H:%M")
+    inside = (t >= qh.start or t < qh.end) if qh.start > qh.end else (qh.start <= t < qh.end)
+    if inside:
+        sink.warning(node.get("when", node) if isinstance(node, dict) else node, "at_time", "send-time-in-quiet-hours",
+                     f"rule '{rule.id}': at_time {t} is inside quiet hours {qh.start}-{qh.end}; "
+                     f"{rule.channel} sends move to {qh.end}")
+
+
 def _compiler(valuesets: ValueSets, settings: Settings) -> Any:
     from .timing import make_calendar
 
     cal = make_calendar(settings.holiday_calendar, settings.holidays)
     return lambda expr: compile_expr(expr, valuesets, cal, settings.site_timezone)
+
+
+def _check_calendar(sink: DiagnosticSink, raw: Any, settings: Settings) -> None:
+    from .sendtime import known_calendar
+
+    if settings.holiday_calendar and not known_calendar(settings.holiday_calendar):
+        sink.error(raw, "holiday_calendar", "unknown-calendar",
+                   f"'{settings.holiday_calendar}' is not a holiday calendar; use US (U.S. federal holidays), "
+                   "a country code such as CA or GB, or null")
 
 
 def _check_settings(directory: Path, settings: Settings, vs: dict[str, set[str]], diags: list[Diagnostic]) -> None:
@@ -192,6 +217,7 @@ def _check_settings(directory: Path, settings: Settings, vs: dict[str, set[str]]
         ZoneInfo(settings.site_timezone)
     except (ZoneInfoNotFoundError, ValueError):
         sink.error(raw, "site_timezone", "unknown-timezone", f"'{settings.site_timezone}' is not an IANA time zone (e.g. America/New_York)")
+    _check_calendar(sink, raw, settings)
     for i, h in enumerate(settings.holidays):
         try:
             date.fromisoformat(h)
@@ -335,6 +361,7 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                 sink.warning(node, "purpose", "marketing-consent",
                              f"rule '{rule.id}': marketing {rule.channel} needs prior express written consent; triggers for "
                              "patients without a recorded authorization are suppressed at send time")
+            _check_send_time(sink, node, rule, settings)
             if rule.purpose == "treatment-reminder" and rule.channel in ("sms", "voice"):
                 pass  # counted against settings.treatment_caps (FCC healthcare exemption) at send time
             if sink.has_errors:

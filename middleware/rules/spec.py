@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from .sendtime import normalize_time_of_day
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w|bd)\s*$")
 _UNIT_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -67,6 +69,15 @@ class QuietHours(_Strict):
     zone: str = Field(default="patient", description="'patient' (the patient's zone, else the site's), 'site', or an IANA zone")
 
 
+#: a time of day, 24-hour ``HH:MM`` (an unquoted YAML ``10:00`` is read as 10:00 too)
+TimeOfDay = Annotated[
+    str,
+    BeforeValidator(normalize_time_of_day),
+    Field(description='time of day, 24-hour HH:MM in quotes, e.g. "10:00"',
+          json_schema_extra={"pattern": r"^([01]?\d|2[0-3]):[0-5]\d$"}),
+]
+
+
 class When(_Strict):
     """When to fire. Default: now. ``after`` delays from the event; ``at`` is a clinical
     timestamp (FHIRPath) with an optional ``offset`` such as ``-1d`` or ``+2bd``.
@@ -82,6 +93,16 @@ class When(_Strict):
     not_after: FhirPath | None = Field(
         default=None, description="FHIRPath to a dateTime the trigger must fire before (e.g. start)"
     )
+    # send times (docs/rules.md#send-times, rules/sendtime.py)
+    at_time: TimeOfDay | None = Field(
+        default=None, description="send at this local time (the patient's zone, else the site's) on the day "
+                                  "`at`/`after`/`wait_for` gives (today without them)")
+    business_days: Literal["none", "next", "previous"] = Field(
+        default="none", description="a send date on a weekend or holiday (settings.holiday_calendar): "
+                                    "move to the next or previous business day, or keep it (none)")
+    if_time_passed: Literal["next_day", "now", "skip"] = Field(
+        default="next_day", description="the send date is today and at_time has passed: same time the next "
+                                        "(business) day, now, or skip")
 
     @model_validator(mode="after")
     def _one(self) -> "When":
@@ -163,8 +184,15 @@ class Rule(_Strict):
 
 
 class Caps(_Strict):
+    """At most ``per_day`` / ``per_week`` messages per patient. ``per: rolling`` counts the
+    last 24 hours / 7 days; ``per: calendar`` counts the calendar day and week (from
+    ``week_starts``) in the patient's zone, as outreach tools do."""
+
     per_day: int | None = Field(default=None, ge=0)
     per_week: int | None = Field(default=None, ge=0)
+    per: Literal["rolling", "calendar"] = Field(
+        default="rolling", description="rolling: the last 24 h / 7 days; calendar: today / this week in the patient's zone")
+    week_starts: Literal["monday", "sunday"] = Field(default="monday", description="first day of a calendar week")
 
 
 class RuleFileSpec(_Strict):
@@ -186,7 +214,12 @@ class Settings(_Strict):
     quiet_hours: QuietHours | None = Field(default_factory=QuietHours)
     site_timezone: str = "America/New_York"
     holidays: list[str] = Field(default_factory=list, description="extra holiday dates YYYY-MM-DD")
-    holiday_calendar: str | None = Field(default="US", description="country code for the `holidays` package, or none")
+    holiday_calendar: str | None = Field(
+        default="US", description="US (or us-federal): U.S. federal holidays computed by rule (5 U.S.C. 6103, "
+                                  "observed days); another country code: the `holidays` package; null: none")
+    zone_from_address: bool = Field(
+        default=True, description="without a timezone extension on the Patient, take the zone of the state of the "
+                                  "patient's U.S. home address (else the site's)")
     suppress_hospice: bool = True
     hospice_valueset: str = Field(default="hospice", description="value set naming hospice dispositions, encounter types, care plans")
 

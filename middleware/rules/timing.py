@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from functools import lru_cache
 from typing import Iterable
 from zoneinfo import ZoneInfo
 
+from .sendtime import non_business_reason
 from .spec import CALENDAR_UNITS, QuietHours, duration_unit, parse_duration
 
 
@@ -40,19 +40,7 @@ class Calendar:
     extra: frozenset[date] = frozenset()
 
     def is_business_day(self, d: date) -> bool:
-        if d.weekday() >= 5 or d in self.extra:
-            return False
-        return not (self.country and d in _holidays(self.country, d.year))
-
-
-@lru_cache(maxsize=64)
-def _holidays(country: str, year: int) -> frozenset[date]:
-    import holidays
-
-    try:
-        return frozenset(holidays.country_holidays(country, years=year).keys())
-    except (KeyError, NotImplementedError):
-        return frozenset()
+        return non_business_reason(d, self.country, self.extra) is None
 
 
 def make_calendar(country: str | None, extra: Iterable[str]) -> Calendar:

@@ -2,7 +2,9 @@
 
 Fake patients only (``TESTPATIENT^ALPHA``, MRNs ``MRN000xxx``, phones 555-01xx).
 Files use CR segment separators and are named ``NN_<type>_<event>_<what>.hl7``
-so sorting gives the demo order: book, no-show, admit, discharge home, cancel.
+so sorting gives the demo order: a booking (APT1001), a no-show of an earlier visit
+(APT1000), admit, discharge home, cancel. ``careloop send --samples`` re-dates them
+relative to now (``samples/shift.py``).
 """
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ quiet hours (21:00-08:00 in the patient's zone) push anything due at night to th
 
 * every ``when: {after: …}`` and ``wait_for … timeout: …`` to a few seconds
   (:func:`demo_seconds`: longer real waits stay longer, so their order is kept);
+* every send time (``when.at_time``, ``when.business_days``) removed: the trigger is due
+  when the (shortened) wait ends instead of at the next 10:00;
 * ``quiet_hours`` in ``settings.yaml`` to ``null`` (no quiet hours);
 * the ``webhook`` destination URL to the scenario's sink, the ``default`` source's FHIR
   base URL to the sandbox.
@@ -27,6 +29,8 @@ from ..rules.spec import parse_duration
 
 _AFTER = re.compile(r"(\bafter:\s*)([0-9.]+\s*(?:s|m|min|h|d|w|bd))\b")
 _TIMEOUT = re.compile(r"(\btimeout:\s*)([0-9.]+\s*(?:s|m|min|h|d|w|bd))\b")
+#: a send-time option inside a flow mapping or on its own line (with its comma, if any)
+_SEND_TIME = re.compile(r'\s*\b(at_time|business_days):\s*("[0-9:]+"|\'[0-9:]+\'|[0-9:]+|next|previous|none)\s*,?')
 _RULE_ID = re.compile(r"^\s*-\s*id:\s*(\S+)")
 _QUIET = re.compile(r"^quiet_hours:.*$", re.M)
 _WEBHOOK_URL = re.compile(r"(url:\s*)\$\{CARELOOP_WEBHOOK_URL:-[^}]*\}")
@@ -68,6 +72,11 @@ def _rewrite_rules(text: str, fname: str) -> tuple[str, list[SpeedUp]]:
                 demo = f"{demo_seconds(hit.group(2))}s"
                 changes.append(SpeedUp(rule, what, hit.group(2).strip(), demo))
                 line = line[: hit.start(2)] + demo + line[hit.end(2):]
+        for hit in list(_SEND_TIME.finditer(line)) if not line.lstrip().startswith("#") else []:
+            changes.append(SpeedUp(rule, f"when.{hit.group(1)}", hit.group(2).strip("'\""), "none"))
+        if not line.lstrip().startswith("#") and _SEND_TIME.search(line):
+            alone = _SEND_TIME.fullmatch(line.rstrip("\n"))
+            line = "" if alone else _SEND_TIME.sub("", line).replace("{ ", "{").replace(",}", "}")
         out.append(line)
     return "".join(out), changes
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, time, timedelta, timezone
 from typing import Any, Callable, Sequence, cast
+from zoneinfo import ZoneInfo
+
+import orjson
 
 from sqlalchemy.engine import Engine
 
 from .patientctx import deceased_or_hospice
 from ..rules.load import RuleSet
+from ..rules.sendtime import local_at, patient_zone
 from ..storage.privacy import chunks, read_privacy
 from ..storage.queries import scheduler as q
 from ..storage.sql import UnitOfWork, unit
@@ -98,7 +102,9 @@ class _Checks:
     Opt-outs, authorizations and consents are read by ``storage.privacy.read_privacy`` (the
     delivery gate's query at send time): records under every key of the patient count.
 
-    Caps are per patient over rolling 24 h / 7 days, counted over *fired* triggers of all rules.
+    Caps are per patient over rolling 24 h / 7 days (``per: rolling``) or over the calendar day
+    and week in the patient's zone (``per: calendar``: the zone of ``sendtime.patient_zone``,
+    else ``settings.site_timezone``), counted over *fired* triggers of all rules.
     A treatment reminder by sms or voice counts against ``settings.treatment_caps`` with every
     other treatment sms/voice trigger (the FCC healthcare exemption: calls and texts together).
     Any other trigger counts against ``settings.caps`` with triggers of the same
@@ -118,23 +124,35 @@ class _Checks:
         self.privacy = read_privacy(u, keys, marketing=(t.patient_key for t in rows if t.purpose == "marketing"))
         #: ("kind", patient, message_kind) or ("phone", patient) -> [fired in 24 h, fired in 7 days]
         self.counts: dict[tuple[Any, ...], list[int]] = {}
+        #: the same keys -> [fired this calendar day, this calendar week] in the patient's zone
+        self.cal_counts: dict[tuple[Any, ...], list[int]] = {}
         self.deceased_or_hospice = deceased_or_hospice(u.conn, self.privacy.keys, rs)
         st = rs.settings
-        if any(c is not None for c in (st.caps.per_day, st.caps.per_week, st.treatment_caps.per_day, st.treatment_caps.per_week)):
-            now = at.timestamp()
+        used = [c for c in (st.caps, st.treatment_caps) if c.per_day is not None or c.per_week is not None]
+        now = at.timestamp()
+        if any(c.per == "rolling" for c in used):
             for part in chunks(keys):
                 for pk, rule_id, kind, day, week in q.fired_counts(u, part, day_from=now - DAY, week_from=now - WEEK):
-                    self._add(pk, rule_id, kind, int(day or 0), int(week))
+                    self._add(self.counts, pk, rule_id, kind, int(day or 0), int(week))
+        for caps in {c.week_starts: c for c in used if c.per == "calendar"}.values():
+            bounds = calendar_bounds(u, keys, rs, at, caps.week_starts)
+            for part in chunks(keys):
+                for pk, rule_id, kind, fired_at in q.fired_times(u, part, since=now - 8 * DAY):
+                    day_from, week_from = bounds[pk]
+                    if fired_at is not None and fired_at >= week_from:
+                        self._add(self.cal_counts, pk, rule_id, kind, int(fired_at >= day_from), 1)
 
-    def _add(self, pk: str, rule_id: str, kind: str | None, day: int, week: int) -> None:
+    def _add(self, counts: dict[tuple[Any, ...], list[int]], pk: str, rule_id: str, kind: str | None, day: int,
+             week: int) -> None:
         for key in (("kind", pk, kind), ("phone", pk)) if rule_id in self.phone_rules else (("kind", pk, kind),):
-            c = self.counts.setdefault(key, [0, 0])
+            c = counts.setdefault(key, [0, 0])
             c[0] += day
             c[1] += week
 
     def count_fired(self, t: Any) -> None:
         if t.patient_key:
-            self._add(t.patient_key, t.rule_id, t.message_kind, 1, 1)
+            self._add(self.counts, t.patient_key, t.rule_id, t.message_kind, 1, 1)
+            self._add(self.cal_counts, t.patient_key, t.rule_id, t.message_kind, 1, 1)
 
     def check(self, t: Any) -> str | None:
         """Reason to suppress at fire time, or None."""
@@ -171,8 +189,34 @@ class _Checks:
             caps, label_kind, key = self.rs.settings.treatment_caps, "treatment calls/texts", ("phone", t.patient_key)
         else:
             caps, label_kind, key = self.rs.settings.caps, f"'{t.message_kind}' messages", ("kind", t.patient_key, t.message_kind)
-        counts = self.counts.get(key, (0, 0))
-        for limit, n, label in ((caps.per_day, counts[0], "24 hours"), (caps.per_week, counts[1], "7 days")):
+        if caps.per == "calendar":
+            counts = self.cal_counts.get(key, [0, 0])
+            spans = ("today", "this week")
+        else:
+            counts = self.counts.get(key, [0, 0])
+            spans = ("in the last 24 hours", "in the last 7 days")
+        for limit, n, span in ((caps.per_day, counts[0], spans[0]), (caps.per_week, counts[1], spans[1])):
             if limit is not None and n >= limit:
-                return f"cap reached: {n} {label_kind} to this patient in the last {label} (limit {limit})"
+                return f"cap reached: {n} {label_kind} to this patient {span} (limit {limit})"
         return None
+
+
+def calendar_bounds(u: UnitOfWork, keys: Sequence[str], rs: RuleSet, at: datetime,
+                    week_starts: str = "monday") -> dict[str, tuple[float, float]]:
+    """For each patient key: the start of today and of this week (local midnight) in the
+    patient's zone (``sendtime.patient_zone`` of the stored Patient, else the site's)."""
+    zones: dict[str, str] = {}
+    if keys:
+        for part in chunks(list(keys)):
+            for key, resource in q.patient_resources(u, part):
+                found = patient_zone(orjson.loads(resource), from_address=rs.settings.zone_from_address)
+                if found:
+                    zones[key] = found[0]
+    first = 0 if week_starts == "monday" else 6
+    out: dict[str, tuple[float, float]] = {}
+    for key in keys:
+        tz = ZoneInfo(zones.get(key, rs.settings.site_timezone))
+        today = at.astimezone(tz).date()
+        week = today - timedelta(days=(today.weekday() - first) % 7)
+        out[key] = (local_at(today, time(0, 0), tz).timestamp(), local_at(week, time(0, 0), tz).timestamp())
+    return out

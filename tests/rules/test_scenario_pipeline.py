@@ -106,7 +106,8 @@ def test_discharge_without_follow_up_fires_at_the_due_time(world):
     tick(engine, rs, clock)
     assert len(hooks(sink, "post_discharge_contact")) == 1  # TCM contact task goes out at once
     t = trigger(engine, "tcm-visit-7d")
-    due = datetime(2024, 11, 13, 14, 0, tzinfo=NY)  # 2 business days; Monday 11-11 is Veterans Day
+    # 2 business days (Monday 11-11 is Veterans Day) end 11-13 14:00; sent at the next 10:00 (when.at_time)
+    due = datetime(2024, 11, 14, 10, 0, tzinfo=NY)
     assert t.status == "pending" and t.due_at == due.timestamp() and t.ruleset_version == rs.version
     clock.at = due - timedelta(minutes=1)
     tick(engine, rs, clock)

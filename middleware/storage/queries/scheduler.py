@@ -9,7 +9,7 @@ from sqlalchemy import case, func, insert, select, update
 
 from ..sql import UnitOfWork, any_of, param, query
 from ..statuses import DeliveryStatus, TriggerStatus
-from ._tables import DELIVERY, TRIGGER
+from ._tables import DELIVERY, PATIENT, TRIGGER
 
 _T = TRIGGER.c
 
@@ -40,6 +40,19 @@ class FiredCount(NamedTuple):
     week: int
 
 
+class FiredTime(NamedTuple):
+    """A trigger fired to a patient lately, with its time (calendar caps count it by local date)."""
+
+    patient_key: str
+    rule_id: str
+    message_kind: str | None
+    fired_at: float | None
+
+
+query("scheduler.fired_times",
+      select(_T.patient_key, _T.rule_id, _T.message_kind, _T.fired_at)
+      .where(any_of(_T.patient_key, "pks"), _T.status == TriggerStatus.FIRED, _T.fired_at >= param("since")), FiredTime)
+query("scheduler.patient_resources", select(PATIENT.c.key, PATIENT.c.resource).where(any_of(PATIENT.c.key, "pks")))
 query("scheduler.next_due", select(func.min(_T.due_at)).where(_T.status == TriggerStatus.PENDING))
 query("scheduler.claim",
       select(_T.id, _T.rule_id, _T.name, _T.purpose, _T.destinations, _T.patient_key, _T.resource_key,
@@ -75,6 +88,16 @@ def claim(u: UnitOfWork, now: float, limit: int) -> list[DueTrigger]:
 def fired_counts(u: UnitOfWork, keys: list[str], *, day_from: float, week_from: float) -> list[FiredCount]:
     rows: list[FiredCount] = u.all("scheduler.fired_counts", pks=keys, day_from=day_from, week_from=week_from)
     return rows
+
+
+def fired_times(u: UnitOfWork, keys: list[str], *, since: float) -> list[FiredTime]:
+    rows: list[FiredTime] = u.all("scheduler.fired_times", pks=keys, since=since)
+    return rows
+
+
+def patient_resources(u: UnitOfWork, keys: list[str]) -> list[tuple[str, str]]:
+    """(key, stored Patient JSON) of the keys that have one."""
+    return [(k, r) for k, r in u.all("scheduler.patient_resources", pks=keys)]
 
 
 def record(u: UnitOfWork, *, fired: list[dict[str, Any]], suppressed: list[dict[str, Any]],

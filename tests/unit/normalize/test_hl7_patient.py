@@ -96,6 +96,6 @@ def test_package_samples_normalize_in_demo_order() -> None:
     for r in results:
         validate_all(r)
     assert [r.resources[0]["status"] for r in results] == ["booked", "noshow", "in-progress", "finished", "cancelled"]
-    assert results[0].resources[0]["id"] == results[1].resources[0]["id"]  # same appointment
+    assert results[0].resources[0]["id"] != results[1].resources[0]["id"]  # a new booking; an earlier visit missed
     assert results[2].resources[0]["id"] == results[3].resources[0]["id"]  # same encounter
     assert len({r.patient_key for r in results}) == 3
