@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from .patientctx import deceased_or_hospice
+from .. import purposes
 from ..rules.load import RuleSet
 from ..storage.db import begin_write, is_sqlite, write_lock
 from ..storage.privacy import chunks, read_privacy
@@ -114,7 +115,7 @@ _T = TriggerRow.__table__  # type: ignore[attr-defined]
 _D = DeliveryRow.__table__  # type: ignore[attr-defined]
 _CLAIM = (
     sa_select(_T.c.id, _T.c.rule_id, _T.c.name, _T.c.purpose, _T.c.destinations, _T.c.patient_key, _T.c.resource_key,
-              _T.c.resource_version, _T.c.dedup_key, _T.c.message_kind)
+              _T.c.resource_version, _T.c.dedup_key, _T.c.message_kind, _T.c.flag)
     .where(_T.c.status == "pending", _T.c.due_at <= bindparam("now"))
     .order_by(_T.c.due_at)
 )
@@ -162,16 +163,18 @@ class _Checks:
         self.rules: dict[str, Any] = {}
         for r in rs.rules:
             self.rules.setdefault(r.id, r)  # RuleSet.rule: the first rule of that id
-        self.phone_rules = {r.id for r in rs.rules if r.rule.purpose == "treatment-reminder" and r.rule.channel in PHONE_CHANNELS}
+        self.phone_rules = {r.id for r in rs.rules
+                            if purposes.fcc_healthcare_exemption(r.rule.purpose) and r.rule.channel in PHONE_CHANNELS}
         keys = sorted({t.patient_key for t in rows if t.patient_key})
         conn = s.connection()
         #: opt-outs, authorizations and consents under every key of each patient (merges followed)
-        self.privacy = read_privacy(conn, keys, marketing=(t.patient_key for t in rows if t.purpose == "marketing"))
+        self.privacy = read_privacy(conn, keys, marketing=(t.patient_key for t in rows if purposes.needs_authorization(t.purpose)))
         #: ("kind", patient, message_kind) or ("phone", patient) -> [fired in 24 h, fired in 7 days]
         self.counts: dict[tuple[Any, ...], list[int]] = {}
         self.deceased_or_hospice = deceased_or_hospice(conn, self.privacy.keys, rs)
         st = rs.settings
-        if any(c is not None for c in (st.caps.per_day, st.caps.per_week, st.treatment_caps.per_day, st.treatment_caps.per_week)):
+        if rs.kind_caps or any(c is not None for c in (st.caps.per_day, st.caps.per_week, st.treatment_caps.per_day,
+                                                      st.treatment_caps.per_week)):
             now = at.timestamp()
             params = {"day_from": now - DAY, "week_from": now - WEEK}
             for part in chunks(keys):
@@ -196,11 +199,14 @@ class _Checks:
         opt_out = self.privacy.opt_out(pk, t.purpose)  # patient-wide rows; per-destination ones at send time
         if opt_out is not None:
             return f"patient opted out: {opt_out.reason}"
-        if t.purpose == "marketing" and not self.privacy.has_marketing_authorization(pk):
+        if purposes.needs_authorization(t.purpose) and not self.privacy.has_marketing_authorization(pk):
             return "marketing requires a recorded authorization (prior express written consent) for this patient"
         why = self.deceased_or_hospice.get(pk)
         if why:
             return why
+        if t.flag and purposes.drop_on_missing_data(t.purpose):
+            return f"not sent on data that could not be re-checked ({t.purpose} may be dropped on missing data): {t.flag}"
+
         return self.consent_denial(t) or self.caps(t)
 
     def consent_denial(self, t: Any) -> str | None:
@@ -219,7 +225,7 @@ class _Checks:
     def caps(self, t: Any) -> str | None:
         rule = self.rules.get(t.rule_id)
         key: tuple[str, ...]
-        if t.purpose == "treatment-reminder" and rule is not None and rule.rule.channel in PHONE_CHANNELS:
+        if purposes.fcc_healthcare_exemption(t.purpose) and rule is not None and rule.rule.channel in PHONE_CHANNELS:
             caps, label_kind, key = self.rs.settings.treatment_caps, "treatment calls/texts", ("phone", t.patient_key)
         else:
             caps, label_kind, key = self.rs.settings.caps, f"'{t.message_kind}' messages", ("kind", t.patient_key, t.message_kind)
@@ -227,4 +233,11 @@ class _Checks:
         for limit, n, label in ((caps.per_day, counts[0], "24 hours"), (caps.per_week, counts[1], "7 days")):
             if limit is not None and n >= limit:
                 return f"cap reached: {n} {label_kind} to this patient in the last {label} (limit {limit})"
+        journey_cap = self.rs.kind_caps.get(t.message_kind or "")
+        if journey_cap is not None:  # a journey's own cap: all its steps together (rules/journeys.py)
+            counts = self.counts.get(("kind", t.patient_key, t.message_kind), (0, 0))
+            for limit, n, label in ((journey_cap.per_day, counts[0], "24 hours"), (journey_cap.per_week, counts[1], "7 days")):
+                if limit is not None and n >= limit:
+                    return (f"journey cap reached: {n} '{t.message_kind}' messages to this patient in the last {label} "
+                            f"(limit {limit})")
         return None

@@ -153,6 +153,9 @@ class TriggerRow(SQLModel, table=True):
     created_at: float
     updated_at: float
     fired_at: Optional[float] = None
+    journey_id: Optional[str] = Field(default=None, max_length=128)  # the journey of a step rule (rules/journeys.py)
+    journey_step: Optional[int] = None  # 1-based step in the journey
+    flag: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))  # kept, not re-checked: why
 
 
 class DeliveryRow(SQLModel, table=True):
