@@ -26,6 +26,7 @@ import difflib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable
+from zoneinfo import ZoneInfo
 
 from ..config.yamlpos import DiagnosticSink, Positioned, PositionedList, position_of
 from .spec import Journey, Rule
@@ -300,8 +301,11 @@ def apply_exclusive(decisions: list["Decision"], rs: "RuleSet", taken: Callable[
 # -- the journey timeline ----------------------------------------------------------------
 
 
-def _iso(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat() if ts is not None else "-"
+def _iso(ts: float | None, zone: str | None = None) -> str:
+    if ts is None:
+        return "-"
+    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return (dt.astimezone(ZoneInfo(zone)) if zone else dt).isoformat()
 
 
 def timeline(rows: Iterable[Any], rs: "RuleSet | None" = None) -> list[dict[str, Any]]:
@@ -309,17 +313,18 @@ def timeline(rows: Iterable[Any], rs: "RuleSet | None" = None) -> list[dict[str,
 
     ``rows`` are trigger rows (``journey_id``, ``journey_step``, ``event_id``, ``due_at``, ...).
     A step that never got a trigger (its condition was false, its time had no value) is
-    listed as ``not started``."""
+    listed as ``not started``. Times are in the site's zone when ``rs`` is given."""
+    zone = rs.settings.site_timezone if rs is not None else None
     entries: dict[tuple[str, int], dict[str, Any]] = {}
     for t in rows:
         jid = getattr(t, "journey_id", None)
         if not jid:
             continue
         e = entries.setdefault((jid, t.event_id or 0), {
-            "journey": jid, "entry_event": t.event_id, "patient_key": t.patient_key, "entered_at": _iso(t.created_at),
+            "journey": jid, "entry_event": t.event_id, "patient_key": t.patient_key, "entered_at": _iso(t.created_at, zone),
             "steps": {}, "exit": None})
-        step = {"step": t.journey_step, "rule": t.rule_id, "trigger_id": t.id, "planned": _iso(t.due_at),
-                "status": t.status, "at": _iso(t.fired_at if t.status == "fired" else t.updated_at),
+        step = {"step": t.journey_step, "rule": t.rule_id, "trigger_id": t.id, "planned": _iso(t.due_at, zone),
+                "status": t.status, "at": _iso(t.fired_at if t.status == "fired" else t.updated_at, zone),
                 "reason": t.reason or "", "flag": getattr(t, "flag", None)}
         e["steps"][t.journey_step] = step
         if t.status == "cancelled" and "exit '" in (t.reason or ""):
