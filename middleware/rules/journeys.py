@@ -251,11 +251,12 @@ def check_overlaps(units: list[Starter], sinks: Callable[[str], DiagnosticSink])
                 how = "undeclared"
                 ev = sorted(common)[0]
                 dest = sorted(a.destinations & b.destinations)[0]
-                kind = "journey" if len(a.rule_ids) > 1 or a.rule_ids[0] != a.id else "rule"
-                sinks(a.path).warning(a.node, "id", "overlap",
-                                      f"{kind} '{a.id}' and '{b.id}' ({b.path}) both start on {ev} with purpose "
+                # said at the later one (a journey, or the later rule): usually the one just added
+                kind = "journey" if len(b.rule_ids) > 1 or b.rule_ids[0] != b.id else "rule"
+                sinks(b.path).warning(b.node, "id", "overlap",
+                                      f"{kind} '{b.id}' and '{a.id}' ({a.path}) both start on {ev} with purpose "
                                       f"{a.purpose} to {dest}: both fire for one event; declare `overlap: "
-                                      f"{{exclusive_with: [{b.id}]}}` or `overlap: {{with: [{b.id}], discriminator: ...}}`")
+                                      f"{{exclusive_with: [{a.id}]}}` or `overlap: {{with: [{a.id}], discriminator: ...}}`")
             pairs.append(OverlapPair(a.id, b.id, how))
     return pairs
 
