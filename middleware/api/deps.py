@@ -33,7 +33,7 @@ REASON_HEADER = "x-careloop-reason"
 def pseudonym(request: Request, patient_key: str | None) -> str | None:
     """A patient key as the admin audit records it: the contact key under the current secret
     (``careloop contact-keys resolve`` maps it back while that secret is valid), never the MRN."""
-    from ..delivery.policy import contact_key
+    from ..config.policy import contact_key
     from ..keyring import contact_keyring
 
     if not patient_key:

@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from zoneinfo import ZoneInfo
+
 import orjson
 
 
@@ -18,22 +20,46 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from ..pipeline.dryrun import DryRun
     from .serve import load_rules_or_report
     from ..storage.tables import EventRow  # noqa: F401
+    from ..rules.journeys import format_timeline, timeline as journey_timeline
 
-    missing = [f for f in args.files if not Path(f).is_file()]
+    try:
+        specs = [split_timed(a) for a in args.files]
+    except ValueError as exc:
+        print(f"careloop explain: {exc}", file=sys.stderr)
+        return 2
+    missing = [f for f, _ in specs if not Path(f).is_file()]
     if missing:
         print(f"careloop explain: no such file: {missing[0]}", file=sys.stderr)
         return 2
     rs = load_rules_or_report(args.mappings)
     if rs is None:
         return 1
-    now = datetime.fromisoformat(args.now) if args.now else datetime.now(timezone.utc)
+    zone = ZoneInfo(rs.settings.site_timezone)
+    first = specs[0][1] if specs else None
+    if args.now:
+        try:
+            now = datetime.fromisoformat(args.now)
+        except ValueError:
+            print(f"careloop explain: --now {args.now!r} is not an ISO 8601 time (e.g. 2026-03-01T09:00)", file=sys.stderr)
+            return 2
+    elif first is not None and not first.startswith(("+", "-")):
+        now = datetime.fromisoformat(first)
+    else:
+        now = datetime.now(timezone.utc)
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=zone)
     dry = DryRun(rs, now)
     out_events: list[dict[str, Any]] = []
     rc = 0
     try:
-        for f, data, label in _inputs(args.files):
+        for f, data, label, when in _inputs(specs):
+            if when is not None:
+                target = clock_at(when, dry.now, rs)
+                if target < dry.now:
+                    print(f"careloop explain: {f}@{when}: the clock cannot move back (it is {dry.now.isoformat()})",
+                          file=sys.stderr)
+                    return 2
+                dry.fire_until(target)
             try:
                 step = dry.feed(data, label)
             except orjson.JSONDecodeError:
@@ -49,7 +75,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 continue
             for ev, decisions in step.result.decisions:
                 out_events.append({
-                    "input": f, "type": ev.type, "previous_status": ev.previous_status, "status": ev.status,
+                    "input": f, "at": dry.now.isoformat(), "type": ev.type, "previous_status": ev.previous_status, "status": ev.status,
                     "resource": ev.resource, "patient_key": ev.patient_key,
                     "rules": [{"rule": d.rule_id, "fired": d.fired, "status": d.status, "reason": d.reason,
                                "due_at": d.due_at.isoformat() if d.due_at else None, "trigger": d.trigger,
@@ -65,18 +91,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
             dry.fire_until(now + timedelta(days=args.horizon_days))
         rows = dry.triggers()
         timeline = [{"id": t.id, "rule": t.rule_id, "trigger": t.name, "status": t.status, "reason": t.reason,
-                     "due_at": _iso(t.due_at), "fired_at": _iso(t.fired_at)} for t in rows]
+                     "due_at": _iso(t.due_at), "fired_at": _iso(t.fired_at), "journey_id": t.journey_id,
+                     "journey_step": t.journey_step, "flag": t.flag} for t in rows]
         journey = journey_of(rows)
+        journeys = journey_timeline(rows, rs)
     finally:
         dry.close()
     if args.json:
         sys.stdout.write(orjson.dumps({"ruleset_version": rs.version, "now": now.isoformat(), "events": out_events,
-                                       "timeline": timeline, "journey": journey}, option=orjson.OPT_INDENT_2).decode() + "\n")
+                                       "timeline": timeline, "journey": journey,
+                                       "journeys": journeys}, option=orjson.OPT_INDENT_2).decode() + "\n")
         return rc
     for shown in out_events:
         if not shown.get("type"):
             continue
-        print(f"\n== {shown['input']}: event {shown['type']} (previous status: {shown.get('previous_status')})")
+        print(f"\n== {shown['input']} at {shown.get('at')}: event {shown['type']} "
+              f"(previous status: {shown.get('previous_status')})")
         res = shown["resource"] or {}
         print(f"   resource {res.get('resourceType')}/{res.get('id')} status={res.get('status')}")
         if args.resources:
@@ -92,24 +122,65 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print("\n== journey (simulated clock)")
         for j in journey:
             print(f"   {j['at']}  {j['what']:<10} #{j['trigger_id']} {j['rule']}: {j['why']}")
+    if journeys:
+        print("\n== journeys (steps, planned times, exits)")
+        for line in format_timeline(journeys):
+            print("   " + line)
     return rc
 
 
-def _inputs(files: list[str]) -> list[tuple[str, bytes, str]]:
-    """(shown name, bytes, label) per input; an HL7 batch file gives one per message (``file#n``)."""
+def split_timed(arg: str) -> tuple[str, str | None]:
+    """``FILE``, ``FILE@2026-03-01T09:00[-05:00]`` (set the clock) or ``FILE@+2d`` (move it on)."""
+    if Path(arg).is_file() or "@" not in arg:
+        return arg, None
+    f, _, when = arg.rpartition("@")
+    if when.startswith(("+", "-")):
+        from ..rules.spec import parse_duration
+
+        if when.startswith("-"):
+            raise ValueError(f"{arg}: the clock cannot move back ({when}); use a later time or +DURATION")
+        try:
+            parse_duration(when[1:])
+        except ValueError:
+            raise ValueError(f"{arg}: '{when}' is not a duration (use e.g. +30m, +4h, +2d, +1w, +2bd)") from None
+        return f, when
+    try:
+        datetime.fromisoformat(when)
+    except ValueError:
+        raise ValueError(f"{arg}: '{when}' is not a time (use FILE@2026-03-01T09:00, FILE@2026-03-01T09:00-05:00 "
+                         "or FILE@+2d)") from None
+    return f, when
+
+
+def clock_at(when: str, now: datetime, rs: Any) -> datetime:
+    """The clock for an input: an ISO time (no offset: the site's zone) or ``+DURATION`` after ``now``
+    (``d``/``w`` are calendar days in the site's zone, ``bd`` business days, as in rules)."""
+    from ..rules.timing import add_duration, make_calendar
+
+    zone = rs.settings.site_timezone
+    if when.startswith("+"):
+        cal = make_calendar(rs.settings.holiday_calendar, rs.settings.holidays)
+        return add_duration(now, when[1:], cal, zone)
+    at = datetime.fromisoformat(when)
+    return at if at.tzinfo else at.replace(tzinfo=ZoneInfo(zone))
+
+
+def _inputs(specs: list[tuple[str, str | None]]) -> list[tuple[str, bytes, str, str | None]]:
+    """(shown name, bytes, label, clock) per input; an HL7 batch file gives one per message
+    (``file#n``), the clock moving before the first."""
     from ..normalize.hl7_batch import is_batch, split_batch
 
-    out: list[tuple[str, bytes, str]] = []
-    for f in files:
+    out: list[tuple[str, bytes, str, str | None]] = []
+    for f, when in specs:
         data = Path(f).read_bytes()
         if not is_batch(data):
-            out.append((f, data, Path(f).name))
+            out.append((f, data, Path(f).name, when))
             continue
         batch = split_batch(data)
         messages = [m for part in batch.parts for m in part.messages]
         for note in batch.problems:
             print(f"{f}: batch: {note}", file=sys.stderr)
-        out += [(f"{f}#{n}", m, f"{Path(f).name}#{n}") for n, m in enumerate(messages, start=1)]
+        out += [(f"{f}#{n}", m, f"{Path(f).name}#{n}", when if n == 1 else None) for n, m in enumerate(messages, start=1)]
     return out
 
 
@@ -130,7 +201,10 @@ def journey_of(rows: list[Any]) -> list[dict[str, Any]]:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("explain", help="dry run: FHIR resources, events and each rule's decision for input files")
-    p.add_argument("files", nargs="+", help="HL7v2 (.hl7) or FHIR JSON files, applied in order as one journey")
+    p.add_argument("files", nargs="+", metavar="FILE[@TIME]",
+                   help="HL7v2 (.hl7) or FHIR JSON files, applied in order as one journey; FILE@2026-03-01T09:00 "
+                        "sets the clock for that input (no offset: the site's zone), FILE@+2d moves it on "
+                        "(triggers due on the way fire)")
     p.add_argument("--json", action="store_true", help="print one JSON object with a list `events`")
     p.add_argument("--mappings", type=Path, default=Path("mappings"))
     p.add_argument("--now", help="simulated clock (ISO 8601), default: now")

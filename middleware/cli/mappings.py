@@ -73,10 +73,16 @@ def cmd_test(args: argparse.Namespace) -> int:
         if r.ok:
             if args.verbose:
                 print(f"ok   {r.path}:{r.line}: {r.name}")
+                for ln in r.timeline:
+                    print("       " + ln)
             continue
         print(f"FAIL {r.path}:{r.line}: {r.name}")
         for f in ([r.error] if r.error else []) + r.failures:
             print("  " + f.replace("\n", "\n  "))
+        if r.timeline:
+            print("  timeline:")
+            for ln in r.timeline:
+                print("    " + ln)
     ms = (time.perf_counter() - t0) * 1000
     print(f"{len(results) - len(failed)} passed, {len(failed)} failed ({len(results)} cases, {ms:.0f} ms)")
     return 1 if failed or any(d.level == "error" for d in tdiags) or not results else 0

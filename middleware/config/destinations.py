@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .connectors import CONNECTOR_CONFIGS
+from .. import purposes
 from .outbound import check_url, load_policy
 from .yamlpos import Diagnostic, DiagnosticSink, YamlError, load_positioned, pydantic_errors_to_diagnostics
 
@@ -26,7 +27,7 @@ class Policy(_Strict):
     allow: list[str] = Field(default_factory=list, description="payload field paths allowed (dotted for nested)")
     identifiers: Literal["pseudonymous", "mrn"] = "pseudonymous"
     purposes: list[str] = Field(
-        default_factory=lambda: ["treatment-reminder", "care-coordination", "marketing"]
+        default_factory=lambda: list(purposes.ALL)
     )
 
 

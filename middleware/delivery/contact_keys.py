@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from ..keyring import ContactKeyring
 from ..storage.queries import audit as q
 from ..storage.sql import unit
-from .policy import contact_key
+from ..config.policy import contact_key
 
 EXPORT_COLUMNS = ("old_key", "new_key")
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from .. import purposes
 from ..config.destinations import Destination
 from ..storage.privacy import OptOut, read_privacy
 from ..storage.sql import UnitOfWork
@@ -49,13 +50,13 @@ def send_time_blocks(u: UnitOfWork, items: Sequence[tuple[Any, Destination]], at
     if not todo:
         return out
     privacy = read_privacy(u, (items[i][0].patient_key for i in todo),
-                           marketing=(items[i][0].patient_key for i in todo if items[i][0].purpose == "marketing"))
+                           marketing=(items[i][0].patient_key for i in todo if purposes.needs_authorization(items[i][0].purpose)))
     for i in todo:
         t, dest = items[i]
         r = privacy.opt_out(t.patient_key, t.purpose, dest.name)
         if r is not None:
             out[i] = ("suppressed", _opt_out_reason(r))
-        elif t.purpose == "marketing" and not privacy.has_marketing_authorization(t.patient_key):
+        elif purposes.needs_authorization(t.purpose) and not privacy.has_marketing_authorization(t.patient_key):
             out[i] = ("suppressed", "marketing requires a recorded authorization for this patient (none active at send time)")
         else:
             reason = privacy.consent_denial(t.patient_key, t.purpose, dest.name, at)

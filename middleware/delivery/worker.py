@@ -44,7 +44,7 @@ from ..storage.sql import UnitOfWork, unit
 from ..storage.statuses import DeliveryStatus, DisclosureOutcome
 from . import capture
 from .gate import send_time_blocks
-from .policy import identifier_for, outgoing
+from ..config.policy import identifier_for, outgoing
 from .registry import (
     AuthFailure, Connector, Delivered, Disable, Outbound, Outcome, Permanent, RateLimit, Retry, SecretSource,
     connector_types,

@@ -17,7 +17,9 @@ from sqlmodel import Session, col
 
 from ..model import ClinicalEvent, EventRecord, ResourceChange
 from ..normalize.events import derive
-from ..rules.evaluate import Decision, cancellations, evaluate
+from ..rules.evaluate import Decision, build_env, cancellations, evaluate
+from ..rules.journeys import apply_exclusive
+from ..rules.recheck import event_for, recheck
 from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for
 from ..storage.patient_ids import merge_patient_ids, patient_id_for
@@ -200,8 +202,10 @@ def apply_change(
         if state.deleted and change.deleted:
             res.note = "already deleted"
             return res
+    partial = None
     if keep_status and prev is not None and prev.get("status"):
         resource["status"] = prev["status"]
+        partial = "a partial update (the message carries no status)"
     events = derive(resource, prev, deleted=change.deleted)
     patient_key, patient_json = _patient_row(db, change.patient_key)
     is_new = state is None
@@ -242,7 +246,45 @@ def apply_change(
         )
         if evaluate_rules:
             on_event(session, ev, row, rs, now=now, patient=patient, source_zone=source_zone, result=res, nth=nth, raw=db)
+    if evaluate_rules and not change.deleted and prev is not None and rs.recheck_by_type.get(rtype):
+        _recheck_pending(session, db, rs, key, resource, prev, patient_key, patient, change, now, res, partial)
     return res
+
+
+def _recheck_pending(session: Session, db: Raw, rs: RuleSet, key: str, resource: dict[str, Any],
+                     prev: dict[str, Any] | None, patient_key: str | None, patient: dict[str, Any] | None,
+                     change: ResourceChange, now: datetime, res: ChangeResult, partial: str | None) -> None:
+    """A change to a resource re-checks the rules of its pending triggers (rules/recheck.py):
+    cancelled when ``where`` is false on complete data (``on_no_longer_matching: cancel``),
+    kept and flagged when the change cannot be evaluated, a flag cleared when it holds again."""
+    rules = {cr.id: cr for cr in rs.recheck_by_type[resource["resourceType"]]}
+    own = {e.id for e in res.events}
+    ids = sorted(rules)
+    rows = db.all(
+        f"SELECT id, rule_id, event_id, flag FROM \"trigger\" WHERE rule_id IN ({', '.join('?' * len(ids))}) "
+        "AND resource_key = ? AND status = 'pending'", (*ids, key))
+    rows = [r for r in rows if r[2] not in own]
+    if not rows:
+        return
+    what = f"{res.events[-1].type} (event {res.events[-1].id})" if res.events else "a change"
+    ev = event_for(resource, prev, key, patient_key, change.source, change.arrival, change.occurred_at)
+    needs_hospice = any("%hospice" in (rules[r[1]].rule.where or "") for r in rows)
+    env = build_env(ev, patient, now, hospice_for(session, patient_key, rs) if needs_hospice else None)
+    verdicts = {rid: recheck(rules[rid], resource, prev, env, partial=partial) for rid in {r[1] for r in rows}}
+    nowts = now.timestamp()
+    cancel, flag, clear = [], [], []
+    for tid, rid, _, old_flag in rows:
+        v = verdicts[rid]
+        if v.verdict == "no-match" and rules[rid].rule.on_no_longer_matching == "cancel":
+            cancel.append((nowts, f"cancelled: no longer matches after {what}: {v.why}", tid))
+        elif v.verdict == "unknown":
+            flag.append((f"kept after {what}: {v.why}", nowts, tid))
+        elif v.verdict == "match" and old_flag:
+            clear.append((nowts, tid))
+    db.many("UPDATE \"trigger\" SET status = 'cancelled', updated_at = ?, reason = ? WHERE id = ?", cancel)
+    db.many("UPDATE \"trigger\" SET flag = ?, updated_at = ? WHERE id = ?", flag)
+    db.many("UPDATE \"trigger\" SET flag = NULL, updated_at = ? WHERE id = ?", clear)
+    res.cancelled += len(cancel)
 
 
 def on_event(
@@ -272,6 +314,8 @@ def on_event(
         _cancel(db, ev, row, rs, now, patient, result, cancel_only_ids, nth)
     hospice = hospice_for(session, ev.patient_key, rs)
     decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
+    if rs.superseded_by:
+        apply_exclusive(decisions, rs, lambda rule_ids: _holds(db, rule_ids, ev.resource_key))
     result.decisions.append((ev, decisions))
     for d in decisions:
         if not d.fired:
@@ -279,6 +323,13 @@ def on_event(
         tid = _record_trigger(db, ev, row, d, rs, nowts, result)
         if tid is not None and cancel_only_ids is not None:
             cancel_only_ids.add(tid)
+
+
+def _holds(db: Raw, rule_ids: tuple[str, ...], resource_key: str) -> bool:
+    """Has one of these rules a pending or fired trigger for this resource (overlap.exclusive_with)?"""
+    return db.one(
+        f"SELECT 1 FROM \"trigger\" WHERE rule_id IN ({', '.join('?' * len(rule_ids))}) AND resource_key = ? "
+        "AND status IN ('pending', 'fired') LIMIT 1", (*rule_ids, resource_key)) is not None
 
 
 _PENDING_BY = {
@@ -315,9 +366,10 @@ def _cancel(db: Raw, ev: ClinicalEvent, row: EventRow | EventRecord, rs: RuleSet
 
 _TRIGGER_COLS = (
     "rule_id, ruleset_version, name, purpose, destinations, patient_key, resource_key, origin_key, resource_version, "
-    "event_id, due_at, status, reason, dedup_key, cancel_scope, message_kind, payload, explain, created_at, updated_at, patient_id"
+    "event_id, due_at, status, reason, dedup_key, cancel_scope, message_kind, payload, explain, created_at, updated_at, "
+    "patient_id, journey_id, journey_step"
 )
-_TRIGGER_INSERT = f"INSERT INTO \"trigger\" ({_TRIGGER_COLS}) VALUES ({', '.join('?' * 21)}) ON CONFLICT (origin_key) DO NOTHING"
+_TRIGGER_INSERT = f"INSERT INTO \"trigger\" ({_TRIGGER_COLS}) VALUES ({', '.join('?' * 23)}) ON CONFLICT (origin_key) DO NOTHING"
 
 
 def _record_trigger(
@@ -341,9 +393,11 @@ def _record_trigger(
             result.due_now = result.due_now or (status != "skipped" and due <= nowts)
             return int(existing[0])
     if status == "pending" and d.dedup_key and d.dedup_window_s:
+        # a journey's steps share its dedup key: only another entry (another event) is a duplicate
+        other_entry = " AND event_id <> ?" if d.journey_id else ""
         dup = db.one(
-            "SELECT id FROM \"trigger\" WHERE dedup_key = ? AND status IN ('pending', 'fired') AND created_at >= ? LIMIT 1",
-            (d.dedup_key, nowts - d.dedup_window_s))
+            "SELECT id FROM \"trigger\" WHERE dedup_key = ? AND status IN ('pending', 'fired') AND created_at >= ?"
+            f"{other_entry} LIMIT 1", (d.dedup_key, nowts - d.dedup_window_s) + ((row.id,) if d.journey_id else ()))
         if dup is not None:
             status, reason = "skipped", f"duplicate of trigger {dup[0]} within the dedup window"
     origin = f"{d.rule_id}|event:{row.id}"
@@ -351,7 +405,8 @@ def _record_trigger(
     tid: int | None = db.insert_id(_TRIGGER_INSERT, (
         d.rule_id, rs.version, d.trigger or d.rule_id, d.purpose or "", ",".join(d.destinations), ev.patient_key,
         ev.resource_key, origin, version, row.id, due, status, reason, d.dedup_key, d.cancel_scope, d.message_kind,
-        dumps(d.payload), dumps(d.steps), nowts, nowts, row.patient_id or patient_id_for(db, ev.patient_key, nowts)))
+        dumps(d.payload), dumps(d.steps), nowts, nowts, row.patient_id or patient_id_for(db, ev.patient_key, nowts),
+        d.journey_id, d.journey_step))
     if tid is None:  # this rule already made a trigger from this event (reprocessing)
         return None
     result.triggers += 1

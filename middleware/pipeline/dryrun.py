@@ -15,7 +15,7 @@ from sqlmodel import Session, col, select
 from ..model import InboundItem, ResourceChange
 from ..rules.load import RuleSet
 from ..storage.schema import open_database
-from ..storage.tables import InboundMessage, TriggerRow
+from ..storage.tables import Authorization, ConsentRecord, InboundMessage, Suppression, TriggerRow
 from ..scheduler.runner import Scheduler
 from .changes import ChangeResult, apply_change, upsert_patient
 from .process import handle_hl7
@@ -110,6 +110,59 @@ class DryRun:
         step = Step(label=label, at=self.now, result=res, error=err)
         self.steps.append(step)
         return step
+
+    def record(self, kind: str, patient_key: str, data: dict[str, Any]) -> str:
+        """Record (or revoke) a privacy fact at the simulated clock, as the privacy API does:
+        ``authorization``, ``opt_out`` (a suppression row), ``consent`` (a FHIR Consent), or
+        ``revoke`` with ``data = {"what": authorization | opt_out | consent}`` (the patient's
+        most recent active one). Returns a one-line description for the timeline."""
+        ts = self.now.timestamp()
+        with Session(self.engine, expire_on_commit=False) as s:
+            if kind == "authorization":
+                s.add(Authorization(patient_key=patient_key, purpose=str(data.get("purpose") or "marketing"),
+                                    reference=data.get("reference"), granted_at=ts))
+                done = f"authorization for {data.get('purpose') or 'marketing'} recorded"
+            elif kind == "opt_out":
+                s.add(Suppression(patient_key=patient_key, destination=data.get("destination"), purpose=data.get("purpose"),
+                                  reason=str(data.get("reason") or "opt-out"), created_at=ts,
+                                  source=str(data.get("source") or "operator")))
+                done = "opt-out recorded"
+            elif kind == "consent":
+                s.add(ConsentRecord(patient_key=patient_key, fhir_id=str(data.get("id") or "") or None,
+                                    status=str(data.get("status") or "active"), resource=orjson.dumps(data).decode(),
+                                    source="golden", received_at=ts, updated_at=ts))
+                done = f"consent {data.get('id') or ''} recorded".replace("  ", " ")
+            elif kind == "revoke":
+                what = data.get("what")
+                row: Any
+                if what == "authorization":
+                    row = s.exec(select(Authorization).where(Authorization.patient_key == patient_key,
+                                                             col(Authorization.revoked_at).is_(None))
+                                 .order_by(col(Authorization.id).desc())).first()
+                    if row is not None:
+                        row.revoked_at = ts
+                elif what == "opt_out":
+                    row = s.exec(select(Suppression).where(Suppression.patient_key == patient_key,
+                                                           col(Suppression.revoked_at).is_(None))
+                                 .order_by(col(Suppression.id).desc())).first()
+                    if row is not None:
+                        row.revoked_at = ts
+                elif what == "consent":
+                    row = s.exec(select(ConsentRecord).where(ConsentRecord.patient_key == patient_key,
+                                                             ConsentRecord.status == "active")
+                                 .order_by(col(ConsentRecord.id).desc())).first()
+                    if row is not None:
+                        row.status, row.updated_at = "inactive", ts
+                else:
+                    raise ValueError(f"revoke: {what!r} is not authorization, opt_out or consent")
+                if row is None:
+                    raise ValueError(f"revoke {what}: the patient has no active {what}")
+                s.add(row)
+                done = f"{what} revoked"
+            else:
+                raise ValueError(f"unknown privacy record {kind!r}")
+            s.commit()
+        return done
 
     def triggers(self) -> list[TriggerRow]:
         with Session(self.engine) as s:

@@ -49,6 +49,8 @@ class Decision:
     cancel_scope: str | None = None
     message_kind: str | None = None
     steps: list[str] = field(default_factory=list)
+    journey_id: str | None = None
+    journey_step: int | None = None
 
 
 @dataclass
@@ -163,7 +165,8 @@ def cancellations(event: ClinicalEvent, rs: RuleSet, patient: dict[str, Any] | N
         if idx >= 0:
             u = cr.rule.unless[idx]
             cond, same, within = cr.unless_where[idx], u.same, (parse_duration(u.within)[0] if u.within else None)
-            what = "unless"
+            exit_name = cr.journey.exit_name(idx) if cr.journey else None
+            what = f"journey {cr.journey.journey_id} exit '{exit_name}'" if cr.journey and exit_name else "unless"
         else:
             assert cr.rule.wait_for is not None
             cond, same, within, what = cr.wait_where, cr.rule.wait_for.same, None, "awaited event arrived"
@@ -194,7 +197,11 @@ def _one(cr: CompiledRule, event: ClinicalEvent, rs: RuleSet, env: dict[str, Any
          patient: dict[str, Any] | None, source_zone: str | None, hospice: str | None) -> Decision:
     r = cr.rule
     d = Decision(rule_id=r.id, fired=False, reason="", trigger=r.emit.trigger, destinations=list(r.emit.destinations),
-                 purpose=r.purpose, message_kind=r.message_kind or r.purpose)
+                 purpose=r.purpose, message_kind=r.message_kind or r.purpose,
+                 journey_id=cr.journey.journey_id if cr.journey else None, journey_step=cr.journey.step if cr.journey else None)
+    if cr.journey:
+        d.steps.append(f"journey {cr.journey.journey_id}, step {cr.journey.step} of {cr.journey.steps} "
+                       f"({cr.journey.step_id})")
     d.steps.append(f"event {event.type} matches on: {', '.join(r.on)}")
     if event.arrival == "backfill" and not r.include_backfill:
         d.reason = "backfilled resource (rule does not opt in with include_backfill)"
@@ -237,7 +244,9 @@ def _one(cr: CompiledRule, event: ClinicalEvent, rs: RuleSet, env: dict[str, Any
         return d
     if r.dedup and cr.dedup_key is not None:
         key = first_value(cr.dedup_key(event.resource, env))
-        d.dedup_key = f"{event.patient_key}|{r.emit.trigger}|{key}"
+        # a journey has one dedup scope: every step carries the journey's key (rules/journeys.py)
+        scope_name = f"journey:{cr.journey.journey_id}" if cr.journey else r.emit.trigger
+        d.dedup_key = f"{event.patient_key}|{scope_name}|{key}"
         d.dedup_window_s = parse_duration(r.dedup.window)[0]
     scope_kind = "resource" if any(u.same == "resource" for u in r.unless) or (r.wait_for and r.wait_for.same == "resource") else "patient"
     scope = event.resource_key if scope_kind == "resource" else event.patient_key

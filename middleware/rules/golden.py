@@ -20,6 +20,7 @@ import orjson
 from pydantic import Field, ValidationError, model_validator
 
 from ..config.yamlpos import Diagnostic, DiagnosticSink, YamlError, load_positioned, position_of, pydantic_errors_to_diagnostics
+from .journeys import both_fired, format_timeline, timeline
 from .load import RuleSet
 from .spec import Duration, _Strict, parse_duration
 from .timing import parse_fhir_datetime
@@ -27,8 +28,29 @@ from .timing import parse_fhir_datetime
 Status = Literal["pending", "fired", "cancelled", "skipped", "suppressed"]
 
 
+class Authorize(_Strict):
+    """A recorded marketing authorization (prior express written consent), as ``POST /api/authorizations``."""
+
+    purpose: str = "marketing"
+    reference: str | None = Field(default=None, description="where the signed authorization is kept")
+
+
+class OptOut(_Strict):
+    """An opt-out (a suppression row), as ``POST /api/suppressions``: patient-wide unless narrowed."""
+
+    reason: str = "opt-out"
+    purpose: str | None = Field(default=None, description="only this purpose (default: every purpose)")
+    destination: str | None = Field(default=None, description="only this destination (default: all)")
+    source: str = Field(default="operator", description="sms-stop | unsubscribe | revocation | operator")
+
+
+PRIVACY_STEPS = ("authorize", "opt_out", "suppress", "consent", "revoke")
+
+
 class Step(_Strict):
-    """One input at one moment. ``at`` / ``advance`` move the clock first (triggers due on the way fire)."""
+    """One input, or one privacy record, at one moment. ``at`` / ``advance`` move the clock
+    first (triggers due on the way fire). Privacy records apply to ``patient`` (default: the
+    patient of the last input)."""
 
     at: datetime | None = Field(default=None, description="set the clock (ISO 8601 with offset)")
     advance: Duration | None = Field(default=None, description="move the clock forward, e.g. 2d")
@@ -37,14 +59,23 @@ class Step(_Strict):
     fhir: dict[str, Any] | None = Field(default=None, description="an inline FHIR resource or Bundle")
     fhir_file: str | None = Field(default=None, description="path of a FHIR JSON file, relative to this test file")
     source: str = "default"
+    authorize: Authorize | None = Field(default=None, description="record a marketing authorization")
+    opt_out: OptOut | None = Field(default=None, description="record an opt-out (suppression)")
+    suppress: OptOut | None = Field(default=None, description="record a suppression (an operator's opt-out)")
+    consent: dict[str, Any] | None = Field(default=None, description="record a FHIR Consent resource")
+    revoke: Literal["authorization", "opt_out", "consent"] | None = Field(
+        default=None, description="revoke the patient's most recent active authorization, opt-out or consent")
+    patient: str | None = Field(default=None, description="patient key for privacy records (default: the last input's)")
 
     @model_validator(mode="after")
     def _one_input(self) -> "Step":
         n = sum(x is not None for x in (self.hl7, self.hl7_file, self.fhir, self.fhir_file))
+        n += sum(getattr(self, k) is not None for k in PRIVACY_STEPS)
         if n > 1:
-            raise ValueError("a step has at most one of hl7, hl7_file, fhir, fhir_file")
+            raise ValueError("a step has at most one of hl7, hl7_file, fhir, fhir_file, " + ", ".join(PRIVACY_STEPS))
         if n == 0 and self.at is None and self.advance is None:
-            raise ValueError("a step needs an input (hl7, hl7_file, fhir, fhir_file) or a clock move (at, advance)")
+            raise ValueError("a step needs an input (hl7, hl7_file, fhir, fhir_file), a privacy record ("
+                             + ", ".join(PRIVACY_STEPS) + ") or a clock move (at, advance)")
         return self
 
 
@@ -57,6 +88,7 @@ class Expect(_Strict):
     due: datetime | None = Field(default=None, description="due time (any offset; compared as instants)")
     payload: dict[str, Any] | None = Field(default=None, description="these payload fields must have these values")
     reason: str | None = Field(default=None, description="text the recorded reason must contain")
+    flagged: bool | None = Field(default=None, description="the trigger was kept on data that could not be re-checked")
 
 
 class Case(_Strict):
@@ -81,6 +113,7 @@ class Journey(Protocol):
     def fire_until(self, until: datetime) -> list[Any]: ...
     def triggers(self) -> list[Any]: ...
     def close(self) -> None: ...
+    def record(self, kind: str, patient_key: str, data: dict[str, Any]) -> str: ...
 
 
 JourneyFactory = Callable[[RuleSet, datetime], Journey]
@@ -93,6 +126,7 @@ class CaseResult:
     name: str
     failures: list[str] = field(default_factory=list)
     error: str | None = None
+    timeline: list[str] = field(default_factory=list)  # journeys (rules/journeys.py) and privacy records
 
     @property
     def ok(self) -> bool:
@@ -142,6 +176,8 @@ def _matches(e: Expect, t: Any) -> list[str]:
         bad.append(f"due {_iso(t.due_at)} != {_aware(e.due).astimezone(timezone.utc).isoformat()}")
     if e.reason and e.reason.lower() not in (t.reason or "").lower():
         bad.append(f"reason {t.reason!r} does not contain {e.reason!r}")
+    if e.flagged is not None and bool(getattr(t, "flag", None)) != e.flagged:
+        bad.append(f"flag {getattr(t, 'flag', None)!r} (flagged: {e.flagged})")
     if e.payload:
         actual = orjson.loads(t.payload or "{}")
         for k, v in e.payload.items():
@@ -171,8 +207,10 @@ def run_case(case: Case, raw: Any, path: Path, line: int, rs: RuleSet, factory: 
     """Run one case and compare; failures carry the expectation's file:line."""
     res = CaseResult(str(path), line, case.name)
     journey = factory(rs, _aware(case.now))
+    last_patient: str | None = None
     try:
         for i, step in enumerate(case.steps):
+            sl, _ = position_of(raw["steps"], i)
             target = _aware(step.at) if step.at else None
             if step.advance:
                 target = journey.now + timedelta(seconds=parse_duration(step.advance)[0])
@@ -182,8 +220,22 @@ def run_case(case: Case, raw: Any, path: Path, line: int, rs: RuleSet, factory: 
             if item is not None:
                 out = journey.feed(item[0], item[1], step.source)
                 if getattr(out, "error", None):
-                    sl, _ = position_of(raw["steps"], i)
                     res.failures.append(f"{path}:{sl}: step {i + 1} ({item[1]}) failed: {out.error}")
+                last_patient = next((e.patient_key for e in reversed(getattr(getattr(out, "result", None), "events", []))
+                                     if e.patient_key), last_patient)
+            privacy = _privacy(step)
+            if privacy is not None:
+                who = step.patient or last_patient
+                if who is None:
+                    res.failures.append(f"{path}:{sl}: step {i + 1}: no patient for {privacy[0]} (give `patient:` "
+                                        "or put it after an input)")
+                    continue
+                try:
+                    done = journey.record(privacy[0], who, privacy[1])
+                except ValueError as exc:
+                    res.failures.append(f"{path}:{sl}: step {i + 1}: {exc}")
+                    continue
+                res.timeline.append(f"{journey.now.isoformat()}  {done} (step {i + 1})")
         journey.fire_until(_aware(case.run_until) if case.run_until else journey.now + timedelta(days=60))
         triggers = journey.triggers()
     except Exception as exc:  # a broken fixture path, an unparsable message
@@ -212,11 +264,29 @@ def run_case(case: Case, raw: Any, path: Path, line: int, rs: RuleSet, factory: 
         for t in triggers:
             if t.rule_id == rule_id and t.status in ("pending", "fired"):
                 res.failures.append(f"{path}:{el}: rule {rule_id!r} must not fire\n    + actual:   {_describe(t)}")
+    for problem in both_fired(triggers, rs):
+        res.failures.append(f"{path}:{line}: {problem}")
+    res.timeline += format_timeline(timeline(triggers, rs))
     if case.exhaustive:
         for t in triggers:
             if t.id not in used and t.status in ("pending", "fired"):
                 res.failures.append(f"{path}:{line}: unexpected trigger (exhaustive: true)\n    + actual:   {_describe(t)}")
     return res
+
+
+def _privacy(step: Step) -> tuple[str, dict[str, Any]] | None:
+    """The privacy record a step makes, as (kind, data) for ``Journey.record``."""
+    if step.authorize is not None:
+        return "authorization", step.authorize.model_dump()
+    if step.opt_out is not None:
+        return "opt_out", step.opt_out.model_dump()
+    if step.suppress is not None:
+        return "opt_out", step.suppress.model_dump()
+    if step.consent is not None:
+        return "consent", dict(step.consent)
+    if step.revoke is not None:
+        return "revoke", {"what": step.revoke}
+    return None
 
 
 def run_directory(directory: Path, rs: RuleSet, factory: JourneyFactory, *,

@@ -22,8 +22,14 @@ from ..config.yamlpos import (Diagnostic, DiagnosticSink, YamlError, load_positi
 from ..catalogue import ACTIVITY_STATUSES, EVENT_TYPES, STATUSES
 from .check import TypeContext
 from .payload_check import check_payload, policy_positions
+from .. import purposes
 from .fhirpath import Compiled, ValueSets, check_syntax, compile_expr
-from .spec import Rule, RuleFileSpec, Settings
+from .journeys import JourneyInfo, OverlapPair, check_overlaps, exclusive_map, expand, starters
+from .recheck import recheckable
+from .spec import Caps, Rule, RuleFileSpec, Settings
+
+#: event prefix -> FHIR resource type
+RESOURCE_TYPES = {"appointment": "Appointment", "encounter": "Encounter", "careplan": "CarePlan"}
 
 _MEMBER_OF = re.compile(r"memberOf\(\s*'([^']+)'\s*\)")
 _VARIABLE = re.compile(r"(?<![\w'])%([A-Za-z_][\w]*)")
@@ -45,6 +51,8 @@ class CompiledRule:
     unless_where: list[Compiled | None] = field(default_factory=list)
     wait_where: Compiled | None = None
     payload: dict[str, Compiled] = field(default_factory=dict)
+    journey: JourneyInfo | None = None  # set on the step rules of a journey
+    node: Any = None  # its YAML node (positions for rule-set wide checks)
 
     @property
     def id(self) -> str:
@@ -62,6 +70,14 @@ class RuleSet:
     directory: Path
     by_event: dict[str, list[CompiledRule]] = field(default_factory=dict)
     cancellers: dict[str, list[tuple[CompiledRule, int]]] = field(default_factory=dict)
+    #: rule id -> [(rule or journey id that supersedes it, its rule ids)] (overlap.exclusive_with)
+    superseded_by: dict[str, list[tuple[str, tuple[str, ...]]]] = field(default_factory=dict)
+    #: every overlapping pair of rules/journeys and how it is declared (the golden runner checks them)
+    overlaps: list[OverlapPair] = field(default_factory=list)
+    #: message_kind -> a journey's cap (besides settings.caps)
+    kind_caps: dict[str, Caps] = field(default_factory=dict)
+    #: resource type -> rules whose pending triggers a change to such a resource re-checks (rules/recheck.py)
+    recheck_by_type: dict[str, list[CompiledRule]] = field(default_factory=dict)
 
     def rule(self, rule_id: str) -> CompiledRule | None:
         return next((r for r in self.rules if r.id == rule_id), None)
@@ -279,6 +295,9 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
         _check_settings(directory, settings, vs, diags)
     compiled: list[CompiledRule] = []
     seen_ids: dict[str, str] = {}
+    journey_nodes: dict[str, tuple[str, Any, Any]] = {}
+    kind_caps: dict[str, Caps] = {}
+    sinks: dict[str, DiagnosticSink] = {}
     files = rule_files(directory)
     for extra in ("sources.yaml", "destinations.yaml", "settings.yaml"):
         if (directory / extra).exists():
@@ -301,9 +320,21 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
         file_vs = {k: {c if "|" in c else f"|{c}" for c in v} for k, v in spec.valuesets.items()}
         vs.update(file_vs)
         names = set(vs)
+        items: list[tuple[Rule, Any, int, JourneyInfo | None, list[tuple[Any, str, str | None]] | None]] = []
         for i, rule in enumerate(spec.rules):
-            node = raw["rules"][i]
-            line, _ = position_of(raw["rules"], i)
+            items.append((rule, raw["rules"][i], position_of(raw["rules"], i)[0], None, None))
+        for i, journey in enumerate(spec.journeys):
+            jnode = raw["journeys"][i]
+            jline = position_of(raw["journeys"], i)[0]
+            if journey.id in seen_ids:
+                sink.error(jnode, "id", "duplicate-rule", f"journey id '{journey.id}' is already used in {seen_ids[journey.id]}")
+            seen_ids[journey.id] = f"{path}:{jline}"
+            journey_nodes[journey.id] = (str(path), jnode, journey.overlap)
+            if journey.cap is not None:
+                kind_caps[journey.message_kind or journey.id] = Caps(per_day=journey.cap.per_day, per_week=journey.cap.per_week)
+            for x in expand(journey, jnode, sink):
+                items.append((x.rule, x.node, x.line, x.info, x.where_parts))
+        for rule, node, line, info, where_parts in items:
             if rule.id in seen_ids:
                 sink.error(node, "id", "duplicate-rule", f"rule id '{rule.id}' is already used in {seen_ids[rule.id]}")
             seen_ids[rule.id] = f"{path}:{line}"
@@ -325,7 +356,13 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                 _check_events(sink, node["wait_for"], "events", rule.wait_for.events)
                 _check_expr(sink, node["wait_for"], "where", rule.wait_for.where, names, "wait_for.where", CANCEL_VARIABLES,
                             tc.cancelling(rule.wait_for.events))
-            _check_expr(sink, node, "where", rule.where, names, "where", types=tc)
+            for wnode_, wkey, wexpr in where_parts or [(node, "where", rule.where)]:
+                _check_expr(sink, wnode_, wkey, wexpr, names, "where", types=tc)
+            if purposes.clinically_required(rule.purpose) and "on_no_longer_matching" not in node:
+                sink.error(node, "purpose", "reschedule-policy",
+                           f"{'journey' if info else 'rule'} '{info.journey_id if info else rule.id}': purpose "
+                           f"{rule.purpose} is clinically required; state what a change that makes `where` false does "
+                           "to a pending trigger: `on_no_longer_matching: cancel` or `keep`")
             wnode = node.get("when", node)
             _check_expr(sink, wnode, "at", rule.when.at, names, "when.at", types=tc)
             _check_expr(sink, wnode, "not_after", rule.when.not_after, names, "when.not_after", types=tc)
@@ -357,16 +394,14 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                 check_payload(sink, enode, rule.id, rule.emit.payload,
                               [dest_by_name[n] for n in dict.fromkeys(rule.emit.destinations) if n in dest_by_name],
                               tc, str(directory / "destinations.yaml"), dest_positions, rule.emit.internal)
-            if rule.purpose == "marketing" and rule.channel in ("sms", "voice"):
+            if purposes.needs_authorization(rule.purpose) and rule.channel in ("sms", "voice"):
                 sink.warning(node, "purpose", "marketing-consent",
                              f"rule '{rule.id}': marketing {rule.channel} needs prior express written consent; triggers for "
                              "patients without a recorded authorization are suppressed at send time")
             _check_send_time(sink, node, rule, settings)
-            if rule.purpose == "treatment-reminder" and rule.channel in ("sms", "voice"):
-                pass  # counted against settings.treatment_caps (FCC healthcare exemption) at send time
             if sink.has_errors:
                 continue
-            cr = CompiledRule(rule=rule, path=str(path), line=line)
+            cr = CompiledRule(rule=rule, path=str(path), line=line, journey=info, node=node)
             valuesets = ValueSets(vs)
             comp = _compiler(valuesets, settings)
             cr.where = comp(rule.where) if rule.where else None
@@ -379,6 +414,10 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                 cr.payload[k] = comp(expr)
             compiled.append(cr)
         diags += sink.items
+    units = starters(compiled, journey_nodes)
+    overlaps = check_overlaps(units, lambda p: sinks.setdefault(p, DiagnosticSink(p)))
+    for osink in sinks.values():
+        diags += osink.items
     if any(d.level == "error" for d in diags):
         return None, diags
     rs = RuleSet(
@@ -389,10 +428,16 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
         sources=sources,
         valuesets=ValueSets(vs),
         directory=directory,
+        superseded_by=exclusive_map(units),
+        overlaps=overlaps,
+        kind_caps=kind_caps,
     )
     for cr in rs.rules:
         for ev in cr.rule.on:
             rs.by_event.setdefault(ev, []).append(cr)
+        if recheckable(cr):
+            for rtype in sorted({RESOURCE_TYPES.get(ev.split(".")[0], "") for ev in cr.rule.on} - {""}):
+                rs.recheck_by_type.setdefault(rtype, []).append(cr)
         for j, u in enumerate(cr.rule.unless):
             for ev in u.on:
                 rs.cancellers.setdefault(ev, []).append((cr, j))

@@ -1,7 +1,7 @@
 """Policy-aware payloads: what each payload field becomes at each destination, said at validation.
 
 For every payload field of a rule and every destination it emits to, validation runs the
-destination's policy (``middleware.delivery.policy.project``, the code the delivery worker
+destination's policy (``middleware.config.policy.project``, the code the delivery worker
 uses) on a sample value of the field's FHIR type and says:
 
 * **warning ``payload-stripped``** — the policy will strip the field (not in ``policy.allow``,
@@ -25,7 +25,7 @@ from typing import Any
 
 from ..config.destinations import Destination
 from ..config.yamlpos import Diagnostic, DiagnosticSink, position_of
-from ..delivery.policy import project
+from ..config.policy import project
 from .check import TypeContext
 
 #: field-name words that say what a field carries

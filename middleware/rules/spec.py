@@ -14,12 +14,13 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from .sendtime import normalize_time_of_day
 
+from ..purposes import Purpose
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w|bd)\s*$")
 _UNIT_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 #: units counted on the local calendar (the wall-clock time is kept across DST changes)
 CALENDAR_UNITS = frozenset({"d", "w"})
 
-Purpose = Literal["treatment-reminder", "care-coordination", "marketing"]
 
 
 def parse_duration(text: str) -> tuple[float, bool]:
@@ -154,6 +155,39 @@ class Emit(_Strict):
     )
 
 
+class Overlap(_Strict):
+    """How this rule or journey relates to others that start on the same event type with the
+    same purpose and destination (validation warns about every such pair not declared here).
+
+    * ``exclusive_with``: the listed rules/journeys do not start for a resource this one has
+      taken (same event, or a later one while this one's trigger is pending or fired): they
+      are recorded ``skipped`` ("superseded by ...").
+    * ``with`` + ``discriminator``: both fire by design; the destination tells them apart by
+      ``trigger`` (the trigger names differ) or by a payload field whose constant values
+      differ (e.g. ``reminder: "'72h'"`` vs ``"'24h'"``).
+    """
+
+    exclusive_with: list[str] = Field(default_factory=list, description="rule or journey ids this one supersedes")
+    with_: list[str] = Field(default_factory=list, alias="with", description="rule or journey ids that also fire, by design")
+    discriminator: str | None = Field(
+        default=None, description="'trigger' or a payload field with a distinct constant value in each (needed with `with`)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Overlap":
+        if self.with_ and not self.discriminator:
+            raise ValueError("overlap.with needs a discriminator: 'trigger' or a payload field that differs")
+        if self.discriminator and not self.with_:
+            raise ValueError("overlap.discriminator needs `with`: the rules or journeys it separates this one from")
+        if not self.with_ and not self.exclusive_with:
+            raise ValueError("overlap needs exclusive_with or with + discriminator")
+        return self
+
+
+NoLongerMatching = Literal["cancel", "keep"]
+_NLM_DOC = ("a change to the resource makes `where` false on complete data: cancel the pending trigger (default) or "
+            "keep it; required for treatment and care-coordination purposes")
+
+
 class Rule(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     description: str = ""
@@ -175,6 +209,8 @@ class Rule(_Strict):
     )
     emit: Emit
     enabled: bool = True
+    on_no_longer_matching: NoLongerMatching = Field(default="cancel", description=_NLM_DOC)
+    overlap: Overlap | None = None
 
     @model_validator(mode="after")
     def _timing(self) -> "Rule":
@@ -195,12 +231,78 @@ class Caps(_Strict):
     week_starts: Literal["monday", "sunday"] = Field(default="monday", description="first day of a calendar week")
 
 
+# -- journeys (docs/rules.md#journeys; compiled into rules by rules/journeys.py) --
+
+
+class JourneyEntry(_Strict):
+    """The one event (and condition) that starts a journey."""
+
+    on: list[str] = Field(min_length=1, description="event types (see `careloop events`)")
+    from_: list[str] | None = Field(default=None, alias="from", description="previous statuses")
+    to: list[str] | None = Field(default=None, description="new statuses")
+    where: FhirPath | None = None
+    include_backfill: bool = False
+
+
+class JourneyExit(Unless):
+    """An event that ends the journey: every pending step is cancelled at once, with ``name`` as the reason."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_ .-]*$", description="the exit's name, recorded in the reason")
+
+
+class JourneyStep(_Strict):
+    """One step: a rule without its own entry (it starts when the journey does)."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="unique in the journey; the rule id is <journey>.<step>")
+    description: str = ""
+    where: FhirPath | None = Field(default=None, description="an extra condition for this step (and-ed with the entry's)")
+    when: When = Field(default_factory=When)
+    wait_for: WaitFor | None = None
+    unless: list[Unless] = Field(default_factory=list, description="cancels this step only (exits cancel every step)")
+    channel: Literal["sms", "voice", "email", "push", "none"] | None = None
+    emit: Emit
+
+    @model_validator(mode="after")
+    def _timing(self) -> "JourneyStep":
+        if self.wait_for and (self.when.after or self.when.at):
+            raise ValueError("wait_for sets the due time (its timeout); do not combine it with when.after or when.at")
+        return self
+
+
+class JourneyCap(_Strict):
+    """At most this many of the journey's messages per patient (all steps together)."""
+
+    per_day: int | None = Field(default=None, ge=0)
+    per_week: int | None = Field(default=None, ge=0)
+
+
+class Journey(_Strict):
+    """Ordered steps under one entry, one set of exits, one cap and one dedup scope."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    source: str = ""
+    entry: JourneyEntry
+    exit: list[JourneyExit] = Field(default_factory=list, description="each cancels every pending step at once")
+    steps: list[JourneyStep] = Field(min_length=1)
+    purpose: Purpose
+    channel: Literal["sms", "voice", "email", "push", "none"] = "none"
+    message_kind: str | None = Field(default=None, description="what caps count; default: the journey id")
+    cap: JourneyCap | None = Field(default=None, description="the journey's messages per patient (besides settings.caps)")
+    dedup: Dedup | None = Field(default=None, description="one entry per patient per key per window")
+    on_no_longer_matching: NoLongerMatching = Field(default="cancel", description=_NLM_DOC)
+    on_rule_change: Literal["keep", "reevaluate", "cancel"] = "keep"
+    overlap: Overlap | None = None
+    enabled: bool = True
+
+
 class RuleFileSpec(_Strict):
     """One YAML file in mappings/rules/."""
 
     description: str = ""
     valuesets: dict[str, list[str]] = Field(default_factory=dict, description="inline code lists: name -> ['system|code' or 'code']")
     rules: list[Rule] = Field(default_factory=list)
+    journeys: list[Journey] = Field(default_factory=list, description="journeys: ordered steps with one entry and exits")
 
 
 class Settings(_Strict):

@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy.engine import Engine
 
 from .patientctx import deceased_or_hospice
+from .. import purposes
 from ..rules.load import RuleSet
 from ..rules.sendtime import local_at, patient_zone
 from ..storage.privacy import chunks, read_privacy
@@ -118,10 +119,11 @@ class _Checks:
         self.rules: dict[str, Any] = {}
         for r in rs.rules:
             self.rules.setdefault(r.id, r)  # RuleSet.rule: the first rule of that id
-        self.phone_rules = {r.id for r in rs.rules if r.rule.purpose == "treatment-reminder" and r.rule.channel in PHONE_CHANNELS}
+        self.phone_rules = {r.id for r in rs.rules
+                            if purposes.fcc_healthcare_exemption(r.rule.purpose) and r.rule.channel in PHONE_CHANNELS}
         keys = sorted({t.patient_key for t in rows if t.patient_key})
         #: opt-outs, authorizations and consents under every key of each patient (merges followed)
-        self.privacy = read_privacy(u, keys, marketing=(t.patient_key for t in rows if t.purpose == "marketing"))
+        self.privacy = read_privacy(u, keys, marketing=(t.patient_key for t in rows if purposes.needs_authorization(t.purpose)))
         #: ("kind", patient, message_kind) or ("phone", patient) -> [fired in 24 h, fired in 7 days]
         self.counts: dict[tuple[Any, ...], list[int]] = {}
         #: the same keys -> [fired this calendar day, this calendar week] in the patient's zone
@@ -130,7 +132,7 @@ class _Checks:
         st = rs.settings
         used = [c for c in (st.caps, st.treatment_caps) if c.per_day is not None or c.per_week is not None]
         now = at.timestamp()
-        if any(c.per == "rolling" for c in used):
+        if rs.kind_caps or any(c.per == "rolling" for c in used):
             for part in chunks(keys):
                 for pk, rule_id, kind, day, week in q.fired_counts(u, part, day_from=now - DAY, week_from=now - WEEK):
                     self._add(self.counts, pk, rule_id, kind, int(day or 0), int(week))
@@ -162,11 +164,14 @@ class _Checks:
         opt_out = self.privacy.opt_out(pk, t.purpose)  # patient-wide rows; per-destination ones at send time
         if opt_out is not None:
             return f"patient opted out: {opt_out.reason}"
-        if t.purpose == "marketing" and not self.privacy.has_marketing_authorization(pk):
+        if purposes.needs_authorization(t.purpose) and not self.privacy.has_marketing_authorization(pk):
             return "marketing requires a recorded authorization (prior express written consent) for this patient"
         why = self.deceased_or_hospice.get(pk)
         if why:
             return why
+        if t.flag and purposes.drop_on_missing_data(t.purpose):
+            return f"not sent on data that could not be re-checked ({t.purpose} may be dropped on missing data): {t.flag}"
+
         return self.consent_denial(t) or self.caps(t)
 
     def consent_denial(self, t: Any) -> str | None:
@@ -185,7 +190,7 @@ class _Checks:
     def caps(self, t: Any) -> str | None:
         rule = self.rules.get(t.rule_id)
         key: tuple[str, ...]
-        if t.purpose == "treatment-reminder" and rule is not None and rule.rule.channel in PHONE_CHANNELS:
+        if purposes.fcc_healthcare_exemption(t.purpose) and rule is not None and rule.rule.channel in PHONE_CHANNELS:
             caps, label_kind, key = self.rs.settings.treatment_caps, "treatment calls/texts", ("phone", t.patient_key)
         else:
             caps, label_kind, key = self.rs.settings.caps, f"'{t.message_kind}' messages", ("kind", t.patient_key, t.message_kind)
@@ -198,6 +203,13 @@ class _Checks:
         for limit, n, span in ((caps.per_day, counts[0], spans[0]), (caps.per_week, counts[1], spans[1])):
             if limit is not None and n >= limit:
                 return f"cap reached: {n} {label_kind} to this patient {span} (limit {limit})"
+        journey_cap = self.rs.kind_caps.get(t.message_kind or "")
+        if journey_cap is not None:  # a journey's own cap: all its steps together (rules/journeys.py)
+            counts = self.counts.get(("kind", t.patient_key, t.message_kind), [0, 0])
+            for limit, n, label in ((journey_cap.per_day, counts[0], "24 hours"), (journey_cap.per_week, counts[1], "7 days")):
+                if limit is not None and n >= limit:
+                    return (f"journey cap reached: {n} '{t.message_kind}' messages to this patient in the last {label} "
+                            f"(limit {limit})")
         return None
 
 

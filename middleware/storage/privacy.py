@@ -32,6 +32,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Connection
 
+from .. import purposes as _purposes
 from .queries import privacy as _queries  # noqa: F401  (registers the privacy.* queries)
 from .sql import UnitOfWork
 from .tables import PatientRow, ResourceState
@@ -191,11 +192,7 @@ def _merged(by_key: dict[str, list[Any]], keys_of: dict[str, tuple[str, ...]], m
 # -- FHIR Consent evaluation (pure) --
 
 #: Our purpose names → HL7 v3 ActReason codes that express the same purpose of use.
-PURPOSE_CODES: dict[str, frozenset[str]] = {
-    "marketing": frozenset({"marketing", "HMARKT", "MARKT"}),
-    "treatment-reminder": frozenset({"treatment-reminder", "TREAT", "PATADMIN"}),
-    "care-coordination": frozenset({"care-coordination", "CAREMGT", "TREAT", "HOPERAT"}),
-}
+PURPOSE_CODES: dict[str, frozenset[str]] = {p.name: p.consent_codes for p in _purposes.PURPOSES.values()}
 
 
 def _parse_dt(value: Any) -> datetime | None:
@@ -218,7 +215,7 @@ def _purpose_matches(prov: dict[str, Any], purpose: str) -> bool | None:
     codes = prov.get("purpose") or []
     if not codes:
         return None
-    wanted = PURPOSE_CODES.get(purpose, frozenset({purpose}))
+    wanted = _purposes.consent_codes(purpose)
     return any(isinstance(c, dict) and c.get("code") in wanted for c in codes)
 
 

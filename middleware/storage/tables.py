@@ -182,6 +182,9 @@ class TriggerRow(SQLModel, table=True):
     updated_at: float
     fired_at: Optional[float] = None
     patient_id: Optional[str] = Field(default=None, max_length=40)  # internal id (PatientIdentity), stamped at write time
+    journey_id: Optional[str] = Field(default=None, max_length=128)  # the journey of a step rule (rules/journeys.py)
+    journey_step: Optional[int] = None  # 1-based step in the journey
+    flag: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))  # kept, not re-checked: why
 
 
 class DeliveryRow(SQLModel, table=True):

@@ -21,7 +21,7 @@ from httpx import AsyncClient
 from middleware.cli import main as cli
 from middleware.delivery.admin_audit import query
 from middleware.delivery.contact_keys import resolve
-from middleware.delivery.policy import contact_key
+from middleware.config.policy import contact_key
 from middleware.delivery.sink import SinkServer
 from middleware.delivery.worker import DeliveryWorker
 from middleware.keyring import contact_keyring, parse_keyring

@@ -13,7 +13,7 @@ import pytest
 import respx
 from httpx import AsyncClient, Response
 
-from middleware.delivery.policy import SENSITIVE_KEYS
+from middleware.config.policy import SENSITIVE_KEYS
 from middleware.delivery.sink import SinkServer
 from middleware.storage.tables import DeliveryRow, PatientIdentity, PatientRow, ResourceState, TriggerRow
 
@@ -26,7 +26,7 @@ LEAKY = {"description": "tries to leak", "rules": [{
     "id": "leaky-everything",
     "on": ["appointment.booked", "appointment.noshow", "appointment.cancelled", "appointment.fulfilled",
            "appointment.checked-in", "encounter.finished", "encounter.in-progress", "encounter.planned", "encounter.arrived"],
-    "purpose": "care-coordination",
+    "purpose": "care-coordination", "on_no_longer_matching": "cancel",
     "emit": {"trigger": "leaky", "destinations": ["webhook"], "payload": {
         "patient": "%patient", "mrn": "%patient.identifier.value.first()", "family": "%patient.name.family.first()",
         "dob": "%patient.birthDate", "phone": "%patient.telecom.value.first()", "codes": "serviceType.coding.code",

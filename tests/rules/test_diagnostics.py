@@ -16,6 +16,7 @@ rules:
   - id: r1
     on: [appointment.booked]
     purpose: treatment-reminder
+    on_no_longer_matching: cancel
     emit: {trigger: t1, destinations: [webhook]}
 """
 
@@ -39,7 +40,7 @@ def diag_for(mdir: Path, text: str) -> list[str]:
     (GOOD.replace("    on: [appointment.booked]", "    when: {aftr: 2d}\n    on: [appointment.booked]"), 3, 12, "unknown-field", "did you mean 'after'"),
     (GOOD.replace("appointment.booked", "appointment.bookd"), 3, 10, "unknown-event", "did you mean 'appointment.booked'"),
     (GOOD.replace("    purpose:", "    where: start.exists(\n    purpose:"), 4, 25, "fhirpath", "FHIRPath syntax: the expression ends"),
-    (GOOD.replace("[webhook]", "[webhok]"), 5, 40, "unknown-destination", "did you mean 'webhook'"),
+    (GOOD.replace("[webhook]", "[webhok]"), 6, 40, "unknown-destination", "did you mean 'webhook'"),
     (GOOD.replace("    purpose:", "    when: {after: 2 days}\n    purpose:"), 4, 12, "bad-duration", "'2 days' is not a duration"),
     (GOOD.replace("    purpose:", "    where: \"%patient.age > 3 and %agee > 2\"\n    purpose:"), 4, 34, "unknown-variable", "%agee (did you mean %age?)"),
     (GOOD.replace("    purpose:", "    where: serviceType.memberOf('comunity-discharge')\n    purpose:"), 4, 34, "unknown-valueset",

@@ -8,7 +8,7 @@ import pytest
 
 from middleware.cli import main
 from middleware.config.destinations import Policy
-from middleware.delivery.policy import outgoing, project
+from middleware.config.policy import outgoing, project
 from middleware.rules.load import load_ruleset
 
 REPO = Path(__file__).resolve().parents[2]

@@ -89,6 +89,7 @@ def test_reprocess_never_doubles_and_fills_gaps_after_a_fix(tmp_path, db_url):
     text = p.read_text().replace("  - id: noshow-reengagement", """  - id: appointment-booked-welcome
     on: [appointment.booked]
     purpose: care-coordination
+    on_no_longer_matching: cancel
     channel: email
     emit: {trigger: appointment_welcome, destinations: [webhook]}
 

@@ -125,7 +125,7 @@ def test_delivery_admin_filters_replay_and_pauses(engine: Engine) -> None:
 
 def test_disclosure_reads_and_contact_key_lookup(engine: Engine) -> None:
     from middleware.delivery import audit, contact_keys
-    from middleware.delivery.policy import contact_key
+    from middleware.config.policy import contact_key
     from middleware.keyring import ContactKeyring, ContactSecret
     from middleware.storage.tables import Disclosure, PatientRow
 

@@ -28,6 +28,7 @@ class DueTrigger(NamedTuple):
     resource_version: str | None
     dedup_key: str | None
     message_kind: str | None
+    flag: str | None  # kept on data that could not be re-checked (rules/recheck.py): why
 
 
 class FiredCount(NamedTuple):
@@ -56,7 +57,7 @@ query("scheduler.patient_resources", select(PATIENT.c.key, PATIENT.c.resource).w
 query("scheduler.next_due", select(func.min(_T.due_at)).where(_T.status == TriggerStatus.PENDING))
 query("scheduler.claim",
       select(_T.id, _T.rule_id, _T.name, _T.purpose, _T.destinations, _T.patient_key, _T.resource_key,
-             _T.resource_version, _T.dedup_key, _T.message_kind)
+             _T.resource_version, _T.dedup_key, _T.message_kind, _T.flag)
       .where(_T.status == TriggerStatus.PENDING, _T.due_at <= param("now")).order_by(_T.due_at).limit(param("limit"))
       .with_for_update(skip_locked=True),  # PostgreSQL only: SQLite renders no locking clause
       DueTrigger)

@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config.destinations import Policy
+from .destinations import Policy
 
 #: Keys whose values are identifiers, codes, notes or direct demographics.
 SENSITIVE_KEYS = frozenset(k.lower() for k in (
