@@ -1,15 +1,39 @@
 """The ``careloop`` command. Each module in this package that defines
-``register(subparsers)`` adds its subcommands; ``main`` discovers them."""
+``register(subparsers)`` adds its subcommands; ``main`` discovers them.
+
+User errors end a command with one line on stderr and a non-zero exit, never a traceback:
+argparse mistakes (one line naming the command and ``--help``), :class:`UserError` raised by
+a command, :class:`~middleware.storage.schema.SchemaError` (a database at another revision,
+missing or empty), malformed ``CARELOOP_*`` settings. Anything else is a bug; it is reported
+in one line too, and ``CARELOOP_DEBUG=1`` shows the traceback.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+from typing import NoReturn
+
+
+class UserError(Exception):
+    """A mistake the user can fix: printed as ``careloop <command>: <message>``, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``careloop send: argument --port: invalid int value: 'x' (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="careloop", description="FHIR-native integration and trigger middleware")
+    parser = Parser(prog="careloop", description="FHIR-native integration and trigger middleware")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if mod.name.startswith("_"):
@@ -21,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_of(args: argparse.Namespace, argv: list[str] | None) -> str:
+    words = [w for w in (argv if argv is not None else sys.argv[1:]) if not w.startswith("-")]
+    name = getattr(args, "command", None) or (words[0] if words else "")
+    return f"careloop {name}".strip()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -28,15 +58,43 @@ def main(argv: list[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
+    from pydantic import ValidationError
+
     from ..storage.schema import SchemaError
 
+    who = _command_of(args, argv)
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except UserError as exc:
+        print(f"{who}: {exc}", file=sys.stderr)
+        return exc.code
     except SchemaError as exc:  # serve, worker and every command that opens the database
         print(f"careloop: {exc}", file=sys.stderr)
         return 2
+    except ValidationError as exc:  # CARELOOP_* settings (pydantic-settings)
+        print(f"{who}: {settings_problem(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if os.environ.get("CARELOOP_DEBUG"):
+            raise
+        first = (str(exc).splitlines() or [""])[0][:300]
+        print(f"{who}: internal error: {type(exc).__name__}: {first} (CARELOOP_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def settings_problem(exc: object) -> str:
+    """One line for a settings validation error: the variable, what was expected, what was given."""
+    errors = exc.errors() if hasattr(exc, "errors") else []
+    if not errors:
+        return f"invalid settings: {exc}"
+    e = errors[0]
+    field = ".".join(str(p) for p in e.get("loc", ()))
+    got = e.get("input")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"CARELOOP_{field.upper()}: {e.get('msg', 'invalid')}, got {got!r}{more}"
 
 
 if __name__ == "__main__":  # pragma: no cover
