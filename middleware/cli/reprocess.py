@@ -78,9 +78,10 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
                 print(f"would re-run {n} failed/ignored inbound message(s) with the current mappings "
                       "(what they make shows only with --apply)")
     rep = reprocess(engine, rs, now=now, since=since, until=until, source=args.source, rules=only, apply=args.apply)
-    items = [{"action": p.what, "rule": p.rule_id, "contact_key": contact_key(secret, p.patient_key) if p.patient_key else None,
-              "trigger_id": p.trigger_id, "event_id": p.event_id, "due_at": _iso(p.due_at), "status": p.status,
-              "sends_now": p.sends_now, "destinations": p.destinations} for p in rep.planned]
+    items: list[dict[str, Any]] = [
+        {"action": p.what, "rule": p.rule_id, "contact_key": contact_key(secret, p.patient_key) if p.patient_key else None,
+         "trigger_id": p.trigger_id, "event_id": p.event_id, "due_at": _iso(p.due_at), "status": p.status,
+         "sends_now": p.sends_now, "destinations": p.destinations} for p in rep.planned]
     created = [p for p in rep.planned if p.what == "create"]
     counts = {"events": rep.events, "create": len(created),
               "create_pending": sum(1 for p in created if p.status == "pending"),
