@@ -42,13 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
         reg = getattr(module, "register", None)
         if reg is not None:
             reg(sub)
+    _name_leaves(parser)
     return parser
 
 
-def _command_of(args: argparse.Namespace, argv: list[str] | None) -> str:
-    words = [w for w in (argv if argv is not None else sys.argv[1:]) if not w.startswith("-")]
-    name = getattr(args, "command", None) or (words[0] if words else "")
-    return f"careloop {name}".strip()
+def _name_leaves(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command records its full name (``careloop audit export``) for its error lines."""
+    parser.set_defaults(prog_name=parser.prog)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _name_leaves(child)
+
+
+def _command_of(args: argparse.Namespace) -> str:
+    return str(getattr(args, "prog_name", None) or "careloop")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..storage.schema import SchemaError
 
-    who = _command_of(args, argv)
+    who = _command_of(args)
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from . import UserError
 from .serve import add_common, open_data, settings_from
 
 
@@ -15,8 +16,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     rows = disclosures_for(engine, args.patient, destination=args.destination)
     text = to_csv(rows) if args.format == "csv" else json.dumps({"patient_key": args.patient, "items": rows}, indent=2) + "\n"
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        try:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise UserError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     else:
         sys.stdout.write(text)
     return 0

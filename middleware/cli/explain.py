@@ -23,12 +23,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if missing:
         print(f"careloop explain: no such file: {missing[0]}", file=sys.stderr)
         return 2
+    from ._times import parse_time
+
+    now = parse_time(args.now, "--now") if args.now else datetime.now(timezone.utc)
     rs = load_rules_or_report(args.mappings)
     if rs is None:
         return 1
-    now = datetime.fromisoformat(args.now) if args.now else datetime.now(timezone.utc)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
     dry = DryRun(rs, now)
     out_events: list[dict[str, Any]] = []
     rc = 0

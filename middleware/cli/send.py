@@ -60,8 +60,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not paths:
         print("careloop send: give files or --samples", file=sys.stderr)
         return 2
+    payloads = []
+    for p in paths:
+        try:
+            payloads.append(read_message(p))
+        except OSError as exc:
+            print(f"careloop send: cannot read {p}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     try:
-        payloads = [read_message(p) for p in paths]
         acks = send_messages(args.host, args.port, payloads)
     except OSError as exc:
         print(f"careloop send: {exc.strerror or exc} ({args.host}:{args.port})", file=sys.stderr)

@@ -117,7 +117,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"careloop subscriptions: timed out after {timeout_s:g} s waiting for the FHIR server to answer {what}",
               file=sys.stderr)
     except httpx.HTTPError as exc:
-        print(f"careloop subscriptions: the FHIR server did not answer ({type(exc).__name__}: {exc})", file=sys.stderr)
+        try:
+            where = f" at {exc.request.url.scheme}://{exc.request.url.netloc.decode()}"
+        except RuntimeError:
+            where = ""
+        print(f"careloop subscriptions: the FHIR server{where} did not answer ({type(exc).__name__}: {exc})", file=sys.stderr)
     return 1
 
 
