@@ -35,14 +35,15 @@ def _quiet_hours_off(m: Path) -> None:
                            for ln in p.read_text().splitlines()) + "\n")
 
 
-@pytest.fixture
-def stored(tmp_path: Path, mappings_dir: Path, monkeypatch: pytest.MonkeyPatch):
-    """A database holding one booked appointment (its reminders long past), and mappings
-    with a new rule that the stored event would have fired (a "mapping fix")."""
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def stored(request: pytest.FixtureRequest, tmp_path: Path, mappings_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """A database (SQLite, PostgreSQL) holding one booked appointment (its reminders long past),
+    and mappings with a new rule that the stored event would have fired (a "mapping fix")."""
     _quiet_hours_off(mappings_dir)
     rs, _ = load_ruleset(mappings_dir)
-    db = tmp_path / "care.db"
-    engine = make_engine(f"sqlite:///{db}", synchronous="OFF")
+    db = (f"sqlite:///{tmp_path / 'care.db'}" if request.param == "sqlite"
+          else str(request.getfixturevalue("postgres_url")))
+    engine = make_engine(db)
     init_db(engine)
     raw = (FIXTURES / "hl7" / "siu_s12_v23.hl7").read_bytes()
     with Session(engine) as s:
@@ -57,16 +58,18 @@ def stored(tmp_path: Path, mappings_dir: Path, monkeypatch: pytest.MonkeyPatch):
     return db, engine, raw
 
 
-def _counts(db: Path) -> tuple[int, int]:
-    con = sqlite3.connect(db)
+def _counts(db: str) -> tuple[int, ...]:
+    engine = make_engine(db)
     try:
-        return (con.execute('SELECT COUNT(*) FROM "trigger"').fetchone()[0],
-                con.execute("SELECT COUNT(*) FROM delivery").fetchone()[0])
+        with engine.connect() as conn:
+            return tuple(conn.exec_driver_sql(sql).scalar_one() for sql in (
+                'SELECT COUNT(*) FROM "trigger"', "SELECT COUNT(*) FROM delivery",
+                "SELECT COALESCE(SUM(LENGTH(resource)), 0) + COUNT(*) FROM event"))
     finally:
-        con.close()
+        engine.dispose()
 
 
-def _deliver(engine, mappings: Path, db: Path, monkeypatch, sink: SinkServer) -> None:
+def _deliver(engine, mappings: Path, db: str, monkeypatch, sink: SinkServer) -> None:
     rs, _ = load_ruleset(mappings)
     Scheduler(engine, lambda: rs).fire_due()
     monkeypatch.setenv("CARELOOP_WEBHOOK_URL", sink.url + "/hooks")
