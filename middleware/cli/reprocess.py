@@ -36,6 +36,25 @@ def check_rules(wanted: list[str] | None, known: list[str]) -> set[str] | None:
     return set(wanted)
 
 
+def _condition_resolver(rs: Any, timeout_s: float) -> Any:
+    """CarePlan ``%conditions`` read from each source's FHIR server (outbound policy applies)."""
+    from ..listeners.fhir_fetch import FhirFetcher
+    from ..normalize.fhir import to_r4
+    from ..pipeline.conditions import ConditionResolver
+
+    fetchers: dict[str, Any] = {}
+
+    def fetcher_for(name: str) -> Any:
+        src = rs.sources.get(name)
+        if src is None:
+            return None
+        if name not in fetchers:
+            fetchers[name] = FhirFetcher.for_source(src, timeout_s=timeout_s)
+        return fetchers[name]
+
+    return ConditionResolver(fetcher_for, convert=to_r4)
+
+
 def cmd_reprocess(args: argparse.Namespace) -> int:
     from ..delivery.policy import contact_key
     from ..keyring import contact_keyring
@@ -77,7 +96,8 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"would re-run {n} failed/ignored inbound message(s) with the current mappings "
                       "(what they make shows only with --apply)")
-    rep = reprocess(engine, rs, now=now, since=since, until=until, source=args.source, rules=only, apply=args.apply)
+    rep = reprocess(engine, rs, now=now, since=since, until=until, source=args.source, rules=only, apply=args.apply,
+                    conditions=_condition_resolver(rs, settings.fhir_request_timeout_s))
     items: list[dict[str, Any]] = [
         {"action": p.what, "rule": p.rule_id, "contact_key": contact_key(secret, p.patient_key) if p.patient_key else None,
          "trigger_id": p.trigger_id, "event_id": p.event_id, "due_at": _iso(p.due_at), "status": p.status,

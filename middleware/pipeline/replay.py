@@ -30,17 +30,51 @@ from ..scheduler.patientctx import hospice_for
 from ..storage.rawsql import Raw
 from ..storage.tables import EventRow, InboundMessage, TriggerRow
 from .changes import ChangeResult, dumps, load_patient, on_event
+from .conditions import ConditionResolver
 
 log = logging.getLogger("careloop.replay")
 
 
-def event_from_row(row: EventRow) -> ClinicalEvent:
-    """The ClinicalEvent a stored event row was (``%previous`` is not stored: empty)."""
+def event_from_row(row: EventRow, conditions: ConditionResolver | None = None,
+                   base_url: str | None = None) -> ClinicalEvent:
+    """The ClinicalEvent a stored event row was (``%previous`` is not stored: empty). A CarePlan's
+    ``%conditions`` come from ``conditions`` (already prefetched), else from contained ones only."""
+    resource = orjson.loads(row.resource)
+    conds = (conditions.lookup(row.source, resource, base_url)
+             if conditions is not None and row.resource_type == "CarePlan" else None)
     return ClinicalEvent(
         type=row.type, previous_status=row.previous_status, status=row.status, resource_type=row.resource_type,
-        resource_key=row.resource_key, patient_key=row.patient_key, resource=orjson.loads(row.resource), previous=None,
+        resource_key=row.resource_key, patient_key=row.patient_key, resource=resource, previous=None,
         source=row.source, arrival=row.arrival, occurred_at=datetime.fromtimestamp(row.occurred_at, tz=timezone.utc),
+        conditions=conds,
     )
+
+
+def prefetch_conditions(engine: Engine, rs: RuleSet, resolver: ConditionResolver, *, since: datetime | None = None,
+                        until: datetime | None = None, source: str | None = None) -> int:
+    """Read (network, outside any write transaction) the Conditions of the stored CarePlan events
+    a replay will see; return how many plans were looked at."""
+    n, last = 0, 0
+    while True:
+        with Session(engine) as s:
+            stmt = select(EventRow.id, EventRow.source, EventRow.resource).where(
+                col(EventRow.id) > last, EventRow.resource_type == "CarePlan")
+            if since:
+                stmt = stmt.where(EventRow.occurred_at >= since.timestamp())
+            if until:
+                stmt = stmt.where(EventRow.occurred_at < until.timestamp())
+            if source:
+                stmt = stmt.where(EventRow.source == source)
+            rows = list(s.exec(stmt.order_by(col(EventRow.id)).limit(500)))
+        if not rows:
+            return n
+        for eid, src, body in rows:
+            last = eid or last
+            plan = orjson.loads(body)
+            if plan.get("addresses"):
+                src_cfg = rs.sources.get(src)
+                resolver.prefetch(src, plan, src_cfg.fhir.version if src_cfg else "R4")
+                n += 1
 
 
 @dataclass
@@ -91,12 +125,16 @@ def _rows(conn_or_raw: Any, ids: list[int]) -> dict[int, tuple[Any, ...]]:
 def reprocess(
     engine: Engine, rs: RuleSet, *, now: datetime, since: datetime | None = None, until: datetime | None = None,
     source: str | None = None, rules: set[str] | None = None, batch: int = 500, apply: bool = True,
+    conditions: ConditionResolver | None = None,
 ) -> ReplayReport:
     """Replay stored events (oldest first, in batches) through the current rules.
 
     ``apply=False`` is a preview: the same replay runs in one transaction that is rolled back,
     so nothing is written (and so nothing can be sent); ``planned`` lists what it would create,
-    move and cancel, read inside the transaction before the rollback."""
+    move and cancel, read inside the transaction before the rollback. ``conditions``: CarePlan
+    ``%conditions`` are read from the FHIR sources first (:func:`prefetch_conditions`)."""
+    if conditions is not None:
+        prefetch_conditions(engine, rs, conditions, since=since, until=until, source=source)
     rep = ReplayReport(applied=apply)
     last_id = 0
     with engine.connect() as conn:
@@ -117,9 +155,9 @@ def reprocess(
             if not rows:
                 break
             for row in rows:
-                ev = event_from_row(row)
-                result = ChangeResult()
                 row_source = rs.sources.get(row.source)
+                ev = event_from_row(row, conditions, row_source.fhir.base_url if row_source else None)
+                result = ChangeResult()
                 zone = row_source.hl7.timezone if row_source else None
                 on_event(s, ev, row, rs, now=now, patient=load_patient(s, ev.patient_key), source_zone=zone,
                          result=result, only=rules, cancel_only_ids=rep.created_ids)
@@ -259,6 +297,9 @@ def _reevaluate(s: Session, t: TriggerRow, rs: RuleSet, now: datetime, note: str
     decisions = evaluate(ev, rs, now=now, patient=load_patient(s, ev.patient_key), hospice=hospice_for(s, ev.patient_key, rs),
                          source_zone=src.hl7.timezone if src else None, only={t.rule_id})
     d = decisions[0] if decisions else None
+    if d is not None and d.status == "unevaluable":  # not false: the trigger stays as it was
+        t.reason = f"{note}: kept, {d.reason}"
+        return
     if d is None or not d.fired:
         t.status, t.reason = "cancelled", f"{note}: no longer applies ({d.reason if d else 'event no longer listened to'})"
     elif d.status != "pending":

@@ -185,3 +185,23 @@ def test_processor_prefetches_and_fires(stub, mappings_dir, engine):
     with Session(engine) as s:
         fired = [t.resource_key for t in s.exec(select(TriggerRow).where(TriggerRow.rule_id == "careplan-diabetes-enrollment"))]
     assert fired == ["CarePlan/cp1"]
+
+
+def test_reprocess_evaluates_again_once_the_source_answers(stub, mappings_dir, engine, monkeypatch, capsys):
+    from middleware.cli import main as cli
+
+    rs = _mappings(mappings_dir, stub.base)
+    h = FhirHandler(Planner(rs))
+    stub.fail = [(503, {})] * 40  # down while the plan arrives: unevaluable, nothing fired
+    assert _decide(h, engine, rs, _item(1, _plan("cp1", "Condition/dm"))).status == "unevaluable"
+    stub.fail = []
+    monkeypatch.delenv("CARELOOP_DATABASE_URL", raising=False)
+    db = ["--database", str(engine.url), "--mappings", str(mappings_dir), "--rule", "careplan-diabetes-enrollment"]
+    assert cli(["reprocess", *db]) == 0
+    out = capsys.readouterr().out
+    assert "would create 1 trigger(s) (1 pending" in out and "careplan-diabetes-enrollment" in out, out
+    assert "/fhir/Condition/dm" in stub.requests  # read by the replay (before its transaction)
+    assert cli(["reprocess", "--apply", *db]) == 0
+    with Session(engine) as s:
+        assert [t.resource_key for t in s.exec(select(TriggerRow).where(
+            TriggerRow.rule_id == "careplan-diabetes-enrollment"))] == ["CarePlan/cp1"]
