@@ -39,6 +39,15 @@ class Normalized:
 
 
 @dataclass(frozen=True)
+class Conditions:
+    """``%conditions`` of a CarePlan: the Conditions its ``addresses`` references, or, when some
+    could not be read, why (rules using ``%conditions`` then cannot be evaluated)."""
+
+    items: tuple[dict[str, Any], ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class ResourceChange:
     """A resource as now known, with the version it replaces (if any)."""
 
@@ -49,6 +58,7 @@ class ResourceChange:
     arrival: str  # "message" | "notification" | "reconcile" | "backfill"
     occurred_at: datetime
     deleted: bool = False
+    conditions: Conditions | None = None  # CarePlan ``addresses`` read from the FHIR source (``pipeline/conditions.py``)
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,7 @@ class ClinicalEvent:
     source: str
     arrival: str
     occurred_at: datetime
+    conditions: Conditions | None = None  # ``%conditions`` when the pipeline resolved them; None: contained only
 
 
 @dataclass(slots=True)

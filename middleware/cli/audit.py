@@ -6,19 +6,21 @@ import argparse
 import json
 import sys
 
-from .serve import add_common, settings_from
+from . import UserError
+from .serve import add_common, open_data, settings_from
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from ..delivery.audit import disclosures_for, to_csv
-    from ..storage.schema import open_database
-
-    engine = open_database(settings_from(args).database_url)
+    engine = open_data(settings_from(args))
     rows = disclosures_for(engine, args.patient, destination=args.destination)
     text = to_csv(rows) if args.format == "csv" else json.dumps({"patient_key": args.patient, "items": rows}, indent=2) + "\n"
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        try:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            raise UserError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     else:
         sys.stdout.write(text)
     return 0
@@ -26,15 +28,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_admin(args: argparse.Namespace) -> int:
     from ..delivery.admin_audit import parse_since, query
-    from ..storage.db import init_db, make_engine
 
     try:
         since = parse_since(args.since) if args.since else None
     except ValueError as exc:
         print(f"careloop audit admin: {exc}", file=sys.stderr)
         return 2
-    engine = make_engine(settings_from(args).database_url)
-    init_db(engine)
+    engine = open_data(settings_from(args))
     rows, next_before = query(engine, action=args.action, actor=args.actor, since=since, before_id=args.before_id,
                               limit=args.limit)
     if args.json:

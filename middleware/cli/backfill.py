@@ -4,14 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .serve import add_common, load_rules_or_report, settings_from
+from .serve import add_common, load_rules_or_report, open_data, settings_from
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
     from ..pipeline.backfill import backfill
     from ..listeners.fhir_fetch import FetchError, FhirFetcher
-    from ..storage.schema import open_database
-
     settings = settings_from(args)
     rs = load_rules_or_report(settings.mappings_dir)
     if rs is None:
@@ -24,7 +22,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if fetcher is None:
         print(f"careloop backfill: source {source.name} has no fhir.base_url", file=sys.stderr)
         return 2
-    engine = open_database(settings.database_url)
+    engine = open_data(settings)
     try:
         rep = backfill(engine, rs, source, fetcher, args.types, use_export=False if args.no_export else None, page=args.page,
                        deadline_s=settings.fhir_backfill_timeout_s)

@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .serve import add_common, settings_from
+from .serve import add_common, open_data, settings_from
+
+
+def _keyring(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from ..keyring import contact_keyring
+
+    return contact_keyring(settings_from(args))
 
 
 def _setup(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from ..keyring import contact_keyring
-    from ..storage.db import init_db, make_engine
-
-    settings = settings_from(args)
-    keyring = contact_keyring(settings)
-    engine = make_engine(settings.database_url)
-    init_db(engine)
-    return keyring, engine
+    keyring = _keyring(args)
+    return keyring, open_data(settings_from(args))
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -30,11 +30,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..delivery.contact_keys import export_mapping
 
     try:
-        keyring, engine = _setup(args)
+        keyring = _keyring(args)
         keyring.get(args.from_version), keyring.get(args.to_version)
     except (ValueError, KeyError) as exc:
         print(f"careloop contact-keys export: {str(exc).strip(chr(39))}", file=sys.stderr)
         return 2
+    engine = open_data(settings_from(args))
     target = f"{args.from_version}->{args.to_version}"
     try:
         with open(args.out, "w", encoding="utf-8", newline="") as fh:

@@ -50,13 +50,18 @@ def cmd_upgrade(args: argparse.Namespace) -> int:
 def cmd_current(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ..storage.schema import state
+    from ..storage.schema import SchemaError, require_existing, state
 
+    try:
+        require_existing(settings_from(args).database_url)
+    except SchemaError as exc:
+        return _fail(str(exc))
     engine = _engine(args)
     try:
         st = state(engine)
     except SQLAlchemyError as exc:
-        return _fail(f"cannot read the database ({type(exc).__name__})")
+        return _fail(f"cannot read the database ({type(exc).__name__}: "
+                     f"{(str(getattr(exc, 'orig', None) or exc).strip().splitlines() or ['?'])[0]})")
     finally:
         engine.dispose()
     if st.kind == "current":

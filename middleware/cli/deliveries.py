@@ -13,14 +13,12 @@ import asyncio
 import json
 import sys
 
-from .serve import add_common, load_rules_or_report, settings_from
+from .serve import add_common, load_rules_or_report, open_data, settings_from
 
 
 def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from ..storage.schema import open_database
-
     settings = settings_from(args)
-    engine = open_database(settings.database_url)
+    engine = open_data(settings)
     return settings, engine
 
 

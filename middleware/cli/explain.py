@@ -16,6 +16,18 @@ def _iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat() if ts else None
 
 
+def _site_time(text: str, flag: str, zone: ZoneInfo) -> datetime:
+    """An ISO time (or a relative one such as ``-2d``); written without an offset, it is read in the site's zone."""
+    from ._times import parse_time
+
+    at = parse_time(text, flag)
+    try:
+        naive = datetime.fromisoformat(text.strip()).tzinfo is None
+    except ValueError:
+        naive = False
+    return at.replace(tzinfo=zone) if naive else at
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from ..pipeline.dryrun import DryRun
     from .serve import load_rules_or_report
@@ -37,17 +49,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     zone = ZoneInfo(rs.settings.site_timezone)
     first = specs[0][1] if specs else None
     if args.now:
-        try:
-            now = datetime.fromisoformat(args.now)
-        except ValueError:
-            print(f"careloop explain: --now {args.now!r} is not an ISO 8601 time (e.g. 2026-03-01T09:00)", file=sys.stderr)
-            return 2
+        now = _site_time(args.now, "--now", zone)
     elif first is not None and not first.startswith(("+", "-")):
-        now = datetime.fromisoformat(first)
+        now = _site_time(first, f"{specs[0][0]}@", zone)
     else:
         now = datetime.now(timezone.utc)
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=zone)
     dry = DryRun(rs, now)
     out_events: list[dict[str, Any]] = []
     rc = 0

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import UserError
+
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from ..rules.golden import load_cases, test_files
@@ -44,10 +46,13 @@ def schema_texts() -> dict[str, str]:
 def cmd_schema(args: argparse.Namespace) -> int:
     texts = schema_texts()
     if args.write:
-        args.write.mkdir(parents=True, exist_ok=True)
-        for name, text in texts.items():
-            (args.write / name).write_text(text, encoding="utf-8")
-            print(f"wrote {args.write / name}")
+        try:
+            args.write.mkdir(parents=True, exist_ok=True)
+            for name, text in texts.items():
+                (args.write / name).write_text(text, encoding="utf-8")
+                print(f"wrote {args.write / name}")
+        except OSError as exc:
+            raise UserError(f"cannot write the schema files into {args.write}: {exc.strerror or exc}") from None
         return 0
     sys.stdout.write(texts["rules-test.schema.json" if args.tests else "rules.schema.json"])
     return 0
@@ -95,9 +100,21 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
     s = get_settings()
     headers = {"Authorization": f"Bearer {s.api_token}"} if s.api_token else {}
-    r = httpx.post(f"{args.url.rstrip('/')}/api/mappings/reload", headers=headers, timeout=30)
+    if not args.url.startswith(("http://", "https://")):
+        raise UserError(f"--url {args.url!r} is not an http(s) URL of a running careloop (e.g. http://127.0.0.1:8080)")
+    url = f"{args.url.rstrip('/')}/api/mappings/reload"
+    try:
+        r = httpx.post(url, headers=headers, timeout=30)
+    except httpx.TimeoutException:
+        raise UserError(f"careloop at {args.url} did not answer within 30 s") from None
+    except httpx.HTTPError as exc:
+        raise UserError(f"cannot reach careloop at {args.url} ({type(exc).__name__}: {exc}); "
+                        "is `careloop serve` running there?") from None
     if r.status_code != 200:
-        detail = r.json().get("detail", {})
+        try:
+            detail = r.json().get("detail", {})
+        except ValueError:
+            raise UserError(f"{url} answered HTTP {r.status_code}, not careloop's reload answer") from None
         for e in detail.get("errors", []) if isinstance(detail, dict) else [str(detail)]:
             print(e, file=sys.stderr)
         running = detail.get('running_version') if isinstance(detail, dict) else '?'

@@ -5,15 +5,13 @@ import argparse
 import json
 import time
 
-from .serve import add_common, settings_from
+from .serve import add_common, open_data, settings_from
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ..delivery.retention import purge
-    from ..storage.schema import open_database
-
     settings = settings_from(args)
-    engine = open_database(settings.database_url)
+    engine = open_data(settings)
     from ..delivery.admin_audit import cli_actor, record
 
     days = args.days or settings.retention_days

@@ -80,8 +80,13 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not paths:
         print("careloop send: give files or --samples", file=sys.stderr)
         return 2
+    for p in paths[len(payloads):]:  # the samples are read (and re-dated) already
+        try:
+            payloads.append(read_message(p))
+        except OSError as exc:
+            print(f"careloop send: cannot read {p}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
     try:
-        payloads += [read_message(p) for p in paths[len(payloads):]]
         acks = send_messages(args.host, args.port, payloads)
     except OSError as exc:
         print(f"careloop send: {exc.strerror or exc} ({args.host}:{args.port})", file=sys.stderr)

@@ -22,15 +22,34 @@ def _is_loopback(host: str) -> bool:
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--database-url", help="SQLite (default) or postgresql:// URL [CARELOOP_DATABASE_URL]")
+    p.add_argument("--database", "--database-url", dest="database_url", metavar="PATH|URL",
+                   help="a SQLite file, sqlite:/// or postgresql:// URL [CARELOOP_DATABASE_URL]; "
+                        "default .careloop/careloop.db, which only `serve` creates")
     p.add_argument("--mappings", type=Path, dest="mappings_dir", help="mappings directory [CARELOOP_MAPPINGS_DIR]")
+
+
+def database_url_of(value: str | None) -> str | None:
+    """``--database``: a URL as it is, a plain path as the SQLite file it names."""
+    if not value or "://" in value or value.startswith("sqlite:"):
+        return value
+    return f"sqlite:///{Path(value).expanduser().resolve()}"
 
 
 def settings_from(args: argparse.Namespace, **more: object):  # type: ignore[no-untyped-def]
     from ..settings import get_settings
 
     keys = ("database_url", "mappings_dir", "http_host", "http_port", "mllp_host", "mllp_port", "api_token")
-    return get_settings(**{k: getattr(args, k, None) for k in keys}, **more)
+    given = {k: getattr(args, k, None) for k in keys}
+    given["database_url"] = database_url_of(given["database_url"])
+    return get_settings(**given, **more)
+
+
+def open_data(settings: object):  # type: ignore[no-untyped-def]
+    """The engine of an existing careloop database (commands that read or change data): a
+    missing file or an empty database is refused with one line (``SchemaError``), never created."""
+    from ..storage.schema import open_database
+
+    return open_database(settings.database_url, existing=True)  # type: ignore[attr-defined]
 
 
 def load_rules_or_report(directory: object):  # type: ignore[no-untyped-def]

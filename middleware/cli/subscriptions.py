@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .serve import add_common, settings_from
+from .serve import add_common, open_data, settings_from
 
 TAG_SYSTEM = "urn:careloop:subscription"
 DEFAULT_DIR = Path("subscriptions")
@@ -117,7 +117,11 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"careloop subscriptions: timed out after {timeout_s:g} s waiting for the FHIR server to answer {what}",
               file=sys.stderr)
     except httpx.HTTPError as exc:
-        print(f"careloop subscriptions: the FHIR server did not answer ({type(exc).__name__}: {exc})", file=sys.stderr)
+        try:
+            where = f" at {exc.request.url.scheme}://{exc.request.url.netloc.decode()}"
+        except RuntimeError:
+            where = ""
+        print(f"careloop subscriptions: the FHIR server{where} did not answer ({type(exc).__name__}: {exc})", file=sys.stderr)
     return 1
 
 
@@ -209,7 +213,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from ..pipeline.fhir_state import hwm_key, kv_get, kv_prefix, parse_instant, reconcile_key
     from ..rules.load import load_ruleset
-    from ..storage.schema import open_database
     from ..storage.tables import InboundMessage
 
     settings = settings_from(args)
@@ -229,7 +232,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                       f"criteria={found.get('criteria')}")
         except Exception as exc:  # report and carry on with local state
             print(f"server {source.fhir.base_url}: unreachable ({type(exc).__name__})")
-    engine = open_database(settings.database_url)
+    engine = open_data(settings)
     now = time.time()
     with Session(engine) as s:
         last = s.exec(select(func.max(InboundMessage.received_at)).where(

@@ -46,6 +46,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return report_secrets(problems, "worker", beyond)
     if args.metrics_port:
         print("careloop worker: --metrics-port serves /metrics for this worker", file=sys.stderr)
+    from ..storage.schema import require_existing
+
+    require_existing(settings.database_url)  # a worker never starts a new SQLite file: `serve` does
     try:
         rt = Runtime(settings)
     except ConfigError as exc:

@@ -242,7 +242,7 @@ def apply_change(
         ev = ClinicalEvent(
             type=etype, previous_status=pstatus, status=status, resource_type=rtype, resource_key=key,
             patient_key=patient_key, resource=shown, previous=prev, source=change.source, arrival=change.arrival,
-            occurred_at=change.occurred_at,
+            occurred_at=change.occurred_at, conditions=change.conditions,
         )
         if evaluate_rules:
             on_event(session, ev, row, rs, now=now, patient=patient, source_zone=source_zone, result=res, nth=nth, raw=db)
@@ -318,6 +318,9 @@ def on_event(
         apply_exclusive(decisions, rs, lambda rule_ids: _holds(db, rule_ids, ev.resource_key))
     result.decisions.append((ev, decisions))
     for d in decisions:
+        if d.status == "unevaluable":
+            log.warning("rule cannot be evaluated", extra={"action": "rules.unevaluable", "rule_id": d.rule_id,
+                                                            "event_id": row.id})
         if not d.fired:
             continue
         tid = _record_trigger(db, ev, row, d, rs, nowts, result)

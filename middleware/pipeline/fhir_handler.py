@@ -15,6 +15,8 @@ Fetches are asked of a :class:`FetchPlanner` (the reconciler), which stores what
 back into the inbox, so no network call happens while the processor holds the database;
 the exceptions are a ``_history`` read of the previous version when a transition needs it
 and the state is missing, and the Patient read for patient identity (both short, cached).
+A CarePlan's ``addresses`` (``%conditions``) are read only in :meth:`FhirHandler.prefetch`,
+before the write lock (``pipeline/conditions.py``); inside it only the cache is consulted.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from ..normalize.fhir import mr_key, patient_id, patient_key_from_reference, pat
 from ..normalize.fhir_notification import Notification, parse_notification
 from ..rules.load import RuleSet
 from ..storage.rawsql import Raw
+from .conditions import ConditionResolver
 from .changes import (ChangeResult, StateRow, apply_change, dumps, load_state, lookup_identity, remember_identity,
                       resolve_key, save_state, upsert_patient)
 from .fhir_state import kv_get, kv_set, parse_instant, pending_key, sub_key
@@ -113,6 +116,11 @@ class FhirHandler:
         self.miss_ttl_s = miss_ttl_s
         self._down: dict[str, float] = {}  # source -> monotonic time until which its server is not asked
         self.down_s = down_s
+        self.conditions = ConditionResolver(self._fetcher_for, convert=to_r4, down_s=down_s,
+                                            is_down=lambda s: self._down.get(s, 0) > time.monotonic())
+
+    def _fetcher_for(self, source: str) -> Any:
+        return self.planner.fetcher(source) if self.planner is not None else None
 
     def __call__(self, session: Session, msg: InboundItem, rs: RuleSet, now: datetime) -> ChangeResult:
         if session.get_bind().dialect.name == "sqlite":
@@ -151,8 +159,11 @@ class FhirHandler:
         occurred = parse_instant((r4.get("meta") or {}).get("lastUpdated")) or now
         if arrival in ("notification", "reconcile"):
             self._seed_previous(session, source, r4, pkey, now)
+        conditions = None
+        if rtype == "CarePlan":
+            conditions = self.conditions.lookup(source.name, r4, source.fhir.base_url)
         change = ResourceChange(resource=r4, previous=None, patient_key=pkey, source=source.name, arrival=arrival,
-                                occurred_at=occurred)
+                                occurred_at=occurred, conditions=conditions)
         res = apply_change(session, change, rs, now=now, inbound_id=inbound_id, source_zone=self._zone(source))
         if res.key:  # a body-less DELETE names <source>|<Type>/<id>: map it to the stored key
             remember_identity(session, f"{FHIR_ID}{source.name}|{r4['resourceType']}/{r4.get('id')}", res.key)
@@ -251,18 +262,37 @@ class FhirHandler:
         return ChangeResult(note="patient stored")
 
     def prefetch(self, msg: InboundItem) -> None:
-        """Read the message's Patient now (network), before the processor takes the write lock."""
-        if not (msg.meta and '"kind":"resource"' in msg.meta and self.planner is not None):
+        """Read the message's Patient and a CarePlan's Conditions now (network), before the
+        processor takes the write lock."""
+        if not (msg.meta and self.planner is not None):
+            return
+        kind = orjson.loads(msg.meta).get("kind")
+        if kind not in ("resource", "notification", "bundle"):
             return
         try:
             source = self._source_for(msg)
             if source is None:
                 return
-            res = orjson.loads(bytes(msg.raw))
-            if res.get("resourceType") in source.fhir.resource_types:
-                self.resolve_patient(source, to_r4(res, source.fhir.version))
+            doc = orjson.loads(bytes(msg.raw))
+            if kind == "resource":
+                if doc.get("resourceType") in source.fhir.resource_types:
+                    r4 = to_r4(doc, source.fhir.version)
+                    self.resolve_patient(source, r4)
+                    self._prefetch_conditions(source, r4)
+                return
+            if b'"CarePlan"' not in bytes(msg.raw):
+                return
+            resources = (parse_notification(doc).resources if kind == "notification"
+                         else [e.get("resource") for e in doc.get("entry") or [] if isinstance(e.get("resource"), dict)])
+            for res in resources:
+                if isinstance(res, dict) and res.get("resourceType") == "CarePlan":
+                    self._prefetch_conditions(source, to_r4(res, source.fhir.version))
         except Exception:  # the locked pass tries again and reports
             return
+
+    def _prefetch_conditions(self, source: Source, r4: dict[str, Any]) -> None:
+        if r4.get("resourceType") == "CarePlan" and r4.get("addresses"):
+            self.conditions.prefetch(source.name, r4, source.fhir.version)
 
     def _source_for(self, msg: InboundItem) -> Source | None:
         planner_sources = getattr(self.planner, "sources", None)

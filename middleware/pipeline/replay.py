@@ -17,28 +17,81 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import orjson
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, func, select
 
 from ..model import ClinicalEvent
 from ..rules.evaluate import evaluate
 from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for
+from ..storage.rawsql import Raw
 from ..storage.tables import EventRow, InboundMessage, TriggerRow
 from .changes import ChangeResult, dumps, load_patient, on_event
+from .conditions import ConditionResolver
 
 log = logging.getLogger("careloop.replay")
 
 
-def event_from_row(row: EventRow) -> ClinicalEvent:
-    """The ClinicalEvent a stored event row was (``%previous`` is not stored: empty)."""
+def event_from_row(row: EventRow, conditions: ConditionResolver | None = None,
+                   base_url: str | None = None) -> ClinicalEvent:
+    """The ClinicalEvent a stored event row was (``%previous`` is not stored: empty). A CarePlan's
+    ``%conditions`` come from ``conditions`` (already prefetched), else from contained ones only."""
+    resource = orjson.loads(row.resource)
+    conds = (conditions.lookup(row.source, resource, base_url)
+             if conditions is not None and row.resource_type == "CarePlan" else None)
     return ClinicalEvent(
         type=row.type, previous_status=row.previous_status, status=row.status, resource_type=row.resource_type,
-        resource_key=row.resource_key, patient_key=row.patient_key, resource=orjson.loads(row.resource), previous=None,
+        resource_key=row.resource_key, patient_key=row.patient_key, resource=resource, previous=None,
         source=row.source, arrival=row.arrival, occurred_at=datetime.fromtimestamp(row.occurred_at, tz=timezone.utc),
+        conditions=conds,
     )
+
+
+def prefetch_conditions(engine: Engine, rs: RuleSet, resolver: ConditionResolver, *, since: datetime | None = None,
+                        until: datetime | None = None, source: str | None = None) -> int:
+    """Read (network, outside any write transaction) the Conditions of the stored CarePlan events
+    a replay will see; return how many plans were looked at."""
+    n, last = 0, 0
+    while True:
+        with Session(engine) as s:
+            stmt = select(EventRow.id, EventRow.source, EventRow.resource).where(
+                col(EventRow.id) > last, EventRow.resource_type == "CarePlan")
+            if since:
+                stmt = stmt.where(EventRow.occurred_at >= since.timestamp())
+            if until:
+                stmt = stmt.where(EventRow.occurred_at < until.timestamp())
+            if source:
+                stmt = stmt.where(EventRow.source == source)
+            rows = list(s.exec(stmt.order_by(col(EventRow.id)).limit(500)))
+        if not rows:
+            return n
+        for eid, src, body in rows:
+            last = eid or last
+            plan = orjson.loads(body)
+            if plan.get("addresses"):
+                src_cfg = rs.sources.get(src)
+                resolver.prefetch(src, plan, src_cfg.fhir.version if src_cfg else "R4")
+                n += 1
+
+
+@dataclass
+class Planned:
+    """One trigger a replay creates or changes, as a preview lists it (no PHI: the CLI shows
+    the patient only as a pseudonymous contact key)."""
+
+    what: str  # create | move | cancel
+    rule_id: str
+    trigger_id: int | None  # None for a trigger a preview would create (its id is not kept)
+    event_id: int | None
+    patient_key: str | None
+    due_at: float | None
+    status: str  # the trigger's status after the replay
+    reason: str | None
+    destinations: list[str]
+    sends_now: bool  # pending and already due: the worker sends it at once
 
 
 @dataclass
@@ -47,18 +100,50 @@ class ReplayReport:
     triggers: int = 0
     cancelled: int = 0
     inbound_requeued: int = 0
+    applied: bool = True
     created_ids: set[int] = field(default_factory=set)
+    planned: list[Planned] = field(default_factory=list)
+
+    def count(self, what: str, *, sends_now: bool | None = None) -> int:
+        return sum(1 for p in self.planned if p.what == what and (sends_now is None or p.sends_now == sends_now))
+
+
+_PLAN_COLS = "id, rule_id, event_id, patient_key, due_at, status, reason, destinations"
+
+
+def _rows(conn_or_raw: Any, ids: list[int]) -> dict[int, tuple[Any, ...]]:
+    out: dict[int, tuple[Any, ...]] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        marks = ", ".join(str(int(x)) for x in chunk)  # ints only: safe to inline
+        sql = f'SELECT {_PLAN_COLS} FROM "trigger" WHERE id IN ({marks})'
+        rows = conn_or_raw.all(sql) if isinstance(conn_or_raw, Raw) else conn_or_raw.exec_driver_sql(sql).fetchall()
+        out.update({int(r[0]): tuple(r) for r in rows})
+    return out
 
 
 def reprocess(
     engine: Engine, rs: RuleSet, *, now: datetime, since: datetime | None = None, until: datetime | None = None,
-    source: str | None = None, rules: set[str] | None = None, batch: int = 500,
+    source: str | None = None, rules: set[str] | None = None, batch: int = 500, apply: bool = True,
+    conditions: ConditionResolver | None = None,
 ) -> ReplayReport:
-    """Replay stored events (oldest first, in batches) through the current rules."""
-    rep = ReplayReport()
+    """Replay stored events (oldest first, in batches) through the current rules.
+
+    ``apply=False`` is a preview: the same replay runs in one transaction that is rolled back,
+    so nothing is written (and so nothing can be sent); ``planned`` lists what it would create,
+    move and cancel, read inside the transaction before the rollback. ``conditions``: CarePlan
+    ``%conditions`` are read from the FHIR sources first (:func:`prefetch_conditions`)."""
+    if conditions is not None:
+        prefetch_conditions(engine, rs, conditions, since=since, until=until, source=source)
+    rep = ReplayReport(applied=apply)
     last_id = 0
-    while True:
-        with Session(engine, expire_on_commit=False) as s:
+    with engine.connect() as conn:
+        first_new = int(conn.exec_driver_sql('SELECT COALESCE(MAX(id), 0) FROM "trigger"').scalar() or 0) + 1
+        conn.rollback()
+    before: dict[int, tuple[Any, ...]] = {}  # committed state of existing triggers the replay touched
+    s = Session(engine, expire_on_commit=False)
+    try:
+        while True:
             stmt = select(EventRow).where(col(EventRow.id) > last_id, EventRow.type != "patient.merged")
             if since:
                 stmt = stmt.where(EventRow.occurred_at >= since.timestamp())
@@ -68,11 +153,11 @@ def reprocess(
                 stmt = stmt.where(EventRow.source == source)
             rows = list(s.exec(stmt.order_by(col(EventRow.id)).limit(batch)))
             if not rows:
-                return rep
+                break
             for row in rows:
-                ev = event_from_row(row)
-                result = ChangeResult()
                 row_source = rs.sources.get(row.source)
+                ev = event_from_row(row, conditions, row_source.fhir.base_url if row_source else None)
+                result = ChangeResult()
                 zone = row_source.hl7.timezone if row_source else None
                 on_event(s, ev, row, rs, now=now, patient=load_patient(s, ev.patient_key), source_zone=zone,
                          result=result, only=rules, cancel_only_ids=rep.created_ids)
@@ -80,7 +165,60 @@ def reprocess(
                 rep.triggers += result.triggers
                 rep.cancelled += result.cancelled
                 last_id = row.id or last_id
-            s.commit()
+            old = sorted(i for i in rep.created_ids if i < first_new and i not in before)
+            if old:  # what they were before this replay: read on another connection (committed state)
+                with engine.connect() as other:
+                    before.update(_rows(other, old))
+                    other.rollback()
+            if apply:
+                s.commit()
+        rep.planned = _plan(Raw(s), rep.created_ids, first_new, before, now)
+    finally:
+        if not apply:
+            s.rollback()
+        s.close()
+    return rep
+
+
+def _plan(db: Raw, ids: set[int], first_new: int, before: dict[int, tuple[Any, ...]], now: datetime) -> list[Planned]:
+    nowts = now.timestamp()
+    out: list[Planned] = []
+    for tid, (_, rule_id, event_id, patient_key, due_at, status, reason, dests) in sorted(_rows(db, sorted(ids)).items()):
+        if tid >= first_new:
+            what = "create"
+        else:
+            was = before.get(tid)
+            if was is None or (was[5], was[4]) == (status, due_at):
+                continue
+            what = "move" if status == "pending" else "cancel"
+        out.append(Planned(what=what, rule_id=rule_id, trigger_id=tid if what != "create" else None, event_id=event_id,
+                           patient_key=patient_key, due_at=due_at, status=status, reason=reason,
+                           destinations=[d for d in (dests or "").split(",") if d],
+                           sends_now=status == "pending" and due_at is not None and due_at <= nowts))
+    return out
+
+
+def count_events(engine: Engine, source: str | None = None) -> int:
+    """How many events are stored (all sources, or one)."""
+    with Session(engine) as s:
+        stmt = select(func.count()).select_from(EventRow)
+        if source:
+            stmt = stmt.where(EventRow.source == source)
+        return int(s.exec(stmt).one())
+
+
+def count_inbound_to_requeue(engine: Engine, *, since: datetime | None = None, until: datetime | None = None,
+                             source: str | None = None) -> int:
+    """How many inbound messages :func:`requeue_inbound` would mark ``received`` again."""
+    with Session(engine) as s:
+        stmt = select(func.count()).select_from(InboundMessage).where(col(InboundMessage.status).in_(("failed", "ignored")))
+        if since:
+            stmt = stmt.where(InboundMessage.received_at >= since.timestamp())
+        if until:
+            stmt = stmt.where(InboundMessage.received_at < until.timestamp())
+        if source:
+            stmt = stmt.where(InboundMessage.source == source)
+        return int(s.exec(stmt).one())
 
 
 def requeue_inbound(engine: Engine, *, since: datetime | None = None, until: datetime | None = None,
@@ -159,6 +297,9 @@ def _reevaluate(s: Session, t: TriggerRow, rs: RuleSet, now: datetime, note: str
     decisions = evaluate(ev, rs, now=now, patient=load_patient(s, ev.patient_key), hospice=hospice_for(s, ev.patient_key, rs),
                          source_zone=src.hl7.timezone if src else None, only={t.rule_id})
     d = decisions[0] if decisions else None
+    if d is not None and d.status == "unevaluable":  # not false: the trigger stays as it was
+        t.reason = f"{note}: kept, {d.reason}"
+        return
     if d is None or not d.fired:
         t.status, t.reason = "cancelled", f"{note}: no longer applies ({d.reason if d else 'event no longer listened to'})"
     elif d.status != "pending":

@@ -10,6 +10,9 @@ FHIRPath environment (``%name``) seen by every expression of a rule:
 * ``%patient`` the Patient; ``%age`` whole years at ``now``; ``%hospice`` true when the
   data says hospice care
 * ``%diagnoses`` an encounter's diagnoses (the ``code`` of each referenced Condition)
+* ``%conditions`` a CarePlan's ``addresses``: the Condition resources (contained ones, others
+  read from the FHIR source by the pipeline). When one could not be read, a rule using
+  ``%conditions`` cannot be evaluated (``status: unevaluable``), which is not false
 * ``%activity`` for ``careplan.activity.*``: the activities that changed to that status
 * ``%event`` ``{type, previousStatus, status}``; ``%now`` the (simulated) clock
 * in ``unless.where`` / ``wait_for.where`` only: ``%origin`` the resource that created
@@ -21,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..model import ClinicalEvent
+from ..model import ClinicalEvent, Conditions
+from .conditions import local_conditions
 from .fhirpath import Compiled, first_value, truthy
 from .load import CompiledRule, RuleSet
 from .spec import parse_duration
@@ -38,7 +42,7 @@ class Decision:
     rule_id: str
     fired: bool
     reason: str
-    status: str | None = None  # "pending" | "skipped" | "suppressed"
+    status: str | None = None  # "pending" | "skipped" | "suppressed"; "unevaluable" (not fired, not false)
     due_at: datetime | None = None
     trigger: str | None = None
     destinations: list[str] = field(default_factory=list)
@@ -116,6 +120,18 @@ def changed_activities(event: ClinicalEvent) -> list[dict[str, Any]]:
     return out
 
 
+def conditions_of(event: ClinicalEvent) -> Conditions:
+    """``%conditions`` of the event's resource: what the pipeline resolved, else the contained ones."""
+    if event.resource_type != "CarePlan":
+        return Conditions()
+    return event.conditions if event.conditions is not None else local_conditions(event.resource)
+
+
+def uses_conditions(cr: CompiledRule) -> bool:
+    """Whether any expression of the rule reads ``%conditions``."""
+    return "%conditions" in cr.rule.model_dump_json()
+
+
 def build_env(event: ClinicalEvent, patient: dict[str, Any] | None, now: datetime, hospice: str | None = None,
               nth: int | None = None) -> dict[str, Any]:
     """The ``%`` variables every expression sees (see the module docstring). ``nth``: this
@@ -133,6 +149,7 @@ def build_env(event: ClinicalEvent, patient: dict[str, Any] | None, now: datetim
         "hospice": bool(hospice),
         "diagnoses": diagnoses(event.resource) if event.resource_type == "Encounter" else [],
         "activity": acts,
+        "conditions": list(conditions_of(event).items),
         "origin": {},
         "payload": {},
     }
@@ -161,7 +178,10 @@ def cancellations(event: ClinicalEvent, rs: RuleSet, patient: dict[str, Any] | N
     """What this event cancels: one :class:`Cancellation` per (rule, unless/wait_for) it matches."""
     out: list[Cancellation] = []
     env = build_env(event, patient, now or event.occurred_at, None, nth)
+    unread = conditions_of(event).error
     for cr, idx in rs.cancellers.get(event.type, []):
+        if unread and uses_conditions(cr):
+            continue  # cannot be evaluated: never cancel on data that could not be read
         if idx >= 0:
             u = cr.rule.unless[idx]
             cond, same, within = cr.unless_where[idx], u.same, (parse_duration(u.within)[0] if u.within else None)
@@ -189,12 +209,14 @@ def evaluate(
 ) -> list[Decision]:
     """Decide, for each rule listening to ``event.type`` (or only the rules in ``only``), whether and when it fires."""
     env = build_env(event, patient, now, hospice, nth)
-    return [_one(cr, event, rs, env, now, patient, source_zone, hospice)
+    unread = conditions_of(event).error
+    return [_one(cr, event, rs, env, now, patient, source_zone, hospice, unread)
             for cr in rs.by_event.get(event.type, []) if only is None or cr.id in only]
 
 
 def _one(cr: CompiledRule, event: ClinicalEvent, rs: RuleSet, env: dict[str, Any], now: datetime,
-         patient: dict[str, Any] | None, source_zone: str | None, hospice: str | None) -> Decision:
+         patient: dict[str, Any] | None, source_zone: str | None, hospice: str | None,
+         unread: str | None = None) -> Decision:
     r = cr.rule
     d = Decision(rule_id=r.id, fired=False, reason="", trigger=r.emit.trigger, destinations=list(r.emit.destinations),
                  purpose=r.purpose, message_kind=r.message_kind or r.purpose,
@@ -211,6 +233,10 @@ def _one(cr: CompiledRule, event: ClinicalEvent, rs: RuleSet, env: dict[str, Any
         return d
     if r.to is not None and event.status not in r.to:
         d.reason = f"status {event.status!r} not in to: {r.to}"
+        return d
+    if unread and uses_conditions(cr):
+        d.status = "unevaluable"
+        d.reason = f"cannot be evaluated: %conditions: {unread}"
         return d
     if cr.where is not None:
         try:

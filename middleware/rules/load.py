@@ -34,7 +34,7 @@ RESOURCE_TYPES = {"appointment": "Appointment", "encounter": "Encounter", "carep
 _MEMBER_OF = re.compile(r"memberOf\(\s*'([^']+)'\s*\)")
 _VARIABLE = re.compile(r"(?<![\w'])%([A-Za-z_][\w]*)")
 #: %variables every expression may use (see rules/evaluate.py); %origin/%payload only in cancel conditions
-VARIABLES = frozenset({"previous", "patient", "event", "now", "age", "hospice", "diagnoses", "activity", "due",
+VARIABLES = frozenset({"previous", "patient", "event", "now", "age", "hospice", "diagnoses", "conditions", "activity", "due",
                        "resource", "context", "ucum", "sct", "loinc"})
 CANCEL_VARIABLES = frozenset({"origin", "payload"})
 

@@ -34,6 +34,7 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
 
 from . import append_only  # noqa: F401  (create_all installs the audit triggers)
@@ -237,12 +238,53 @@ def ensure_current(engine: Engine, *, self_upgrade: bool = False) -> UpgradeResu
     return result
 
 
-def open_database(url: str, *, synchronous: str = "FULL", self_upgrade: bool | None = None) -> Engine:
+#: How to name another database, said by every refusal of a missing or empty one.
+POINT_AT = "point at yours with --database PATH|URL or CARELOOP_DATABASE_URL"
+
+
+def shown_url(url: str) -> str:
+    """The database as a message names it: a SQLite file's absolute path, else the URL without credentials."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        return str(Path(path).resolve()) if path and path != ":memory:" else url
+    return url.split("@")[-1]
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (``None`` for in-memory and other databases)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def require_existing(url: str) -> None:
+    """Refuse (:class:`SchemaError`) a SQLite file that does not exist, without creating it or its folder."""
+    path = sqlite_path(url)
+    if path is not None and not path.is_file():
+        raise SchemaError(f"no careloop database at {path.resolve()}; {POINT_AT} "
+                          "(`careloop serve` creates one, `careloop db upgrade` an empty one)")
+
+
+def open_database(url: str, *, synchronous: str = "FULL", self_upgrade: bool | None = None,
+                  existing: bool = False) -> Engine:
     """The engine for ``url``, its schema checked (see :func:`ensure_current`). ``self_upgrade``
-    defaults to "the embedded SQLite database" (:func:`is_embedded`)."""
+    defaults to "the embedded SQLite database" (:func:`is_embedded`).
+
+    ``existing`` (every command that reads or changes data, all but ``serve`` and ``db upgrade``):
+    a missing SQLite file or a never-initialized (empty) database is refused with one line naming
+    it and how to point at the right one, instead of silently creating a new empty database."""
+    if existing:
+        require_existing(url)
     engine = make_engine(url, synchronous=synchronous)
     try:
+        if existing and state(engine).kind == "empty":
+            raise SchemaError(f"{shown_url(url)} is empty (never initialized by careloop); {POINT_AT}")
         ensure_current(engine, self_upgrade=is_embedded(url) if self_upgrade is None else self_upgrade)
+    except OperationalError as exc:
+        engine.dispose()
+        first = (str(exc.orig or exc).strip().splitlines() or ["?"])[0]
+        raise SchemaError(f"cannot open the database {shown_url(url)}: {first}; {POINT_AT}") from exc
     except BaseException:
         engine.dispose()
         raise

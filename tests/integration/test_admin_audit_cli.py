@@ -13,6 +13,7 @@ from middleware.cli import main as cli
 
 def test_cli_actions_are_audited_and_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str], db_url: str) -> None:
     db = ["--database-url", db_url]
+    assert cli(["db", "upgrade", *db]) == 0  # commands other than serve never create a database
     assert cli(["deliveries", "replay", "--destination", "webhook", "--audit-reason", "vendor outage", *db]) == 0
     assert cli(["deliveries", "resume", "webhook", *db]) == 0
     assert cli(["retention", "run", "--reason", "monthly", *db]) == 0
