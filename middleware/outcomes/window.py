@@ -12,6 +12,7 @@ A window is ``[opens, closes)`` in absolute time, computed in the patient's zone
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -59,27 +60,30 @@ def _midnight(d: date, tz: ZoneInfo) -> datetime:
     return datetime.combine(d, time(0), tzinfo=tz).astimezone(UTC)
 
 
-def is_business_day(d: date, holidays: frozenset[date]) -> bool:
-    return d.weekday() < 5 and d not in holidays
+BusinessDay = Callable[[date], bool]
 
 
-def add_business_days(d: date, n: int, holidays: frozenset[date]) -> date:
+def weekdays(d: date) -> bool:
+    """Monday to Friday (callers pass the site's holiday calendar instead, rules.timing.Calendar)."""
+    return d.weekday() < 5
+
+
+def add_business_days(d: date, n: int, is_business_day: BusinessDay = weekdays) -> date:
     """The ``n``-th business day after ``d`` (n = 0: ``d`` itself if a business day, else the next)."""
     cur = d
     if n == 0:
-        while not is_business_day(cur, holidays):
+        while not is_business_day(cur):
             cur += timedelta(days=1)
         return cur
     count = 0
     while count < n:
         cur += timedelta(days=1)
-        if is_business_day(cur, holidays):
+        if is_business_day(cur):
             count += 1
     return cur
 
 
-def window(anchor: datetime, spec: WindowSpec, tz: ZoneInfo,
-           holidays: frozenset[date] = frozenset()) -> Window:
+def window(anchor: datetime, spec: WindowSpec, tz: ZoneInfo, is_business_day: BusinessDay = weekdays) -> Window:
     """The absolute window of ``spec`` for a clinical ``anchor`` (an aware datetime)."""
     if anchor.tzinfo is None:
         raise ValueError("the anchor must carry its offset")
@@ -91,6 +95,6 @@ def window(anchor: datetime, spec: WindowSpec, tz: ZoneInfo,
         first = day0 + timedelta(days=spec.start)
         last = day0 + timedelta(days=spec.end)
     else:
-        first = add_business_days(day0, spec.start, holidays) if spec.start else day0
-        last = add_business_days(day0, spec.end, holidays)
+        first = add_business_days(day0, spec.start, is_business_day) if spec.start else day0
+        last = add_business_days(day0, spec.end, is_business_day)
     return Window(_midnight(first, tz), _midnight(last + timedelta(days=1), tz))

@@ -14,6 +14,10 @@ FUH7 = WindowSpec(1, 7)
 JULY4_OBSERVED = frozenset({date(2026, 7, 3)})
 
 
+def open_day(d: date) -> bool:
+    return d.weekday() < 5 and d not in JULY4_OBSERVED
+
+
 def ny(*a: int) -> datetime:
     return datetime(*a, tzinfo=NY)  # type: ignore[misc]
 
@@ -43,8 +47,8 @@ def test_window_across_fall_back() -> None:
 
 def test_tcm_contact_counts_business_days_after_discharge() -> None:
     # Thursday 2 July 2026; Friday 3 July is the observed Independence Day holiday
-    assert add_business_days(date(2026, 7, 2), 2, JULY4_OBSERVED) == date(2026, 7, 7)
-    w = window(ny(2026, 7, 2, 11, 0), WindowSpec(1, 2, Unit.BUSINESS_DAYS), NY, JULY4_OBSERVED)
+    assert add_business_days(date(2026, 7, 2), 2, open_day) == date(2026, 7, 7)
+    w = window(ny(2026, 7, 2, 11, 0), WindowSpec(1, 2, Unit.BUSINESS_DAYS), NY, open_day)
     assert w.opens == ny(2026, 7, 6, 0, 0)
     assert w.closes == ny(2026, 7, 8, 0, 0)
     assert w.contains(ny(2026, 7, 7, 17, 0))
