@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from enum import StrEnum
+from middleware.storage.statuses import HoldoutArm as Arm
 
-
-class Arm(StrEnum):
-    TREATED = "treated"
-    HELD_OUT = "held_out"
+__all__ = ["Arm", "assign", "bucket"]
 
 
 def bucket(key: bytes, patient_id: str, experiment: str, salt: str) -> float:

@@ -12,16 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
-
 from middleware.outcomes.window import Window
+from middleware.storage.statuses import OutcomeStatus as Outcome
 
-
-class Outcome(StrEnum):
-    PENDING = "pending"
-    ACHIEVED = "achieved"
-    MISSED = "missed"
-    EXCLUDED = "excluded"
+__all__ = ["Candidate", "Outcome", "Result", "decide"]
 
 
 @dataclass(frozen=True, slots=True)
