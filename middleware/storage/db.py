@@ -2,7 +2,6 @@
 is on disk before anything is acknowledged; PostgreSQL is reached through psycopg 3."""
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,6 +11,8 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
 from . import tables  # noqa: F401  (registers the tables on the metadata)
+from .sql import sqlite_write_lock as sqlite_write_lock  # one lock map, kept in sql.py
+from .sql import write_lock as write_lock
 
 
 def normalize_url(url: str) -> str:
@@ -82,35 +83,6 @@ def synchronous_setting(engine: Engine) -> str:
             val = conn.exec_driver_sql("PRAGMA synchronous").scalar()
             return {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(int(val or 0), str(val))
         return "synchronous_commit=" + str(conn.exec_driver_sql("SHOW synchronous_commit").scalar())
-
-
-_WRITE_LOCKS: dict[str, threading.RLock] = {}
-_LOCKS_GUARD = threading.Lock()
-
-
-@contextmanager
-def write_lock(engine: Engine) -> Iterator[None]:
-    """Serialise this process's SQLite write transactions on a Python lock (no-op on PostgreSQL).
-
-    SQLite has one write lock; a writer that finds it taken sleeps in SQLite's busy handler
-    for up to 100 ms at a time, so an ingest commit waiting behind a processing batch would
-    stall ACKs. Threads of one process hand the lock over at once through this lock instead.
-    """
-    lock = sqlite_write_lock(engine)
-    if lock is None:
-        yield
-        return
-    with lock:
-        yield
-
-
-def sqlite_write_lock(engine: Engine) -> threading.RLock | None:
-    """The lock :func:`write_lock` takes for this database (``None`` on PostgreSQL); a hot
-    writer can look it up once instead of per transaction."""
-    if not is_sqlite(engine):
-        return None
-    with _LOCKS_GUARD:
-        return _WRITE_LOCKS.setdefault(str(engine.url), threading.RLock())
 
 
 def begin_write(session: Session) -> None:

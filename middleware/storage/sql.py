@@ -1,0 +1,436 @@
+"""Named queries compiled once per dialect, and the unit of work that runs them.
+
+Every statement careloop runs is a SQLAlchemy Core statement built against the SQLModel
+metadata and registered here under a name (:func:`query`). It is compiled once per dialect to
+the DB-API's own SQL text and parameter order (SQLite ``?``, psycopg ``%s``) and executed on
+the raw cursor of the unit of work's connection: no statement building, no placeholder
+rewriting and no hand quoting at run time (an indexed lookup costs what the driver costs).
+
+* :func:`param` names a parameter; literal values in a statement are bound automatically.
+* :func:`any_of` compares a column with a list bound as ONE parameter (PostgreSQL
+  ``col = ANY(%s)``, SQLite ``col IN (SELECT value FROM json_each(?))`` with the list sent as
+  JSON), so a statement compiles once whatever the length of the list.
+* Dialect constructs (``ON CONFLICT``, ``FOR UPDATE SKIP LOCKED``) are written with
+  SQLAlchemy's dialect ``insert()`` / ``with_for_update(skip_locked=True)``; a query whose
+  statement differs by dialect is registered as a function of the dialect name.
+
+:class:`UnitOfWork` (:func:`unit`) owns one connection and its transaction, SQLite's
+process-wide write lock (one ``RLock`` per database file), ``BEGIN IMMEDIATE`` for writes and
+the durability of its commit (``synchronous``); ``.session`` is an ORM session joined to the
+same transaction for code that still uses the ORM.
+"""
+from __future__ import annotations
+
+import json
+from enum import Enum
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, cast
+
+from sqlalchemy import BindParameter, bindparam
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine.interfaces import BindTyping
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import ClauseElement, ColumnElement
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import UserDefinedType
+from sqlmodel import Session
+
+__all__ = [
+    "REGISTRY", "Query", "QueryError", "UnitOfWork", "any_of", "param", "query", "unit", "sqlite_write_lock",
+    "write_lock", "dialect_of",
+]
+
+Statement = ClauseElement
+
+
+class QueryError(Exception):
+    """A query was registered twice, or run with a parameter it does not have."""
+
+
+def param(name: str, type_: Any = None) -> BindParameter[Any]:
+    """A named parameter of a registered query (``unit.one("q", name=value)``)."""
+    return bindparam(name, type_=type_, required=True)
+
+
+# -- lists bound as one parameter -------------------------------------------------------------
+
+
+class _ListParam(UserDefinedType[Any]):
+    """Marks a parameter that carries a list (JSON text on SQLite, an array on PostgreSQL)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:  # never rendered in DDL
+        return "JSON"
+
+
+class AnyOf(ColumnElement[bool]):
+    """``column`` equals one of the values of the list parameter ``name``."""
+
+    inherit_cache = True
+
+    def __init__(self, column: ColumnElement[Any], name: str) -> None:
+        self.column = column
+        self.param = bindparam(name, type_=_ListParam(), required=True)
+
+
+@compiles(AnyOf)
+def _any_of_sqlite(element: AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"{compiler.process(element.column, **kw)} IN (SELECT value FROM json_each({compiler.process(element.param, **kw)}))"
+
+
+@compiles(AnyOf, "postgresql")
+def _any_of_pg(element: AnyOf, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"{compiler.process(element.column, **kw)} = ANY({compiler.process(element.param, **kw)})"
+
+
+def any_of(column: Any, name: str) -> AnyOf:
+    """``column`` is one of the list parameter ``name`` (one bound parameter, any length)."""
+    return AnyOf(column, name)
+
+
+# -- compilation ------------------------------------------------------------------------------
+
+_DIALECTS: dict[str, Callable[[], Dialect]] = {
+    "sqlite": lambda: sqlite.pysqlite.dialect(paramstyle="qmark"),
+    "postgresql": lambda: _no_casts(postgresql.psycopg.dialect(paramstyle="format")),  # type: ignore[no-untyped-call]
+}
+
+
+def _no_casts(d: Dialect) -> Dialect:
+    """Plain ``%s`` placeholders: psycopg's own type adaptation, no ``::VARCHAR`` per parameter."""
+    d.bind_typing = BindTyping.NONE
+    return d
+
+
+def dialect_of(bind: Engine | Connection) -> str:
+    return bind.dialect.name
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """One query for one dialect: the SQL text and how to build its positional parameters."""
+
+    sql: str
+    order: tuple[str, ...]  # parameter names in placeholder order (repeats allowed)
+    constants: Mapping[str, Any]  # values of parameters the statement itself binds (literals)
+    lists: frozenset[str]  # list parameters (JSON-encoded on SQLite)
+    json_lists: bool
+
+    def params(self, given: Mapping[str, Any]) -> tuple[Any, ...]:
+        out = []
+        for name in self.order:
+            if name in given:
+                value = given[name]
+                if self.json_lists and name in self.lists:
+                    value = json.dumps(list(value))
+                elif name in self.lists:
+                    value = list(value)
+            elif name in self.constants:
+                value = self.constants[name]
+            else:
+                raise QueryError(f"missing parameter {name!r}")
+            out.append(value)
+        return tuple(out)
+
+
+class Query:
+    """A named statement (or one statement per dialect) with the row type of its results."""
+
+    __slots__ = ("name", "stmt", "row", "_compiled", "_make")
+
+    def __init__(self, name: str, stmt: Statement | Callable[[str], Statement], row: type[Any] | None = None) -> None:
+        self.name = name
+        self.stmt = stmt
+        self.row = row
+        self._make: Callable[[Iterable[Any]], Any] | None = getattr(row, "_make", None)
+        self._compiled: dict[str, Compiled] = {}
+
+    def statement(self, dialect_name: str) -> Statement:
+        if callable(self.stmt) and not isinstance(self.stmt, ClauseElement):
+            return self.stmt(dialect_name)
+        return self.stmt
+
+    def compiled_for(self, dialect_name: str) -> Compiled:
+        got = self._compiled.get(dialect_name)
+        if got is None:
+            got = self._compiled[dialect_name] = self._compile(dialect_name)
+        return got
+
+    def compiled(self, dialect_name: str) -> tuple[str, tuple[str, ...]]:
+        """``(sql_text, param_order)`` for ``dialect_name`` ("sqlite" or "postgresql"), compiled once."""
+        c = self.compiled_for(dialect_name)
+        return c.sql, c.order
+
+    def _compile(self, dialect_name: str) -> Compiled:
+        try:
+            dialect = _DIALECTS[dialect_name]()
+        except KeyError:
+            raise QueryError(f"no dialect {dialect_name!r}") from None
+        comp = cast(SQLCompiler, self.statement(dialect_name).compile(dialect=dialect))
+        order = tuple(comp.positiontup or ())
+        constants: dict[str, Any] = {}
+        lists = set()
+        for name, bp in comp.binds.items():
+            if isinstance(bp.type, _ListParam):
+                lists.add(bp.key)
+            if not bp.required:
+                value = bp.effective_value
+                if isinstance(value, Enum):
+                    value = value.value
+                proc = bp.type._cached_bind_processor(dialect)
+                constants[name] = proc(value) if proc is not None else value
+        # Python-side column defaults the statement leaves to SQLAlchemy (``Field(default=...)``)
+        for col in [*comp.insert_prefetch, *comp.update_prefetch]:
+            default = col.default if col in comp.insert_prefetch else col.onupdate
+            if default is None or not getattr(default, "is_scalar", False):
+                raise QueryError(f"query {self.name!r}: give column {col.key!r} a value (its default is not a constant)")
+            constants[col.key] = default.arg  # type: ignore[attr-defined]
+        return Compiled(sql=comp.string, order=order, constants=constants, lists=frozenset(lists),
+                        json_lists=dialect_name == "sqlite")
+
+    def __repr__(self) -> str:
+        return f"Query({self.name!r})"
+
+
+#: every named query, by name
+REGISTRY: dict[str, Query] = {}
+
+
+def query(name: str, stmt: Statement | Callable[[str], Statement], row: type[Any] | None = None) -> Query:
+    """Register ``stmt`` under ``name`` (``stmt`` may be a function of the dialect name for a query
+    written with dialect constructs); ``row`` is the NamedTuple its result rows are returned as."""
+    if name in REGISTRY:
+        raise QueryError(f"query {name!r} is already registered")
+    q = REGISTRY[name] = Query(name, stmt, row)
+    return q
+
+
+def get(name: str) -> Query:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise QueryError(f"no query named {name!r}") from None
+
+
+# -- SQLite's write lock ----------------------------------------------------------------------
+
+_WRITE_LOCKS: dict[str, threading.RLock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def sqlite_write_lock(engine: Engine | Connection) -> threading.RLock | None:
+    """The process's write lock for this SQLite database (``None`` on PostgreSQL).
+
+    SQLite has one write lock; a writer that finds it taken sleeps in SQLite's busy handler for
+    up to 100 ms at a time, so an ingest commit waiting behind a processing batch would stall
+    ACKs. Threads of one process hand the lock over at once through this lock instead.
+    """
+    if engine.dialect.name != "sqlite":
+        return None
+    key = str(engine.engine.url if isinstance(engine, Connection) else engine.url)
+    lock = _WRITE_LOCKS.get(key)
+    if lock is None:
+        with _LOCKS_GUARD:
+            lock = _WRITE_LOCKS.setdefault(key, threading.RLock())
+    return lock
+
+
+@contextmanager
+def write_lock(engine: Engine) -> Iterator[None]:
+    """Hold this process's SQLite write lock (a no-op on PostgreSQL)."""
+    lock = sqlite_write_lock(engine)
+    if lock is None:
+        yield
+        return
+    with lock:
+        yield
+
+
+# -- the unit of work -------------------------------------------------------------------------
+
+
+@dataclass
+class UnitOfWork:
+    """One connection and its transaction. Use through :func:`unit`."""
+
+    engine: Engine
+    write: bool = False
+    durable: bool = True
+    conn: Connection = field(init=False)
+    dialect: str = field(init=False)
+    sqlite: bool = field(init=False)
+    _cur: Any = field(init=False, default=None)
+    _session: Session | None = field(init=False, default=None)
+    _lock: threading.RLock | None = field(init=False, default=None)
+    _sync_before: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.dialect = self.engine.dialect.name
+        self.sqlite = self.dialect == "sqlite"
+
+    # transaction control
+    def _open(self) -> None:
+        if self.sqlite and self.write:
+            self._lock = sqlite_write_lock(self.engine)
+            assert self._lock is not None
+            self._lock.acquire()
+        try:
+            self.conn = self.engine.connect()
+            dbapi = self.conn.connection.driver_connection
+            self._cur = dbapi.cursor()  # type: ignore[union-attr]
+            if self.sqlite and not self.durable:
+                self._sync_before = int(self._cur.execute("PRAGMA synchronous").fetchone()[0])
+                if self._sync_before > 1:
+                    self._cur.execute("PRAGMA synchronous=NORMAL")
+            self._begin()
+        except BaseException:
+            self._release()
+            raise
+
+    def _begin(self) -> None:
+        self.conn.begin()
+        if self.sqlite:
+            # BEGIN IMMEDIATE takes SQLite's write lock up front: a deferred transaction that read
+            # and then writes after another connection committed fails at once (SQLITE_BUSY_SNAPSHOT)
+            self._cur.execute("BEGIN IMMEDIATE" if self.write else "BEGIN")
+
+    def _release(self) -> None:
+        try:
+            if getattr(self, "conn", None) is not None and not self.conn.closed:
+                if self.sqlite and not self.durable:
+                    try:
+                        if self.conn.in_transaction():
+                            self.conn.rollback()
+                        if self._sync_before > 1:
+                            self._cur.execute(f"PRAGMA synchronous={self._sync_before}")
+                    except Exception:
+                        self.conn.invalidate()
+                self.conn.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+
+    def commit(self) -> None:
+        if self._session is not None:
+            self._session.flush()
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        if self._session is not None:
+            self._session.expunge_all()
+        self.conn.rollback()
+
+    def commit_and_continue(self) -> None:
+        """Commit what is done so far and go on in a new transaction (another writer of this
+        process may take SQLite's lock in between)."""
+        self.commit()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock.acquire()
+        self._begin()
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: rolled back alone when the block raises (and the error re-raised)."""
+        if self._session is not None:
+            self._session.flush()
+        sp = self.conn.begin_nested()
+        try:
+            yield
+            if self._session is not None:
+                self._session.flush()
+        except BaseException:
+            sp.rollback()
+            if self._session is not None:
+                self._session.expunge_all()
+            raise
+        else:
+            sp.commit()
+
+    @property
+    def session(self) -> Session:
+        """An ORM session on this unit's connection and transaction (for code not yet converted)."""
+        if self._session is None:
+            self._session = Session(bind=self.conn, join_transaction_mode="rollback_only", expire_on_commit=False,
+                                    autoflush=True)
+        return self._session
+
+    # statements
+    def _exec(self, name: str, params: Mapping[str, Any]) -> Query:
+        q = REGISTRY.get(name) or get(name)
+        c = q.compiled_for(self.dialect)
+        if self._session is not None and (self._session.new or self._session._is_clean() is False):
+            self._session.flush()
+        self._cur.execute(c.sql, c.params(params) if c.order else ())
+        return q
+
+    def run(self, name: str, **params: Any) -> int:
+        """Execute; return the number of rows changed."""
+        self._exec(name, params)
+        return int(self._cur.rowcount or 0)
+
+    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Execute once per parameter set (``executemany``; one batch on psycopg)."""
+        if not rows:
+            return
+        q = REGISTRY.get(name) or get(name)
+        c = q.compiled_for(self.dialect)
+        if self._session is not None:
+            self._session.flush()
+        self._cur.executemany(c.sql, [c.params(r) for r in rows])
+
+    def one(self, name: str, **params: Any) -> Any:
+        """The first row (as the query's row type), or ``None``."""
+        q = self._exec(name, params)
+        row = self._cur.fetchone()
+        if row is None:
+            return None
+        return q._make(row) if q._make is not None else tuple(row)
+
+    def all(self, name: str, **params: Any) -> list[Any]:
+        q = self._exec(name, params)
+        rows = self._cur.fetchall()
+        make = q._make
+        return [make(r) for r in rows] if make is not None else [tuple(r) for r in rows]
+
+    def scalar(self, name: str, **params: Any) -> Any:
+        """The first column of the first row, or ``None``."""
+        self._exec(name, params)
+        row = self._cur.fetchone()
+        return None if row is None else row[0]
+
+    def driver_sql(self, sql: str) -> None:
+        """Run fixed driver SQL (PRAGMAs and the like) -- storage modules only."""
+        self._cur.execute(sql)
+
+
+@contextmanager
+def unit(engine: Engine, write: bool = False, durable: bool = True) -> Iterator[UnitOfWork]:
+    """A unit of work: committed when the block ends, rolled back when it raises.
+
+    ``write=True`` on SQLite takes the process's write lock and ``BEGIN IMMEDIATE``;
+    ``durable=False`` commits with ``PRAGMA synchronous=NORMAL`` on SQLite (for work whose
+    loss in a power cut is redone from durable input)."""
+    u = UnitOfWork(engine, write=write, durable=durable)
+    u._open()
+    try:
+        yield u
+        if u.conn.in_transaction():
+            u.commit()
+    except BaseException:
+        try:
+            if u.conn.in_transaction():
+                u.rollback()
+        finally:
+            if u._session is not None:
+                u._session.close()
+            u._release()
+        raise
+    if u._session is not None:
+        u._session.close()
+    u._release()
