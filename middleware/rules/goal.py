@@ -18,11 +18,16 @@ Example (the FUH-aligned 7-day follow-up)::
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Callable, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .spec import FhirPath, _Strict
+
+class _Strict(BaseModel):  # as rules.spec's (spec imports this module, so it cannot import spec)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+FhirPath = Annotated[str, Field(description="FHIRPath on the resource in context; %origin is the trigger's resource")]
 
 GoalUnit = Literal["calendar_days", "business_days", "hours"]
 
@@ -68,3 +73,69 @@ class Goal(_Strict):
     fails_on: list[str] = Field(default_factory=list,
                                 description="event types of the same resource that settle the goal as missed (appointment.noshow)")
     exclude: list[GoalExclusion] = Field(default_factory=list)
+
+
+class Study(_Strict):
+    """An approved study that may hold back treatment or care-coordination contacts."""
+
+    approval: str = Field(min_length=1, description="IRB or quality-improvement approval id")
+    approver: str = Field(min_length=1)
+    expires: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$", description="YYYY-MM-DD; refused after this date")
+
+
+class Holdout(_Strict):
+    """Hold back a share of eligible patients to measure the goal against them."""
+
+    share: float = Field(gt=0, lt=1, description="fraction held out, e.g. 0.1 for 10%")
+    experiment: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]*$",
+                                   description="experiment id (default: the rule's or journey's id)")
+    period: Literal["month", "quarter", "year"] = Field(
+        default="quarter", description="salt rotation: each period is a new experiment period, never pooled")
+    min_lift: float = Field(default=0.05, gt=0, lt=1, description="smallest absolute change worth detecting (power note)")
+    study: Study | None = None
+
+
+def period_of(kind: str, year: int, month: int) -> str:
+    """The experiment period label of a local date (``2026Q4``, ``2026-11``, ``2026``)."""
+    if kind == "month":
+        return f"{year:04d}-{month:02d}"
+    if kind == "year":
+        return f"{year:04d}"
+    return f"{year:04d}Q{(month - 1) // 3 + 1}"
+
+
+#: purposes whose contacts are clinically required: never held out without an approved study
+NO_HOLDOUT_PURPOSES = frozenset({"treatment-reminder", "care-coordination"})
+
+
+def check_goal_and_holdout(sink: Any, node: Any, rule: Any, names: set[str], today: str,
+                           check_events: Callable[..., None], check_expr: Callable[..., bool]) -> None:
+    """Validation of ``goal`` and ``holdout`` (called by the loader with its own checkers)."""
+    g: Goal | None = rule.goal
+    if g is not None:
+        gnode = node["goal"]
+        check_events(sink, gnode, "on", g.on)
+        if g.fails_on:
+            check_events(sink, gnode, "fails_on", g.fails_on)
+        for key, expr in (("where", g.where), ("anchor", g.anchor), ("time", g.time)):
+            check_expr(sink, gnode, key, expr, names, f"goal.{key}", frozenset({"origin"}))
+        for j, x in enumerate(g.exclude):
+            check_events(sink, gnode["exclude"][j], "on", x.on)
+            check_expr(sink, gnode["exclude"][j], "where", x.where, names, "goal.exclude.where", frozenset({"origin"}))
+    h: Holdout | None = rule.holdout
+    if h is None:
+        return
+    hnode = node["holdout"]
+    if g is None:
+        sink.error(node, "holdout", "holdout-without-goal",
+                   f"rule '{rule.id}': a holdout measures a goal; add `goal:` (e.g. a booking within 14 days)")
+    if rule.purpose in NO_HOLDOUT_PURPOSES:
+        if h.study is None:
+            sink.error(node, "holdout", "holdout-refused",
+                       f"rule '{rule.id}': {rule.purpose} contacts are never held out (patients would miss clinically "
+                       "needed contact); only an approved study may, declared as holdout.study "
+                       "{approval: <IRB or QI id>, approver: <name>, expires: YYYY-MM-DD}")
+        elif h.study.expires < today:
+            sink.error(hnode["study"], "expires", "study-expired",
+                       f"rule '{rule.id}': study approval {h.study.approval} expired on {h.study.expires}; "
+                       "the holdout is refused (renew the approval or remove the holdout)")

@@ -20,6 +20,7 @@ from ..config.sources import Sources, load_sources
 from ..config.yamlpos import Diagnostic, DiagnosticSink, YamlError, load_positioned, position_of, pydantic_errors_to_diagnostics
 from ..catalogue import ACTIVITY_STATUSES, EVENT_TYPES, STATUSES
 from .fhirpath import Compiled, ValueSets, check_syntax, compile_expr
+from .goal import check_goal_and_holdout
 from .spec import Rule, RuleFileSpec, Settings
 
 _MEMBER_OF = re.compile(r"memberOf\(\s*'([^']+)'\s*\)")
@@ -159,6 +160,13 @@ def _check_events(sink: DiagnosticSink, node: Any, key: str, events: list[str]) 
                        + (f" (did you mean '{hint[0]}'?)" if hint else " (see `careloop events`)"))
 
 
+def _today(settings: Settings) -> str:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime.now(ZoneInfo(settings.site_timezone)).date().isoformat()
+
+
 def _compiler(valuesets: ValueSets, settings: Settings) -> Any:
     from .timing import make_calendar
 
@@ -295,6 +303,8 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                              "patients without a recorded authorization are suppressed at send time")
             if rule.purpose == "treatment-reminder" and rule.channel in ("sms", "voice"):
                 pass  # counted against settings.treatment_caps (FCC healthcare exemption) at send time
+            if rule.goal is not None or rule.holdout is not None:
+                check_goal_and_holdout(sink, node, rule, names, _today(settings), _check_events, _check_expr)
             if sink.has_errors:
                 continue
             cr = CompiledRule(rule=rule, path=str(path), line=line)

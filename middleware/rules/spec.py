@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from .goal import Goal, Holdout
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w|bd)\s*$")
 _UNIT_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 #: units counted on the local calendar (the wall-clock time is kept across DST changes)
@@ -149,6 +151,8 @@ class Rule(_Strict):
     )
     emit: Emit
     enabled: bool = True
+    goal: Goal | None = Field(default=None, description="the later clinical event that shows the rule worked (issue 14)")
+    holdout: Holdout | None = Field(default=None, description="hold back a share of eligible patients (issue 14)")
 
     @model_validator(mode="after")
     def _timing(self) -> "Rule":

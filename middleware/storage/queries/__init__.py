@@ -2,4 +2,5 @@
 registers them all."""
 from __future__ import annotations
 
-from . import ingest  # noqa: F401
+from .. import tables  # noqa: F401  (the metadata the queries are built against)
+from . import ingest, outcomes  # noqa: F401
