@@ -1,0 +1,50 @@
+"""``careloop report [GOAL] [--format table|json|csv|measure]``: what each journey achieved,
+per goal and experiment period, against its randomized holdout (see docs/outcomes.md)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+
+from .serve import add_common, settings_from
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..outcomes import report
+    from ..storage.schema import open_database
+
+    engine = open_database(settings_from(args).database_url)
+    goal_ids = [args.goal] if args.goal else [g for g, _ in report.goals(engine)]
+    if args.goal and args.goal not in {g for g, _ in report.goals(engine)}:
+        known = ", ".join(g for g, _ in report.goals(engine)) or "none yet"
+        print(f"careloop report: no entries for goal '{args.goal}' (goals with entries: {known})", file=sys.stderr)
+        return 2
+    reports = [r for g in goal_ids for r in report.build(engine, g, min_lift=args.min_lift)]
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report.as_json(reports), indent=2) + "\n")
+    elif args.format == "csv":
+        sys.stdout.write(report.as_csv(reports))
+    elif args.format == "measure":
+        try:
+            start, end = date.fromisoformat(args.start), date.fromisoformat(args.end)
+        except (TypeError, ValueError):
+            print("careloop report: --format measure needs --start and --end as YYYY-MM-DD", file=sys.stderr)
+            return 2
+        bundle = {"resourceType": "Bundle", "type": "collection",
+                  "entry": [{"resource": r} for r in report.as_measure_reports(reports, start, end)]}
+        sys.stdout.write(json.dumps(bundle, indent=2) + "\n")
+    else:
+        sys.stdout.write(report.as_text(reports) if reports else "no journey entries with goals yet\n")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("report", help="outcomes of journeys against their holdouts (table, JSON, CSV, MeasureReport)")
+    p.add_argument("goal", nargs="?", help="one goal id (default: every goal with entries)")
+    p.add_argument("--format", choices=["table", "json", "csv", "measure"], default="table")
+    p.add_argument("--min-lift", type=float, default=0.05, help="smallest absolute lift worth detecting (power note)")
+    p.add_argument("--start", help="MeasureReport period start YYYY-MM-DD")
+    p.add_argument("--end", help="MeasureReport period end YYYY-MM-DD")
+    add_common(p)
+    p.set_defaults(func=cmd_report)
