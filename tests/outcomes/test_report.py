@@ -88,3 +88,27 @@ def test_cli_unknown_goal_is_one_line(engine: Any, any_db_url: str, capsys: pyte
     assert err.count("\n") == 1 and "noshow-14d" in err
     assert main(["report", "--format", "measure", "--database-url", any_db_url]) == 2
     assert "YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_reports_api(engine: Any, any_db_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from middleware.api.app import create_app
+    from middleware.service import Runtime
+    from middleware.settings import Settings
+    from tests.conftest import REPO
+
+    seed(engine, "treated", "achieved", 6, 0)
+    seed(engine, "held_out", "missed", 2, 100)
+    rt = Runtime(Settings(database_url=any_db_url, mappings_dir=REPO / "mappings",
+                          contact_key_secret="reports-test-secret-0123456789abcdef"))
+    with TestClient(create_app(rt)) as client:
+        got = client.get("/api/reports/outcomes").json()
+        assert got["items"][0]["treated"]["achieved"] == 6 and got["items"][0]["held_out"]["missed"] == 2
+        assert client.get("/api/reports/outcomes/nope").status_code == 404
+        csv_text = client.get("/api/reports/outcomes/noshow-14d?format=csv").text
+        assert csv_text.startswith("goal,experiment,period,arm")
+        mr = client.get("/api/reports/outcomes/noshow-14d/measure-report?start=2026-10-01&end=2026-12-31")
+        assert mr.headers["content-type"].startswith("application/fhir+json")
+        assert mr.json()["entry"][0]["resource"]["period"] == {"start": "2026-10-01", "end": "2026-12-31"}
+        assert client.get("/api/reports/outcomes/noshow-14d/measure-report?start=2026-12-31&end=2026-10-01").status_code == 422
