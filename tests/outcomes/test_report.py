@@ -112,3 +112,30 @@ def test_reports_api(engine: Any, any_db_url: str) -> None:
         assert mr.headers["content-type"].startswith("application/fhir+json")
         assert mr.json()["entry"][0]["resource"]["period"] == {"start": "2026-10-01", "end": "2026-12-31"}
         assert client.get("/api/reports/outcomes/noshow-14d/measure-report?start=2026-12-31&end=2026-10-01").status_code == 422
+
+
+def test_patient_export_is_deidentified_unless_a_dua_is_recorded(engine: Any, any_db_url: str, tmp_path: Any,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from middleware.storage.tables import AdminAudit  # noqa: F401
+
+    seed(engine, "treated", "achieved", 3, 0)
+    out = tmp_path / "x.csv"
+    assert main(["report", "noshow-14d", "--export", str(out), "--database-url", any_db_url]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 3 and len({r["export_id"] for r in rows}) == 3
+    assert "anchor_date" not in rows[0] and rows[0]["year"] == "1970" and rows[0]["days_to_outcome"] == "3"
+    text = out.read_text()
+    assert "pk0" not in text and "Appointment/" not in text  # no key, no resource id
+    again = tmp_path / "y.csv"
+    assert main(["report", "noshow-14d", "--export", str(again), "--database-url", any_db_url]) == 0
+    assert not {r["export_id"] for r in rows} & {r["export_id"] for r in csv.DictReader(again.open())}
+    capsys.readouterr()
+    assert main(["report", "noshow-14d", "--export", str(out), "--limited-data-set", "--database-url", any_db_url]) == 2
+    assert "--dua" in capsys.readouterr().err
+    assert main(["report", "noshow-14d", "--export", str(out), "--limited-data-set", "--dua", "DUA-2026-7",
+                 "--database-url", any_db_url]) == 0
+    assert "anchor_date" in out.read_text().splitlines()[0]
+    from middleware.delivery.admin_audit import query as audit_query
+
+    items, _ = audit_query(engine, action="outcomes.export_lds", actor=None, since=None, before_id=None, limit=10)
+    assert items and items[0]["reason"] == "DUA-2026-7" and items[0]["target_id"] == "noshow-14d"

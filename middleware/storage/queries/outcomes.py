@@ -142,3 +142,24 @@ ELAPSED = query(
 
 GOALS = query("outcome.goals", select(outcome.c.goal_id, func.count().label("entries")).group_by(outcome.c.goal_id)
               .order_by(outcome.c.goal_id))
+
+
+class ExportRow(NamedTuple):
+    rule_id: str
+    journey_id: str | None
+    ruleset_version: str | None
+    experiment: str | None
+    period: str | None
+    arm: str | None
+    status: str
+    elapsed_s: float | None
+    window_opens: float | None
+    achieved_at: float | None
+
+
+EXPORT = query(
+    "outcome.export",
+    select(outcome.c.rule_id, outcome.c.journey_id, outcome.c.ruleset_version, outcome.c.experiment, outcome.c.period,
+           outcome.c.arm, outcome.c.status, outcome.c.elapsed_s, outcome.c.window_opens, outcome.c.achieved_at)
+    .where(outcome.c.goal_id == param("goal_id")).order_by(outcome.c.id),
+    ExportRow)
