@@ -49,29 +49,37 @@ def _tally(rows: list[q.Tally]) -> ArmTally:
                     delivered_achieved=c["d_achieved"], delivered_missed=c["d_missed"])
 
 
-def _median(xs: list[float]) -> float | None:
-    if not xs:
-        return None
-    xs = sorted(xs)
-    mid = len(xs) // 2
-    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+def _medians(u: Any, goal_id: str, experiment: str | None, period: str | None,
+             rows: list[q.Tally]) -> dict[str, float | None]:
+    """Median days to goal per arm, each read as one or two index positions (not every row)."""
+    achieved: dict[str | None, int] = defaultdict(int)
+    for r in rows:
+        if r.status == "achieved":
+            achieved[r.arm] += r.entries
+    out: dict[str, float | None] = {}
+    for arm, n in sorted(achieved.items(), key=lambda kv: kv[0] or ""):
+        def nth(i: int, arm: str | None = arm) -> float | None:
+            if experiment is None:
+                v = u.scalar(q.NTH_ELAPSED_NO_HOLDOUT.name, goal_id=goal_id, n=i)
+            else:
+                v = u.scalar(q.NTH_ELAPSED.name, goal_id=goal_id, experiment=experiment, period=period, arm=arm, n=i)
+            return None if v is None else float(v)
+        lo, hi = nth((n - 1) // 2), nth(n // 2)
+        out[arm or "all"] = None if lo is None or hi is None else (lo + hi) / 2 / 86400.0
+    return out
 
 
 def build(engine: Engine, goal_id: str, *, min_lift: float = 0.05, holdout_share: float | None = None) -> list[PeriodReport]:
     with unit(engine) as u:
         rows = u.all(q.TALLY.name, goal_id=goal_id)
-        elapsed = u.all(q.ELAPSED.name, goal_id=goal_id)
-    groups: dict[tuple[str | None, str | None], list[q.Tally]] = defaultdict(list)
-    for r in rows:
-        groups[(r.experiment, r.period)].append(r)
-    days: dict[str, list[float]] = defaultdict(list)
-    for arm, secs in elapsed:
-        if secs is not None:
-            days[arm or "all"].append(secs / 86400.0)
+        groups: dict[tuple[str | None, str | None], list[q.Tally]] = defaultdict(list)
+        for r in rows:
+            groups[(r.experiment, r.period)].append(r)
+        medians = {key: _medians(u, goal_id, key[0], key[1], rs) for key, rs in groups.items()}
     out = []
     for (exp, period), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] or "")):
         if exp is None:
-            out.append(PeriodReport(goal_id, None, None, _tally(rs), None, None, {"all": _median(days.get("all", []))}))
+            out.append(PeriodReport(goal_id, None, None, _tally(rs), None, None, medians[(exp, period)]))
             continue
         treated = _tally([r for r in rs if r.arm == "treated"])
         held = _tally([r for r in rs if r.arm == "held_out"])
@@ -80,8 +88,7 @@ def build(engine: Engine, goal_id: str, *, min_lift: float = 0.05, holdout_share
             share = held.assigned / max(1, held.assigned + treated.assigned) or 0.1
         share = min(max(share, 0.01), 0.99)
         a = analyse(treated, held, min_lift=min_lift, holdout_share=share)
-        out.append(PeriodReport(goal_id, exp, period, treated, held, a,
-                                {"treated": _median(days.get("treated", [])), "held_out": _median(days.get("held_out", []))}))
+        out.append(PeriodReport(goal_id, exp, period, treated, held, a, medians[(exp, period)]))
     return out
 
 

@@ -357,7 +357,9 @@ class OutcomeRow(SQLModel, table=True):
         UniqueConstraint("entry_key", name="uq_outcome_entry"),
         Index("ix_outcome_patient", "patient_key", "status"),
         Index("ix_outcome_open", "status", "window_closes"),
-        Index("ix_outcome_goal", "goal_id", "experiment", "period"),
+        # covering indexes of the report's two reads (tallies, times to goal): index-only, in group order
+        Index("ix_outcome_goal", "goal_id", "experiment", "period", "arm", "status", "delivered"),
+        Index("ix_outcome_elapsed", "goal_id", "experiment", "period", "arm", "status", "elapsed_s"),
         CheckConstraint(one_of("status", OutcomeStatus), name="status"),
         CheckConstraint(one_of("arm", HoldoutArm), name="arm"),
     )

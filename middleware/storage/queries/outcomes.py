@@ -130,15 +130,25 @@ TALLY = query(
     "outcome.tally",
     select(outcome.c.experiment, outcome.c.period, outcome.c.arm, outcome.c.status, outcome.c.delivered,
            func.count().label("entries"))
-    .where(outcome.c.goal_id == param("goal_id"))
+    .where(outcome.c.goal_id == param("goal_id"))  # ix_outcome_goal: index-only, in group order
     .group_by(outcome.c.experiment, outcome.c.period, outcome.c.arm, outcome.c.status, outcome.c.delivered),
     Tally)
 
-ELAPSED = query(
-    "outcome.elapsed",
-    select(outcome.c.arm, outcome.c.elapsed_s)
-    .where(outcome.c.goal_id == param("goal_id"), outcome.c.status == OutcomeStatus.ACHIEVED)
-    .order_by(outcome.c.arm, outcome.c.elapsed_s))
+_ACHIEVED = outcome.c.status == OutcomeStatus.ACHIEVED
+#: the n-th shortest time to goal of one arm (``n`` = half the achieved count: the median), read
+#: from ix_outcome_elapsed in order without fetching the other rows
+NTH_ELAPSED = query(
+    "outcome.nth_elapsed",
+    select(outcome.c.elapsed_s)
+    .where(outcome.c.goal_id == param("goal_id"), outcome.c.experiment == param("experiment"),
+           outcome.c.period == param("period"), outcome.c.arm == param("arm"), _ACHIEVED)
+    .order_by(outcome.c.elapsed_s).limit(1).offset(param("n")))
+NTH_ELAPSED_NO_HOLDOUT = query(
+    "outcome.nth_elapsed_no_holdout",
+    select(outcome.c.elapsed_s)
+    .where(outcome.c.goal_id == param("goal_id"), outcome.c.experiment.is_(None), outcome.c.period.is_(None),
+           outcome.c.arm.is_(None), _ACHIEVED)
+    .order_by(outcome.c.elapsed_s).limit(1).offset(param("n")))
 
 GOALS = query("outcome.goals", select(outcome.c.goal_id, func.count().label("entries")).group_by(outcome.c.goal_id)
               .order_by(outcome.c.goal_id))

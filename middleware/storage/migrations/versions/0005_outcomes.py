@@ -63,12 +63,15 @@ def upgrade() -> None:
     )
     op.create_index("ix_outcome_patient", "outcome", ["patient_key", "status"], unique=False)
     op.create_index("ix_outcome_open", "outcome", ["status", "window_closes"], unique=False)
-    op.create_index("ix_outcome_goal", "outcome", ["goal_id", "experiment", "period"], unique=False)
+    op.create_index("ix_outcome_goal", "outcome", ["goal_id", "experiment", "period", "arm", "status", "delivered"],
+                    unique=False)
+    op.create_index("ix_outcome_elapsed", "outcome", ["goal_id", "experiment", "period", "arm", "status", "elapsed_s"], unique=False)
     op.create_index("ix_outcome_trigger_id", "outcome", ["trigger_id"], unique=False)
 
 
 def downgrade() -> None:
     op.drop_index("ix_outcome_trigger_id", table_name="outcome")
+    op.drop_index("ix_outcome_elapsed", table_name="outcome")
     op.drop_index("ix_outcome_goal", table_name="outcome")
     op.drop_index("ix_outcome_open", table_name="outcome")
     op.drop_index("ix_outcome_patient", table_name="outcome")
