@@ -158,3 +158,40 @@ def close_due(u: UnitOfWork, book: GoalBook, now: datetime, limit: int = 500) ->
 
 def mark_delivered(u: UnitOfWork, trigger_id: int, now: datetime) -> None:
     u.run(q.MARK_DELIVERED.name, trigger_id=trigger_id, now=now.timestamp())
+
+
+_BOOKS: dict[str, GoalBook] = {}
+
+
+def book_for(rs: Any) -> GoalBook:
+    """The compiled goals of a rule set, built once per rule-set version."""
+    book = _BOOKS.get(rs.version)
+    if book is None:
+        if len(_BOOKS) > 8:
+            _BOOKS.clear()
+        book = _BOOKS[rs.version] = GoalBook.from_ruleset(rs)
+    return book
+
+
+@dataclass(frozen=True)
+class Assignment:
+    arm: Arm | None = None
+    experiment: str | None = None
+    period: str | None = None
+
+    @property
+    def held_out(self) -> bool:
+        return self.arm is Arm.HELD_OUT
+
+
+def holdout_for(u: UnitOfWork, book: GoalBook, key: bytes, rule_id: str, patient_id: str | None,
+                now: datetime) -> Assignment:
+    """The arm of this patient for this rule's experiment period (no holdout: no arm). Without a
+    patient there is nobody to hold out: treated."""
+    h = book.holdouts.get(rule_id)
+    if h is None:
+        return Assignment()
+    exp, period = experiment_period(h, rule_id, now, book.zone)
+    if not patient_id:
+        return Assignment(Arm.TREATED, exp, period)
+    return Assignment(arm_for(u, key, patient_id, exp, period, h.share, now.timestamp()), exp, period)

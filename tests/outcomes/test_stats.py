@@ -81,16 +81,17 @@ def test_wilson_coverage_is_near_nominal() -> None:
 
 
 def test_newcombe_covers_a_known_effect() -> None:
-    """A simulated experiment with a known lift: the interval covers it at about its nominal rate."""
+    """A simulated experiment of 10,000 patients (10% held out) with a known lift: over repeated
+    seeds the interval covers the true difference at about its nominal rate."""
     rng = random.Random(7)
-    p_t, p_c, n_t, n_c, runs = 0.45, 0.38, 900, 100, 1500
+    p_t, p_c, n_t, n_c, runs = 0.45, 0.38, 9000, 1000, 400
     truth = p_t - p_c
     covered = 0
     for _ in range(runs):
         xt = sum(rng.random() < p_t for _ in range(n_t))
         xc = sum(rng.random() < p_c for _ in range(n_c))
         covered += newcombe_difference(xt, n_t, xc, n_c).contains(truth)
-    assert 0.93 <= covered / runs <= 0.975
+    assert 0.92 <= covered / runs <= 0.98
 
 
 def test_holdout_is_deterministic_keyed_and_near_its_share() -> None:
