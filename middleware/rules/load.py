@@ -24,6 +24,7 @@ from .check import TypeContext
 from .payload_check import check_payload, policy_positions
 from .. import purposes
 from .fhirpath import Compiled, ValueSets, check_syntax, compile_expr
+from .goal import check_goal_and_holdout
 from .journeys import JourneyInfo, OverlapPair, check_overlaps, exclusive_map, expand, starters
 from .recheck import recheckable
 from .spec import Caps, Rule, RuleFileSpec, Settings
@@ -205,6 +206,13 @@ def _check_send_time(sink: DiagnosticSink, node: Any, rule: Rule, settings: Sett
         sink.warning(node.get("when", node) if isinstance(node, dict) else node, "at_time", "send-time-in-quiet-hours",
                      f"rule '{rule.id}': at_time {t} is inside quiet hours {qh.start}-{qh.end}; "
                      f"{rule.channel} sends move to {qh.end}")
+
+
+def _today(settings: Settings) -> str:
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return datetime.now(ZoneInfo(settings.site_timezone)).date().isoformat()
 
 
 def _compiler(valuesets: ValueSets, settings: Settings) -> Any:
@@ -399,6 +407,8 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                              f"rule '{rule.id}': marketing {rule.channel} needs prior express written consent; triggers for "
                              "patients without a recorded authorization are suppressed at send time")
             _check_send_time(sink, node, rule, settings)
+            if rule.goal is not None or rule.holdout is not None:
+                check_goal_and_holdout(sink, node, rule, names, _today(settings), _check_events, _check_expr)
             if sink.has_errors:
                 continue
             cr = CompiledRule(rule=rule, path=str(path), line=line, journey=info, node=node)

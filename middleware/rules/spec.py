@@ -16,6 +16,8 @@ from .sendtime import normalize_time_of_day
 
 from ..purposes import Purpose
 
+from .goal import Goal, Holdout
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w|bd)\s*$")
 _UNIT_S = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 #: units counted on the local calendar (the wall-clock time is kept across DST changes)
@@ -211,6 +213,8 @@ class Rule(_Strict):
     enabled: bool = True
     on_no_longer_matching: NoLongerMatching = Field(default="cancel", description=_NLM_DOC)
     overlap: Overlap | None = None
+    goal: Goal | None = Field(default=None, description="the later clinical event that shows the rule worked (issue 14)")
+    holdout: Holdout | None = Field(default=None, description="hold back a share of eligible patients (issue 14)")
 
     @model_validator(mode="after")
     def _timing(self) -> "Rule":

@@ -42,6 +42,20 @@ class DisclosureOutcome(StrEnum):
     UNCONFIRMED = "unconfirmed"
 
 
+class OutcomeStatus(StrEnum):
+    """A journey entry's goal: still open, reached, window closed without it, or excluded."""
+
+    PENDING = "pending"
+    ACHIEVED = "achieved"
+    MISSED = "missed"
+    EXCLUDED = "excluded"
+
+
+class HoldoutArm(StrEnum):
+    TREATED = "treated"
+    HELD_OUT = "held_out"
+
+
 def one_of(column: str, values: type[StrEnum]) -> str:
     """The SQL of a CHECK that ``column`` holds one of ``values`` (NULL passes, as in SQL)."""
     return f"{column} IN ({', '.join(repr(v.value) for v in values)})"

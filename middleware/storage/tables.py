@@ -7,7 +7,7 @@ from typing import Any, Optional
 from sqlalchemy import CheckConstraint, Column, Index, LargeBinary, Text, UniqueConstraint, false, text, true
 from sqlmodel import Field, SQLModel
 
-from .statuses import DeliveryStatus, DisclosureOutcome, InboundStatus, TriggerStatus, one_of
+from .statuses import DeliveryStatus, DisclosureOutcome, HoldoutArm, InboundStatus, OutcomeStatus, TriggerStatus, one_of
 
 #: Stable names for every constraint and index, set before any table is declared (and before the
 #: first migration): migrations refer to constraints by these names on both dialects. ``ix`` is
@@ -364,3 +364,57 @@ class AdminAudit(SQLModel, table=True):
     outcome: str = Field(max_length=16)  # ok | refused | error
     request_id: Optional[str] = Field(default=None, max_length=64)
     detail: Optional[str] = Field(default=None, sa_column=Column(Text, nullable=True))  # JSON: counts, filters
+
+
+class HoldoutAssignment(SQLModel, table=True):
+    """A patient's arm in one experiment period, decided once (keyed HMAC of the internal
+    patient id, the experiment and the period's salt) and never changed by rule edits."""
+
+    __tablename__ = "holdout_assignment"
+    __table_args__ = (CheckConstraint(one_of("arm", HoldoutArm), name="arm"),)
+    experiment: str = Field(primary_key=True, max_length=128)
+    period: str = Field(primary_key=True, max_length=64)
+    patient_id: str = Field(primary_key=True, max_length=300)
+    arm: str = Field(max_length=16)  # statuses.HoldoutArm
+    share: float
+    assigned_at: float
+
+
+class OutcomeRow(SQLModel, table=True):
+    """The goal of one journey entry (the unit of every report: a patient's entry, not a
+    message), recomputed as later events arrive; idempotent by ``entry_key``."""
+
+    __tablename__ = "outcome"
+    __table_args__ = (
+        UniqueConstraint("entry_key", name="uq_outcome_entry"),
+        Index("ix_outcome_patient", "patient_key", "status"),
+        Index("ix_outcome_open", "status", "window_closes"),
+        # covering indexes of the report's two reads (tallies, times to goal): index-only, in group order
+        Index("ix_outcome_goal", "goal_id", "experiment", "period", "arm", "status", "delivered"),
+        Index("ix_outcome_elapsed", "goal_id", "experiment", "period", "arm", "status", "elapsed_s"),
+        CheckConstraint(one_of("status", OutcomeStatus), name="status"),
+        CheckConstraint(one_of("arm", HoldoutArm), name="arm"),
+    )
+    id: Optional[int] = Field(default=None, primary_key=True)
+    entry_key: str = Field(max_length=400)  # goal + rule/journey + origin resource
+    goal_id: str = Field(max_length=128)
+    rule_id: str = Field(max_length=128)
+    journey_id: Optional[str] = Field(default=None, max_length=128)
+    ruleset_version: Optional[str] = Field(default=None, max_length=64)
+    patient_key: Optional[str] = Field(default=None, max_length=300)
+    patient_id: Optional[str] = Field(default=None, max_length=300)
+    origin_event_id: Optional[int] = None
+    origin_resource_key: Optional[str] = Field(default=None, max_length=200)
+    trigger_id: Optional[int] = Field(default=None, index=True)
+    experiment: Optional[str] = Field(default=None, max_length=128)
+    period: Optional[str] = Field(default=None, max_length=64)
+    arm: Optional[str] = Field(default=None, max_length=16)  # statuses.HoldoutArm; NULL: no holdout
+    delivered: bool = Field(default=False, sa_column_kwargs=server(False))
+    status: str = Field(default="pending", max_length=16, sa_column_kwargs=server("pending"))  # statuses.OutcomeStatus
+    event_id: Optional[int] = None
+    achieved_at: Optional[float] = None
+    elapsed_s: Optional[float] = None
+    window_opens: Optional[float] = None
+    window_closes: Optional[float] = None
+    created_at: float
+    updated_at: float

@@ -1,0 +1,197 @@
+"""Outcome tracking inside the processing transaction: a journey entry's goal is opened
+when its rule fires (or the patient is held out), and re-decided whenever an event that can
+settle it is stored, and when its window closes. Everything is read by index (the entry's
+patient, the event types its goal names), never by scanning.
+
+Idempotent: an entry is keyed by goal, rule or journey, and origin resource (the unit is the
+patient's journey entry: two reminders for one visit are one entry), and its outcome is a
+pure function of the stored events (:mod:`middleware.outcomes.match`), so reprocessing,
+reconciliation, backfill and late messages converge on the same answer.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from middleware.outcomes.engine import CompiledGoal, LaterEvent
+from middleware.outcomes.holdout import Arm, assign
+from middleware.rules.goal import Holdout, period_of
+from middleware.storage.queries import outcomes as q
+from middleware.storage.sql import UnitOfWork
+
+
+@dataclass
+class GoalBook:
+    """The loaded rule set's goals, compiled once per rule-set version."""
+
+    goals: dict[str, CompiledGoal] = field(default_factory=dict)
+    by_rule: dict[str, str] = field(default_factory=dict)  # rule id -> goal id
+    holdouts: dict[str, Holdout] = field(default_factory=dict)  # rule id -> holdout
+    zone: str = "UTC"
+
+    @property
+    def event_types(self) -> frozenset[str]:
+        return frozenset(t for g in self.goals.values() for t in g.event_types)
+
+    @classmethod
+    def from_ruleset(cls, rs: Any) -> "GoalBook":
+        from middleware.rules.timing import make_calendar
+
+        st = rs.settings
+        cal = make_calendar(st.holiday_calendar, st.holidays)
+        book = cls(zone=st.site_timezone)
+        for cr in rs.rules:
+            rule = cr.rule
+            if rule.goal is None:
+                continue
+            if rule.goal.id not in book.goals:
+                book.goals[rule.goal.id] = CompiledGoal(rule.goal, rs.valuesets, zone=st.site_timezone,
+                                                        is_business_day=cal.is_business_day)
+            book.by_rule[rule.id] = rule.goal.id
+            if rule.holdout is not None:
+                book.holdouts[rule.id] = rule.holdout
+        return book
+
+
+def holdout_key(secret: str) -> bytes:
+    """The holdout HMAC key, derived from a careloop secret with its own label."""
+    return hmac.new(secret.encode(), b"careloop holdout assignment v1", hashlib.sha256).digest()
+
+
+def arm_for(u: UnitOfWork, key: bytes, patient_id: str, experiment: str, period: str, share: float,
+            now: float) -> Arm:
+    """The persisted arm of this patient in this experiment period (assigned on first sight)."""
+    got = u.scalar(q.ARM.name, experiment=experiment, period=period, patient_id=patient_id)
+    if got is None:
+        arm = assign(key, patient_id, experiment, period, share)
+        u.run(q.ASSIGN.name, experiment=experiment, period=period, patient_id=patient_id, arm=arm.value,
+              share=share, now=now)
+        got = u.scalar(q.ARM.name, experiment=experiment, period=period, patient_id=patient_id)
+    return Arm(got)
+
+
+def experiment_period(h: Holdout, rule_id: str, at: datetime, zone: str) -> tuple[str, str]:
+    local = at.astimezone(ZoneInfo(zone))
+    return h.experiment or rule_id, period_of(h.period, local.year, local.month)
+
+
+def open_entry(u: UnitOfWork, book: GoalBook, *, rule_id: str, ruleset_version: str | None, patient_key: str | None,
+               patient_id: str | None, origin_event_id: int, origin: dict[str, Any], origin_key: str,
+               trigger_id: int | None, now: datetime, journey_id: str | None = None,
+               arm: Arm | None = None, experiment: str | None = None, period: str | None = None) -> bool:
+    """Record a journey entry's goal (once); decide it at once from events already stored."""
+    goal_id = book.by_rule.get(rule_id)
+    if goal_id is None:
+        return False
+    goal = book.goals[goal_id]
+    got = goal.window_for(origin)
+    opens = closes = None
+    if got is not None:
+        opens, closes = got[1].opens.timestamp(), got[1].closes.timestamp()
+    entry_key = f"{goal_id}|{journey_id or rule_id}|{origin_key}"
+    created = u.run(q.OPEN_ENTRY.name, entry_key=entry_key, goal_id=goal_id, rule_id=rule_id, journey_id=journey_id,
+                    ruleset_version=ruleset_version, patient_key=patient_key, patient_id=patient_id,
+                    origin_event_id=origin_event_id, origin_resource_key=origin_key, trigger_id=trigger_id,
+                    experiment=experiment, period=period, arm=arm.value if arm else None,
+                    window_opens=opens, window_closes=closes, now=now.timestamp()) > 0
+    if created and patient_key:
+        on_event(u, book, patient_key, None, now)
+    return created
+
+
+def _later_events(u: UnitOfWork, patient_key: str, types: Iterable[str]) -> list[LaterEvent]:
+    return [LaterEvent(r.id, r.type, r.resource_type, r.resource_key, orjson.loads(r.resource),
+                       datetime.fromtimestamp(r.occurred_at, UTC))
+            for r in u.all(q.PATIENT_EVENTS.name, patient_key=patient_key, types=sorted(types))]
+
+
+def _settle(u: UnitOfWork, book: GoalBook, entries: list[q.OpenEntry], patient_key: str, now: datetime) -> int:
+    changed = 0
+    cache: dict[str, list[LaterEvent]] = {}
+    for e in entries:
+        goal = book.goals.get(e.goal_id)
+        if goal is None or e.origin_event_id is None:
+            continue  # a goal no longer in the rule set keeps its last decision
+        origin_json = u.scalar(q.ORIGIN_RESOURCE.name, id=e.origin_event_id)
+        origin = orjson.loads(origin_json) if origin_json else {}
+        types_key = ",".join(sorted(goal.event_types))
+        if types_key not in cache:
+            cache[types_key] = _later_events(u, patient_key, goal.event_types)
+        result, _ = goal.decide_entry(origin, e.origin_resource_key or "", cache[types_key], now)
+        if result.outcome.value == e.status and result.event_id == e.event_id:
+            continue
+        u.run(q.SETTLE.name, id=e.id, status=result.outcome.value, event_id=result.event_id,
+              achieved_at=result.at.timestamp() if result.at else None,
+              elapsed_s=result.elapsed.total_seconds() if result.elapsed else None, now=now.timestamp())
+        changed += 1
+    return changed
+
+
+def on_event(u: UnitOfWork, book: GoalBook, patient_key: str | None, event_type: str | None, now: datetime) -> int:
+    """Re-decide this patient's entries whose goal names ``event_type`` (``None``: all of them).
+    Settled entries are re-decided too: a late message can turn a ``missed`` into ``achieved``."""
+    if not patient_key or not book.goals or (event_type is not None and event_type not in book.event_types):
+        return 0
+    entries = [e for e in u.all(q.FOR_PATIENT.name, patient_key=patient_key)
+               if event_type is None or (e.goal_id in book.goals and event_type in book.goals[e.goal_id].event_types)]
+    return _settle(u, book, entries, patient_key, now) if entries else 0
+
+
+def close_due(u: UnitOfWork, book: GoalBook, now: datetime, limit: int = 500) -> int:
+    """Settle pending entries whose window has closed (``missed`` unless an event says otherwise)."""
+    rows = u.all(q.DUE_TO_CLOSE.name, now=now.timestamp(), limit=limit)
+    n = 0
+    by_patient: dict[str, list[q.OpenEntry]] = {}
+    for r in rows:
+        by_patient.setdefault(r.patient_key or "", []).append(r)
+    for pk, entries in by_patient.items():
+        n += _settle(u, book, entries, pk, now)  # no patient: no events, so the window's close decides
+    return n
+
+
+def mark_delivered(u: UnitOfWork, trigger_id: int, now: datetime) -> None:
+    u.run(q.MARK_DELIVERED.name, trigger_id=trigger_id, now=now.timestamp())
+
+
+_BOOKS: dict[str, GoalBook] = {}
+
+
+def book_for(rs: Any) -> GoalBook:
+    """The compiled goals of a rule set, built once per rule-set version."""
+    book = _BOOKS.get(rs.version)
+    if book is None:
+        if len(_BOOKS) > 8:
+            _BOOKS.clear()
+        book = _BOOKS[rs.version] = GoalBook.from_ruleset(rs)
+    return book
+
+
+@dataclass(frozen=True)
+class Assignment:
+    arm: Arm | None = None
+    experiment: str | None = None
+    period: str | None = None
+
+    @property
+    def held_out(self) -> bool:
+        return self.arm is Arm.HELD_OUT
+
+
+def holdout_for(u: UnitOfWork, book: GoalBook, key: bytes, rule_id: str, patient_id: str | None,
+                now: datetime) -> Assignment:
+    """The arm of this patient for this rule's experiment period (no holdout: no arm). Without a
+    patient there is nobody to hold out: treated."""
+    h = book.holdouts.get(rule_id)
+    if h is None:
+        return Assignment()
+    exp, period = experiment_period(h, rule_id, now, book.zone)
+    if not patient_id:
+        return Assignment(Arm.TREATED, exp, period)
+    return Assignment(arm_for(u, key, patient_id, exp, period, h.share, now.timestamp()), exp, period)

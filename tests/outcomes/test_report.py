@@ -1,0 +1,141 @@
+"""Reports from stored entries (SQLite and PostgreSQL): counts per arm equal what was stored,
+intervals and verdict, JSON/CSV/MeasureReport; the CLI's one-line errors."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import date
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from middleware.cli import main
+from middleware.outcomes import report
+from middleware.storage.db import init_db, make_engine
+from middleware.storage.queries import outcomes as q
+from middleware.storage.sql import unit
+
+
+def seed(engine: Any, arm: str | None, status: str, n: int, start: int, delivered: bool = False,
+         experiment: str | None = "noshow-rebook") -> None:
+    with unit(engine, write=True) as u:
+        for i in range(start, start + n):
+            u.run(q.OPEN_ENTRY.name, entry_key=f"noshow-14d|r|Appointment/{i}", goal_id="noshow-14d", rule_id="r",
+                  journey_id=None, ruleset_version="v1", patient_key=f"pk{i}", patient_id=None, origin_event_id=i,
+                  origin_resource_key=f"Appointment/{i}", trigger_id=i, experiment=experiment if arm else None,
+                  period="2026Q4" if arm else None, arm=arm, window_opens=0.0, window_closes=1.0, now=1.0)
+            row = u.one(q.FOR_PATIENT.name, patient_key=f"pk{i}")
+            u.run(q.SETTLE.name, id=row.id, status=status, event_id=None, achieved_at=None,
+                  elapsed_s=86400.0 * 3 if status == "achieved" else None, now=2.0)
+            if delivered:
+                u.run(q.MARK_DELIVERED.name, trigger_id=i, now=3.0)
+
+
+@pytest.fixture
+def engine(any_db_url: str) -> Any:
+    eng = make_engine(any_db_url)
+    init_db(eng)
+    yield eng
+    eng.dispose()
+
+
+def test_report_counts_intervals_and_formats(engine: Any, any_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Newcombe's example as stored entries: 56/70 treated vs 48/80 held out, plus excluded and pending
+    seed(engine, "treated", "achieved", 56, 0, delivered=True)
+    seed(engine, "treated", "missed", 14, 100)
+    seed(engine, "treated", "pending", 5, 200)
+    seed(engine, "held_out", "achieved", 48, 300)
+    seed(engine, "held_out", "missed", 32, 400)
+    seed(engine, "held_out", "excluded", 2, 500)
+    (r,) = report.build(engine, "noshow-14d")
+    assert (r.treated.achieved, r.treated.missed, r.treated.pending) == (56, 14, 5)
+    assert (r.held_out.achieved, r.held_out.missed, r.held_out.excluded) == (48, 32, 2)  # type: ignore[union-attr]
+    assert r.analysis is not None and r.analysis.itt is not None
+    d = r.analysis.itt.difference
+    assert (round(d.low, 4), round(d.high, 4)) == (0.0524, 0.3339)
+    assert r.analysis.per_protocol is not None and r.analysis.per_protocol.treated_rate.estimate == 1.0
+    assert r.analysis.verdict.startswith("not enough patients yet")
+    assert r.median_days["treated"] == pytest.approx(3.0)
+    text = report.as_text([r])
+    assert "+20.0 points (+5.2 to +33.4" in text and "Not seen:" in text
+    rows = list(csv.DictReader(io.StringIO(report.as_csv([r]))))
+    assert [(x["arm"], x["entries"]) for x in rows] == [("treated", "75"), ("held_out", "82")]
+    assert main(["report", "noshow-14d", "--format", "json", "--database-url", any_db_url]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["items"][0]["held_out"]["entries"] == 82
+    assert main(["report", "--format", "measure", "--start", "2026-10-01", "--end", "2026-12-31",
+                 "--database-url", any_db_url]) == 0
+    bundle = Bundle.model_validate_json(capsys.readouterr().out)
+    assert bundle.entry[0].resource.get_resource_type() == "MeasureReport"
+
+
+def test_entries_without_holdout_report_one_arm(engine: Any) -> None:
+    seed(engine, None, "achieved", 3, 0)
+    seed(engine, None, "missed", 1, 10)
+    (r,) = report.build(engine, "noshow-14d")
+    assert r.held_out is None and r.analysis is None and r.treated.achieved == 3
+    assert "no holdout" in report.as_text([r])
+    m = report.as_measure_reports([r], date(2026, 1, 1), date(2026, 1, 31))[0]
+    assert m["group"][0]["measureScore"]["value"] == 0.75
+
+
+def test_cli_unknown_goal_is_one_line(engine: Any, any_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(engine, None, "achieved", 1, 0)
+    assert main(["report", "noshow-41d", "--database-url", any_db_url]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "noshow-14d" in err
+    assert main(["report", "--format", "measure", "--database-url", any_db_url]) == 2
+    assert "YYYY-MM-DD" in capsys.readouterr().err
+
+
+def test_reports_api(engine: Any, any_db_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from middleware.api.app import create_app
+    from middleware.service import Runtime
+    from middleware.settings import Settings
+    from tests.conftest import REPO
+
+    seed(engine, "treated", "achieved", 6, 0)
+    seed(engine, "held_out", "missed", 2, 100)
+    rt = Runtime(Settings(database_url=any_db_url, mappings_dir=REPO / "mappings",
+                          contact_key_secret="reports-test-secret-0123456789abcdef"))
+    with TestClient(create_app(rt)) as client:
+        got = client.get("/api/reports/outcomes").json()
+        assert got["items"][0]["treated"]["achieved"] == 6 and got["items"][0]["held_out"]["missed"] == 2
+        assert client.get("/api/reports/outcomes/nope").status_code == 404
+        csv_text = client.get("/api/reports/outcomes/noshow-14d?format=csv").text
+        assert csv_text.startswith("goal,experiment,period,arm")
+        mr = client.get("/api/reports/outcomes/noshow-14d/measure-report?start=2026-10-01&end=2026-12-31")
+        assert mr.headers["content-type"].startswith("application/fhir+json")
+        assert mr.json()["entry"][0]["resource"]["period"] == {"start": "2026-10-01", "end": "2026-12-31"}
+        assert client.get("/api/reports/outcomes/noshow-14d/measure-report?start=2026-12-31&end=2026-10-01").status_code == 422
+
+
+def test_patient_export_is_deidentified_unless_a_dua_is_recorded(engine: Any, any_db_url: str, tmp_path: Any,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from middleware.storage.tables import AdminAudit  # noqa: F401
+
+    seed(engine, "treated", "achieved", 3, 0)
+    out = tmp_path / "x.csv"
+    assert main(["report", "noshow-14d", "--export", str(out), "--database-url", any_db_url]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 3 and len({r["export_id"] for r in rows}) == 3
+    assert "anchor_date" not in rows[0] and rows[0]["year"] == "1970" and rows[0]["days_to_outcome"] == "3"
+    text = out.read_text()
+    assert "pk0" not in text and "Appointment/" not in text  # no key, no resource id
+    again = tmp_path / "y.csv"
+    assert main(["report", "noshow-14d", "--export", str(again), "--database-url", any_db_url]) == 0
+    assert not {r["export_id"] for r in rows} & {r["export_id"] for r in csv.DictReader(again.open())}
+    capsys.readouterr()
+    assert main(["report", "noshow-14d", "--export", str(out), "--limited-data-set", "--database-url", any_db_url]) == 2
+    assert "--dua" in capsys.readouterr().err
+    assert main(["report", "noshow-14d", "--export", str(out), "--limited-data-set", "--dua", "DUA-2026-7",
+                 "--database-url", any_db_url]) == 0
+    assert "anchor_date" in out.read_text().splitlines()[0]
+    from middleware.delivery.admin_audit import query as audit_query
+
+    items, _ = audit_query(engine, action="outcomes.export_lds", actor=None, since=None, before_id=None, limit=10)
+    assert items and items[0]["reason"] == "DUA-2026-7" and items[0]["target_id"] == "noshow-14d"
