@@ -27,8 +27,9 @@ from ..model import ClinicalEvent
 from ..rules.evaluate import evaluate
 from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for
-from ..storage.rawsql import Raw
 from ..storage.tables import EventRow, InboundMessage, TriggerRow
+from ..storage.queries import replay as rq
+from ..storage.sql import UnitOfWork, joined, unit
 from .changes import ChangeResult, dumps, load_patient, on_event
 from .conditions import ConditionResolver
 
@@ -108,17 +109,10 @@ class ReplayReport:
         return sum(1 for p in self.planned if p.what == what and (sends_now is None or p.sends_now == sends_now))
 
 
-_PLAN_COLS = "id, rule_id, event_id, patient_key, due_at, status, reason, destinations"
-
-
-def _rows(conn_or_raw: Any, ids: list[int]) -> dict[int, tuple[Any, ...]]:
+def _rows(u: UnitOfWork, ids: list[int]) -> dict[int, tuple[Any, ...]]:
     out: dict[int, tuple[Any, ...]] = {}
     for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
-        marks = ", ".join(str(int(x)) for x in chunk)  # ints only: safe to inline
-        sql = f'SELECT {_PLAN_COLS} FROM "trigger" WHERE id IN ({marks})'
-        rows = conn_or_raw.all(sql) if isinstance(conn_or_raw, Raw) else conn_or_raw.exec_driver_sql(sql).fetchall()
-        out.update({int(r[0]): tuple(r) for r in rows})
+        out.update({int(r.id): tuple(r) for r in u.all(rq.PLAN_ROWS, ids=ids[i:i + 500])})
     return out
 
 
@@ -137,9 +131,8 @@ def reprocess(
         prefetch_conditions(engine, rs, conditions, since=since, until=until, source=source)
     rep = ReplayReport(applied=apply)
     last_id = 0
-    with engine.connect() as conn:
-        first_new = int(conn.exec_driver_sql('SELECT COALESCE(MAX(id), 0) FROM "trigger"').scalar() or 0) + 1
-        conn.rollback()
+    with unit(engine) as r:
+        first_new = int(r.scalar(rq.MAX_TRIGGER_ID) or 0) + 1
     before: dict[int, tuple[Any, ...]] = {}  # committed state of existing triggers the replay touched
     s = Session(engine, expire_on_commit=False)
     try:
@@ -154,12 +147,13 @@ def reprocess(
             rows = list(s.exec(stmt.order_by(col(EventRow.id)).limit(batch)))
             if not rows:
                 break
+            u = joined(s)
             for row in rows:
                 row_source = rs.sources.get(row.source)
                 ev = event_from_row(row, conditions, row_source.fhir.base_url if row_source else None)
                 result = ChangeResult()
                 zone = row_source.hl7.timezone if row_source else None
-                on_event(s, ev, row, rs, now=now, patient=load_patient(s, ev.patient_key), source_zone=zone,
+                on_event(u, ev, row, rs, now=now, patient=load_patient(u, ev.patient_key), source_zone=zone,
                          result=result, only=rules, cancel_only_ids=rep.created_ids)
                 rep.events += 1
                 rep.triggers += result.triggers
@@ -167,12 +161,11 @@ def reprocess(
                 last_id = row.id or last_id
             old = sorted(i for i in rep.created_ids if i < first_new and i not in before)
             if old:  # what they were before this replay: read on another connection (committed state)
-                with engine.connect() as other:
+                with unit(engine) as other:
                     before.update(_rows(other, old))
-                    other.rollback()
             if apply:
                 s.commit()
-        rep.planned = _plan(Raw(s), rep.created_ids, first_new, before, now)
+        rep.planned = _plan(joined(s), rep.created_ids, first_new, before, now)
     finally:
         if not apply:
             s.rollback()
@@ -180,7 +173,7 @@ def reprocess(
     return rep
 
 
-def _plan(db: Raw, ids: set[int], first_new: int, before: dict[int, tuple[Any, ...]], now: datetime) -> list[Planned]:
+def _plan(db: UnitOfWork, ids: set[int], first_new: int, before: dict[int, tuple[Any, ...]], now: datetime) -> list[Planned]:
     nowts = now.timestamp()
     out: list[Planned] = []
     for tid, (_, rule_id, event_id, patient_key, due_at, status, reason, dests) in sorted(_rows(db, sorted(ids)).items()):
@@ -294,7 +287,8 @@ def _reevaluate(s: Session, t: TriggerRow, rs: RuleSet, now: datetime, note: str
         return
     ev = event_from_row(row)
     src = rs.sources.get(row.source)
-    decisions = evaluate(ev, rs, now=now, patient=load_patient(s, ev.patient_key), hospice=hospice_for(s, ev.patient_key, rs),
+    u = joined(s)
+    decisions = evaluate(ev, rs, now=now, patient=load_patient(u, ev.patient_key), hospice=hospice_for(u, ev.patient_key, rs),
                          source_zone=src.hl7.timezone if src else None, only={t.rule_id})
     d = decisions[0] if decisions else None
     if d is not None and d.status == "unevaluable":  # not false: the trigger stays as it was

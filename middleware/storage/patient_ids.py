@@ -28,7 +28,8 @@ from __future__ import annotations
 import base64
 import secrets
 
-from .rawsql import Raw
+from .queries import patients as q
+from .sql import UnitOfWork
 
 PREFIX = "pt_"
 
@@ -38,23 +39,15 @@ def new_patient_id() -> str:
     return PREFIX + base64.b32encode(secrets.token_bytes(16)).decode().rstrip("=").lower()
 
 
-_BY_KEY = "SELECT patient_id FROM patient_identifier WHERE patient_key = ?"
-_CLAIM_KEY = ("INSERT INTO patient_identifier (patient_key, patient_id, created_at) VALUES (?, ?, ?) "
-              "ON CONFLICT (patient_key) DO NOTHING RETURNING patient_id")
-_NEW_ID = "INSERT INTO patient_identity (id, merged_into, created_at, merged_at) VALUES (?, NULL, ?, NULL)"
-_MERGED_INTO = "SELECT merged_into FROM patient_identity WHERE id = ?"
-_KEY_MERGED_INTO = "SELECT merged_into FROM patient WHERE key = ?"
-
-
-def lookup_patient_id(db: Raw, patient_key: str | None) -> str | None:
+def lookup_patient_id(u: UnitOfWork, patient_key: str | None) -> str | None:
     """The current internal id of the patient of ``patient_key``, or None if careloop has none for it."""
     if not patient_key:
         return None
-    row = db.one(_BY_KEY, (patient_key,))
-    return str(row[0]) if row is not None else None
+    found = u.scalar(q.BY_KEY, patient_key=patient_key)
+    return str(found) if found is not None else None
 
 
-def patient_id_for(db: Raw, patient_key: str | None, now: float) -> str | None:
+def patient_id_for(u: UnitOfWork, patient_key: str | None, now: float) -> str | None:
     """The internal id of ``patient_key``'s patient, issuing one if the key is new (None for no key).
 
     One indexed read when the key is known (nearly always). A new key claims its identifier row
@@ -63,24 +56,24 @@ def patient_id_for(db: Raw, patient_key: str | None, now: float) -> str | None:
     """
     if not patient_key:
         return None
-    found = lookup_patient_id(db, patient_key)
+    found = lookup_patient_id(u, patient_key)
     if found is not None:
         return found
     pid = new_patient_id()
-    claimed = db.one(_CLAIM_KEY, (patient_key, pid, now))
+    claimed = u.scalar(q.CLAIM_KEY, patient_key=patient_key, patient_id=pid, now=now)
     if claimed is None:  # another transaction claimed this key first
-        return lookup_patient_id(db, patient_key)
-    db.run(_NEW_ID, (pid, now))
+        return lookup_patient_id(u, patient_key)
+    u.run(q.NEW_ID, patient_id=pid, now=now)
     return pid
 
 
-def current_patient_id(db: Raw, patient_id: str | None) -> str | None:
+def current_patient_id(u: UnitOfWork, patient_id: str | None) -> str | None:
     """The surviving id of ``patient_id`` (itself unless it was merged away); None if unknown."""
     seen: set[str] = set()
     pid = patient_id
     while pid and pid not in seen:
         seen.add(pid)
-        row = db.one(_MERGED_INTO, (pid,))
+        row = u.one(q.MERGED_INTO, patient_id=pid)
         if row is None:
             return None
         if not row[0]:
@@ -89,7 +82,7 @@ def current_patient_id(db: Raw, patient_id: str | None) -> str | None:
     return pid
 
 
-def resolve_patient_id(db: Raw, patient_key: str | None) -> str | None:
+def resolve_patient_id(u: UnitOfWork, patient_key: str | None) -> str | None:
     """Key -> surviving internal id, following merges; never issues an id.
 
     A key merged away before careloop recorded an id for it (``patient.merged_into`` only) is
@@ -99,45 +92,34 @@ def resolve_patient_id(db: Raw, patient_key: str | None) -> str | None:
     key = patient_key
     while key and key not in seen:
         seen.add(key)
-        pid = lookup_patient_id(db, key)
+        pid = lookup_patient_id(u, key)
         if pid is not None:
-            return current_patient_id(db, pid)
-        row = db.one(_KEY_MERGED_INTO, (key,))
+            return current_patient_id(u, pid)
+        row = u.one(q.KEY_MERGED_INTO, key=key)
         key = str(row[0]) if row is not None and row[0] else None
     return None
 
 
-_ADOPT_KEY = ("INSERT INTO patient_identifier (patient_key, patient_id, created_at) VALUES (?, ?, ?) "
-              "ON CONFLICT (patient_key) DO UPDATE SET patient_id = excluded.patient_id")
-_FLATTEN = "UPDATE patient_identity SET merged_into = ? WHERE merged_into = ?"
-_RETIRE = "UPDATE patient_identity SET merged_into = ?, merged_at = ? WHERE id = ?"
-_REPOINT = (
-    "UPDATE patient_identifier SET patient_id = ? WHERE patient_id = ?",
-    "UPDATE event SET patient_id = ? WHERE patient_id = ?",
-    'UPDATE "trigger" SET patient_id = ? WHERE patient_id = ?',
-)
-
-
-def merge_patient_ids(db: Raw, surviving_key: str, retired_key: str, now: float) -> str | None:
+def merge_patient_ids(u: UnitOfWork, surviving_key: str, retired_key: str, now: float) -> str | None:
     """Record that ``retired_key``'s patient is ``surviving_key``'s; return the surviving id.
 
     The survivor keeps (or gets) its id. A retired key without an id simply maps to it; a
     retired key with an id of its own retires that id: it is recorded as merged into the
     survivor's, every key and every event/trigger row that carried it now carries the survivor's.
     """
-    survivor = patient_id_for(db, surviving_key, now)
+    survivor = patient_id_for(u, surviving_key, now)
     if survivor is None or not retired_key or retired_key == surviving_key:
         return survivor
-    retired = lookup_patient_id(db, retired_key)
+    retired = lookup_patient_id(u, retired_key)
     if retired is None:
-        db.run(_ADOPT_KEY, (retired_key, survivor, now))
+        u.run(q.ADOPT_KEY, patient_key=retired_key, patient_id=survivor, now=now)
         return survivor
     if retired == survivor:
         return survivor
-    db.run(_FLATTEN, (survivor, retired))
-    db.run(_RETIRE, (survivor, now, retired))
-    for sql in _REPOINT:
-        db.run(sql, (survivor, retired))
+    u.run(q.FLATTEN, survivor=survivor, retired=retired)
+    u.run(q.RETIRE, survivor=survivor, now=now, retired=retired)
+    for stmt in (q.REPOINT_IDENTIFIERS, q.REPOINT_EVENTS, q.REPOINT_TRIGGERS):
+        u.run(stmt, survivor=survivor, retired=retired)
     return survivor
 
 

@@ -34,14 +34,14 @@ def seed(engine: Any, arm: str | None, status: str, n: int, start: int, delivere
 
 
 @pytest.fixture
-def engine(any_db_url: str) -> Any:
-    eng = make_engine(any_db_url)
+def engine(db_url: str) -> Any:
+    eng = make_engine(db_url)
     init_db(eng)
     yield eng
     eng.dispose()
 
 
-def test_report_counts_intervals_and_formats(engine: Any, any_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_counts_intervals_and_formats(engine: Any, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     # Newcombe's example as stored entries: 56/70 treated vs 48/80 held out, plus excluded and pending
     seed(engine, "treated", "achieved", 56, 0, delivered=True)
     seed(engine, "treated", "missed", 14, 100)
@@ -62,11 +62,11 @@ def test_report_counts_intervals_and_formats(engine: Any, any_db_url: str, capsy
     assert "+20.0 points (+5.2 to +33.4" in text and "Not seen:" in text
     rows = list(csv.DictReader(io.StringIO(report.as_csv([r]))))
     assert [(x["arm"], x["entries"]) for x in rows] == [("treated", "75"), ("held_out", "82")]
-    assert main(["report", "noshow-14d", "--format", "json", "--database-url", any_db_url]) == 0
+    assert main(["report", "noshow-14d", "--format", "json", "--database-url", db_url]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["items"][0]["held_out"]["entries"] == 82
     assert main(["report", "--format", "measure", "--start", "2026-10-01", "--end", "2026-12-31",
-                 "--database-url", any_db_url]) == 0
+                 "--database-url", db_url]) == 0
     bundle = Bundle.model_validate_json(capsys.readouterr().out)
     assert bundle.entry[0].resource.get_resource_type() == "MeasureReport"
 
@@ -81,16 +81,16 @@ def test_entries_without_holdout_report_one_arm(engine: Any) -> None:
     assert m["group"][0]["measureScore"]["value"] == 0.75
 
 
-def test_cli_unknown_goal_is_one_line(engine: Any, any_db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_unknown_goal_is_one_line(engine: Any, db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     seed(engine, None, "achieved", 1, 0)
-    assert main(["report", "noshow-41d", "--database-url", any_db_url]) == 2
+    assert main(["report", "noshow-41d", "--database-url", db_url]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "noshow-14d" in err
-    assert main(["report", "--format", "measure", "--database-url", any_db_url]) == 2
+    assert main(["report", "--format", "measure", "--database-url", db_url]) == 2
     assert "YYYY-MM-DD" in capsys.readouterr().err
 
 
-def test_reports_api(engine: Any, any_db_url: str) -> None:
+def test_reports_api(engine: Any, db_url: str) -> None:
     from fastapi.testclient import TestClient
 
     from middleware.api.app import create_app
@@ -100,7 +100,7 @@ def test_reports_api(engine: Any, any_db_url: str) -> None:
 
     seed(engine, "treated", "achieved", 6, 0)
     seed(engine, "held_out", "missed", 2, 100)
-    rt = Runtime(Settings(database_url=any_db_url, mappings_dir=REPO / "mappings",
+    rt = Runtime(Settings(database_url=db_url, mappings_dir=REPO / "mappings",
                           contact_key_secret="reports-test-secret-0123456789abcdef"))
     with TestClient(create_app(rt)) as client:
         got = client.get("/api/reports/outcomes").json()
@@ -114,26 +114,26 @@ def test_reports_api(engine: Any, any_db_url: str) -> None:
         assert client.get("/api/reports/outcomes/noshow-14d/measure-report?start=2026-12-31&end=2026-10-01").status_code == 422
 
 
-def test_patient_export_is_deidentified_unless_a_dua_is_recorded(engine: Any, any_db_url: str, tmp_path: Any,
+def test_patient_export_is_deidentified_unless_a_dua_is_recorded(engine: Any, db_url: str, tmp_path: Any,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     from middleware.storage.tables import AdminAudit  # noqa: F401
 
     seed(engine, "treated", "achieved", 3, 0)
     out = tmp_path / "x.csv"
-    assert main(["report", "noshow-14d", "--export", str(out), "--database-url", any_db_url]) == 0
+    assert main(["report", "noshow-14d", "--export", str(out), "--database-url", db_url]) == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 3 and len({r["export_id"] for r in rows}) == 3
     assert "anchor_date" not in rows[0] and rows[0]["year"] == "1970" and rows[0]["days_to_outcome"] == "3"
     text = out.read_text()
     assert "pk0" not in text and "Appointment/" not in text  # no key, no resource id
     again = tmp_path / "y.csv"
-    assert main(["report", "noshow-14d", "--export", str(again), "--database-url", any_db_url]) == 0
+    assert main(["report", "noshow-14d", "--export", str(again), "--database-url", db_url]) == 0
     assert not {r["export_id"] for r in rows} & {r["export_id"] for r in csv.DictReader(again.open())}
     capsys.readouterr()
-    assert main(["report", "noshow-14d", "--export", str(out), "--limited-data-set", "--database-url", any_db_url]) == 2
+    assert main(["report", "noshow-14d", "--export", str(out), "--limited-data-set", "--database-url", db_url]) == 2
     assert "--dua" in capsys.readouterr().err
     assert main(["report", "noshow-14d", "--export", str(out), "--limited-data-set", "--dua", "DUA-2026-7",
-                 "--database-url", any_db_url]) == 0
+                 "--database-url", db_url]) == 0
     assert "anchor_date" in out.read_text().splitlines()[0]
     from middleware.delivery.admin_audit import query as audit_query
 

@@ -48,8 +48,8 @@ def store(engine: Any, res: dict[str, Any], at: datetime) -> tuple[int, str]:
 
 
 @pytest.fixture
-def engine(any_db_url: str) -> Any:
-    eng = make_engine(any_db_url)
+def engine(db_url: str) -> Any:
+    eng = make_engine(db_url)
     init_db(eng)
     yield eng
     eng.dispose()

@@ -14,14 +14,13 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from middleware.pipeline.process import Processor
 from middleware.rules.load import RuleSet, load_ruleset
 from middleware.storage.db import init_db, make_engine
 from middleware.storage.inbox import InboundRecord, InboxWriter
 from middleware.storage.patient_ids import current_patient_id, new_patient_id, resolve_patient_id
-from middleware.storage.rawsql import Raw
+from middleware.storage.sql import unit
 from tests.support.hl7msgs import adt, siu
 
 ID = re.compile(r"pt_[a-z2-7]{26}")
@@ -121,8 +120,7 @@ def test_merge_keeps_the_survivors_id_and_maps_the_old_key(engine: Engine, rs: R
     assert by_message(engine, m2, "trigger") == {survivor}
     assert rows(engine, "SELECT count(*) FROM event WHERE patient_id = :p", p=retired) == [(0,)]
     assert rows(engine, "SELECT patient_id FROM event WHERE type = 'patient.merged'") == [(survivor,)]
-    with Session(engine) as s:
-        db = Raw(s)
+    with unit(engine) as db:
         assert resolve_patient_id(db, retired_key) == survivor
         assert resolve_patient_id(db, survivor_key) == survivor
         assert current_patient_id(db, retired) == survivor

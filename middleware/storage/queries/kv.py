@@ -21,9 +21,11 @@ def _put(dialect: str) -> Any:
                                       set_={"value": stmt.excluded.value, "updated_at": stmt.excluded.updated_at})
 
 
-query("kv.get", select(KV.c.value).where(KV.c.key == param("key")))
-query("kv.put", _put)
-query("kv.add", lambda d: _insert(d).on_conflict_do_nothing(index_elements=[KV.c.key]))
+KV_GET = query("kv.get", select(KV.c.value).where(KV.c.key == param("key")))
+KV_PUT = query("kv.put", _put)
+KV_ADD = query("kv.add", lambda d: _insert(d).on_conflict_do_nothing(index_elements=[KV.c.key]))
+KV_PREFIX = query("kv.prefix", select(KV.c.key, KV.c.value).where(KV.c.key.startswith(param("prefix"), autoescape=False)))
+KV_DELETE_UNTIL = query("kv.delete_until", KV.delete().where(KV.c.key == param("key"), KV.c.updated_at <= param("until")))
 
 
 def get(u: UnitOfWork, key: str) -> str | None:
