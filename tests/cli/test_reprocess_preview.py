@@ -23,6 +23,7 @@ from tests.conftest import FIXTURES
 WELCOME = """  - id: appointment-booked-welcome
     on: [appointment.booked]
     purpose: care-coordination
+    on_no_longer_matching: keep
     channel: email
     emit: {trigger: appointment_welcome, destinations: [webhook]}
 
