@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlmodel import Session
 
 from middleware.model import ResourceChange
 from middleware.outcomes.engine import CompiledGoal
@@ -39,10 +38,9 @@ def enc(eid: str, start: str, end: str | None, status: str, cls: str = "AMB", co
 
 
 def store(engine: Any, res: dict[str, Any], at: datetime) -> tuple[int, str]:
-    with Session(engine) as s:
-        out = apply_change(s, ResourceChange(res, None, "pk-1", "default", "message", at), None,  # type: ignore[arg-type]
+    with unit(engine, write=True) as u:
+        out = apply_change(u, ResourceChange(res, None, "pk-1", "default", "message", at), None,  # type: ignore[arg-type]
                            now=at, evaluate_rules=False)
-        s.commit()
     assert out.key is not None
     return out.events[-1].id, out.key
 
