@@ -199,6 +199,21 @@ class Runtime:
                 log.error("retention failed", extra={"action": "retention.error", "error_type": type(exc).__name__})
             await asyncio.sleep(every_s)
 
+    async def _outcomes_loop(self, every_s: float = 60.0) -> None:
+        """Settle journey entries whose goal window has closed (``missed`` unless an event says
+        otherwise), every minute, in bounded batches (outcomes/track.py)."""
+        from .outcomes.track import close_windows
+
+        while True:
+            try:
+                while await asyncio.to_thread(close_windows, self.engine, self.ruleset(), self.clock()):
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("outcome windows failed", extra={"action": "outcomes.error", "error_type": type(exc).__name__})
+            await asyncio.sleep(every_s)
+
     async def _reconcile(self) -> None:
         """The FHIR reconciler (``pipeline/reconcile.py``), restarted after an unexpected error."""
         while True:
@@ -229,6 +244,7 @@ class Runtime:
                                                sched_every, "schedule")),
                 asyncio.create_task(self._loop(self.wake_deliver, self.delivery.run_once, 1.0, "deliver")),
                 asyncio.create_task(self._retention_loop(), name="retention"),
+                asyncio.create_task(self._outcomes_loop(), name="outcome-windows"),
                 asyncio.create_task(self._reconcile(), name="fhir-reconcile"),
             ]
         return tasks

@@ -381,14 +381,21 @@ class DeliveryWorker:
                 else:
                     rec.intents_done.append(d.idempotency_key)
                     self._record_outcome(rec, d, r, rs.destinations.get(d.destination), now)
-            self._write(u, rec, now)
+            self._write(u, rec, now, rs)
 
-    def _write(self, u: UnitOfWork, rec: "_Batch", now: float) -> None:
+    @staticmethod
+    def _tracks_outcomes(rs: Any) -> bool:
+        """Does the rule set name goals (then deliveries mark their journey entries delivered)?"""
+        return any(getattr(cr.rule, "goal", None) is not None for cr in getattr(rs, "rules", ()))
+
+    def _write(self, u: UnitOfWork, rec: "_Batch", now: float, rs: Any = None) -> None:
         """The batch's statements: a few executemany calls, whatever the batch size."""
         if rec.intents_done:
             u.run("delivery.intents_done", keys=rec.intents_done)
         for name in q.OUTCOME_UPDATES:
             u.many(name, rec.updates.get(name, ()))
+        if self._tracks_outcomes(rs):  # per-protocol: which journey entries were delivered
+            u.many("delivery.outcome_delivered", rec.updates.get("delivery.set_delivered", ()))
         u.many("delivery.attempt_add", rec.attempts)
         u.many("delivery.disclosure_add", rec.disclosures)
         if rec.ledger:

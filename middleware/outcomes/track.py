@@ -83,7 +83,7 @@ def experiment_period(h: Holdout, rule_id: str, at: datetime, zone: str) -> tupl
 
 
 def open_entry(u: UnitOfWork, book: GoalBook, *, rule_id: str, ruleset_version: str | None, patient_key: str | None,
-               patient_id: str | None, origin_event_id: int, origin: dict[str, Any], origin_key: str,
+               patient_id: str | None, origin_event_id: int | None, origin: dict[str, Any], origin_key: str,
                trigger_id: int | None, now: datetime, journey_id: str | None = None,
                arm: Arm | None = None, experiment: str | None = None, period: str | None = None) -> bool:
     """Record a journey entry's goal (once); decide it at once from events already stored."""
@@ -195,3 +195,68 @@ def holdout_for(u: UnitOfWork, book: GoalBook, key: bytes, rule_id: str, patient
     if not patient_id:
         return Assignment(Arm.TREATED, exp, period)
     return Assignment(arm_for(u, key, patient_id, exp, period, h.share, now.timestamp()), exp, period)
+
+
+_HOLDOUT_KV = "outcomes.holdout_key"
+_KEYS: dict[str, bytes] = {}
+
+
+def holdout_key_for(u: UnitOfWork) -> bytes:
+    """The holdout HMAC key of this database: 256 random bits made on first use and kept in
+    ``kv`` (so replicas and restarts agree, and nobody can compute an arm from identifiers)."""
+    from middleware.storage.queries.kv import KV_ADD, KV_GET
+
+    url = str(u.engine.url)
+    got = _KEYS.get(url)
+    if got is not None:
+        return got
+    value = u.scalar(KV_GET, key=_HOLDOUT_KV)
+    if value is None:
+        import secrets
+        import time
+
+        u.run(KV_ADD, key=_HOLDOUT_KV, value=secrets.token_hex(32), updated_at=time.time())
+        value = u.scalar(KV_GET, key=_HOLDOUT_KV)
+        return bytes.fromhex(str(value))  # not cached until it is known to be committed
+    key = _KEYS[url] = bytes.fromhex(str(value))
+    return key
+
+
+def before_trigger(u: UnitOfWork, rs: Any, rule_id: str, patient_id: str | None, now: datetime) -> Assignment:
+    """Called by the pipeline for each fired decision: the arm of a rule with a holdout."""
+    book = book_for(rs)
+    if rule_id not in book.holdouts:
+        return Assignment()
+    return holdout_for(u, book, holdout_key_for(u), rule_id, patient_id, now)
+
+
+def after_trigger(u: UnitOfWork, rs: Any, *, rule_id: str, journey_id: str | None, patient_key: str | None,
+                  patient_id: str | None, event_id: int | None, origin: dict[str, Any], origin_key: str,
+                  trigger_id: int | None, assignment: Assignment, now: datetime) -> None:
+    """Called by the pipeline after a fired decision was recorded (or held out): open its entry."""
+    book = book_for(rs)
+    if rule_id not in book.by_rule:
+        return
+    open_entry(u, book, rule_id=rule_id, ruleset_version=rs.version, patient_key=patient_key, patient_id=patient_id,
+               origin_event_id=event_id, origin=origin, origin_key=origin_key, trigger_id=trigger_id, now=now,
+               journey_id=journey_id, arm=assignment.arm, experiment=assignment.experiment, period=assignment.period)
+
+
+def after_event(u: UnitOfWork, rs: Any, patient_key: str | None, event_type: str, now: datetime) -> None:
+    """Called by the pipeline for every stored event: re-decide the entries its type can settle."""
+    if rs is None:
+        return
+    book = book_for(rs)
+    if book.goals and event_type in book.event_types:
+        on_event(u, book, patient_key, event_type, now)
+
+
+def close_windows(engine: Any, rs: Any, now: datetime, limit: int = 500) -> int:
+    """One batch of :func:`close_due` in its own write transaction; the number settled."""
+    from middleware.storage.sql import unit
+
+    book = book_for(rs)
+    if not book.goals:
+        return 0
+    with unit(engine, write=True) as u:
+        return close_due(u, book, now, limit)

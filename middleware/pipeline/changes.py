@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from ..model import ClinicalEvent, ResourceChange
 from ..normalize.events import derive
+from ..outcomes import track as outcomes
 from ..rules.evaluate import Decision, build_env, cancellations, evaluate
 from ..rules.journeys import apply_exclusive
 from ..rules.recheck import event_for, recheck
@@ -205,6 +206,7 @@ def apply_change(
         )
         if evaluate_rules:
             on_event(u, ev, row, rs, now=now, patient=patient, source_zone=source_zone, result=res, nth=nth)
+        outcomes.after_event(u, rs, patient_key, etype, now)  # goals this event settles (late ones too)
     if evaluate_rules and not change.deleted and prev is not None and rs.recheck_by_type.get(rtype):
         _recheck_pending(u, rs, key, resource, prev, patient_key, patient, change, now, res, partial)
     return res
@@ -275,7 +277,16 @@ def on_event(
                                                             "event_id": row.id})
         if not d.fired:
             continue
-        tid = _record_trigger(u, ev, row, d, rs, nowts, result)
+        pid = getattr(row, "patient_id", None)
+        arm = outcomes.before_trigger(u, rs, d.rule_id, pid or ev.patient_key, now)
+        if arm.held_out:  # measured exactly like a sent entry, never contacted
+            d.status, d.reason = "held_out", f"held out ({arm.experiment} {arm.period}): measured, not contacted"
+            tid = None
+        else:
+            tid = _record_trigger(u, ev, row, d, rs, nowts, result)
+        outcomes.after_trigger(u, rs, rule_id=d.rule_id, journey_id=d.journey_id, patient_key=ev.patient_key,
+                               patient_id=pid, event_id=row.id, origin=ev.resource, origin_key=ev.resource_key,
+                               trigger_id=tid, assignment=arm, now=now)
         if tid is not None and cancel_only_ids is not None:
             cancel_only_ids.add(tid)
 

@@ -10,7 +10,7 @@ from sqlalchemy import Table, delete, insert, or_, select, update
 
 from ..sql import UnitOfWork, any_of, param, query
 from ..statuses import DeliveryStatus
-from ._tables import ALERT, ATTEMPT, DELIVERY, DISCLOSURE, INTENT, KV, LEDGER, TRIGGER
+from ._tables import ALERT, ATTEMPT, DELIVERY, DISCLOSURE, INTENT, KV, LEDGER, TRIGGER, table
 
 DISABLED = "destination.disabled."  # kv prefix: 410 Gone (endpoint asked to be removed)
 PAUSED = "destination.paused."  # kv prefix: static credentials refused (circuit open until resumed)
@@ -103,6 +103,10 @@ query("delivery.set_retry", update(DELIVERY).where(_BY_ID).values(
 query("delivery.set_dead", update(DELIVERY).where(_BY_ID).values(
     status=DeliveryStatus.DEAD, last_error=param("p_error"), last_status_code=param("p_code"), updated_at=param("p_now"),
     locked_until=None))
+#: per-protocol outcomes: the journey entry of a delivered trigger was delivered (issue 14)
+query("delivery.outcome_delivered", update(table("outcome")).where(
+    table("outcome").c.trigger_id == select(_D.trigger_id).where(_D.id == param("p_id")).scalar_subquery(),
+    table("outcome").c.delivered.is_(False)).values(delivered=True, updated_at=param("p_now")))
 OUTCOME_UPDATES = ("delivery.set_skipped", "delivery.set_delivered", "delivery.set_retry", "delivery.set_dead")
 
 
