@@ -84,8 +84,11 @@ class CompiledGoal:
                        for types, w, same in self._excl)
         if not (qualifies or excludes):
             return None
-        expr = self._time or self._defaults.get(ev.resource_type.lower())
-        when = _clinical_time(expr, ev.resource, env, self.zone) or ev.occurred_at
+        if self.goal.counted_at == "recorded":
+            when = ev.occurred_at
+        else:
+            expr = self._time or self._defaults.get(ev.resource_type.lower())
+            when = _clinical_time(expr, ev.resource, env, self.zone) or ev.occurred_at
         return Candidate(ev.id, when, qualifies, excludes)
 
     def decide_entry(self, origin: dict[str, Any], origin_key: str, events: Iterable[LaterEvent],

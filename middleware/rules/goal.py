@@ -69,6 +69,9 @@ class Goal(_Strict):
         default="patient", description="'resource': only the trigger's own appointment/encounter counts")
     anchor: FhirPath | None = Field(default=None, description="clinical time on the trigger's resource")
     time: FhirPath | None = Field(default=None, description="clinical time on the later event's resource")
+    counted_at: Literal["clinical", "recorded"] = Field(
+        default="clinical", description="'clinical': the later event's clinical time (a visit's start); 'recorded': when "
+        "the change happened (a booking made within 14 days, whatever the new visit's date)")
     window: GoalWindow
     fails_on: list[str] = Field(default_factory=list,
                                 description="event types of the same resource that settle the goal as missed (appointment.noshow)")
