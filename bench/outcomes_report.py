@@ -52,7 +52,7 @@ def fill(engine, entries: int, events_per_entry: int, seed: int = 1) -> None:
                                  origin_resource_key=f"Appointment/{i}", trigger_id=i + 1, experiment=goal, period="2026Q4",
                                  arm=arm, delivered=arm == "treated", status=status, event_id=None, achieved_at=None,
                                  elapsed_s=rng.random() * 14 * 86400 if status == "achieved" else None,
-                                 window_opens=1.7e9, window_closes=1.7e9 + 14 * 86400, created_at=1.7e9, updated_at=1.7e9))
+                                 anchor_at=1.7e9, window_opens=1.7e9, window_closes=1.7e9 + 14 * 86400, created_at=1.7e9, updated_at=1.7e9))
             trig_rows.append(dict(rule_id="r", ruleset_version="v1", name="t", purpose="treatment-reminder", destinations="webhook",
                                   patient_key=pk, resource_key=f"Appointment/{i}", origin_key=f"r|event:{i}", event_id=i,
                                   due_at=1.7e9, status="fired", payload="{}", created_at=1.7e9, updated_at=1.7e9))

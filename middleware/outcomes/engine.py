@@ -67,8 +67,9 @@ class CompiledGoal:
         expr = self._anchor or self._anchors.get(str(origin.get("resourceType", "")).lower())
         return _clinical_time(expr, origin, {}, self.zone)
 
-    def window_for(self, origin: dict[str, Any]) -> tuple[datetime, Window] | None:
-        anchor = self.anchor_time(origin)
+    def window_for(self, origin: dict[str, Any], recorded: datetime | None = None) -> tuple[datetime, Window] | None:
+        """The anchor and window of an entry (``recorded``: when its starting change happened)."""
+        anchor = recorded if self.goal.anchored_at == "recorded" and recorded is not None else self.anchor_time(origin)
         if anchor is None:
             return None
         return anchor, window(anchor, self.spec, ZoneInfo(self.zone), self.is_business_day)
@@ -92,10 +93,11 @@ class CompiledGoal:
         return Candidate(ev.id, when, qualifies, excludes)
 
     def decide_entry(self, origin: dict[str, Any], origin_key: str, events: Iterable[LaterEvent],
-                     now: datetime) -> tuple[Result, Window | None]:
+                     now: datetime, fixed: tuple[datetime, Window] | None = None) -> tuple[Result, Window | None]:
         """The outcome of one journey entry; ``events`` are the patient's later events of
-        :attr:`event_types` (any order, duplicates harmless)."""
-        got = self.window_for(origin)
+        :attr:`event_types` (any order, duplicates harmless); ``fixed``: the anchor and window
+        recorded when the entry was opened."""
+        got = fixed or self.window_for(origin)
         if got is None:
             return Result(Outcome.EXCLUDED), None  # no clinical anchor: cannot be measured
         anchor, win = got

@@ -22,6 +22,7 @@ import orjson
 
 from middleware.outcomes.engine import CompiledGoal, LaterEvent
 from middleware.outcomes.holdout import Arm, assign
+from middleware.outcomes.window import Window
 from middleware.rules.goal import Holdout, period_of
 from middleware.storage.queries import outcomes as q
 from middleware.storage.sql import UnitOfWork
@@ -85,22 +86,25 @@ def experiment_period(h: Holdout, rule_id: str, at: datetime, zone: str) -> tupl
 def open_entry(u: UnitOfWork, book: GoalBook, *, rule_id: str, ruleset_version: str | None, patient_key: str | None,
                patient_id: str | None, origin_event_id: int | None, origin: dict[str, Any], origin_key: str,
                trigger_id: int | None, now: datetime, journey_id: str | None = None,
-               arm: Arm | None = None, experiment: str | None = None, period: str | None = None) -> bool:
+               arm: Arm | None = None, experiment: str | None = None, period: str | None = None,
+               recorded: datetime | None = None) -> bool:
     """Record a journey entry's goal (once); decide it at once from events already stored."""
     goal_id = book.by_rule.get(rule_id)
     if goal_id is None:
         return False
     goal = book.goals[goal_id]
-    got = goal.window_for(origin)
-    opens = closes = None
+    got = goal.window_for(origin, recorded)
+    anchor_at = opens = closes = None
     if got is not None:
-        opens, closes = got[1].opens.timestamp(), got[1].closes.timestamp()
-    entry_key = f"{goal_id}|{journey_id or rule_id}|{origin_key}"
+        anchor_at, opens, closes = got[0].timestamp(), got[1].opens.timestamp(), got[1].closes.timestamp()
+    # the unit is the patient's journey entry: rules sharing a goal (the 72 h and 24 h reminders
+    # of one visit) make one entry per origin resource; a journey's steps make one per journey
+    entry_key = f"{goal_id}|{journey_id or '-'}|{origin_key}"
     created = u.run(q.OPEN_ENTRY.name, entry_key=entry_key, goal_id=goal_id, rule_id=rule_id, journey_id=journey_id,
                     ruleset_version=ruleset_version, patient_key=patient_key, patient_id=patient_id,
                     origin_event_id=origin_event_id, origin_resource_key=origin_key, trigger_id=trigger_id,
                     experiment=experiment, period=period, arm=arm.value if arm else None,
-                    window_opens=opens, window_closes=closes, now=now.timestamp()) > 0
+                    anchor_at=anchor_at, window_opens=opens, window_closes=closes, now=now.timestamp()) > 0
     if created and patient_key:
         on_event(u, book, patient_key, None, now)
     return created
@@ -124,7 +128,11 @@ def _settle(u: UnitOfWork, book: GoalBook, entries: list[q.OpenEntry], patient_k
         types_key = ",".join(sorted(goal.event_types))
         if types_key not in cache:
             cache[types_key] = _later_events(u, patient_key, goal.event_types)
-        result, _ = goal.decide_entry(origin, e.origin_resource_key or "", cache[types_key], now)
+        fixed = None
+        if e.anchor_at is not None and e.window_opens is not None and e.window_closes is not None:
+            fixed = (datetime.fromtimestamp(e.anchor_at, UTC),
+                     Window(datetime.fromtimestamp(e.window_opens, UTC), datetime.fromtimestamp(e.window_closes, UTC)))
+        result, _ = goal.decide_entry(origin, e.origin_resource_key or "", cache[types_key], now, fixed)
         if result.outcome.value == e.status and result.event_id == e.event_id:
             continue
         u.run(q.SETTLE.name, id=e.id, status=result.outcome.value, event_id=result.event_id,
@@ -232,14 +240,16 @@ def before_trigger(u: UnitOfWork, rs: Any, rule_id: str, patient_id: str | None,
 
 def after_trigger(u: UnitOfWork, rs: Any, *, rule_id: str, journey_id: str | None, patient_key: str | None,
                   patient_id: str | None, event_id: int | None, origin: dict[str, Any], origin_key: str,
-                  trigger_id: int | None, assignment: Assignment, now: datetime) -> None:
+                  trigger_id: int | None, assignment: Assignment, now: datetime,
+                  recorded: datetime | None = None) -> None:
     """Called by the pipeline after a fired decision was recorded (or held out): open its entry."""
     book = book_for(rs)
     if rule_id not in book.by_rule:
         return
     open_entry(u, book, rule_id=rule_id, ruleset_version=rs.version, patient_key=patient_key, patient_id=patient_id,
                origin_event_id=event_id, origin=origin, origin_key=origin_key, trigger_id=trigger_id, now=now,
-               journey_id=journey_id, arm=assignment.arm, experiment=assignment.experiment, period=assignment.period)
+               journey_id=journey_id, arm=assignment.arm, experiment=assignment.experiment, period=assignment.period,
+               recorded=recorded)
 
 
 def after_event(u: UnitOfWork, rs: Any, patient_key: str | None, event_type: str, now: datetime) -> None:

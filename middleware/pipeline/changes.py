@@ -286,7 +286,7 @@ def on_event(
             tid = _record_trigger(u, ev, row, d, rs, nowts, result)
         outcomes.after_trigger(u, rs, rule_id=d.rule_id, journey_id=d.journey_id, patient_key=ev.patient_key,
                                patient_id=pid, event_id=row.id, origin=ev.resource, origin_key=ev.resource_key,
-                               trigger_id=tid, assignment=arm, now=now)
+                               trigger_id=tid, assignment=arm, now=now, recorded=ev.occurred_at)
         if tid is not None and cancel_only_ids is not None:
             cancel_only_ids.add(tid)
 

@@ -68,6 +68,9 @@ class Goal(_Strict):
     same: Literal["patient", "resource"] = Field(
         default="patient", description="'resource': only the trigger's own appointment/encounter counts")
     anchor: FhirPath | None = Field(default=None, description="clinical time on the trigger's resource")
+    anchored_at: Literal["clinical", "recorded"] = Field(
+        default="clinical", description="'clinical': `anchor` on the trigger's resource; 'recorded': when the change that "
+        "started the entry happened (a nudge about a CarePlan activity)")
     time: FhirPath | None = Field(default=None, description="clinical time on the later event's resource")
     counted_at: Literal["clinical", "recorded"] = Field(
         default="clinical", description="'clinical': the later event's clinical time (a visit's start); 'recorded': when "

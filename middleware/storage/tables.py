@@ -414,6 +414,7 @@ class OutcomeRow(SQLModel, table=True):
     event_id: Optional[int] = None
     achieved_at: Optional[float] = None
     elapsed_s: Optional[float] = None
+    anchor_at: Optional[float] = None  # the clinical (or recorded) time the goal's window counts from
     window_opens: Optional[float] = None
     window_closes: Optional[float] = None
     created_at: float

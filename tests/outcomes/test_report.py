@@ -25,7 +25,7 @@ def seed(engine: Any, arm: str | None, status: str, n: int, start: int, delivere
             u.run(q.OPEN_ENTRY.name, entry_key=f"noshow-14d|r|Appointment/{i}", goal_id="noshow-14d", rule_id="r",
                   journey_id=None, ruleset_version="v1", patient_key=f"pk{i}", patient_id=None, origin_event_id=i,
                   origin_resource_key=f"Appointment/{i}", trigger_id=i, experiment=experiment if arm else None,
-                  period="2026Q4" if arm else None, arm=arm, window_opens=0.0, window_closes=1.0, now=1.0)
+                  period="2026Q4" if arm else None, arm=arm, anchor_at=0.0, window_opens=0.0, window_closes=1.0, now=1.0)
             row = u.one(q.FOR_PATIENT.name, patient_key=f"pk{i}")
             u.run(q.SETTLE.name, id=row.id, status=status, event_id=None, achieved_at=None,
                   elapsed_s=86400.0 * 3 if status == "achieved" else None, now=2.0)

@@ -75,7 +75,7 @@ def test_entry_is_settled_by_a_later_visit_and_opened_once(engine: Any) -> None:
     with unit(engine, write=True) as u:
         assert on_event(u, b, "pk-1", "encounter.finished", t0 + timedelta(days=7, hours=8)) == 1
     (key, status, event_id, elapsed), = outcome_rows(engine)
-    assert key == f"fuh-7d|fuh-followup-7d|{origin_key}"
+    assert key == f"fuh-7d|-|{origin_key}"
     assert (status, event_id) == ("achieved", vid)
     assert elapsed == pytest.approx(timedelta(days=7, hours=7, minutes=30).total_seconds())
     # an unrelated event type costs nothing and changes nothing

@@ -28,7 +28,8 @@ def _open_entry(dialect: str) -> ClauseElement:
         ruleset_version=param("ruleset_version"), patient_key=param("patient_key"), patient_id=param("patient_id"),
         origin_event_id=param("origin_event_id"), origin_resource_key=param("origin_resource_key"),
         trigger_id=param("trigger_id"), experiment=param("experiment"), period=param("period"), arm=param("arm"),
-        status=OutcomeStatus.PENDING, window_opens=param("window_opens"), window_closes=param("window_closes"),
+        status=OutcomeStatus.PENDING, anchor_at=param("anchor_at"), window_opens=param("window_opens"),
+        window_closes=param("window_closes"),
         created_at=param("now"), updated_at=param("now"))
     return ins.on_conflict_do_nothing(index_elements=["entry_key"])  # type: ignore[no-any-return]
 
@@ -45,10 +46,14 @@ class OpenEntry(NamedTuple):
     origin_resource_key: str | None
     status: str
     event_id: int | None
+    anchor_at: float | None
+    window_opens: float | None
+    window_closes: float | None
 
 
 _ENTRY_COLS = (outcome.c.id, outcome.c.goal_id, outcome.c.rule_id, outcome.c.patient_key, outcome.c.origin_event_id,
-               outcome.c.origin_resource_key, outcome.c.status, outcome.c.event_id)
+               outcome.c.origin_resource_key, outcome.c.status, outcome.c.event_id, outcome.c.anchor_at,
+               outcome.c.window_opens, outcome.c.window_closes)
 
 PENDING_FOR_PATIENT = query(
     "outcome.pending_for_patient",

@@ -52,6 +52,7 @@ def upgrade() -> None:
         sa.Column("event_id", sa.Integer(), nullable=True),
         sa.Column("achieved_at", sa.Float(), nullable=True),
         sa.Column("elapsed_s", sa.Float(), nullable=True),
+        sa.Column("anchor_at", sa.Float(), nullable=True),
         sa.Column("window_opens", sa.Float(), nullable=True),
         sa.Column("window_closes", sa.Float(), nullable=True),
         sa.Column("created_at", sa.Float(), nullable=False),
