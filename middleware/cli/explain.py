@@ -28,6 +28,27 @@ def _site_time(text: str, flag: str, zone: ZoneInfo) -> datetime:
     return at.replace(tzinfo=zone) if naive else at
 
 
+def _goal_of(rs: Any, rule_id: str, resource: dict[str, Any], now: datetime) -> dict[str, Any] | None:
+    """The goal of a fired rule and the window this entry would be measured in (docs/outcomes.md)."""
+    from ..outcomes.track import book_for
+
+    book = book_for(rs)
+    goal_id = book.by_rule.get(rule_id)
+    if goal_id is None:
+        return None
+    cg = book.goals[goal_id]
+    g = cg.goal
+    got = cg.window_for(resource, now)
+    unit = {"calendar_days": "local calendar days", "business_days": "business days", "hours": "hours"}[g.window.unit]
+    what = (f"{' or '.join(g.on)}" + (f" where {g.where.strip()}" if g.where else "")
+            + f" for the same {'appointment/encounter' if g.same == 'resource' else 'patient'}"
+            + f", {unit} {g.window.from_}-{g.window.to} after the {'change' if g.anchored_at == 'recorded' else g.anchor or 'anchor'}")
+    zone = ZoneInfo(rs.settings.site_timezone)
+    return {"id": g.id, "what": what, "aligned_with": g.aligned_with,
+            "opens": got[1].opens.astimezone(zone).isoformat() if got else None,
+            "closes": got[1].closes.astimezone(zone).isoformat() if got else None}
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     from ..pipeline.dryrun import DryRun
     from .serve import load_rules_or_report
@@ -85,7 +106,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     "resource": ev.resource, "patient_key": ev.patient_key,
                     "rules": [{"rule": d.rule_id, "fired": d.fired, "status": d.status, "reason": d.reason,
                                "due_at": d.due_at.isoformat() if d.due_at else None, "trigger": d.trigger,
-                               "payload": d.payload if d.fired else None, "steps": d.steps} for d in decisions],
+                               "payload": d.payload if d.fired else None, "steps": d.steps,
+                               "goal": _goal_of(rs, d.rule_id, ev.resource, dry.now) if d.fired else None}
+                              for d in decisions],
                 })
             for e in step.result.events:
                 if not any(x.get("type") == e.type and x.get("input") == f for x in out_events):
@@ -120,10 +143,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if not shown["rules"]:
             print("   no rule listens to this event")
         for r in shown["rules"]:
-            mark = {"pending": "FIRES", "skipped": "SKIPPED", "suppressed": "SUPPRESSED"}.get(r["status"] or "", "no")
+            mark = {"pending": "FIRES", "skipped": "SKIPPED", "suppressed": "SUPPRESSED",
+                    "held_out": "HELD OUT"}.get(r["status"] or "", "no")
             print(f"   [{mark}] {r['rule']}: {r['reason']}")
             for s in r["steps"]:
                 print(f"          - {s}")
+            if r.get("goal"):
+                g = r["goal"]
+                print(f"          goal {g['id']}: {g['what']}; window {g['opens'] or '?'} to {g['closes'] or '?'}"
+                      + (f" ({g['aligned_with']})" if g.get("aligned_with") else ""))
     if journey:
         print("\n== journey (simulated clock)")
         for j in journey:

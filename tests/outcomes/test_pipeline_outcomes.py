@@ -109,3 +109,14 @@ def test_holdout_refused_for_care_coordination_without_a_study(mappings_dir: Pat
     (mappings_dir / "rules" / "winback.yaml").write_text(RULE.replace('"2099-12-31"', '"2020-01-31"'))
     rs, diags = load_ruleset(mappings_dir)
     assert rs is None and any(d.code == "study-expired" for d in diags)
+
+
+def test_explain_shows_the_goal_and_its_window(capsys: pytest.CaptureFixture[str]) -> None:
+    from middleware.cli import main
+    from tests.conftest import REPO
+
+    assert main(["explain", str(REPO / "tests/fixtures/hl7/siu_s26_v251.hl7"), "--now", "2024-01-01T00:00",
+                 "--mappings", str(REPO / "mappings")]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("goal "))
+    assert "noshow-rebooked-14d" in line and "0-14" in line
+    assert "window 2024-04-02T00:00:00-04:00 to 2024-04-17T00:00:00-04:00" in line  # local dates, site zone
