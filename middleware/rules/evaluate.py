@@ -30,7 +30,6 @@ from .sendtime import PAST_GRACE, SendTime, parse_time_of_day, patient_zone, pla
 from .timing import add_duration, apply_quiet_hours, make_calendar, parse_fhir_datetime
 
 
-
 @dataclass
 class Decision:
     rule_id: str
