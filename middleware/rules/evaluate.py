@@ -21,7 +21,7 @@ FHIRPath environment (``%name``) seen by every expression of a rule:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from ..model import ClinicalEvent, Conditions
@@ -30,11 +30,8 @@ from .fhirpath import Compiled, first_value, truthy
 from .load import CompiledRule, RuleSet
 from .spec import parse_duration
 from .suppress import age_in_years, is_deceased
-from .sendtime import SendTime, parse_time_of_day, patient_zone, place
+from .sendtime import PAST_GRACE, SendTime, parse_time_of_day, patient_zone, place
 from .timing import add_duration, apply_quiet_hours, make_calendar, parse_fhir_datetime
-
-#: a trigger due less than this far in the past still fires now (clock skew, processing lag)
-PAST_GRACE = timedelta(minutes=5)
 
 
 @dataclass
