@@ -188,8 +188,12 @@ class _Checker:
             if t == "?":
                 return None
             m = members(t)
+            if name == "resourceType" and "Resource" in _ancestors(t):
+                m = {**m, "resourceType": "string"}  # a JSON key fhirpathpy navigates like an element
             if name in m:
                 found |= _resolve(m[name])
+            elif t in ("Resource", "DomainResource"):
+                return None  # any resource (contained): narrow with ofType(Condition) to have it checked
             candidates |= set(m)
         if "?" in found:
             return None

@@ -116,9 +116,18 @@ def test_unknown_variable_lists_the_typed_variables(mdir):
     ("period.end.plusBusinessDays(2).localDate()", "Encounter"),
     ("%diagnoses.coding.code", "Encounter"),
     ("hospitalization.dischargeDisposition.where(memberOf('x')).empty()", "Encounter"),
+    ("contained.where(resourceType = 'Condition').code", "Encounter"),  # any resource: not checked
+    ("meta.lastUpdated", "Encounter"),
+    ("status in ('booked' | 'arrived')", "Appointment"),
 ])
 def test_valid_paths_pass(expr, context):
     assert check_expression(expr, [context], variable_types([context])) == []
+
+
+def test_of_type_narrows_and_is_checked():
+    probs = check_expression("contained.ofType(Condition).cod", ["Encounter"], variable_types(["Encounter"]))
+    assert [p.message for p in probs] == ["Condition has no element 'cod' (did you mean 'code'?)"]
+    assert check_expression("class.code.hasValue()", ["Encounter"])[0].message == "unknown function 'hasValue()'"
 
 
 def test_choice_type_suggestion():
