@@ -231,7 +231,15 @@ class _Checker:
             return self.invocation(ctx.invocation(), left, this, False, head)
         if isinstance(ctx, P.IndexerExpressionContext):
             left = self.expression(ctx.expression(0), this, head)
-            self.expression(ctx.expression(1), this, [None])
+            index = ctx.expression(1)
+            if index.getText() == "x":  # value[x]: the specification's notation, not FHIRPath
+                name = ctx.expression(0).getText().rsplit(".", 1)[-1]
+                variants = sorted({f"{name}{t[0].upper()}{t[1:]}" for t in (left or ()) if "." not in t})
+                self.problem(ctx.expression(0).stop.start, "choice-notation",
+                             f"'{name}[x]' is the FHIR specification's notation; in FHIRPath write '{name}' (any type), "
+                             f"'{name}.ofType(Period)'" + (f" or one of {', '.join(variants)}" if variants else ""))
+                return left
+            self.expression(index, this, [None])
             return left
         if isinstance(ctx, P.PolarityExpressionContext):
             return self.expression(ctx.expression(), this, head)

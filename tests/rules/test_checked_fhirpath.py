@@ -147,3 +147,12 @@ def test_cancel_context_types_origin_and_payload():
     tc = TypeContext.for_rule(["encounter.finished"], ["discharge_date"]).cancelling(["appointment.booked"])
     assert tc.check("start > %origin.period.end and %payload.discharge_date.exists()") == []
     assert tc.check("%origin.start.exists()")[0].message.startswith("Encounter has no element 'start'")
+
+
+def test_choice_notation_from_the_spec_is_explained(mdir):
+    text = ENC.replace("on: [encounter.finished]", "on: [careplan.activity.scheduled]").replace(
+        "WHERE", "\"%activity.detail.scheduled[x].exists()\"")
+    errs = errors(mdir, text)
+    assert errs == ["zz.yaml:5:30: error[choice-notation] where: 'scheduled[x]' is the FHIR specification's notation; "
+                    "in FHIRPath write 'scheduled' (any type), 'scheduled.ofType(Period)' or one of scheduledPeriod, "
+                    "scheduledString, scheduledTiming"]
