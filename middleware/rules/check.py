@@ -79,6 +79,12 @@ class Variable:
     type: str  # a FHIR type, primitive, backbone path, "obj:<name>" or "?" (unknown)
     meaning: str
 
+    def describe(self) -> str:
+        """``Patient``, ``integer``, ``{type, previousStatus, status}``."""
+        if self.type.startswith("obj:"):
+            return self.meaning if self.meaning.startswith("{") else "fields"
+        return "any" if self.type == "?" else _label(self.type)
+
 
 def _choice_type(name: str) -> str:
     low = name[0].lower() + name[1:]
@@ -217,8 +223,8 @@ class _Checker:
             var = self.variables.get(name)
             if var is not None:
                 msg += f"; %{name} is a variable of its own: {var.meaning} ({_label(var.type)})"
-            elif head != "resource" and not hint:
-                msg += "; variables: " + ", ".join(f"%{k} ({_label(v.type)})" for k, v in sorted(self.variables.items()))
+            if head != "resource" and (var is not None or not hint):
+                msg += "; variables: " + ", ".join(f"%{k} ({v.describe()})" for k, v in sorted(self.variables.items()))
         self.problem(offset, "unknown-element", msg)
         return frozenset()
 

@@ -43,7 +43,10 @@ def errors(mdir: Path, text: str) -> list[str]:
      "zz.yaml:5:12: error[unknown-element] where: Encounter has no element 'hospitalisation' (did you mean 'hospitalization'?)"),
     ("\"%patient.age >= 6\"",
      "zz.yaml:5:22: error[unknown-element] where: Patient has no element 'age'; %age is a variable of its own: "
-     "the patient's age in whole years (integer)"),
+     "the patient's age in whole years (integer); variables: %activity (CarePlan.activity), %age (integer), "
+     "%context (Encounter), %diagnoses (CodeableConcept), %due (dateTime), %event ({type, previousStatus, status}), %hospice (boolean), "
+     "%loinc (string), %now (dateTime), %patient (Patient), %previous (Encounter), %resource (Encounter), "
+     "%sct (string), %ucum (string)"),
     ("period.end.plusDay(2).exists()",
      "zz.yaml:5:23: error[unknown-function] where: unknown function 'plusDay()' (did you mean 'plusDays()'?)"),
     ("period.end.foo.exists()",
