@@ -337,7 +337,10 @@ class _Checker:
                 t = self.type_name(params[0].getText(), params[0].start.start)
                 return frozenset({"boolean"}) if name == "is" else t
             return None
-        arg_this = input_ if name in _ITERATING or name == "iif" else input_
+        # fhirpathpy evaluates "AnyAtRoot" parameters (union, combine, exclude...) on the root, others on the input
+        arity = (invocation_registry.get(name) or {}).get("arity") or {}
+        at_root = any("AnyAtRoot" in (sig if isinstance(sig, list) else []) for sig in arity.values())
+        arg_this = self.root if at_root else input_
         results = [self.expression(p, arg_this, [None]) for p in params]
         if name == "select":
             return results[0] if results else None

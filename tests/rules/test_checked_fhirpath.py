@@ -121,6 +121,7 @@ def test_unknown_variable_lists_the_typed_variables(mdir):
     ("hospitalization.dischargeDisposition.where(memberOf('x')).empty()", "Encounter"),
     ("contained.where(resourceType = 'Condition').code", "Encounter"),  # any resource: not checked
     ("meta.lastUpdated", "Encounter"),
+    ("participant.actor.union(participant.actor).display", "Appointment"),  # union's argument is read at the root
     ("status in ('booked' | 'arrived')", "Appointment"),
 ])
 def test_valid_paths_pass(expr, context):
