@@ -338,7 +338,8 @@ class _Checker:
                 return frozenset({"boolean"}) if name == "is" else t
             return None
         # fhirpathpy evaluates "AnyAtRoot" parameters (union, combine, exclude...) on the root, others on the input
-        arity = (invocation_registry.get(name) or {}).get("arity") or {}
+        entry: dict[str, Any] = invocation_registry.get(name) or {}  # type: ignore[assignment]
+        arity: dict[int, Any] = entry.get("arity") or {}
         at_root = any("AnyAtRoot" in (sig if isinstance(sig, list) else []) for sig in arity.values())
         arg_this = self.root if at_root else input_
         results = [self.expression(p, arg_this, [None]) for p in params]
