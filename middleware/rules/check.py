@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from antlr4 import CommonTokenStream, InputStream
-from antlr4.error.ErrorListener import ErrorListener
 from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.models import models
-from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser as P
+
+from .fhirpath import parse_tree
 
 R4 = models["r4"]
 PRIMITIVES = frozenset({
@@ -150,14 +149,6 @@ def _ancestors(t: str) -> list[str]:
         out.append(cur)
         cur = R4["type2Parent"].get(cur)
     return out
-
-
-class _Listener(ErrorListener):  # type: ignore[misc]
-    def __init__(self) -> None:
-        self.failed = False
-
-    def syntaxError(self, *a: Any) -> None:
-        self.failed = True
 
 
 class _Checker:
@@ -367,19 +358,8 @@ class _Checker:
 
 
 def parse(expr: str) -> Any | None:
-    """The ANTLR parse tree of an expression, or None when it does not parse."""
-    listener = _Listener()
-    lexer = FHIRPathLexer(InputStream(expr))
-    lexer.removeErrorListeners()
-    lexer.addErrorListener(listener)
-    parser = P(CommonTokenStream(lexer))
-    parser.removeErrorListeners()
-    parser.addErrorListener(listener)
-    try:
-        tree = parser.entireExpression()
-    except Exception:
-        return None
-    return None if listener.failed else tree
+    """The ANTLR expression tree, or None when it does not parse (shared with the syntax check)."""
+    return parse_tree(expr)[0]
 
 
 def check_expression(expr: str, context: list[str], variables: dict[str, Variable] | None = None,
@@ -390,7 +370,7 @@ def check_expression(expr: str, context: list[str], variables: dict[str, Variabl
     if tree is None:
         return []
     checker = _Checker(expr, context, variables or {}, objects or {})
-    checker.expression(tree.expression(), checker.root, [None])
+    checker.expression(tree, checker.root, [None])
     return checker.problems
 
 
@@ -401,7 +381,7 @@ def result_type(expr: str, context: list[str], variables: dict[str, Variable] | 
     if tree is None:
         return None
     checker = _Checker(expr, context, variables or {}, objects or {})
-    return checker.expression(tree.expression(), checker.root, [None])
+    return checker.expression(tree, checker.root, [None])
 
 
 def variable_types(context: list[str], origin: list[str] | None = None) -> dict[str, Variable]:
@@ -468,11 +448,16 @@ class TypeContext:
                 "obj:payload": {k: "?" for k in self.payload_keys}}
 
     def check(self, expr: str) -> list[Problem]:
-        if not self.resources:
-            return []
-        return check_expression(expr, list(self.resources), self.variables(), self.objects())
+        return list(_check_cached(self, expr))
 
     def type_of(self, expr: str) -> Ty:
         if not self.resources:
             return None
         return result_type(expr, list(self.resources), self.variables(), self.objects())
+
+
+@lru_cache(maxsize=4096)
+def _check_cached(tc: TypeContext, expr: str) -> tuple[Problem, ...]:
+    if not tc.resources:
+        return ()
+    return tuple(check_expression(expr, list(tc.resources), tc.variables(), tc.objects()))

@@ -31,7 +31,7 @@ def split_clauses(expr: str) -> tuple[str | None, list[str]]:
     tree = parse(expr)
     if tree is None:
         return None, [expr.strip()]
-    top = tree.expression()
+    top = tree
     while isinstance(top, P.TermExpressionContext) and isinstance(top.term(), P.ParenthesizedTermContext):
         top = top.term().expression()
     kinds = {P.AndExpressionContext: "and", P.OrExpressionContext: "or"}
