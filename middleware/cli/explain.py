@@ -75,6 +75,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         now = _site_time(first, f"{specs[0][0]}@", zone)
     else:
         now = datetime.now(timezone.utc)
+    from ..rules.clauses import EXPLAIN_CLAUSES
+
+    EXPLAIN_CLAUSES.set(True)  # a false `where` is shown clause by clause
     dry = DryRun(rs, now)
     out_events: list[dict[str, Any]] = []
     rc = 0
@@ -107,7 +110,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                     "rules": [{"rule": d.rule_id, "fired": d.fired, "status": d.status, "reason": d.reason,
                                "due_at": d.due_at.isoformat() if d.due_at else None, "trigger": d.trigger,
                                "payload": d.payload if d.fired else None, "steps": d.steps,
-                               "goal": _goal_of(rs, d.rule_id, ev.resource, dry.now) if d.fired else None}
+                               "goal": _goal_of(rs, d.rule_id, ev.resource, dry.now) if d.fired else None,
+                               "destinations": destination_bodies(rs, d, ev.patient_key) if d.status == "pending" else {}}
                               for d in decisions],
                 })
             for e in step.result.events:
@@ -152,6 +156,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 g = r["goal"]
                 print(f"          goal {g['id']}: {g['what']}; window {g['opens'] or '?'} to {g['closes'] or '?'}"
                       + (f" ({g['aligned_with']})" if g.get("aligned_with") else ""))
+            for name, sent in (r.get("destinations") or {}).items():
+                body = orjson.dumps(sent["body"]).decode()
+                print(f"          > {name} receives ({sent['form']}): {body}")
+                if sent["stripped"]:
+                    print(f"            stripped by its policy: {', '.join(sent['stripped'])}")
     if journey:
         print("\n== journey (simulated clock)")
         for j in journey:
@@ -161,6 +170,36 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for line in format_timeline(journeys):
             print("   " + line)
     return rc
+
+
+def destination_bodies(rs: Any, d: Any, patient_key: str | None) -> dict[str, dict[str, Any]]:
+    """Per destination, what it would receive for this decision after its policy: the same
+    ``config.policy.outgoing`` the worker applies; for webhooks the exact JSON body."""
+    from ..config.policy import identifier_for, outgoing
+    from ..delivery.registry import Outbound, connector_types
+
+    out: dict[str, dict[str, Any]] = {}
+    for name in d.destinations:
+        dest = rs.destinations.get(name)
+        if dest is None:
+            continue
+        proj = outgoing(dict(d.payload), dest.policy, "<careloop link_base>/api/triggers/<id>")
+        ck = (identifier_for(dest.policy, "", patient_key) if dest.policy.identifiers == "mrn"
+              else "ck_<HMAC of the patient key, computed at send time>")
+        item = Outbound(delivery_id=0, idempotency_key="<idempotency key>", destination=name, trigger_id=0,
+                        trigger_name=d.trigger or "", rule_id=d.rule_id, purpose=d.purpose or "", contact_key=ck,
+                        payload=dict(proj.payload), occurred_at=d.due_at or datetime.now(timezone.utc))
+        body: dict[str, Any] = {"contact_key": ck, **proj.payload}
+        form = f"{dest.type} payload after policy; the connector maps it to its API"
+        if dest.type == "webhook":
+            from ..config.connectors import WebhookConfig
+            from ..delivery.connectors.webhook import build_body
+
+            if connector_types().get("webhook") is not None:
+                body = build_body(item, WebhookConfig.model_validate(dest.config))
+                form = "webhook body after policy"
+        out[name] = {"form": form, "body": body, "stripped": proj.stripped}
+    return out
 
 
 def split_timed(arg: str) -> tuple[str, str | None]:

@@ -23,7 +23,7 @@ class Diagnostic:
     path: str
     line: int
     col: int
-    level: str  # "error" | "warning"
+    level: str  # "error" | "warning" | "info"
     code: str
     message: str
 

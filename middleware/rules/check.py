@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from antlr4 import CommonTokenStream, InputStream
-from antlr4.error.ErrorListener import ErrorListener
 from fhirpathpy.engine.invocations import invocation_registry
 from fhirpathpy.models import models
-from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser as P
+
+from .fhirpath import parse_tree
 
 R4 = models["r4"]
 PRIMITIVES = frozenset({
@@ -78,6 +77,12 @@ class Problem:
 class Variable:
     type: str  # a FHIR type, primitive, backbone path, "obj:<name>" or "?" (unknown)
     meaning: str
+
+    def describe(self) -> str:
+        """``Patient``, ``integer``, ``{type, previousStatus, status}``."""
+        if self.type.startswith("obj:"):
+            return self.meaning if self.meaning.startswith("{") else "fields"
+        return "any" if self.type == "?" else _label(self.type)
 
 
 def _choice_type(name: str) -> str:
@@ -146,14 +151,6 @@ def _ancestors(t: str) -> list[str]:
     return out
 
 
-class _Listener(ErrorListener):  # type: ignore[misc]
-    def __init__(self) -> None:
-        self.failed = False
-
-    def syntaxError(self, *a: Any) -> None:
-        self.failed = True
-
-
 class _Checker:
     def __init__(self, expr: str, context: list[str], variables: dict[str, Variable],
                  objects: dict[str, dict[str, str]]) -> None:
@@ -188,8 +185,12 @@ class _Checker:
             if t == "?":
                 return None
             m = members(t)
+            if name == "resourceType" and "Resource" in _ancestors(t):
+                m = {**m, "resourceType": "string"}  # a JSON key fhirpathpy navigates like an element
             if name in m:
                 found |= _resolve(m[name])
+            elif t in ("Resource", "DomainResource"):
+                return None  # any resource (contained): narrow with ofType(Condition) to have it checked
             candidates |= set(m)
         if "?" in found:
             return None
@@ -213,8 +214,8 @@ class _Checker:
             var = self.variables.get(name)
             if var is not None:
                 msg += f"; %{name} is a variable of its own: {var.meaning} ({_label(var.type)})"
-            elif head != "resource" and not hint:
-                msg += "; variables: " + ", ".join(f"%{k} ({_label(v.type)})" for k, v in sorted(self.variables.items()))
+            if head != "resource" and (var is not None or not hint):
+                msg += "; variables: " + ", ".join(f"%{k} ({v.describe()})" for k, v in sorted(self.variables.items()))
         self.problem(offset, "unknown-element", msg)
         return frozenset()
 
@@ -227,7 +228,15 @@ class _Checker:
             return self.invocation(ctx.invocation(), left, this, False, head)
         if isinstance(ctx, P.IndexerExpressionContext):
             left = self.expression(ctx.expression(0), this, head)
-            self.expression(ctx.expression(1), this, [None])
+            index = ctx.expression(1)
+            if index.getText() == "x":  # value[x]: the specification's notation, not FHIRPath
+                name = ctx.expression(0).getText().rsplit(".", 1)[-1]
+                variants = sorted({f"{name}{t[0].upper()}{t[1:]}" for t in (left or ()) if "." not in t})
+                self.problem(ctx.expression(0).stop.start, "choice-notation",
+                             f"'{name}[x]' is the FHIR specification's notation; in FHIRPath write '{name}' (any type), "
+                             f"'{name}.ofType(Period)'" + (f" or one of {', '.join(variants)}" if variants else ""))
+                return left
+            self.expression(index, this, [None])
             return left
         if isinstance(ctx, P.PolarityExpressionContext):
             return self.expression(ctx.expression(), this, head)
@@ -319,7 +328,11 @@ class _Checker:
                 t = self.type_name(params[0].getText(), params[0].start.start)
                 return frozenset({"boolean"}) if name == "is" else t
             return None
-        arg_this = input_ if name in _ITERATING or name == "iif" else input_
+        # fhirpathpy evaluates "AnyAtRoot" parameters (union, combine, exclude...) on the root, others on the input
+        entry: dict[str, Any] = invocation_registry.get(name) or {}  # type: ignore[assignment]
+        arity: dict[int, Any] = entry.get("arity") or {}
+        at_root = any("AnyAtRoot" in (sig if isinstance(sig, list) else []) for sig in arity.values())
+        arg_this = self.root if at_root else input_
         results = [self.expression(p, arg_this, [None]) for p in params]
         if name == "select":
             return results[0] if results else None
@@ -345,19 +358,8 @@ class _Checker:
 
 
 def parse(expr: str) -> Any | None:
-    """The ANTLR parse tree of an expression, or None when it does not parse."""
-    listener = _Listener()
-    lexer = FHIRPathLexer(InputStream(expr))
-    lexer.removeErrorListeners()
-    lexer.addErrorListener(listener)
-    parser = P(CommonTokenStream(lexer))
-    parser.removeErrorListeners()
-    parser.addErrorListener(listener)
-    try:
-        tree = parser.entireExpression()
-    except Exception:
-        return None
-    return None if listener.failed else tree
+    """The ANTLR expression tree, or None when it does not parse (shared with the syntax check)."""
+    return parse_tree(expr)[0]
 
 
 def check_expression(expr: str, context: list[str], variables: dict[str, Variable] | None = None,
@@ -368,7 +370,7 @@ def check_expression(expr: str, context: list[str], variables: dict[str, Variabl
     if tree is None:
         return []
     checker = _Checker(expr, context, variables or {}, objects or {})
-    checker.expression(tree.expression(), checker.root, [None])
+    checker.expression(tree, checker.root, [None])
     return checker.problems
 
 
@@ -379,7 +381,7 @@ def result_type(expr: str, context: list[str], variables: dict[str, Variable] | 
     if tree is None:
         return None
     checker = _Checker(expr, context, variables or {}, objects or {})
-    return checker.expression(tree.expression(), checker.root, [None])
+    return checker.expression(tree, checker.root, [None])
 
 
 def variable_types(context: list[str], origin: list[str] | None = None) -> dict[str, Variable]:
@@ -446,11 +448,16 @@ class TypeContext:
                 "obj:payload": {k: "?" for k in self.payload_keys}}
 
     def check(self, expr: str) -> list[Problem]:
-        if not self.resources:
-            return []
-        return check_expression(expr, list(self.resources), self.variables(), self.objects())
+        return list(_check_cached(self, expr))
 
     def type_of(self, expr: str) -> Ty:
         if not self.resources:
             return None
         return result_type(expr, list(self.resources), self.variables(), self.objects())
+
+
+@lru_cache(maxsize=4096)
+def _check_cached(tc: TypeContext, expr: str) -> tuple[Problem, ...]:
+    if not tc.resources:
+        return ()
+    return tuple(check_expression(expr, list(tc.resources), tc.variables(), tc.objects()))

@@ -25,6 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from ..model import ClinicalEvent, Conditions
+from .clauses import EXPLAIN_CLAUSES, explain_where
 from .conditions import local_conditions
 from .fhirpath import Compiled, first_value, truthy
 from .load import CompiledRule, RuleSet
@@ -243,6 +244,8 @@ def _one(cr: CompiledRule, event: ClinicalEvent, rs: RuleSet, env: dict[str, Any
             return d
         if not ok:
             d.reason = f"where is false: {' '.join(str(r.where).split())}"
+            if EXPLAIN_CLAUSES.get():
+                d.steps += explain_where(str(r.where), event.resource, env, rs)
             return d
         d.steps.append("where is true")
     if is_deceased(patient):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
@@ -70,6 +71,13 @@ class _Collect(ErrorListener):  # type: ignore[misc]
 
 def check_syntax(expr: str) -> list[SyntaxProblem]:
     """Return syntax problems of a FHIRPath expression (empty when it parses whole)."""
+    return list(parse_tree(expr)[1])
+
+
+@lru_cache(maxsize=4096)
+def parse_tree(expr: str) -> tuple[Any, tuple[SyntaxProblem, ...]]:
+    """(ANTLR expression tree or None, syntax problems); cached, as rule files repeat
+    expressions and the Python ANTLR runtime takes about a millisecond for each."""
     listener = _Collect(expr)
     lexer = FHIRPathLexer(InputStream(expr))
     lexer.removeErrorListeners()
@@ -78,8 +86,9 @@ def check_syntax(expr: str) -> list[SyntaxProblem]:
     parser = FHIRPathParser(stream)
     parser.removeErrorListeners()
     parser.addErrorListener(listener)
+    tree = None
     try:
-        parser.expression()
+        tree = parser.expression()
     except Exception as exc:  # lexer errors raise
         listener.problems.append(SyntaxProblem(1, str(exc) or type(exc).__name__))
     if not listener.problems:
@@ -87,7 +96,8 @@ def check_syntax(expr: str) -> list[SyntaxProblem]:
         if tok is not None and tok.type != Token.EOF:
             listener.problems.append(SyntaxProblem(tok.column + 1, f"unexpected '{tok.text}' after the expression "
                                                    "(a missing operator such as 'and'?)", tok.start))
-    return listener.problems[:1]
+    problems = tuple(listener.problems[:1])
+    return (None if problems else tree), problems
 
 
 class ValueSets:

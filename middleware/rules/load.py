@@ -175,7 +175,7 @@ def _check_expr(sink: DiagnosticSink, node: Any, key: str | int, expr: str | Non
             hint = difflib.get_close_matches(var, sorted(VARIABLES | CANCEL_VARIABLES), n=1)
             where_ok = " (only in unless.where / wait_for.where)" if var in CANCEL_VARIABLES else ""
             typed = types.variables() if types is not None else {}
-            listing = "; variables: " + ", ".join(f"%{k} ({v.type.replace('obj:', '%')})" for k, v in sorted(typed.items()))
+            listing = "; variables: " + ", ".join(f"%{k} ({v.describe()})" for k, v in sorted(typed.items()))
             at(vm.start(), "error", "unknown-variable", f"{what}: unknown variable %{var}{where_ok}"
                + (f" (did you mean %{hint[0]}?)" if hint and not where_ok else listing if typed and not where_ok else ""))
             ok = False

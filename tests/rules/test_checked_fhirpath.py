@@ -43,7 +43,10 @@ def errors(mdir: Path, text: str) -> list[str]:
      "zz.yaml:5:12: error[unknown-element] where: Encounter has no element 'hospitalisation' (did you mean 'hospitalization'?)"),
     ("\"%patient.age >= 6\"",
      "zz.yaml:5:22: error[unknown-element] where: Patient has no element 'age'; %age is a variable of its own: "
-     "the patient's age in whole years (integer)"),
+     "the patient's age in whole years (integer); variables: %activity (CarePlan.activity), %age (integer), "
+     "%context (Encounter), %diagnoses (CodeableConcept), %due (dateTime), %event ({type, previousStatus, status}), %hospice (boolean), "
+     "%loinc (string), %now (dateTime), %patient (Patient), %previous (Encounter), %resource (Encounter), "
+     "%sct (string), %ucum (string)"),
     ("period.end.plusDay(2).exists()",
      "zz.yaml:5:23: error[unknown-function] where: unknown function 'plusDay()' (did you mean 'plusDays()'?)"),
     ("period.end.foo.exists()",
@@ -116,9 +119,19 @@ def test_unknown_variable_lists_the_typed_variables(mdir):
     ("period.end.plusBusinessDays(2).localDate()", "Encounter"),
     ("%diagnoses.coding.code", "Encounter"),
     ("hospitalization.dischargeDisposition.where(memberOf('x')).empty()", "Encounter"),
+    ("contained.where(resourceType = 'Condition').code", "Encounter"),  # any resource: not checked
+    ("meta.lastUpdated", "Encounter"),
+    ("participant.actor.union(participant.actor).display", "Appointment"),  # union's argument is read at the root
+    ("status in ('booked' | 'arrived')", "Appointment"),
 ])
 def test_valid_paths_pass(expr, context):
     assert check_expression(expr, [context], variable_types([context])) == []
+
+
+def test_of_type_narrows_and_is_checked():
+    probs = check_expression("contained.ofType(Condition).cod", ["Encounter"], variable_types(["Encounter"]))
+    assert [p.message for p in probs] == ["Condition has no element 'cod' (did you mean 'code'?)"]
+    assert check_expression("class.code.hasValue()", ["Encounter"])[0].message == "unknown function 'hasValue()'"
 
 
 def test_choice_type_suggestion():
@@ -138,3 +151,12 @@ def test_cancel_context_types_origin_and_payload():
     tc = TypeContext.for_rule(["encounter.finished"], ["discharge_date"]).cancelling(["appointment.booked"])
     assert tc.check("start > %origin.period.end and %payload.discharge_date.exists()") == []
     assert tc.check("%origin.start.exists()")[0].message.startswith("Encounter has no element 'start'")
+
+
+def test_choice_notation_from_the_spec_is_explained(mdir):
+    text = ENC.replace("on: [encounter.finished]", "on: [careplan.activity.scheduled]").replace(
+        "WHERE", "\"%activity.detail.scheduled[x].exists()\"")
+    errs = errors(mdir, text)
+    assert errs == ["zz.yaml:5:30: error[choice-notation] where: 'scheduled[x]' is the FHIR specification's notation; "
+                    "in FHIRPath write 'scheduled' (any type), 'scheduled.ofType(Period)' or one of scheduledPeriod, "
+                    "scheduledString, scheduledTiming"]

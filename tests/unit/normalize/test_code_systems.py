@@ -60,3 +60,20 @@ def test_shipped_default_source_reads_i10_as_icd10cm():
     sources, diags = load_sources(REPO / "mappings")
     assert not diags
     assert coding_system("I10", sources.by_name["default"].hl7) == "http://hl7.org/fhir/sid/icd-10-cm"
+
+
+def test_value_set_matches_shift_without_the_i10_override(tmp_path, capsys):
+    """The upgrade note's point: an I10 sender's ICD-10-CM codes match ICD-10-CM value sets only through the override."""
+    import shutil
+
+    from middleware.cli import main
+
+    dst = tmp_path / "mappings"
+    shutil.copytree(REPO / "mappings", dst)
+    assert main(["mappings", "test", str(dst), "-k", "no follow-up booked"]) == 0
+    src = dst / "sources.yaml"
+    src.write_text("\n".join(x for x in src.read_text().splitlines()
+                             if "coding_systems:" not in x and "I10: http" not in x) + "\n")
+    capsys.readouterr()
+    assert main(["mappings", "test", str(dst), "-k", "no follow-up booked"]) == 1
+    assert "fuh-followup-7d" in capsys.readouterr().out
