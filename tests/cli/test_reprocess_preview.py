@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from middleware.cli import main as cli
 from middleware.cli.sink import DEV_WEBHOOK_SECRET
@@ -156,3 +156,17 @@ def test_missing_or_empty_database_is_refused_and_never_created(tmp_path: Path, 
     assert cli(["reprocess", "--database", f"sqlite:///{fresh}", "--mappings", str(mappings_dir)]) == 1
     err = capsys.readouterr().err
     assert "holds no stored events to replay: is it the right database?" in err and err.count("\n") == 1
+
+
+def test_inbound_preview_changes_no_message(stored, mappings_dir: Path, capsys):
+    db, engine, raw = stored
+    with Session(engine) as s:
+        s.add(InboundMessage(source="default", channel="mllp", received_at=2.0, raw=raw + b"X",
+                             sha256="x" * 64, status="failed", error="earlier mapping bug"))
+        s.commit()
+    assert cli(["reprocess", "--inbound", "--database", str(db), "--mappings", str(mappings_dir)]) == 0
+    assert "would re-run 1 failed/ignored inbound message(s)" in capsys.readouterr().out
+    with Session(engine) as s:
+        assert [m.status for m in s.exec(select(InboundMessage).order_by(InboundMessage.id))] == ["processed", "failed"]
+    assert cli(["reprocess", "--inbound", "--apply", "--database", str(db), "--mappings", str(mappings_dir)]) == 0
+    assert "requeued 1 failed/ignored inbound message(s); processed 1" in capsys.readouterr().out
