@@ -84,7 +84,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if not shown["rules"]:
             print("   no rule listens to this event")
         for r in shown["rules"]:
-            mark = {"pending": "FIRES", "skipped": "SKIPPED", "suppressed": "SUPPRESSED"}.get(r["status"] or "", "no")
+            mark = {"pending": "FIRES", "skipped": "SKIPPED", "suppressed": "SUPPRESSED",
+                    "unevaluable": "CANNOT EVALUATE"}.get(r["status"] or "", "no")
             print(f"   [{mark}] {r['rule']}: {r['reason']}")
             for s in r["steps"]:
                 print(f"          - {s}")
