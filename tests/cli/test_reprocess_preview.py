@@ -170,3 +170,18 @@ def test_inbound_preview_changes_no_message(stored, mappings_dir: Path, capsys):
         assert [m.status for m in s.exec(select(InboundMessage).order_by(InboundMessage.id))] == ["processed", "failed"]
     assert cli(["reprocess", "--inbound", "--apply", "--database", str(db), "--mappings", str(mappings_dir)]) == 0
     assert "requeued 1 failed/ignored inbound message(s); processed 1" in capsys.readouterr().out
+
+
+def test_sqlite_preview_needs_no_write_lock(stored, mappings_dir: Path, capsys):
+    db, engine, _ = stored
+    if not db.startswith("sqlite"):
+        pytest.skip("the copy is for SQLite files; PostgreSQL previews in a rolled-back transaction")
+    writer = sqlite3.connect(db.split("///", 1)[1], timeout=0.1)
+    writer.execute("BEGIN IMMEDIATE")  # a running careloop in the middle of a write
+    writer.execute("UPDATE inbound_message SET attempts = attempts + 1")
+    try:
+        assert cli(["reprocess", "--database", db, "--mappings", str(mappings_dir)]) == 0
+    finally:
+        writer.rollback()
+        writer.close()
+    assert "would create 1 trigger(s)" in capsys.readouterr().out
