@@ -185,3 +185,12 @@ def test_sqlite_preview_needs_no_write_lock(stored, mappings_dir: Path, capsys):
         writer.rollback()
         writer.close()
     assert "would create 1 trigger(s)" in capsys.readouterr().out
+
+
+def test_database_may_be_a_plain_path_in_the_environment(stored, mappings_dir: Path, monkeypatch, capsys):
+    db, _, _ = stored
+    if not db.startswith("sqlite"):
+        pytest.skip("a plain path names a SQLite file")
+    monkeypatch.setenv("CARELOOP_DATABASE_URL", db.split("///", 1)[1])
+    assert cli(["reprocess", "--mappings", str(mappings_dir)]) == 0
+    assert "would create 1 trigger(s)" in capsys.readouterr().out
