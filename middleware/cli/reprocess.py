@@ -53,7 +53,7 @@ def _condition_resolver(rs: Any, timeout_s: float) -> Any:
             fetchers[name] = FhirFetcher.for_source(src, timeout_s=timeout_s)
         return fetchers[name]
 
-    return ConditionResolver(fetcher_for, convert=to_r4)
+    return ConditionResolver(fetcher_for, convert=to_r4, ttl_s=86_400.0)  # one replay reads each Condition once
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
