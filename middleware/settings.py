@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,7 +20,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CARELOOP_", extra="ignore")
 
-    database_url: str = "sqlite:///.careloop/careloop.db"
+    database_url: str = Field(default="sqlite:///.careloop/careloop.db", description=(
+        "sqlite:///PATH, postgresql://... or a plain SQLite file path; the default (relative to the current "
+        "folder) is created only by `serve`, every other command refuses a missing or empty database"))
     http_host: str = "127.0.0.1"
     http_port: int = 8080
     mllp_host: str = "127.0.0.1"
@@ -59,6 +61,19 @@ class Settings(BaseSettings):
     fhir_backfill_timeout_s: float = Field(default=3600.0, gt=0, description="a whole backfill, every page")
     subscription_activation_timeout_s: float = Field(default=60.0, gt=0, description=(
         "how long `subscriptions apply` and `sandbox seed` wait for a Subscription to become active"))
+
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_path(cls, value: str) -> str:
+        return database_url_of(value) or value
+
+
+def database_url_of(value: str | None) -> str | None:
+    """A URL as it is; a plain path as the SQLite file it names (``--database care.db``)."""
+    if not value or "://" in value or value.startswith("sqlite:"):
+        return value
+    return f"sqlite:///{Path(value).expanduser().resolve()}"
 
 
 def get_settings(**overrides: object) -> Settings:

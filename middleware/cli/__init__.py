@@ -91,15 +91,24 @@ def main(argv: list[str] | None = None, extra: Sequence[Registrar] = ()) -> int:
         print(f"careloop: {exc}", file=sys.stderr)
         return 2
     except ValidationError as exc:  # CARELOOP_* settings (pydantic-settings)
+        if exc.title != "Settings":
+            return _internal(who, exc)
         print(f"{who}: {settings_problem(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:
         if os.environ.get("CARELOOP_DEBUG"):
             raise
-        first = (str(exc).splitlines() or [""])[0][:300]
-        print(f"{who}: internal error: {type(exc).__name__}: {first} (CARELOOP_DEBUG=1 shows the traceback)",
-              file=sys.stderr)
-        return 1
+        return _internal(who, exc)
+
+
+def _internal(who: str, exc: Exception) -> int:
+    """A bug, not a user error: still one line (``CARELOOP_DEBUG=1`` re-raises it for the traceback)."""
+    if os.environ.get("CARELOOP_DEBUG"):
+        raise exc
+    first = (str(exc).splitlines() or [""])[0][:300]
+    print(f"{who}: internal error: {type(exc).__name__}: {first} (CARELOOP_DEBUG=1 shows the traceback)",
+          file=sys.stderr)
+    return 1
 
 
 def settings_problem(exc: object) -> str:

@@ -148,7 +148,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print("   no rule listens to this event")
         for r in shown["rules"]:
             mark = {"pending": "FIRES", "skipped": "SKIPPED", "suppressed": "SUPPRESSED",
-                    "held_out": "HELD OUT"}.get(r["status"] or "", "no")
+                    "held_out": "HELD OUT", "unevaluable": "CANNOT EVALUATE"}.get(r["status"] or "", "no")
             print(f"   [{mark}] {r['rule']}: {r['reason']}")
             for s in r["steps"]:
                 print(f"          - {s}")

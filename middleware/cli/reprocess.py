@@ -8,7 +8,6 @@ contact key, originating event, planned time, destinations; never PHI). ``--appl
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import sys
 from datetime import datetime, timezone
@@ -27,6 +26,8 @@ def check_rules(wanted: list[str] | None, known: list[str]) -> set[str] | None:
     """The ``--rule`` ids, each known; :class:`UserError` with a did-you-mean otherwise."""
     if not wanted:
         return None
+    import difflib
+
     for rid in wanted:
         if rid not in known:
             close = difflib.get_close_matches(rid, known, n=1, cutoff=0.6)
@@ -52,7 +53,7 @@ def _condition_resolver(rs: Any, timeout_s: float) -> Any:
             fetchers[name] = FhirFetcher.for_source(src, timeout_s=timeout_s)
         return fetchers[name]
 
-    return ConditionResolver(fetcher_for, convert=to_r4)
+    return ConditionResolver(fetcher_for, convert=to_r4, ttl_s=86_400.0)  # one replay reads each Condition once
 
 
 def cmd_reprocess(args: argparse.Namespace) -> int:
@@ -72,6 +73,8 @@ def cmd_reprocess(args: argparse.Namespace) -> int:
         return 1
     only = check_rules(args.rule, [cr.id for cr in rs.rules])
     if args.source and args.source not in rs.sources.by_name:
+        import difflib
+
         close = difflib.get_close_matches(args.source, list(rs.sources.by_name), n=1)
         raise UserError(f"--source {args.source!r} is not a source in the loaded mappings"
                         + (f"; did you mean {close[0]!r}?" if close else ""))

@@ -28,20 +28,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mappings", type=Path, dest="mappings_dir", help="mappings directory [CARELOOP_MAPPINGS_DIR]")
 
 
-def database_url_of(value: str | None) -> str | None:
-    """``--database``: a URL as it is, a plain path as the SQLite file it names."""
-    if not value or "://" in value or value.startswith("sqlite:"):
-        return value
-    return f"sqlite:///{Path(value).expanduser().resolve()}"
-
-
 def settings_from(args: argparse.Namespace, **more: object):  # type: ignore[no-untyped-def]
     from ..settings import get_settings
 
     keys = ("database_url", "mappings_dir", "http_host", "http_port", "mllp_host", "mllp_port", "api_token")
-    given = {k: getattr(args, k, None) for k in keys}
-    given["database_url"] = database_url_of(given["database_url"])
-    return get_settings(**given, **more)
+    return get_settings(**{k: getattr(args, k, None) for k in keys}, **more)
 
 
 def open_data(settings: object):  # type: ignore[no-untyped-def]

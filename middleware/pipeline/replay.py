@@ -15,8 +15,10 @@ pending triggers of changed rules.
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -27,6 +29,8 @@ from ..model import ClinicalEvent
 from ..rules.evaluate import evaluate
 from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for
+from ..storage.db import make_engine
+from ..storage.schema import sqlite_file, vacuum_into
 from ..storage.tables import EventRow, InboundMessage, TriggerRow
 from ..storage.queries import replay as rq
 from ..storage.sql import UnitOfWork, joined, unit
@@ -123,12 +127,34 @@ def reprocess(
 ) -> ReplayReport:
     """Replay stored events (oldest first, in batches) through the current rules.
 
-    ``apply=False`` is a preview: the same replay runs in one transaction that is rolled back,
-    so nothing is written (and so nothing can be sent); ``planned`` lists what it would create,
-    move and cancel, read inside the transaction before the rollback. ``conditions``: CarePlan
-    ``%conditions`` are read from the FHIR sources first (:func:`prefetch_conditions`)."""
+    ``apply=False`` is a preview: nothing is written to the database (and so nothing can be
+    sent); ``planned`` lists what the replay would create, move and cancel. On a SQLite file the
+    preview replays on a ``VACUUM INTO`` copy in a temporary folder (a read; a running careloop
+    keeps writing meanwhile) that is deleted afterwards; elsewhere it runs in one transaction
+    that is rolled back. ``conditions``: CarePlan ``%conditions`` are read from the FHIR sources
+    first (:func:`prefetch_conditions`)."""
     if conditions is not None:
         prefetch_conditions(engine, rs, conditions, since=since, until=until, source=source)
+    if not apply and sqlite_file(engine) is not None:
+        with tempfile.TemporaryDirectory(prefix="careloop-preview-") as tmp:
+            copy = Path(tmp) / "preview.db"
+            vacuum_into(engine, copy)
+            scratch = make_engine(f"sqlite:///{copy}", synchronous="OFF")
+            try:
+                rep = _replay(scratch, rs, now=now, since=since, until=until, source=source, rules=rules, batch=batch,
+                              commit=True, conditions=conditions)
+            finally:
+                scratch.dispose()
+        rep.applied = False
+        return rep
+    return _replay(engine, rs, now=now, since=since, until=until, source=source, rules=rules, batch=batch,
+                   commit=apply, conditions=conditions)
+
+
+def _replay(engine: Engine, rs: RuleSet, *, now: datetime, since: datetime | None, until: datetime | None,
+            source: str | None, rules: set[str] | None, batch: int, commit: bool,
+            conditions: ConditionResolver | None) -> ReplayReport:
+    apply = commit
     rep = ReplayReport(applied=apply)
     last_id = 0
     with unit(engine) as r:

@@ -173,6 +173,12 @@ def _lock_schema(conn: Connection) -> None:
         conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (PG_LOCK_KEY,))
 
 
+def vacuum_into(engine: Engine, target: Path) -> None:
+    """A consistent copy of a SQLite database at ``target`` (a read: writers keep going)."""
+    with engine.connect() as conn:
+        conn.exec_driver_sql("VACUUM INTO ?", (str(target),))
+
+
 def backup_sqlite(engine: Engine, label: str) -> Path:
     """``VACUUM INTO`` a consistent copy beside the database; return its path."""
     db = sqlite_file(engine)

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from middleware.cli import main as cli
 from middleware.cli.sink import DEV_WEBHOOK_SECRET
@@ -157,3 +157,41 @@ def test_missing_or_empty_database_is_refused_and_never_created(tmp_path: Path, 
     assert cli(["reprocess", "--database", f"sqlite:///{fresh}", "--mappings", str(mappings_dir)]) == 1
     err = capsys.readouterr().err
     assert "holds no stored events to replay: is it the right database?" in err and err.count("\n") == 1
+
+
+def test_inbound_preview_changes_no_message(stored, mappings_dir: Path, capsys):
+    db, engine, raw = stored
+    with Session(engine) as s:
+        s.add(InboundMessage(source="default", channel="mllp", received_at=2.0, raw=raw + b"X",
+                             sha256="x" * 64, status="failed", error="earlier mapping bug"))
+        s.commit()
+    assert cli(["reprocess", "--inbound", "--database", str(db), "--mappings", str(mappings_dir)]) == 0
+    assert "would re-run 1 failed/ignored inbound message(s)" in capsys.readouterr().out
+    with Session(engine) as s:
+        assert [m.status for m in s.exec(select(InboundMessage).order_by(InboundMessage.id))] == ["processed", "failed"]
+    assert cli(["reprocess", "--inbound", "--apply", "--database", str(db), "--mappings", str(mappings_dir)]) == 0
+    assert "requeued 1 failed/ignored inbound message(s); processed 1" in capsys.readouterr().out
+
+
+def test_sqlite_preview_needs_no_write_lock(stored, mappings_dir: Path, capsys):
+    db, engine, _ = stored
+    if not db.startswith("sqlite"):
+        pytest.skip("the copy is for SQLite files; PostgreSQL previews in a rolled-back transaction")
+    writer = sqlite3.connect(db.split("///", 1)[1], timeout=0.1)
+    writer.execute("BEGIN IMMEDIATE")  # a running careloop in the middle of a write
+    writer.execute("UPDATE inbound_message SET attempts = attempts + 1")
+    try:
+        assert cli(["reprocess", "--database", db, "--mappings", str(mappings_dir)]) == 0
+    finally:
+        writer.rollback()
+        writer.close()
+    assert "would create 1 trigger(s)" in capsys.readouterr().out
+
+
+def test_database_may_be_a_plain_path_in_the_environment(stored, mappings_dir: Path, monkeypatch, capsys):
+    db, _, _ = stored
+    if not db.startswith("sqlite"):
+        pytest.skip("a plain path names a SQLite file")
+    monkeypatch.setenv("CARELOOP_DATABASE_URL", db.split("///", 1)[1])
+    assert cli(["reprocess", "--mappings", str(mappings_dir)]) == 0
+    assert "would create 1 trigger(s)" in capsys.readouterr().out

@@ -273,3 +273,20 @@ def test_user_error_is_one_clear_line(command: str, argv: list[str], expect: str
     assert 1 <= len(lines) <= max_lines, err
     assert fill(expect) in err, err
     assert not (tmp_path / ".careloop").exists(), "a command created .careloop/ in the current folder"
+
+
+def test_a_bug_is_one_line_too_and_careloop_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import middleware.cli.mappings as m
+
+    def broken(args: argparse.Namespace) -> int:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(m, "cmd_events", broken)
+    monkeypatch.delenv("CARELOOP_DEBUG", raising=False)
+    assert cli(["events"]) == 1
+    assert capsys.readouterr().err == ("careloop events: internal error: KeyError: 'boom' "
+                                       "(CARELOOP_DEBUG=1 shows the traceback)\n")
+    monkeypatch.setenv("CARELOOP_DEBUG", "1")
+    with pytest.raises(KeyError):
+        cli(["events"])

@@ -99,11 +99,13 @@ def _decide(h: FhirHandler, engine: Any, rs: RuleSet, item: InboundItem) -> Any:
     return next(d for d in decisions if d.rule_id == "careplan-diabetes-enrollment")
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Any:
-    e = make_engine(f"sqlite:///{tmp_path}/c.db", synchronous="OFF")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    url = f"sqlite:///{tmp_path}/c.db" if request.param == "sqlite" else str(request.getfixturevalue("postgres_url"))
+    e = make_engine(url)
     init_db(e)
-    return e
+    yield e
+    e.dispose()
 
 
 def test_conditions_are_read_before_the_lock_and_checked_with_member_of(stub, mappings_dir, engine):
@@ -196,7 +198,7 @@ def test_reprocess_evaluates_again_once_the_source_answers(stub, mappings_dir, e
     assert _decide(h, engine, rs, _item(1, _plan("cp1", "Condition/dm"))).status == "unevaluable"
     stub.fail = []
     monkeypatch.delenv("CARELOOP_DATABASE_URL", raising=False)
-    db = ["--database", str(engine.url), "--mappings", str(mappings_dir), "--rule", "careplan-diabetes-enrollment"]
+    db = ["--database", engine.url.render_as_string(hide_password=False), "--mappings", str(mappings_dir), "--rule", "careplan-diabetes-enrollment"]
     assert cli(["reprocess", *db]) == 0
     out = capsys.readouterr().out
     assert "would create 1 trigger(s) (1 pending" in out and "careplan-diabetes-enrollment" in out, out
