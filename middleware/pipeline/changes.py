@@ -322,6 +322,30 @@ def on_event(
             cancel_only_ids.add(tid)
 
 
+#: the flag of a trigger whose resource changed in a way careloop has not read yet
+UNREAD = "notified of a change not read yet (id-only notification)"
+
+
+def flag_unread(session: Session, key: str, rs: RuleSet, now: datetime) -> int:
+    """An id-only notification names a changed resource careloop has not read: its pending
+    triggers of re-checked rules are kept and flagged (never cancelled) until the read
+    arrives and re-checks them (rules/recheck.py). Returns how many were flagged."""
+    ids = sorted({cr.id for crs in rs.recheck_by_type.values() for cr in crs})
+    if not ids:
+        return 0
+    db = Raw(session)
+    rows = db.all(f"SELECT id FROM \"trigger\" WHERE rule_id IN ({', '.join('?' * len(ids))}) AND resource_key = ? "
+                  "AND status = 'pending'", (*ids, key))
+    db.many("UPDATE \"trigger\" SET flag = ?, updated_at = ? WHERE id = ?", [(UNREAD, now.timestamp(), r[0]) for r in rows])
+    return len(rows)
+
+
+def clear_unread(session: Session, key: str, now: datetime) -> None:
+    """The read showed nothing newer than what is held: the unread flag no longer applies."""
+    Raw(session).run("UPDATE \"trigger\" SET flag = NULL, updated_at = ? WHERE resource_key = ? AND status = 'pending' "
+                     "AND flag = ?", (now.timestamp(), key, UNREAD))
+
+
 def _holds(db: Raw, rule_ids: tuple[str, ...], resource_key: str) -> bool:
     """Has one of these rules a pending or fired trigger for this resource (overlap.exclusive_with)?"""
     return db.one(
