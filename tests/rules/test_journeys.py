@@ -99,6 +99,7 @@ def test_journey_errors_name_file_line_col(mdir: Path, bad: str, line: int, col:
     errs = _diags(mdir, bad)
     hit = [e for e in errs if f"zz.yaml:{line}:{col}: error[{code}]" in e]
     assert hit and words in hit[0], errs
+    assert len(hit) == 1, hit  # said once, not once per step
 
 
 def test_one_exit_cancels_every_pending_step_at_once(mdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
