@@ -91,7 +91,8 @@ def trigger_json(t: TriggerRow) -> dict[str, Any]:
             "resource_key": t.resource_key, "event_id": t.event_id, "status": t.status, "reason": t.reason,
             "due_at": iso(t.due_at), "created_at": iso(t.created_at), "updated_at": iso(t.updated_at),
             "fired_at": iso(t.fired_at), "payload": orjson.loads(t.payload),
-            "explain": orjson.loads(t.explain) if t.explain else []}
+            "explain": orjson.loads(t.explain) if t.explain else [],
+            "journey_id": t.journey_id, "journey_step": t.journey_step, "flag": t.flag}
 
 
 @router.get("/api/triggers")

@@ -293,6 +293,26 @@ def on_event(
 
 _EVER = float("-inf")  # "created at any time"
 
+#: the flag of a trigger whose resource changed in a way careloop has not read yet
+UNREAD = "notified of a change not read yet (id-only notification)"
+
+
+def flag_unread(u: UnitOfWork, key: str, rs: RuleSet, now: datetime) -> int:
+    """An id-only notification names a changed resource careloop has not read: its pending
+    triggers of re-checked rules are kept and flagged (never cancelled) until the read
+    arrives and re-checks them (rules/recheck.py). Returns how many were flagged."""
+    ids = sorted({cr.id for crs in rs.recheck_by_type.values() for cr in crs})
+    if not ids:
+        return 0
+    rows = u.all(q.RECHECK_PENDING, rule_ids=ids, resource_key=key)
+    u.many(q.TRIGGER_FLAG, [{"flag": UNREAD, "now": now.timestamp(), "id": r.id} for r in rows])
+    return len(rows)
+
+
+def clear_unread(u: UnitOfWork, key: str, now: datetime) -> None:
+    """The read showed nothing newer than what is held: the unread flag no longer applies."""
+    u.run(q.TRIGGER_CLEAR_FLAG, now=now.timestamp(), resource_key=key, flag=UNREAD)
+
 
 def _holds(u: UnitOfWork, rule_ids: tuple[str, ...], resource_key: str) -> bool:
     """Has one of these rules a pending or fired trigger for this resource (overlap.exclusive_with)?"""

@@ -36,8 +36,8 @@ from ..rules.load import RuleSet
 from ..storage.queries.ingest import StateRecord
 from ..storage.sql import UnitOfWork
 from .conditions import ConditionResolver
-from .changes import (ChangeResult, apply_change, dumps, load_state, lookup_identity, remember_identity,
-                      resolve_key, save_state, upsert_patient)
+from .changes import (ChangeResult, apply_change, clear_unread, dumps, flag_unread, load_state, lookup_identity,
+                      remember_identity, resolve_key, save_state, upsert_patient)
 from .fhir_state import kv_get, kv_set, parse_instant, pending_key, sub_key
 
 log = logging.getLogger("careloop.fhir.handler")
@@ -161,6 +161,8 @@ class FhirHandler:
         res = apply_change(u, change, rs, now=now, inbound_id=inbound_id, source_zone=self._zone(source))
         if res.key:  # a body-less DELETE names <source>|<Type>/<id>: map it to the stored key
             remember_identity(u, f"{FHIR_ID}{source.name}|{r4['resourceType']}/{r4.get('id')}", res.key)
+            if not res.events:  # nothing newer than what is held: an unread-change flag no longer applies
+                clear_unread(u, res.key, now)
         return res
 
     def apply_delete(self, u: UnitOfWork, source: Source, rtype: str, rid: str, arrival: str, now: datetime,
@@ -219,6 +221,9 @@ class FhirHandler:
         elif n.payload == "id-only":
             for ref in n.focus:
                 rtype, _, rid = ref.partition("/")
+                if rid and rtype in source.fhir.resource_types:  # kept and flagged until read (rules/recheck.py)
+                    known = lookup_identity(u, f"{FHIR_ID}{source.name}|{rtype}/{rid}") or f"{rtype}/{rid}"
+                    flag_unread(u, known, rs, now)
                 if rid and (rtype in source.fhir.resource_types) and self.planner is not None:
                     self.planner.request_read(source.name, rtype, rid, "notification")
             total.note = total.note or f"{len(n.focus)} read(s) requested"

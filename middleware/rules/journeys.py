@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 from zoneinfo import ZoneInfo
 
 from ..config.yamlpos import DiagnosticSink, Positioned, PositionedList, position_of
-from .spec import Journey, Rule
+from .spec import Journey, JourneyStep, Rule, parse_duration
 
 if TYPE_CHECKING:
     from .evaluate import Decision
@@ -101,6 +101,7 @@ def expand(journey: Journey, raw: Any, sink: DiagnosticSink) -> list[Expanded]:
             sink.error(exits_node[i] if i < len(exits_node) else jnode, "name", "duplicate-exit",
                        f"journey '{journey.id}': exit name '{ex.name}' is used twice")
         exit_names[ex.name] = i
+    _check_order(journey, steps_node, sink)
     out: list[Expanded] = []
     for i, step in enumerate(journey.steps):
         snode = steps_node[i] if i < len(steps_node) and isinstance(steps_node[i], Positioned) else Positioned()
@@ -146,6 +147,33 @@ def expand(journey: Journey, raw: Any, sink: DiagnosticSink) -> list[Expanded]:
         parts = [(entry, "where", journey.entry.where), (snode, "where", step.where)]
         out.append(Expanded(rule, node, line, info, parts))
     return out
+
+
+def _delay(step: JourneyStep) -> tuple[str, float] | None:
+    """(kind, amount) of a step's delay after the entry when it can be compared, else None."""
+    if step.when.at:
+        return None
+    text = step.when.after or (step.wait_for.timeout if step.wait_for else None)
+    if text is None:
+        return ("elapsed", 0.0)
+    amount, business = parse_duration(text)
+    return ("business days" if business else "elapsed", amount)
+
+
+def _check_order(journey: Journey, steps_node: Any, sink: DiagnosticSink) -> None:
+    """Steps are ordered: a step whose delay after the entry is shorter than an earlier one's is an error."""
+    latest: tuple[int, tuple[str, float]] | None = None
+    for i, step in enumerate(journey.steps):
+        d = _delay(step)
+        if d is None:
+            continue
+        if latest is not None and latest[1][0] == d[0] and d[1] < latest[1][1]:
+            prev = journey.steps[latest[0]]
+            where = steps_node[i] if i < len(steps_node) else steps_node
+            sink.error(where, "id", "step-order", f"journey '{journey.id}': steps are ordered, but step {i + 1} "
+                       f"'{step.id}' is due before step {latest[0] + 1} '{prev.id}' (sooner after the entry)")
+        if latest is None or latest[1][0] != d[0] or d[1] >= latest[1][1]:
+            latest = (i, d)
 
 
 # -- overlap ---------------------------------------------------------------------------

@@ -366,7 +366,8 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
                             tc.cancelling(rule.wait_for.events))
             for wnode_, wkey, wexpr in where_parts or [(node, "where", rule.where)]:
                 _check_expr(sink, wnode_, wkey, wexpr, names, "where", types=tc)
-            if purposes.clinically_required(rule.purpose) and "on_no_longer_matching" not in node:
+            if (purposes.clinically_required(rule.purpose) and "on_no_longer_matching" not in node
+                    and (info is None or info.step == 1)):  # said once per journey
                 sink.error(node, "purpose", "reschedule-policy",
                            f"{'journey' if info else 'rule'} '{info.journey_id if info else rule.id}': purpose "
                            f"{rule.purpose} is clinically required; state what a change that makes `where` false does "
@@ -423,7 +424,7 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
             for k, expr in rule.emit.payload.items():
                 cr.payload[k] = comp(expr)
             compiled.append(cr)
-        diags += sink.items
+        diags += list(dict.fromkeys(sink.items))  # a journey's entry and exits are checked once per step: say each once
     units = starters(compiled, journey_nodes)
     overlaps = check_overlaps(units, lambda p: sinks.setdefault(p, DiagnosticSink(p)))
     for osink in sinks.values():

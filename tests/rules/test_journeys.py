@@ -90,6 +90,8 @@ def test_a_journey_compiles_into_one_rule_per_step_with_the_exits_first(mdir: Pa
      "journey 'test-journey': purpose care-coordination is clinically required"),
     (JOURNEY.replace("exclusive_with: [noshow-reengagement]", "exclusive_with: [noshow-reengagment]"), 12, 32,
      "unknown-rule", "did you mean 'noshow-reengagement'"),
+    (JOURNEY.replace("{after: 2h}", "{after: 30m}"), 17, 9, "step-order",
+     "step 2 'second' is due before step 1 'first'"),
     (JOURNEY + "      - id: third\n        when: {after: 3h}\n        wait_for: {events: [appointment.booked], timeout: 2d}\n"
      "        emit: {trigger: jt3, destinations: [webhook]}\n", 20, 9, "invalid", "do not combine it with when.after"),
 ])
@@ -97,6 +99,7 @@ def test_journey_errors_name_file_line_col(mdir: Path, bad: str, line: int, col:
     errs = _diags(mdir, bad)
     hit = [e for e in errs if f"zz.yaml:{line}:{col}: error[{code}]" in e]
     assert hit and words in hit[0], errs
+    assert len(hit) == 1, hit  # said once, not once per step
 
 
 def test_one_exit_cancels_every_pending_step_at_once(mdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -211,3 +211,47 @@ def test_a_privacy_step_without_a_patient_is_a_positioned_failure(mdir: Path, ca
 def test_elements_read_by_a_condition() -> None:
     assert elements("class.code = 'IMP' and hospitalization.dischargeDisposition.memberOf('x')") == {"class", "hospitalization"}
     assert elements("serviceType.memberOf('colonoscopy') and %age >= 6 and start.exists()") == {"serviceType", "start"}
+
+
+def test_an_id_only_notification_flags_until_the_read_arrives(mdir: Path) -> None:
+    from datetime import datetime, timezone
+
+    import orjson
+    from sqlmodel import Session
+
+    from middleware.pipeline.changes import UNREAD, clear_unread, flag_unread
+    from middleware.pipeline.dryrun import DryRun
+    from middleware.rules.load import load_ruleset
+
+    rs, diags = load_ruleset(mdir)
+    assert rs is not None, [str(d) for d in diags]
+    now = datetime(2025, 7, 1, 13, tzinfo=timezone.utc)
+    appt = {"resourceType": "Appointment", "id": "c9", "status": "booked", "start": "2025-07-25T09:00:00-04:00",
+            "meta": {"versionId": "1", "lastUpdated": "2025-07-01T09:00:00-04:00"},
+            "serviceType": [{"coding": [{"code": "45378"}]}], "participant": [{"actor": {"reference": "Patient/p9"}}]}
+    dry = DryRun(rs, now)
+    try:
+        dry.feed(orjson.dumps(appt), "v1")
+        [prep] = [t for t in dry.triggers() if t.rule_id == "colonoscopy-prep"]
+        assert prep.status == "pending" and prep.flag is None
+        with Session(dry.engine) as s:
+            assert flag_unread(s, "Appointment/c9", rs, now) == 4
+            s.commit()
+        assert {t.rule_id for t in dry.triggers() if t.flag == UNREAD} == {
+            "colonoscopy-prep", "colonoscopy-offer", "appointment-reminder-72h", "appointment-reminder-24h"}
+        with Session(dry.engine) as s:  # the read shows nothing newer: the flag goes
+            clear_unread(s, "Appointment/c9", now)
+            s.commit()
+        assert {t.flag for t in dry.triggers() if t.rule_id.startswith("colonoscopy")} == {None}
+        with Session(dry.engine) as s:
+            flag_unread(s, "Appointment/c9", rs, now)
+            s.commit()
+        # the read arrives: another service, complete data -> cancelled, not left flagged
+        v2 = dict(appt, meta={"versionId": "2", "lastUpdated": "2025-07-02T09:00:00-04:00"},
+                  serviceType=[{"coding": [{"code": "99213"}]}])
+        dry.feed(orjson.dumps(v2), "v2")
+        got = {t.rule_id: (t.status, t.reason or "") for t in dry.triggers() if t.rule_id.startswith("colonoscopy")}
+        assert got["colonoscopy-prep"][0] == "cancelled" and "no longer matches" in got["colonoscopy-prep"][1]
+        assert got["colonoscopy-offer"][0] == "cancelled"
+    finally:
+        dry.close()
