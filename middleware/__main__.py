@@ -1,5 +1,17 @@
+"""The ``careloop`` program (``python -m middleware``, and the ``careloop`` console script): the
+CLI's commands plus those of the sandbox. The one place that puts the two entry-point packages
+together, so neither imports the other."""
+from __future__ import annotations
+
 import sys
 
-from .cli import main
 
-sys.exit(main())
+def main(argv: list[str] | None = None) -> int:
+    from .cli import main as cli_main
+    from .sandbox.command import register as sandbox
+
+    return cli_main(argv, extra=[sandbox])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 from typing import Any
 
 import orjson
@@ -40,11 +39,6 @@ FHIR_JSON = "application/fhir+json"
 EXTRA_TYPES = ("Patient",)  # accepted besides the source's resource_types (patient identity)
 SUBSCRIPTION_HEADERS = ("x-careloop-subscription", "x-subscription-id", "x-subscription")
 LOOPBACK = ("127.", "::1", "localhost")
-
-
-def token_env(source: Source) -> str:
-    """The environment variable holding a source's notification token."""
-    return source.fhir.notification_token_env or "CARELOOP_FHIR_TOKEN_" + re.sub(r"[^A-Z0-9]", "_", source.name.upper())
 
 
 def outcome(code: str, text: str, severity: str = "error") -> dict[str, Any]:
@@ -80,7 +74,7 @@ def _is_loopback(request: Request) -> bool:
 
 
 def _authorized(request: Request, source: Source) -> bool:
-    token = os.environ.get(token_env(source))
+    token = os.environ.get(source.notification_token_env())
     if not token:
         return _is_loopback(request)
     return _any_matches(_credentials(request), [token])
@@ -90,7 +84,7 @@ def _known_caller(request: Request) -> bool:
     """For an unknown source: does the caller hold any FHIR source token or API token?
     Without any credential, only a loopback caller of a token-less (development) setup."""
     rt = request.app.state.runtime
-    tokens = [t for src in rt.sources.items if (t := os.environ.get(token_env(src)))]
+    tokens = [t for src in rt.sources.items if (t := os.environ.get(src.notification_token_env()))]
     tokens += list(api_token_map(rt.settings).values())
     given = _credentials(request)
     if given and tokens:

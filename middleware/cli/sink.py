@@ -2,14 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-#: development-only secret shared by `make run` and `careloop sink`; production sets CARELOOP_WEBHOOK_SECRET
-DEV_WEBHOOK_SECRET = "whsec_Y2FyZWxvb3AtZGV2LXdlYmhvb2stc2VjcmV0LTAwMDE="
+from ..delivery.sink import DEV_WEBHOOK_SECRET, webhook_secret
 
-
-def webhook_secret() -> str:
-    return os.environ.get("CARELOOP_WEBHOOK_SECRET") or DEV_WEBHOOK_SECRET
+__all__ = ["DEV_WEBHOOK_SECRET", "webhook_secret", "register"]
 
 
 def cmd_sink(args: argparse.Namespace) -> int:

@@ -142,7 +142,6 @@ def _wait_active(http: Any, sid: str, end: float) -> tuple[str, dict[str, Any]]:
 
 
 def _apply(args: argparse.Namespace, settings: Any) -> int:
-    from ..api.fhir import token_env
     from ..rules.load import load_ruleset
 
     rs, _ = load_ruleset(settings.mappings_dir)
@@ -151,9 +150,9 @@ def _apply(args: argparse.Namespace, settings: Any) -> int:
         print(f"careloop subscriptions: unknown source {args.source!r} or no fhir.base_url", file=sys.stderr)
         return 2
     endpoint = args.endpoint or f"http://{settings.http_host}:{settings.http_port}/fhir/{source.name}"
-    token = os.environ.get(token_env(source))
+    token = os.environ.get(source.notification_token_env())
     if not token:
-        print(f"warning: {token_env(source)} is not set; careloop accepts this source from loopback only", file=sys.stderr)
+        print(f"warning: {source.notification_token_env()} is not set; careloop accepts this source from loopback only", file=sys.stderr)
     suffix = "-payloadless" if args.payloadless else ""
     types = args.types or source.fhir.resource_types
     rc = 0

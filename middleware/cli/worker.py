@@ -56,7 +56,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        from ..api.metrics import install
+        from ..collectors import install
 
         install(rt)
 

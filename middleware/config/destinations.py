@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .connectors import CONNECTOR_CONFIGS
 from .outbound import check_url, load_policy
 from .yamlpos import Diagnostic, DiagnosticSink, YamlError, load_positioned, pydantic_errors_to_diagnostics
 
@@ -76,21 +77,16 @@ def load_destinations(mappings_dir: Path) -> tuple[list[Destination], list[Diagn
         exc._careloop_model = DestinationsFile  # type: ignore[attr-defined]
         pydantic_errors_to_diagnostics(sink, raw, exc)
         return [], sink.items, raw
-    # connector-specific config validated against the connector's model
-    try:
-        from ..delivery.registry import connector_types
-
-        types = connector_types()
-    except Exception:  # connectors not importable: report below per destination
-        types = {}
+    # connector-specific config validated against the destination type's settings model
+    types = CONNECTOR_CONFIGS
     seen: set[str] = set()
     for i, d in enumerate(parsed.destinations):
         node = raw["destinations"][i]
         if d.name in seen:
             sink.error(node, "name", "duplicate-destination", f"destination '{d.name}' is defined twice")
         seen.add(d.name)
-        cls = types.get(d.type)
-        if cls is None:
+        model = types.get(d.type)
+        if model is None:
             import difflib
 
             hint = difflib.get_close_matches(d.type, list(types), n=1)
@@ -98,9 +94,9 @@ def load_destinations(mappings_dir: Path) -> tuple[list[Destination], list[Diagn
                        + (f" (did you mean '{hint[0]}'?)" if hint else f"; known: {', '.join(sorted(types))}"))
             continue
         try:
-            cfg = cls.Config.model_validate(d.config)
+            cfg = model.model_validate(d.config)
         except Exception as exc:
-            exc._careloop_model = cls.Config  # type: ignore[attr-defined]
+            exc._careloop_model = model  # type: ignore[attr-defined]
             sub = DiagnosticSink(str(path))
             pydantic_errors_to_diagnostics(sub, node.get("config", node), exc)
             sink.items.extend(sub.items)

@@ -5,6 +5,7 @@ names the server careloop subscribes to. A source named ``default`` always exist
 """
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -133,6 +134,11 @@ class Source(_Strict):
     timezone: str = "UTC"
     hl7: Hl7Settings = Field(default_factory=Hl7Settings)
     fhir: FhirSettings = Field(default_factory=FhirSettings)
+
+    def notification_token_env(self) -> str:
+        """The environment variable holding the token this FHIR source sends with its notifications
+        (``fhir.notification_token_env``, default ``CARELOOP_FHIR_TOKEN_<SOURCE>``)."""
+        return self.fhir.notification_token_env or "CARELOOP_FHIR_TOKEN_" + re.sub(r"[^A-Z0-9]", "_", self.name.upper())
 
 
 class SourcesFile(_Strict):

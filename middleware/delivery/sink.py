@@ -14,6 +14,7 @@ serves ``GET /received``: a JSON list of what arrived, each with ``verified`` an
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 import threading
@@ -28,6 +29,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from .signing import WebhookVerificationError, verify
+
+#: development-only secret shared by `make run` and `careloop sink`; production sets CARELOOP_WEBHOOK_SECRET
+DEV_WEBHOOK_SECRET = "whsec_Y2FyZWxvb3AtZGV2LXdlYmhvb2stc2VjcmV0LTAwMDE="
+
+
+def webhook_secret() -> str:
+    """The webhook secret of the local sink and the development webhook destination."""
+    return os.environ.get("CARELOOP_WEBHOOK_SECRET") or DEV_WEBHOOK_SECRET
 
 
 @dataclass

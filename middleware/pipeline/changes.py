@@ -17,6 +17,7 @@ from ..normalize.events import derive
 from ..rules.evaluate import Decision, cancellations, evaluate
 from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for
+from ..storage.patient_ids import merge_patient_ids, patient_id_for
 from ..storage.queries import ingest as q
 from ..storage.queries.ingest import EventRecord, StateRecord
 from ..storage.sql import UnitOfWork
@@ -184,11 +185,13 @@ def apply_change(
     patient = orjson.loads(patient_json) if patient_json else None
     shown = resource if not change.deleted else (prev or resource)
     body = state.resource if shown is resource and not change.deleted else dumps(shown)
+    patient_id = patient_id_for(u, patient_key, nowts)  # careloop's internal id, stamped on each event
     seen: dict[str, int] = {}
     for etype, pstatus, status in events:
         nth = seen.get(etype, 0)
         seen[etype] = nth + 1
-        values = (etype, pstatus, status, rtype, key, patient_key, body, change.source, change.arrival, occurred, nowts, inbound_id)
+        values = (etype, pstatus, status, rtype, key, patient_key, body, change.source, change.arrival, occurred, nowts, inbound_id,
+                  patient_id)
         row = EventRecord(u.scalar(q.EVENT_INSERT, **dict(zip(q.EVENT_COLUMNS, values))), *values)
         res.events.append(row)
         ev = ClinicalEvent(
@@ -289,7 +292,7 @@ def _record_trigger(
         destinations=",".join(d.destinations), patient_key=ev.patient_key, resource_key=ev.resource_key, origin_key=origin,
         resource_version=version, event_id=row.id, due_at=due, status=str(status), reason=reason, dedup_key=d.dedup_key,
         cancel_scope=d.cancel_scope, message_kind=d.message_kind, payload=dumps(d.payload), explain=dumps(d.steps),
-        created_at=nowts, updated_at=nowts)
+        created_at=nowts, updated_at=nowts, patient_id=row.patient_id or patient_id_for(u, ev.patient_key, nowts))
     if tid is None:  # this rule already made a trigger from this event (reprocessing)
         return None
     result.triggers += 1
@@ -307,9 +310,11 @@ def merge_patients(u: UnitOfWork, surviving: str, retired: str, now: datetime) -
     u.run(q.PATIENT_MERGE, retired=retired, surviving=surviving, now=nowts)
     n = u.run(q.STATE_REPOINT, retired=retired, surviving=surviving)
     n += u.run(q.TRIGGER_REPOINT, retired=retired, surviving=surviving)
+    patient_id = merge_patient_ids(u, surviving, retired, nowts)  # the survivor keeps its internal id
     u.scalar(q.EVENT_INSERT, type="patient.merged", previous_status=None, status=None, resource_type="Patient",
              resource_key=f"Patient/{retired}", patient_key=surviving, resource=dumps({"retired": retired, "surviving": surviving}),
-             source="", arrival="message", occurred_at=nowts, created_at=nowts, inbound_id=None)
+             source="", arrival="message", occurred_at=nowts, created_at=nowts, inbound_id=None,
+             patient_id=patient_id)
     return n
 
 

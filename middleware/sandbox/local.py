@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from ..delivery.sink import SinkServer
+from ..delivery.sink import SinkServer, webhook_secret
 from . import demo_mappings
 from .hapi import repo_root
 
@@ -125,7 +125,6 @@ class LocalCareloop:
         environment variable :data:`TOKEN_ENV` (careloop's FHIR listener reads it per request)
         and restores it on :meth:`stop`. Raises :class:`CareloopError` when it does not come up.
         """
-        from ..cli.sink import webhook_secret
         from ..service import ConfigError, Runtime
         from ..settings import Settings
 

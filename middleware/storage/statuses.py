@@ -2,8 +2,9 @@
 imports nothing of careloop). The database's CHECK constraints are generated from them
 (:func:`one_of`), so a value the code does not know cannot be stored by any client.
 
-``inbound_message.status`` has its enum but no CHECK yet: issue 11 is adding the statuses of
-messages that cannot be decoded; its CHECK comes with that migration.
+``inbound_message.status`` got its CHECK in revision 0005: :class:`InboundStatus` covers every
+status the code writes (a message that cannot be decoded is stored ``failed`` with the reason).
+Adding a status means a migration that replaces the CHECK before any code writes the new value.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ from typing import Any, Optional
 from sqlalchemy import CheckConstraint, Column, Index, LargeBinary, Text, UniqueConstraint, false, text, true
 from sqlmodel import Field, SQLModel
 
-from .statuses import DeliveryStatus, DisclosureOutcome, TriggerStatus, one_of
+from .statuses import DeliveryStatus, DisclosureOutcome, InboundStatus, TriggerStatus, one_of
 
 #: Stable names for every constraint and index, set before any table is declared (and before the
 #: first migration): migrations refer to constraints by these names on both dialects. ``ix`` is
@@ -41,6 +41,7 @@ class InboundMessage(SQLModel, table=True):
         Index("ix_inbound_status_id", "status", "id"),
         Index("ix_inbound_dedup", "dedup_key", "sha256"),
         Index("ix_inbound_received", "received_at"),
+        CheckConstraint(one_of("status", InboundStatus), name="status"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     source: str = Field(max_length=64)
@@ -60,6 +61,9 @@ class InboundMessage(SQLModel, table=True):
 
 
 class PatientRow(SQLModel, table=True):
+    """The last known Patient resource per patient key ("system|value" of the MRN, as normalize
+    keys it); ``merged_into`` points a merged-away key at its survivor (ADT^A40 and kin)."""
+
     __tablename__ = "patient"
     key: str = Field(primary_key=True, max_length=300)
     fhir_id: str = Field(max_length=64)
@@ -67,6 +71,27 @@ class PatientRow(SQLModel, table=True):
     merged_into: Optional[str] = Field(default=None, max_length=300, index=True)
     updated_at: float = Field(default=0.0, sa_column_kwargs=server(0.0))
     occurred_at: float = Field(default=0.0, sa_column_kwargs=server(0.0))
+
+
+class PatientIdentity(SQLModel, table=True):
+    """careloop's stable internal patient id (``storage/patient_ids.py``): random, never derived
+    from an identifier, never sent to a destination. A merged-away id keeps its row with
+    ``merged_into`` naming the surviving id, so links made before the merge still resolve."""
+
+    __tablename__ = "patient_identity"
+    id: str = Field(primary_key=True, max_length=40)  # "pt_" + 26 base32 characters (128 random bits)
+    merged_into: Optional[str] = Field(default=None, max_length=40, index=True)
+    created_at: float
+    merged_at: Optional[float] = None
+
+
+class PatientIdentifier(SQLModel, table=True):
+    """Every patient key careloop has seen -> the internal id of its (surviving) patient."""
+
+    __tablename__ = "patient_identifier"
+    patient_key: str = Field(primary_key=True, max_length=300)
+    patient_id: str = Field(max_length=40, index=True)
+    created_at: float
 
 
 class ResourceState(SQLModel, table=True):
@@ -101,6 +126,7 @@ class EventRow(SQLModel, table=True):
         Index("ix_event_patient", "patient_key", "id"),
         Index("ix_event_resource", "resource_key", "id"),
         Index("ix_event_created", "created_at"),  # retention windows
+        Index("ix_event_patient_id", "patient_id", "id"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
     type: str = Field(max_length=64, index=True)
@@ -115,6 +141,7 @@ class EventRow(SQLModel, table=True):
     occurred_at: float
     created_at: float
     inbound_id: Optional[int] = Field(default=None, index=True)
+    patient_id: Optional[str] = Field(default=None, max_length=40)  # internal id (PatientIdentity), stamped at write time
 
 
 class TriggerRow(SQLModel, table=True):
@@ -128,6 +155,7 @@ class TriggerRow(SQLModel, table=True):
         Index("ix_trigger_dedup", "dedup_key", "created_at"),
         Index("ix_trigger_rule_resource", "rule_id", "resource_key", "status"),
         Index("ix_trigger_updated", "updated_at"),  # retention windows
+        Index("ix_trigger_patient_id", "patient_id", "id"),
         UniqueConstraint("origin_key", name="uq_trigger_origin"),
         CheckConstraint(one_of("status", TriggerStatus), name="status"),
     )
@@ -153,6 +181,7 @@ class TriggerRow(SQLModel, table=True):
     created_at: float
     updated_at: float
     fired_at: Optional[float] = None
+    patient_id: Optional[str] = Field(default=None, max_length=40)  # internal id (PatientIdentity), stamped at write time
 
 
 class DeliveryRow(SQLModel, table=True):

@@ -50,13 +50,14 @@ def rows(db: Path) -> list[tuple[str | None, str, str | None]]:
         con.close()
 
 
-async def listen(tmp_path: Path, sources: Sources, **kw: Any) -> tuple[Path, InboxWriter, MllpListener, asyncio.Task[None]]:
+async def listen(tmp_path: Path, sources: Sources, listener_kw: dict[str, Any] | None = None,
+                 **kw: Any) -> tuple[Path, InboxWriter, MllpListener, asyncio.Task[None]]:
     db = tmp_path / "b.db"
     engine = make_engine(f"sqlite:///{db}")
     init_db(engine)
     writer = InboxWriter(engine, **kw)
     task = asyncio.create_task(writer.run())
-    listener = MllpListener(sources=sources, writer=writer, port=0)
+    listener = MllpListener(sources=sources, writer=writer, port=0, **(listener_kw or {}))
     await listener.start()
     return db, writer, listener, task
 
@@ -124,6 +125,29 @@ async def test_batch_larger_than_the_frame_limit_uses_the_batch_limit(tmp_path: 
         w.close()
     finally:
         await close(writer, listener, task)
+
+
+async def test_batch_limits_belong_to_each_listener(tmp_path: Path) -> None:
+    """The limits come from each listener's settings (no process-wide value): a listener allowing
+    2 messages per batch refuses a batch of 3 whole, while another in the same process takes it."""
+    db, writer, strict, task = await listen(tmp_path, Sources([]), {"max_batch_messages": 2})
+    lenient = MllpListener(sources=Sources([]), writer=writer, port=0)
+    await lenient.start()
+    data = batch(*(siu("S12", control=f"Q-{i}", appt=f"F{i}") for i in range(3)))
+    try:
+        answers = []
+        for listener in (strict, lenient):
+            r, w = await asyncio.open_connection("127.0.0.1", listener.port)
+            w.write(frame(data))
+            await w.drain()
+            answers.append((await asyncio.wait_for(r.readuntil(b"\x1c\r"), 10))[1:-2])
+            w.close()
+    finally:
+        await lenient.close()
+        await close(writer, strict, task)
+    assert b"3 messages exceeds the 2-message batch limit" in answers[0]
+    assert [s[1:3] for s in segs(answers[1]) if s[0] == "MSA"] == [["AA", f"Q-{i}"] for i in range(3)]
+    assert sum(1 for c, status, _ in rows(db) if c and c.startswith("Q-") and status == "received") == 3
 
 
 def test_batch_over_http_send_and_explain(tmp_path: Path, pipeline_mappings: Path) -> None:

@@ -3,6 +3,7 @@ policy; no identifier, SSN, code, name, birth date, phone, e-mail or address app
 in any request body. Vendors are captured with respx; the webhook goes to the real SinkServer."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,7 +15,7 @@ from httpx import AsyncClient, Response
 
 from middleware.delivery.policy import SENSITIVE_KEYS
 from middleware.delivery.sink import SinkServer
-from middleware.storage.tables import DeliveryRow, PatientRow, ResourceState, TriggerRow
+from middleware.storage.tables import DeliveryRow, PatientIdentity, PatientRow, ResourceState, TriggerRow
 
 from support.delivery_pipeline import (
     DEFAULT_ALLOW, WEBHOOK_SECRET, destination, hl7_bytes, hl7_fixture_names, make_pipeline, write_mappings,
@@ -64,6 +65,9 @@ FIXTURE_TOKENS = ["123-45-6789", "MRN000123", "MRN900123", "E000777", "TESTPATIE
 
 #: Fixtures that make no sendable trigger (merge, cancel-admit, entered-in-error, wait list, deceased).
 NO_TRIGGER = ("adt_a11", "adt_a40", "siu_s17", "siu_s12_v28_waitlist", "adt_a03_v251")  # a03_v251: patient expired
+
+#: careloop's internal patient id (``storage/patient_ids.new_patient_id``): never sent anywhere
+INTERNAL_ID = re.compile(r"pt_[a-z2-7]{26}")
 
 PAYLOAD_CONTAINERS = {"data", "Data", "properties", "canvas_entry_properties", "traits", "dataFields"}
 
@@ -172,13 +176,18 @@ def _run(tmp_path: Path, sink: SinkServer, fixture: str | None) -> tuple[list[tu
         _collect(orjson.loads(row.resource), tokens)
     for row in p.rows(ResourceState):
         _collect(orjson.loads(row.resource), tokens)
+    # careloop's internal patient ids stay inside careloop (storage/patient_ids.py)
+    ids = {r.id for r in p.rows(PatientIdentity)}
+    tokens.update(ids)
     delivered = sum(1 for d in p.rows(DeliveryRow) if d.status == "delivered")
+    assert ids or not (fixture and delivered), "the delivered triggers' patient has an internal id"
     return bodies, {t for t in tokens if len(t) >= 4}, delivered
 
 
 def _assert_clean(bodies: list[tuple[str, dict[str, Any]]], tokens: set[str]) -> None:
     for where, body in bodies:
         for s in _strings(body):
+            assert not INTERNAL_ID.search(s), f"an internal patient id leaked to {where}: {s!r}"
             for tok in tokens:
                 assert tok.lower() not in s.lower(), f"{tok!r} leaked to {where}: {s!r}"
         for key in _payload_keys(body):

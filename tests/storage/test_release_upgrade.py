@@ -4,7 +4,9 @@ of the metadata, and the pipeline running on it afterwards."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -61,6 +63,25 @@ def _process_one(engine: Engine, mappings: Path) -> None:
         assert s.exec(select(EventRow).where(EventRow.inbound_id == msg.id)).all()
 
 
+def _assert_patient_ids(rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Migration 0005 gave every existing event and trigger its patient's internal id: one id per
+    patient key, the fixture's merged-away key (MRN000999 -> MRN000123) sharing its survivor's,
+    distinct patients distinct ids, none of them showing the MRN."""
+    ids = {r["patient_key"]: r["patient_id"] for r in rows["patient_identifier"]}
+    for table in ("event", "trigger"):
+        assert rows[table] and all(r["patient_key"] for r in rows[table]), table  # the fixture keys every row
+        for r in rows[table]:
+            assert r["patient_id"] == ids[r["patient_key"]], (table, r["id"])
+    assert ids["urn:careloop:id:HOSPA|MRN000999"] == ids["urn:careloop:id:HOSPA|MRN000123"]
+    survivors = {ids[k] for k in ("urn:careloop:id:HOSPA|MRN000123", "urn:careloop:id:HOSPA|MRN000456",
+                                  "urn:careloop:id:HOSPA|MRN000789", "urn:careloop:id:HOSPB|MRN000456")}
+    assert len(survivors) == 4
+    issued = {r["id"]: r["merged_into"] for r in rows["patient_identity"]}
+    assert set(ids.values()) == set(issued) and not any(issued.values())
+    for pid in issued:
+        assert re.fullmatch(r"pt_[a-z2-7]{26}", pid) and "mrn" not in pid
+
+
 def test_release_database_upgrades_with_every_row_intact(release_url: str, tmp_path: Path, mappings_dir: Path,
                                                         request: pytest.FixtureRequest) -> None:
     engine = make_engine(release_url)
@@ -73,13 +94,15 @@ def test_release_database_upgrades_with_every_row_intact(release_url: str, tmp_p
     result = schema.upgrade(engine)
     assert (result.before, result.after) == (None, schema.head_revision())
     assert schema.state(engine).kind == "current"
-    after = all_rows(engine)
+    after = all_rows(engine, TABLES + ["patient_identity", "patient_identifier"])
     for t in TABLES:
         assert len(after[t]) == len(before[t]), t
         for old, new in zip(before[t], after[t]):
             assert {k: new[k] for k in old} == old, t
             for k in ADDED.get(t, set()) - set(old):
                 assert new[k] is None, (t, k)
+
+    _assert_patient_ids(after)
 
     fresh = _fresh(engine.dialect.name, tmp_path, request)
     with engine.connect() as a, fresh.connect() as b:

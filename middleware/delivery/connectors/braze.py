@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ...config.connectors import BrazeConfig
 from ..registry import (
     Connector,
     Delivered,
@@ -40,28 +40,6 @@ log = logging.getLogger("middleware.delivery.braze")
 TRACK_MAX_EVENTS = 75
 #: /canvas/trigger/send: at most 50 recipients per request.
 CANVAS_MAX_RECIPIENTS = 50
-
-
-class BrazeConfig(BaseModel):
-    """Settings of a ``braze`` destination; the REST key by env var name only."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rest_endpoint: str = Field(description="Instance REST endpoint, e.g. https://rest.iad-01.braze.com")
-    api_key_env: str
-    mode: Literal["track", "canvas"] = "track"
-    event_name: str | None = Field(None, description="Custom event name; default: the trigger name.")
-    canvas_id: str | None = Field(None, description="API-triggered Canvas id (mode: canvas).")
-    external_id_source: str = Field("contact_key", description="'contact_key' or a payload key.")
-    timeout_s: float = Field(20.0, gt=0, le=60)
-
-    @model_validator(mode="after")
-    def _check(self) -> "BrazeConfig":
-        if not self.rest_endpoint.startswith("https://"):
-            raise ValueError("rest_endpoint must be an https:// URL")
-        if self.mode == "canvas" and not self.canvas_id:
-            raise ValueError("mode: canvas needs canvas_id")
-        return self
 
 
 def rate_limited(resp: httpx.Response, now: datetime) -> Retry:

@@ -18,13 +18,12 @@ Docs: developers.hubspot.com/docs/api-reference/legacy/events/send-event-data/gu
 from __future__ import annotations
 
 import logging
-import re
 import uuid
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ...config.connectors import HUBSPOT_API, HubSpotConfig
 from ..registry import (
     AuthFailure,
     Connector,
@@ -53,7 +52,7 @@ from ._common import (
 
 log = logging.getLogger("middleware.delivery.hubspot")
 
-API = "https://api.hubapi.com"
+API = HUBSPOT_API
 MAX_PROPERTIES = 50
 MAX_VALUE_CHARS = 50
 MAX_URL_VALUE_CHARS = 200
@@ -65,46 +64,6 @@ DEFAULT_WINDOW_S = 10.0
 DAILY_LIMIT_WAIT_S = 3600.0
 #: Namespace for the deterministic event uuid derived from our idempotency key.
 UUID_NAMESPACE = uuid.UUID("6f1c1b8e-5a1d-4f5e-9d7c-2b9c4a0e7c11")
-
-
-class HubSpotConfig(BaseModel):
-    """Settings of a ``hubspot`` destination; credentials by env var name only."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    auth: Literal["private_app", "oauth"] = "private_app"
-    access_token_env: str | None = Field(None, description="Private-app token (auth: private_app).")
-    client_id_env: str | None = Field(None, description="OAuth app client id (auth: oauth).")
-    client_secret_env: str | None = None
-    refresh_token_env: str | None = None
-    token_url: str = f"{API}/oauth/v1/token"
-    event_name: str = Field(description="Fully qualified event name, pe{HubID}_{name}.")
-    identity: Literal["email", "objectId", "utk"] = "objectId"
-    identity_source: str = Field(
-        "contact_key", description="'contact_key' or the payload key that holds the identity value."
-    )
-    upsert_contact: bool = False
-    upsert_id_property: str = "email"
-    contact_properties: list[str] = Field(
-        default_factory=list, description="Payload keys copied to the contact on upsert (not to the event)."
-    )
-    token_margin_s: float = Field(60.0, ge=0)
-    timeout_s: float = Field(20.0, gt=0, le=60)
-
-    @field_validator("event_name")
-    @classmethod
-    def _qualified(cls, v: str) -> str:
-        if not re.fullmatch(r"pe\d+_[A-Za-z0-9_\-]+", v):
-            raise ValueError("event_name must be the fully qualified name pe{HubID}_{name}")
-        return v
-
-    @model_validator(mode="after")
-    def _auth_fields(self) -> "HubSpotConfig":
-        if self.auth == "private_app" and not self.access_token_env:
-            raise ValueError("auth: private_app needs access_token_env")
-        if self.auth == "oauth" and not (self.client_id_env and self.client_secret_env and self.refresh_token_env):
-            raise ValueError("auth: oauth needs client_id_env, client_secret_env and refresh_token_env")
-        return self
 
 
 def event_uuid(idempotency_key: str) -> str:

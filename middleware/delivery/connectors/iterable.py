@@ -13,11 +13,11 @@ Docs: support.iterable.com/hc/en-us/articles/206430615 (API overview); api.itera
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
+from ...config.connectors import IterableConfig
 from ..registry import Connector, Delivered, Outbound, Outcome, Permanent, RateLimit, classify_http, register
 from ._common import finish, MissingSecret, chunks, require_secret, safe_json, same_for_all, send_request, transport_outcome
 
@@ -26,21 +26,6 @@ log = logging.getLogger("middleware.delivery.iterable")
 MAX_ID_BYTES = 512
 #: Events per trackBulk request: our own ceiling (no published figure found).
 BULK_MAX_EVENTS = 100
-
-
-class IterableConfig(BaseModel):
-    """Settings of an ``iterable`` destination; the API key by env var name only."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    api_key_env: str
-    base_url: str = Field("https://api.iterable.com", description="EU projects: https://api.eu.iterable.com")
-    identity: Literal["userId", "email"] = "userId"
-    identity_source: str = Field("contact_key", description="'contact_key' or a payload key.")
-    event_name: str | None = Field(None, description="Default: the trigger name.")
-    campaign_id: int | None = None
-    template_id: int | None = None
-    timeout_s: float = Field(15.0, gt=0, le=60)
 
 
 @register

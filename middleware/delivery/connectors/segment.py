@@ -14,12 +14,12 @@ twilio.com/docs/segment/guides/duplicate-data; segment-docs PR #6966 (errors sec
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
 
+from ...config.connectors import SegmentConfig
 from ..registry import Connector, Delivered, Outbound, Outcome, Permanent, RateLimit, classify_http, register
 from ._common import finish, MissingSecret, iso_z, require_secret, same_for_all, send_request, transport_outcome
 
@@ -30,19 +30,6 @@ MAX_BATCH_BYTES = 500 * 1024  # 500 KB per /v1/batch request
 MAX_BATCH_EVENTS = 2500
 #: Room for the ``{"batch":[`` … ``],"sentAt":"…"}`` envelope around the messages.
 ENVELOPE_BYTES = 64
-
-
-class SegmentConfig(BaseModel):
-    """Settings of a ``segment`` destination; the write key by env var name only."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    write_key_env: str
-    endpoint: str = Field("https://api.segment.io", description="EU workspaces: https://events.eu1.segmentapis.com")
-    call: Literal["track", "identify"] = "track"
-    identity: Literal["userId", "anonymousId"] = "userId"
-    event_name: str | None = Field(None, description="Track event name; default: the trigger name.")
-    timeout_s: float = Field(15.0, gt=0, le=60)
 
 
 def validate_message(msg: dict[str, Any]) -> str | None:

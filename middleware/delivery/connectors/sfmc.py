@@ -15,12 +15,11 @@ Docs: developer.salesforce.com/docs/marketing/marketing-cloud/guide/access-token
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any, ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ...config.connectors import SfmcConfig
 from ..registry import (
     AuthFailure,
     Connector,
@@ -49,38 +48,6 @@ log = logging.getLogger("middleware.delivery.sfmc")
 
 #: /interaction/v1/async/events accepts at most 100 members per request.
 ASYNC_MAX_MEMBERS = 100
-
-
-class SfmcConfig(BaseModel):
-    """Settings of an ``sfmc`` destination; credentials by env var name only."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    subdomain: str = Field(description="Tenant subdomain of the auth/REST base URIs (Installed Packages).")
-    client_id_env: str
-    client_secret_env: str
-    account_id: str | None = Field(None, description="MID of the target business unit (not a secret).")
-    scope: str | None = None
-    event_definition_key: str = Field(description="API entry event key; periods are not allowed.")
-    rest_instance_url: str | None = Field(
-        None, description="REST base URI; default: the token response's rest_instance_url."
-    )
-    token_margin_s: float = Field(60.0, ge=0, description="Refresh this long before expiry.")
-    timeout_s: float = Field(20.0, gt=0, le=60)
-
-    @field_validator("subdomain")
-    @classmethod
-    def _subdomain(cls, v: str) -> str:
-        if not re.fullmatch(r"[a-z0-9-]{1,64}", v):
-            raise ValueError("subdomain must be the tenant subdomain only (a-z, 0-9, -)")
-        return v
-
-    @field_validator("event_definition_key")
-    @classmethod
-    def _no_periods(cls, v: str) -> str:
-        if not v or "." in v:
-            raise ValueError("EventDefinitionKey must be non-empty and contain no periods")
-        return v
 
 
 def _vendor_rest_url(url: str) -> str | None:

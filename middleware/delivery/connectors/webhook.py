@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 import httpx
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ...config.connectors import WebhookConfig
 from ..registry import (
     AuthFailure,
     Connector,
@@ -36,42 +36,6 @@ from ..signing import sign
 from ._common import MissingSecret, iso_z, send_request, transport_outcome
 
 log = logging.getLogger("middleware.delivery.webhook")
-
-
-class WebhookConfig(BaseModel):
-    """Settings of a ``webhook`` destination. Secrets are named, never given."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    url: str = Field(description="Receiver URL (http or https).")
-    secret_env: str = Field(
-        description="Env var holding the whsec_ secret; several names comma-separated "
-        "(newest first) sign with each during a rotation."
-    )
-    thin: bool = Field(
-        False,
-        description="Thin payload: contact key, trigger name, time and a link the receiver fetches.",
-    )
-    link_base: str | None = Field(
-        None, description="Base URL of the careloop API for thin links: {link_base}/api/triggers/{id}."
-    )
-    timeout_s: float = Field(15.0, gt=0, le=60, description="Per-request timeout (spec: 15–30 s).")
-
-    @field_validator("url", "link_base")
-    @classmethod
-    def _http_url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return v
-
-    @model_validator(mode="after")
-    def _thin_needs_link(self) -> "WebhookConfig":
-        if self.thin and not self.link_base:
-            raise ValueError("thin: true needs link_base")
-        return self
-
-    def secret_names(self) -> list[str]:
-        return [n.strip() for n in self.secret_env.split(",") if n.strip()]
 
 
 def build_body(item: Outbound, cfg: WebhookConfig) -> dict[str, Any]:

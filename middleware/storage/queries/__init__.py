@@ -3,3 +3,4 @@ registers them all."""
 from __future__ import annotations
 
 from . import ingest  # noqa: F401
+from . import patient_ids  # noqa: F401

@@ -100,6 +100,7 @@ class EventRecord(NamedTuple):
     occurred_at: float
     created_at: float
     inbound_id: int | None
+    patient_id: str | None = None  # careloop's internal patient id (storage/patient_ids.py)
 
 
 class PendingTrigger(NamedTuple):
@@ -234,7 +235,7 @@ TRIGGER_DUPLICATE = query("ingest.trigger_duplicate", select(trigger.c.id).where
     trigger.c.created_at >= param("since")).limit(1))
 TRIGGER_COLUMNS = ("rule_id", "ruleset_version", "name", "purpose", "destinations", "patient_key", "resource_key",
                    "origin_key", "resource_version", "event_id", "due_at", "status", "reason", "dedup_key",
-                   "cancel_scope", "message_kind", "payload", "explain", "created_at", "updated_at")
+                   "cancel_scope", "message_kind", "payload", "explain", "created_at", "updated_at", "patient_id")
 
 
 def _trigger_insert(dialect: str) -> Any:

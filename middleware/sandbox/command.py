@@ -28,7 +28,7 @@ START_DEADLINE_S = 420.0  # first start may build the launcher (cold Maven cache
 
 def _token() -> str:
     """The notification token HAPI sends to careloop: env, else one generated once and kept (0600)."""
-    from ..sandbox.local import TOKEN_ENV
+    from .local import TOKEN_ENV
 
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV]
@@ -57,7 +57,7 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
     Raises :class:`Refusal` when no sandbox of ours is running: never a default URL, which
     may be somebody else's FHIR server.
     """
-    from ..sandbox import hapi, server_state
+    from . import hapi, server_state
 
     if args.fhir_url:
         base = str(args.fhir_url).rstrip("/")
@@ -74,7 +74,7 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _claim_database(args: argparse.Namespace, ident: str) -> None:
-    from ..sandbox import server_state
+    from . import server_state
 
     try:
         note = server_state.claim(_db_url(args), ident, own_database=not args.database_url)
@@ -85,7 +85,7 @@ def _claim_database(args: argparse.Namespace, ident: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from ..sandbox import hapi
+    from . import hapi
 
     runtime = args.runtime or hapi.detect_runtime()
     if runtime is None:
@@ -103,7 +103,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    from ..sandbox import hapi
+    from . import hapi
 
     stopped = hapi.stop(STATE)
     print("HAPI FHIR sandbox stopped" if stopped else "no sandbox recorded as running")
@@ -111,7 +111,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..sandbox import hapi
+    from . import hapi
 
     st = hapi.status(STATE)
     print(f"state={st.state} url={st.base_url or '-'} runtime={st.runtime or '-'} pid={st.pid or '-'} "
@@ -131,7 +131,7 @@ def _seed(args: argparse.Namespace) -> int:
     import httpx
 
     from ..listeners.fhir_fetch import FetchError
-    from ..sandbox import hooks, seed
+    from . import hooks, seed
 
     base, ident = _target(args)
     settings = _settings(args)
@@ -196,8 +196,8 @@ def _backfill(args: argparse.Namespace, base: str, settings: Any) -> Any:
 
 
 def cmd_scenario(args: argparse.Namespace) -> int:
-    from ..sandbox import journeys
-    from ..sandbox.scenario_cli import run_scenarios
+    from . import journeys
+    from .scenario_cli import run_scenarios
 
     names = list(journeys.SCENARIOS) if args.name == "all" else [args.name]
     try:
@@ -219,8 +219,8 @@ def cmd_scenario(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from ..sandbox import hapi
-    from ..sandbox.journeys import SCENARIOS
+    from . import hapi
+    from .journeys import SCENARIOS
 
     p = sub.add_parser("sandbox", help="the HAPI FHIR sandbox: up, down, status, seed, scenario")
     s = p.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
