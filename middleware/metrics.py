@@ -3,7 +3,7 @@
 One :class:`Meters` per running process, on its own registry (so tests can run several
 runtimes in one interpreter). Counts that must agree across replicas (backlog, lag,
 pending and due triggers, deliveries by status, dead letters) are read from the
-database at scrape time by ``collectors.py``; this module holds what only the process
+database at scrape time by ``api/metrics.py``; this module holds what only the process
 knows: what it stored, how many commits (fsyncs) that took, and ACK latency.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ class StoredRecord(Protocol):
 class Meters:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.installed = False  # the database collectors are added by collectors.install()
+        self.installed = False  # the database collectors are added by api/metrics.install()
         self.ingested = Counter(
             "careloop_ingest_messages", "Inbound messages durably stored, by source, channel and stored status",
             ["source", "channel", "status"], registry=self.registry,

@@ -233,6 +233,13 @@ class Runtime:
             ]
         return tasks
 
+    def install_metrics(self) -> None:
+        """Register the database and runtime collectors (``api/metrics.py``) on this process's
+        registry: ``GET /metrics`` does it on first scrape, ``careloop worker --metrics-port`` here."""
+        from .api.metrics import install
+
+        install(self)
+
     async def work(self) -> None:
         """``careloop worker``: processing, scheduler and delivery loops only (no listeners), until
         SIGTERM/SIGINT. Safe to run many against one PostgreSQL: every claim is ``FOR UPDATE SKIP LOCKED``."""

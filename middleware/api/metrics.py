@@ -1,23 +1,151 @@
 """``GET /metrics``: Prometheus text format.
 
 Process counters come from :class:`middleware.metrics.Meters`; the rest is read from
-the shared database at scrape time (:mod:`middleware.collectors`), so every replica reports the
-same backlog, lag, trigger and delivery figures (alert on ``max`` across replicas, not ``sum``).
+the shared database at scrape time, so every replica reports the same backlog, lag,
+trigger and delivery figures (alert on ``max`` across replicas, not ``sum``).
 Unauthenticated like ``/healthz``: it carries counts and destination names, no PHI.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
+from typing import TYPE_CHECKING, Any, Iterator
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from ..collectors import install
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import text
 
 if TYPE_CHECKING:
     from ..service import Runtime
 
 router = APIRouter()
+
+CIRCUIT = {"closed": 0.0, "half-open": 1.0, "open": 2.0, "open-auth": 2.0}
+
+
+class DatabaseCollector(Collector):
+    """Backlog, lag, triggers, deliveries, dead letters and circuit state, read at scrape time."""
+
+    def __init__(self, runtime: "Runtime") -> None:
+        self.rt = runtime
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        now = time.time()
+        with self.rt.engine.connect() as c:
+            oldest, backlog = c.execute(text(
+                "SELECT min(received_at), count(*) FROM inbound_message WHERE status = 'received'")).one()
+            pending = c.execute(text("SELECT count(*) FROM \"trigger\" WHERE status = 'pending'")).scalar() or 0
+            due = c.execute(text("SELECT count(*) FROM \"trigger\" WHERE status = 'pending' AND due_at <= :now"),
+                            {"now": now}).scalar() or 0
+            oldest_due = c.execute(text("SELECT min(due_at) FROM \"trigger\" WHERE status = 'pending'")).scalar()
+            by_status = c.execute(text("SELECT destination, status, count(*) FROM delivery GROUP BY destination, status")).all()
+            paused = c.execute(text("SELECT key FROM kv WHERE key LIKE 'destination.paused.%' OR key LIKE 'destination.disabled.%'")).all()
+        g = GaugeMetricFamily("careloop_processing_backlog", "Stored inbound messages not yet processed")
+        g.add_metric([], float(backlog or 0))
+        yield g
+        g = GaugeMetricFamily("careloop_processing_lag_seconds",
+                              "Age of the oldest stored message not yet processed (0 when none)")
+        g.add_metric([], max(0.0, now - float(oldest)) if oldest is not None else 0.0)
+        yield g
+        g = GaugeMetricFamily("careloop_triggers_pending", "Pending triggers (due or not)")
+        g.add_metric([], float(pending))
+        yield g
+        g = GaugeMetricFamily("careloop_triggers_due", "Pending triggers whose due time has passed")
+        g.add_metric([], float(due))
+        yield g
+        g = GaugeMetricFamily("careloop_scheduler_lag_seconds", "How late the most overdue pending trigger is (0 when none)")
+        g.add_metric([], max(0.0, now - float(oldest_due)) if oldest_due is not None and oldest_due <= now else 0.0)
+        yield g
+        g = GaugeMetricFamily("careloop_deliveries", "Deliveries by destination and status (delivered, pending, sending, dead, ...)",
+                              labels=["destination", "status"])
+        dead: dict[str, float] = {}
+        for dest, status, n in by_status:
+            g.add_metric([dest, status], float(n))
+            if status == "dead":
+                dead[dest] = float(n)
+        yield g
+        g = GaugeMetricFamily("careloop_dead_letters", "Dead-lettered deliveries (need an operator: fix, then replay)",
+                              labels=["destination"])
+        for dest in self.rt.ruleset().destinations:
+            g.add_metric([dest], dead.pop(dest, 0.0))
+        for dest, n in dead.items():
+            g.add_metric([dest], n)
+        yield g
+        g = GaugeMetricFamily("careloop_destination_circuit_state",
+                              "Destination circuit: 0 closed, 1 half-open, 2 open (failures, refused credentials or paused)",
+                              labels=["destination"])
+        paused_names = {k.split(".", 2)[2] for (k,) in paused}
+        breakers = self.rt.delivery.breakers
+        for dest in sorted(set(self.rt.ruleset().destinations) | set(breakers) | paused_names):
+            state = "open" if dest in paused_names else breakers[dest].state if dest in breakers else "closed"
+            g.add_metric([dest], CIRCUIT.get(state, 2.0))
+        yield g
+
+
+class RuntimeCollector(Collector):
+    """What this process's workers did since start (counters) and the inbox queue (backpressure)."""
+
+    def __init__(self, runtime: "Runtime") -> None:
+        self.rt = runtime
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        rt = self.rt
+        c = CounterMetricFamily("careloop_processed_messages", "Inbound messages handled by this process, by outcome",
+                                labels=["outcome"])
+        c.add_metric(["processed"], float(rt.processor.processed))
+        c.add_metric(["failed"], float(rt.processor.failed))
+        yield c
+        c = CounterMetricFamily("careloop_scheduler_fired", "Triggers fired by this process's scheduler")
+        c.add_metric([], float(rt.scheduler.fired))
+        yield c
+        c = CounterMetricFamily("careloop_inbox_queue_waits", "Producers that waited for room in the inbox queue (backpressure)")
+        c.add_metric([], float(rt.writer.queue_waits))
+        yield c
+        g = GaugeMetricFamily("careloop_inbox_queue", "Records waiting for the next group commit")
+        g.add_metric([], float(len(rt.writer._queue)))
+        yield g
+        th = getattr(rt, "auth_throttle", None)
+        c = CounterMetricFamily("careloop_auth_failures", "Failed authentications (wrong credentials) seen by this process")
+        c.add_metric([], float(th.total if th else 0))
+        yield c
+        g = GaugeMetricFamily("careloop_auth_throttled_clients", "Client addresses answered 429 after failed authentications")
+        g.add_metric([], float(th.throttled_clients(time.monotonic()) if th else 0))
+        yield g
+        if rt.mllp is not None:
+            yield from mllp_families([rt.mllp, *getattr(rt, "extra_mllp", [])])
+
+
+def mllp_families(listeners: list[Any]) -> Iterator[Any]:
+    """Per-listener MLLP series: open connections, refusals and limit closes by reason, junk, buffered bytes."""
+    g = GaugeMetricFamily("careloop_mllp_open_connections", "Open MLLP connections", labels=["port"])
+    b = GaugeMetricFamily("careloop_mllp_buffered_bytes", "Bytes held by MLLP connections (unfinished frames, "
+                          "frames waiting for storage)", labels=["port"])
+    r = CounterMetricFamily("careloop_mllp_refused_connections", "MLLP connections refused (caps, allow-lists, "
+                            "PROXY header, TLS handshake)", labels=["port", "reason"])
+    c = CounterMetricFamily("careloop_mllp_limit_closes", "MLLP connections closed by a limit (frame deadline, "
+                            "buffer caps)", labels=["port", "reason"])
+    j = CounterMetricFamily("careloop_mllp_junk_records", "Errored records of bytes outside frames", labels=["port"])
+    for lst in listeners:
+        port = str(lst.port)
+        st = lst.stats
+        g.add_metric([port], float(st.open_connections))
+        b.add_metric([port], float(st.buffered_bytes))
+        for reason, n in st.refused.items():
+            r.add_metric([port, reason], float(n))
+        for reason, n in st.closed.items():
+            c.add_metric([port, reason], float(n))
+        j.add_metric([port], float(st.junk_records))
+    yield from (g, b, r, c, j)
+
+
+def install(rt: "Runtime") -> None:
+    """Register the database and runtime collectors on the runtime's registry (once)."""
+    if rt.meters.installed:
+        return
+    rt.meters.registry.register(DatabaseCollector(rt))
+    rt.meters.registry.register(RuntimeCollector(rt))
+    rt.meters.installed = True
 
 
 @router.get("/metrics", include_in_schema=False)
