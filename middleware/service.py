@@ -17,13 +17,13 @@ from .delivery.audit import guard_append_only
 from .delivery.retention import purge
 from .delivery.worker import DeliveryWorker
 from .keyring import contact_keyring
-from .listeners.hl7_ingest import configure_batch_limits
 from .listeners.mllp import MllpListener
 from .metrics import Meters
 from .pipeline.process import Processor
 from .rules.load import RuleSet, load_ruleset
 from .scheduler.runner import Scheduler
 from .settings import Settings
+from .storage.patient_ids import stamp_unassigned_rows
 from .storage.schema import ensure_current, is_embedded, open_database
 from .storage.inbox import InboxWriter
 
@@ -59,7 +59,6 @@ class Runtime:
 
     def __init__(self, settings: Settings, *, clock: Callable[[], datetime] | None = None, engine: Engine | None = None) -> None:
         self.settings = settings
-        configure_batch_limits(settings.hl7_max_batch_bytes, settings.hl7_max_batch_messages)
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         rs, diags = load_ruleset(settings.mappings_dir)
         if rs is None:
@@ -71,6 +70,7 @@ class Runtime:
             self.engine = engine
             ensure_current(engine, self_upgrade=is_embedded(settings.database_url))
         guard_append_only()
+        stamp_unassigned_rows(self.engine)  # rows a previous release wrote during a rolling upgrade
         self.fault = fault_hook_from_env()
         self.wake_process = asyncio.Event()
         self.wake_schedule = asyncio.Event()
@@ -249,6 +249,13 @@ class Runtime:
             ]
         return tasks
 
+    def install_metrics(self) -> None:
+        """Register the database and runtime collectors (``collectors.py``) on this process's
+        registry: ``GET /metrics`` does it on first scrape, ``careloop worker --metrics-port`` here."""
+        from .collectors import install
+
+        install(self)
+
     async def work(self) -> None:
         """``careloop worker``: processing, scheduler and delivery loops only (no listeners), until
         SIGTERM/SIGINT. Safe to run many against one PostgreSQL: every claim is ``FOR UPDATE SKIP LOCKED``."""
@@ -280,6 +287,7 @@ class Runtime:
             sources=self.sources, writer=self.writer, host=cfg.host or self.settings.mllp_host, port=port,
             max_message_bytes=self.settings.mllp_max_message_bytes, idle_timeout_s=self.settings.mllp_idle_timeout_s,
             fault_hook=self.fault, config=cfg, sources_now=lambda: self.sources,
+            max_batch_bytes=self.settings.hl7_max_batch_bytes, max_batch_messages=self.settings.hl7_max_batch_messages,
         )
 
     async def serve(self) -> None:

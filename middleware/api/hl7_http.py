@@ -34,6 +34,8 @@ async def post_hl7v2(request: Request) -> Response:
         return await refuse_hl7(CappedBody(body.data, True, body.size, limit), sources=rt.sources,
                                 writer=rt.writer, setting=setting)
     raw = body.data
-    ans = await ingest_hl7(raw, channel="http", port=None, sources=rt.sources, writer=rt.writer)
+    ans = await ingest_hl7(raw, channel="http", port=None, sources=rt.sources, writer=rt.writer,
+                           max_batch_bytes=rt.settings.hl7_max_batch_bytes,
+                           max_batch_messages=rt.settings.hl7_max_batch_messages)
     status = 503 if ans.status == "not-stored" else 200
     return Response(content=ans.ack or b"", media_type=ER7, status_code=status)

@@ -59,9 +59,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        from ..collectors import install
-
-        install(rt)
+        rt.install_metrics()
 
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=rt.meters.registry)
     print(f"careloop worker: db={settings.database_url.split('@')[-1]} mappings={settings.mappings_dir} "

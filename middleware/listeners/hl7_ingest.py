@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Final
 
 import orjson
 
@@ -28,17 +28,10 @@ from .hl7_batch_ack import build_batch_response
 
 log = logging.getLogger("careloop.ingest")
 
-#: defaults of ``Settings.hl7_max_batch_bytes`` / ``hl7_max_batch_messages`` (see configure_batch_limits)
-MAX_BATCH_BYTES = 16_777_216
-MAX_BATCH_MESSAGES = 10_000
-
-
-def configure_batch_limits(max_bytes: int, max_messages: int) -> None:
-    """Set the process-wide batch limits (from settings, at startup): the MLLP framer's frame
-    limit for batches and the message count, for listeners that do not pass their own."""
-    global MAX_BATCH_BYTES, MAX_BATCH_MESSAGES
-    MAX_BATCH_BYTES, MAX_BATCH_MESSAGES = max_bytes, max_messages
-    mllp_framing.DEFAULT_MAX_BATCH_BYTES = max_bytes
+#: defaults of ``Settings.hl7_max_batch_bytes`` / ``hl7_max_batch_messages``; the running service
+#: passes its settings to each listener (``MllpListener``) and to the HTTP endpoint
+MAX_BATCH_BYTES: Final = mllp_framing.DEFAULT_MAX_BATCH_BYTES
+MAX_BATCH_MESSAGES: Final = 10_000
 
 
 @dataclass

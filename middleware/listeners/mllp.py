@@ -44,7 +44,7 @@ from ..config.sources import Sources
 from ..normalize.hl7_peek import Hl7Problem, Peek, peek
 from ..storage.inbox import InboundRecord, InboxWriter, StoreResult
 from .hl7_ack import build_ack
-from .hl7_ingest import IngestAnswer, encode_ack, submit_hl7
+from .hl7_ingest import MAX_BATCH_BYTES, MAX_BATCH_MESSAGES, IngestAnswer, encode_ack, submit_hl7
 from .mllp_framing import CR, EB, SB, Item, Junk, MllpFramer, Oversize, Truncated
 from .mllp_tls import TlsContextSource, TlsError, TlsSession
 from .proxy_header import ProxyHeaderError, parse_proxy_header
@@ -107,6 +107,8 @@ class MllpListener:
         fault_hook: Callable[[str], None] | None = None,
         config: MllpListenerConfig | None = None,
         sources_now: Callable[[], Sources] | None = None,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        max_batch_messages: int = MAX_BATCH_MESSAGES,
     ) -> None:
         self._sources = sources
         self._sources_now = sources_now  # the running service's current sources (they change on reload)
@@ -114,6 +116,8 @@ class MllpListener:
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
+        self.max_batch_bytes = max_batch_bytes  # an HL7 batch (FHS/BHS) frame; Settings.hl7_max_batch_bytes
+        self.max_batch_messages = max_batch_messages
         self.idle_timeout_s = idle_timeout_s
         self.stats = MllpStats()
         self.fault_hook = fault_hook
@@ -273,7 +277,7 @@ class _MllpConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.framer = MllpFramer(listener.max_message_bytes, listener.config.junk_keep_bytes,
-                                 max_junk_frames=listener.config.max_junk_frames)
+                                 max_batch_size=listener.max_batch_bytes, max_junk_frames=listener.config.max_junk_frames)
         self.rejected = False  # max_junk_frames reached: answer what is pending, then close
         self.slots: deque[_Slot] = deque()  # frames not yet answered, oldest first
         self.held: deque[Item] = deque()  # frames waiting for inbox room, oldest first
@@ -585,7 +589,8 @@ class _MllpConnection(asyncio.Protocol):
 
             # a message or a batch (one response batch after all its messages are stored)
             submit_hl7(item, channel="mllp", port=listener.port, sources=listener.sources, writer=self.writer,
-                       answered=answered)
+                       answered=answered, max_batch_bytes=listener.max_batch_bytes,
+                       max_batch_messages=listener.max_batch_messages)
             return
         elif isinstance(item, Oversize):
             rec, ack = listener._oversize(item)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Final
 
 SB = b"\x0b"
 EB = b"\x1c"
@@ -40,8 +41,8 @@ _PROBE = 256
 _SEGMENT_START = re.compile(rb"[\xef\xbb\xbf\xff\xfe\x00\t\r\n ]*[A-Z][A-Z0-9]{2}[!-/:-@\[-`{-~]")
 _TEXT = re.compile(rb"[\t\r\n\x20-\x7e]*\Z")
 _PREFIX = 65536  # bytes of an oversize frame kept for its record
-#: the batch limit when the framer is not given one (``Settings.hl7_max_batch_bytes``; set at startup)
-DEFAULT_MAX_BATCH_BYTES = 16_777_216
+#: the batch limit when the framer is not given one (the default of ``Settings.hl7_max_batch_bytes``)
+DEFAULT_MAX_BATCH_BYTES: Final = 16_777_216
 _BATCH_HEADS = (b"FHS", b"BHS", b"\xef\xbb\xbfFHS", b"\xef\xbb\xbfBHS")
 
 

@@ -22,14 +22,20 @@ id; every key of the merged-away patient is pointed at it, the merged-away id is
 merged into it (``merged_into``, flattened: it always names a surviving id, so an old link
 resolves in one hop) and the event and trigger rows stamped with the old id are re-stamped,
 so "every row of this patient" is one indexed look-up by the surviving id.
+
+``disclosure`` rows are not stamped: the audit is append-only (stamping existing rows would mean
+lifting its triggers) and each row names its ``trigger_id``, whose trigger carries the id.
+Merges arrive as ADT^A40 today (``normalize/hl7v2.py``); A34/A18 would take the same path.
 """
 from __future__ import annotations
 
 import base64
 import secrets
 
-from .queries import patients as q
-from .sql import UnitOfWork
+from sqlalchemy.engine import Engine
+
+from .queries import patient_ids as q
+from .sql import UnitOfWork, unit
 
 PREFIX = "pt_"
 
@@ -43,7 +49,7 @@ def lookup_patient_id(u: UnitOfWork, patient_key: str | None) -> str | None:
     """The current internal id of the patient of ``patient_key``, or None if careloop has none for it."""
     if not patient_key:
         return None
-    found = u.scalar(q.BY_KEY, patient_key=patient_key)
+    found = u.scalar(q.BY_KEY, key=patient_key)
     return str(found) if found is not None else None
 
 
@@ -60,10 +66,9 @@ def patient_id_for(u: UnitOfWork, patient_key: str | None, now: float) -> str | 
     if found is not None:
         return found
     pid = new_patient_id()
-    claimed = u.scalar(q.CLAIM_KEY, patient_key=patient_key, patient_id=pid, now=now)
-    if claimed is None:  # another transaction claimed this key first
+    if u.scalar(q.CLAIM, key=patient_key, pid=pid, now=now) is None:  # another transaction claimed this key first
         return lookup_patient_id(u, patient_key)
-    u.run(q.NEW_ID, patient_id=pid, now=now)
+    u.run(q.NEW, pid=pid, now=now)
     return pid
 
 
@@ -73,7 +78,7 @@ def current_patient_id(u: UnitOfWork, patient_id: str | None) -> str | None:
     pid = patient_id
     while pid and pid not in seen:
         seen.add(pid)
-        row = u.one(q.MERGED_INTO, patient_id=pid)
+        row = u.one(q.MERGED_INTO, pid=pid)
         if row is None:
             return None
         if not row[0]:
@@ -95,8 +100,8 @@ def resolve_patient_id(u: UnitOfWork, patient_key: str | None) -> str | None:
         pid = lookup_patient_id(u, key)
         if pid is not None:
             return current_patient_id(u, pid)
-        row = u.one(q.KEY_MERGED_INTO, key=key)
-        key = str(row[0]) if row is not None and row[0] else None
+        into = u.scalar(q.KEY_MERGED_INTO, key=key)
+        key = str(into) if into else None
     return None
 
 
@@ -112,16 +117,40 @@ def merge_patient_ids(u: UnitOfWork, surviving_key: str, retired_key: str, now: 
         return survivor
     retired = lookup_patient_id(u, retired_key)
     if retired is None:
-        u.run(q.ADOPT_KEY, patient_key=retired_key, patient_id=survivor, now=now)
+        u.run(q.ADOPT, key=retired_key, pid=survivor, now=now)
         return survivor
     if retired == survivor:
         return survivor
     u.run(q.FLATTEN, survivor=survivor, retired=retired)
-    u.run(q.RETIRE, survivor=survivor, now=now, retired=retired)
-    for stmt in (q.REPOINT_IDENTIFIERS, q.REPOINT_EVENTS, q.REPOINT_TRIGGERS):
+    u.run(q.RETIRE, survivor=survivor, retired=retired, now=now)
+    for stmt in q.REPOINT:
         u.run(stmt, survivor=survivor, retired=retired)
     return survivor
 
 
+def stamp_unassigned(u: UnitOfWork, now: float) -> int:
+    """Give the event and trigger rows written without a patient id theirs; return how many keys.
+
+    Rows written by a replica of the previous release while a rolling upgrade was under way
+    (``docs/deploy.md``, *Upgrades*) have a patient key and no id. The service runs this at start
+    (an index look-up finds nothing in the usual case); a key merged away is stamped with its
+    survivor's id.
+    """
+    keys = [str(k) for (k,) in u.all(q.UNSTAMPED)]
+    for key in keys:
+        pid = resolve_patient_id(u, key) or patient_id_for(u, key, now)
+        for stmt in q.STAMP:
+            u.run(stmt, pid=pid, key=key)
+    return len(keys)
+
+
+def stamp_unassigned_rows(engine: Engine) -> int:
+    """:func:`stamp_unassigned` in its own unit of work (the service's start)."""
+    import time
+
+    with unit(engine, write=True) as u:
+        return stamp_unassigned(u, time.time())
+
+
 __all__ = ["PREFIX", "new_patient_id", "lookup_patient_id", "patient_id_for", "current_patient_id",
-           "resolve_patient_id", "merge_patient_ids"]
+           "resolve_patient_id", "merge_patient_ids", "stamp_unassigned", "stamp_unassigned_rows"]

@@ -47,12 +47,13 @@ def rows(engine: Engine) -> list[tuple[Any, ...]]:
     return fetch(engine, "SELECT control_id, status, message_type FROM inbound_message ORDER BY id")
 
 
-async def listen(db_url: str, sources: Sources, **kw: Any) -> tuple[Engine, InboxWriter, MllpListener, asyncio.Task[None]]:
+async def listen(db_url: str, sources: Sources, listener_kw: dict[str, Any] | None = None,
+                 **kw: Any) -> tuple[Engine, InboxWriter, MllpListener, asyncio.Task[None]]:
     engine = make_engine(db_url)
     init_db(engine)
     writer = InboxWriter(engine, **kw)
     task = asyncio.create_task(writer.run())
-    listener = MllpListener(sources=sources, writer=writer, port=0)
+    listener = MllpListener(sources=sources, writer=writer, port=0, **(listener_kw or {}))
     await listener.start()
     return engine, writer, listener, task
 
@@ -120,6 +121,29 @@ async def test_batch_larger_than_the_frame_limit_uses_the_batch_limit(db_url: st
         w.close()
     finally:
         await close(writer, listener, task)
+
+
+async def test_batch_limits_belong_to_each_listener(db_url: str) -> None:
+    """The limits come from each listener's settings (no process-wide value): a listener allowing
+    2 messages per batch refuses a batch of 3 whole, while another in the same process takes it."""
+    db, writer, strict, task = await listen(db_url, Sources([]), {"max_batch_messages": 2})
+    lenient = MllpListener(sources=Sources([]), writer=writer, port=0)
+    await lenient.start()
+    data = batch(*(siu("S12", control=f"Q-{i}", appt=f"F{i}") for i in range(3)))
+    try:
+        answers = []
+        for listener in (strict, lenient):
+            r, w = await asyncio.open_connection("127.0.0.1", listener.port)
+            w.write(frame(data))
+            await w.drain()
+            answers.append((await asyncio.wait_for(r.readuntil(b"\x1c\r"), 10))[1:-2])
+            w.close()
+    finally:
+        await lenient.close()
+        await close(writer, strict, task)
+    assert b"3 messages exceeds the 2-message batch limit" in answers[0]
+    assert [s[1:3] for s in segs(answers[1]) if s[0] == "MSA"] == [["AA", f"Q-{i}"] for i in range(3)]
+    assert sum(1 for c, status, _ in rows(db) if c and c.startswith("Q-") and status == "received") == 3
 
 
 def test_batch_over_http_send_and_explain(tmp_path: Path, pipeline_mappings: Path, db_url: str) -> None:

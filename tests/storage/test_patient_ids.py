@@ -19,7 +19,7 @@ from middleware.pipeline.process import Processor
 from middleware.rules.load import RuleSet, load_ruleset
 from middleware.storage.db import init_db, make_engine
 from middleware.storage.inbox import InboundRecord, InboxWriter
-from middleware.storage.patient_ids import current_patient_id, new_patient_id, resolve_patient_id
+from middleware.storage.patient_ids import current_patient_id, new_patient_id, resolve_patient_id, stamp_unassigned_rows
 from middleware.storage.sql import unit
 from tests.support.hl7msgs import adt, siu
 
@@ -164,3 +164,79 @@ def test_the_id_is_random_not_derived_from_the_mrn(engine: Engine, rs: RuleSet, 
     for pid in (a, b):
         assert ID.fullmatch(pid) and "830001" not in pid and hashlib.sha256(key.encode()).hexdigest()[:8] not in pid
     assert len({new_patient_id() for _ in range(1000)}) == 1000
+
+
+def test_rows_written_without_an_id_are_stamped_at_start(engine: Engine, rs: RuleSet) -> None:
+    """What a replica of the previous release writes during a rolling upgrade (no ``patient_id``)
+    gets its id when the service starts: a known key its patient's, a merged-away key its
+    survivor's, a new key a new one."""
+    ingest(engine, rs, siu("S12", control="U1", mrn="MRN840001", appt="D1", start=START),
+           siu("S12", control="U2", mrn="MRN840002", appt="D2", start=START))
+    known, retired = key_of(engine, "MRN840001"), key_of(engine, "MRN840002")
+    ingest(engine, rs, adt("A40", control="U3", mrn="MRN840001", prior_mrn="MRN840002"))
+    (pid,) = ids_of(engine, "event", known)
+    new = known.replace("MRN840001", "MRN840003")
+    with engine.begin() as c:  # as release 0.1.0's code writes them: no patient_id column named
+        for i, key in enumerate((known, retired, new)):
+            c.execute(text("INSERT INTO event (type, resource_type, resource_key, patient_key, resource, source, arrival, "
+                           "occurred_at, created_at) VALUES ('appointment.booked', 'Appointment', :r, :k, '{}', 'old', "
+                           "'message', 1.0, 1.0)"), {"r": f"Appointment/old-{i}", "k": key})
+            c.execute(text('INSERT INTO "trigger" (rule_id, ruleset_version, name, purpose, destinations, patient_key, '
+                           "origin_key, due_at, payload, created_at, updated_at) VALUES ('r', 'v', 'n', 'p', 'hook', :k, "
+                           ":o, 1.0, '{}', 1.0, 1.0)"), {"k": key, "o": f"old|{i}"})
+    assert stamp_unassigned_rows(engine) == 3
+    got = dict(rows(engine, "SELECT patient_key, patient_id FROM event WHERE source = 'old'"))
+    assert got[known] == got[retired] == pid
+    assert ID.fullmatch(got[new]) and got[new] != pid and identifier(engine, new) == got[new]
+    assert dict(rows(engine, "SELECT patient_key, patient_id FROM \"trigger\" WHERE origin_key LIKE 'old|%'")) == got
+    assert rows(engine, "SELECT count(*) FROM event WHERE patient_id IS NULL") == [(0,)]
+    assert stamp_unassigned_rows(engine) == 0  # nothing left: the next start finds nothing
+
+
+def test_the_id_never_reaches_a_destination(db_url: str, tmp_path: Path) -> None:
+    """The whole pipeline to a real webhook receiver, with a rule that asks for everything it can
+    name (the patient, the resource): what the destination receives holds the contact key, never
+    the internal id. (Every destination type and fixture: tests/privacy/test_corpus.py.)"""
+    import asyncio
+    import json
+
+    from httpx import AsyncClient
+
+    from middleware.delivery.sink import SinkServer
+    from middleware.scheduler.runner import Scheduler
+    from tests.support.delivery_pipeline import CONTACT_SECRET, SECRETS, WEBHOOK_SECRET, destination, write_mappings
+    from middleware.delivery.worker import DeliveryWorker
+
+    leaky = {"rules": [{"id": "leaky", "on": ["appointment.booked"], "purpose": "care-coordination",
+                        "emit": {"trigger": "leaky", "destinations": ["webhook"],
+                                 "payload": {"patient": "%patient", "appointment": "%resource", "appointment_start": "start"}}}]}
+    wide = {"mode": "fields", "allow": ["patient", "appointment", "appointment_start", "purpose"]}
+    with SinkServer([WEBHOOK_SECRET]) as sink:
+        mappings = write_mappings(tmp_path, [destination("webhook", "webhook", webhook_url=sink.url + "/hooks", policy=wide)],
+                                  extra_rules=leaky)
+        ruleset, diags = load_ruleset(mappings)
+        assert ruleset is not None, diags
+        engine = make_engine(db_url)
+        init_db(engine)
+        ingest(engine, ruleset, siu("S12", control="V1", mrn="MRN850001", appt="E1", start=START),
+               siu("S12", control="V2", mrn="MRN850002", appt="E2", start=START))
+        ids = {r[0] for r in rows(engine, "SELECT id FROM patient_identity")}
+        sched = Scheduler(engine, lambda: ruleset)  # the leaky rule is due at once (signatures carry real time)
+        while sched.fire_due():
+            pass
+
+        async def deliver() -> None:
+            async with AsyncClient() as http:
+                w = DeliveryWorker(engine, lambda: ruleset, contact_secret=CONTACT_SECRET, http=http, secrets=SECRETS)
+                while await w.run_once():
+                    pass
+                await w.aclose()
+        asyncio.run(deliver())
+        received = sink.received()
+        engine.dispose()
+    assert len(ids) == 2 and received and all(r["verified"] for r in received)
+    assert any(r["body"]["data"].get("patient") for r in received)  # the rule did reach the patient
+    for r in received:
+        text_sent = json.dumps(r["body"]) + r["webhook_id"]
+        assert r["contact_key"] and not ID.search(text_sent), text_sent
+        assert not any(pid in text_sent for pid in ids)
