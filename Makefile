@@ -19,12 +19,15 @@ run: install
 	$(BIN)/careloop mappings validate mappings
 	$(BIN)/careloop serve
 
-## Set up and run the whole test suite (HAPI sandbox and PostgreSQL tests run where available; never skipped under CI).
+## Set up and run the whole test suite on SQLite and, at the same time, on PostgreSQL when
+## CARELOOP_TEST_POSTGRES_URL is set (HAPI sandbox and PostgreSQL tests run where available; never skipped under CI).
+## PYTEST_ARGS go to both passes, e.g. make test PYTEST_ARGS='-x --durations=20'.
+PYTEST_ARGS ?=
 test: install
 	$(BIN)/ruff check middleware
 	$(BIN)/mypy
 	$(BIN)/lint-imports
-	$(BIN)/python -m pytest
+	bash tests/run_backends.sh $(BIN)/python $(PYTEST_ARGS)
 
 ## A local webhook receiver that shows what a downstream tool would get.
 sink: install

@@ -93,6 +93,19 @@ class Prepared:
     source: str
 
 
+#: widths of inbound_message's columns (storage/tables.py); PostgreSQL refuses a longer value, which would
+#: answer AR ("resend") to a message that can never be stored. ``raw`` keeps the whole message.
+CONTROL_ID_MAX, MESSAGE_TYPE_MAX, DEDUP_KEY_MAX = 200, 64, 400
+
+
+def _fit(value: str, width: int) -> str | None:
+    """``value`` cut to ``width`` characters; a cut value ends in a hash of the whole one, so two long values
+    that share a prefix stay distinct (duplicate detection compares these keys)."""
+    if len(value) <= width:
+        return value or None
+    return value[: width - 17] + "~" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
 def prepare_hl7(raw: bytes, *, channel: str, port: int | None, sources: Sources) -> Prepared:
     """Peek, choose the source, decide and build the ACK and the record to store (pure, no I/O)."""
     first = peek(raw, "cp1252")
@@ -100,7 +113,7 @@ def prepare_hl7(raw: bytes, *, channel: str, port: int | None, sources: Sources)
     p = first if source.hl7.charset_fallback == "cp1252" else peek(raw, source.hl7.charset_fallback)
     kind, status, problems = decide(p, source)
     ack = encode_ack(build_ack(p, kind, problems), p)
-    dedup = f"{p.sending_app}|{p.sending_facility}|{p.control_id}" if p.control_id else None
+    dedup = _fit(f"{p.sending_app}|{p.sending_facility}|{p.control_id}", DEDUP_KEY_MAX) if p.control_id else None
     error = "; ".join(f"{x.code} {x.text}" for x in problems if x.severity == "E") if problems else None
     rec = InboundRecord(
         source=source.name,
@@ -109,8 +122,8 @@ def prepare_hl7(raw: bytes, *, channel: str, port: int | None, sources: Sources)
         sha256=hashlib.sha256(raw).hexdigest(),
         status=status,
         dedup_key=dedup,
-        control_id=p.control_id or None,
-        message_type=p.message_type or None,
+        control_id=_fit(p.control_id, CONTROL_ID_MAX),
+        message_type=_fit(p.message_type, MESSAGE_TYPE_MAX),
         error=error or None,
         ack=ack,
     )

@@ -103,6 +103,7 @@ def test_subscription_with_and_without_payload(careloop_factory: Any, hapi_clien
         hooks.delete(hapi_client, ids)
 
 
+@pytest.mark.slow  # careloop stays down past HAPI's retry window (a duration)
 def test_careloop_down_past_retry_window_then_reconciles(hapi_client: Any, hapi_base_url: str,
                                                          callback_hosts: tuple[str, str], tmp_path: Path) -> None:
     from support.server import start_subprocess  # a real process: killing it frees its port at once

@@ -21,7 +21,7 @@ import pytest
 from middleware.sandbox import hapi
 from middleware.sandbox.local import free_port
 
-pytestmark = [pytest.mark.hapi, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.hapi, pytest.mark.slow, pytest.mark.timeout(900)]  # two HAPI start-ups
 ROOT = Path(__file__).resolve().parents[2]
 
 

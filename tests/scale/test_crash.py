@@ -40,6 +40,7 @@ def send_one(port: int, payload: bytes) -> bytes:
     return buf[buf.index(SB) + 1: buf.index(EB)]
 
 
+@pytest.mark.slow  # six restarts of a careloop subprocess, 15-30 s each
 @pytest.mark.parametrize("fault", [
     "inbox.before_commit:3",    # batch not stored, no ACK: the sender resends
     "inbox.after_commit:3",     # stored, killed before the ACK: the resend is a duplicate, processed once
