@@ -311,7 +311,7 @@ def flag_unread(u: UnitOfWork, key: str, rs: RuleSet, now: datetime) -> int:
 
 def clear_unread(u: UnitOfWork, key: str, now: datetime) -> None:
     """The read showed nothing newer than what is held: the unread flag no longer applies."""
-    u.run(q.TRIGGER_CLEAR_FLAG, now=now.timestamp(), resource_key=key, flag=UNREAD)
+    u.run(q.TRIGGER_CLEAR_FLAG, now=now.timestamp(), resource_key=key, unread=UNREAD)
 
 
 def _holds(u: UnitOfWork, rule_ids: tuple[str, ...], resource_key: str) -> bool:

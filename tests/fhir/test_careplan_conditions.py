@@ -13,6 +13,8 @@ import orjson
 import pytest
 from sqlmodel import Session, select
 
+from middleware.storage.sql import unit
+
 from middleware.listeners.fhir_fetch import FhirFetcher
 from middleware.model import InboundItem
 from middleware.pipeline.fhir_handler import FhirHandler
@@ -30,6 +32,7 @@ RULE = """
     on: [careplan.active]
     where: "%conditions.code.memberOf('diabetes')"
     purpose: care-coordination
+    on_no_longer_matching: cancel
     channel: email
     emit: {trigger: diabetes_enrollment, destinations: [webhook], payload: {careplan_title: title}}
 """
@@ -92,7 +95,7 @@ def _item(i: int, plan: dict[str, Any]) -> InboundItem:
 def _decide(h: FhirHandler, engine: Any, rs: RuleSet, item: InboundItem) -> Any:
     """The processor's two phases: prefetch (network, no lock), then the handler in a transaction."""
     h.prefetch(item)
-    with Session(engine) as s:
+    with unit(engine, write=True) as s:
         res = h(s, item, rs, NOW)
         s.commit()
     (ev, decisions), = [(e, d) for e, d in res.decisions if e.type == "careplan.active"]
@@ -115,7 +118,7 @@ def test_conditions_are_read_before_the_lock_and_checked_with_member_of(stub, ma
     h.prefetch(item)
     assert sorted(p for p in stub.requests if "Condition" in p) == ["/fhir/Condition/dm", "/fhir/Condition/htn"]
     stub.requests.clear()
-    with Session(engine) as s:
+    with unit(engine, write=True) as s:
         res = h(s, item, rs, NOW)
         s.commit()
     assert not [p for p in stub.requests if "Condition" in p]  # inside the transaction: the cache only

@@ -18,6 +18,7 @@ rules:
     purpose: care-coordination
     where: WHERE
     emit: {trigger: t1, destinations: [webhook]}
+    on_no_longer_matching: cancel
 """
 
 
@@ -91,6 +92,7 @@ rules:
       trigger: t1
       destinations: [webhook]
       payload: {discharge: period.edn}
+    on_no_longer_matching: cancel
 """
     errs = errors(mdir, text)
     assert "zz.yaml:8:37: error[unknown-element] wait_for.where: Period has no element 'ned' (did you mean 'end'?)" in errs

@@ -46,6 +46,7 @@ rules:
     on: [encounter.finished]
     where: class.code = 'IMP'
     purpose: care-coordination
+    on_no_longer_matching: cancel
     emit:
       trigger: zz_discharge
       destinations: [webhook]

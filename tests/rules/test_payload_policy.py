@@ -23,6 +23,7 @@ rules:
       destinations: [webhook]
       payload:
 PAYLOAD
+    on_no_longer_matching: cancel
 """
 
 
@@ -43,7 +44,8 @@ def findings(mdir: Path, payload: str, allow: list[str] | None = None) -> list[s
     (mdir / "rules" / "zz.yaml").write_text(RULE.replace("PAYLOAD", payload))
     rs, diags = load_ruleset(mdir)
     assert rs is not None, [str(d) for d in diags if d.level == "error"]
-    return [str(d).split("/mappings/", 1)[1].replace(str(mdir.parent) + "/", "") for d in diags if d.path.endswith("zz.yaml")]
+    return [str(d).split("/mappings/", 1)[1].replace(str(mdir.parent) + "/", "") for d in diags
+            if d.path.endswith("zz.yaml") and d.code != "overlap"]  # overlap with the shipped rules: not this test's concern
 
 
 def test_fields_the_policy_strips_are_warned_at_their_line(mdir):
@@ -84,7 +86,7 @@ def test_internal_fields_are_not_warned_but_cannot_be_allowed(mdir):
         "PAYLOAD", "        code_for_match: class.code\n")
     (mdir / "rules" / "zz.yaml").write_text(text)
     rs, diags = load_ruleset(mdir)
-    assert rs is not None and not [d for d in diags if d.path.endswith("zz.yaml")]
+    assert rs is not None and not [d for d in diags if d.path.endswith("zz.yaml") and d.code != "overlap"]
     f = mdir / "destinations.yaml"
     f.write_text(f.read_text().replace("allow: [purpose,", "allow: [purpose, code_for_match,"))
     rs, diags = load_ruleset(mdir)

@@ -52,6 +52,7 @@ rules:
     on: [appointment.booked]
     when: {{at: start, offset: -1d, at_time: {value}}}
     purpose: treatment-reminder
+    on_no_longer_matching: cancel
     emit: {{trigger: t1, destinations: [webhook]}}
 """
 

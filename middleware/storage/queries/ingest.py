@@ -253,7 +253,7 @@ TRIGGER_FLAG = query("ingest.trigger_flag", trigger.update().where(trigger.c.id 
                      .values(flag=param("flag"), updated_at=param("now")))
 TRIGGER_CLEAR_FLAG = query("ingest.trigger_clear_flag", trigger.update().where(
     trigger.c.resource_key == param("resource_key"), trigger.c.status == TriggerStatus.PENDING,
-    trigger.c.flag == param("flag")).values(flag=None, updated_at=param("now")))
+    trigger.c.flag == param("unread")).values(flag=None, updated_at=param("now")))
 TRIGGER_HOLDS = query("ingest.trigger_holds", select(trigger.c.id).where(
     any_of(trigger.c.rule_id, "rule_ids"), trigger.c.resource_key == param("resource_key"),
     trigger.c.status.in_([TriggerStatus.PENDING, TriggerStatus.FIRED])).limit(1))
