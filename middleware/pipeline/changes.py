@@ -15,15 +15,15 @@ import orjson
 from ..model import ClinicalEvent, ResourceChange
 from ..normalize.events import derive
 from ..outcomes import track as outcomes
-from ..rules.evaluate import Decision, build_env, cancellations, evaluate
+from ..rules.evaluate import Cancellation, Decision, build_env, cancellations, evaluate
 from ..rules.journeys import apply_exclusive
 from ..rules.recheck import event_for, recheck
 from ..rules.load import RuleSet
-from ..scheduler.patientctx import hospice_for
+from ..scheduler.patientctx import hospice_for, hospice_from, hospice_query
 from ..storage.patient_ids import merge_patient_ids, patient_id_for
 from ..storage.queries import ingest as q
 from ..storage.queries.ingest import EventRecord, StateRecord
-from ..storage.sql import UnitOfWork
+from ..storage.sql import Query, UnitOfWork
 from ..storage.statuses import TriggerStatus
 from ..storage.tables import EventRow
 
@@ -45,12 +45,16 @@ class ChangeResult:
     key: str | None = None  # the stored key of the changed resource (``resolve_key``)
 
 
-def _patient_row(u: UnitOfWork, key: str | None) -> tuple[str | None, str | None]:
-    """(surviving key after merges, its stored resource JSON or None) in one read per hop."""
+def _patient_row(u: UnitOfWork, key: str | None, first: list[q.PatientLink] | None = None) -> tuple[str | None, str | None]:
+    """(surviving key after merges, its stored resource JSON or None) in one read per hop
+    (``first``: the first hop's rows, already read)."""
     seen = set()
     while key and key not in seen:
         seen.add(key)
-        row: q.PatientLink | None = u.one(q.PATIENT_LINK, key=key)
+        if first is not None:
+            row, first = (first[0] if first else None), None
+        else:
+            row = u.one(q.PATIENT_LINK, key=key)
         if row is None:
             return key, None
         if not row.merged_into:
@@ -66,7 +70,7 @@ def resolve_patient_key(u: UnitOfWork, key: str | None) -> str | None:
 
 def upsert_patient(u: UnitOfWork, key: str, resource: dict[str, Any], occurred_at: float, now: float) -> None:
     """Store the patient unless a later version is already held (one statement)."""
-    u.run(q.PATIENT_UPSERT, key=key, fhir_id=str(resource.get("id", "")), resource=dumps(resource), now=now,
+    u.send(q.PATIENT_UPSERT, key=key, fhir_id=str(resource.get("id", "")), resource=dumps(resource), now=now,
           occurred_at=occurred_at, new_fhir_id=str(resource["id"]) if "id" in resource else None)
 
 
@@ -101,16 +105,19 @@ def lookup_identity(u: UnitOfWork, identifier: str) -> str | None:
 
 def remember_identity(u: UnitOfWork, identifier: str, key: str) -> None:
     """Record ``identifier -> key`` unless the identifier is already known (the first key wins)."""
-    u.run(q.IDENTITY_REMEMBER, identifier=identifier, key=key)
+    u.send(q.IDENTITY_REMEMBER, identifier=identifier, key=key)
 
 
 def resolve_key(u: UnitOfWork, resource: dict[str, Any]) -> str:
     """The stored key of this resource: an earlier key sharing a business identifier wins."""
+    return _resolve(u, resource, _identifiers(resource), None)
+
+
+def _resolve(u: UnitOfWork, resource: dict[str, Any], idents: list[str], known: list[q.Identity] | None) -> str:
     own = f"{resource['resourceType']}/{resource.get('id')}"
-    idents = _identifiers(resource)
     if not idents:
         return own
-    found = dict(u.all(q.IDENTITY_ANY, identifiers=idents))
+    found = dict(known if known is not None else u.all(q.IDENTITY_ANY, identifiers=idents))
     key = next((found[i] for i in idents if i in found), own)
     u.many(q.IDENTITY_ADD, [{"identifier": i, "key": key} for i in dict.fromkeys(idents) if i not in found])
     return key
@@ -125,7 +132,7 @@ def load_state(u: UnitOfWork, key: str) -> StateRecord | None:
 
 
 def save_state(u: UnitOfWork, st: StateRecord, new: bool) -> None:
-    u.run(q.STATE_INSERT if new else q.STATE_UPDATE, **st._asdict())
+    u.send(q.STATE_INSERT if new else q.STATE_UPDATE, **st._asdict())
 
 
 def apply_change(
@@ -143,8 +150,19 @@ def apply_change(
     res = ChangeResult()
     resource = dict(change.resource)
     rtype = resource["resourceType"]
-    key = res.key = resolve_key(u, resource)
-    state = load_state(u, key)
+    # the identity, the state under the resource's own key and the patient, read together
+    # (one round trip in pipeline mode); the state is read again when an identifier maps elsewhere
+    own = f"{rtype}/{resource.get('id')}"
+    idents = _identifiers(resource)
+    calls: list[tuple[Query, dict[str, Any]]] = [(q.STATE_GET, {"key": own})]
+    if idents:
+        calls.append((q.IDENTITY_ANY, {"identifiers": idents}))
+    if change.patient_key:
+        calls.append((q.PATIENT_LINK, {"key": change.patient_key}))
+    got = u.fetch(*calls)
+    key = res.key = _resolve(u, resource, idents, got[1] if idents else None)
+    state = (got[0][0] if got[0] else None) if key == own else load_state(u, key)
+    first_link = got[-1] if change.patient_key else None
     prev = orjson.loads(state.resource) if state is not None and not state.deleted else None
     occurred = change.occurred_at.timestamp()
     nowts = now.timestamp()
@@ -166,7 +184,7 @@ def apply_change(
         resource["status"] = prev["status"]
         partial = "a partial update (the message carries no status)"
     events = derive(resource, prev, deleted=change.deleted)
-    patient_key, patient_json = _patient_row(u, change.patient_key)
+    patient_key, patient_json = _patient_row(u, change.patient_key, first_link)
     is_new = state is None
     if state is None:
         state = StateRecord(key=key, resource_type=rtype, patient_key=None, status=None, version=None, last_updated=None,
@@ -197,15 +215,19 @@ def apply_change(
         seen[etype] = nth + 1
         values = (etype, pstatus, status, rtype, key, patient_key, body, change.source, change.arrival, occurred, nowts, inbound_id,
                   patient_id)
-        row = EventRecord(u.scalar(q.EVENT_INSERT, **dict(zip(q.EVENT_COLUMNS, values))), *values)
-        res.events.append(row)
         ev = ClinicalEvent(
             type=etype, previous_status=pstatus, status=status, resource_type=rtype, resource_key=key,
             patient_key=patient_key, resource=shown, previous=prev, source=change.source, arrival=change.arrival,
             occurred_at=change.occurred_at, conditions=change.conditions,
         )
-        if evaluate_rules:
-            on_event(u, ev, row, rs, now=now, patient=patient, source_zone=source_zone, result=res, nth=nth)
+        # the event's INSERT travels with the reads its rules need (one round trip in pipeline mode)
+        reads = _EventReads(ev, rs, patient, now, nth) if evaluate_rules else None
+        got = u.fetch((q.EVENT_INSERT, dict(zip(q.EVENT_COLUMNS, values))), *(reads.calls if reads else ()))
+        row = EventRecord(got[0][0][0], *values)
+        res.events.append(row)
+        if reads is not None:
+            _after_reads(u, ev, row, rs, reads, got[1:], now=now, patient=patient, source_zone=source_zone, result=res,
+                         nth=nth)
         outcomes.after_event(u, rs, patient_key, etype, now)  # goals this event settles (late ones too)
     if evaluate_rules and not change.deleted and prev is not None and rs.recheck_by_type.get(rtype):
         _recheck_pending(u, rs, key, resource, prev, patient_key, patient, change, now, res, partial)
@@ -263,10 +285,35 @@ def on_event(
     cancellation to some trigger ids (``careloop reprocess`` uses both so a replay
     never touches triggers it did not create).
     """
-    nowts = now.timestamp()
-    if ev.arrival != "backfill":
-        _cancel(u, ev, row, rs, now, patient, result, cancel_only_ids, nth)
-    hospice = hospice_for(u, ev.patient_key, rs)
+    reads = _EventReads(ev, rs, patient, now, nth)
+    got = u.fetch(*reads.calls) if reads.calls else []  # one round trip in pipeline mode
+    _after_reads(u, ev, row, rs, reads, got, now=now, patient=patient, source_zone=source_zone, result=result, only=only,
+                 cancel_only_ids=cancel_only_ids, nth=nth)
+
+
+class _EventReads:
+    """The reads an event needs before its rules are evaluated: the pending triggers each of its
+    cancellations may cancel, and the patient's hospice resources (sent together)."""
+
+    __slots__ = ("wanted", "calls", "hospice")
+
+    def __init__(self, ev: ClinicalEvent, rs: RuleSet, patient: dict[str, Any] | None, now: datetime, nth: int | None) -> None:
+        nowts = now.timestamp()
+        self.wanted = cancellations(ev, rs, patient, now, nth) if ev.arrival != "backfill" else []
+        self.calls = [_pending_call(c, nowts) for c in self.wanted]
+        self.hospice = hospice_query(ev.patient_key, rs)
+        if self.hospice is not None:
+            self.calls.append(self.hospice)
+
+
+def _after_reads(
+    u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, rs: RuleSet, reads: _EventReads, got: list[list[Any]], *,
+    now: datetime, patient: dict[str, Any] | None, source_zone: str | None, result: ChangeResult,
+    only: set[str] | None = None, cancel_only_ids: set[int] | None = None, nth: int | None = None,
+) -> None:
+    if reads.wanted:
+        _cancel(u, row, now, result, cancel_only_ids, list(zip(reads.wanted, got)))
+    hospice = hospice_from(got[len(reads.wanted)], rs) if reads.hospice is not None else None
     decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
     if rs.superseded_by:
         apply_exclusive(decisions, rs, lambda rule_ids: _holds(u, rule_ids, ev.resource_key))
@@ -275,20 +322,23 @@ def on_event(
         if d.status == "unevaluable":
             log.warning("rule cannot be evaluated", extra={"action": "rules.unevaluable", "rule_id": d.rule_id,
                                                             "event_id": row.id})
+    pid = getattr(row, "patient_id", None)
+    arms = {}
+    fired = []
+    for d in decisions:
         if not d.fired:
             continue
-        pid = getattr(row, "patient_id", None)
-        arm = outcomes.before_trigger(u, rs, d.rule_id, pid or ev.patient_key, now)
+        arm = arms[id(d)] = outcomes.before_trigger(u, rs, d.rule_id, pid or ev.patient_key, now)
         if arm.held_out:  # measured exactly like a sent entry, never contacted
             d.status, d.reason = "held_out", f"held out ({arm.experiment} {arm.period}): measured, not contacted"
-            tid = None
         else:
-            tid = _record_trigger(u, ev, row, d, rs, nowts, result)
-        outcomes.after_trigger(u, rs, rule_id=d.rule_id, journey_id=d.journey_id, patient_key=ev.patient_key,
-                               patient_id=pid, event_id=row.id, origin=ev.resource, origin_key=ev.resource_key,
-                               trigger_id=tid, assignment=arm, now=now, recorded=ev.occurred_at)
-        if tid is not None and cancel_only_ids is not None:
-            cancel_only_ids.add(tid)
+            fired.append(d)
+    tids = _record_triggers(u, ev, row, fired, rs, now.timestamp(), result, cancel_only_ids) if fired else {}
+    for d in decisions:
+        if id(d) in arms:
+            outcomes.after_trigger(u, rs, rule_id=d.rule_id, journey_id=d.journey_id, patient_key=ev.patient_key,
+                                   patient_id=pid, event_id=row.id, origin=ev.resource, origin_key=ev.resource_key,
+                                   trigger_id=tids.get(id(d)), assignment=arms[id(d)], now=now, recorded=ev.occurred_at)
 
 
 _EVER = float("-inf")  # "created at any time"
@@ -319,16 +369,20 @@ def _holds(u: UnitOfWork, rule_ids: tuple[str, ...], resource_key: str) -> bool:
     return u.scalar(q.TRIGGER_HOLDS, rule_ids=list(rule_ids), resource_key=resource_key) is not None
 
 
-def _cancel(u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, rs: RuleSet, now: datetime,
-            patient: dict[str, Any] | None, result: ChangeResult, only_ids: set[int] | None, nth: int | None = None) -> None:
+def _pending_call(c: Cancellation, nowts: float) -> tuple[Query, dict[str, Any]]:
+    """The read of the pending triggers cancellation ``c`` may cancel."""
+    return (q.PENDING_FOR_PATIENT if c.same == "patient" else q.PENDING_FOR_RESOURCE,
+            {"rule_id": c.rule_id, "key": c.key, "since": nowts - c.within_s if c.within_s else _EVER})
+
+
+def _cancel(u: UnitOfWork, row: EventRow | EventRecord, now: datetime, result: ChangeResult, only_ids: set[int] | None,
+            pending: list[tuple[Cancellation, list[q.PendingTrigger]]]) -> None:
     """Cancel pending triggers at once (visible in /api/triggers before their due time)."""
     nowts = now.timestamp()
     origins: dict[int, dict[str, Any]] = {}
-    for c in cancellations(ev, rs, patient, now, nth):
-        pending = q.PENDING_FOR_PATIENT if c.same == "patient" else q.PENDING_FOR_RESOURCE
-        since = nowts - c.within_s if c.within_s else _EVER
+    for c, rows in pending:
         hits = []
-        for t in u.all(pending, rule_id=c.rule_id, key=c.key, since=since):
+        for t in rows:
             if only_ids is not None and t.id not in only_ids:
                 continue
             if c.condition is not None:
@@ -343,46 +397,89 @@ def _cancel(u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, rs: R
         result.cancelled += len(hits)
 
 
-def _record_trigger(
-    u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, d: Decision, rs: RuleSet, nowts: float, result: ChangeResult
-) -> int | None:
-    """Insert the decision as a trigger row (or move the pending one it replaces); return its id."""
-    status, reason = d.status or TriggerStatus.PENDING, d.reason
-    due = d.due_at.timestamp() if d.due_at else nowts
-    if status in (TriggerStatus.PENDING, TriggerStatus.SKIPPED) and ev.resource_key:
-        existing: q.SameRuleTrigger | None = u.one(q.SAME_RULE_PENDING, rule_id=d.rule_id, resource_key=ev.resource_key)
+def _record_triggers(
+    u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, fired: list[Decision], rs: RuleSet, nowts: float,
+    result: ChangeResult, cancel_only_ids: set[int] | None,
+) -> dict[int, int | None]:
+    """Insert each decision as a trigger row (or move the pending one it replaces).
+
+    Three round trips in pipeline mode whatever the number of decisions: the look-ups (the
+    pending trigger of the same rule and resource, and a duplicate within the dedup window),
+    then the moves and inserts. A decision whose dedup key an earlier decision of this event
+    has just used is a duplicate of that trigger (as if it had been inserted before the look-up)."""
+    plans = []
+    calls: list[tuple[Query, dict[str, Any]]] = []
+    for d in fired:
+        status = d.status or TriggerStatus.PENDING
+        look_same = status in (TriggerStatus.PENDING, TriggerStatus.SKIPPED) and bool(ev.resource_key)
+        look_dup = status == TriggerStatus.PENDING and bool(d.dedup_key and d.dedup_window_s)
+        if look_same:
+            calls.append((q.SAME_RULE_PENDING, {"rule_id": d.rule_id, "resource_key": ev.resource_key}))
+        if look_dup and d.journey_id:  # a journey's steps share its dedup key: only another entry is a duplicate
+            calls.append((q.TRIGGER_DUPLICATE_OTHER_ENTRY, {"dedup_key": d.dedup_key, "since": nowts - (d.dedup_window_s or 0),
+                                                            "event_id": row.id}))
+        elif look_dup:
+            calls.append((q.TRIGGER_DUPLICATE, {"dedup_key": d.dedup_key, "since": nowts - (d.dedup_window_s or 0)}))
+        plans.append((d, status, look_same, look_dup))
+    got = iter(u.fetch(*calls) if calls else [])
+    inserts: list[tuple[Decision, str, float, dict[str, Any]]] = []
+    made: dict[str, int | None] = {}  # dedup key -> id of the pending trigger an earlier decision inserted
+    tids: dict[int, int | None] = {}  # id(decision) -> its trigger (inserted or moved)
+    patient_id = getattr(row, "patient_id", None) or patient_id_for(u, ev.patient_key, nowts)
+
+    def flush() -> None:
+        ids = u.fetch(*((q.TRIGGER_INSERT, params) for _, _, _, params in inserts))
+        for (d, status, due, _params), rows in zip(inserts, ids):
+            tid = int(rows[0][0]) if rows else None
+            tids[id(d)] = tid
+            if status == TriggerStatus.PENDING and d.dedup_key and made.get(d.dedup_key, 0) is None:
+                made[d.dedup_key] = tid
+            if tid is None:  # this rule already made a trigger from this event (reprocessing)
+                continue
+            result.triggers += 1
+            if status == TriggerStatus.PENDING and due <= nowts:
+                result.due_now = True
+            if cancel_only_ids is not None:
+                cancel_only_ids.add(tid)
+        inserts.clear()
+
+    for d, status, look_same, look_dup in plans:
+        reason = d.reason
+        due = d.due_at.timestamp() if d.due_at else nowts
+        same: list[q.SameRuleTrigger] = next(got) if look_same else []
+        dup: list[tuple[int]] = next(got) if look_dup else []
+        existing = same[0] if same else None
         if existing is not None and existing.dedup_key == d.dedup_key and existing.event_id != row.id:
             if status == TriggerStatus.SKIPPED:  # the new time is past or too late: the old reminder must not go out either
-                u.run(q.TRIGGER_SKIP, reason=f"{ev.type} (event {row.id}) moved it: {reason}", now=nowts, id=existing.id)
+                u.send(q.TRIGGER_SKIP, reason=f"{ev.type} (event {row.id}) moved it: {reason}", now=nowts, id=existing.id)
             else:
-                u.run(q.TRIGGER_MOVE, due_at=due, payload=dumps(d.payload), now=nowts, id=existing.id,
-                      reason=f"moved by {ev.type} (event {row.id}) to {d.due_at.isoformat() if d.due_at else 'now'}")
+                u.send(q.TRIGGER_MOVE, due_at=due, payload=dumps(d.payload), now=nowts, id=existing.id,
+                       reason=f"moved by {ev.type} (event {row.id}) to {d.due_at.isoformat() if d.due_at else 'now'}")
             result.due_now = result.due_now or (status != TriggerStatus.SKIPPED and due <= nowts)
-            return int(existing.id)
-    if status == TriggerStatus.PENDING and d.dedup_key and d.dedup_window_s:
-        # a journey's steps share its dedup key: only another entry (another event) is a duplicate
-        if d.journey_id:
-            dup = u.scalar(q.TRIGGER_DUPLICATE_OTHER_ENTRY, dedup_key=d.dedup_key, since=nowts - d.dedup_window_s,
-                           event_id=row.id)
-        else:
-            dup = u.scalar(q.TRIGGER_DUPLICATE, dedup_key=d.dedup_key, since=nowts - d.dedup_window_s)
-        if dup is not None:
-            status, reason = TriggerStatus.SKIPPED, f"duplicate of trigger {dup} within the dedup window"
-    origin = f"{d.rule_id}|event:{row.id}"
-    version = str(((ev.resource.get("meta") or {}).get("versionId")) or row.id)
-    tid: int | None = u.scalar(
-        q.TRIGGER_INSERT, rule_id=d.rule_id, ruleset_version=rs.version, name=d.trigger or d.rule_id, purpose=d.purpose or "",
-        destinations=",".join(d.destinations), patient_key=ev.patient_key, resource_key=ev.resource_key, origin_key=origin,
-        resource_version=version, event_id=row.id, due_at=due, status=str(status), reason=reason, dedup_key=d.dedup_key,
-        cancel_scope=d.cancel_scope, message_kind=d.message_kind, payload=dumps(d.payload), explain=dumps(d.steps),
-        created_at=nowts, updated_at=nowts, patient_id=row.patient_id or patient_id_for(u, ev.patient_key, nowts),
-        journey_id=d.journey_id, journey_step=d.journey_step)
-    if tid is None:  # this rule already made a trigger from this event (reprocessing)
-        return None
-    result.triggers += 1
-    if status == TriggerStatus.PENDING and due <= nowts:
-        result.due_now = True
-    return int(tid)
+            tids[id(d)] = int(existing.id)
+            if cancel_only_ids is not None:
+                cancel_only_ids.add(int(existing.id))
+            continue
+        if look_dup and d.dedup_key in made:
+            if made[d.dedup_key] is None:
+                flush()  # the id of the earlier decision's trigger names the duplicate
+            if made.get(d.dedup_key) is not None:
+                dup = [(made[d.dedup_key],)]  # type: ignore[list-item]
+        if dup:
+            status, reason = TriggerStatus.SKIPPED, f"duplicate of trigger {dup[0][0]} within the dedup window"
+        if status == TriggerStatus.PENDING and d.dedup_key and d.dedup_key not in made:
+            made[d.dedup_key] = None  # id known once inserted
+        version = str(((ev.resource.get("meta") or {}).get("versionId")) or row.id)
+        inserts.append((d, status, due, dict(
+            rule_id=d.rule_id, ruleset_version=rs.version, name=d.trigger or d.rule_id, purpose=d.purpose or "",
+            destinations=",".join(d.destinations), patient_key=ev.patient_key, resource_key=ev.resource_key,
+            origin_key=f"{d.rule_id}|event:{row.id}", resource_version=version, event_id=row.id, due_at=due,
+            status=str(status), reason=reason, dedup_key=d.dedup_key, cancel_scope=d.cancel_scope,
+            message_kind=d.message_kind, payload=dumps(d.payload), explain=dumps(d.steps), created_at=nowts,
+            updated_at=nowts, patient_id=patient_id, journey_id=d.journey_id, journey_step=d.journey_step)))
+    if inserts:
+        flush()
+    return tids
 
 
 def merge_patients(u: UnitOfWork, surviving: str, retired: str, now: datetime) -> int:

@@ -76,6 +76,7 @@ class Processor:
         batch: int = 100,
         fault_hook: Callable[[str], None] | None = None,
         budget_s: float = 0.008,
+        pg_budget_s: float = 0.1,
     ) -> None:
         self.engine = engine
         self.ruleset = ruleset
@@ -91,13 +92,15 @@ class Processor:
         # On SQLite one transaction holds the only write lock: a short budget per batch lets
         # the inbox commit (and ACK) between batches instead of waiting for a whole batch.
         self.budget_s = budget_s
+        self.pg_budget_s = pg_budget_s
         self.processed = 0
         self.failed = 0
         self._limit = min(16, batch)
 
     def run_once(self) -> int:
         """Process up to ``batch`` messages (within the time budget); return how many were handled."""
-        self._prefetch()
+        if self.engine.dialect.name == "sqlite":
+            self._prefetch()  # before the batch takes SQLite's one write lock
         return self._run_once()
 
     def _prefetch(self) -> None:
@@ -108,6 +111,10 @@ class Processor:
             return
         with unit(self.engine) as u:
             rows: list[InboundItem] = u.all(q.INBOX_NEXT, n=self._limit)
+        self._prefetch_rows(rows)
+
+    def _prefetch_rows(self, rows: list[InboundItem]) -> None:
+        fetching = {ch: h for ch, h in self.handlers.items() if callable(getattr(h, "prefetch", None))}
         for row in rows:
             handler = fetching.get(row.channel)
             if handler is not None:
@@ -122,16 +129,22 @@ class Processor:
             rows: list[InboundItem] = u.all(q.INBOX_CLAIM, n=self._limit)  # SKIP LOCKED on PostgreSQL
             if not rows:
                 return 0
+            if not u.sqlite:  # no single writer to hold up: read what handlers need for the rows claimed
+                self._prefetch_rows(rows)
             due = False
             started = time.perf_counter()
+            # SQLite: a short batch lets the inbox commit between batches (one writer); PostgreSQL
+            # has no single writer, and a longer batch spreads its BEGIN/claim/COMMIT over more messages
+            budget = self.budget_s if u.sqlite else max(self.budget_s, self.pg_budget_s)
             done: list[dict[str, object]] = []
-            for msg in rows:
-                if done and time.perf_counter() - started > self.budget_s:
-                    break  # the rest stay `received` for the next batch
-                outcome, handled_due = self._handle(u, msg, rs)
-                done.append(outcome)
-                due = handled_due or due
-            u.many(q.INBOX_DONE, done)
+            with u.pipeline():  # PostgreSQL: writes travel with the next read
+                for msg in rows:
+                    if done and time.perf_counter() - started > budget:
+                        break  # the rest stay `received` for the next batch
+                    outcome, handled_due = self._handle(u, msg, rs)
+                    done.append(outcome)
+                    due = handled_due or due
+                u.many(q.INBOX_DONE, done)
         # size the next claim to what fits the budget (a claim loads raw payloads)
         self._limit = max(4, min(self.batch, 2 * len(done)))
         if self.fault_hook:
