@@ -460,14 +460,14 @@ def _record_triggers(
             if cancel_only_ids is not None:
                 cancel_only_ids.add(int(existing.id))
             continue
-        if look_dup and d.dedup_key in made:
+        if look_dup and d.dedup_key in made and not d.journey_id:  # a journey's steps of one entry share the key
             if made[d.dedup_key] is None:
                 flush()  # the id of the earlier decision's trigger names the duplicate
             if made.get(d.dedup_key) is not None:
                 dup = [(made[d.dedup_key],)]  # type: ignore[list-item]
         if dup:
             status, reason = TriggerStatus.SKIPPED, f"duplicate of trigger {dup[0][0]} within the dedup window"
-        if status == TriggerStatus.PENDING and d.dedup_key and d.dedup_key not in made:
+        if status == TriggerStatus.PENDING and d.dedup_key and d.dedup_key not in made and not d.journey_id:
             made[d.dedup_key] = None  # id known once inserted
         version = str(((ev.resource.get("meta") or {}).get("versionId")) or row.id)
         inserts.append((d, status, due, dict(

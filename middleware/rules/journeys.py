@@ -242,7 +242,8 @@ class OverlapPair:
     how: str  # "undeclared" | "exclusive" | "discriminated"
 
 
-def check_overlaps(units: list[Starter], sinks: Callable[[str], DiagnosticSink]) -> list[OverlapPair]:
+def check_overlaps(units: list[Starter], sinks: Callable[[str], DiagnosticSink],
+                   unknown_is_error: bool = True) -> list[OverlapPair]:
     """Warn about undeclared overlaps, error on unknown ids and discriminators that do not separate."""
     by_id = {u.id: u for u in units}
     known = sorted(by_id)
@@ -253,6 +254,8 @@ def check_overlaps(units: list[Starter], sinks: Callable[[str], DiagnosticSink])
         for key, ids in (("exclusive_with", u.overlap.exclusive_with), ("with", u.overlap.with_)):
             for i, other in enumerate(ids):
                 if other not in by_id:
+                    if not unknown_is_error:  # it may be in a file or rule that failed already
+                        continue
                     hint = difflib.get_close_matches(other, known, n=1)
                     seq = onode.get(key) if isinstance(onode, dict) else None
                     where, k = (seq, i) if isinstance(seq, list) else (onode or u.node, key)

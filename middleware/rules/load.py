@@ -426,7 +426,9 @@ def load_ruleset(directory: Path) -> tuple[RuleSet | None, list[Diagnostic]]:
             compiled.append(cr)
         diags += list(dict.fromkeys(sink.items))  # a journey's entry and exits are checked once per step: say each once
     units = starters(compiled, journey_nodes)
-    overlaps = check_overlaps(units, lambda p: sinks.setdefault(p, DiagnosticSink(p)))
+    # a rule or file that did not compile is missing from `units`: naming it is not another error (no cascade)
+    overlaps = check_overlaps(units, lambda p: sinks.setdefault(p, DiagnosticSink(p)),
+                              unknown_is_error=not any(d.level == "error" for d in diags))
     for osink in sinks.values():
         diags += osink.items
     if any(d.level == "error" for d in diags):

@@ -61,8 +61,8 @@ def by_rule(run: DryRun) -> dict[str, list[tuple[str, str, Any]]]:
     return out
 
 
-def test_journey_exit_dedup_exclusive_and_recheck(any_db_url: str, rs: RuleSet) -> None:
-    run = DbRun(rs, T0, any_db_url)
+def test_journey_exit_dedup_exclusive_and_recheck(db_url: str, rs: RuleSet) -> None:
+    run = DbRun(rs, T0, db_url)
     try:
         run.feed(appt("m1", "booked", "1", "2025-05-01T09:00:00-04:00"), "book")
         run.advance(timedelta(days=4))

@@ -42,7 +42,7 @@ def test_send_time_inside_quiet_hours_is_a_warning(sendtime_mappings):
     rs, diags = load_ruleset(sendtime_mappings)
     assert rs is not None
     [w] = [d for d in diags if d.code == "send-time-in-quiet-hours"]
-    assert w.level == "warning" and w.path.endswith("sendtimes.yaml") and w.line == 36
+    assert w.level == "warning" and w.path.endswith("sendtimes.yaml") and w.line == 42  # the at_time line of early-sms
     assert "07:00 is inside quiet hours 21:00-08:00" in w.message
 
 
