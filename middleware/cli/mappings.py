@@ -66,7 +66,8 @@ def cmd_test(args: argparse.Namespace) -> int:
     rs, diags = load_ruleset(args.dir)
     if rs is None:
         for d in diags:
-            print(d, file=sys.stderr)
+            if d.level == "error":
+                print(d, file=sys.stderr)
         print(f"rules in {args.dir} do not validate; no test run", file=sys.stderr)
         return 1
     t0 = time.perf_counter()

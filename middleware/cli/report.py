@@ -7,14 +7,13 @@ import json
 import sys
 from datetime import date
 
-from .serve import add_common, settings_from
+from .serve import add_common, open_data, settings_from
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ..outcomes import report
-    from ..storage.schema import open_database
 
-    engine = open_database(settings_from(args).database_url)
+    engine = open_data(settings_from(args))
     goal_ids = [args.goal] if args.goal else [g for g, _ in report.goals(engine)]
     if args.goal and args.goal not in {g for g, _ in report.goals(engine)}:
         known = ", ".join(g for g, _ in report.goals(engine)) or "none yet"

@@ -44,13 +44,15 @@ def open_data(settings: object):  # type: ignore[no-untyped-def]
 
 
 def load_rules_or_report(directory: object):  # type: ignore[no-untyped-def]
-    """The rule set in ``directory``, or ``None`` after printing its diagnostics (file:line) to stderr."""
+    """The rule set in ``directory``, or ``None`` after printing its errors (file:line) to stderr
+    (warnings and information are for ``careloop mappings validate``)."""
     from ..rules.load import load_ruleset
 
     rs, diags = load_ruleset(directory)  # type: ignore[arg-type]
     if rs is None:
         for d in diags:
-            print(d, file=sys.stderr)
+            if d.level == "error":
+                print(d, file=sys.stderr)
     return rs
 
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from middleware.cli import build_parser, main as cli
+from middleware.__main__ import main as cli
+from middleware.cli import build_parser
+from middleware.sandbox.command import register as sandbox_commands
 from middleware.storage.db import init_db, make_engine
 from tests.conftest import FIXTURES
 
@@ -128,6 +130,13 @@ CASES: dict[str, list[tuple[Any, ...]]] = {
     "events": [
         (["--json"], "unrecognized arguments: --json"),
     ],
+    "report": [
+        (["--database", "{MISSING_DB}"], "no careloop database at"),
+        (["--database", "{DB}", "noshow-rebooked-41d"], "no entries for goal 'noshow-rebooked-41d'"),
+        (["--database", "{DB}", "--format", "measure"], "needs --start and --end as YYYY-MM-DD"),
+        (["--database", "{DB}", "--format", "xml"], "invalid choice: 'xml'"),
+        (["--database", "{DB}", "--export", "{TMP}/x.csv"], "--export needs a GOAL"),
+    ],
     "reprocess": [
         (["--database", "{MISSING_DB}", "--mappings", "{MAPPINGS}"], "no careloop database at"),
         (["--database", "{EMPTY_DB}", "--mappings", "{MAPPINGS}"], "is empty (never initialized"),
@@ -200,7 +209,7 @@ CASES: dict[str, list[tuple[Any, ...]]] = {
 
 
 def test_every_command_has_cases() -> None:
-    commands = set(leaves(build_parser()))
+    commands = set(leaves(build_parser(extra=[sandbox_commands])))  # as the careloop program builds it
     assert commands - set(CASES) == set(), "commands without user-error cases in tests/cli/test_user_errors.py"
     assert set(CASES) - commands == set(), "cases for commands the CLI does not have"
 
