@@ -100,14 +100,14 @@ def open_entry(u: UnitOfWork, book: GoalBook, *, rule_id: str, ruleset_version: 
     # the unit is the patient's journey entry: rules sharing a goal (the 72 h and 24 h reminders
     # of one visit) make one entry per origin resource; a journey's steps make one per journey
     entry_key = f"{goal_id}|{journey_id or '-'}|{origin_key}"
-    created = u.run(q.OPEN_ENTRY.name, entry_key=entry_key, goal_id=goal_id, rule_id=rule_id, journey_id=journey_id,
+    u.send(q.OPEN_ENTRY, entry_key=entry_key, goal_id=goal_id, rule_id=rule_id, journey_id=journey_id,
                     ruleset_version=ruleset_version, patient_key=patient_key, patient_id=patient_id,
                     origin_event_id=origin_event_id, origin_resource_key=origin_key, trigger_id=trigger_id,
                     experiment=experiment, period=period, arm=arm.value if arm else None,
-                    anchor_at=anchor_at, window_opens=opens, window_closes=closes, now=now.timestamp()) > 0
-    if created and patient_key:
-        on_event(u, book, patient_key, None, now)
-    return created
+                    anchor_at=anchor_at, window_opens=opens, window_closes=closes, now=now.timestamp())
+    # Not decided here: events stored later settle it (after_event_rows), and an event stored
+    # before the entry (an out-of-order message) is found when its window closes (close_due).
+    return True
 
 
 def _later_events(u: UnitOfWork, patient_key: str, types: Iterable[str]) -> list[LaterEvent]:
@@ -117,27 +117,30 @@ def _later_events(u: UnitOfWork, patient_key: str, types: Iterable[str]) -> list
 
 
 def _settle(u: UnitOfWork, book: GoalBook, entries: list[q.OpenEntry], patient_key: str, now: datetime) -> int:
+    todo = [(e, book.goals[e.goal_id]) for e in entries if e.goal_id in book.goals and e.origin_event_id is not None]
+    if not todo:
+        return 0  # a goal no longer in the rule set keeps its last decision
+    type_sets = sorted({tuple(sorted(g.event_types)) for _, g in todo})
+    # every origin resource and the patient's events of every goal's types: one round trip (pipeline mode)
+    got = u.fetch(*[(q.ORIGIN_RESOURCE, {"id": e.origin_event_id}) for e, _ in todo],
+                  *[(q.PATIENT_EVENTS, {"patient_key": patient_key, "types": list(ts)}) for ts in type_sets])
+    origins, event_rows = got[:len(todo)], dict(zip(type_sets, got[len(todo):]))
     changed = 0
-    cache: dict[str, list[LaterEvent]] = {}
-    for e in entries:
-        goal = book.goals.get(e.goal_id)
-        if goal is None or e.origin_event_id is None:
-            continue  # a goal no longer in the rule set keeps its last decision
-        origin_json = u.scalar(q.ORIGIN_RESOURCE.name, id=e.origin_event_id)
-        origin = orjson.loads(origin_json) if origin_json else {}
-        types_key = ",".join(sorted(goal.event_types))
-        if types_key not in cache:
-            cache[types_key] = _later_events(u, patient_key, goal.event_types)
+    for (e, goal), origin_rows in zip(todo, origins):
+        origin = orjson.loads(origin_rows[0][0]) if origin_rows and origin_rows[0][0] else {}
+        later = [LaterEvent(r.id, r.type, r.resource_type, r.resource_key, orjson.loads(r.resource),
+                            datetime.fromtimestamp(r.occurred_at, UTC))
+                 for r in event_rows[tuple(sorted(goal.event_types))]]
         fixed = None
         if e.anchor_at is not None and e.window_opens is not None and e.window_closes is not None:
             fixed = (datetime.fromtimestamp(e.anchor_at, UTC),
                      Window(datetime.fromtimestamp(e.window_opens, UTC), datetime.fromtimestamp(e.window_closes, UTC)))
-        result, _ = goal.decide_entry(origin, e.origin_resource_key or "", cache[types_key], now, fixed)
+        result, _ = goal.decide_entry(origin, e.origin_resource_key or "", later, now, fixed)
         if result.outcome.value == e.status and result.event_id == e.event_id:
             continue
-        u.run(q.SETTLE.name, id=e.id, status=result.outcome.value, event_id=result.event_id,
-              achieved_at=result.at.timestamp() if result.at else None,
-              elapsed_s=result.elapsed.total_seconds() if result.elapsed else None, now=now.timestamp())
+        u.send(q.SETTLE, id=e.id, status=result.outcome.value, event_id=result.event_id,
+               achieved_at=result.at.timestamp() if result.at else None,
+               elapsed_s=result.elapsed.total_seconds() if result.elapsed else None, now=now.timestamp())
         changed += 1
     return changed
 
@@ -252,13 +255,30 @@ def after_trigger(u: UnitOfWork, rs: Any, *, rule_id: str, journey_id: str | Non
                recorded=recorded)
 
 
-def after_event(u: UnitOfWork, rs: Any, patient_key: str | None, event_type: str, now: datetime) -> None:
-    """Called by the pipeline for every stored event: re-decide the entries its type can settle."""
-    if rs is None:
-        return
+def entries_call(rs: Any, patient_key: str | None, event_type: str) -> tuple[Any, dict[str, Any]] | None:
+    """The read of the patient's journey entries an event of ``event_type`` may settle, for the
+    pipeline to send with the event's INSERT; None when no goal names that event type."""
+    if rs is None or not patient_key:
+        return None
     book = book_for(rs)
-    if book.goals and event_type in book.event_types:
-        on_event(u, book, patient_key, event_type, now)
+    if not book.goals or event_type not in book.event_types:
+        return None
+    return q.FOR_PATIENT, {"patient_key": patient_key}
+
+
+def after_event_rows(u: UnitOfWork, rs: Any, patient_key: str | None, event_type: str, rows: list[Any],
+                     now: datetime) -> int:
+    """Re-decide the entries (read by :func:`entries_call`) whose goal names ``event_type``."""
+    book = book_for(rs)
+    entries = [e for e in rows if e.goal_id in book.goals and event_type in book.goals[e.goal_id].event_types]
+    return _settle(u, book, entries, patient_key or "", now) if entries else 0
+
+
+def after_event(u: UnitOfWork, rs: Any, patient_key: str | None, event_type: str, now: datetime) -> None:
+    """:func:`entries_call` and :func:`after_event_rows` in two steps (callers outside the pipeline)."""
+    call = entries_call(rs, patient_key, event_type)
+    if call is not None:
+        after_event_rows(u, rs, patient_key, event_type, u.all(call[0], **call[1]), now)
 
 
 def close_windows(engine: Any, rs: Any, now: datetime, limit: int = 500) -> int:

@@ -20,7 +20,7 @@ from ..rules.journeys import apply_exclusive
 from ..rules.recheck import event_for, recheck
 from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for, hospice_from, hospice_query
-from ..storage.patient_ids import merge_patient_ids, patient_id_for
+from ..storage.patient_ids import issue_patient_id, merge_patient_ids, patient_id_for
 from ..storage.queries import ingest as q
 from ..storage.queries.ingest import EventRecord, StateRecord
 from ..storage.sql import Query, UnitOfWork
@@ -208,7 +208,12 @@ def apply_change(
     patient = orjson.loads(patient_json) if patient_json else None
     shown = resource if not change.deleted else (prev or resource)
     body = state.resource if shown is resource and not change.deleted else dumps(shown)
-    patient_id = patient_id_for(u, patient_key, nowts)  # careloop's internal id, stamped on each event
+    # careloop's internal id, stamped on each event: read with the patient's link when it survives
+    link = first_link[0] if first_link else None
+    if link is not None and not link.merged_into and patient_key == change.patient_key:
+        patient_id = link.patient_id or (issue_patient_id(u, patient_key, nowts) if patient_key else None)
+    else:
+        patient_id = patient_id_for(u, patient_key, nowts)
     seen: dict[str, int] = {}
     for etype, pstatus, status in events:
         nth = seen.get(etype, 0)
@@ -222,13 +227,17 @@ def apply_change(
         )
         # the event's INSERT travels with the reads its rules need (one round trip in pipeline mode)
         reads = _EventReads(ev, rs, patient, now, nth) if evaluate_rules else None
-        got = u.fetch((q.EVENT_INSERT, dict(zip(q.EVENT_COLUMNS, values))), *(reads.calls if reads else ()))
+        # ... and the patient's journey entries this event may settle (outcomes), in the same round trip
+        entries = outcomes.entries_call(rs, patient_key, etype)
+        got = u.fetch((q.EVENT_INSERT, dict(zip(q.EVENT_COLUMNS, values))), *(reads.calls if reads else ()),
+                      *((entries,) if entries else ()))
         row = EventRecord(got[0][0][0], *values)
         res.events.append(row)
         if reads is not None:
-            _after_reads(u, ev, row, rs, reads, got[1:], now=now, patient=patient, source_zone=source_zone, result=res,
-                         nth=nth)
-        outcomes.after_event(u, rs, patient_key, etype, now)  # goals this event settles (late ones too)
+            _after_reads(u, ev, row, rs, reads, got[1:1 + len(reads.calls)], now=now, patient=patient,
+                         source_zone=source_zone, result=res, nth=nth)
+        if entries:  # goals this event settles (late ones too)
+            outcomes.after_event_rows(u, rs, patient_key, etype, got[-1], now)
     if evaluate_rules and not change.deleted and prev is not None and rs.recheck_by_type.get(rtype):
         _recheck_pending(u, rs, key, resource, prev, patient_key, patient, change, now, res, partial)
     return res

@@ -65,10 +65,16 @@ def patient_id_for(u: UnitOfWork, patient_key: str | None, now: float) -> str | 
     found = lookup_patient_id(u, patient_key)
     if found is not None:
         return found
+    return issue_patient_id(u, patient_key, now)
+
+
+def issue_patient_id(u: UnitOfWork, patient_key: str, now: float) -> str | None:
+    """Issue an id for a key careloop has none for (already looked up, e.g. with the patient's
+    link): the claim is one round trip, the new identity row travels with the next one."""
     pid = new_patient_id()
     if u.scalar(q.CLAIM, key=patient_key, pid=pid, now=now) is None:  # another transaction claimed this key first
         return lookup_patient_id(u, patient_key)
-    u.run(q.NEW, pid=pid, now=now)
+    u.send(q.NEW, pid=pid, now=now)
     return pid
 
 
@@ -152,5 +158,5 @@ def stamp_unassigned_rows(engine: Engine) -> int:
         return stamp_unassigned(u, time.time())
 
 
-__all__ = ["PREFIX", "new_patient_id", "lookup_patient_id", "patient_id_for", "current_patient_id",
+__all__ = ["PREFIX", "new_patient_id", "lookup_patient_id", "patient_id_for", "issue_patient_id", "current_patient_id",
            "resolve_patient_id", "merge_patient_ids", "stamp_unassigned", "stamp_unassigned_rows"]

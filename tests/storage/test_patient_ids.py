@@ -207,7 +207,7 @@ def test_the_id_never_reaches_a_destination(db_url: str, tmp_path: Path) -> None
     from tests.support.delivery_pipeline import CONTACT_SECRET, SECRETS, WEBHOOK_SECRET, destination, write_mappings
     from middleware.delivery.worker import DeliveryWorker
 
-    leaky = {"rules": [{"id": "leaky", "on": ["appointment.booked"], "purpose": "care-coordination",
+    leaky = {"rules": [{"id": "leaky", "on": ["appointment.booked"], "purpose": "care-coordination", "on_no_longer_matching": "keep",
                         "emit": {"trigger": "leaky", "destinations": ["webhook"],
                                  "payload": {"patient": "%patient", "appointment": "%resource", "appointment_start": "start"}}}]}
     wide = {"mode": "fields", "allow": ["patient", "appointment", "appointment_start", "purpose"]}

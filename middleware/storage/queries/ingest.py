@@ -66,6 +66,7 @@ class PatientLink(NamedTuple):
 
     merged_into: str | None
     resource: str
+    patient_id: str | None = None  # careloop's internal id of this key, when one was issued
 
 
 class StateRecord(NamedTuple):
@@ -148,7 +149,9 @@ INBOX_DONE = query("inbox.done", inbound.update().where(inbound.c.id == param("i
 
 # -- patients and identity ------------------------------------------------------------------
 
-PATIENT_LINK = query("ingest.patient_link", select(patient.c.merged_into, patient.c.resource)
+_identifier = T["patient_identifier"]
+PATIENT_LINK = query("ingest.patient_link", select(patient.c.merged_into, patient.c.resource, _identifier.c.patient_id)
+                     .select_from(patient.outerjoin(_identifier, _identifier.c.patient_key == patient.c.key))
                      .where(patient.c.key == param("key")), PatientLink)
 PATIENT_RESOURCE = query("ingest.patient_resource", select(patient.c.resource).where(patient.c.key == param("key")))
 
