@@ -38,9 +38,7 @@ PENDING: dict[str, str] = {
     "middleware/scheduler/patientctx.py": "processing hot path: moving to storage/ queries (branch i12-core)",
     "middleware/api/operator.py": "moving to storage/queries/ (branch i12-queries)",
     "middleware/api/privacy.py": "moving to storage/queries/ (branch i12-queries)",
-    "middleware/cli/subscriptions.py": "moving to storage/queries/ (branch i12-queries)",
     "middleware/delivery/admin_audit.py": "moving to storage/queries/ (branch i12-queries)",
-    "middleware/sandbox/server_state.py": "moving to storage/queries/ (branch i12-queries)",
 }
 
 # -- what counts as SQL text ---------------------------------------------------------------

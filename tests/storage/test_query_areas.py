@@ -218,3 +218,25 @@ def test_delivery_worker_claims_sends_and_records_on_both_backends(engine: Engin
         assert list(s.query(SendIntent)) == []
         assert [(a.kind, a.destination) for a in s.query(DeliveryAlert)] == [("auth-failure", "hook2")]
         assert s.get(KeyValue, "destination.paused.hook2") is not None
+
+
+def test_kv_reads_and_writes_and_last_received(engine: Engine) -> None:
+    from middleware.storage.queries import kv
+    from middleware.storage.sql import unit
+
+    with unit(engine, write=True) as u:
+        assert kv.get_json(u, "a.1") is None
+        kv.put_json(u, "a.1", {"n": 1}, 1.0)
+        kv.put_json(u, "a.1", {"n": 2}, 2.0)  # replaces
+        assert kv.add(u, "a.2", '{"n": 3}', 3.0) is True
+        assert kv.add(u, "a.2", '{"n": 4}', 4.0) is False  # kept
+        kv.put_json(u, "b.1", {}, 5.0)
+    with unit(engine) as u:
+        assert kv.get_json(u, "a.1") == {"n": 2}
+        assert kv.with_prefix_json(u, "a.") == {"a.1": {"n": 2}, "a.2": {"n": 3}}
+    with Session(engine) as s:
+        s.add_all([InboundMessage(source=src, channel=ch, received_at=t, raw=b"x", sha256="h")
+                   for src, ch, t in (("s1", "fhir", 10.0), ("s1", "fhir", 30.0), ("s1", "mllp", 50.0), ("s2", "fhir", 70.0))])
+        s.commit()
+    assert metrics.last_received(engine, channel="fhir", source="s1") == 30.0
+    assert metrics.last_received(engine, channel="http", source="s1") is None

@@ -67,3 +67,14 @@ def database_figures(engine: Engine, now: float) -> DatabaseFigures:
             deliveries=tuple(u.all("metrics.deliveries_by_status")),
             paused_destinations=frozenset(k.split(".", 2)[2] for (k,) in u.all("metrics.paused_keys")),
         )
+
+
+query("metrics.last_received", select(func.max(INBOUND.c.received_at)).where(
+    INBOUND.c.channel == param("channel"), INBOUND.c.source == param("source")))
+
+
+def last_received(engine: Engine, *, channel: str, source: str) -> float | None:
+    """When the newest message of ``source`` on ``channel`` arrived (epoch seconds), or None."""
+    with unit(engine) as u:
+        value: float | None = u.scalar("metrics.last_received", channel=channel, source=source)
+    return value
