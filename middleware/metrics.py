@@ -14,9 +14,12 @@ from prometheus_client import CollectorRegistry, Counter
 
 
 class StoredRecord(Protocol):
-    source: str
-    channel: str
-    status: str
+    @property
+    def source(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def status(self) -> str: ...
 
 
 class Meters:

@@ -5,6 +5,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+# the claimed inbox row and the event row are storage records (one type per row shape)
+from .storage.queries.ingest import EventRecord as EventRecord
+from .storage.queries.ingest import InboundItem as InboundItem
+
 
 @dataclass(frozen=True)
 class Merge:
@@ -67,36 +71,3 @@ class ClinicalEvent:
     arrival: str
     occurred_at: datetime
 
-
-@dataclass(slots=True)
-class InboundItem:
-    """A claimed inbox row as the processor hands it to a handler (the stored row's
-    status, error and processing time are written back in one statement per batch)."""
-
-    id: int | None
-    source: str
-    channel: str
-    raw: bytes
-    meta: str | None = None
-    status: str = "received"
-    error: str | None = None
-    processed_at: float | None = None
-
-
-@dataclass(slots=True)
-class EventRecord:
-    """An ``event`` row as just inserted (the same fields as the stored row)."""
-
-    id: int
-    type: str
-    previous_status: str | None
-    status: str | None
-    resource_type: str
-    resource_key: str
-    patient_key: str | None
-    resource: str
-    source: str
-    arrival: str
-    occurred_at: float
-    created_at: float
-    inbound_id: int | None

@@ -168,7 +168,7 @@ class Runtime:
                     n = await res if asyncio.iscoroutine(res) else res
                     if not n:
                         break
-                    await asyncio.sleep(0.001)  # let the inbox writer take the SQLite write lock between batches
+                    await asyncio.sleep(0)  # let the loop run between batches (the write lock itself hands over in arrival order)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

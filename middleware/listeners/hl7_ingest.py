@@ -8,6 +8,7 @@ is stored, including rejected and erroneous ones (status ``rejected`` / ``failed
 """
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import hashlib
 import logging
@@ -196,13 +197,13 @@ def prepare_batch(raw: bytes, *, channel: str, port: int | None, sources: Source
     elif batch.message_count > max_messages:
         limit = f"batch of {batch.message_count} messages exceeds the {max_messages}-message batch limit"
     if limit is not None:
-        envelope.status, envelope.error = "failed", limit + "; nothing processed"
+        envelope = dataclasses.replace(envelope, status="failed", error=limit + "; nothing processed")
         p = Peek(control_id=_echo_id(batch.control_id()), message_type="ACK")
         refused = encode_ack(build_ack(p, "error", [Hl7Problem("100", limit + "; split it and resend", "BHS", 1)]), p)
         return PreparedBatch(batch, envelope, [], source.hl7.batch_acks, refused)
     parts = [[prepare_hl7(m, channel=channel, port=port, sources=sources) for m in part.messages] for part in batch.parts]
     if batch.problems:
-        envelope.error = "; ".join(batch.problems)[:2000]
+        envelope = dataclasses.replace(envelope, error="; ".join(batch.problems)[:2000])
     return PreparedBatch(batch, envelope, parts, source.hl7.batch_acks)
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import urlencode
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from ..storage.sql import unit
 
 from ..config.sources import Source
 from ..listeners.fhir_fetch import FetchTimeout
@@ -97,12 +97,11 @@ def backfill(
             raise
         raise FetchTimeout(f"backfill of source {source.name} timed out after {deadline_s:g} s paging "
                            f"{getattr(fetcher, 'base_url', 'the FHIR server')}: {exc}") from exc
-    with Session(engine) as s:
+    with unit(engine, write=True) as u:
         for rtype, at in newest.items():
-            old = parse_instant((kv_get(s, hwm_key(source.name, rtype)) or {}).get("at"))
+            old = parse_instant((kv_get(u, hwm_key(source.name, rtype)) or {}).get("at"))
             if old is None or at > old:
-                kv_set(s, hwm_key(source.name, rtype), {"at": fhir_instant(at)}, time.time())
-        s.commit()
+                kv_set(u, hwm_key(source.name, rtype), {"at": fhir_instant(at)}, time.time())
     rep.seconds = time.perf_counter() - t0
     log.info("backfill done", extra={"action": "fhir.backfilled", "source": source.name, "count": rep.resources,
                                      "duration_ms": round(rep.seconds * 1000)})
@@ -115,19 +114,19 @@ def _apply_batches(engine: Engine, rs: RuleSet, source: Source, handler: FhirHan
     """Apply each fetched page in its own transaction (patients first), counting into ``rep``."""
     for batch in batches:
         now = clock()
-        with Session(engine, expire_on_commit=False) as s:
+        with unit(engine, write=True) as u:
             for r in sorted(batch, key=lambda r: r.get("resourceType") != "Patient"):  # patients first
                 rtype = r.get("resourceType")
                 if rtype == "Patient":
                     pv = (str(r.get("id")), str((r.get("meta") or {}).get("versionId")))
                     if pv not in seen_patients:  # _include repeats a patient on every page
                         seen_patients.add(pv)
-                        handler.apply_resource(s, source, r, "backfill", now, None, rs)
+                        handler.apply_resource(u, source, r, "backfill", now, None, rs)
                         rep.patients += 1
                     continue
                 if rtype not in types:
                     continue
-                res = handler.apply_resource(s, source, r, "backfill", now, None, rs)
+                res = handler.apply_resource(u, source, r, "backfill", now, None, rs)
                 rep.resources += 1
                 rep.per_type[rtype] = rep.per_type.get(rtype, 0) + 1
                 rep.events += len(res.events)
@@ -135,4 +134,3 @@ def _apply_batches(engine: Engine, rs: RuleSet, source: Source, handler: FhirHan
                 at = parse_instant((r.get("meta") or {}).get("lastUpdated"))
                 if at and (rtype not in newest or at > newest[rtype]):
                     newest[rtype] = at
-            s.commit()

@@ -12,16 +12,16 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import or_, update
-from sqlmodel import Session, col
-
-from ..model import ClinicalEvent, EventRecord, ResourceChange
+from ..model import ClinicalEvent, ResourceChange
 from ..normalize.events import derive
 from ..rules.evaluate import Decision, cancellations, evaluate
 from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for
-from ..storage.rawsql import Raw
-from ..storage.tables import EventRow, PatientRow, ResourceState, TriggerRow
+from ..storage.queries import ingest as q
+from ..storage.queries.ingest import EventRecord, StateRecord
+from ..storage.sql import UnitOfWork
+from ..storage.statuses import TriggerStatus
+from ..storage.tables import EventRow
 
 log = logging.getLogger("careloop.pipeline")
 
@@ -41,40 +41,36 @@ class ChangeResult:
     key: str | None = None  # the stored key of the changed resource (``resolve_key``)
 
 
-def _patient_row(db: Raw, key: str | None) -> tuple[str | None, str | None]:
+def _patient_row(u: UnitOfWork, key: str | None) -> tuple[str | None, str | None]:
     """(surviving key after merges, its stored resource JSON or None) in one read per hop."""
     seen = set()
     while key and key not in seen:
         seen.add(key)
-        row = db.one("SELECT merged_into, resource FROM patient WHERE key = ?", (key,))
+        row: q.PatientLink | None = u.one(q.PATIENT_LINK, key=key)
         if row is None:
             return key, None
-        if not row[0]:
-            return key, row[1]
-        key = row[0]
+        if not row.merged_into:
+            return key, row.resource
+        key = row.merged_into
     return key, None
 
 
-def resolve_patient_key(session: Session, key: str | None, raw: Raw | None = None) -> str | None:
+def resolve_patient_key(u: UnitOfWork, key: str | None) -> str | None:
     """Follow merges to the surviving patient."""
-    return _patient_row(raw or Raw(session), key)[0]
+    return _patient_row(u, key)[0]
 
 
-def upsert_patient(session: Session, key: str, resource: dict[str, Any], occurred_at: float, now: float,
-                   raw: Raw | None = None) -> None:
+def upsert_patient(u: UnitOfWork, key: str, resource: dict[str, Any], occurred_at: float, now: float) -> None:
     """Store the patient unless a later version is already held (one statement)."""
-    (raw or Raw(session)).run(
-        "INSERT INTO patient (key, fhir_id, resource, merged_into, updated_at, occurred_at) VALUES (?, ?, ?, NULL, ?, ?) "
-        "ON CONFLICT (key) DO UPDATE SET resource = excluded.resource, fhir_id = COALESCE(?, patient.fhir_id), "
-        "occurred_at = excluded.occurred_at, updated_at = excluded.updated_at WHERE excluded.occurred_at >= patient.occurred_at",
-        (key, str(resource.get("id", "")), dumps(resource), now, occurred_at, str(resource["id"]) if "id" in resource else None))
+    u.run(q.PATIENT_UPSERT, key=key, fhir_id=str(resource.get("id", "")), resource=dumps(resource), now=now,
+          occurred_at=occurred_at, new_fhir_id=str(resource["id"]) if "id" in resource else None)
 
 
-def load_patient(session: Session, key: str | None, raw: Raw | None = None) -> dict[str, Any] | None:
+def load_patient(u: UnitOfWork, key: str | None) -> dict[str, Any] | None:
     if not key:
         return None
-    row = (raw or Raw(session)).one("SELECT resource FROM patient WHERE key = ?", (key,))
-    return orjson.loads(row[0]) if row else None
+    resource = u.scalar(q.PATIENT_RESOURCE, key=key)
+    return orjson.loads(resource) if resource is not None else None
 
 
 def _identifiers(resource: dict[str, Any]) -> list[str]:
@@ -93,80 +89,43 @@ def _version_int(res: dict[str, Any] | None) -> int | None:
         return None
 
 
-def lookup_identity(session: Session, identifier: str, raw: Raw | None = None) -> str | None:
+def lookup_identity(u: UnitOfWork, identifier: str) -> str | None:
     """The resource key stored for a business identifier (or a source-local FHIR id), if any."""
-    row = (raw or Raw(session)).one("SELECT resource_key FROM resource_identity WHERE identifier = ?", (identifier,))
-    return row[0] if row else None
+    key: str | None = u.scalar(q.IDENTITY_GET, identifier=identifier)
+    return key
 
 
-def remember_identity(session: Session, identifier: str, key: str, raw: Raw | None = None) -> None:
+def remember_identity(u: UnitOfWork, identifier: str, key: str) -> None:
     """Record ``identifier -> key`` unless the identifier is already known (the first key wins)."""
-    (raw or Raw(session)).run("INSERT INTO resource_identity (identifier, resource_key) VALUES (?, ?) "
-                              "ON CONFLICT (identifier) DO NOTHING", (identifier, key))
+    u.run(q.IDENTITY_REMEMBER, identifier=identifier, key=key)
 
 
-def resolve_key(session: Session, resource: dict[str, Any], raw: Raw | None = None) -> str:
+def resolve_key(u: UnitOfWork, resource: dict[str, Any]) -> str:
     """The stored key of this resource: an earlier key sharing a business identifier wins."""
-    db = raw or Raw(session)
     own = f"{resource['resourceType']}/{resource.get('id')}"
     idents = _identifiers(resource)
     if not idents:
         return own
-    found = dict(db.all(
-        f"SELECT identifier, resource_key FROM resource_identity WHERE identifier IN ({', '.join('?' * len(idents))})",
-        idents))
+    found = dict(u.all(q.IDENTITY_ANY, identifiers=idents))
     key = next((found[i] for i in idents if i in found), own)
-    db.many("INSERT INTO resource_identity (identifier, resource_key) VALUES (?, ?)",
-            [(i, key) for i in dict.fromkeys(idents) if i not in found])
+    u.many(q.IDENTITY_ADD, [{"identifier": i, "key": key} for i in dict.fromkeys(idents) if i not in found])
     return key
 
 
-_STATE_COLS = "key, resource_type, patient_key, status, version, last_updated, occurred_at, resource, source, deleted, updated_at"
+StateRow = StateRecord  # the name this module used before the record moved to storage
 
 
-@dataclass
-class StateRow:
-    """One ``resource_state`` row, read and written with plain SQL."""
-
-    key: str
-    resource_type: str
-    patient_key: str | None
-    status: str | None
-    version: str | None
-    last_updated: str | None
-    occurred_at: float
-    resource: str
-    source: str
-    deleted: bool
-    updated_at: float
-
-    def values(self) -> tuple[Any, ...]:
-        return (self.key, self.resource_type, self.patient_key, self.status, self.version, self.last_updated,
-                self.occurred_at, self.resource, self.source, bool(self.deleted), self.updated_at)
+def load_state(u: UnitOfWork, key: str) -> StateRecord | None:
+    row: StateRecord | None = u.one(q.STATE_GET, key=key)
+    return row
 
 
-def load_state(session: Session, key: str, raw: Raw | None = None) -> StateRow | None:
-    row = (raw or Raw(session)).one(f"SELECT {_STATE_COLS} FROM resource_state WHERE key = ?", (key,))
-    return StateRow(*row) if row is not None else None
-
-
-def save_state(db: Raw, st: StateRow, new: bool) -> None:
-    if new:
-        db.run(f"INSERT INTO resource_state ({_STATE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", st.values())
-    else:
-        db.run("UPDATE resource_state SET resource_type = ?, patient_key = ?, status = ?, version = ?, last_updated = ?, "
-               "occurred_at = ?, resource = ?, source = ?, deleted = ?, updated_at = ? WHERE key = ?",
-               st.values()[1:] + (st.key,))
-
-
-_EVENT_INSERT = (
-    "INSERT INTO event (type, previous_status, status, resource_type, resource_key, patient_key, resource, source, "
-    "arrival, occurred_at, created_at, inbound_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+def save_state(u: UnitOfWork, st: StateRecord, new: bool) -> None:
+    u.run(q.STATE_INSERT if new else q.STATE_UPDATE, **st._asdict())
 
 
 def apply_change(
-    session: Session,
+    u: UnitOfWork,
     change: ResourceChange,
     rs: RuleSet,
     *,
@@ -177,12 +136,11 @@ def apply_change(
     evaluate_rules: bool = True,
 ) -> ChangeResult:
     """Store the change, derive events, cancel and create triggers. Caller commits."""
-    db = Raw(session)
     res = ChangeResult()
     resource = dict(change.resource)
     rtype = resource["resourceType"]
-    key = res.key = resolve_key(session, resource, db)
-    state = load_state(session, key, db)
+    key = res.key = resolve_key(u, resource)
+    state = load_state(u, key)
     prev = orjson.loads(state.resource) if state is not None and not state.deleted else None
     occurred = change.occurred_at.timestamp()
     nowts = now.timestamp()
@@ -202,23 +160,24 @@ def apply_change(
     if keep_status and prev is not None and prev.get("status"):
         resource["status"] = prev["status"]
     events = derive(resource, prev, deleted=change.deleted)
-    patient_key, patient_json = _patient_row(db, change.patient_key)
+    patient_key, patient_json = _patient_row(u, change.patient_key)
     is_new = state is None
     if state is None:
-        state = StateRow(key=key, resource_type=rtype, patient_key=None, status=None, version=None, last_updated=None,
-                         occurred_at=0.0, resource="{}", source=change.source, deleted=False, updated_at=0.0)
+        state = StateRecord(key=key, resource_type=rtype, patient_key=None, status=None, version=None, last_updated=None,
+                            occurred_at=0.0, resource="{}", source=change.source, deleted=False, updated_at=0.0)
     meta = resource.get("meta") or {}
-    state.patient_key = patient_key or state.patient_key
-    state.status = resource.get("status") if not change.deleted else state.status
-    state.version = meta.get("versionId") or state.version
-    state.last_updated = meta.get("lastUpdated") or state.last_updated
-    state.occurred_at = max(occurred, state.occurred_at)
-    if not change.deleted:
-        state.resource = dumps(resource)
-    state.deleted = change.deleted
-    state.source = change.source
-    state.updated_at = nowts
-    save_state(db, state, is_new)
+    state = state._replace(
+        patient_key=patient_key or state.patient_key,
+        status=resource.get("status") if not change.deleted else state.status,
+        version=meta.get("versionId") or state.version,
+        last_updated=meta.get("lastUpdated") or state.last_updated,
+        occurred_at=max(occurred, state.occurred_at),
+        resource=dumps(resource) if not change.deleted else state.resource,
+        deleted=bool(change.deleted),
+        source=change.source,
+        updated_at=nowts,
+    )
+    save_state(u, state, is_new)
     if not events:
         res.note = "no change"
         return res
@@ -230,7 +189,7 @@ def apply_change(
         nth = seen.get(etype, 0)
         seen[etype] = nth + 1
         values = (etype, pstatus, status, rtype, key, patient_key, body, change.source, change.arrival, occurred, nowts, inbound_id)
-        row = EventRecord(db.insert_id(_EVENT_INSERT, values), *values)
+        row = EventRecord(u.scalar(q.EVENT_INSERT, **dict(zip(q.EVENT_COLUMNS, values))), *values)
         res.events.append(row)
         ev = ClinicalEvent(
             type=etype, previous_status=pstatus, status=status, resource_type=rtype, resource_key=key,
@@ -238,12 +197,12 @@ def apply_change(
             occurred_at=change.occurred_at,
         )
         if evaluate_rules:
-            on_event(session, ev, row, rs, now=now, patient=patient, source_zone=source_zone, result=res, nth=nth, raw=db)
+            on_event(u, ev, row, rs, now=now, patient=patient, source_zone=source_zone, result=res, nth=nth)
     return res
 
 
 def on_event(
-    session: Session,
+    u: UnitOfWork,
     ev: ClinicalEvent,
     row: EventRow | EventRecord,
     rs: RuleSet,
@@ -255,7 +214,6 @@ def on_event(
     only: set[str] | None = None,
     cancel_only_ids: set[int] | None = None,
     nth: int | None = None,
-    raw: Raw | None = None,
 ) -> None:
     """Cancel what this event cancels, then record each rule's decision as a trigger row.
 
@@ -263,123 +221,96 @@ def on_event(
     cancellation to some trigger ids (``careloop reprocess`` uses both so a replay
     never touches triggers it did not create).
     """
-    db = raw or Raw(session)
     nowts = now.timestamp()
     if ev.arrival != "backfill":
-        _cancel(db, ev, row, rs, now, patient, result, cancel_only_ids, nth)
-    hospice = hospice_for(session, ev.patient_key, rs)
+        _cancel(u, ev, row, rs, now, patient, result, cancel_only_ids, nth)
+    hospice = hospice_for(u, ev.patient_key, rs)
     decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
     result.decisions.append((ev, decisions))
     for d in decisions:
         if not d.fired:
             continue
-        tid = _record_trigger(db, ev, row, d, rs, nowts, result)
+        tid = _record_trigger(u, ev, row, d, rs, nowts, result)
         if tid is not None and cancel_only_ids is not None:
             cancel_only_ids.add(tid)
 
 
-_PENDING_BY = {
-    "patient": "SELECT id, event_id, payload FROM \"trigger\" WHERE rule_id = ? AND status = 'pending' AND patient_key = ?",
-    "resource": "SELECT id, event_id, payload FROM \"trigger\" WHERE rule_id = ? AND status = 'pending' AND resource_key = ?",
-}
+_EVER = float("-inf")  # "created at any time"
 
 
-def _cancel(db: Raw, ev: ClinicalEvent, row: EventRow | EventRecord, rs: RuleSet, now: datetime,
+def _cancel(u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, rs: RuleSet, now: datetime,
             patient: dict[str, Any] | None, result: ChangeResult, only_ids: set[int] | None, nth: int | None = None) -> None:
     """Cancel pending triggers at once (visible in /api/triggers before their due time)."""
     nowts = now.timestamp()
     origins: dict[int, dict[str, Any]] = {}
     for c in cancellations(ev, rs, patient, now, nth):
-        sql = _PENDING_BY["patient" if c.same == "patient" else "resource"]
-        params: tuple[Any, ...] = (c.rule_id, c.key)
-        if c.within_s:
-            sql, params = sql + " AND created_at >= ?", params + (nowts - c.within_s,)
+        pending = q.PENDING_FOR_PATIENT if c.same == "patient" else q.PENDING_FOR_RESOURCE
+        since = nowts - c.within_s if c.within_s else _EVER
         hits = []
-        for tid, event_id, payload in db.all(sql, params):
-            if only_ids is not None and tid not in only_ids:
+        for t in u.all(pending, rule_id=c.rule_id, key=c.key, since=since):
+            if only_ids is not None and t.id not in only_ids:
                 continue
             if c.condition is not None:
-                eid = event_id or 0
+                eid = t.event_id or 0
                 if eid not in origins:
-                    erow = db.one("SELECT resource FROM event WHERE id = ?", (eid,)) if eid else None
-                    origins[eid] = orjson.loads(erow[0]) if erow else {}
-                if not c.applies(origins[eid], orjson.loads(payload or "{}")):
+                    body = u.scalar(q.EVENT_RESOURCE, id=eid) if eid else None
+                    origins[eid] = orjson.loads(body) if body else {}
+                if not c.applies(origins[eid], orjson.loads(t.payload or "{}")):
                     continue
-            hits.append((nowts, f"cancelled before its due time: {c.reason} (event {row.id})", tid))
-        db.many("UPDATE \"trigger\" SET status = 'cancelled', updated_at = ?, reason = ? WHERE id = ?", hits)
+            hits.append({"now": nowts, "reason": f"cancelled before its due time: {c.reason} (event {row.id})", "id": t.id})
+        u.many(q.TRIGGER_CANCEL, hits)
         result.cancelled += len(hits)
 
 
-_TRIGGER_COLS = (
-    "rule_id, ruleset_version, name, purpose, destinations, patient_key, resource_key, origin_key, resource_version, "
-    "event_id, due_at, status, reason, dedup_key, cancel_scope, message_kind, payload, explain, created_at, updated_at"
-)
-_TRIGGER_INSERT = f"INSERT INTO \"trigger\" ({_TRIGGER_COLS}) VALUES ({', '.join('?' * 20)}) ON CONFLICT (origin_key) DO NOTHING"
-
-
 def _record_trigger(
-    db: Raw, ev: ClinicalEvent, row: EventRow | EventRecord, d: Decision, rs: RuleSet, nowts: float, result: ChangeResult
+    u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, d: Decision, rs: RuleSet, nowts: float, result: ChangeResult
 ) -> int | None:
     """Insert the decision as a trigger row (or move the pending one it replaces); return its id."""
-    status, reason = d.status or "pending", d.reason
+    status, reason = d.status or TriggerStatus.PENDING, d.reason
     due = d.due_at.timestamp() if d.due_at else nowts
-    if status in ("pending", "skipped") and ev.resource_key:
-        existing = db.one(
-            "SELECT id, dedup_key, event_id FROM \"trigger\" WHERE rule_id = ? AND resource_key = ? AND status = 'pending'"
-            " ORDER BY id LIMIT 1", (d.rule_id, ev.resource_key))
-        if existing is not None and existing[1] == d.dedup_key and existing[2] != row.id:
-            if status == "skipped":  # the new time is past or too late: the old reminder must not go out either
-                db.run("UPDATE \"trigger\" SET status = 'skipped', reason = ?, updated_at = ? WHERE id = ?",
-                       (f"{ev.type} (event {row.id}) moved it: {reason}", nowts, existing[0]))
+    if status in (TriggerStatus.PENDING, TriggerStatus.SKIPPED) and ev.resource_key:
+        existing: q.SameRuleTrigger | None = u.one(q.SAME_RULE_PENDING, rule_id=d.rule_id, resource_key=ev.resource_key)
+        if existing is not None and existing.dedup_key == d.dedup_key and existing.event_id != row.id:
+            if status == TriggerStatus.SKIPPED:  # the new time is past or too late: the old reminder must not go out either
+                u.run(q.TRIGGER_SKIP, reason=f"{ev.type} (event {row.id}) moved it: {reason}", now=nowts, id=existing.id)
             else:
-                db.run("UPDATE \"trigger\" SET due_at = ?, payload = ?, reason = ?, updated_at = ? WHERE id = ?",
-                       (due, dumps(d.payload), f"moved by {ev.type} (event {row.id}) to {d.due_at.isoformat() if d.due_at else 'now'}",
-                        nowts, existing[0]))
-            result.due_now = result.due_now or (status != "skipped" and due <= nowts)
-            return int(existing[0])
-    if status == "pending" and d.dedup_key and d.dedup_window_s:
-        dup = db.one(
-            "SELECT id FROM \"trigger\" WHERE dedup_key = ? AND status IN ('pending', 'fired') AND created_at >= ? LIMIT 1",
-            (d.dedup_key, nowts - d.dedup_window_s))
+                u.run(q.TRIGGER_MOVE, due_at=due, payload=dumps(d.payload), now=nowts, id=existing.id,
+                      reason=f"moved by {ev.type} (event {row.id}) to {d.due_at.isoformat() if d.due_at else 'now'}")
+            result.due_now = result.due_now or (status != TriggerStatus.SKIPPED and due <= nowts)
+            return int(existing.id)
+    if status == TriggerStatus.PENDING and d.dedup_key and d.dedup_window_s:
+        dup = u.scalar(q.TRIGGER_DUPLICATE, dedup_key=d.dedup_key, since=nowts - d.dedup_window_s)
         if dup is not None:
-            status, reason = "skipped", f"duplicate of trigger {dup[0]} within the dedup window"
+            status, reason = TriggerStatus.SKIPPED, f"duplicate of trigger {dup} within the dedup window"
     origin = f"{d.rule_id}|event:{row.id}"
     version = str(((ev.resource.get("meta") or {}).get("versionId")) or row.id)
-    tid: int | None = db.insert_id(_TRIGGER_INSERT, (
-        d.rule_id, rs.version, d.trigger or d.rule_id, d.purpose or "", ",".join(d.destinations), ev.patient_key,
-        ev.resource_key, origin, version, row.id, due, status, reason, d.dedup_key, d.cancel_scope, d.message_kind,
-        dumps(d.payload), dumps(d.steps), nowts, nowts))
+    tid: int | None = u.scalar(
+        q.TRIGGER_INSERT, rule_id=d.rule_id, ruleset_version=rs.version, name=d.trigger or d.rule_id, purpose=d.purpose or "",
+        destinations=",".join(d.destinations), patient_key=ev.patient_key, resource_key=ev.resource_key, origin_key=origin,
+        resource_version=version, event_id=row.id, due_at=due, status=str(status), reason=reason, dedup_key=d.dedup_key,
+        cancel_scope=d.cancel_scope, message_kind=d.message_kind, payload=dumps(d.payload), explain=dumps(d.steps),
+        created_at=nowts, updated_at=nowts)
     if tid is None:  # this rule already made a trigger from this event (reprocessing)
         return None
     result.triggers += 1
-    if status == "pending" and due <= nowts:
+    if status == TriggerStatus.PENDING and due <= nowts:
         result.due_now = True
-    return tid
+    return int(tid)
 
 
-def merge_patients(session: Session, surviving: str, retired: str, now: datetime) -> int:
+def merge_patients(u: UnitOfWork, surviving: str, retired: str, now: datetime) -> int:
     """ADT^A40: later events and pending work follow the surviving patient."""
     nowts = now.timestamp()
-    surviving = resolve_patient_key(session, surviving) or surviving
+    surviving = resolve_patient_key(u, surviving) or surviving
     if surviving == retired:
         return 0
-    row = session.get(PatientRow, retired)
-    if row is None:
-        session.add(PatientRow(key=retired, fhir_id="", resource="{}", merged_into=surviving, updated_at=nowts))
-    else:
-        row.merged_into = surviving
-        row.updated_at = nowts
-        session.add(row)
-    n = 0
-    for table, key_col in ((ResourceState, ResourceState.patient_key), (TriggerRow, TriggerRow.patient_key)):
-        stmt = update(table).where(col(key_col) == retired).values(patient_key=surviving)
-        n += session.exec(stmt).rowcount or 0
-    session.add(
-        EventRow(type="patient.merged", previous_status=None, status=None, resource_type="Patient",
-                 resource_key=f"Patient/{retired}", patient_key=surviving, resource=dumps({"retired": retired, "surviving": surviving}),
-                 source="", arrival="message", occurred_at=nowts, created_at=nowts)
-    )
+    u.run(q.PATIENT_MERGE, retired=retired, surviving=surviving, now=nowts)
+    n = u.run(q.STATE_REPOINT, retired=retired, surviving=surviving)
+    n += u.run(q.TRIGGER_REPOINT, retired=retired, surviving=surviving)
+    u.scalar(q.EVENT_INSERT, type="patient.merged", previous_status=None, status=None, resource_type="Patient",
+             resource_key=f"Patient/{retired}", patient_key=surviving, resource=dumps({"retired": retired, "surviving": surviving}),
+             source="", arrival="message", occurred_at=nowts, created_at=nowts, inbound_id=None)
     return n
 
 
-__all__ = ["apply_change", "merge_patients", "upsert_patient", "resolve_patient_key", "ChangeResult", "or_"]
+__all__ = ["apply_change", "merge_patients", "upsert_patient", "resolve_patient_key", "ChangeResult", "StateRow"]

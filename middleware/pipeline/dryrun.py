@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 from ..model import InboundItem, ResourceChange
 from ..rules.load import RuleSet
 from ..storage.schema import open_database
+from ..storage.sql import unit
 from ..storage.tables import InboundMessage, TriggerRow
 from ..scheduler.runner import Scheduler
 from .changes import ChangeResult, apply_change, upsert_patient
@@ -74,7 +75,8 @@ class DryRun:
         self.now += delta
 
     def feed(self, data: bytes, label: str, source: str = "default") -> Step:
-        with Session(self.engine, expire_on_commit=False) as s:
+        with unit(self.engine, write=True) as u:
+            s = u.session
             if is_hl7(data):
                 raw = data.lstrip(b"\x0b").split(b"\x1c")[0]
                 msg = InboundMessage(source=source, channel="mllp", received_at=self.now.timestamp(), raw=raw,
@@ -82,8 +84,8 @@ class DryRun:
                 s.add(msg)
                 s.flush()
                 try:
-                    item = InboundItem(msg.id, msg.source, msg.channel, msg.raw, msg.meta, msg.status)
-                    res = handle_hl7(s, item, self.rs, self.now)
+                    item = InboundItem(msg.id, msg.source, msg.channel, msg.raw, msg.meta)
+                    res = handle_hl7(u, item, self.rs, self.now)
                     err = None
                 except Exception as exc:
                     res, err = ChangeResult(), f"{type(exc).__name__}: {exc}"
@@ -93,12 +95,12 @@ class DryRun:
                 items = [e.get("resource") for e in doc.get("entry", [])] if doc.get("resourceType") == "Bundle" else [doc]
                 for r in items:
                     if r and r.get("resourceType") == "Patient":
-                        upsert_patient(s, f"{source}|Patient/{r.get('id')}", r, self.now.timestamp(), self.now.timestamp())
+                        upsert_patient(u, f"{source}|Patient/{r.get('id')}", r, self.now.timestamp(), self.now.timestamp())
                         continue
                     if not r or r.get("resourceType") not in ("Appointment", "Encounter", "CarePlan"):
                         continue
                     try:
-                        one = apply_change(s, fhir_change(r, source, self.now), self.rs, now=self.now)
+                        one = apply_change(u, fhir_change(r, source, self.now), self.rs, now=self.now)
                     except Exception as exc:
                         err = f"{type(exc).__name__}: {exc}"
                         continue
@@ -106,7 +108,6 @@ class DryRun:
                     res.decisions += one.decisions
                     res.cancelled += one.cancelled
                     res.triggers += one.triggers
-            s.commit()
         step = Step(label=label, at=self.now, result=res, error=err)
         self.steps.append(step)
         return step

@@ -25,16 +25,15 @@ from datetime import datetime
 from typing import Any, Protocol, Sequence
 
 import orjson
-from sqlalchemy import text
-from sqlmodel import Session
 
 from ..config.sources import Source
 from ..model import InboundItem, ResourceChange
 from ..normalize.fhir import mr_key, patient_id, patient_key_from_reference, patient_reference, source_systems, to_r4
 from ..normalize.fhir_notification import Notification, parse_notification
 from ..rules.load import RuleSet
-from ..storage.rawsql import Raw
-from .changes import (ChangeResult, StateRow, apply_change, dumps, load_state, lookup_identity, remember_identity,
+from ..storage.queries.ingest import StateRecord
+from ..storage.sql import UnitOfWork
+from .changes import (ChangeResult, apply_change, dumps, load_state, lookup_identity, remember_identity,
                       resolve_key, save_state, upsert_patient)
 from .fhir_state import kv_get, kv_set, parse_instant, pending_key, sub_key
 
@@ -114,55 +113,50 @@ class FhirHandler:
         self._down: dict[str, float] = {}  # source -> monotonic time until which its server is not asked
         self.down_s = down_s
 
-    def __call__(self, session: Session, msg: InboundItem, rs: RuleSet, now: datetime) -> ChangeResult:
-        if session.get_bind().dialect.name == "sqlite":
-            # Take the write lock first: the batch's SAVEPOINT opened a deferred transaction, and a
-            # read snapshot taken before the inbox writer commits would make our first write fail
-            # at once with "database is locked" (SQLITE_BUSY_SNAPSHOT) instead of waiting.
-            session.execute(text("UPDATE inbound_message SET attempts = attempts WHERE id = :id"), {"id": msg.id})
+    def __call__(self, u: UnitOfWork, msg: InboundItem, rs: RuleSet, now: datetime) -> ChangeResult:
         meta = orjson.loads(msg.meta or "{}")
         source = rs.sources.get(msg.source) or rs.sources.by_name["default"]
         kind = meta.get("kind")
         arrival = meta.get("arrival") or "notification"
         if kind == "resource":
-            return self.apply_resource(session, source, orjson.loads(bytes(msg.raw)), arrival, now, msg.id, rs)
+            return self.apply_resource(u, source, orjson.loads(bytes(msg.raw)), arrival, now, msg.id, rs)
         if kind == "delete":
-            return self.apply_delete(session, source, meta["resource_type"], str(meta["id"]), arrival, now, msg.id, rs,
+            return self.apply_delete(u, source, meta["resource_type"], str(meta["id"]), arrival, now, msg.id, rs,
                                      version=meta.get("version"), at=parse_instant(meta.get("last_updated")))
         if kind == "ping":
             types = meta.get("types") or list(source.fhir.resource_types)
-            return self._sweep(session, source, types, "notification", "ping", now)
+            return self._sweep(u, source, types, "notification", "ping", now)
         if kind == "notification":
-            return self.apply_notification(session, source, parse_notification(orjson.loads(bytes(msg.raw))), meta, now, msg.id, rs)
+            return self.apply_notification(u, source, parse_notification(orjson.loads(bytes(msg.raw))), meta, now, msg.id, rs)
         if kind == "bundle":
-            return self.apply_bundle(session, source, orjson.loads(bytes(msg.raw)), now, msg.id, rs)
+            return self.apply_bundle(u, source, orjson.loads(bytes(msg.raw)), now, msg.id, rs)
         raise ValueError(f"unknown fhir message kind {kind!r}")
 
     # -- resources ----------------------------------------------------------------------
-    def apply_resource(self, session: Session, source: Source, resource: dict[str, Any], arrival: str,
+    def apply_resource(self, u: UnitOfWork, source: Source, resource: dict[str, Any], arrival: str,
                        now: datetime, inbound_id: int | None, rs: RuleSet) -> ChangeResult:
         rtype = resource.get("resourceType")
         if rtype == "Patient":
-            return self._patient(session, source, resource, now)
+            return self._patient(u, source, resource, now)
         if rtype not in source.fhir.resource_types:
             return ChangeResult(note=f"{rtype} is not a resource type of source {source.name}")
         r4 = to_r4(resource, source.fhir.version)
-        pkey = self.patient_key(session, source, r4, now)
+        pkey = self.patient_key(u, source, r4, now)
         occurred = parse_instant((r4.get("meta") or {}).get("lastUpdated")) or now
         if arrival in ("notification", "reconcile"):
-            self._seed_previous(session, source, r4, pkey, now)
+            self._seed_previous(u, source, r4, pkey, now)
         change = ResourceChange(resource=r4, previous=None, patient_key=pkey, source=source.name, arrival=arrival,
                                 occurred_at=occurred)
-        res = apply_change(session, change, rs, now=now, inbound_id=inbound_id, source_zone=self._zone(source))
+        res = apply_change(u, change, rs, now=now, inbound_id=inbound_id, source_zone=self._zone(source))
         if res.key:  # a body-less DELETE names <source>|<Type>/<id>: map it to the stored key
-            remember_identity(session, f"{FHIR_ID}{source.name}|{r4['resourceType']}/{r4.get('id')}", res.key)
+            remember_identity(u, f"{FHIR_ID}{source.name}|{r4['resourceType']}/{r4.get('id')}", res.key)
         return res
 
-    def apply_delete(self, session: Session, source: Source, rtype: str, rid: str, arrival: str, now: datetime,
+    def apply_delete(self, u: UnitOfWork, source: Source, rtype: str, rid: str, arrival: str, now: datetime,
                      inbound_id: int | None, rs: RuleSet, *, version: str | None = None,
                      at: datetime | None = None) -> ChangeResult:
-        known = lookup_identity(session, f"{FHIR_ID}{source.name}|{rtype}/{rid}")
-        state = load_state(session, known or f"{rtype}/{rid}")
+        known = lookup_identity(u, f"{FHIR_ID}{source.name}|{rtype}/{rid}")
+        state = load_state(u, known or f"{rtype}/{rid}")
         if state is None:
             return ChangeResult(note=f"delete of {rtype}/{rid}, which careloop never held: nothing to do")
         if state.deleted:
@@ -172,9 +166,9 @@ class FhirHandler:
             resource["meta"] = {**(resource.get("meta") or {}), "versionId": str(version)}
         change = ResourceChange(resource=resource, previous=None, patient_key=state.patient_key, source=source.name,
                                 arrival=arrival, occurred_at=at or now, deleted=True)
-        return apply_change(session, change, rs, now=now, inbound_id=inbound_id, source_zone=self._zone(source))
+        return apply_change(u, change, rs, now=now, inbound_id=inbound_id, source_zone=self._zone(source))
 
-    def apply_bundle(self, session: Session, source: Source, doc: dict[str, Any], now: datetime,
+    def apply_bundle(self, u: UnitOfWork, source: Source, doc: dict[str, Any], now: datetime,
                      inbound_id: int | None, rs: RuleSet) -> ChangeResult:
         total = ChangeResult()
         for e in doc.get("entry") or []:
@@ -182,35 +176,35 @@ class FhirHandler:
             if req.get("method") == "DELETE":
                 parts = [p for p in str(req.get("url", "")).split("?")[0].split("/") if p]
                 if len(parts) >= 2:
-                    _merge(total, self.apply_delete(session, source, parts[-2], parts[-1], "notification", now, inbound_id, rs))
+                    _merge(total, self.apply_delete(u, source, parts[-2], parts[-1], "notification", now, inbound_id, rs))
             elif isinstance(e.get("resource"), dict):
-                _merge(total, self.apply_resource(session, source, e["resource"], "notification", now, inbound_id, rs))
+                _merge(total, self.apply_resource(u, source, e["resource"], "notification", now, inbound_id, rs))
         return total
 
     # -- notifications ------------------------------------------------------------------
-    def apply_notification(self, session: Session, source: Source, n: Notification, meta: dict[str, Any],
+    def apply_notification(self, u: UnitOfWork, source: Source, n: Notification, meta: dict[str, Any],
                            now: datetime, inbound_id: int | None, rs: RuleSet) -> ChangeResult:
         total = ChangeResult()
         sub = n.subscription_id or meta.get("subscription") or "unknown"
         key = sub_key(source.name, sub)
-        state = kv_get(session, key) or {}
+        state = kv_get(u, key) or {}
         gap, reset = (False, False) if n.type in ("query-status", "query-event") else track_events(state, n)
         state.update(last_notification_at=now.timestamp(), last_type=n.type, status=n.status, topic=n.topic,
                      events_since_start=n.events_since_start, shape=n.shape)
         if gap:
             state["gaps"] = int(state.get("gaps", 0)) + 1
-        kv_set(session, key, state, now.timestamp())
+        kv_set(u, key, state, now.timestamp())
         if reset:
             log.info("event counter reset", extra={"action": "fhir.counter_reset", "source": source.name, "subscription": sub})
         if gap:
             log.warning("event-number gap", extra={"action": "fhir.gap", "source": source.name, "subscription": sub})
-            _merge(total, self._sweep(session, source, list(source.fhir.resource_types), "reconcile", "gap", now))
+            _merge(total, self._sweep(u, source, list(source.fhir.resource_types), "reconcile", "gap", now))
         if n.type not in ("event-notification", "query-event"):
             total.note = total.note or f"{n.type} recorded"
             return total
         if n.payload == "full-resource":
             for res in n.resources:
-                _merge(total, self.apply_resource(session, source, res, "notification", now, inbound_id, rs))
+                _merge(total, self.apply_resource(u, source, res, "notification", now, inbound_id, rs))
         elif n.payload == "id-only":
             for ref in n.focus:
                 rtype, _, rid = ref.partition("/")
@@ -219,13 +213,13 @@ class FhirHandler:
             total.note = total.note or f"{len(n.focus)} read(s) requested"
         else:
             types = sorted({f.split("/")[0] for f in n.focus} & set(source.fhir.resource_types)) or list(source.fhir.resource_types)
-            _merge(total, self._sweep(session, source, types, "notification", "empty", now))
+            _merge(total, self._sweep(u, source, types, "notification", "empty", now))
         return total
 
-    def _sweep(self, session: Session, source: Source, types: Sequence[str], arrival: str, reason: str,
+    def _sweep(self, u: UnitOfWork, source: Source, types: Sequence[str], arrival: str, reason: str,
                now: datetime) -> ChangeResult:
         for t in types:  # durable: a sweep asked for survives a crash (the reconciler clears it)
-            kv_set(session, pending_key(source.name, t), {"arrival": arrival, "reason": reason}, now.timestamp())
+            kv_set(u, pending_key(source.name, t), {"arrival": arrival, "reason": reason}, now.timestamp())
         if self.planner is None:
             return ChangeResult(note=f"sweep of {','.join(types)} pending ({reason}); no fetcher running")
         self.planner.request_sweep(source.name, list(types), arrival, reason)
@@ -241,11 +235,11 @@ class FhirHandler:
         while len(self._patients) > self.cache_size:
             self._patients.popitem(last=False)
 
-    def _patient(self, session: Session, source: Source, patient: dict[str, Any], now: datetime) -> ChangeResult:
+    def _patient(self, u: UnitOfWork, source: Source, patient: dict[str, Any], now: datetime) -> ChangeResult:
         pid = str(patient.get("id") or "")
         key = mr_key(patient.get("identifier") or [], source_systems(source)) or f"{source.name}|Patient/{pid}"
         occurred = parse_instant((patient.get("meta") or {}).get("lastUpdated")) or now
-        upsert_patient(session, key, patient, occurred.timestamp(), now.timestamp())
+        upsert_patient(u, key, patient, occurred.timestamp(), now.timestamp())
         if pid:
             self._cache(source.name, pid, key)
         return ChangeResult(note="patient stored")
@@ -268,12 +262,12 @@ class FhirHandler:
         planner_sources = getattr(self.planner, "sources", None)
         return planner_sources().get(msg.source) if callable(planner_sources) else None
 
-    def patient_key(self, session: Session, source: Source, resource: dict[str, Any], now: datetime) -> str | None:
+    def patient_key(self, u: UnitOfWork, source: Source, resource: dict[str, Any], now: datetime) -> str | None:
         """The patient key (see :func:`patient_key_from_reference`); a fetched Patient is stored too."""
         key, fetched = self.resolve_patient(source, resource)
         if key and fetched:
             occurred = parse_instant((fetched.get("meta") or {}).get("lastUpdated")) or now
-            upsert_patient(session, key, fetched, occurred.timestamp(), now.timestamp())
+            upsert_patient(u, key, fetched, occurred.timestamp(), now.timestamp())
             self._fresh.pop((source.name, str(fetched.get("id"))), None)
         return key
 
@@ -312,7 +306,7 @@ class FhirHandler:
                 self._misses.pop(next(iter(self._misses)))
         return key, fetched.get("p")
 
-    def _seed_previous(self, session: Session, source: Source, r4: dict[str, Any], pkey: str | None, now: datetime) -> None:
+    def _seed_previous(self, u: UnitOfWork, source: Source, r4: dict[str, Any], pkey: str | None, now: datetime) -> None:
         """First sighting of version N>1: read version N-1 from ``_history`` as the prior state."""
         try:
             raw_version = (r4.get("meta") or {}).get("versionId")
@@ -324,8 +318,8 @@ class FhirHandler:
         fetcher = self.planner.fetcher(source.name) if self.planner is not None else None
         if version <= 1 or fetcher is None:
             return
-        key = resolve_key(session, r4)
-        if load_state(session, key) is not None:
+        key = resolve_key(u, r4)
+        if load_state(u, key) is not None:
             return
         try:
             prev = fetcher.vread(r4["resourceType"], str(r4["id"]), str(version - 1))
@@ -338,7 +332,7 @@ class FhirHandler:
         prev = to_r4(prev, source.fhir.version)
         pm = prev.get("meta") or {}
         at = parse_instant(pm.get("lastUpdated")) or now
-        save_state(Raw(session), StateRow(
+        save_state(u, StateRecord(
             key=key, resource_type=r4["resourceType"], patient_key=pkey, status=prev.get("status"),
             version=str(pm.get("versionId") or version - 1), last_updated=pm.get("lastUpdated"),
             occurred_at=at.timestamp(), resource=dumps(prev), source=source.name, deleted=False,

@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import delete
-from sqlmodel import Session, col, select
+from sqlmodel import Session
 
-from ..storage.tables import KeyValue
+from ..storage.queries import ingest as q
+from ..storage.sql import UnitOfWork, joined
 
 
 def hwm_key(source: str, rtype: str) -> str:
@@ -33,31 +33,29 @@ def reconcile_key(source: str) -> str:
     return f"fhir.reconcile.{source}"
 
 
-def kv_get(session: Session, key: str) -> dict[str, Any] | None:
-    row = session.get(KeyValue, key)
-    return orjson.loads(row.value) if row is not None else None
+Db = Session | UnitOfWork
 
 
-def kv_set(session: Session, key: str, value: dict[str, Any], now: float) -> None:
-    row = session.get(KeyValue, key)
-    if row is None:
-        session.add(KeyValue(key=key, value=orjson.dumps(value).decode(), updated_at=now))
-    else:
-        row.value = orjson.dumps(value).decode()
-        row.updated_at = now
-        session.add(row)
+def _unit(db: Db) -> UnitOfWork:
+    return db if isinstance(db, UnitOfWork) else joined(db)
 
 
-def kv_prefix(session: Session, prefix: str) -> dict[str, dict[str, Any]]:
-    rows = session.exec(select(KeyValue).where(col(KeyValue.key).startswith(prefix)))
-    return {r.key: orjson.loads(r.value) for r in rows}
+def kv_get(db: Db, key: str) -> dict[str, Any] | None:
+    value = _unit(db).scalar(q.KV_GET, key=key)
+    return orjson.loads(value) if value is not None else None
 
 
-def clear_pending(session: Session, source: str, rtype: str, started_at: float) -> None:
+def kv_set(db: Db, key: str, value: dict[str, Any], now: float) -> None:
+    _unit(db).run(q.KV_PUT, key=key, value=orjson.dumps(value).decode(), now=now)
+
+
+def kv_prefix(db: Db, prefix: str) -> dict[str, dict[str, Any]]:
+    return {k: orjson.loads(v) for k, v in _unit(db).all(q.KV_PREFIX, prefix=prefix)}
+
+
+def clear_pending(db: Db, source: str, rtype: str, started_at: float) -> None:
     """Drop a pending sweep asked for before ``started_at`` (a later request stays)."""
-    row = session.get(KeyValue, pending_key(source, rtype))
-    if row is not None and row.updated_at <= started_at:
-        session.exec(delete(KeyValue).where(col(KeyValue.key) == row.key, col(KeyValue.updated_at) <= started_at))
+    _unit(db).run(q.KV_DELETE_UNTIL, key=pending_key(source, rtype), until=started_at)
 
 
 def parse_instant(value: str | None) -> datetime | None:

@@ -9,20 +9,18 @@ from datetime import datetime, timezone
 from typing import Callable, Protocol
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from ..model import InboundItem, ResourceChange
 from ..normalize.hl7_peek import decode
 from ..rules.load import RuleSet
-from ..storage.db import begin_write, is_sqlite, write_lock
-from ..storage.rawsql import Raw
+from ..storage.queries import ingest as q
+from ..storage.sql import UnitOfWork, unit
+from ..storage.statuses import InboundStatus
 from .changes import ChangeResult, apply_change, merge_patients, upsert_patient
 
 log = logging.getLogger("careloop.process")
 
 Clock = Callable[[], datetime]
-#: the oldest stored messages not yet processed
-_NEXT = "SELECT id, source, channel, raw, meta FROM inbound_message WHERE status = 'received' ORDER BY id LIMIT ?"
 
 
 def utcnow() -> datetime:
@@ -30,10 +28,10 @@ def utcnow() -> datetime:
 
 
 class Handler(Protocol):
-    def __call__(self, session: Session, msg: InboundItem, rs: RuleSet, now: datetime) -> ChangeResult: ...
+    def __call__(self, u: UnitOfWork, msg: InboundItem, rs: RuleSet, now: datetime) -> ChangeResult: ...
 
 
-def handle_hl7(session: Session, msg: InboundItem, rs: RuleSet, now: datetime) -> ChangeResult:
+def handle_hl7(u: UnitOfWork, msg: InboundItem, rs: RuleSet, now: datetime) -> ChangeResult:
     """Normalize one stored HL7v2 message and apply its changes."""
     from ..normalize.hl7v2 import normalize_hl7
 
@@ -43,16 +41,16 @@ def handle_hl7(session: Session, msg: InboundItem, rs: RuleSet, now: datetime) -
     total = ChangeResult()
     occurred = norm.occurred_at.timestamp()
     if norm.patient is not None and norm.patient_key:
-        upsert_patient(session, norm.patient_key, norm.patient, occurred, now.timestamp())
+        upsert_patient(u, norm.patient_key, norm.patient, occurred, now.timestamp())
     if norm.merge is not None:
-        merge_patients(session, norm.merge.surviving_key, norm.merge.retired_key, now)
+        merge_patients(u, norm.merge.surviving_key, norm.merge.retired_key, now)
     keep: frozenset[str] = getattr(norm, "keep_status", frozenset())
     for res in norm.resources:
         change = ResourceChange(
             resource=res, previous=None, patient_key=norm.patient_key, source=source.name,
             arrival="message", occurred_at=norm.occurred_at,
         )
-        r = apply_change(session, change, rs, now=now, inbound_id=msg.id, keep_status=res.get("id") in keep,
+        r = apply_change(u, change, rs, now=now, inbound_id=msg.id, keep_status=res.get("id") in keep,
                          source_zone=source.hl7.timezone)
         total.events += r.events
         total.decisions += r.decisions
@@ -100,8 +98,7 @@ class Processor:
     def run_once(self) -> int:
         """Process up to ``batch`` messages (within the time budget); return how many were handled."""
         self._prefetch()
-        with write_lock(self.engine):
-            return self._run_once()
+        return self._run_once()
 
     def _prefetch(self) -> None:
         """Let handlers do their network reads (a FHIR Patient, say) for the next messages before
@@ -109,46 +106,32 @@ class Processor:
         fetching = {ch: h for ch, h in self.handlers.items() if callable(getattr(h, "prefetch", None))}
         if not fetching:
             return
-        with Session(self.engine) as session:
-            rows = Raw(session).all(_NEXT, (self._limit,))
+        with unit(self.engine) as u:
+            rows: list[InboundItem] = u.all(q.INBOX_NEXT, n=self._limit)
         for row in rows:
-            handler = fetching.get(row[2])
+            handler = fetching.get(row.channel)
             if handler is not None:
-                handler.prefetch(InboundItem(*row))  # type: ignore[attr-defined]
-
-    def _restore_full(self, session: Session) -> None:
-        session.connection().exec_driver_sql("PRAGMA synchronous=FULL")
+                handler.prefetch(row)  # type: ignore[attr-defined]
 
     def _run_once(self) -> int:
         rs = self.ruleset()
-        sqlite = is_sqlite(self.engine)
-        with Session(self.engine, expire_on_commit=False) as session:
-            if sqlite:
-                # Processing commits need not wait for fsync: the inbox row stays `received` until
-                # this commit lands, so a lost commit is processed again, and every later FULL commit
-                # (scheduler, delivery) syncs the WAL up to and including this one.
-                session.connection().exec_driver_sql("PRAGMA synchronous=NORMAL")
-            begin_write(session)
-            rows = self._claim(Raw(session))
+        # Processing commits need not wait for fsync (SQLite ``durable=False``): the inbox row stays
+        # `received` until this commit lands, so a lost commit is processed again, and every later
+        # durable commit (scheduler, delivery) syncs the WAL up to and including this one.
+        with unit(self.engine, write=True, durable=False) as u:
+            rows: list[InboundItem] = u.all(q.INBOX_CLAIM, n=self._limit)  # SKIP LOCKED on PostgreSQL
             if not rows:
-                session.rollback()
-                if sqlite:
-                    self._restore_full(session)
                 return 0
             due = False
             started = time.perf_counter()
-            done: list[InboundItem] = []
+            done: list[dict[str, object]] = []
             for msg in rows:
                 if done and time.perf_counter() - started > self.budget_s:
                     break  # the rest stay `received` for the next batch
-                done.append(msg)
-                due = self._handle(session, msg, rs) or due
-            Raw(session).many(
-                "UPDATE inbound_message SET status = ?, error = ?, attempts = attempts + 1, processed_at = ? WHERE id = ?",
-                [(m.status, m.error, m.processed_at, m.id) for m in done])
-            session.commit()
-            if sqlite:
-                self._restore_full(session)
+                outcome, handled_due = self._handle(u, msg, rs)
+                done.append(outcome)
+                due = handled_due or due
+            u.many(q.INBOX_DONE, done)
         # size the next claim to what fits the budget (a claim loads raw payloads)
         self._limit = max(4, min(self.batch, 2 * len(done)))
         if self.fault_hook:
@@ -157,34 +140,24 @@ class Processor:
             self.on_due()
         return len(done)
 
-    def _claim(self, db: Raw) -> list[InboundItem]:
-        """The oldest ``received`` rows, as detached objects (status written back in one statement)."""
-        if not db.pg:
-            return [InboundItem(*r) for r in db.all(_NEXT, (self._limit,))]
-        return [InboundItem(*r) for r in db.all(_NEXT + " FOR UPDATE SKIP LOCKED", (self._limit,))]
-
-    def _handle(self, session: Session, msg: InboundItem, rs: RuleSet) -> bool:
-        """Run one message's handler in its own savepoint; set its status; return whether a trigger is due now."""
+    def _handle(self, u: UnitOfWork, msg: InboundItem, rs: RuleSet) -> tuple[dict[str, object], bool]:
+        """Run one message's handler in its own savepoint; return its ``inbox.done`` row and whether
+        a trigger is due now."""
         handler = self.handlers.get(msg.channel)
-        sp = session.begin_nested()
         due = False
         try:
-            if handler is None:
-                raise ValueError(f"no handler for channel {msg.channel}")
-            result = handler(session, msg, rs, self.clock())
-            sp.commit()
-            msg.status = "processed"
-            msg.error = result.note if result.note and not result.events else None
+            with u.savepoint():
+                if handler is None:
+                    raise ValueError(f"no handler for channel {msg.channel}")
+                result = handler(u, msg, rs, self.clock())
+            status, error = InboundStatus.PROCESSED, (result.note if result.note and not result.events else None)
             due = result.due_now
             self.processed += 1
         except Exception as exc:
-            sp.rollback()
-            msg.status = "failed"
-            msg.error = f"{type(exc).__name__}: {exc}"[:2000]
+            status, error = InboundStatus.FAILED, f"{type(exc).__name__}: {exc}"[:2000]
             self.failed += 1
             log.warning("processing failed", extra={"action": "process.failed", "inbound_id": msg.id, "error_type": type(exc).__name__})
-        msg.processed_at = time.time()
-        return due
+        return {"id": msg.id, "status": status, "error": error, "processed_at": time.time()}, due
 
     def drain(self, max_rounds: int = 10_000) -> int:
         total = 0

@@ -27,6 +27,7 @@ from ..rules.evaluate import evaluate
 from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for
 from ..storage.tables import EventRow, InboundMessage, TriggerRow
+from ..storage.sql import joined
 from .changes import ChangeResult, dumps, load_patient, on_event
 
 log = logging.getLogger("careloop.replay")
@@ -69,12 +70,13 @@ def reprocess(
             rows = list(s.exec(stmt.order_by(col(EventRow.id)).limit(batch)))
             if not rows:
                 return rep
+            u = joined(s)
             for row in rows:
                 ev = event_from_row(row)
                 result = ChangeResult()
                 row_source = rs.sources.get(row.source)
                 zone = row_source.hl7.timezone if row_source else None
-                on_event(s, ev, row, rs, now=now, patient=load_patient(s, ev.patient_key), source_zone=zone,
+                on_event(u, ev, row, rs, now=now, patient=load_patient(u, ev.patient_key), source_zone=zone,
                          result=result, only=rules, cancel_only_ids=rep.created_ids)
                 rep.events += 1
                 rep.triggers += result.triggers
@@ -156,7 +158,8 @@ def _reevaluate(s: Session, t: TriggerRow, rs: RuleSet, now: datetime, note: str
         return
     ev = event_from_row(row)
     src = rs.sources.get(row.source)
-    decisions = evaluate(ev, rs, now=now, patient=load_patient(s, ev.patient_key), hospice=hospice_for(s, ev.patient_key, rs),
+    u = joined(s)
+    decisions = evaluate(ev, rs, now=now, patient=load_patient(u, ev.patient_key), hospice=hospice_for(u, ev.patient_key, rs),
                          source_zone=src.hl7.timezone if src else None, only={t.rule_id})
     d = decisions[0] if decisions else None
     if d is None or not d.fired:

@@ -10,22 +10,20 @@ from typing import Any, Mapping, Sequence
 
 import orjson
 from sqlalchemy.engine import Connection
-from sqlmodel import Session
 
 from ..rules.load import RuleSet
 from ..rules.suppress import hospice_reason, is_deceased
 from ..storage.privacy import chunks, statements
-from ..storage.rawsql import Raw
+from ..storage.queries.ingest import CARE_RESOURCES
+from ..storage.sql import UnitOfWork
 
 
-def hospice_for(session: Session, patient_key: str | None, rs: RuleSet) -> str | None:
+def hospice_for(u: UnitOfWork, patient_key: str | None, rs: RuleSet) -> str | None:
     """Why the patient is in hospice care according to the stored resources, or None."""
     s = rs.settings
     if not patient_key or not s.suppress_hospice or s.hospice_valueset not in rs.valuesets.sets:
         return None
-    rows = Raw(session).all(  # per processed event: plain SQL, no ORM statement to build
-        "SELECT resource FROM resource_state WHERE patient_key = ? AND resource_type IN ('Encounter', 'CarePlan') "
-        "AND deleted = ?", (patient_key, False))
+    rows = u.all(CARE_RESOURCES, patient_key=patient_key)
     return hospice_reason((orjson.loads(r[0]) for r in rows), rs.valuesets, s.hospice_valueset)
 
 

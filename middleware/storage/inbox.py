@@ -13,40 +13,22 @@ one transaction and hands the results back to the event loop with a single
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Callable
 
 from sqlalchemy.engine import Engine
 
-from .db import is_sqlite, sqlite_write_lock
+from .queries.ingest import INBOX_INSERT, INBOX_SEEN, InboundRecord
+from .sql import sqlite_write_lock
+from .statuses import InboundStatus
 
 log = logging.getLogger("careloop.inbox")
 
-_COLUMNS = (
-    "source", "channel", "received_at", "raw", "sha256", "dedup_key", "control_id",
-    "message_type", "status", "error", "ack", "meta", "attempts",
-)
-_row_of = attrgetter(*_COLUMNS[:-1])  # every column but ``attempts`` (always 0 on insert)
-
-
-@dataclass
-class InboundRecord:
-    source: str
-    channel: str
-    raw: bytes
-    sha256: str
-    status: str
-    received_at: float = field(default_factory=time.time)
-    dedup_key: str | None = None
-    control_id: str | None = None
-    message_type: str | None = None
-    error: str | None = None
-    ack: bytes | None = None
-    meta: str | None = None
+__all__ = ["InboundRecord", "InboxWriter", "StoreFailed", "StoreResult"]
 
 
 @dataclass
@@ -92,18 +74,17 @@ class InboxWriter:
         self._bell.acquire()
         self._idle = False
         self._conn: Any = None
-        ph = "?" if is_sqlite(engine) else "%s"
-        self._insert = (
-            f"INSERT INTO inbound_message ({', '.join(_COLUMNS)}) VALUES ({', '.join([ph] * len(_COLUMNS))})"
-        )
-        self._ph = ph
+        # the registry's statements for this dialect; a record's values in the INSERT's parameter order
+        insert = INBOX_INSERT.compiled_for(engine.dialect.name)
+        self._insert = insert.sql
+        self._row_of = _getter(insert.order, insert.constants)
+        self._seen = INBOX_SEEN.compiled_for(engine.dialect.name)
         self.batches = 0
         self.records = 0
         self.max_queue = max_queue  # backpressure bound: producers wait when the queue is this long
         self.queue_waits = 0  # how often a producer waited for room (backpressure engaged)
         self._room_waiters: list[Callable[[], None]] = []  # called on the loop when the queue has room again
         self._after_batch: list[Callable[[], None]] = []  # one-shot, after a batch's producers are answered
-        self._select: dict[int, str] = {}  # dedup SELECT per number of keys
         self._lock = sqlite_write_lock(engine)  # the lock write_lock() takes, looked up once
 
     # -- producers (event-loop thread) --------------------------------------
@@ -266,33 +247,25 @@ class InboxWriter:
         try:
             keys = sorted({r.dedup_key for r in records if r.dedup_key})
             seen: dict[tuple[str, str], bytes | None] = {}
-            if keys:
-                for i in range(0, len(keys), 500):
-                    chunk = keys[i : i + 500]
-                    sql = self._select.get(len(chunk))
-                    if sql is None:
-                        sql = self._select[len(chunk)] = (
-                            "SELECT dedup_key, sha256, ack FROM inbound_message WHERE dedup_key IN ("
-                            + ", ".join([self._ph] * len(chunk))
-                            + ") AND status <> 'duplicate'"
-                        )
-                    cur.execute(sql, chunk)
-                    for k, h, ack in cur.fetchall():
-                        seen.setdefault((k, h), bytes(ack) if ack is not None else None)
+            if keys:  # one statement whatever the number of keys (a list bound as one parameter)
+                cur.execute(self._seen.sql, self._seen.params({"keys": keys}))
+                for k, h, ack in cur.fetchall():
+                    seen.setdefault((k, h), bytes(ack) if ack is not None else None)
             results: list[StoreResult] = []
             rows = []
-            for r in records:
+            row_of = self._row_of
+            for n, r in enumerate(records):
                 key = r.dedup_key
                 if key and seen:
                     pair = (key, r.sha256)
                     if pair in seen:
-                        r.status = "duplicate"
-                        rows.append(_row_of(r) + (0,))
+                        r = records[n] = dataclasses.replace(r, status=InboundStatus.DUPLICATE)
+                        rows.append(row_of(r))
                         results.append(StoreResult(stored=True, duplicate=True, previous_ack=seen[pair]))
                         continue
                 if key:
                     seen[(key, r.sha256)] = r.ack
-                rows.append(_row_of(r) + (0,))
+                rows.append(row_of(r))
                 results.append(StoreResult(stored=True))
             if self.fault_hook:
                 self.fault_hook("inbox.before_commit")
@@ -311,3 +284,13 @@ class InboxWriter:
             raise
         finally:
             cur.close()
+
+
+def _getter(order: tuple[str, ...], constants: Any) -> Callable[[InboundRecord], tuple[Any, ...]]:
+    """A function from a record to the INSERT's parameters (``attempts`` and such from the statement)."""
+    fields = {f.name for f in dataclasses.fields(InboundRecord)}
+    if all(name in fields for name in order):
+        get = attrgetter(*order)
+        return get if len(order) > 1 else lambda r: (get(r),)
+    fixed = [(name in fields, name if name in fields else constants[name]) for name in order]
+    return lambda r: tuple(getattr(r, v) if is_field else v for is_field, v in fixed)

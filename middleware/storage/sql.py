@@ -15,7 +15,7 @@ rewriting and no hand quoting at run time (an indexed lookup costs what the driv
   statement differs by dialect is registered as a function of the dialect name.
 
 :class:`UnitOfWork` (:func:`unit`) owns one connection and its transaction, SQLite's
-process-wide write lock (one ``RLock`` per database file), ``BEGIN IMMEDIATE`` for writes and
+process-wide write lock (one FIFO lock per database file), ``BEGIN IMMEDIATE`` for writes and
 the durability of its commit (``synchronous``); ``.session`` is an ORM session joined to the
 same transaction for code that still uses the ORM.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 import threading
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, cast
@@ -40,7 +41,7 @@ from sqlmodel import Session
 
 __all__ = [
     "REGISTRY", "Query", "QueryError", "UnitOfWork", "any_of", "param", "query", "unit", "sqlite_write_lock",
-    "write_lock", "dialect_of",
+    "write_lock", "dialect_of", "joined",
 ]
 
 Statement = ClauseElement
@@ -183,13 +184,22 @@ class Query:
                     value = value.value
                 proc = bp.type._cached_bind_processor(dialect)
                 constants[name] = proc(value) if proc is not None else value
+        sql_text = comp.string
+        if "__[POSTCOMPILE_" in sql_text:  # a literal list (``col.in_([...])``): render it once, bound
+            required = {bp.key: None for bp in comp.binds.values() if bp.required}
+            expanded = comp.construct_expanded_state(required)
+            sql_text, order = expanded.statement, tuple(expanded.positiontup or ())
+            for name in order:
+                if name not in required:
+                    value = expanded.parameters[name]
+                    constants[name] = value.value if isinstance(value, Enum) else value
         # Python-side column defaults the statement leaves to SQLAlchemy (``Field(default=...)``)
         for col in [*comp.insert_prefetch, *comp.update_prefetch]:
             default = col.default if col in comp.insert_prefetch else col.onupdate
             if default is None or not getattr(default, "is_scalar", False):
                 raise QueryError(f"query {self.name!r}: give column {col.key!r} a value (its default is not a constant)")
             constants[col.key] = default.arg  # type: ignore[attr-defined]
-        return Compiled(sql=comp.string, order=order, constants=constants, lists=frozenset(lists),
+        return Compiled(sql=sql_text, order=order, constants=constants, lists=frozenset(lists),
                         json_lists=dialect_name == "sqlite")
 
     def __repr__(self) -> str:
@@ -218,11 +228,59 @@ def get(name: str) -> Query:
 
 # -- SQLite's write lock ----------------------------------------------------------------------
 
-_WRITE_LOCKS: dict[str, threading.RLock] = {}
+class WriteLock:
+    """A reentrant lock handed over in arrival order: a thread that releases it and asks again at
+    once (the processor between batches) queues behind a thread already waiting (the inbox
+    writer), so ingest commits are never starved by a busy worker."""
+
+    __slots__ = ("_cond", "_owner", "_depth", "_queue")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._owner: int | None = None
+        self._depth = 0
+        self._queue: deque[int] = deque()
+
+    def acquire(self, blocking: bool = True) -> bool:
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            if self._owner is None and not self._queue:
+                self._owner, self._depth = me, 1
+                return True
+            if not blocking:
+                return False
+            self._queue.append(me)
+            while self._owner is not None or self._queue[0] != me:
+                self._cond.wait()
+            self._queue.popleft()
+            self._owner, self._depth = me, 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("release of a write lock this thread does not hold")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                if self._queue:
+                    self._cond.notify_all()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+_WRITE_LOCKS: dict[str, WriteLock] = {}
 _LOCKS_GUARD = threading.Lock()
 
 
-def sqlite_write_lock(engine: Engine | Connection) -> threading.RLock | None:
+def sqlite_write_lock(engine: Engine | Connection) -> WriteLock | None:
     """The process's write lock for this SQLite database (``None`` on PostgreSQL).
 
     SQLite has one write lock; a writer that finds it taken sleeps in SQLite's busy handler for
@@ -235,7 +293,7 @@ def sqlite_write_lock(engine: Engine | Connection) -> threading.RLock | None:
     lock = _WRITE_LOCKS.get(key)
     if lock is None:
         with _LOCKS_GUARD:
-            lock = _WRITE_LOCKS.setdefault(key, threading.RLock())
+            lock = _WRITE_LOCKS.setdefault(key, WriteLock())
     return lock
 
 
@@ -265,8 +323,9 @@ class UnitOfWork:
     sqlite: bool = field(init=False)
     _cur: Any = field(init=False, default=None)
     _session: Session | None = field(init=False, default=None)
-    _lock: threading.RLock | None = field(init=False, default=None)
+    _lock: WriteLock | None = field(init=False, default=None)
     _sync_before: int = field(init=False, default=0)
+    _joined: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.dialect = self.engine.dialect.name
@@ -337,6 +396,10 @@ class UnitOfWork:
     @contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested transaction: rolled back alone when the block raises (and the error re-raised)."""
+        if self._joined and self._session is not None:
+            with self._session.begin_nested():
+                yield
+            return
         if self._session is not None:
             self._session.flush()
         sp = self.conn.begin_nested()
@@ -361,30 +424,30 @@ class UnitOfWork:
         return self._session
 
     # statements
-    def _exec(self, name: str, params: Mapping[str, Any]) -> Query:
-        q = REGISTRY.get(name) or get(name)
+    def _exec(self, name: str | Query, /, params: Mapping[str, Any]) -> Query:
+        q = name if isinstance(name, Query) else REGISTRY.get(name) or get(name)
         c = q.compiled_for(self.dialect)
-        if self._session is not None and (self._session.new or self._session._is_clean() is False):
+        if self._session is not None:
             self._session.flush()
         self._cur.execute(c.sql, c.params(params) if c.order else ())
         return q
 
-    def run(self, name: str, **params: Any) -> int:
+    def run(self, name: str | Query, /, **params: Any) -> int:
         """Execute; return the number of rows changed."""
         self._exec(name, params)
         return int(self._cur.rowcount or 0)
 
-    def many(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    def many(self, name: str | Query, /, rows: Sequence[Mapping[str, Any]]) -> None:
         """Execute once per parameter set (``executemany``; one batch on psycopg)."""
         if not rows:
             return
-        q = REGISTRY.get(name) or get(name)
+        q = name if isinstance(name, Query) else REGISTRY.get(name) or get(name)
         c = q.compiled_for(self.dialect)
         if self._session is not None:
             self._session.flush()
         self._cur.executemany(c.sql, [c.params(r) for r in rows])
 
-    def one(self, name: str, **params: Any) -> Any:
+    def one(self, name: str | Query, /, **params: Any) -> Any:
         """The first row (as the query's row type), or ``None``."""
         q = self._exec(name, params)
         row = self._cur.fetchone()
@@ -392,13 +455,13 @@ class UnitOfWork:
             return None
         return q._make(row) if q._make is not None else tuple(row)
 
-    def all(self, name: str, **params: Any) -> list[Any]:
+    def all(self, name: str | Query, /, **params: Any) -> list[Any]:
         q = self._exec(name, params)
         rows = self._cur.fetchall()
         make = q._make
         return [make(r) for r in rows] if make is not None else [tuple(r) for r in rows]
 
-    def scalar(self, name: str, **params: Any) -> Any:
+    def scalar(self, name: str | Query, /, **params: Any) -> Any:
         """The first column of the first row, or ``None``."""
         self._exec(name, params)
         row = self._cur.fetchone()
@@ -407,6 +470,18 @@ class UnitOfWork:
     def driver_sql(self, sql: str) -> None:
         """Run fixed driver SQL (PRAGMAs and the like) -- storage modules only."""
         self._cur.execute(sql)
+
+
+def joined(session: Session) -> UnitOfWork:
+    """A unit of work on ``session``'s connection and transaction, for code that owns a session
+    (the session's owner commits; no lock is taken here)."""
+    bind = session.get_bind()
+    u = UnitOfWork(bind.engine if isinstance(bind, Connection) else bind)
+    u.conn = session.connection()
+    u._cur = u.conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    u._session = session
+    u._joined = True
+    return u
 
 
 @contextmanager

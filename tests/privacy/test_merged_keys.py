@@ -19,6 +19,7 @@ from middleware.config.destinations import Destination
 from middleware.delivery.gate import send_time_blocks
 from middleware.storage.sql import unit
 from middleware.pipeline.changes import merge_patients
+from middleware.storage.sql import unit
 from middleware.rules.load import RuleSet, load_ruleset
 from middleware.scheduler.runner import Scheduler
 from middleware.storage.db import init_db, make_engine
@@ -79,9 +80,8 @@ def add(engine: Engine, *rows: Any) -> None:
 
 def merge(engine: Engine, surviving: str, retired: str) -> None:
     """What an ADT^A40 does to the store (``pipeline.changes.merge_patients``)."""
-    with Session(engine) as s:
-        merge_patients(s, surviving, retired, NOW)
-        s.commit()
+    with unit(engine, write=True) as u:
+        merge_patients(u, surviving, retired, NOW)
 
 
 def fire_and_gate(engine: Engine, rs: RuleSet) -> tuple[dict[str, tuple[str, str | None]], dict[str, str | None]]:

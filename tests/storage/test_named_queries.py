@@ -250,3 +250,32 @@ def test_sqlite_non_durable_unit_uses_synchronous_normal_and_restores(tmp_path: 
     with unit(engine, write=True) as u:
         assert id(u.conn.connection.driver_connection) == conn_id  # the pooled connection, back at FULL
         assert sync(u) == 2
+
+
+def test_the_write_lock_is_handed_over_in_arrival_order() -> None:
+    """A thread that releases the lock and asks again at once queues behind a waiting thread."""
+    lock = sql.WriteLock()
+    order: list[str] = []
+    waiting = threading.Event()
+
+    def other() -> None:
+        waiting.set()
+        with lock:
+            order.append("other")
+
+    with lock:
+        with lock:  # reentrant
+            t = threading.Thread(target=other)
+            t.start()
+            waiting.wait()
+            while not lock._queue:  # the other thread is queued
+                pass
+    with lock:  # released and asked again at once: the waiting thread goes first
+        order.append("me")
+    t.join()
+    assert order == ["other", "me"]
+    assert lock.acquire(blocking=False) and lock.acquire(blocking=False)
+    lock.release()
+    lock.release()
+    with pytest.raises(RuntimeError):
+        lock.release()
