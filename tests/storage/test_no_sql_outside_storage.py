@@ -27,15 +27,10 @@ STORAGE = PKG / "storage"
 
 #: module (path relative to the repository) -> why it still holds SQL. Must become empty.
 PENDING: dict[str, str] = {
-    "middleware/pipeline/backfill.py": "processing hot path: moving to storage/ queries (branch i12-core)",
-    "middleware/pipeline/changes.py": "processing hot path: moving to storage/ queries (branch i12-core)",
     "middleware/pipeline/dryrun.py": "processing hot path: moving to storage/ queries (branch i12-core)",
-    "middleware/pipeline/fhir_handler.py": "processing hot path: moving to storage/ queries (branch i12-core)",
     "middleware/pipeline/fhir_state.py": "processing hot path: moving to storage/ queries (branch i12-core)",
-    "middleware/pipeline/process.py": "processing hot path: moving to storage/ queries (branch i12-core)",
     "middleware/pipeline/reconcile.py": "processing hot path: moving to storage/ queries (branch i12-core)",
     "middleware/pipeline/replay.py": "processing hot path: moving to storage/ queries (branch i12-core)",
-    "middleware/scheduler/patientctx.py": "processing hot path: moving to storage/ queries (branch i12-core)",
     "middleware/api/operator.py": "moving to storage/queries/ (branch i12-queries)",
     "middleware/api/privacy.py": "moving to storage/queries/ (branch i12-queries)",
     "middleware/delivery/admin_audit.py": "moving to storage/queries/ (branch i12-queries)",
