@@ -15,27 +15,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+from ..storage.append_only import AppendOnlyError, guard_append_only
 from ..storage.queries import audit as q
 from ..storage.sql import unit
 from ..storage.tables import Disclosure
 
 KEEP_YEARS = 6
-
-class AppendOnlyError(RuntimeError):
-    """Disclosures are append-only: they are never updated or deleted."""
-
-
-def _refuse(*_args: Any) -> None:
-    raise AppendOnlyError(AppendOnlyError.__doc__)
-
-
-def guard_append_only() -> None:
-    """Install (once) ORM hooks that refuse to update or delete a Disclosure."""
-    for name in ("before_update", "before_delete"):
-        if not event.contains(Disclosure, name, _refuse):
-            event.listen(Disclosure, name, _refuse)
+__all__ = ["AppendOnlyError", "KEEP_YEARS", "disclosure_json", "disclosures_for", "guard_append_only", "to_csv"]
 
 
 def _iso(ts: float) -> str:

@@ -33,7 +33,6 @@ PENDING: dict[str, str] = {
     "middleware/pipeline/replay.py": "processing hot path: moving to storage/ queries (branch i12-core)",
     "middleware/api/operator.py": "moving to storage/queries/ (branch i12-queries)",
     "middleware/api/privacy.py": "moving to storage/queries/ (branch i12-queries)",
-    "middleware/delivery/admin_audit.py": "moving to storage/queries/ (branch i12-queries)",
 }
 
 # -- what counts as SQL text ---------------------------------------------------------------

@@ -240,3 +240,19 @@ def test_kv_reads_and_writes_and_last_received(engine: Engine) -> None:
         s.commit()
     assert metrics.last_received(engine, channel="fhir", source="s1") == 30.0
     assert metrics.last_received(engine, channel="http", source="s1") is None
+
+
+def test_admin_audit_appends_and_pages(engine: Engine) -> None:
+    from middleware.delivery import admin_audit
+
+    ids = [admin_audit.record(engine, actor=actor, channel="cli", action=action, at=at, target_id=7, detail={"n": at})
+           for actor, action, at in (("ann", "deliveries.replay", 10.0), ("bob", "suppression.add", 20.0),
+                                     ("ann", "suppression.add", 30.0), ("ann", "deliveries.replay", 40.0))]
+    assert ids == sorted(ids) and len(set(ids)) == 4
+    rows, more = admin_audit.query(engine, limit=3)
+    assert [r["id"] for r in rows] == ids[:0:-1] and more == ids[1]
+    rows, more = admin_audit.query(engine, before_id=more)
+    assert [r["id"] for r in rows] == [ids[0]] and more is None
+    rows, _ = admin_audit.query(engine, actor="ann", action="suppression.add")
+    assert [(r["actor"], r["target_id"], r["detail"]) for r in rows] == [("ann", "7", {"n": 30.0})]
+    assert [r["id"] for r in admin_audit.query(engine, since=20.0)[0]] == ids[:0:-1]
