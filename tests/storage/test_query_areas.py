@@ -256,3 +256,40 @@ def test_admin_audit_appends_and_pages(engine: Engine) -> None:
     rows, _ = admin_audit.query(engine, actor="ann", action="suppression.add")
     assert [(r["actor"], r["target_id"], r["detail"]) for r in rows] == [("ann", "7", {"n": 30.0})]
     assert [r["id"] for r in admin_audit.query(engine, since=20.0)[0]] == ids[:0:-1]
+
+
+def test_operator_pages_filters_and_single_rows(engine: Engine) -> None:
+    from middleware.storage.queries import operator as op
+    from middleware.storage.sql import unit
+    from middleware.storage.tables import DeliveryAttempt, EventRow
+
+    with Session(engine) as s:
+        s.add_all([InboundMessage(source=src, channel="mllp", received_at=1.0, raw=raw, sha256="h", status=st)
+                   for src, st, raw in (("a", "failed", b"MSH|1"), ("b", "processed", b"MSH|22"), ("a", "processed", None))])
+        s.add_all([EventRow(type=t, resource_type="Appointment", resource_key="k", patient_key=pk, resource="{}", source="s",
+                            arrival=arr, occurred_at=1.0, created_at=1.0)
+                   for t, pk, arr in (("booked", "p1", "message"), ("noshow", "p1", "reconcile"), ("booked", "p2", "message"))])
+        s.add_all([_trigger(1, "pending", 5.0), _trigger(2, "fired", 6.0)])
+        s.add_all([DeliveryRow(trigger_id=2, destination=d, idempotency_key=f"k{d}", status=st, next_attempt_at=0.0,
+                               created_at=0.0, updated_at=0.0) for d, st in (("d1", "dead"), ("d2", "delivered"))])
+        s.add_all([DeliveryAttempt(delivery_id=1, at=a, outcome="retry", duration_ms=1.234) for a in (1.0, 2.0)])
+        s.commit()
+    with unit(engine) as u:
+        assert [(m.id, m.size) for m in op.messages(u, limit=10, before_id=None, status=None, source=None)] == [
+            (3, 0), (2, 6), (1, 5)]
+        assert [m.id for m in op.messages(u, limit=10, before_id=3, status="processed", source=None)] == [2]
+        assert [m.id for m in op.messages(u, limit=1, before_id=0, status=None, source="a")] == [3]
+        raw = op.message_raw(u, 1)
+        assert raw is not None and bytes(raw.raw or b"") == b"MSH|1" and op.message_raw(u, 99) is None
+        assert [e.id for e in op.events(u, limit=10, before_id=None, type="booked", patient_key=None, arrival=None)] == [3, 1]
+        assert [e.id for e in op.events(u, limit=10, before_id=None, type=None, patient_key="p1", arrival="reconcile")] == [2]
+        assert [t.id for t in op.triggers(u, limit=10, before_id=None, status="pending", rule_id="r", patient_key=None)] == [1]
+        t = op.trigger(u, 2)
+        assert t is not None and t.status == "fired" and op.trigger(u, 3) is None
+        assert [d.id for d in op.deliveries(u, limit=10, before_id=None, status=None, destination="d1")] == [1]
+        assert [a.at for a in op.attempts_of(u, [1, 2])] == [1.0, 2.0]
+    with unit(engine, write=True) as u:
+        assert op.requeue_message(u, 1) is True and op.requeue_message(u, 99) is False
+    with Session(engine) as s:
+        m = s.get(InboundMessage, 1)
+        assert m is not None and (m.status, m.error) == ("received", None)

@@ -3,4 +3,4 @@ registers them all. Each area module also offers small functions that run its st
 unit of work and return frozen, typed records: code outside ``storage/`` writes no SQL."""
 from __future__ import annotations
 
-from . import admin, admin_audit, audit, delivery, ingest, kv, metrics, privacy, retention, scheduler  # noqa: F401
+from . import admin, admin_audit, audit, delivery, ingest, kv, metrics, operator, privacy, retention, scheduler  # noqa: F401
