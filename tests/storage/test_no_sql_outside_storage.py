@@ -31,7 +31,6 @@ PENDING: dict[str, str] = {
     "middleware/pipeline/fhir_state.py": "processing hot path: moving to storage/ queries (branch i12-core)",
     "middleware/pipeline/reconcile.py": "processing hot path: moving to storage/ queries (branch i12-core)",
     "middleware/pipeline/replay.py": "processing hot path: moving to storage/ queries (branch i12-core)",
-    "middleware/api/privacy.py": "moving to storage/queries/ (branch i12-queries)",
 }
 
 # -- what counts as SQL text ---------------------------------------------------------------

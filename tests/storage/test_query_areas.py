@@ -293,3 +293,37 @@ def test_operator_pages_filters_and_single_rows(engine: Engine) -> None:
     with Session(engine) as s:
         m = s.get(InboundMessage, 1)
         assert m is not None and (m.status, m.error) == ("received", None)
+
+
+def test_privacy_records_write_list_and_revoke(engine: Engine) -> None:
+    from middleware.storage.queries import privacy as pq
+    from middleware.storage.sql import unit
+    from middleware.storage.tables import PatientRow
+
+    with Session(engine) as s:
+        s.add(PatientRow(key="urn:mrn|1", fhir_id="pat-1", resource="{}"))
+        s.commit()
+    with unit(engine, write=True) as u:
+        assert pq.patient_by_fhir_id(u, "pat-1") == "urn:mrn|1" and pq.patient_by_fhir_id(u, "nope") is None
+        c1 = pq.put_consent(u, patient_key="urn:mrn|1", fhir_id="c-1", status="active", resource='{"a":1}', now=10.0)
+        c2 = pq.put_consent(u, patient_key="urn:mrn|1", fhir_id="c-1", status="inactive", resource='{"a":2}', now=20.0)
+        c3 = pq.put_consent(u, patient_key="urn:mrn|1", fhir_id=None, status="active", resource="{}", now=30.0)
+        assert c2.id == c1.id != c3.id and (c2.status, c2.resource, c2.received_at, c2.source) == ("inactive", '{"a":2}', 10.0, "api")
+        s1 = pq.add_suppression(u, patient_key="p", destination=None, purpose=None, reason="STOP", source="sms-stop",
+                                created_at=1.0)
+        s2 = pq.add_suppression(u, patient_key="q", destination="d", purpose="marketing", reason="x", source="operator",
+                                created_at=2.0)
+        a1 = pq.add_authorization(u, patient_key="p", purpose="marketing", reference="form", granted_at=3.0)
+    with unit(engine, write=True) as u:
+        assert [c.id for c in pq.consents_of(u, "urn:mrn|1")] == [c1.id, c3.id]
+        assert [r.id for r in pq.suppressions(u, patient_key=None, active=True, limit=10)] == [s2.id, s1.id]
+        revoked = pq.revoke_suppression(u, s1.id, 50.0)
+        assert revoked is not None and revoked.revoked_at == 50.0
+        again = pq.revoke_suppression(u, s1.id, 60.0)
+        assert again is not None and again.revoked_at == 50.0  # idempotent: the first revocation stands
+        assert pq.revoke_suppression(u, 999, 60.0) is None
+        assert [r.id for r in pq.suppressions(u, patient_key=None, active=True, limit=10)] == [s2.id]
+        assert [r.id for r in pq.suppressions(u, patient_key="p", active=False, limit=10)] == [s1.id]
+        assert [a.reference for a in pq.authorizations_of(u, "p")] == ["form"]
+        ra = pq.revoke_authorization(u, a1.id, 70.0)
+        assert ra is not None and ra.revoked_at == 70.0 and pq.revoke_authorization(u, 999, 1.0) is None
