@@ -386,6 +386,15 @@ def purge_seconds(db: Path) -> float:
 
 # -- the query plans ---------------------------------------------------------------------------
 
+def named(where: str, name: str, **params: Any) -> tuple[str, str, tuple[Any, ...]]:
+    """(where, SQL text, parameters) of the registry's query ``name`` as it runs on SQLite."""
+    import middleware.storage.queries  # noqa: F401  (registers every named query)
+    from middleware.storage.sql import get
+
+    c = get(name).compiled_for("sqlite")
+    return where, c.sql, c.params(params)
+
+
 PK = "urn:oid:2.16.840.1.113883.3.9999.1|MRNG00000042"
 PKS = (PK, PK[:-1] + "3", PK[:-1] + "4")
 RK = "Appointment/a-0000000000000042"
@@ -430,69 +439,36 @@ QUERIES: list[tuple[str, str, tuple[Any, ...]]] = [
     ("scheduler/patientctx.py hospice_for",
      "SELECT resource FROM resource_state WHERE patient_key = ? AND resource_type IN ('Encounter', 'CarePlan') AND deleted = ?",
      (PK, False)),
-    ("scheduler/runner.py next due (min due_at)", "SELECT min(\"trigger\".due_at) AS min_1 FROM \"trigger\" WHERE"
-     " \"trigger\".status = ?", ("pending",)),
-    ("scheduler/runner.py _CLAIM",
-     "SELECT \"trigger\".id, \"trigger\".rule_id, \"trigger\".name, \"trigger\".purpose, \"trigger\".destinations,"
-     " \"trigger\".patient_key, \"trigger\".resource_key, \"trigger\".resource_version, \"trigger\".dedup_key,"
-     " \"trigger\".message_kind FROM \"trigger\" WHERE \"trigger\".status = ? AND \"trigger\".due_at <= ?"
-     " ORDER BY \"trigger\".due_at LIMIT ? OFFSET ?", ("pending", 0.0, 500, 0)),
-    ("scheduler/runner.py _OPT_OUTS",
-     "SELECT suppression.patient_key, suppression.purpose, suppression.reason FROM suppression WHERE"
-     " suppression.patient_key IN (?, ?, ?) AND suppression.revoked_at IS NULL AND suppression.destination IS NULL"
-     " ORDER BY suppression.id", PKS),
-    ("scheduler/runner.py _AUTHORIZED",
-     "SELECT DISTINCT authorization.patient_key FROM authorization WHERE authorization.patient_key IN (?, ?, ?)"
-     " AND authorization.purpose = ? AND authorization.revoked_at IS NULL", PKS + ("marketing",)),
-    ("scheduler/runner.py _FIRED_COUNTS (caps)",
-     "SELECT \"trigger\".patient_key, \"trigger\".rule_id, \"trigger\".message_kind, sum(CASE WHEN"
-     " (\"trigger\".fired_at >= ?) THEN ? ELSE ? END) AS sum_1, count(*) AS count_1 FROM \"trigger\" WHERE"
-     " \"trigger\".patient_key IN (?, ?, ?) AND \"trigger\".status = ? AND \"trigger\".fired_at >= ?"
-     " GROUP BY \"trigger\".patient_key, \"trigger\".rule_id, \"trigger\".message_kind",
-     (0.0, 1, 0) + PKS + ("fired", 0.0)),
-    ("scheduler/runner.py _MARK_FIRED",
-     "UPDATE \"trigger\" SET status=?, updated_at=?, fired_at=? WHERE \"trigger\".id = ?", ("fired", 0.0, 0.0, 42)),
-    ("scheduler/patientctx.py _PATIENTS",
-     "SELECT patient.\"key\", patient.resource FROM patient WHERE patient.\"key\" IN (?, ?, ?)", PKS),
-    ("scheduler/patientctx.py _CARE",
-     "SELECT resource_state.patient_key, resource_state.resource FROM resource_state WHERE resource_state.patient_key"
-     " IN (?, ?, ?) AND resource_state.resource_type IN (?, ?) AND resource_state.deleted = 0",
-     PKS + ("Encounter", "CarePlan")),
-    ("delivery/worker.py _claim: due pending rows",
-     "SELECT delivery.id, delivery.trigger_id, delivery.destination, delivery.idempotency_key, delivery.status,"
-     " delivery.attempts, delivery.next_attempt_at FROM delivery WHERE delivery.status = ? AND"
-     " delivery.next_attempt_at <= ? ORDER BY delivery.next_attempt_at LIMIT ? OFFSET ?", ("pending", 0.0, 200, 0)),
-    ("delivery/worker.py _claim: expired leases",
-     "SELECT delivery.id, delivery.trigger_id, delivery.destination, delivery.idempotency_key, delivery.status,"
-     " delivery.attempts, delivery.next_attempt_at FROM delivery WHERE delivery.status = ? AND"
-     " delivery.locked_until < ? ORDER BY delivery.next_attempt_at LIMIT ? OFFSET ?", ("sending", 0.0, 200, 0)),
-    ("delivery/worker.py _claim: due pending rows (a destination blocked)",
-     "SELECT delivery.id, delivery.trigger_id, delivery.destination, delivery.idempotency_key, delivery.status,"
-     " delivery.attempts, delivery.next_attempt_at FROM delivery WHERE delivery.status = ? AND"
-     " delivery.next_attempt_at <= ? AND (delivery.destination NOT IN (?)) ORDER BY delivery.next_attempt_at"
-     " LIMIT ? OFFSET ?", ("pending", 0.0, "x", 200, 0)),
-    ("delivery/worker.py lease update",
-     "UPDATE delivery SET status=?, attempts=(delivery.attempts + ?), updated_at=?, locked_until=?, locked_by=?"
-     " WHERE delivery.id IN (?, ?)", ("sending", 1, 0.0, 0.0, "h", 1, 2)),
-    ("delivery/worker.py _claim triggers by id",
-     "SELECT \"trigger\".id, \"trigger\".payload FROM \"trigger\" WHERE \"trigger\".id IN (?, ?)", (1, 2)),
-    ("delivery/worker.py _release_dead_owners",
-     "SELECT DISTINCT delivery.locked_by FROM delivery WHERE delivery.status = ? AND delivery.locked_until >= ?"
-     " AND (delivery.locked_by LIKE ? || '%')", ("sending", 0.0, "vm:")),
-    ("delivery/gate.py send_time_blocks (merged keys)",
-     "SELECT patient.key, patient.merged_into FROM patient WHERE patient.merged_into IN (?)", (PK,)),
+    # the scheduler's, the delivery worker's, the send-time gate's and retention's statements are the
+    # registry's (storage/queries/), compiled for SQLite as the code runs them
+    named("scheduler/runner.py next due (min due_at)", "scheduler.next_due"),
+    named("scheduler/runner.py claim", "scheduler.claim", now=0.0, limit=500),
+    named("storage/privacy.py opt-outs (fire and send time)", "privacy.active_suppressions", pks=list(PKS)),
+    named("storage/privacy.py marketing authorizations", "privacy.marketing_authorized", pks=list(PKS)),
+    named("storage/privacy.py consents", "privacy.active_consents", pks=list(PKS)),
+    named("storage/privacy.py merges touching the batch", "privacy.merges_touching", pks=list(PKS)),
+    named("scheduler/runner.py fired counts (caps)", "scheduler.fired_counts", pks=list(PKS), day_from=0.0,
+          week_from=0.0),
+    named("scheduler/runner.py mark fired", "scheduler.mark_fired", t_id=42, t_now=0.0),
+    named("scheduler/patientctx.py patients (deceased)", "privacy.patient_resources", pks=list(PKS)),
+    named("scheduler/patientctx.py Encounters and CarePlans (hospice)", "privacy.care_resources", pks=list(PKS),
+          care_types=["Encounter", "CarePlan"]),
+    named("delivery/worker.py claim: due pending rows", "delivery.claim_due", now=0.0, blocked=[], limit=200),
+    named("delivery/worker.py claim: expired leases", "delivery.claim_expired", now=0.0, blocked=[], limit=200),
+    named("delivery/worker.py claim: due pending rows (a destination blocked)", "delivery.claim_due", now=0.0,
+          blocked=["x"], limit=200),
+    named("delivery/worker.py lease update", "delivery.lease", ids=[1, 2], now=0.0, until=0.0, owner="h"),
+    named("delivery/worker.py triggers by id", "delivery.triggers_of", ids=[1, 2]),
+    named("delivery/worker.py dead owners on this host", "delivery.lease_owners_on_host", host="vm:", now=0.0),
+    named("delivery/worker.py record: rows by id", "delivery.to_record", ids=[1, 2]),
+    named("delivery/worker.py record: delivered", "delivery.set_delivered", p_id=1, p_code=200, p_now=0.0),
     # retention picks a chunk of ids in the window since the last run, then updates those ids
-    ("delivery/retention.py purge chunk: inbound_message (window since the last run, 2,000 rows per transaction)",
-     "SELECT id, received_at FROM inbound_message WHERE received_at >= ? AND received_at < ? AND status <> 'received'"
-     " AND raw IS NOT NULL ORDER BY received_at LIMIT 2000", (0.0, 1.0)),
-    ("delivery/retention.py purge chunk: event",
-     "SELECT id, created_at FROM event WHERE created_at >= ? AND created_at < ? AND resource <> '{}'"
-     " ORDER BY created_at LIMIT 2000", (0.0, 1.0)),
-    ("delivery/retention.py purge chunk: trigger",
-     "SELECT id, updated_at FROM \"trigger\" WHERE updated_at >= ? AND updated_at < ? AND status <> 'pending'"
-     " AND payload <> '{}' AND NOT EXISTS (SELECT 1 FROM delivery d WHERE d.trigger_id = \"trigger\".id AND"
-     " d.status IN ('pending', 'sending')) ORDER BY updated_at LIMIT 2000", (0.0, 1.0)),
-    ("delivery/retention.py purge chunk: update by id", "UPDATE event SET resource = '{}' WHERE id IN (?, ?)", (1, 2)),
+    named("delivery/retention.py purge chunk: inbound_message (window since the last run, 2,000 rows per transaction)",
+          "retention.pick_inbound", lo=0.0, cutoff=1.0, limit=2000),
+    named("delivery/retention.py purge chunk: event", "retention.pick_events", lo=0.0, cutoff=1.0, limit=2000),
+    named("delivery/retention.py purge chunk: trigger", "retention.pick_triggers", lo=0.0, cutoff=1.0, limit=2000,
+          busy=["pending", "sending"]),
+    named("delivery/retention.py purge chunk: update by id", "retention.purge_events", ids=[1, 2]),
 ]
 
 
@@ -505,7 +481,8 @@ def explain(db: Path) -> list[tuple[str, str, str]]:
             print(f"\n{where}\n  {sql}")
             for row in con.execute("EXPLAIN QUERY PLAN " + sql, params):
                 detail = row[-1]
-                flag = "   <-- FULL SCAN" if detail.startswith("SCAN") else ""
+                # a list bound as one parameter is read through json_each: a scan of the list, not of a table
+                flag = "   <-- FULL SCAN" if detail.startswith("SCAN") and not detail.startswith("SCAN json_each") else ""
                 print(f"    {detail}{flag}")
                 if flag:
                     scans.append((where, sql, detail))
