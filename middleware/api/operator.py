@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from ..delivery.worker import replay
 from ..storage.queries import operator as q
 from ..storage.sql import unit
-from ..storage.statuses import InboundStatus
+from ..storage.statuses import DeliveryStatus, InboundStatus
 from .deps import TokenDep, audited
 
 router = APIRouter(dependencies=[TokenDep])
@@ -118,7 +118,7 @@ def deliveries(request: Request, status: str | None = None, destination: str | N
 
 
 @router.post("/api/deliveries/replay")
-def deliveries_replay(request: Request, delivery_id: int | None = None, destination: str | None = None, status: str = "dead",
+def deliveries_replay(request: Request, delivery_id: int | None = None, destination: str | None = None, status: str = DeliveryStatus.DEAD,
                       rule_id: str | None = None, reason_contains: str | None = None) -> dict[str, Any]:
     """Replay one delivery (``delivery_id``), a filter (status, rule, reason text) or a whole destination."""
     target = ("delivery", delivery_id) if delivery_id is not None else ("destination", destination)

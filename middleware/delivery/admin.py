@@ -49,7 +49,7 @@ def list_deliveries(engine: Engine, *, status: str | None = None, destination: s
     return out
 
 
-def replay(engine: Engine, *, delivery_id: int | None = None, destination: str | None = None, status: str = "dead",
+def replay(engine: Engine, *, delivery_id: int | None = None, destination: str | None = None, status: str = DeliveryStatus.DEAD,
            rule_id: str | None = None, reason_contains: str | None = None, now: float | None = None) -> int:
     """Put matching deliveries back to pending; return how many. Raises ValueError for a non-replayable status."""
     if status not in REPLAYABLE:

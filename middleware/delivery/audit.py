@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 from ..storage.append_only import AppendOnlyError, guard_append_only
 from ..storage.queries import audit as q
 from ..storage.sql import unit
+from ..storage.statuses import DisclosureOutcome
 from ..storage.tables import Disclosure
 
 KEEP_YEARS = 6
@@ -35,7 +36,7 @@ def disclosure_json(d: q.DisclosureRecord | Disclosure) -> dict[str, Any]:
         "id": d.id, "sent_at": _iso(d.sent_at), "patient_key": d.patient_key, "destination": d.destination,
         "fields": orjson.loads(d.fields), "body_sha256": d.body_sha256, "body_bytes": d.body_bytes,
         "request": d.request_target, "purpose": d.purpose, "rule_id": d.rule_id, "ruleset_version": d.ruleset_version,
-        "delivery_id": d.delivery_id, "trigger_id": d.trigger_id, "attempt": d.attempt, "outcome": d.outcome or "delivered",
+        "delivery_id": d.delivery_id, "trigger_id": d.trigger_id, "attempt": d.attempt, "outcome": d.outcome or DisclosureOutcome.DELIVERED,
     }
 
 

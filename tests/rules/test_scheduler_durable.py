@@ -34,10 +34,15 @@ def test_ten_thousand_due_triggers_fire_in_batches_without_loading_all(tmp_path)
     seed(engine, N, now.timestamp() - 3600)
     batches: list[str] = []
 
-    @event.listens_for(engine, "before_cursor_execute")
-    def spy(conn, cursor, statement, params, context, executemany):  # noqa: ANN001
+    def spy(statement: str) -> None:  # every statement SQLite runs (named queries run on the raw cursor)
         if statement.lstrip().upper().startswith("SELECT") and 'FROM "trigger"' in statement and "ORDER BY" in statement:
             batches.append(statement)
+
+    @event.listens_for(engine, "connect")
+    def trace(dbapi_conn, _rec):  # noqa: ANN001
+        dbapi_conn.set_trace_callback(spy)
+
+    engine.dispose()  # new connections, each traced
 
     first = Scheduler(engine, lambda: rs, clock=lambda: now, batch=500)
     handled = [first.fire_due() for _ in range(8)]  # ... then the process "restarts"
