@@ -11,6 +11,9 @@ disclosure rows). Prints wall and CPU milliseconds per message for each stage: t
 CPU one message costs end to end, and 1000 / sum is the most one core can carry. With
 ``--profile process|schedule|deliver`` prints a cProfile of that stage (the source of the
 profiles in docs/benchmarks.md).
+
+With ``--roundtrips`` a first, untimed run counts per message and stage what each stage asks of
+the database (``bench/roundtrips.py``): statements, and on PostgreSQL round trips.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from common import machine  # noqa: E402
 from pipeline import fresh_postgres, message  # noqa: E402
 
 
-def one_run(args: argparse.Namespace, run: int) -> dict[str, tuple[float, float]]:
+def one_run(args: argparse.Namespace, run: int, count: bool = False) -> dict[str, tuple[float, float]]:
     from middleware.cli.sink import DEV_WEBHOOK_SECRET
     from middleware.delivery.sink import SinkServer
     from middleware.service import Runtime
@@ -58,6 +61,11 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, tuple[float, float]
         if db.startswith("postgres"):
             db = fresh_postgres(db, run)
         rt = Runtime(Settings(mappings_dir=str(maps), database_url=db))
+        counter = None
+        if count:
+            from roundtrips import Counter
+
+            counter = Counter(rt.engine)
         if run == 1:
             print(f"storage: {db.split('@')[-1]} {synchronous_setting(rt.engine)}", flush=True)
 
@@ -75,6 +83,7 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, tuple[float, float]
 
         asyncio.run(store())
         rt.loop = None
+        counts = {"ingest": counter.take()} if counter else {}
 
         def fire() -> int:
             n = 0
@@ -102,11 +111,19 @@ def one_run(args: argparse.Namespace, run: int) -> dict[str, tuple[float, float]
                 prof.disable()
                 pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
             out[name] = (wall * 1000 / max(n, 1), cpu * 1000 / max(n, 1))
+            if counter:
+                counts[name] = counter.take()
         got = len([r for r in sink.received() if r["type"] == "appointment_reminder"])
         if got != args.messages:
             print(f"run {run}: only {got}/{args.messages} webhooks received", flush=True)
         rt.engine.dispose()
     shutil.rmtree(work, ignore_errors=True)
+    if counter:
+        per = args.messages
+        print("per message: " + ", ".join(
+            f"{k} {c.statements / per:.1f} statements" + (f" / {c.round_trips / per:.1f} round trips" if counter.pg else "")
+            for k, c in counts.items()), flush=True)
+        return out
     print(f"run {run}: " + ", ".join(f"{k} {w:.2f} ms wall / {c:.2f} ms CPU" for k, (w, c) in out.items()), flush=True)
     return out
 
@@ -117,9 +134,12 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--database-url", default="", help="default: a fresh SQLite file; postgresql://...: a fresh database there")
     ap.add_argument("--profile", choices=["process", "schedule", "deliver"], default=None)
+    ap.add_argument("--roundtrips", action="store_true", help="first count statements and round trips in an untimed run")
     args = ap.parse_args()
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}; {args.messages} SIU^S12 per run, shipped rules; "
           "CPU is process time (includes the receiver thread during delivery)", flush=True)
+    if args.roundtrips:
+        one_run(args, 0, count=True)
     runs = [one_run(args, r + 1) for r in range(args.runs)]
     total_cpu = []
     for name in runs[0]:

@@ -14,12 +14,12 @@ from typing import Any
 import orjson
 from ..model import ClinicalEvent, ResourceChange
 from ..normalize.events import derive
-from ..rules.evaluate import Decision, cancellations, evaluate
+from ..rules.evaluate import Cancellation, Decision, cancellations, evaluate
 from ..rules.load import RuleSet
-from ..scheduler.patientctx import hospice_for
+from ..scheduler.patientctx import hospice_from, hospice_query
 from ..storage.queries import ingest as q
 from ..storage.queries.ingest import EventRecord, StateRecord
-from ..storage.sql import UnitOfWork
+from ..storage.sql import Query, UnitOfWork
 from ..storage.statuses import TriggerStatus
 from ..storage.tables import EventRow
 
@@ -41,12 +41,16 @@ class ChangeResult:
     key: str | None = None  # the stored key of the changed resource (``resolve_key``)
 
 
-def _patient_row(u: UnitOfWork, key: str | None) -> tuple[str | None, str | None]:
-    """(surviving key after merges, its stored resource JSON or None) in one read per hop."""
+def _patient_row(u: UnitOfWork, key: str | None, first: list[q.PatientLink] | None = None) -> tuple[str | None, str | None]:
+    """(surviving key after merges, its stored resource JSON or None) in one read per hop
+    (``first``: the first hop's rows, already read)."""
     seen = set()
     while key and key not in seen:
         seen.add(key)
-        row: q.PatientLink | None = u.one(q.PATIENT_LINK, key=key)
+        if first is not None:
+            row, first = (first[0] if first else None), None
+        else:
+            row = u.one(q.PATIENT_LINK, key=key)
         if row is None:
             return key, None
         if not row.merged_into:
@@ -62,7 +66,7 @@ def resolve_patient_key(u: UnitOfWork, key: str | None) -> str | None:
 
 def upsert_patient(u: UnitOfWork, key: str, resource: dict[str, Any], occurred_at: float, now: float) -> None:
     """Store the patient unless a later version is already held (one statement)."""
-    u.run(q.PATIENT_UPSERT, key=key, fhir_id=str(resource.get("id", "")), resource=dumps(resource), now=now,
+    u.send(q.PATIENT_UPSERT, key=key, fhir_id=str(resource.get("id", "")), resource=dumps(resource), now=now,
           occurred_at=occurred_at, new_fhir_id=str(resource["id"]) if "id" in resource else None)
 
 
@@ -97,16 +101,19 @@ def lookup_identity(u: UnitOfWork, identifier: str) -> str | None:
 
 def remember_identity(u: UnitOfWork, identifier: str, key: str) -> None:
     """Record ``identifier -> key`` unless the identifier is already known (the first key wins)."""
-    u.run(q.IDENTITY_REMEMBER, identifier=identifier, key=key)
+    u.send(q.IDENTITY_REMEMBER, identifier=identifier, key=key)
 
 
 def resolve_key(u: UnitOfWork, resource: dict[str, Any]) -> str:
     """The stored key of this resource: an earlier key sharing a business identifier wins."""
+    return _resolve(u, resource, _identifiers(resource), None)
+
+
+def _resolve(u: UnitOfWork, resource: dict[str, Any], idents: list[str], known: list[q.Identity] | None) -> str:
     own = f"{resource['resourceType']}/{resource.get('id')}"
-    idents = _identifiers(resource)
     if not idents:
         return own
-    found = dict(u.all(q.IDENTITY_ANY, identifiers=idents))
+    found = dict(known if known is not None else u.all(q.IDENTITY_ANY, identifiers=idents))
     key = next((found[i] for i in idents if i in found), own)
     u.many(q.IDENTITY_ADD, [{"identifier": i, "key": key} for i in dict.fromkeys(idents) if i not in found])
     return key
@@ -121,7 +128,7 @@ def load_state(u: UnitOfWork, key: str) -> StateRecord | None:
 
 
 def save_state(u: UnitOfWork, st: StateRecord, new: bool) -> None:
-    u.run(q.STATE_INSERT if new else q.STATE_UPDATE, **st._asdict())
+    u.send(q.STATE_INSERT if new else q.STATE_UPDATE, **st._asdict())
 
 
 def apply_change(
@@ -139,8 +146,19 @@ def apply_change(
     res = ChangeResult()
     resource = dict(change.resource)
     rtype = resource["resourceType"]
-    key = res.key = resolve_key(u, resource)
-    state = load_state(u, key)
+    # the identity, the state under the resource's own key and the patient, read together
+    # (one round trip in pipeline mode); the state is read again when an identifier maps elsewhere
+    own = f"{rtype}/{resource.get('id')}"
+    idents = _identifiers(resource)
+    calls: list[tuple[Query, dict[str, Any]]] = [(q.STATE_GET, {"key": own})]
+    if idents:
+        calls.append((q.IDENTITY_ANY, {"identifiers": idents}))
+    if change.patient_key:
+        calls.append((q.PATIENT_LINK, {"key": change.patient_key}))
+    got = u.fetch(*calls)
+    key = res.key = _resolve(u, resource, idents, got[1] if idents else None)
+    state = (got[0][0] if got[0] else None) if key == own else load_state(u, key)
+    first_link = got[-1] if change.patient_key else None
     prev = orjson.loads(state.resource) if state is not None and not state.deleted else None
     occurred = change.occurred_at.timestamp()
     nowts = now.timestamp()
@@ -160,7 +178,7 @@ def apply_change(
     if keep_status and prev is not None and prev.get("status"):
         resource["status"] = prev["status"]
     events = derive(resource, prev, deleted=change.deleted)
-    patient_key, patient_json = _patient_row(u, change.patient_key)
+    patient_key, patient_json = _patient_row(u, change.patient_key, first_link)
     is_new = state is None
     if state is None:
         state = StateRecord(key=key, resource_type=rtype, patient_key=None, status=None, version=None, last_updated=None,
@@ -222,9 +240,15 @@ def on_event(
     never touches triggers it did not create).
     """
     nowts = now.timestamp()
-    if ev.arrival != "backfill":
-        _cancel(u, ev, row, rs, now, patient, result, cancel_only_ids, nth)
-    hospice = hospice_for(u, ev.patient_key, rs)
+    wanted = cancellations(ev, rs, patient, now, nth) if ev.arrival != "backfill" else []
+    calls = [_pending_call(c, nowts) for c in wanted]
+    hospice_call = hospice_query(ev.patient_key, rs)
+    if hospice_call is not None:
+        calls.append(hospice_call)
+    got = u.fetch(*calls) if calls else []  # one round trip in pipeline mode
+    if wanted:
+        _cancel(u, row, now, result, cancel_only_ids, list(zip(wanted, got)))
+    hospice = hospice_from(got[-1], rs) if hospice_call is not None else None
     decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
     result.decisions.append((ev, decisions))
     for d in decisions:
@@ -238,16 +262,20 @@ def on_event(
 _EVER = float("-inf")  # "created at any time"
 
 
-def _cancel(u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, rs: RuleSet, now: datetime,
-            patient: dict[str, Any] | None, result: ChangeResult, only_ids: set[int] | None, nth: int | None = None) -> None:
+def _pending_call(c: Cancellation, nowts: float) -> tuple[Query, dict[str, Any]]:
+    """The read of the pending triggers cancellation ``c`` may cancel."""
+    return (q.PENDING_FOR_PATIENT if c.same == "patient" else q.PENDING_FOR_RESOURCE,
+            {"rule_id": c.rule_id, "key": c.key, "since": nowts - c.within_s if c.within_s else _EVER})
+
+
+def _cancel(u: UnitOfWork, row: EventRow | EventRecord, now: datetime, result: ChangeResult, only_ids: set[int] | None,
+            pending: list[tuple[Cancellation, list[q.PendingTrigger]]]) -> None:
     """Cancel pending triggers at once (visible in /api/triggers before their due time)."""
     nowts = now.timestamp()
     origins: dict[int, dict[str, Any]] = {}
-    for c in cancellations(ev, rs, patient, now, nth):
-        pending = q.PENDING_FOR_PATIENT if c.same == "patient" else q.PENDING_FOR_RESOURCE
-        since = nowts - c.within_s if c.within_s else _EVER
+    for c, rows in pending:
         hits = []
-        for t in u.all(pending, rule_id=c.rule_id, key=c.key, since=since):
+        for t in rows:
             if only_ids is not None and t.id not in only_ids:
                 continue
             if c.condition is not None:
@@ -268,20 +296,27 @@ def _record_trigger(
     """Insert the decision as a trigger row (or move the pending one it replaces); return its id."""
     status, reason = d.status or TriggerStatus.PENDING, d.reason
     due = d.due_at.timestamp() if d.due_at else nowts
-    if status in (TriggerStatus.PENDING, TriggerStatus.SKIPPED) and ev.resource_key:
-        existing: q.SameRuleTrigger | None = u.one(q.SAME_RULE_PENDING, rule_id=d.rule_id, resource_key=ev.resource_key)
+    look_same = status in (TriggerStatus.PENDING, TriggerStatus.SKIPPED) and bool(ev.resource_key)
+    look_dup = status == TriggerStatus.PENDING and bool(d.dedup_key and d.dedup_window_s)
+    calls: list[tuple[Query, dict[str, Any]]] = []
+    if look_same:
+        calls.append((q.SAME_RULE_PENDING, {"rule_id": d.rule_id, "resource_key": ev.resource_key}))
+    if look_dup:
+        calls.append((q.TRIGGER_DUPLICATE, {"dedup_key": d.dedup_key, "since": nowts - (d.dedup_window_s or 0)}))
+    got = u.fetch(*calls) if calls else []  # both reads in one round trip in pipeline mode
+    if look_same:
+        same: list[q.SameRuleTrigger] = got[0]
+        existing = same[0] if same else None
         if existing is not None and existing.dedup_key == d.dedup_key and existing.event_id != row.id:
             if status == TriggerStatus.SKIPPED:  # the new time is past or too late: the old reminder must not go out either
-                u.run(q.TRIGGER_SKIP, reason=f"{ev.type} (event {row.id}) moved it: {reason}", now=nowts, id=existing.id)
+                u.send(q.TRIGGER_SKIP, reason=f"{ev.type} (event {row.id}) moved it: {reason}", now=nowts, id=existing.id)
             else:
-                u.run(q.TRIGGER_MOVE, due_at=due, payload=dumps(d.payload), now=nowts, id=existing.id,
+                u.send(q.TRIGGER_MOVE, due_at=due, payload=dumps(d.payload), now=nowts, id=existing.id,
                       reason=f"moved by {ev.type} (event {row.id}) to {d.due_at.isoformat() if d.due_at else 'now'}")
             result.due_now = result.due_now or (status != TriggerStatus.SKIPPED and due <= nowts)
             return int(existing.id)
-    if status == TriggerStatus.PENDING and d.dedup_key and d.dedup_window_s:
-        dup = u.scalar(q.TRIGGER_DUPLICATE, dedup_key=d.dedup_key, since=nowts - d.dedup_window_s)
-        if dup is not None:
-            status, reason = TriggerStatus.SKIPPED, f"duplicate of trigger {dup} within the dedup window"
+    if look_dup and got[-1]:
+        status, reason = TriggerStatus.SKIPPED, f"duplicate of trigger {got[-1][0][0]} within the dedup window"
     origin = f"{d.rule_id}|event:{row.id}"
     version = str(((ev.resource.get("meta") or {}).get("versionId")) or row.id)
     tid: int | None = u.scalar(

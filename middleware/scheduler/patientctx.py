@@ -15,16 +15,26 @@ from ..rules.load import RuleSet
 from ..rules.suppress import hospice_reason, is_deceased
 from ..storage.privacy import chunks, statements
 from ..storage.queries.ingest import CARE_RESOURCES
-from ..storage.sql import UnitOfWork
+from ..storage.sql import Query, UnitOfWork
 
 
 def hospice_for(u: UnitOfWork, patient_key: str | None, rs: RuleSet) -> str | None:
     """Why the patient is in hospice care according to the stored resources, or None."""
+    call = hospice_query(patient_key, rs)
+    return hospice_from(u.all(call[0], **call[1]), rs) if call is not None else None
+
+
+def hospice_query(patient_key: str | None, rs: RuleSet) -> tuple[Query, dict[str, Any]] | None:
+    """The read :func:`hospice_for` makes (``None``: nothing to read), to send with other reads."""
     s = rs.settings
     if not patient_key or not s.suppress_hospice or s.hospice_valueset not in rs.valuesets.sets:
         return None
-    rows = u.all(CARE_RESOURCES, patient_key=patient_key)
-    return hospice_reason((orjson.loads(r[0]) for r in rows), rs.valuesets, s.hospice_valueset)
+    return CARE_RESOURCES, {"patient_key": patient_key}
+
+
+def hospice_from(rows: Sequence[Sequence[Any]], rs: RuleSet) -> str | None:
+    """Why the patient is in hospice care according to ``rows`` (:func:`hospice_query`'s), or None."""
+    return hospice_reason((orjson.loads(r[0]) for r in rows), rs.valuesets, rs.settings.hospice_valueset)
 
 
 # -- batched, for the scheduler: one query per check for all the patients of a claimed batch --

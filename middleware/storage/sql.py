@@ -289,7 +289,8 @@ def sqlite_write_lock(engine: Engine | Connection) -> WriteLock | None:
     """
     if engine.dialect.name != "sqlite":
         return None
-    key = str(engine.engine.url if isinstance(engine, Connection) else engine.url)
+    url = engine.engine.url if isinstance(engine, Connection) else engine.url
+    key = url.database or ""  # the file (not str(url): that quotes the URL on every call)
     lock = _WRITE_LOCKS.get(key)
     if lock is None:
         with _LOCKS_GUARD:
@@ -323,6 +324,8 @@ class UnitOfWork:
     sqlite: bool = field(init=False)
     _cur: Any = field(init=False, default=None)
     _session: Session | None = field(init=False, default=None)
+    _pipe: Any = field(init=False, default=None)  # psycopg's Pipeline while in pipeline mode
+    _rcur: Any = field(init=False, default=None)  # the cursor reads use in pipeline mode
     _lock: WriteLock | None = field(init=False, default=None)
     _sync_before: int = field(init=False, default=0)
     _joined: bool = field(init=False, default=False)
@@ -395,7 +398,27 @@ class UnitOfWork:
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
-        """A nested transaction: rolled back alone when the block raises (and the error re-raised)."""
+        """A nested transaction: rolled back alone when the block raises (and the error re-raised).
+
+        In pipeline mode the statements of the block are sent with its reads and checked at its
+        end (one round trip), so an error is always reported inside the block that caused it."""
+        if self._pipe is not None:
+            cur = self._cur
+            cur.execute("SAVEPOINT careloop_unit")
+            try:
+                yield
+                cur.execute("RELEASE SAVEPOINT careloop_unit")
+                self._pipe.sync()
+            except BaseException:
+                try:
+                    self._pipe.sync()  # send what is queued (or clear the pipeline's aborted state)
+                except Exception:  # noqa: S110 (the statement in error is rolled back just below)
+                    pass
+                cur.execute("ROLLBACK TO SAVEPOINT careloop_unit")
+                cur.execute("RELEASE SAVEPOINT careloop_unit")
+                self._pipe.sync()
+                raise
+            return
         if self._joined and self._session is not None:
             with self._session.begin_nested():
                 yield
@@ -415,6 +438,22 @@ class UnitOfWork:
         else:
             sp.commit()
 
+    @contextmanager
+    def pipeline(self) -> Iterator[None]:
+        """PostgreSQL: queue statements whose results are not read (:meth:`send`, :meth:`many`,
+        savepoints) and send them with the next read, one round trip instead of one each
+        (psycopg's pipeline mode). The ORM session must not be used inside. SQLite: no-op."""
+        if self.sqlite or self._pipe is not None:
+            yield
+            return
+        dbapi = self.conn.connection.driver_connection
+        with dbapi.pipeline() as pipe:  # type: ignore[union-attr]
+            self._pipe, self._rcur = pipe, dbapi.cursor()  # type: ignore[union-attr]
+            try:
+                yield
+            finally:
+                self._pipe = self._rcur = None
+
     @property
     def session(self) -> Session:
         """An ORM session on this unit's connection and transaction (for code not yet converted)."""
@@ -424,17 +463,41 @@ class UnitOfWork:
         return self._session
 
     # statements
-    def _exec(self, name: str | Query, /, params: Mapping[str, Any]) -> Query:
+    def _exec(self, name: str | Query, /, params: Mapping[str, Any], cur: Any = None) -> Query:
         q = name if isinstance(name, Query) else REGISTRY.get(name) or get(name)
         c = q.compiled_for(self.dialect)
-        if self._session is not None:
+        if self._session is not None and self._pipe is None:
             self._session.flush()
-        self._cur.execute(c.sql, c.params(params) if c.order else ())
+        (cur or self._cur).execute(c.sql, c.params(params) if c.order else ())
         return q
 
-    def run(self, name: str | Query, /, **params: Any) -> int:
-        """Execute; return the number of rows changed."""
+    def _reader(self) -> Any:
+        return self._cur if self._rcur is None else self._rcur
+
+    def send(self, name: str | Query, /, **params: Any) -> None:
+        """Execute a statement whose result is not needed (queued in pipeline mode)."""
         self._exec(name, params)
+
+    def fetch(self, *calls: tuple[str | Query, Mapping[str, Any]]) -> list[list[Any]]:
+        """Several independent reads; their rows, in order. One round trip in pipeline mode."""
+        if self._pipe is None:
+            return [self.all(name, **params) for name, params in calls]
+        dbapi = self.conn.connection.driver_connection
+        pending = []
+        for name, params in calls:
+            cur = dbapi.cursor()  # type: ignore[union-attr]
+            pending.append((self._exec(name, params, cur), cur))
+        out = []
+        for q, cur in pending:
+            rows = cur.fetchall()
+            out.append([q._make(r) for r in rows] if q._make is not None else [tuple(r) for r in rows])
+        return out
+
+    def run(self, name: str | Query, /, **params: Any) -> int:
+        """Execute; return the number of rows changed (waits for the server in pipeline mode)."""
+        self._exec(name, params)
+        if self._pipe is not None:
+            self._pipe.sync()
         return int(self._cur.rowcount or 0)
 
     def many(self, name: str | Query, /, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -443,28 +506,31 @@ class UnitOfWork:
             return
         q = name if isinstance(name, Query) else REGISTRY.get(name) or get(name)
         c = q.compiled_for(self.dialect)
-        if self._session is not None:
+        if self._session is not None and self._pipe is None:
             self._session.flush()
         self._cur.executemany(c.sql, [c.params(r) for r in rows])
 
     def one(self, name: str | Query, /, **params: Any) -> Any:
         """The first row (as the query's row type), or ``None``."""
-        q = self._exec(name, params)
-        row = self._cur.fetchone()
+        cur = self._reader()
+        q = self._exec(name, params, cur)
+        row = cur.fetchone()
         if row is None:
             return None
         return q._make(row) if q._make is not None else tuple(row)
 
     def all(self, name: str | Query, /, **params: Any) -> list[Any]:
-        q = self._exec(name, params)
-        rows = self._cur.fetchall()
+        cur = self._reader()
+        q = self._exec(name, params, cur)
+        rows = cur.fetchall()
         make = q._make
         return [make(r) for r in rows] if make is not None else [tuple(r) for r in rows]
 
     def scalar(self, name: str | Query, /, **params: Any) -> Any:
         """The first column of the first row, or ``None``."""
-        self._exec(name, params)
-        row = self._cur.fetchone()
+        cur = self._reader()
+        self._exec(name, params, cur)
+        row = cur.fetchone()
         return None if row is None else row[0]
 
     def driver_sql(self, sql: str) -> None:

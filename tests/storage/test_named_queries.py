@@ -279,3 +279,33 @@ def test_the_write_lock_is_handed_over_in_arrival_order() -> None:
     lock.release()
     with pytest.raises(RuntimeError):
         lock.release()
+
+
+def test_pipeline_mode_reports_an_error_in_the_savepoint_that_caused_it(engine: Engine) -> None:
+    """PostgreSQL queues ``send`` writes until the next read or the end of the savepoint; an error
+    is raised inside the block that caused it and only that block is rolled back (SQLite: the
+    same calls, run at once)."""
+    from sqlalchemy.exc import IntegrityError as SAIntegrityError
+
+    errors = (sqlite3.IntegrityError, SAIntegrityError)
+    try:
+        import psycopg
+
+        errors = (*errors, psycopg.errors.UniqueViolation)  # type: ignore[assignment]
+    except ImportError:  # pragma: no cover
+        pass
+    with unit(engine, write=True) as u:
+        with u.pipeline():
+            with u.savepoint():
+                u.send("test.ident.add", identifier="a", key="k1")
+                u.send("test.ident.add", identifier="b", key="k1")
+            with pytest.raises(errors):
+                with u.savepoint():
+                    u.send("test.ident.add", identifier="c", key="k2")
+                    u.send("test.ident.add", identifier="a", key="k2")  # duplicate key
+            with u.savepoint():
+                u.send("test.ident.add", identifier="d", key="k3")
+                got = u.fetch(("test.ident.get", {"identifier": "a"}), ("test.ident.any", {"ids": ["b", "c", "d"]}))
+            assert got == [[("a", "k1")], [("b", "k1"), ("d", "k3")]]
+            assert u.run("test.ident.upsert", identifier="d", key="k4") == 1
+    assert _keys(engine) == [("a", "k1"), ("b", "k1"), ("d", "k4")]
