@@ -11,10 +11,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-import orjson
 from sqlalchemy.engine import Engine
 
-from ..storage.queries import admin as q
+from ..storage.queries import admin as q, kv
 from ..storage.sql import unit
 from ..storage.statuses import DeliveryStatus
 
@@ -73,8 +72,8 @@ def paused_destinations(engine: Engine) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     with unit(engine) as u:
         for prefix in PAUSE_PREFIXES:
-            for kv in q.with_prefix(u, prefix):
-                out[kv.key[len(prefix):]] = {"kind": "disabled" if "disabled" in prefix else "paused", **orjson.loads(kv.value)}
+            for key, value in kv.with_prefix_json(u, prefix).items():
+                out[key[len(prefix):]] = {"kind": "disabled" if "disabled" in prefix else "paused", **value}
     return out
 
 
