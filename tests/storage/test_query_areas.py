@@ -327,3 +327,16 @@ def test_privacy_records_write_list_and_revoke(engine: Engine) -> None:
         assert [a.reference for a in pq.authorizations_of(u, "p")] == ["form"]
         ra = pq.revoke_authorization(u, a1.id, 70.0)
         assert ra is not None and ra.revoked_at == 70.0 and pq.revoke_authorization(u, 999, 1.0) is None
+
+
+def test_every_named_query_compiles_on_both_dialects_and_claims_skip_locked_on_postgresql() -> None:
+    import middleware.storage.queries  # noqa: F401  (registers every area)
+    from middleware.storage.sql import REGISTRY
+
+    for name, q in REGISTRY.items():
+        lite, pg = q.compiled_for("sqlite").sql, q.compiled_for("postgresql").sql
+        assert "%s" not in lite and "%(" not in lite, (name, lite)  # qmark placeholders only
+        assert "?" not in pg and "%(" not in pg, (name, pg)  # positional %s only
+    for name in ("delivery.claim_due", "delivery.claim_expired", "scheduler.claim"):
+        assert REGISTRY[name].compiled_for("postgresql").sql.rstrip().endswith("FOR UPDATE SKIP LOCKED"), name
+        assert "FOR UPDATE" not in REGISTRY[name].compiled_for("sqlite").sql, name
