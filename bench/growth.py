@@ -23,7 +23,8 @@ change in machine load hits both sizes alike):
 
 Rows the runs add stay (each run's rows are a few thousand on top of ``n``); rows left
 ``received`` by (a) are marked processed before (b) so the worker does not process them.
-After the runs, ``EXPLAIN QUERY PLAN`` of the hot queries (SQL text copied from the code, file
+After the runs, ``EXPLAIN QUERY PLAN`` of the hot queries (the registry's named queries as compiled for
+SQLite, and SQL text copied from the code for the rest, file
 named with each) on the largest database; a plan line starting with ``SCAN`` is a full scan and
 is flagged. For longer runs: ``--runs 5 --ingest-messages 16000 --pipeline-messages 3000 --due 50000``;
 ``--db-dir DIR`` keeps the filled databases there and reuses them on the next invocation (the 1M
@@ -386,89 +387,80 @@ def purge_seconds(db: Path) -> float:
 
 # -- the query plans ---------------------------------------------------------------------------
 
-def named(where: str, name: str, **params: Any) -> tuple[str, str, tuple[Any, ...]]:
-    """(where, SQL text, parameters) of the registry's query ``name`` as it runs on SQLite."""
-    import middleware.storage.queries  # noqa: F401  (registers every named query)
-    from middleware.storage.sql import get
-
-    c = get(name).compiled_for("sqlite")
-    return where, c.sql, c.params(params)
-
-
 PK = "urn:oid:2.16.840.1.113883.3.9999.1|MRNG00000042"
 PKS = (PK, PK[:-1] + "3", PK[:-1] + "4")
 RK = "Appointment/a-0000000000000042"
-#: (where in the code, SQL text as the code runs it, example parameters). Core statements are
-#: written as SQLAlchemy's SQLite compiler renders them (bound literals as ?, IN lists expanded).
+#: example parameters of the registry's named queries (``middleware/storage/queries``): their plans
+#: are read from the SQL the code runs, compiled for SQLite by the registry itself
+EXAMPLES: dict[str, dict[str, Any]] = {
+    "inbox.claim": {"n": 200},
+    "inbox.next": {"n": 200},
+    "inbox.seen": {"keys": ["SCHED|HOSP|G1", "SCHED|HOSP|G2", "SCHED|HOSP|G3"]},
+    "inbox.done": {"status": "processed", "error": None, "processed_at": 0.0, "id": 42},
+    "ingest.patient_link": {"key": PK},
+    "ingest.patient_resource": {"key": PK},
+    "ingest.patient_merge": {"retired": PK, "surviving": PKS[1], "now": 0.0},
+    "ingest.state_repoint": {"retired": PK, "surviving": PKS[1]},
+    "ingest.trigger_repoint": {"retired": PK, "surviving": PKS[1]},
+    "ingest.identity_get": {"identifier": f"{APPT_SYS}|FG1"},
+    "ingest.identity_any": {"identifiers": [f"{APPT_SYS}|FG1", f"{APPT_SYS}|PG1"]},
+    "ingest.state_get": {"key": RK},
+    "ingest.care_resources": {"patient_key": PK},
+    "ingest.event_resource": {"id": 42},
+    "ingest.pending_for_patient": {"rule_id": "appointment-reminder-24h", "key": PK, "since": 0.0},
+    "ingest.pending_for_resource": {"rule_id": "appointment-reminder-24h", "key": RK, "since": 0.0},
+    "ingest.trigger_cancel": {"now": 0.0, "reason": "x", "id": 42},
+    "ingest.same_rule_pending": {"rule_id": "appointment-reminder-24h", "resource_key": RK},
+    "ingest.trigger_duplicate": {"dedup_key": f"appointment-reminder-24h|{PK}", "since": 0.0},
+    "ingest.trigger_skip": {"reason": "x", "now": 0.0, "id": 42},
+    "ingest.trigger_move": {"due_at": 0.0, "payload": "{}", "reason": "x", "now": 0.0, "id": 42},
+    "kv.get": {"key": "bench.growth.rows"},
+    "kv.prefix": {"prefix": "fhir.pending."},
+    "kv.delete_until": {"key": "fhir.pending.x.Appointment", "until": 0.0},
+    # the scheduler, the fire- and send-time privacy checks, the delivery worker, retention
+    "scheduler.next_due": {},
+    "scheduler.claim": {"now": 0.0, "limit": 500},
+    "scheduler.fired_counts": {"pks": list(PKS), "day_from": 0.0, "week_from": 0.0},
+    "scheduler.mark_fired": {"t_id": 42, "t_now": 0.0},
+    "privacy.merges_touching": {"pks": list(PKS)},
+    "privacy.patient_keys": {"pks": list(PKS)},
+    "privacy.active_suppressions": {"pks": list(PKS)},
+    "privacy.marketing_authorized": {"pks": list(PKS)},
+    "privacy.active_consents": {"pks": list(PKS)},
+    "privacy.patient_resources": {"pks": list(PKS)},
+    "privacy.care_resources": {"pks": list(PKS), "care_types": ["Encounter", "CarePlan"]},
+    "delivery.claim_due": {"now": 0.0, "blocked": ["x"], "limit": 200},
+    "delivery.claim_expired": {"now": 0.0, "blocked": [], "limit": 200},
+    "delivery.lease": {"ids": [1, 2], "now": 0.0, "until": 0.0, "owner": "h"},
+    "delivery.triggers_of": {"ids": [1, 2]},
+    "delivery.lease_owners_on_host": {"host": "vm:", "now": 0.0},
+    "delivery.paused_keys": {},  # a LIKE prefix on kv: a scan of kv (tens of rows), as before the registry
+    "delivery.to_record": {"ids": [1, 2]},
+    "delivery.set_delivered": {"p_id": 1, "p_code": 200, "p_now": 0.0},
+    "delivery.intents_of": {"keys": ["k1", "k2"]},
+    "delivery.ledger_of": {"keys": ["k1", "k2"]},
+    "retention.pick_inbound": {"lo": 0.0, "cutoff": 1.0, "limit": 2000},
+    "retention.pick_events": {"lo": 0.0, "cutoff": 1.0, "limit": 2000},
+    "retention.pick_triggers": {"lo": 0.0, "cutoff": 1.0, "limit": 2000, "busy": ["pending", "sending"]},
+    "retention.purge_events": {"ids": [1, 2]},
+}
+
+
+def registry_queries() -> list[tuple[str, str, tuple[Any, ...]]]:
+    """(name, SQLite SQL, parameters) of every registered query with example parameters."""
+    import middleware.storage.queries  # noqa: F401  (registers every named query)
+    from middleware.storage.sql import REGISTRY
+
+    out = []
+    for name, params in EXAMPLES.items():
+        c = REGISTRY[name].compiled_for("sqlite")
+        out.append((f"query {name}", c.sql.replace("\n", " "), c.params(params)))
+    return out
+
+
+#: the queries not yet in the registry: (where in the code, SQL text as the code runs it, example
+#: parameters), Core statements as SQLAlchemy's SQLite compiler renders them
 QUERIES: list[tuple[str, str, tuple[Any, ...]]] = [
-    ("pipeline/process.py Processor._claim",
-     "SELECT id, source, channel, raw, meta FROM inbound_message WHERE status = 'received' ORDER BY id LIMIT ?", (200,)),
-    ("storage/inbox.py InboxWriter.write_batch (dedup)",
-     "SELECT dedup_key, sha256, ack FROM inbound_message WHERE dedup_key IN (?, ?, ?) AND status <> 'duplicate'",
-     ("SCHED|HOSP|G1", "SCHED|HOSP|G2", "SCHED|HOSP|G3")),
-    ("pipeline/changes.py patient lookup", "SELECT merged_into, resource FROM patient WHERE key = ?", (PK,)),
-    ("pipeline/changes.py resource_identity lookup", "SELECT resource_key FROM resource_identity WHERE identifier = ?",
-     (f"{APPT_SYS}|FG1",)),
-    ("pipeline/changes.py resource_identity batch",
-     "SELECT identifier, resource_key FROM resource_identity WHERE identifier IN (?, ?)", (f"{APPT_SYS}|FG1", f"{APPT_SYS}|PG1")),
-    ("pipeline/changes.py resource_state lookup",
-     "SELECT key, resource_type, patient_key, status, version, last_updated, occurred_at, resource, source, deleted,"
-     " updated_at FROM resource_state WHERE key = ?", (RK,)),
-    ("pipeline/changes.py resource_state update",
-     "UPDATE resource_state SET status = ?, updated_at = ? WHERE key = ?", ("booked", 0.0, RK)),
-    ("pipeline/changes.py _cancel (same patient)",
-     "SELECT id, event_id, payload FROM \"trigger\" WHERE rule_id = ? AND status = 'pending' AND patient_key = ?",
-     ("appointment-reminder-24h", PK)),
-    ("pipeline/changes.py _cancel (same resource)",
-     "SELECT id, event_id, payload FROM \"trigger\" WHERE rule_id = ? AND status = 'pending' AND resource_key = ?",
-     ("appointment-reminder-24h", RK)),
-    ("pipeline/changes.py _cancel (same patient, within)",
-     "SELECT id, event_id, payload FROM \"trigger\" WHERE rule_id = ? AND status = 'pending' AND patient_key = ?"
-     " AND created_at >= ?", ("appointment-reminder-24h", PK, 0.0)),
-    ("pipeline/changes.py _cancel origin event", "SELECT resource FROM event WHERE id = ?", (42,)),
-    ("pipeline/changes.py _cancel update",
-     "UPDATE \"trigger\" SET status = 'cancelled', updated_at = ?, reason = ? WHERE id = ?", (0.0, "x", 42)),
-    ("pipeline/changes.py _record_trigger (by rule_id + resource_key + status)",
-     "SELECT id, dedup_key, event_id FROM \"trigger\" WHERE rule_id = ? AND resource_key = ? AND status = 'pending'"
-     " ORDER BY id LIMIT 1", ("appointment-reminder-24h", RK)),
-    ("pipeline/changes.py _record_trigger (by dedup_key + status + created_at)",
-     "SELECT id FROM \"trigger\" WHERE dedup_key = ? AND status IN ('pending', 'fired') AND created_at >= ? LIMIT 1",
-     (f"appointment-reminder-24h|{PK}", 0.0)),
-    ("pipeline/changes.py _record_trigger insert (by origin_key: ON CONFLICT uq_trigger_origin)",
-     "SELECT id FROM \"trigger\" WHERE origin_key = ?", ("appointment-reminder-24h|event:42",)),
-    ("scheduler/patientctx.py hospice_for",
-     "SELECT resource FROM resource_state WHERE patient_key = ? AND resource_type IN ('Encounter', 'CarePlan') AND deleted = ?",
-     (PK, False)),
-    # the scheduler's, the delivery worker's, the send-time gate's and retention's statements are the
-    # registry's (storage/queries/), compiled for SQLite as the code runs them
-    named("scheduler/runner.py next due (min due_at)", "scheduler.next_due"),
-    named("scheduler/runner.py claim", "scheduler.claim", now=0.0, limit=500),
-    named("storage/privacy.py opt-outs (fire and send time)", "privacy.active_suppressions", pks=list(PKS)),
-    named("storage/privacy.py marketing authorizations", "privacy.marketing_authorized", pks=list(PKS)),
-    named("storage/privacy.py consents", "privacy.active_consents", pks=list(PKS)),
-    named("storage/privacy.py merges touching the batch", "privacy.merges_touching", pks=list(PKS)),
-    named("scheduler/runner.py fired counts (caps)", "scheduler.fired_counts", pks=list(PKS), day_from=0.0,
-          week_from=0.0),
-    named("scheduler/runner.py mark fired", "scheduler.mark_fired", t_id=42, t_now=0.0),
-    named("scheduler/patientctx.py patients (deceased)", "privacy.patient_resources", pks=list(PKS)),
-    named("scheduler/patientctx.py Encounters and CarePlans (hospice)", "privacy.care_resources", pks=list(PKS),
-          care_types=["Encounter", "CarePlan"]),
-    named("delivery/worker.py claim: due pending rows", "delivery.claim_due", now=0.0, blocked=[], limit=200),
-    named("delivery/worker.py claim: expired leases", "delivery.claim_expired", now=0.0, blocked=[], limit=200),
-    named("delivery/worker.py claim: due pending rows (a destination blocked)", "delivery.claim_due", now=0.0,
-          blocked=["x"], limit=200),
-    named("delivery/worker.py lease update", "delivery.lease", ids=[1, 2], now=0.0, until=0.0, owner="h"),
-    named("delivery/worker.py triggers by id", "delivery.triggers_of", ids=[1, 2]),
-    named("delivery/worker.py dead owners on this host", "delivery.lease_owners_on_host", host="vm:", now=0.0),
-    named("delivery/worker.py record: rows by id", "delivery.to_record", ids=[1, 2]),
-    named("delivery/worker.py record: delivered", "delivery.set_delivered", p_id=1, p_code=200, p_now=0.0),
-    # retention picks a chunk of ids in the window since the last run, then updates those ids
-    named("delivery/retention.py purge chunk: inbound_message (window since the last run, 2,000 rows per transaction)",
-          "retention.pick_inbound", lo=0.0, cutoff=1.0, limit=2000),
-    named("delivery/retention.py purge chunk: event", "retention.pick_events", lo=0.0, cutoff=1.0, limit=2000),
-    named("delivery/retention.py purge chunk: trigger", "retention.pick_triggers", lo=0.0, cutoff=1.0, limit=2000,
-          busy=["pending", "sending"]),
-    named("delivery/retention.py purge chunk: update by id", "retention.purge_events", ids=[1, 2]),
 ]
 
 
@@ -477,12 +469,15 @@ def explain(db: Path) -> list[tuple[str, str, str]]:
     con = sqlite3.connect(db, timeout=60)
     scans = []
     try:
-        for where, sql, params in QUERIES:
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for where, sql, params in registry_queries() + QUERIES:
             print(f"\n{where}\n  {sql}")
             for row in con.execute("EXPLAIN QUERY PLAN " + sql, params):
                 detail = row[-1]
-                # a list bound as one parameter is read through json_each: a scan of the list, not of a table
-                flag = "   <-- FULL SCAN" if detail.startswith("SCAN") and not detail.startswith("SCAN json_each") else ""
+                # a scan of a stored table; not of json_each (the list parameter itself, ``any_of``) nor
+                # of a CTE's or subquery's own rows (the recursive merge walk reads the table by index)
+                words = detail.split()
+                flag = "   <-- FULL SCAN" if words[:1] == ["SCAN"] and len(words) > 1 and words[1] in tables else ""
                 print(f"    {detail}{flag}")
                 if flag:
                     scans.append((where, sql, detail))

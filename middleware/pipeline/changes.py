@@ -207,15 +207,19 @@ def apply_change(
         nth = seen.get(etype, 0)
         seen[etype] = nth + 1
         values = (etype, pstatus, status, rtype, key, patient_key, body, change.source, change.arrival, occurred, nowts, inbound_id)
-        row = EventRecord(u.scalar(q.EVENT_INSERT, **dict(zip(q.EVENT_COLUMNS, values))), *values)
-        res.events.append(row)
         ev = ClinicalEvent(
             type=etype, previous_status=pstatus, status=status, resource_type=rtype, resource_key=key,
             patient_key=patient_key, resource=shown, previous=prev, source=change.source, arrival=change.arrival,
             occurred_at=change.occurred_at,
         )
-        if evaluate_rules:
-            on_event(u, ev, row, rs, now=now, patient=patient, source_zone=source_zone, result=res, nth=nth)
+        # the event's INSERT travels with the reads its rules need (one round trip in pipeline mode)
+        reads = _EventReads(ev, rs, patient, now, nth) if evaluate_rules else None
+        got = u.fetch((q.EVENT_INSERT, dict(zip(q.EVENT_COLUMNS, values))), *(reads.calls if reads else ()))
+        row = EventRecord(got[0][0][0], *values)
+        res.events.append(row)
+        if reads is not None:
+            _after_reads(u, ev, row, rs, reads, got[1:], now=now, patient=patient, source_zone=source_zone, result=res,
+                         nth=nth)
     return res
 
 
@@ -239,24 +243,40 @@ def on_event(
     cancellation to some trigger ids (``careloop reprocess`` uses both so a replay
     never touches triggers it did not create).
     """
-    nowts = now.timestamp()
-    wanted = cancellations(ev, rs, patient, now, nth) if ev.arrival != "backfill" else []
-    calls = [_pending_call(c, nowts) for c in wanted]
-    hospice_call = hospice_query(ev.patient_key, rs)
-    if hospice_call is not None:
-        calls.append(hospice_call)
-    got = u.fetch(*calls) if calls else []  # one round trip in pipeline mode
-    if wanted:
-        _cancel(u, row, now, result, cancel_only_ids, list(zip(wanted, got)))
-    hospice = hospice_from(got[-1], rs) if hospice_call is not None else None
+    reads = _EventReads(ev, rs, patient, now, nth)
+    got = u.fetch(*reads.calls) if reads.calls else []  # one round trip in pipeline mode
+    _after_reads(u, ev, row, rs, reads, got, now=now, patient=patient, source_zone=source_zone, result=result, only=only,
+                 cancel_only_ids=cancel_only_ids, nth=nth)
+
+
+class _EventReads:
+    """The reads an event needs before its rules are evaluated: the pending triggers each of its
+    cancellations may cancel, and the patient's hospice resources (sent together)."""
+
+    __slots__ = ("wanted", "calls", "hospice")
+
+    def __init__(self, ev: ClinicalEvent, rs: RuleSet, patient: dict[str, Any] | None, now: datetime, nth: int | None) -> None:
+        nowts = now.timestamp()
+        self.wanted = cancellations(ev, rs, patient, now, nth) if ev.arrival != "backfill" else []
+        self.calls = [_pending_call(c, nowts) for c in self.wanted]
+        self.hospice = hospice_query(ev.patient_key, rs)
+        if self.hospice is not None:
+            self.calls.append(self.hospice)
+
+
+def _after_reads(
+    u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, rs: RuleSet, reads: _EventReads, got: list[list[Any]], *,
+    now: datetime, patient: dict[str, Any] | None, source_zone: str | None, result: ChangeResult,
+    only: set[str] | None = None, cancel_only_ids: set[int] | None = None, nth: int | None = None,
+) -> None:
+    if reads.wanted:
+        _cancel(u, row, now, result, cancel_only_ids, list(zip(reads.wanted, got)))
+    hospice = hospice_from(got[len(reads.wanted)], rs) if reads.hospice is not None else None
     decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
     result.decisions.append((ev, decisions))
-    for d in decisions:
-        if not d.fired:
-            continue
-        tid = _record_trigger(u, ev, row, d, rs, nowts, result)
-        if tid is not None and cancel_only_ids is not None:
-            cancel_only_ids.add(tid)
+    fired = [d for d in decisions if d.fired]
+    if fired:
+        _record_triggers(u, ev, row, fired, rs, now.timestamp(), result, cancel_only_ids)
 
 
 _EVER = float("-inf")  # "created at any time"
@@ -290,47 +310,81 @@ def _cancel(u: UnitOfWork, row: EventRow | EventRecord, now: datetime, result: C
         result.cancelled += len(hits)
 
 
-def _record_trigger(
-    u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, d: Decision, rs: RuleSet, nowts: float, result: ChangeResult
-) -> int | None:
-    """Insert the decision as a trigger row (or move the pending one it replaces); return its id."""
-    status, reason = d.status or TriggerStatus.PENDING, d.reason
-    due = d.due_at.timestamp() if d.due_at else nowts
-    look_same = status in (TriggerStatus.PENDING, TriggerStatus.SKIPPED) and bool(ev.resource_key)
-    look_dup = status == TriggerStatus.PENDING and bool(d.dedup_key and d.dedup_window_s)
+def _record_triggers(
+    u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, fired: list[Decision], rs: RuleSet, nowts: float,
+    result: ChangeResult, cancel_only_ids: set[int] | None,
+) -> None:
+    """Insert each decision as a trigger row (or move the pending one it replaces).
+
+    Three round trips in pipeline mode whatever the number of decisions: the look-ups (the
+    pending trigger of the same rule and resource, and a duplicate within the dedup window),
+    then the moves and inserts. A decision whose dedup key an earlier decision of this event
+    has just used is a duplicate of that trigger (as if it had been inserted before the look-up)."""
+    plans = []
     calls: list[tuple[Query, dict[str, Any]]] = []
-    if look_same:
-        calls.append((q.SAME_RULE_PENDING, {"rule_id": d.rule_id, "resource_key": ev.resource_key}))
-    if look_dup:
-        calls.append((q.TRIGGER_DUPLICATE, {"dedup_key": d.dedup_key, "since": nowts - (d.dedup_window_s or 0)}))
-    got = u.fetch(*calls) if calls else []  # both reads in one round trip in pipeline mode
-    if look_same:
-        same: list[q.SameRuleTrigger] = got[0]
+    for d in fired:
+        status = d.status or TriggerStatus.PENDING
+        look_same = status in (TriggerStatus.PENDING, TriggerStatus.SKIPPED) and bool(ev.resource_key)
+        look_dup = status == TriggerStatus.PENDING and bool(d.dedup_key and d.dedup_window_s)
+        if look_same:
+            calls.append((q.SAME_RULE_PENDING, {"rule_id": d.rule_id, "resource_key": ev.resource_key}))
+        if look_dup:
+            calls.append((q.TRIGGER_DUPLICATE, {"dedup_key": d.dedup_key, "since": nowts - (d.dedup_window_s or 0)}))
+        plans.append((d, status, look_same, look_dup))
+    got = iter(u.fetch(*calls) if calls else [])
+    inserts: list[tuple[Decision, str, float, dict[str, Any]]] = []
+    made: dict[str, int | None] = {}  # dedup key -> id of the pending trigger an earlier decision inserted
+
+    def flush() -> None:
+        ids = u.fetch(*((q.TRIGGER_INSERT, params) for _, _, _, params in inserts))
+        for (d, status, due, _params), rows in zip(inserts, ids):
+            tid = int(rows[0][0]) if rows else None
+            if status == TriggerStatus.PENDING and d.dedup_key and made.get(d.dedup_key, 0) is None:
+                made[d.dedup_key] = tid
+            if tid is None:  # this rule already made a trigger from this event (reprocessing)
+                continue
+            result.triggers += 1
+            if status == TriggerStatus.PENDING and due <= nowts:
+                result.due_now = True
+            if cancel_only_ids is not None:
+                cancel_only_ids.add(tid)
+        inserts.clear()
+
+    for d, status, look_same, look_dup in plans:
+        reason = d.reason
+        due = d.due_at.timestamp() if d.due_at else nowts
+        same: list[q.SameRuleTrigger] = next(got) if look_same else []
+        dup: list[tuple[int]] = next(got) if look_dup else []
         existing = same[0] if same else None
         if existing is not None and existing.dedup_key == d.dedup_key and existing.event_id != row.id:
             if status == TriggerStatus.SKIPPED:  # the new time is past or too late: the old reminder must not go out either
                 u.send(q.TRIGGER_SKIP, reason=f"{ev.type} (event {row.id}) moved it: {reason}", now=nowts, id=existing.id)
             else:
                 u.send(q.TRIGGER_MOVE, due_at=due, payload=dumps(d.payload), now=nowts, id=existing.id,
-                      reason=f"moved by {ev.type} (event {row.id}) to {d.due_at.isoformat() if d.due_at else 'now'}")
+                       reason=f"moved by {ev.type} (event {row.id}) to {d.due_at.isoformat() if d.due_at else 'now'}")
             result.due_now = result.due_now or (status != TriggerStatus.SKIPPED and due <= nowts)
-            return int(existing.id)
-    if look_dup and got[-1]:
-        status, reason = TriggerStatus.SKIPPED, f"duplicate of trigger {got[-1][0][0]} within the dedup window"
-    origin = f"{d.rule_id}|event:{row.id}"
-    version = str(((ev.resource.get("meta") or {}).get("versionId")) or row.id)
-    tid: int | None = u.scalar(
-        q.TRIGGER_INSERT, rule_id=d.rule_id, ruleset_version=rs.version, name=d.trigger or d.rule_id, purpose=d.purpose or "",
-        destinations=",".join(d.destinations), patient_key=ev.patient_key, resource_key=ev.resource_key, origin_key=origin,
-        resource_version=version, event_id=row.id, due_at=due, status=str(status), reason=reason, dedup_key=d.dedup_key,
-        cancel_scope=d.cancel_scope, message_kind=d.message_kind, payload=dumps(d.payload), explain=dumps(d.steps),
-        created_at=nowts, updated_at=nowts)
-    if tid is None:  # this rule already made a trigger from this event (reprocessing)
-        return None
-    result.triggers += 1
-    if status == TriggerStatus.PENDING and due <= nowts:
-        result.due_now = True
-    return int(tid)
+            if cancel_only_ids is not None:
+                cancel_only_ids.add(int(existing.id))
+            continue
+        if look_dup and d.dedup_key in made:
+            if made[d.dedup_key] is None:
+                flush()  # the id of the earlier decision's trigger names the duplicate
+            if made.get(d.dedup_key) is not None:
+                dup = [(made[d.dedup_key],)]  # type: ignore[list-item]
+        if dup:
+            status, reason = TriggerStatus.SKIPPED, f"duplicate of trigger {dup[0][0]} within the dedup window"
+        if status == TriggerStatus.PENDING and d.dedup_key and d.dedup_key not in made:
+            made[d.dedup_key] = None  # id known once inserted
+        version = str(((ev.resource.get("meta") or {}).get("versionId")) or row.id)
+        inserts.append((d, status, due, dict(
+            rule_id=d.rule_id, ruleset_version=rs.version, name=d.trigger or d.rule_id, purpose=d.purpose or "",
+            destinations=",".join(d.destinations), patient_key=ev.patient_key, resource_key=ev.resource_key,
+            origin_key=f"{d.rule_id}|event:{row.id}", resource_version=version, event_id=row.id, due_at=due,
+            status=str(status), reason=reason, dedup_key=d.dedup_key, cancel_scope=d.cancel_scope,
+            message_kind=d.message_kind, payload=dumps(d.payload), explain=dumps(d.steps), created_at=nowts,
+            updated_at=nowts)))
+    if inserts:
+        flush()
 
 
 def merge_patients(u: UnitOfWork, surviving: str, retired: str, now: datetime) -> int:

@@ -99,7 +99,8 @@ class Processor:
 
     def run_once(self) -> int:
         """Process up to ``batch`` messages (within the time budget); return how many were handled."""
-        self._prefetch()
+        if self.engine.dialect.name == "sqlite":
+            self._prefetch()  # before the batch takes SQLite's one write lock
         return self._run_once()
 
     def _prefetch(self) -> None:
@@ -110,6 +111,10 @@ class Processor:
             return
         with unit(self.engine) as u:
             rows: list[InboundItem] = u.all(q.INBOX_NEXT, n=self._limit)
+        self._prefetch_rows(rows)
+
+    def _prefetch_rows(self, rows: list[InboundItem]) -> None:
+        fetching = {ch: h for ch, h in self.handlers.items() if callable(getattr(h, "prefetch", None))}
         for row in rows:
             handler = fetching.get(row.channel)
             if handler is not None:
@@ -124,6 +129,8 @@ class Processor:
             rows: list[InboundItem] = u.all(q.INBOX_CLAIM, n=self._limit)  # SKIP LOCKED on PostgreSQL
             if not rows:
                 return 0
+            if not u.sqlite:  # no single writer to hold up: read what handlers need for the rows claimed
+                self._prefetch_rows(rows)
             due = False
             started = time.perf_counter()
             # SQLite: a short batch lets the inbox commit between batches (one writer); PostgreSQL

@@ -326,6 +326,7 @@ class UnitOfWork:
     _session: Session | None = field(init=False, default=None)
     _pipe: Any = field(init=False, default=None)  # psycopg's Pipeline while in pipeline mode
     _rcur: Any = field(init=False, default=None)  # the cursor reads use in pipeline mode
+    _queued: bool = field(init=False, default=False)  # pipeline: statements sent since the last read
     _lock: WriteLock | None = field(init=False, default=None)
     _sync_before: int = field(init=False, default=0)
     _joined: bool = field(init=False, default=False)
@@ -408,7 +409,9 @@ class UnitOfWork:
             try:
                 yield
                 cur.execute("RELEASE SAVEPOINT careloop_unit")
-                self._pipe.sync()
+                if self._queued:  # a write whose outcome is not known yet: check it inside this block
+                    self._pipe.sync()
+                    self._queued = False
             except BaseException:
                 try:
                     self._pipe.sync()  # send what is queued (or clear the pipeline's aborted state)
@@ -417,6 +420,7 @@ class UnitOfWork:
                 cur.execute("ROLLBACK TO SAVEPOINT careloop_unit")
                 cur.execute("RELEASE SAVEPOINT careloop_unit")
                 self._pipe.sync()
+                self._queued = False
                 raise
             return
         if self._joined and self._session is not None:
@@ -477,6 +481,7 @@ class UnitOfWork:
     def send(self, name: str | Query, /, **params: Any) -> None:
         """Execute a statement whose result is not needed (queued in pipeline mode)."""
         self._exec(name, params)
+        self._queued = self._pipe is not None
 
     def fetch(self, *calls: tuple[str | Query, Mapping[str, Any]]) -> list[list[Any]]:
         """Several independent reads; their rows, in order. One round trip in pipeline mode."""
@@ -491,6 +496,7 @@ class UnitOfWork:
         for q, cur in pending:
             rows = cur.fetchall()
             out.append([q._make(r) for r in rows] if q._make is not None else [tuple(r) for r in rows])
+        self._queued = False  # the results arrive in order: every earlier statement has been checked
         return out
 
     def run(self, name: str | Query, /, **params: Any) -> int:
@@ -498,6 +504,7 @@ class UnitOfWork:
         self._exec(name, params)
         if self._pipe is not None:
             self._pipe.sync()
+            self._queued = False
         return int(self._cur.rowcount or 0)
 
     def many(self, name: str | Query, /, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -509,12 +516,14 @@ class UnitOfWork:
         if self._session is not None and self._pipe is None:
             self._session.flush()
         self._cur.executemany(c.sql, [c.params(r) for r in rows])
+        self._queued = self._pipe is not None
 
     def one(self, name: str | Query, /, **params: Any) -> Any:
         """The first row (as the query's row type), or ``None``."""
         cur = self._reader()
         q = self._exec(name, params, cur)
         row = cur.fetchone()
+        self._queued = False
         if row is None:
             return None
         return q._make(row) if q._make is not None else tuple(row)
@@ -523,6 +532,7 @@ class UnitOfWork:
         cur = self._reader()
         q = self._exec(name, params, cur)
         rows = cur.fetchall()
+        self._queued = False
         make = q._make
         return [make(r) for r in rows] if make is not None else [tuple(r) for r in rows]
 
@@ -531,6 +541,7 @@ class UnitOfWork:
         cur = self._reader()
         self._exec(name, params, cur)
         row = cur.fetchone()
+        self._queued = False
         return None if row is None else row[0]
 
     def driver_sql(self, sql: str) -> None:
