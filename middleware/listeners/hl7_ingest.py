@@ -22,6 +22,7 @@ from ..normalize.hl7_batch import Hl7Batch, is_batch, split_batch
 from ..normalize.hl7_peek import Hl7Problem, Peek, peek
 from ..normalize.hl7_structure import check_structure
 from ..storage.inbox import InboundRecord, InboxWriter, StoreResult
+from ..storage.statuses import InboundStatus
 from .hl7_ack import build_ack, wants_ack
 from . import mllp_framing
 from .hl7_batch_ack import build_batch_response
@@ -187,7 +188,7 @@ def prepare_batch(raw: bytes, *, channel: str, port: int | None, sources: Source
                              (header[4:5] or [""])[0].split("^")[0] or None)
     envelope = InboundRecord(
         source=source.name, channel=channel, raw=raw, sha256=hashlib.sha256(raw).hexdigest(),
-        status="ignored", control_id=batch.control_id()[:64] or None,
+        status=InboundStatus.IGNORED, control_id=batch.control_id()[:64] or None,
         message_type="FILE" if batch.file_header is not None else "BATCH",
         meta=orjson.dumps({"batch": {"messages": batch.message_count, "problems": batch.problems}}).decode(),
     )
@@ -197,7 +198,7 @@ def prepare_batch(raw: bytes, *, channel: str, port: int | None, sources: Source
     elif batch.message_count > max_messages:
         limit = f"batch of {batch.message_count} messages exceeds the {max_messages}-message batch limit"
     if limit is not None:
-        envelope = dataclasses.replace(envelope, status="failed", error=limit + "; nothing processed")
+        envelope = dataclasses.replace(envelope, status=InboundStatus.FAILED, error=limit + "; nothing processed")
         p = Peek(control_id=_echo_id(batch.control_id()), message_type="ACK")
         refused = encode_ack(build_ack(p, "error", [Hl7Problem("100", limit + "; split it and resend", "BHS", 1)]), p)
         return PreparedBatch(batch, envelope, [], source.hl7.batch_acks, refused)

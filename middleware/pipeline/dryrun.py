@@ -16,6 +16,7 @@ from ..model import InboundItem, ResourceChange
 from ..rules.load import RuleSet
 from ..storage.schema import open_database
 from ..storage.sql import unit
+from ..storage.statuses import InboundStatus, TriggerStatus
 from ..storage.tables import InboundMessage, TriggerRow
 from ..scheduler.runner import Scheduler
 from .changes import ChangeResult, apply_change, upsert_patient
@@ -80,7 +81,7 @@ class DryRun:
             if is_hl7(data):
                 raw = data.lstrip(b"\x0b").split(b"\x1c")[0]
                 msg = InboundMessage(source=source, channel="mllp", received_at=self.now.timestamp(), raw=raw,
-                                     sha256=hashlib.sha256(raw).hexdigest(), status="received")
+                                     sha256=hashlib.sha256(raw).hexdigest(), status=InboundStatus.RECEIVED)
                 s.add(msg)
                 s.flush()
                 try:
@@ -128,7 +129,7 @@ class DryRun:
                 break
             self.now = max(self.now, datetime.fromtimestamp(nxt, tz=timezone.utc))
             with Session(self.engine) as s:
-                due = select(TriggerRow.id).where(TriggerRow.status == "pending", TriggerRow.due_at <= self.now.timestamp())
+                due = select(TriggerRow.id).where(TriggerRow.status == TriggerStatus.PENDING, TriggerRow.due_at <= self.now.timestamp())
                 handled += [t for t in s.exec(due) if t]
             if not sched.fire_due():
                 break

@@ -28,6 +28,7 @@ from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for
 from ..storage.tables import EventRow, InboundMessage, TriggerRow
 from ..storage.sql import joined
+from ..storage.statuses import InboundStatus, TriggerStatus
 from .changes import ChangeResult, dumps, load_patient, on_event
 
 log = logging.getLogger("careloop.replay")
@@ -90,7 +91,7 @@ def requeue_inbound(engine: Engine, *, since: datetime | None = None, until: dat
     """Mark stored inbound messages that failed or were ignored as ``received`` again, so
     the processor maps them with the current mappings. Returns how many."""
     with Session(engine) as s:
-        stmt = select(InboundMessage).where(col(InboundMessage.status).in_(("failed", "ignored")))
+        stmt = select(InboundMessage).where(col(InboundMessage.status).in_((InboundStatus.FAILED, InboundStatus.IGNORED)))
         if since:
             stmt = stmt.where(InboundMessage.received_at >= since.timestamp())
         if until:
@@ -99,7 +100,7 @@ def requeue_inbound(engine: Engine, *, since: datetime | None = None, until: dat
             stmt = stmt.where(InboundMessage.source == source)
         n = 0
         for msg in s.exec(stmt):
-            msg.status, msg.error = "received", None
+            msg.status, msg.error = InboundStatus.RECEIVED, None
             s.add(msg)
             n += 1
         s.commit()
@@ -130,7 +131,7 @@ def apply_rule_changes(engine: Engine, old: RuleSet, new: RuleSet, now: datetime
         while True:
             with Session(engine, expire_on_commit=False) as s:
                 rows = list(s.exec(select(TriggerRow).where(
-                    TriggerRow.rule_id == rule_id, TriggerRow.status == "pending", col(TriggerRow.id) > last,
+                    TriggerRow.rule_id == rule_id, TriggerRow.status == TriggerStatus.PENDING, col(TriggerRow.id) > last,
                 ).order_by(col(TriggerRow.id)).limit(batch)))
                 if not rows:
                     break
@@ -138,7 +139,7 @@ def apply_rule_changes(engine: Engine, old: RuleSet, new: RuleSet, now: datetime
                     last = t.id or last
                     note = f"rule {what} on reload ({old.version} -> {new.version}), on_rule_change: {policy}"
                     if policy == "cancel":
-                        t.status, t.reason = "cancelled", note
+                        t.status, t.reason = TriggerStatus.CANCELLED, note
                     else:
                         _reevaluate(s, t, new, now, note)
                     t.updated_at = nowts
@@ -154,7 +155,7 @@ def apply_rule_changes(engine: Engine, old: RuleSet, new: RuleSet, now: datetime
 def _reevaluate(s: Session, t: TriggerRow, rs: RuleSet, now: datetime, note: str) -> None:
     row = s.get(EventRow, t.event_id) if t.event_id else None
     if row is None:
-        t.status, t.reason = "cancelled", f"{note}: originating event not found"
+        t.status, t.reason = TriggerStatus.CANCELLED, f"{note}: originating event not found"
         return
     ev = event_from_row(row)
     src = rs.sources.get(row.source)
@@ -163,9 +164,9 @@ def _reevaluate(s: Session, t: TriggerRow, rs: RuleSet, now: datetime, note: str
                          source_zone=src.hl7.timezone if src else None, only={t.rule_id})
     d = decisions[0] if decisions else None
     if d is None or not d.fired:
-        t.status, t.reason = "cancelled", f"{note}: no longer applies ({d.reason if d else 'event no longer listened to'})"
-    elif d.status != "pending":
-        t.status, t.reason = d.status or "skipped", f"{note}: {d.reason}"
+        t.status, t.reason = TriggerStatus.CANCELLED, f"{note}: no longer applies ({d.reason if d else 'event no longer listened to'})"
+    elif d.status != TriggerStatus.PENDING:
+        t.status, t.reason = d.status or TriggerStatus.SKIPPED, f"{note}: {d.reason}"
     else:
         t.due_at = d.due_at.timestamp() if d.due_at else now.timestamp()
         t.payload, t.ruleset_version, t.explain = dumps(d.payload), rs.version, dumps(d.steps)
