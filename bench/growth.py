@@ -417,12 +417,38 @@ EXAMPLES: dict[str, dict[str, Any]] = {
     "kv.get": {"key": "bench.growth.rows"},
     "kv.prefix": {"prefix": "fhir.pending."},
     "kv.delete_until": {"key": "fhir.pending.x.Appointment", "until": 0.0},
+    # the scheduler, the fire- and send-time privacy checks, the delivery worker, retention
+    "scheduler.next_due": {},
+    "scheduler.claim": {"now": 0.0, "limit": 500},
+    "scheduler.fired_counts": {"pks": list(PKS), "day_from": 0.0, "week_from": 0.0},
+    "scheduler.mark_fired": {"t_id": 42, "t_now": 0.0},
+    "privacy.merges_touching": {"pks": list(PKS)},
+    "privacy.patient_keys": {"pks": list(PKS)},
+    "privacy.active_suppressions": {"pks": list(PKS)},
+    "privacy.marketing_authorized": {"pks": list(PKS)},
+    "privacy.active_consents": {"pks": list(PKS)},
+    "privacy.patient_resources": {"pks": list(PKS)},
+    "privacy.care_resources": {"pks": list(PKS), "care_types": ["Encounter", "CarePlan"]},
+    "delivery.claim_due": {"now": 0.0, "blocked": ["x"], "limit": 200},
+    "delivery.claim_expired": {"now": 0.0, "blocked": [], "limit": 200},
+    "delivery.lease": {"ids": [1, 2], "now": 0.0, "until": 0.0, "owner": "h"},
+    "delivery.triggers_of": {"ids": [1, 2]},
+    "delivery.lease_owners_on_host": {"host": "vm:", "now": 0.0},
+    "delivery.paused_keys": {},  # a LIKE prefix on kv: a scan of kv (tens of rows), as before the registry
+    "delivery.to_record": {"ids": [1, 2]},
+    "delivery.set_delivered": {"p_id": 1, "p_code": 200, "p_now": 0.0},
+    "delivery.intents_of": {"keys": ["k1", "k2"]},
+    "delivery.ledger_of": {"keys": ["k1", "k2"]},
+    "retention.pick_inbound": {"lo": 0.0, "cutoff": 1.0, "limit": 2000},
+    "retention.pick_events": {"lo": 0.0, "cutoff": 1.0, "limit": 2000},
+    "retention.pick_triggers": {"lo": 0.0, "cutoff": 1.0, "limit": 2000, "busy": ["pending", "sending"]},
+    "retention.purge_events": {"ids": [1, 2]},
 }
 
 
 def registry_queries() -> list[tuple[str, str, tuple[Any, ...]]]:
     """(name, SQLite SQL, parameters) of every registered query with example parameters."""
-    from middleware.storage.queries import ingest  # noqa: F401  (registers the queries)
+    import middleware.storage.queries  # noqa: F401  (registers every named query)
     from middleware.storage.sql import REGISTRY
 
     out = []
@@ -435,69 +461,6 @@ def registry_queries() -> list[tuple[str, str, tuple[Any, ...]]]:
 #: the queries not yet in the registry: (where in the code, SQL text as the code runs it, example
 #: parameters), Core statements as SQLAlchemy's SQLite compiler renders them
 QUERIES: list[tuple[str, str, tuple[Any, ...]]] = [
-    ("scheduler/runner.py next due (min due_at)", "SELECT min(\"trigger\".due_at) AS min_1 FROM \"trigger\" WHERE"
-     " \"trigger\".status = ?", ("pending",)),
-    ("scheduler/runner.py _CLAIM",
-     "SELECT \"trigger\".id, \"trigger\".rule_id, \"trigger\".name, \"trigger\".purpose, \"trigger\".destinations,"
-     " \"trigger\".patient_key, \"trigger\".resource_key, \"trigger\".resource_version, \"trigger\".dedup_key,"
-     " \"trigger\".message_kind FROM \"trigger\" WHERE \"trigger\".status = ? AND \"trigger\".due_at <= ?"
-     " ORDER BY \"trigger\".due_at LIMIT ? OFFSET ?", ("pending", 0.0, 500, 0)),
-    ("scheduler/runner.py _OPT_OUTS",
-     "SELECT suppression.patient_key, suppression.purpose, suppression.reason FROM suppression WHERE"
-     " suppression.patient_key IN (?, ?, ?) AND suppression.revoked_at IS NULL AND suppression.destination IS NULL"
-     " ORDER BY suppression.id", PKS),
-    ("scheduler/runner.py _AUTHORIZED",
-     "SELECT DISTINCT authorization.patient_key FROM authorization WHERE authorization.patient_key IN (?, ?, ?)"
-     " AND authorization.purpose = ? AND authorization.revoked_at IS NULL", PKS + ("marketing",)),
-    ("scheduler/runner.py _FIRED_COUNTS (caps)",
-     "SELECT \"trigger\".patient_key, \"trigger\".rule_id, \"trigger\".message_kind, sum(CASE WHEN"
-     " (\"trigger\".fired_at >= ?) THEN ? ELSE ? END) AS sum_1, count(*) AS count_1 FROM \"trigger\" WHERE"
-     " \"trigger\".patient_key IN (?, ?, ?) AND \"trigger\".status = ? AND \"trigger\".fired_at >= ?"
-     " GROUP BY \"trigger\".patient_key, \"trigger\".rule_id, \"trigger\".message_kind",
-     (0.0, 1, 0) + PKS + ("fired", 0.0)),
-    ("scheduler/runner.py _MARK_FIRED",
-     "UPDATE \"trigger\" SET status=?, updated_at=?, fired_at=? WHERE \"trigger\".id = ?", ("fired", 0.0, 0.0, 42)),
-    ("scheduler/patientctx.py _PATIENTS",
-     "SELECT patient.\"key\", patient.resource FROM patient WHERE patient.\"key\" IN (?, ?, ?)", PKS),
-    ("scheduler/patientctx.py _CARE",
-     "SELECT resource_state.patient_key, resource_state.resource FROM resource_state WHERE resource_state.patient_key"
-     " IN (?, ?, ?) AND resource_state.resource_type IN (?, ?) AND resource_state.deleted = 0",
-     PKS + ("Encounter", "CarePlan")),
-    ("delivery/worker.py _claim: due pending rows",
-     "SELECT delivery.id, delivery.trigger_id, delivery.destination, delivery.idempotency_key, delivery.status,"
-     " delivery.attempts, delivery.next_attempt_at FROM delivery WHERE delivery.status = ? AND"
-     " delivery.next_attempt_at <= ? ORDER BY delivery.next_attempt_at LIMIT ? OFFSET ?", ("pending", 0.0, 200, 0)),
-    ("delivery/worker.py _claim: expired leases",
-     "SELECT delivery.id, delivery.trigger_id, delivery.destination, delivery.idempotency_key, delivery.status,"
-     " delivery.attempts, delivery.next_attempt_at FROM delivery WHERE delivery.status = ? AND"
-     " delivery.locked_until < ? ORDER BY delivery.next_attempt_at LIMIT ? OFFSET ?", ("sending", 0.0, 200, 0)),
-    ("delivery/worker.py _claim: due pending rows (a destination blocked)",
-     "SELECT delivery.id, delivery.trigger_id, delivery.destination, delivery.idempotency_key, delivery.status,"
-     " delivery.attempts, delivery.next_attempt_at FROM delivery WHERE delivery.status = ? AND"
-     " delivery.next_attempt_at <= ? AND (delivery.destination NOT IN (?)) ORDER BY delivery.next_attempt_at"
-     " LIMIT ? OFFSET ?", ("pending", 0.0, "x", 200, 0)),
-    ("delivery/worker.py lease update",
-     "UPDATE delivery SET status=?, attempts=(delivery.attempts + ?), updated_at=?, locked_until=?, locked_by=?"
-     " WHERE delivery.id IN (?, ?)", ("sending", 1, 0.0, 0.0, "h", 1, 2)),
-    ("delivery/worker.py _claim triggers by id",
-     "SELECT \"trigger\".id, \"trigger\".payload FROM \"trigger\" WHERE \"trigger\".id IN (?, ?)", (1, 2)),
-    ("delivery/worker.py _release_dead_owners",
-     "SELECT DISTINCT delivery.locked_by FROM delivery WHERE delivery.status = ? AND delivery.locked_until >= ?"
-     " AND (delivery.locked_by LIKE ? || '%')", ("sending", 0.0, "vm:")),
-    ("delivery/gate.py send_time_blocks (merged keys)",
-     "SELECT patient.key, patient.merged_into FROM patient WHERE patient.merged_into IN (?)", (PK,)),
-    # retention picks a chunk of ids in the window since the last run, then updates those ids
-    ("delivery/retention.py purge chunk: inbound_message (window since the last run, 2,000 rows per transaction)",
-     "SELECT id, received_at FROM inbound_message WHERE received_at >= ? AND received_at < ? AND status <> 'received'"
-     " AND raw IS NOT NULL ORDER BY received_at LIMIT 2000", (0.0, 1.0)),
-    ("delivery/retention.py purge chunk: event",
-     "SELECT id, created_at FROM event WHERE created_at >= ? AND created_at < ? AND resource <> '{}'"
-     " ORDER BY created_at LIMIT 2000", (0.0, 1.0)),
-    ("delivery/retention.py purge chunk: trigger",
-     "SELECT id, updated_at FROM \"trigger\" WHERE updated_at >= ? AND updated_at < ? AND status <> 'pending'"
-     " AND payload <> '{}' AND NOT EXISTS (SELECT 1 FROM delivery d WHERE d.trigger_id = \"trigger\".id AND"
-     " d.status IN ('pending', 'sending')) ORDER BY updated_at LIMIT 2000", (0.0, 1.0)),
-    ("delivery/retention.py purge chunk: update by id", "UPDATE event SET resource = '{}' WHERE id IN (?, ?)", (1, 2)),
 ]
 
 
@@ -506,12 +469,15 @@ def explain(db: Path) -> list[tuple[str, str, str]]:
     con = sqlite3.connect(db, timeout=60)
     scans = []
     try:
+        tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         for where, sql, params in registry_queries() + QUERIES:
             print(f"\n{where}\n  {sql}")
             for row in con.execute("EXPLAIN QUERY PLAN " + sql, params):
                 detail = row[-1]
-                # json_each is the list parameter itself (``any_of``), not a table
-                flag = "   <-- FULL SCAN" if detail.startswith("SCAN") and not detail.startswith("SCAN json_each") else ""
+                # a scan of a stored table; not of json_each (the list parameter itself, ``any_of``) nor
+                # of a CTE's or subquery's own rows (the recursive merge walk reads the table by index)
+                words = detail.split()
+                flag = "   <-- FULL SCAN" if words[:1] == ["SCAN"] and len(words) > 1 and words[1] in tables else ""
                 print(f"    {detail}{flag}")
                 if flag:
                     scans.append((where, sql, detail))

@@ -29,6 +29,8 @@ from sqlmodel import Session  # noqa: E402
 
 from middleware.config.destinations import Destination  # noqa: E402
 from middleware.delivery.gate import send_time_blocks  # noqa: E402
+from middleware.storage.queries.scheduler import claim as claim_due  # noqa: E402
+from middleware.storage.sql import unit  # noqa: E402
 from middleware.rules.load import load_ruleset  # noqa: E402
 from middleware.scheduler import runner  # noqa: E402
 from middleware.storage.db import init_db, make_engine  # noqa: E402
@@ -87,17 +89,17 @@ def main() -> None:
     fire: list[float] = []
     # what the delivery worker passes: the claimed trigger's status, patient key and purpose
     send: list[float] = []
-    with Session(engine) as s:
-        rows = s.connection().execute(runner._claim_stmt(a.batch, False), {"now": T}).all()
+    with unit(engine) as u:
+        rows = claim_due(u, T, a.batch)  # the scheduler's own claim (named query "scheduler.claim")
         assert len(rows) == a.batch
         for _ in range(a.rounds):
             t0 = time.process_time()
-            checks = runner._Checks(s, rows, rs, NOW if takes_datetime else T)
+            checks = runner._Checks(u, rows, rs, NOW if takes_datetime else T)
             verdicts = [checks.check(t) for t in rows]
             fire.append((time.process_time() - t0) / len(rows) * 1e6)
             t0 = time.process_time()
             items = [(SimpleNamespace(status="fired", patient_key=t.patient_key, purpose=t.purpose), dest) for t in rows]
-            blocks = send_time_blocks(s, items, NOW)
+            blocks = send_time_blocks(u, items, NOW)
             send.append((time.process_time() - t0) / len(rows) * 1e6)
     print(f"{engine.url.get_backend_name()}: batch {a.batch}, {a.patients} patients, {a.merged}% merged; "
           f"suppressed at fire {sum(v is not None for v in verdicts)}, blocked at send {sum(b is not None for b in blocks)}")

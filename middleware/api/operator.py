@@ -6,10 +6,11 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
-from sqlmodel import Session, col, select
 
 from ..delivery.worker import replay
-from ..storage.tables import DeliveryAttempt, DeliveryRow, EventRow, InboundMessage, TriggerRow
+from ..storage.queries import operator as q
+from ..storage.sql import unit
+from ..storage.statuses import DeliveryStatus, InboundStatus
 from .deps import TokenDep, audited
 
 router = APIRouter(dependencies=[TokenDep])
@@ -23,54 +24,39 @@ def _engine(request: Request) -> Any:
     return request.app.state.runtime.engine
 
 
-def _page(session: Session, table: Any, *, limit: int, before_id: int | None, **filters: Any) -> list[Any]:
-    """Newest first, ``limit`` rows older than ``before_id``, equality filters that are set."""
-    stmt = select(table).order_by(col(table.id).desc()).limit(limit)
-    for name, value in filters.items():
-        if value is not None:
-            stmt = stmt.where(getattr(table, name) == value)
-    if before_id:
-        stmt = stmt.where(col(table.id) < before_id)
-    return list(session.exec(stmt).all())
-
-
 @router.get("/api/messages")
 def messages(request: Request, status: str | None = None, source: str | None = None, limit: int = Query(100, le=1000),
              before_id: int | None = None) -> dict[str, Any]:
-    with Session(_engine(request)) as s:
-        rows = _page(s, InboundMessage, limit=limit, before_id=before_id, status=status, source=source)
-        return {"items": [
-            {"id": m.id, "source": m.source, "channel": m.channel, "received_at": iso(m.received_at),
-             "message_type": m.message_type, "control_id": m.control_id, "status": m.status, "error": m.error,
-             "processed_at": iso(m.processed_at), "size": len(m.raw or b""),
-             "meta": orjson.loads(m.meta) if m.meta else None}
-            for m in rows]}
+    with unit(_engine(request)) as u:
+        rows = q.messages(u, limit=limit, before_id=before_id, status=status, source=source)
+    return {"items": [
+        {"id": m.id, "source": m.source, "channel": m.channel, "received_at": iso(m.received_at),
+         "message_type": m.message_type, "control_id": m.control_id, "status": m.status, "error": m.error,
+         "processed_at": iso(m.processed_at), "size": int(m.size),
+         "meta": orjson.loads(m.meta) if m.meta else None}
+        for m in rows]}
 
 
 @router.get("/api/messages/{message_id}/raw")
 def message_raw(request: Request, message_id: int) -> dict[str, Any]:
-    with Session(_engine(request)) as s:
-        m = s.get(InboundMessage, message_id)
-        if m is None:
-            raise HTTPException(404, "no such message")
-        return {"id": m.id, "raw": (m.raw or b"").decode("latin-1"), "ack": (m.ack or b"").decode("latin-1") or None}
+    with unit(_engine(request)) as u:
+        m = q.message_raw(u, message_id)
+    if m is None:
+        raise HTTPException(404, "no such message")
+    return {"id": m.id, "raw": bytes(m.raw or b"").decode("latin-1"), "ack": bytes(m.ack or b"").decode("latin-1") or None}
 
 
 @router.post("/api/messages/{message_id}/replay")
 def message_replay(request: Request, message_id: int) -> dict[str, Any]:
     """Process a failed (or any) stored message again through the current rules."""
-    with audited(request, "message.replay", "message", message_id), Session(_engine(request)) as s:
-        m = s.get(InboundMessage, message_id)
-        if m is None:
+    with audited(request, "message.replay", "message", message_id), unit(_engine(request), write=True) as u:
+        if not q.requeue_message(u, message_id):
             raise HTTPException(404, "no such message")
-        m.status, m.error = "received", None
-        s.add(m)
-        s.commit()
     request.app.state.runtime.wake_process.set()
-    return {"id": message_id, "status": "received"}
+    return {"id": message_id, "status": InboundStatus.RECEIVED.value}
 
 
-def event_json(e: EventRow) -> dict[str, Any]:
+def event_json(e: q.EventRecord) -> dict[str, Any]:
     return {"id": e.id, "type": e.type, "previous_status": e.previous_status, "status": e.status,
             "resource_type": e.resource_type, "resource_key": e.resource_key, "patient_key": e.patient_key,
             "resource": orjson.loads(e.resource), "source": e.source, "arrival": e.arrival,
@@ -80,12 +66,12 @@ def event_json(e: EventRow) -> dict[str, Any]:
 @router.get("/api/events")
 def events(request: Request, type: str | None = None, patient_key: str | None = None, arrival: str | None = None,
            limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
-    with Session(_engine(request)) as s:
-        rows = _page(s, EventRow, limit=limit, before_id=before_id, type=type, patient_key=patient_key, arrival=arrival)
-        return {"items": [event_json(e) for e in rows]}
+    with unit(_engine(request)) as u:
+        rows = q.events(u, limit=limit, before_id=before_id, type=type, patient_key=patient_key, arrival=arrival)
+    return {"items": [event_json(e) for e in rows]}
 
 
-def trigger_json(t: TriggerRow) -> dict[str, Any]:
+def trigger_json(t: q.TriggerRecord) -> dict[str, Any]:
     return {"id": t.id, "rule_id": t.rule_id, "ruleset_version": t.ruleset_version, "name": t.name, "purpose": t.purpose,
             "destinations": [d for d in t.destinations.split(",") if d], "patient_key": t.patient_key,
             "resource_key": t.resource_key, "event_id": t.event_id, "status": t.status, "reason": t.reason,
@@ -98,38 +84,42 @@ def trigger_json(t: TriggerRow) -> dict[str, Any]:
 @router.get("/api/triggers")
 def triggers(request: Request, status: str | None = None, rule_id: str | None = None, patient_key: str | None = None,
              limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
-    with Session(_engine(request)) as s:
-        rows = _page(s, TriggerRow, limit=limit, before_id=before_id, status=status, rule_id=rule_id, patient_key=patient_key)
-        return {"items": [trigger_json(t) for t in rows]}
+    with unit(_engine(request)) as u:
+        rows = q.triggers(u, limit=limit, before_id=before_id, status=status, rule_id=rule_id, patient_key=patient_key)
+    return {"items": [trigger_json(t) for t in rows]}
 
 
 @router.get("/api/triggers/{trigger_id}")
 def trigger_one(request: Request, trigger_id: int) -> dict[str, Any]:
-    with Session(_engine(request)) as s:
-        t = s.get(TriggerRow, trigger_id)
-        if t is None:
-            raise HTTPException(404, "no such trigger")
-        return trigger_json(t)
+    with unit(_engine(request)) as u:
+        t = q.trigger(u, trigger_id)
+    if t is None:
+        raise HTTPException(404, "no such trigger")
+    return trigger_json(t)
 
 
 @router.get("/api/deliveries")
 def deliveries(request: Request, status: str | None = None, destination: str | None = None,
                limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
-    with Session(_engine(request)) as s:
-        out = []
-        for d in _page(s, DeliveryRow, limit=limit, before_id=before_id, status=status, destination=destination):
-            attempts = s.exec(select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == d.id).order_by(col(DeliveryAttempt.id))).all()
-            out.append({"id": d.id, "trigger_id": d.trigger_id, "destination": d.destination,
-                        "idempotency_key": d.idempotency_key, "status": d.status, "attempts": d.attempts,
-                        "next_attempt_at": iso(d.next_attempt_at), "last_error": d.last_error,
-                        "last_status_code": d.last_status_code, "delivered_at": iso(d.delivered_at),
-                        "history": [{"at": iso(a.at), "outcome": a.outcome, "status_code": a.status_code,
-                                     "error": a.error, "duration_ms": round(a.duration_ms, 2)} for a in attempts]})
-        return {"items": out}
+    with unit(_engine(request)) as u:
+        rows = q.deliveries(u, limit=limit, before_id=before_id, status=status, destination=destination)
+        history: dict[int, list[q.AttemptDetail]] = {}
+        for a in q.attempts_of(u, [d.id for d in rows]):
+            history.setdefault(a.delivery_id, []).append(a)
+    out = []
+    for d in rows:
+        attempts = history.get(d.id, [])
+        out.append({"id": d.id, "trigger_id": d.trigger_id, "destination": d.destination,
+                    "idempotency_key": d.idempotency_key, "status": d.status, "attempts": d.attempts,
+                    "next_attempt_at": iso(d.next_attempt_at), "last_error": d.last_error,
+                    "last_status_code": d.last_status_code, "delivered_at": iso(d.delivered_at),
+                    "history": [{"at": iso(a.at), "outcome": a.outcome, "status_code": a.status_code,
+                                 "error": a.error, "duration_ms": round(a.duration_ms, 2)} for a in attempts]})
+    return {"items": out}
 
 
 @router.post("/api/deliveries/replay")
-def deliveries_replay(request: Request, delivery_id: int | None = None, destination: str | None = None, status: str = "dead",
+def deliveries_replay(request: Request, delivery_id: int | None = None, destination: str | None = None, status: str = DeliveryStatus.DEAD,
                       rule_id: str | None = None, reason_contains: str | None = None) -> dict[str, Any]:
     """Replay one delivery (``delivery_id``), a filter (status, rule, reason text) or a whole destination."""
     target = ("delivery", delivery_id) if delivery_id is not None else ("destination", destination)

@@ -11,11 +11,11 @@ import orjson
 from fastapi import APIRouter, Body, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, ConfigDict, Field
-from sqlmodel import Session, col, select
 
 from ..delivery import admin, audit
 from ..delivery.consent import consent_patient_ref
-from ..storage.tables import Authorization, ConsentRecord, PatientRow, Suppression
+from ..storage.queries import privacy as q
+from ..storage.sql import unit
 from .deps import TokenDep, audited, pseudonym
 
 router = APIRouter(dependencies=[TokenDep])
@@ -30,7 +30,7 @@ def _iso(ts: float | None) -> str | None:
 
 
 # -- consents ---------------------------------------------------------------
-def _consent_json(c: ConsentRecord) -> dict[str, Any]:
+def _consent_json(c: q.ConsentRow) -> dict[str, Any]:
     return {"id": c.id, "patient_key": c.patient_key, "fhir_id": c.fhir_id, "status": c.status, "source": c.source,
             "received_at": _iso(c.received_at), "resource": orjson.loads(c.resource)}
 
@@ -50,32 +50,27 @@ def consent_post(request: Request, resource: dict[str, Any] = Body(...), patient
         raise HTTPException(422, {"error": "invalid FHIR Consent", "detail": str(exc)[:2000]}) from exc
     key, pid = consent_patient_ref(resource)
     now = time.time()
-    with audited(request, "consent.add", "patient") as a, Session(_engine(request)) as s:
+    with audited(request, "consent.add", "patient") as a, unit(_engine(request), write=True) as u:
         if patient_key is None and key is None and pid:
-            row = s.exec(select(PatientRow.key).where(PatientRow.fhir_id == pid)).first()
-            key = row
+            key = q.patient_by_fhir_id(u, pid)
         key = patient_key or key
         if not key:
             raise HTTPException(422, "cannot tell which patient: give patient.identifier, a known Patient/<id>, or ?patient_key=")
-        existing = s.exec(select(ConsentRecord).where(ConsentRecord.fhir_id == resource["id"])).first() if resource.get("id") else None
-        rec = existing or ConsentRecord(patient_key=key, status="", resource="{}", received_at=now, updated_at=now)
-        rec.patient_key, rec.fhir_id, rec.status = key, resource.get("id"), str(resource.get("status"))
-        rec.resource, rec.updated_at = orjson.dumps(resource).decode(), now
+        status = str(resource.get("status"))
         a.target_id = pseudonym(request, key)
-        a.detail = {"consent_id": resource.get("id"), "status": rec.status}
-        if rec.status in ("inactive", "rejected", "entered-in-error"):
+        a.detail = {"consent_id": resource.get("id"), "status": status}
+        if status in ("inactive", "rejected", "entered-in-error"):
             a.detail["revoked"] = True
-        s.add(rec)
-        s.commit()
-        s.refresh(rec)
-        return _consent_json(rec)
+        rec = q.put_consent(u, patient_key=key, fhir_id=resource.get("id"), status=status,
+                            resource=orjson.dumps(resource).decode(), now=now)
+    return _consent_json(rec)
 
 
 @router.get("/api/consents")
 def consent_list(request: Request, patient_key: str = Query(...)) -> dict[str, Any]:
-    with Session(_engine(request)) as s:
-        rows = s.exec(select(ConsentRecord).where(ConsentRecord.patient_key == patient_key).order_by(col(ConsentRecord.id))).all()
-        return {"items": [_consent_json(c) for c in rows]}
+    with unit(_engine(request)) as u:
+        rows = q.consents_of(u, patient_key)
+    return {"items": [_consent_json(c) for c in rows]}
 
 
 # -- suppressions -------------------------------------------------------------
@@ -88,7 +83,7 @@ class SuppressionIn(BaseModel):
     source: Literal["sms-stop", "unsubscribe", "revocation", "operator", "other"] = "operator"
 
 
-def _supp_json(r: Suppression) -> dict[str, Any]:
+def _supp_json(r: q.SuppressionRow) -> dict[str, Any]:
     return {"id": r.id, "patient_key": r.patient_key, "destination": r.destination, "purpose": r.purpose,
             "reason": r.reason, "source": r.source, "created_at": _iso(r.created_at), "revoked_at": _iso(r.revoked_at),
             "active": r.revoked_at is None}
@@ -97,24 +92,18 @@ def _supp_json(r: Suppression) -> dict[str, Any]:
 @router.get("/api/suppressions")
 def suppressions_list(request: Request, patient_key: str | None = None, active: bool = True,
                       limit: int = Query(100, le=1000)) -> dict[str, Any]:
-    with Session(_engine(request)) as s:
-        stmt = select(Suppression).order_by(col(Suppression.id).desc()).limit(limit)
-        if patient_key:
-            stmt = stmt.where(Suppression.patient_key == patient_key)
-        if active:
-            stmt = stmt.where(col(Suppression.revoked_at).is_(None))
-        return {"items": [_supp_json(r) for r in s.exec(stmt)]}
+    with unit(_engine(request)) as u:
+        rows = q.suppressions(u, patient_key=patient_key or None, active=active, limit=limit)
+    return {"items": [_supp_json(r) for r in rows]}
 
 
 @router.post("/api/suppressions", status_code=201)
 def suppressions_add(request: Request, body: SuppressionIn) -> dict[str, Any]:
     """Record an opt-out; it applies from the next send (deliveries are checked at send time)."""
-    with audited(request, "suppression.add", "patient", pseudonym(request, body.patient_key)) as a, Session(_engine(request)) as s:
-        r = Suppression(patient_key=body.patient_key, destination=body.destination, purpose=body.purpose,
-                        reason=body.reason, source=body.source, created_at=time.time())
-        s.add(r)
-        s.commit()
-        s.refresh(r)
+    with audited(request, "suppression.add", "patient", pseudonym(request, body.patient_key)) as a:
+        with unit(_engine(request), write=True) as u:
+            r = q.add_suppression(u, patient_key=body.patient_key, destination=body.destination, purpose=body.purpose,
+                                  reason=body.reason, source=body.source, created_at=time.time())
         out = _supp_json(r)
         a.detail = {"suppression_id": r.id, "destination": body.destination, "purpose": body.purpose,
                     "source": body.source}
@@ -122,24 +111,14 @@ def suppressions_add(request: Request, body: SuppressionIn) -> dict[str, Any]:
     return out
 
 
-def _revoke(s: Session, table: Any, row_id: int, missing: str) -> Any:
-    """Mark a row revoked now (kept for the record); 404 when it does not exist; idempotent."""
-    row = s.get(table, row_id)
-    if row is None:
-        raise HTTPException(404, missing)
-    if row.revoked_at is None:
-        row.revoked_at = time.time()
-        s.add(row)
-        s.commit()
-        s.refresh(row)
-    return row
-
-
 @router.delete("/api/suppressions/{suppression_id}")
 def suppressions_remove(request: Request, suppression_id: int) -> dict[str, Any]:
     """Lift an opt-out (the row is kept with ``revoked_at`` for the record)."""
-    with audited(request, "suppression.revoke", "suppression", suppression_id) as a, Session(_engine(request)) as s:
-        row = _revoke(s, Suppression, suppression_id, "no such suppression")
+    with audited(request, "suppression.revoke", "suppression", suppression_id) as a:
+        with unit(_engine(request), write=True) as u:
+            row = q.revoke_suppression(u, suppression_id, time.time())
+        if row is None:
+            raise HTTPException(404, "no such suppression")
         a.detail = {"patient": pseudonym(request, row.patient_key)}
         return _supp_json(row)
 
@@ -152,25 +131,24 @@ class AuthorizationIn(BaseModel):
     reference: str | None = Field(None, max_length=200, description="where the signed authorization is kept")
 
 
-def _auth_json(a: Authorization) -> dict[str, Any]:
+def _auth_json(a: q.AuthorizationRow) -> dict[str, Any]:
     return {"id": a.id, "patient_key": a.patient_key, "purpose": a.purpose, "reference": a.reference,
             "granted_at": _iso(a.granted_at), "revoked_at": _iso(a.revoked_at), "active": a.revoked_at is None}
 
 
 @router.get("/api/authorizations")
 def authorizations_list(request: Request, patient_key: str = Query(...)) -> dict[str, Any]:
-    with Session(_engine(request)) as s:
-        rows = s.exec(select(Authorization).where(Authorization.patient_key == patient_key).order_by(col(Authorization.id)))
-        return {"items": [_auth_json(a) for a in rows]}
+    with unit(_engine(request)) as u:
+        rows = q.authorizations_of(u, patient_key)
+    return {"items": [_auth_json(a) for a in rows]}
 
 
 @router.post("/api/authorizations", status_code=201)
 def authorizations_add(request: Request, body: AuthorizationIn) -> dict[str, Any]:
-    with audited(request, "authorization.add", "patient", pseudonym(request, body.patient_key)) as au, Session(_engine(request)) as s:
-        a = Authorization(patient_key=body.patient_key, purpose=body.purpose, reference=body.reference, granted_at=time.time())
-        s.add(a)
-        s.commit()
-        s.refresh(a)
+    with audited(request, "authorization.add", "patient", pseudonym(request, body.patient_key)) as au:
+        with unit(_engine(request), write=True) as u:
+            a = q.add_authorization(u, patient_key=body.patient_key, purpose=body.purpose, reference=body.reference,
+                                    granted_at=time.time())
         au.detail = {"authorization_id": a.id, "purpose": a.purpose}
         return _auth_json(a)
 
@@ -178,8 +156,11 @@ def authorizations_add(request: Request, body: AuthorizationIn) -> dict[str, Any
 @router.delete("/api/authorizations/{authorization_id}")
 def authorizations_revoke(request: Request, authorization_id: int) -> dict[str, Any]:
     """Revoke; pending marketing deliveries for the patient are suppressed at their send time."""
-    with audited(request, "authorization.revoke", "authorization", authorization_id) as au, Session(_engine(request)) as s:
-        row = _revoke(s, Authorization, authorization_id, "no such authorization")
+    with audited(request, "authorization.revoke", "authorization", authorization_id) as au:
+        with unit(_engine(request), write=True) as u:
+            row = q.revoke_authorization(u, authorization_id, time.time())
+        if row is None:
+            raise HTTPException(404, "no such authorization")
         au.detail = {"patient": pseudonym(request, row.patient_key), "purpose": row.purpose}
         return _auth_json(row)
 

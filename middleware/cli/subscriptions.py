@@ -209,11 +209,11 @@ def _apply(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sqlmodel import Session, col, func, select
-
-    from ..pipeline.fhir_state import hwm_key, kv_get, kv_prefix, parse_instant, reconcile_key
+    from ..pipeline.fhir_state import hwm_key, parse_instant, reconcile_key
     from ..rules.load import load_ruleset
-    from ..storage.tables import InboundMessage
+    from ..storage.queries import kv
+    from ..storage.queries.metrics import last_received
+    from ..storage.sql import unit
 
     settings = settings_from(args)
     rs, _ = load_ruleset(settings.mappings_dir)
@@ -234,22 +234,21 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"server {source.fhir.base_url}: unreachable ({type(exc).__name__})")
     engine = open_data(settings)
     now = time.time()
-    with Session(engine) as s:
-        last = s.exec(select(func.max(InboundMessage.received_at)).where(
-            col(InboundMessage.channel) == "fhir", col(InboundMessage.source) == source.name)).one()
+    last = last_received(engine, channel="fhir", source=source.name)
+    with unit(engine) as u:
         when = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(last)) + f' ({now - last:.0f} s ago)' if last else 'never'
         print(f"last notification: {when}")
-        for key, st in kv_prefix(s, f"fhir.sub.{source.name}.").items():
+        for key, st in kv.with_prefix_json(u, f"fhir.sub.{source.name}.").items():
             print(f"  {key.rsplit('.', 1)[-1]}: last event {st.get('last_event')}, missing {len(st.get('missing') or [])}, "
                   f"gaps {st.get('gaps', 0)}, resets {st.get('resets', 0)}, last {st.get('last_type')}")
-        rec = kv_get(s, reconcile_key(source.name))
+        rec = kv.get_json(u, reconcile_key(source.name))
         if rec:
             print(f"last reconciliation: {now - rec['at']:.0f} s ago ({rec['reason']}): {rec['stored']} stored, "
                   f"errors {len(rec.get('errors') or [])}")
         else:
             print("last reconciliation: never")
         for t in source.fhir.resource_types:
-            at = parse_instant((kv_get(s, hwm_key(source.name, t)) or {}).get("at"))
+            at = parse_instant((kv.get_json(u, hwm_key(source.name, t)) or {}).get("at"))
             print(f"  {t}: high-water mark {at.isoformat() if at else 'none'}" + (f", lag {now - at.timestamp():.0f} s" if at else ""))
     return 0
 

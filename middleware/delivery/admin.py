@@ -11,10 +11,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-import orjson
 from sqlalchemy.engine import Engine
 
-from ..storage.queries import admin as q
+from ..storage.queries import admin as q, kv
 from ..storage.sql import unit
 from ..storage.statuses import DeliveryStatus
 
@@ -49,7 +48,7 @@ def list_deliveries(engine: Engine, *, status: str | None = None, destination: s
     return out
 
 
-def replay(engine: Engine, *, delivery_id: int | None = None, destination: str | None = None, status: str = "dead",
+def replay(engine: Engine, *, delivery_id: int | None = None, destination: str | None = None, status: str = DeliveryStatus.DEAD,
            rule_id: str | None = None, reason_contains: str | None = None, now: float | None = None) -> int:
     """Put matching deliveries back to pending; return how many. Raises ValueError for a non-replayable status."""
     if status not in REPLAYABLE:
@@ -73,8 +72,8 @@ def paused_destinations(engine: Engine) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     with unit(engine) as u:
         for prefix in PAUSE_PREFIXES:
-            for kv in q.with_prefix(u, prefix):
-                out[kv.key[len(prefix):]] = {"kind": "disabled" if "disabled" in prefix else "paused", **orjson.loads(kv.value)}
+            for key, value in kv.with_prefix_json(u, prefix).items():
+                out[key[len(prefix):]] = {"kind": "disabled" if "disabled" in prefix else "paused", **value}
     return out
 
 

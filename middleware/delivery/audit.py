@@ -15,27 +15,16 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import event
 from sqlalchemy.engine import Engine
+
+from ..storage.append_only import AppendOnlyError, guard_append_only
 from ..storage.queries import audit as q
 from ..storage.sql import unit
+from ..storage.statuses import DisclosureOutcome
 from ..storage.tables import Disclosure
 
 KEEP_YEARS = 6
-
-class AppendOnlyError(RuntimeError):
-    """Disclosures are append-only: they are never updated or deleted."""
-
-
-def _refuse(*_args: Any) -> None:
-    raise AppendOnlyError(AppendOnlyError.__doc__)
-
-
-def guard_append_only() -> None:
-    """Install (once) ORM hooks that refuse to update or delete a Disclosure."""
-    for name in ("before_update", "before_delete"):
-        if not event.contains(Disclosure, name, _refuse):
-            event.listen(Disclosure, name, _refuse)
+__all__ = ["AppendOnlyError", "KEEP_YEARS", "disclosure_json", "disclosures_for", "guard_append_only", "to_csv"]
 
 
 def _iso(ts: float) -> str:
@@ -47,7 +36,7 @@ def disclosure_json(d: q.DisclosureRecord | Disclosure) -> dict[str, Any]:
         "id": d.id, "sent_at": _iso(d.sent_at), "patient_key": d.patient_key, "destination": d.destination,
         "fields": orjson.loads(d.fields), "body_sha256": d.body_sha256, "body_bytes": d.body_bytes,
         "request": d.request_target, "purpose": d.purpose, "rule_id": d.rule_id, "ruleset_version": d.ruleset_version,
-        "delivery_id": d.delivery_id, "trigger_id": d.trigger_id, "attempt": d.attempt, "outcome": d.outcome or "delivered",
+        "delivery_id": d.delivery_id, "trigger_id": d.trigger_id, "attempt": d.attempt, "outcome": d.outcome or DisclosureOutcome.DELIVERED,
     }
 
 

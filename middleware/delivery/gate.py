@@ -17,7 +17,7 @@ from .. import purposes
 from ..config.destinations import Destination
 from ..storage.privacy import OptOut, read_privacy
 from ..storage.sql import UnitOfWork
-from ..storage.statuses import TriggerStatus
+from ..storage.statuses import DeliveryStatus, TriggerStatus
 from ..storage.tables import TriggerRow
 
 
@@ -29,12 +29,12 @@ def _opt_out_reason(r: OptOut) -> str:
 def _static_block(t: Any, dest: Destination) -> tuple[str, str] | None:
     """The checks that need no database read (cancellation, BAA, purpose)."""
     if t.status == TriggerStatus.CANCELLED:
-        return "suppressed", "trigger was cancelled"
+        return DeliveryStatus.SUPPRESSED, "trigger was cancelled"
     if t.patient_key and not dest.baa:
-        return "suppressed", (f"destination {dest.name} has no business associate agreement; "
+        return DeliveryStatus.SUPPRESSED, (f"destination {dest.name} has no business associate agreement; "
                               "patient-level triggers are refused at send time")
     if t.purpose not in dest.policy.purposes:
-        return "suppressed", f"destination policy does not allow purpose {t.purpose}"
+        return DeliveryStatus.SUPPRESSED, f"destination policy does not allow purpose {t.purpose}"
     return None
 
 
@@ -55,13 +55,13 @@ def send_time_blocks(u: UnitOfWork, items: Sequence[tuple[Any, Destination]], at
         t, dest = items[i]
         r = privacy.opt_out(t.patient_key, t.purpose, dest.name)
         if r is not None:
-            out[i] = ("suppressed", _opt_out_reason(r))
+            out[i] = (DeliveryStatus.SUPPRESSED, _opt_out_reason(r))
         elif purposes.needs_authorization(t.purpose) and not privacy.has_marketing_authorization(t.patient_key):
-            out[i] = ("suppressed", "marketing requires a recorded authorization for this patient (none active at send time)")
+            out[i] = (DeliveryStatus.SUPPRESSED, "marketing requires a recorded authorization for this patient (none active at send time)")
         else:
             reason = privacy.consent_denial(t.patient_key, t.purpose, dest.name, at)
             if reason:
-                out[i] = ("suppressed", reason)
+                out[i] = (DeliveryStatus.SUPPRESSED, reason)
     return out
 
 

@@ -6,12 +6,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ..storage.statuses import DeliveryStatus
 from .registry import AuthFailure, Delivered, Disable, Outcome, Permanent, RateLimit, Retry
 
 
 @dataclass(frozen=True)
 class Decision:
-    status: str  # delivered | pending (retry) | dead | disabled
+    status: DeliveryStatus  # delivered | pending (retry) | dead
     next_in_s: float | None = None
     reason: str = ""
 
@@ -25,21 +26,21 @@ def decide(outcome: Outcome, attempt: int, *, max_attempts: int, base_s: float, 
     """
     rng = rng or random.Random()
     if isinstance(outcome, Delivered):
-        return Decision("delivered")
+        return Decision(DeliveryStatus.DELIVERED)
     if isinstance(outcome, Disable):
-        return Decision("dead", reason=f"destination disabled: {outcome.reason}")
+        return Decision(DeliveryStatus.DEAD, reason=f"destination disabled: {outcome.reason}")
     if isinstance(outcome, Permanent):
-        return Decision("dead", reason=outcome.reason)
+        return Decision(DeliveryStatus.DEAD, reason=outcome.reason)
     if attempt >= max_attempts:
-        return Decision("dead", reason=f"gave up after {attempt} attempts: {getattr(outcome, 'reason', '')}")
+        return Decision(DeliveryStatus.DEAD, reason=f"gave up after {attempt} attempts: {getattr(outcome, 'reason', '')}")
     if isinstance(outcome, Retry) and outcome.after_s is not None:
-        return Decision("pending", max(0.0, outcome.after_s), outcome.reason)
+        return Decision(DeliveryStatus.PENDING, max(0.0, outcome.after_s), outcome.reason)
     wait = min(max_s, base_s * (2 ** (attempt - 1)))
     wait *= 1 + rng.uniform(-0.1, 0.1)
     reason = getattr(outcome, "reason", "")
     if isinstance(outcome, AuthFailure):
-        return Decision("pending", max(wait, 300.0), reason)
-    return Decision("pending", wait, reason)
+        return Decision(DeliveryStatus.PENDING, max(wait, 300.0), reason)
+    return Decision(DeliveryStatus.PENDING, wait, reason)
 
 
 class TokenBucket:

@@ -493,7 +493,7 @@ def _hubspot_uuid(key: str) -> str:
     return event_uuid(key)
 
 
-def replay(engine: Engine, *, delivery_id: int | None = None, destination: str | None = None, status: str = "dead",
+def replay(engine: Engine, *, delivery_id: int | None = None, destination: str | None = None, status: str = DeliveryStatus.DEAD,
            rule_id: str | None = None, reason_contains: str | None = None) -> int:
     """Compatibility wrapper for :func:`middleware.delivery.admin.replay`."""
     from .admin import replay as _replay

@@ -21,10 +21,9 @@ import hashlib
 import time
 from pathlib import Path
 
-from sqlmodel import Session
-
-from ..pipeline.fhir_state import kv_get, kv_set
 from ..storage.db import init_db, make_engine
+from ..storage.queries import kv
+from ..storage.sql import unit
 
 SERVER_KEY = "sandbox.server"
 
@@ -52,8 +51,8 @@ def recorded(database_url: str) -> str | None:
     engine = make_engine(database_url)
     try:
         init_db(engine)
-        with Session(engine) as s:
-            value = kv_get(s, SERVER_KEY)
+        with unit(engine) as u:
+            value = kv.get_json(u, SERVER_KEY)
     finally:
         engine.dispose()
     return str(value["id"]) if value and value.get("id") else None
@@ -64,9 +63,8 @@ def record(database_url: str, ident: str) -> None:
     engine = make_engine(database_url)
     try:
         init_db(engine)
-        with Session(engine) as s:
-            kv_set(s, SERVER_KEY, {"id": ident, "at": time.time()}, time.time())
-            s.commit()
+        with unit(engine, write=True) as u:
+            kv.put_json(u, SERVER_KEY, {"id": ident, "at": time.time()}, time.time())
     finally:
         engine.dispose()
 

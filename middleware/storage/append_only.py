@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import DDL, event
 from sqlalchemy.engine import Connection
+from sqlalchemy.orm import ORMExecuteState, Session as OrmSession
 from sqlmodel import SQLModel
 
 from .tables import AdminAudit, Disclosure
@@ -98,3 +99,41 @@ def _attach() -> None:
 
 
 _attach()
+
+
+# -- the same rule in the ORM: refuse before the statement reaches the database --------------
+
+
+class AppendOnlyError(RuntimeError):
+    """Disclosures are append-only: they are never updated or deleted."""
+
+
+def _refuse_disclosure(*_args: Any) -> None:
+    raise AppendOnlyError(AppendOnlyError.__doc__)
+
+
+def _refuse_admin_audit(*_args: Any) -> None:
+    raise AppendOnlyError("the admin audit is append-only: rows are never updated or deleted")
+
+
+def _refuse_admin_audit_bulk(state: ORMExecuteState) -> None:
+    if (state.is_update or state.is_delete) and state.bind_mapper is not None \
+            and state.bind_mapper.class_ is AdminAudit:
+        _refuse_admin_audit()
+
+
+def guard_append_only() -> None:
+    """Install (once) ORM hooks that refuse to update or delete a Disclosure."""
+    for name in ("before_update", "before_delete"):
+        if not event.contains(Disclosure, name, _refuse_disclosure):
+            event.listen(Disclosure, name, _refuse_disclosure)
+
+
+def guard_admin_audit() -> None:
+    """Install (once) ORM hooks that refuse to update or delete admin-audit rows, one by one or
+    with bulk ORM ``UPDATE``/``DELETE`` statements."""
+    for name in ("before_update", "before_delete"):
+        if not event.contains(AdminAudit, name, _refuse_admin_audit):
+            event.listen(AdminAudit, name, _refuse_admin_audit)
+    if not event.contains(OrmSession, "do_orm_execute", _refuse_admin_audit_bulk):
+        event.listen(OrmSession, "do_orm_execute", _refuse_admin_audit_bulk)

@@ -4,26 +4,25 @@ patient — the survivor and every key merged into it, transitively — counts f
 whether it was recorded before or after the merge and whichever key the trigger carries."""
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
 import orjson
 import pytest
-from sqlalchemy import delete, event
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from middleware.config.destinations import Destination
 from middleware.delivery.gate import send_time_blocks
-from middleware.storage.sql import unit
 from middleware.pipeline.changes import merge_patients
 from middleware.storage.sql import unit
 from middleware.rules.load import RuleSet, load_ruleset
 from middleware.scheduler.runner import Scheduler
 from middleware.storage.db import init_db, make_engine
 from middleware.storage.tables import Authorization, ConsentRecord, PatientRow, Suppression, TriggerRow
+from support.statements import recording
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2024, 6, 1, 16, tzinfo=timezone.utc)
@@ -205,7 +204,8 @@ def test_death_recorded_under_a_merged_away_key_suppresses_at_fire_time(engine: 
     assert fired["t-dead"] == ("suppressed", "patient is deceased")
 
 
-def test_a_batch_is_checked_with_the_same_statements_whatever_its_size(engine: Engine, bundled: RuleSet) -> None:
+def test_a_batch_is_checked_with_the_same_statements_whatever_its_size(engine: Engine, bundled: RuleSet,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Fire time and send time read a batch with a fixed number of statements (one per table, plus
     the merges), not one per trigger or per merged key."""
     def statements(n: int) -> list[str]:
@@ -218,17 +218,8 @@ def test_a_batch_is_checked_with_the_same_statements_whatever_its_size(engine: E
             merge(engine, mid, old)
             merge(engine, new, mid)
             add(engine, trig(f"n{n}-{i}-a", new, "marketing"), trig(f"n{n}-{i}-b", new))
-        seen: list[str] = []
-
-        def hook(conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
-            plain = re.sub(r"%\(\w+\)s(::\w+)?", "?", statement)  # PostgreSQL's named, cast placeholders
-            seen.append(re.sub(r"\?(, \?)*", "?", plain))  # the same statement whatever the list's length
-
-        event.listen(engine, "before_cursor_execute", hook)
-        try:
+        with recording(engine, monkeypatch) as seen:
             fired, sent = fire_and_gate(engine, bundled)
-        finally:
-            event.remove(engine, "before_cursor_execute", hook)
         assert len(fired) == 2 * n
         assert all(v == ("suppressed", OPTED_OUT) for v in fired.values()), fired
         assert all("all destinations): STOP" in (r or "") for r in sent.values()), sent

@@ -7,8 +7,10 @@ file:line for
 * ``sqlalchemy.text(...)`` / ``exec_driver_sql(...)`` calls and ``.execute(...)`` / ``.executemany(...)``
   given a literal string,
 * SQLAlchemy / SQLModel statement builders (``select``, ``insert``, ``update``, ``delete``, ``text``,
-  ...) imported outside storage: an ORM or Core statement written in place is a query that is not
-  in the registry either.
+  ...) and ORM sessions imported outside storage: an ORM or Core statement written in place is a
+  query that is not in the registry either;
+* ``engine.connect()`` / ``engine.begin()`` / ``engine.raw_connection()``: a connection opened
+  outside the unit of work.
 
 ``PENDING`` names the modules still being converted (with why); it must shrink to empty, and an
 entry whose module has become clean fails the test so the list cannot go stale.
@@ -31,11 +33,6 @@ PENDING: dict[str, str] = {
     "middleware/pipeline/fhir_state.py": "processing hot path: moving to storage/ queries (branch i12-core)",
     "middleware/pipeline/reconcile.py": "processing hot path: moving to storage/ queries (branch i12-core)",
     "middleware/pipeline/replay.py": "processing hot path: moving to storage/ queries (branch i12-core)",
-    "middleware/api/operator.py": "moving to storage/queries/ (branch i12-queries)",
-    "middleware/api/privacy.py": "moving to storage/queries/ (branch i12-queries)",
-    "middleware/cli/subscriptions.py": "moving to storage/queries/ (branch i12-queries)",
-    "middleware/delivery/admin_audit.py": "moving to storage/queries/ (branch i12-queries)",
-    "middleware/sandbox/server_state.py": "moving to storage/queries/ (branch i12-queries)",
 }
 
 # -- what counts as SQL text ---------------------------------------------------------------
@@ -90,6 +87,16 @@ def _string_of(node: ast.AST) -> str | None:
     return None
 
 
+def _receiver(node: ast.AST) -> str:
+    """``engine`` for ``engine``, ``self.rt.engine`` for that attribute chain, else ''."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        inner = _receiver(node.value)
+        return f"{inner}.{node.attr}" if inner else node.attr
+    return ""
+
+
 def _docstrings(tree: ast.Module) -> set[int]:
     """ids of the docstring nodes (documentation may name SQL; code may not run it)."""
     out: set[int] = set()
@@ -131,6 +138,8 @@ def violations(path: Path, root: Path = ROOT) -> list[str]:
                     found.append((node.lineno, f"{f.value.id}.{f.attr}(...)"))
                 elif f.attr == "exec_driver_sql":
                     found.append((node.lineno, "exec_driver_sql(...)"))
+                elif f.attr in ("connect", "begin", "raw_connection") and _receiver(f.value).lower().endswith("engine"):
+                    found.append((node.lineno, f"{_receiver(f.value)}.{f.attr}(): a connection outside the unit of work"))
                 elif f.attr in ("execute", "executemany", "executescript") and arg is not None:
                     s = _string_of(arg)
                     if s is not None:
@@ -181,6 +190,8 @@ def test_pending_list_has_no_stale_entries() -> None:
     'q = "status = ?" + " FOR UPDATE SKIP LOCKED"',
     'q = "CREATE TABLE t (a int)"',
     'q = "ON CONFLICT (key) DO NOTHING"',
+    'with self.engine.begin() as c:\n    pass',
+    'with engine.connect() as c:\n    pass',
 ])
 def test_detector_finds_sql(tmp_path: Path, src: str) -> None:
     f = tmp_path / "m.py"
@@ -196,6 +207,7 @@ def test_detector_finds_sql(tmp_path: Path, src: str) -> None:
     'help = "Delete from the sandbox the resources it created"',
     'method = "DELETE"',
     'x = {"created": "select the rows"}',
+    'sock.connect(addr)',
 ])
 def test_detector_ignores_prose(tmp_path: Path, src: str) -> None:
     f = tmp_path / "m.py"

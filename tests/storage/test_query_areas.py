@@ -218,3 +218,125 @@ def test_delivery_worker_claims_sends_and_records_on_both_backends(engine: Engin
         assert list(s.query(SendIntent)) == []
         assert [(a.kind, a.destination) for a in s.query(DeliveryAlert)] == [("auth-failure", "hook2")]
         assert s.get(KeyValue, "destination.paused.hook2") is not None
+
+
+def test_kv_reads_and_writes_and_last_received(engine: Engine) -> None:
+    from middleware.storage.queries import kv
+    from middleware.storage.sql import unit
+
+    with unit(engine, write=True) as u:
+        assert kv.get_json(u, "a.1") is None
+        kv.put_json(u, "a.1", {"n": 1}, 1.0)
+        kv.put_json(u, "a.1", {"n": 2}, 2.0)  # replaces
+        assert kv.add(u, "a.2", '{"n": 3}', 3.0) is True
+        assert kv.add(u, "a.2", '{"n": 4}', 4.0) is False  # kept
+        kv.put_json(u, "b.1", {}, 5.0)
+    with unit(engine) as u:
+        assert kv.get_json(u, "a.1") == {"n": 2}
+        assert kv.with_prefix_json(u, "a.") == {"a.1": {"n": 2}, "a.2": {"n": 3}}
+    with Session(engine) as s:
+        s.add_all([InboundMessage(source=src, channel=ch, received_at=t, raw=b"x", sha256="h")
+                   for src, ch, t in (("s1", "fhir", 10.0), ("s1", "fhir", 30.0), ("s1", "mllp", 50.0), ("s2", "fhir", 70.0))])
+        s.commit()
+    assert metrics.last_received(engine, channel="fhir", source="s1") == 30.0
+    assert metrics.last_received(engine, channel="http", source="s1") is None
+
+
+def test_admin_audit_appends_and_pages(engine: Engine) -> None:
+    from middleware.delivery import admin_audit
+
+    ids = [admin_audit.record(engine, actor=actor, channel="cli", action=action, at=at, target_id=7, detail={"n": at})
+           for actor, action, at in (("ann", "deliveries.replay", 10.0), ("bob", "suppression.add", 20.0),
+                                     ("ann", "suppression.add", 30.0), ("ann", "deliveries.replay", 40.0))]
+    assert ids == sorted(ids) and len(set(ids)) == 4
+    rows, more = admin_audit.query(engine, limit=3)
+    assert [r["id"] for r in rows] == ids[:0:-1] and more == ids[1]
+    rows, more = admin_audit.query(engine, before_id=more)
+    assert [r["id"] for r in rows] == [ids[0]] and more is None
+    rows, _ = admin_audit.query(engine, actor="ann", action="suppression.add")
+    assert [(r["actor"], r["target_id"], r["detail"]) for r in rows] == [("ann", "7", {"n": 30.0})]
+    assert [r["id"] for r in admin_audit.query(engine, since=20.0)[0]] == ids[:0:-1]
+
+
+def test_operator_pages_filters_and_single_rows(engine: Engine) -> None:
+    from middleware.storage.queries import operator as op
+    from middleware.storage.sql import unit
+    from middleware.storage.tables import DeliveryAttempt, EventRow
+
+    with Session(engine) as s:
+        s.add_all([InboundMessage(source=src, channel="mllp", received_at=1.0, raw=raw, sha256="h", status=st)
+                   for src, st, raw in (("a", "failed", b"MSH|1"), ("b", "processed", b"MSH|22"), ("a", "processed", None))])
+        s.add_all([EventRow(type=t, resource_type="Appointment", resource_key="k", patient_key=pk, resource="{}", source="s",
+                            arrival=arr, occurred_at=1.0, created_at=1.0)
+                   for t, pk, arr in (("booked", "p1", "message"), ("noshow", "p1", "reconcile"), ("booked", "p2", "message"))])
+        s.add_all([_trigger(1, "pending", 5.0), _trigger(2, "fired", 6.0)])
+        s.add_all([DeliveryRow(trigger_id=2, destination=d, idempotency_key=f"k{d}", status=st, next_attempt_at=0.0,
+                               created_at=0.0, updated_at=0.0) for d, st in (("d1", "dead"), ("d2", "delivered"))])
+        s.add_all([DeliveryAttempt(delivery_id=1, at=a, outcome="retry", duration_ms=1.234) for a in (1.0, 2.0)])
+        s.commit()
+    with unit(engine) as u:
+        assert [(m.id, m.size) for m in op.messages(u, limit=10, before_id=None, status=None, source=None)] == [
+            (3, 0), (2, 6), (1, 5)]
+        assert [m.id for m in op.messages(u, limit=10, before_id=3, status="processed", source=None)] == [2]
+        assert [m.id for m in op.messages(u, limit=1, before_id=0, status=None, source="a")] == [3]
+        raw = op.message_raw(u, 1)
+        assert raw is not None and bytes(raw.raw or b"") == b"MSH|1" and op.message_raw(u, 99) is None
+        assert [e.id for e in op.events(u, limit=10, before_id=None, type="booked", patient_key=None, arrival=None)] == [3, 1]
+        assert [e.id for e in op.events(u, limit=10, before_id=None, type=None, patient_key="p1", arrival="reconcile")] == [2]
+        assert [t.id for t in op.triggers(u, limit=10, before_id=None, status="pending", rule_id="r", patient_key=None)] == [1]
+        t = op.trigger(u, 2)
+        assert t is not None and t.status == "fired" and op.trigger(u, 3) is None
+        assert [d.id for d in op.deliveries(u, limit=10, before_id=None, status=None, destination="d1")] == [1]
+        assert [a.at for a in op.attempts_of(u, [1, 2])] == [1.0, 2.0]
+    with unit(engine, write=True) as u:
+        assert op.requeue_message(u, 1) is True and op.requeue_message(u, 99) is False
+    with Session(engine) as s:
+        m = s.get(InboundMessage, 1)
+        assert m is not None and (m.status, m.error) == ("received", None)
+
+
+def test_privacy_records_write_list_and_revoke(engine: Engine) -> None:
+    from middleware.storage.queries import privacy as pq
+    from middleware.storage.sql import unit
+    from middleware.storage.tables import PatientRow
+
+    with Session(engine) as s:
+        s.add(PatientRow(key="urn:mrn|1", fhir_id="pat-1", resource="{}"))
+        s.commit()
+    with unit(engine, write=True) as u:
+        assert pq.patient_by_fhir_id(u, "pat-1") == "urn:mrn|1" and pq.patient_by_fhir_id(u, "nope") is None
+        c1 = pq.put_consent(u, patient_key="urn:mrn|1", fhir_id="c-1", status="active", resource='{"a":1}', now=10.0)
+        c2 = pq.put_consent(u, patient_key="urn:mrn|1", fhir_id="c-1", status="inactive", resource='{"a":2}', now=20.0)
+        c3 = pq.put_consent(u, patient_key="urn:mrn|1", fhir_id=None, status="active", resource="{}", now=30.0)
+        assert c2.id == c1.id != c3.id and (c2.status, c2.resource, c2.received_at, c2.source) == ("inactive", '{"a":2}', 10.0, "api")
+        s1 = pq.add_suppression(u, patient_key="p", destination=None, purpose=None, reason="STOP", source="sms-stop",
+                                created_at=1.0)
+        s2 = pq.add_suppression(u, patient_key="q", destination="d", purpose="marketing", reason="x", source="operator",
+                                created_at=2.0)
+        a1 = pq.add_authorization(u, patient_key="p", purpose="marketing", reference="form", granted_at=3.0)
+    with unit(engine, write=True) as u:
+        assert [c.id for c in pq.consents_of(u, "urn:mrn|1")] == [c1.id, c3.id]
+        assert [r.id for r in pq.suppressions(u, patient_key=None, active=True, limit=10)] == [s2.id, s1.id]
+        revoked = pq.revoke_suppression(u, s1.id, 50.0)
+        assert revoked is not None and revoked.revoked_at == 50.0
+        again = pq.revoke_suppression(u, s1.id, 60.0)
+        assert again is not None and again.revoked_at == 50.0  # idempotent: the first revocation stands
+        assert pq.revoke_suppression(u, 999, 60.0) is None
+        assert [r.id for r in pq.suppressions(u, patient_key=None, active=True, limit=10)] == [s2.id]
+        assert [r.id for r in pq.suppressions(u, patient_key="p", active=False, limit=10)] == [s1.id]
+        assert [a.reference for a in pq.authorizations_of(u, "p")] == ["form"]
+        ra = pq.revoke_authorization(u, a1.id, 70.0)
+        assert ra is not None and ra.revoked_at == 70.0 and pq.revoke_authorization(u, 999, 1.0) is None
+
+
+def test_every_named_query_compiles_on_both_dialects_and_claims_skip_locked_on_postgresql() -> None:
+    import middleware.storage.queries  # noqa: F401  (registers every area)
+    from middleware.storage.sql import REGISTRY
+
+    for name, q in REGISTRY.items():
+        lite, pg = q.compiled_for("sqlite").sql, q.compiled_for("postgresql").sql
+        assert "%s" not in lite and "%(" not in lite, (name, lite)  # qmark placeholders only
+        assert "?" not in pg and "%(" not in pg, (name, pg)  # positional %s only
+    for name in ("delivery.claim_due", "delivery.claim_expired", "scheduler.claim"):
+        assert REGISTRY[name].compiled_for("postgresql").sql.rstrip().endswith("FOR UPDATE SKIP LOCKED"), name
+        assert "FOR UPDATE" not in REGISTRY[name].compiled_for("sqlite").sql, name

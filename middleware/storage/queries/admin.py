@@ -9,9 +9,11 @@ from sqlalchemy import Integer, String, cast, delete, or_, select, true, update
 
 from ..sql import UnitOfWork, any_of, param, query
 from ..statuses import DeliveryStatus
-from ._tables import ALERT, ATTEMPT, DELIVERY, INTENT, KV, TRIGGER
+from . import operator
+from ._tables import ALERT, DELIVERY, INTENT, KV, TRIGGER
+from .operator import AttemptDetail
 
-_D, _T, _A, _AT = DELIVERY.c, TRIGGER.c, ALERT.c, ATTEMPT.c
+_D, _T, _A = DELIVERY.c, TRIGGER.c, ALERT.c
 
 
 def _optional(name: str, column: Any, type_: Any = String) -> Any:
@@ -32,22 +34,9 @@ class DeliveryListed(NamedTuple):
     delivered_at: float | None
 
 
-class AttemptRecord(NamedTuple):
-    delivery_id: int
-    at: float
-    outcome: str
-    status_code: int | None
-    error: str | None
-
-
 class ReplayCandidate(NamedTuple):
     id: int
     idempotency_key: str
-
-
-class PauseRecord(NamedTuple):
-    key: str
-    value: str
 
 
 class AlertRecord(NamedTuple):
@@ -66,9 +55,6 @@ query("admin.list_deliveries",
       .select_from(DELIVERY.outerjoin(TRIGGER, _T.id == _D.trigger_id))
       .where(_optional("status", _D.status), _optional("destination", _D.destination))
       .order_by(_D.id.desc()).limit(param("limit")), DeliveryListed)
-query("admin.attempts_of",
-      select(_AT.delivery_id, _AT.at, _AT.outcome, _AT.status_code, _AT.error)
-      .where(any_of(_AT.delivery_id, "ids")).order_by(_AT.id), AttemptRecord)
 query("admin.replay_candidates",
       select(_D.id, _D.idempotency_key)
       .where(_D.status == param("status"), _optional("delivery_id", _D.id, Integer),
@@ -90,8 +76,6 @@ query("admin.pending_due_now",
       update(DELIVERY).where(_D.destination == param("destination"), _D.status == DeliveryStatus.PENDING,
                              _D.next_attempt_at > param("now"))
       .values(next_attempt_at=param("now")))
-query("admin.kv_with_prefix", select(KV.c.key, KV.c.value).where(KV.c.key.startswith(param("prefix"))).order_by(KV.c.key),
-      PauseRecord)
 query("admin.alerts",
       select(_A.id, _A.kind, _A.destination, _A.delivery_id, _A.message, _A.created_at, _A.resolved_at)
       .where(or_(param("all") == true(), _A.resolved_at.is_(None)))
@@ -103,9 +87,9 @@ def list_deliveries(u: UnitOfWork, *, status: str | None, destination: str | Non
     return rows
 
 
-def attempts_of(u: UnitOfWork, delivery_ids: list[int]) -> list[AttemptRecord]:
-    rows: list[AttemptRecord] = u.all("admin.attempts_of", ids=delivery_ids) if delivery_ids else []
-    return rows
+def attempts_of(u: UnitOfWork, delivery_ids: list[int]) -> list[AttemptDetail]:
+    """The attempts of these deliveries, oldest first (the operator API's query)."""
+    return operator.attempts_of(u, delivery_ids)
 
 
 def replay(u: UnitOfWork, *, status: str, delivery_id: int | None, destination: str | None, rule_id: str | None,
@@ -128,11 +112,6 @@ def lift(u: UnitOfWork, destination: str, prefixes: tuple[str, ...], now: float)
     if lifted:
         u.run("admin.pending_due_now", destination=destination, now=now)
     return lifted
-
-
-def with_prefix(u: UnitOfWork, prefix: str) -> list[PauseRecord]:
-    rows: list[PauseRecord] = u.all("admin.kv_with_prefix", prefix=prefix)
-    return rows
 
 
 def alerts(u: UnitOfWork, *, open_only: bool) -> list[AlertRecord]:

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+import orjson
 from sqlalchemy.dialects import postgresql, sqlite
+
+from sqlalchemy import select
 
 from ..sql import UnitOfWork, param, query
 from ._tables import KV
@@ -29,15 +31,30 @@ KV_DELETE_UNTIL = query("kv.delete_until", KV.delete().where(KV.c.key == param("
 
 
 def get(u: UnitOfWork, key: str) -> str | None:
-    value: str | None = u.scalar("kv.get", key=key)
+    value: str | None = u.scalar(KV_GET, key=key)
     return value
 
 
 def put(u: UnitOfWork, key: str, value: str, at: float) -> None:
     """Set ``key`` (insert or replace)."""
-    u.run("kv.put", key=key, value=value, updated_at=at)
+    u.run(KV_PUT, key=key, value=value, updated_at=at)
 
 
 def add(u: UnitOfWork, key: str, value: str, at: float) -> bool:
     """Insert ``key`` unless it exists; True when inserted."""
-    return u.run("kv.add", key=key, value=value, updated_at=at) > 0
+    return u.run(KV_ADD, key=key, value=value, updated_at=at) > 0
+
+
+def get_json(u: UnitOfWork, key: str) -> dict[str, Any] | None:
+    """The JSON object stored under ``key``, or None."""
+    value = get(u, key)
+    return orjson.loads(value) if value is not None else None
+
+
+def put_json(u: UnitOfWork, key: str, value: dict[str, Any], at: float) -> None:
+    put(u, key, orjson.dumps(value).decode(), at)
+
+
+def with_prefix_json(u: UnitOfWork, prefix: str) -> dict[str, dict[str, Any]]:
+    """Every key starting with ``prefix`` and its JSON object, in key order."""
+    return {key: orjson.loads(value) for key, value in sorted(u.all(KV_PREFIX, prefix=prefix))}

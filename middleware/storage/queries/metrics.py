@@ -3,16 +3,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import func, literal, or_, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.engine import Engine
 
 from ..sql import param, query, unit
 from ..statuses import InboundStatus, TriggerStatus
-from ._tables import DELIVERY, INBOUND, KV, TRIGGER
-
-#: kv key prefixes of paused destinations (``delivery.worker``: 410 Gone, static credentials refused)
-PAUSE_PREFIXES = ("destination.disabled.", "destination.paused.")
-
+from . import delivery
+from ._tables import DELIVERY, INBOUND, TRIGGER
 
 class Backlog(NamedTuple):
     oldest_received_at: float | None
@@ -47,7 +44,6 @@ query("metrics.triggers_due", select(func.count()).select_from(TRIGGER).where(_P
 query("metrics.oldest_due", select(func.min(_T.due_at)).where(_PENDING))
 query("metrics.deliveries_by_status",
       select(_D.destination, _D.status, func.count()).group_by(_D.destination, _D.status), DeliveryCount)
-query("metrics.paused_keys", select(KV.c.key).where(or_(*(KV.c.key.startswith(p) for p in PAUSE_PREFIXES))))
 
 
 def ping(engine: Engine) -> None:
@@ -65,5 +61,16 @@ def database_figures(engine: Engine, now: float) -> DatabaseFigures:
             triggers_due=int(u.scalar("metrics.triggers_due", now=now) or 0),
             oldest_due_at=u.scalar("metrics.oldest_due"),
             deliveries=tuple(u.all("metrics.deliveries_by_status")),
-            paused_destinations=frozenset(k.split(".", 2)[2] for (k,) in u.all("metrics.paused_keys")),
+            paused_destinations=frozenset(delivery.paused(u)),
         )
+
+
+query("metrics.last_received", select(func.max(INBOUND.c.received_at)).where(
+    INBOUND.c.channel == param("channel"), INBOUND.c.source == param("source")))
+
+
+def last_received(engine: Engine, *, channel: str, source: str) -> float | None:
+    """When the newest message of ``source`` on ``channel`` arrived (epoch seconds), or None."""
+    with unit(engine) as u:
+        value: float | None = u.scalar("metrics.last_received", channel=channel, source=source)
+    return value
