@@ -70,7 +70,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def _uses_database(item: pytest.Item) -> bool:
     names = getattr(item, "fixturenames", ())
-    return "db_url" in names or "postgres_url" in names or item.get_closest_marker("postgres") is not None
+    return ("db_url" in names or "any_db_url" in names or "postgres_url" in names
+            or item.get_closest_marker("postgres") is not None)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -105,6 +106,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/careloop.db"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def any_db_url(db_url: str) -> str:
+    """The former name of ``db_url`` (it used to run a test on both backends in one pass; now each pass
+    runs it on its own backend)."""
+    return db_url
 
 
 @pytest.fixture
