@@ -4,15 +4,16 @@ The suite runs on one backend per pass, chosen by ``CARELOOP_TEST_BACKEND`` (``s
 default, or ``postgresql``). A test that needs a careloop database takes the ``db_url`` fixture:
 a fresh SQLite file, or a fresh PostgreSQL database on the server at ``CARELOOP_TEST_POSTGRES_URL``
 (skipped with the reason when that is unset; a failure under CI). ``make test`` runs both passes
-at once:
+at once (tests/run_backends.sh):
 
 * ``sqlite`` pass: every test; ``db_url`` is SQLite. With ``-m 'not postgres'`` (as ``make test``
-  runs it) it leaves the PostgreSQL-only tests to the other pass.
+  runs it) it leaves the PostgreSQL-only tests to the other pass; ``make test`` also runs its
+  ``hapi`` tests in a process of their own.
 * ``postgresql`` pass: only the tests that use a database (``db_url``, ``postgres_url`` or the
   ``postgres`` mark), except those marked ``sqlite_only`` (file locks, ``VACUUM INTO`` backups,
   the embedded default database, SQLite batch migrations) and the HAPI sandbox tests (one HAPI
-  server per machine; they run in the SQLite pass). Tests that touch no database would only
-  repeat the SQLite pass and are deselected.
+  server per machine; they run on SQLite). Tests that touch no database would only repeat the
+  SQLite pass and are deselected.
 """
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def _uses_database(item: pytest.Item) -> bool:
     names = getattr(item, "fixturenames", ())
-    return "db_url" in names or "postgres_url" in names or item.get_closest_marker("postgres") is not None
+    return ("db_url" in names or "any_db_url" in names or "postgres_url" in names
+            or item.get_closest_marker("postgres") is not None)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -104,6 +106,13 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/careloop.db"
     url: str = request.getfixturevalue("postgres_url")
     return url
+
+
+@pytest.fixture
+def any_db_url(db_url: str) -> str:
+    """The former name of ``db_url`` (it used to run a test on both backends in one pass; now each pass
+    runs it on its own backend)."""
+    return db_url
 
 
 @pytest.fixture

@@ -42,15 +42,18 @@ def test_three_workers_fire_each_trigger_once_on_time(postgres_url: str, immedia
             records.append(InboundRecord(source="default", channel="mllp", raw=raw, sha256=f"{i}{trig}", status="received"))
     InboxWriter(engine).write_batch(records)
     Processor(engine, lambda: rs).drain()
-    base = time.time() + 3.0
-    with Session(engine) as s:
-        noshow = list(s.exec(select(TriggerRow).where(TriggerRow.rule_id == "noshow-reengagement", TriggerRow.status == "pending")))
-        assert len(noshow) == PATIENTS
-        for k, t in enumerate(noshow):  # spread the due times over SPREAD_S seconds from base
-            t.due_at = base + SPREAD_S * k / PATIENTS
-            s.add(t)
-        s.commit()
-        ids = {t.id for t in noshow}
+    def set_due(base: float, spread: float) -> set[int | None]:
+        with Session(engine) as s:
+            noshow = list(s.exec(select(TriggerRow).where(TriggerRow.rule_id == "noshow-reengagement",
+                                                          TriggerRow.status == "pending")))
+            assert len(noshow) == PATIENTS
+            for k, t in enumerate(noshow):  # spread the due times over ``spread`` seconds from base
+                t.due_at = base + spread * k / PATIENTS
+                s.add(t)
+            s.commit()
+            return {t.id for t in noshow}
+
+    ids = set_due(time.time() + 3600, 0)  # parked until every worker is up (start-up time is not lateness)
 
     env = {**os.environ, "CARELOOP_WEBHOOK_URL": sink.url + "/hooks", "CARELOOP_WEBHOOK_SECRET": DEV_WEBHOOK_SECRET,
            "CARELOOP_WORKER_POLL_INTERVAL_S": "0.1", "CARELOOP_LOG_LEVEL": "WARNING"}
@@ -61,6 +64,9 @@ def test_three_workers_fire_each_trigger_once_on_time(postgres_url: str, immedia
         for n in range(3)
     ]
     try:
+        wait_until(lambda: all(b"careloop worker:" in (tmp_path / f"worker{n}.log").read_bytes() for n in range(3)),
+                   60, interval=0.1, what="three workers started")
+        set_due(time.time() + 1.0, SPREAD_S)
         def all_delivered() -> bool:
             for w in workers:
                 assert w.poll() is None, (tmp_path / "worker0.log").read_text()[-2000:]
