@@ -35,6 +35,7 @@ class GoalBook:
     goals: dict[str, CompiledGoal] = field(default_factory=dict)
     by_rule: dict[str, str] = field(default_factory=dict)  # rule id -> goal id
     holdouts: dict[str, Holdout] = field(default_factory=dict)  # rule id -> holdout
+    experiments: dict[str, str] = field(default_factory=dict)  # rule id -> experiment id (a journey's steps share one)
     zone: str = "UTC"
 
     @property
@@ -58,6 +59,8 @@ class GoalBook:
             book.by_rule[rule.id] = rule.goal.id
             if rule.holdout is not None:
                 book.holdouts[rule.id] = rule.holdout
+                journey = getattr(cr, "journey", None)
+                book.experiments[rule.id] = rule.holdout.experiment or (journey.journey_id if journey else rule.id)
         return book
 
 
@@ -202,7 +205,7 @@ def holdout_for(u: UnitOfWork, book: GoalBook, key: bytes, rule_id: str, patient
     h = book.holdouts.get(rule_id)
     if h is None:
         return Assignment()
-    exp, period = experiment_period(h, rule_id, now, book.zone)
+    exp, period = experiment_period(h, book.experiments.get(rule_id, rule_id), now, book.zone)
     if not patient_id:
         return Assignment(Arm.TREATED, exp, period)
     return Assignment(arm_for(u, key, patient_id, exp, period, h.share, now.timestamp()), exp, period)

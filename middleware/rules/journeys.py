@@ -116,7 +116,7 @@ def expand(journey: Journey, raw: Any, sink: DiagnosticSink) -> list[Expanded]:
         unode.item_pos = list(exits_node.item_pos) + list(step_unless.item_pos)
         unode.line, unode.col = position_of(snode, "unless") if "unless" in snode else position_of(jnode, "exit")
         node = _node([(jnode, ["purpose", "dedup", "message_kind", "channel", "on_rule_change", "on_no_longer_matching",
-                               "overlap"]),
+                               "overlap", "goal", "holdout"]),
                       (entry, ["on", "from", "to", "include_backfill"]),
                       (snode, ["id", "when", "wait_for", "emit", "channel"])])
         node["unless"] = unode
@@ -141,6 +141,8 @@ def expand(journey: Journey, raw: Any, sink: DiagnosticSink) -> list[Expanded]:
             "on_no_longer_matching": journey.on_no_longer_matching,
             "emit": step.emit,
             "enabled": journey.enabled,
+            "goal": journey.goal,
+            "holdout": journey.holdout,
         })
         line, _ = position_of(steps_node, i)
         info = JourneyInfo(journey.id, i + 1, step.id, len(journey.steps), tuple(e.name for e in journey.exit))

@@ -298,6 +298,8 @@ class Journey(_Strict):
     on_rule_change: Literal["keep", "reevaluate", "cancel"] = "keep"
     overlap: Overlap | None = None
     enabled: bool = True
+    goal: Goal | None = Field(default=None, description="the journey's goal: one entry per journey entry (docs/outcomes.md)")
+    holdout: Holdout | None = Field(default=None, description="hold back a share of entries: every step of a held-out entry")
 
 
 class RuleFileSpec(_Strict):

@@ -120,3 +120,59 @@ def test_explain_shows_the_goal_and_its_window(capsys: pytest.CaptureFixture[str
     line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.strip().startswith("goal "))
     assert "noshow-rebooked-14d" in line and "0-14" in line
     assert "window 2024-04-02T00:00:00-04:00 to 2024-04-17T00:00:00-04:00" in line  # local dates, site zone
+
+
+JOURNEY = """\
+journeys:
+  - id: winback-journey
+    purpose: marketing
+    entry: {on: [appointment.noshow]}
+    exit:
+      - {name: rebooked, on: [appointment.booked], same: patient}
+    steps:
+      - id: first
+        when: {after: 1h}
+        emit: {trigger: winback_first, destinations: [webhook]}
+      - id: second
+        when: {after: 3d}
+        emit: {trigger: winback_second, destinations: [webhook]}
+    goal:
+      id: winback-rebooked-14d
+      on: [appointment.booked]
+      counted_at: recorded
+      anchor: start
+      window: {from: 0, to: 14}
+    holdout: {share: 0.5, experiment: winback-journey-test}
+"""
+
+
+def test_a_journey_entry_is_one_entry_and_one_arm_for_all_its_steps(db_url: str, mappings_dir: Path) -> None:
+    for f in (mappings_dir / "rules").glob("*.yaml"):
+        f.unlink()
+    (mappings_dir / "rules" / "winback.yaml").write_text(JOURNEY)
+    rs, diags = load_ruleset(mappings_dir)
+    assert rs is not None, [str(x) for x in diags if x.level == "error"]
+    engine = make_engine(db_url)
+    init_db(engine)
+    t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=30)
+    msgs = []
+    for i in range(12):
+        start = t0 + timedelta(days=1)
+        msgs.append(siu("S12", control=f"JB{i}", mrn=f"MRN8{i:05d}", appt=f"J{i}", start=start, sent=t0))
+        msgs.append(siu("S26", control=f"JN{i}", mrn=f"MRN8{i:05d}", appt=f"J{i}", start=start, status="Noshow",
+                        sent=start + timedelta(hours=2)))
+    InboxWriter(engine).write_batch([InboundRecord(source="default", channel="mllp", raw=m, status="received",
+                                                   sha256=hashlib.sha256(m).hexdigest()) for m in msgs])
+    Processor(engine, lambda: rs).drain()
+    entries = rows(engine, "SELECT arm, trigger_id, journey_id FROM outcome ORDER BY id")
+    assert len(entries) == 12 and {e[2] for e in entries} == {"winback-journey"}  # one per entry, not per step
+    triggers = rows(engine, "SELECT patient_id, rule_id FROM \"trigger\" ORDER BY id")
+    held = {e for e in rows(engine, "SELECT patient_id FROM holdout_assignment WHERE arm = 'held_out'")}
+    # a held-out patient gets no step at all; a treated one gets both steps
+    assert all((pid,) not in held for pid, _ in triggers)
+    per_patient: dict[str, set[str]] = {}
+    for pid, rule_id in triggers:
+        per_patient.setdefault(pid, set()).add(rule_id)
+    assert all(v == {"winback-journey.first", "winback-journey.second"} for v in per_patient.values())
+    assert len(per_patient) + len(held) == 12
+    assert rows(engine, "SELECT DISTINCT experiment FROM holdout_assignment") == [("winback-journey-test",)]
