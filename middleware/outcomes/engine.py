@@ -93,15 +93,20 @@ class CompiledGoal:
         return Candidate(ev.id, when, qualifies, excludes)
 
     def decide_entry(self, origin: dict[str, Any], origin_key: str, events: Iterable[LaterEvent],
-                     now: datetime, fixed: tuple[datetime, Window] | None = None) -> tuple[Result, Window | None]:
+                     now: datetime, fixed: tuple[datetime, Window] | None = None,
+                     origin_recorded: datetime | None = None) -> tuple[Result, Window | None]:
         """The outcome of one journey entry; ``events`` are the patient's later events of
         :attr:`event_types` (any order, duplicates harmless); ``fixed``: the anchor and window
-        recorded when the entry was opened."""
+        recorded when the entry was opened; ``origin_recorded``: when the entry's own change
+        happened — with ``counted_at: recorded`` only changes after it count (the booking of the
+        missed visit itself, made earlier that day, is not its rebooking)."""
         got = fixed or self.window_for(origin)
         if got is None:
             return Result(Outcome.EXCLUDED), None  # no clinical anchor: cannot be measured
         anchor, win = got
         evs = list(events)
+        if self.goal.counted_at == "recorded" and origin_recorded is not None:
+            evs = [e for e in evs if e.occurred_at > origin_recorded or e.type in self.goal.fails_on]
         cands = [c for c in (self.candidate(origin, origin_key, e) for e in evs) if c is not None]
         result = decide(anchor, win, cands, now)
         failed = sorted((e for e in evs if e.type in self.goal.fails_on and e.resource_key == origin_key),

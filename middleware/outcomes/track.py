@@ -131,6 +131,7 @@ def _settle(u: UnitOfWork, book: GoalBook, entries: list[q.OpenEntry], patient_k
     changed = 0
     for (e, goal), origin_rows in zip(todo, origins):
         origin = orjson.loads(origin_rows[0][0]) if origin_rows and origin_rows[0][0] else {}
+        recorded = datetime.fromtimestamp(origin_rows[0][1], UTC) if origin_rows and origin_rows[0][1] is not None else None
         later = [LaterEvent(r.id, r.type, r.resource_type, r.resource_key, orjson.loads(r.resource),
                             datetime.fromtimestamp(r.occurred_at, UTC))
                  for r in event_rows[tuple(sorted(goal.event_types))]]
@@ -138,7 +139,7 @@ def _settle(u: UnitOfWork, book: GoalBook, entries: list[q.OpenEntry], patient_k
         if e.anchor_at is not None and e.window_opens is not None and e.window_closes is not None:
             fixed = (datetime.fromtimestamp(e.anchor_at, UTC),
                      Window(datetime.fromtimestamp(e.window_opens, UTC), datetime.fromtimestamp(e.window_closes, UTC)))
-        result, _ = goal.decide_entry(origin, e.origin_resource_key or "", later, now, fixed)
+        result, _ = goal.decide_entry(origin, e.origin_resource_key or "", later, now, fixed, recorded)
         if result.outcome.value == e.status and result.event_id == e.event_id:
             continue
         u.send(q.SETTLE, id=e.id, status=result.outcome.value, event_id=result.event_id,

@@ -85,3 +85,23 @@ def test_goal_spec_errors_say_what_is_expected() -> None:
         Goal.model_validate({"id": "x", "on": ["encounter.finished"], "window": {"from": 7, "to": 1}})
     with pytest.raises(ValidationError):
         Goal.model_validate({"id": "x", "on": [], "window": {"to": 1}})
+
+
+def test_recorded_goals_count_only_changes_after_the_entry_started() -> None:
+    """No-show rebooked (counted_at: recorded, anchor: the missed visit's start): the booking
+    of the missed visit itself, made that morning, is not its rebooking; one made after the
+    no-show is."""
+    rebook = Goal.model_validate({"id": "rebooked", "on": ["appointment.booked"], "counted_at": "recorded",
+                                  "anchor": "start", "window": {"from": 0, "to": 14}})
+    g = CompiledGoal(rebook, zone="America/New_York")
+    missed = {"resourceType": "Appointment", "id": "m1", "status": "noshow", "start": "2026-05-04T15:00:00-04:00"}
+    own_booking = LaterEvent(1, "appointment.booked", "Appointment", "Appointment/m1", dict(missed, status="booked"),
+                             datetime(2026, 5, 4, 8, tzinfo=NY))
+    noshow_at = datetime(2026, 5, 4, 16, tzinfo=NY)
+    later = datetime(2026, 6, 1, tzinfo=NY)
+    r, _ = g.decide_entry(missed, "Appointment/m1", [own_booking], later, origin_recorded=noshow_at)
+    assert r.outcome is Outcome.MISSED
+    rebooked = LaterEvent(2, "appointment.booked", "Appointment", "Appointment/m2", dict(missed, id="m2", status="booked"),
+                          datetime(2026, 5, 6, 9, tzinfo=NY))
+    r, _ = g.decide_entry(missed, "Appointment/m1", [own_booking, rebooked], later, origin_recorded=noshow_at)
+    assert r.outcome is Outcome.ACHIEVED and r.event_id == 2

@@ -104,7 +104,8 @@ PATIENT_EVENTS = query(
     .order_by(event.c.id),
     LaterEventRow)
 
-ORIGIN_RESOURCE = query("outcome.origin_resource", select(event.c.resource).where(event.c.id == param("id")))
+ORIGIN_RESOURCE = query("outcome.origin_resource", select(event.c.resource, event.c.occurred_at)
+                        .where(event.c.id == param("id")))
 
 ARM = query(
     "holdout.arm",
