@@ -11,7 +11,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.text import Text
 
-from . import scenarios
+from . import journeys, outcomes_scenario, scenarios
 from .hooks import HookError
 from .local import CareloopApi, CareloopError, LocalCareloop, is_careloop, port_free
 from .render import header, step_panel
@@ -30,7 +30,7 @@ def _sink_reader(url: str) -> Any:
 
 def run_scenarios(names: list[str], *, fhir_base: str, careloop_url: str, port: int, token: str, database_url: str,
                   api_token: str | None, sink_url: str | None, workdir: Path, step_deadline_s: float = 60.0,
-                  console: Console | None = None) -> int:
+                  console: Console | None = None, patients: int = 200, seed: int = 14) -> int:
     con = console or Console()
     local: LocalCareloop | None = None
     if is_careloop(careloop_url):
@@ -47,7 +47,8 @@ def run_scenarios(names: list[str], *, fhir_base: str, careloop_url: str, port: 
         try:
             with con.status(f"starting careloop on {careloop_url} with a local webhook sink…"):
                 local = LocalCareloop.start(fhir_base=fhir_base, workdir=workdir, token=token, port=port,
-                                            database_url=database_url)
+                                            database_url=database_url,
+                                            extra_rules=outcomes_scenario.EXTRA_RULES if "outcomes" in names else None)
         except CareloopError as exc:
             con.print(f"[red]{exc}[/]")
             return 1
@@ -63,6 +64,9 @@ def run_scenarios(names: list[str], *, fhir_base: str, careloop_url: str, port: 
                 return 1
         failed = 0
         for name in names:
+            if name in journeys.BULK:
+                failed += 0 if _run_outcomes(con, fhir_base, api, patients, seed, step_deadline_s) else 1
+                continue
             failed += 0 if _run_one(con, name, fhir_base, careloop_url, mode, api, sink, step_deadline_s,
                                     pending_ok=local is None) else 1
         if local is not None and local.speedups:
@@ -108,3 +112,36 @@ def _run_one(con: Console, name: str, fhir_base: str, careloop_url: str, mode: s
     else:
         con.print(f"[red]✘ {name}: stopped at step {len(report.steps)}[/]")
     return report.ok
+
+
+def _run_outcomes(con: Console, fhir_base: str, api: CareloopApi, patients: int, seed: int,
+                  step_deadline_s: float) -> bool:
+    """The ``outcomes`` scenario (outcomes_scenario.py) with a progress line and a pass/fail table."""
+    from rich.table import Table
+
+    con.print(f"[bold]outcomes[/]: {patients} synthetic patients, seed {seed}, rule {outcomes_scenario.RULE_ID} "
+              f"(goal {outcomes_scenario.GOAL}, 50% holdout), rebooking probability "
+              + ", ".join(f"{k} {v:.0%}" for k, v in outcomes_scenario.P_REBOOK.items()))
+    deadline = max(step_deadline_s, 60.0 + 0.5 * patients)
+    try:
+        with con.status("writing to HAPI…") as status:
+            out = outcomes_scenario.run(fhir_base, api, n=patients, seed=seed, phase_deadline_s=deadline,
+                                        progress=lambda msg: status.update(msg))
+    except (outcomes_scenario.ScenarioError, httpx.HTTPError) as exc:
+        con.print(f"[red]✘ outcomes: {exc}[/]")
+        return False
+    table = Table(title=f"outcome report for {outcomes_scenario.GOAL} vs ground truth", title_justify="left")
+    for col in ("arm", "count", "ground truth", "careloop report", ""):
+        table.add_column(col, justify="left" if col in ("arm", "count") else "right")
+    for r in out.rows:
+        table.add_row(r.arm, r.what, str(r.truth), "-" if r.report is None else str(r.report),
+                      "[green]✔[/]" if r.ok else "[red]✘[/]")
+    con.print(table)
+    con.print("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in out.seconds.items())
+              + "; the entries not rebooked stay pending until their 14-day window closes")
+    if out.ok:
+        con.print(f"[green]✔ outcomes: the report equals the ground truth ({len(out.rebooked)} of {patients} "
+                  "patients rebooked)[/]")
+    else:
+        con.print("[red]✘ outcomes: the report differs from the ground truth[/]")
+    return out.ok
