@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +195,18 @@ class LocalCareloop:
                 raise CareloopError(f"careloop did not answer /healthz on {inst.url} within {deadline_s:.0f}s")
             time.sleep(0.05)
         return inst
+
+    def close_windows(self, at: datetime) -> int:
+        """Settle every journey entry whose goal window has closed by ``at`` (the service does it
+        every minute with the real clock; a scenario passes a later clock to read settled
+        outcomes now). Returns the number settled."""
+        from ..outcomes.track import close_windows
+
+        assert self._runtime is not None, "careloop is stopped"
+        total = 0
+        while (k := close_windows(self._runtime.engine, self._runtime.ruleset(), at)):
+            total += k
+        return total
 
     def __enter__(self) -> "LocalCareloop":
         return self

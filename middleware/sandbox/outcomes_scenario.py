@@ -15,9 +15,16 @@ With a fixed seed the scenario:
    with ``["held_out"]`` (one uniform draw per patient, in patient order, from the seed);
 4. waits until careloop holds the ``appointment.booked`` event of every rebooking, reads
    ``GET /api/reports/outcomes/<goal>`` and compares entries and achieved per arm with the
-   truth. The goal counts a booking *recorded* within 0..14 days of the missed visit, so
-   the rebookings written now count; the other entries stay ``pending`` until their window
-   closes in 14 days, so ``missed`` must be 0 and ``pending`` must be entries - achieved.
+   truth. The goal counts a booking *recorded* within 336 hours after the no-show was
+   recorded, so the rebookings written now count and the missed visit's own booking (written
+   before the no-show) does not; the other entries stay ``pending`` until their window
+   closes in 14 days, so ``missed`` must be 0 and ``pending`` must be entries - achieved;
+5. with ``close_windows`` (a demo careloop started here: :meth:`.LocalCareloop.close_windows`),
+   settles the windows as of 15 days later and compares again: achieved unchanged, every
+   other entry ``missed``, none ``pending``.
+
+The arms are read from careloop (its triggers); the independent part of the truth is which
+patients rebooked, and the report's per-arm entries must agree with the triggers.
 
 The rule (:data:`RULE_YAML`) exists only in the demo careloop the scenario starts (added to
 its copy of the mappings, :func:`.demo_mappings.prepare`); it is care coordination, so its
@@ -53,11 +60,11 @@ rules:
     emit: {{trigger: sandbox_noshow_winback, destinations: [webhook]}}
     goal:
       id: {GOAL}
-      aligned_with: a new booking for the patient within 14 days of the missed visit (sandbox)
+      aligned_with: a new booking for the patient within 14 days (336 h) of the no-show (sandbox)
       on: [appointment.booked]
-      counted_at: recorded
-      anchor: start
-      window: {{from: 0, to: 14}}
+      counted_at: recorded     # when the booking was made
+      anchored_at: recorded    # from when the no-show was recorded: the missed visit's own booking is before it
+      window: {{from: 0, to: 336, unit: hours}}
     holdout:
       share: 0.5
       experiment: {EXPERIMENT}
@@ -119,6 +126,7 @@ class Row:
     what: str
     truth: int
     report: int | None
+    windows: str = "open"
 
     @property
     def ok(self) -> bool:
@@ -131,6 +139,7 @@ class OutcomesRun:
     arms: dict[int, str] = field(default_factory=dict)
     rebooked: list[int] = field(default_factory=list)
     report: Json | None = None
+    settled: Json | None = None  # the report after the windows were closed (step 5)
     rows: list[Row] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -138,13 +147,26 @@ class OutcomesRun:
     def ok(self) -> bool:
         return bool(self.rows) and all(r.ok for r in self.rows)
 
-    def truth(self) -> dict[str, dict[str, int]]:
+    def truth(self, windows_closed: bool = False) -> dict[str, dict[str, int]]:
+        """Per arm: entries, achieved, missed, pending, while the windows are open or once closed."""
         out: dict[str, dict[str, int]] = {}
         for arm in ARMS:
             members = [i for i, a in self.arms.items() if a == arm]
             got = len([i for i in self.rebooked if self.arms[i] == arm])
-            out[arm] = {"entries": len(members), "achieved": got, "missed": 0, "pending": len(members) - got}
+            left = len(members) - got
+            out[arm] = {"entries": len(members), "achieved": got, "missed": left if windows_closed else 0,
+                        "pending": 0 if windows_closed else left}
         return out
+
+    def compare(self, report: Json | None, windows_closed: bool = False) -> list[Row]:
+        got = _arm_counts(report)
+        rows = []
+        for arm, truth in self.truth(windows_closed).items():
+            for what, value in truth.items():
+                reported = got.get(arm, {}).get(what)
+                rows.append(Row(arm, what, value, None if reported is None else int(reported),
+                                "closed" if windows_closed else "open"))
+        return rows
 
 
 def _ref(e: Json) -> str | None:
@@ -181,7 +203,7 @@ def _arm_counts(report: Json | None) -> dict[str, Json]:
 
 def run(fhir_base: str, api: CareloopApi, *, n: int = 200, seed: int = 14, tag: str | None = None,
         now: datetime | None = None, phase_deadline_s: float | None = None,
-        progress: Progress | None = None) -> OutcomesRun:
+        progress: Progress | None = None, close_windows: Callable[[datetime], Any] | None = None) -> OutcomesRun:
     """Run the scenario against HAPI at ``fhir_base`` and the careloop behind ``api`` (see the
     module doc). Raises :class:`ScenarioError` when careloop does not catch up in time."""
     from .scenarios import new_tag
@@ -247,9 +269,10 @@ def run(fhir_base: str, api: CareloopApi, *, n: int = 200, seed: int = 14, tag: 
 
     # 4. the report against the truth
     out.report = api.outcomes(GOAL)
-    got = _arm_counts(out.report)
-    for arm, truth in out.truth().items():
-        for what, value in truth.items():
-            reported = got.get(arm, {}).get(what)
-            out.rows.append(Row(arm, what, value, None if reported is None else int(reported)))
+    out.rows = out.compare(out.report)
+    # 5. settle the windows as of 15 days later (only where the caller can: a careloop started here)
+    if close_windows is not None:
+        close_windows(c.now + timedelta(days=15))
+        out.settled = api.outcomes(GOAL)
+        out.rows += out.compare(out.settled, windows_closed=True)
     return out

@@ -65,13 +65,16 @@ def run_scenarios(names: list[str], *, fhir_base: str, careloop_url: str, port: 
         failed = 0
         for name in names:
             if name in journeys.BULK:
-                failed += 0 if _run_outcomes(con, fhir_base, api, patients, seed, step_deadline_s) else 1
+                failed += 0 if _run_outcomes(con, fhir_base, api, patients, seed, step_deadline_s, local) else 1
                 continue
             failed += 0 if _run_one(con, name, fhir_base, careloop_url, mode, api, sink, step_deadline_s,
                                     pending_ok=local is None) else 1
         if local is not None and local.speedups:
             con.print(Panel(Text("\n".join(
                 f"{s.where}: {s.what} {s.real} -> {s.demo}" for s in local.speedups)
+                + ("\nadded for the outcomes scenario: rules/" + outcomes_scenario.RULE_FILE + " (rule "
+                   + outcomes_scenario.RULE_ID + ", goal " + outcomes_scenario.GOAL + ", 50% holdout)"
+                   if "outcomes" in names else "")
                 + "\nOnly this demo careloop's copy of the mappings was changed (in " + str(local.mappings_dir)
                 + "); mappings/ is untouched and `careloop serve` uses the real waits."),
                 title="sped up for the demo", title_align="left", border_style="yellow"))
@@ -115,7 +118,7 @@ def _run_one(con: Console, name: str, fhir_base: str, careloop_url: str, mode: s
 
 
 def _run_outcomes(con: Console, fhir_base: str, api: CareloopApi, patients: int, seed: int,
-                  step_deadline_s: float) -> bool:
+                  step_deadline_s: float, local: LocalCareloop | None) -> bool:
     """The ``outcomes`` scenario (outcomes_scenario.py) with a progress line and a pass/fail table."""
     from rich.table import Table
 
@@ -126,19 +129,23 @@ def _run_outcomes(con: Console, fhir_base: str, api: CareloopApi, patients: int,
     try:
         with con.status("writing to HAPI…") as status:
             out = outcomes_scenario.run(fhir_base, api, n=patients, seed=seed, phase_deadline_s=deadline,
-                                        progress=lambda msg: status.update(msg))
+                                        progress=lambda msg: status.update(msg),
+                                        close_windows=local.close_windows if local is not None else None)
     except (outcomes_scenario.ScenarioError, httpx.HTTPError) as exc:
         con.print(f"[red]✘ outcomes: {exc}[/]")
         return False
     table = Table(title=f"outcome report for {outcomes_scenario.GOAL} vs ground truth", title_justify="left")
-    for col in ("arm", "count", "ground truth", "careloop report", ""):
-        table.add_column(col, justify="left" if col in ("arm", "count") else "right")
+    for col in ("windows", "arm", "count", "ground truth", "careloop report", ""):
+        table.add_column(col, justify="left" if col in ("windows", "arm", "count") else "right")
     for r in out.rows:
-        table.add_row(r.arm, r.what, str(r.truth), "-" if r.report is None else str(r.report),
+        table.add_row(r.windows, r.arm, r.what, str(r.truth), "-" if r.report is None else str(r.report),
                       "[green]✔[/]" if r.ok else "[red]✘[/]")
     con.print(table)
-    con.print("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in out.seconds.items())
-              + "; the entries not rebooked stay pending until their 14-day window closes")
+    con.print("phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in out.seconds.items()) + "; "
+              + ("windows closed as of 15 days later in this demo careloop's database (what its every-minute "
+                 "window check does once they have run out)" if local is not None else
+                 "the entries not rebooked stay pending until their 14-day window closes (a running careloop "
+                 "is not fast-forwarded)"))
     if out.ok:
         con.print(f"[green]✔ outcomes: the report equals the ground truth ({len(out.rebooked)} of {patients} "
                   "patients rebooked)[/]")

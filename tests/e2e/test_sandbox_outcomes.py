@@ -28,9 +28,12 @@ def test_outcomes_report_equals_the_ground_truth(hapi_base_url: str, hapi_client
     sub_ids: list[str] = []
     try:
         sub_ids = scenarios.prepare(hapi_client, api, cl.url + "/fhir/default", cl.token, prefix=prefix)
-        out = outcomes_scenario.run(hapi_base_url, api, n=N, seed=14)
+        out = outcomes_scenario.run(hapi_base_url, api, n=N, seed=14, close_windows=cl.close_windows)
         truth = out.truth()
-        assert [(r.arm, r.what, r.truth, r.report) for r in out.rows if not r.ok] == []
+        assert [(r.windows, r.arm, r.what, r.truth, r.report) for r in out.rows if not r.ok] == []
+        assert {r.windows for r in out.rows} == {"open", "closed"} and len(out.rows) == 16
+        settled = out.truth(windows_closed=True)
+        assert settled["treated"]["missed"] + settled["held_out"]["missed"] == N - len(out.rebooked)
         # both arms are populated, every patient has exactly one entry, and the effect is built in
         assert truth["treated"]["entries"] > 0 and truth["held_out"]["entries"] > 0
         assert truth["treated"]["entries"] + truth["held_out"]["entries"] == N
