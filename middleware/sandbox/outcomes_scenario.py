@@ -7,7 +7,7 @@ With a fixed seed the scenario:
    in one transaction bundle, and waits until careloop holds an ``appointment.booked``
    event for every visit (HAPI's rest-hook notifications);
 2. marks every visit ``noshow`` (a second bundle) and waits until careloop holds the ``n``
-   no-show events and ``n`` journey entries for :data:`GOAL` (report ``entries``), and a
+   no-show events and ``n`` journey entries for the run's goal (report ``entries``), and a
    trigger of :data:`RULE_ID` for every treated entry;
 3. learns each patient's arm from careloop itself (a treated patient has a trigger of the
    rule, a held-out one none), then rebooks a seeded subset, with a built-in effect: a
@@ -26,9 +26,11 @@ With a fixed seed the scenario:
 The arms are read from careloop (its triggers); the independent part of the truth is which
 patients rebooked, and the report's per-arm entries must agree with the triggers.
 
-The rule (:data:`RULE_YAML`) exists only in the demo careloop the scenario starts (added to
+The rule (:func:`extra_rules`) exists only in the demo careloop the scenario starts (added to
 its copy of the mappings, :func:`.demo_mappings.prepare`); it is care coordination, so its
-holdout carries a study declaration. Every wait is a deadline-bounded poll.
+holdout carries a study declaration. Rule, goal and experiment are per run (the run's tag):
+only that run's patients enter, so a reused database or late notifications of earlier runs
+(HAPI retries what it could not deliver) never mix into the report that is checked. Every wait is a deadline-bounded poll.
 """
 from __future__ import annotations
 
@@ -46,20 +48,20 @@ from .seed import _locations, as_transaction_bundle, post_bundle
 
 Json = dict[str, Any]
 RULE_ID = "sandbox-noshow-winback"
-GOAL = "sandbox-noshow-rebooked-14d"
-EXPERIMENT = "sandbox-noshow-winback-test"
 RULE_FILE = "sandbox_outcomes.yaml"
-RULE_YAML = f"""\
-# Sandbox only (careloop sandbox scenario outcomes): a goal and a 50% holdout under a study.
+RULE_YAML = """\
+# Sandbox only (careloop sandbox scenario outcomes, run {tag}): a goal and a 50% holdout under a study.
+# Only this run's patients (ids sbx-out-{tag}-...) enter, so other traffic never mixes into its report.
 rules:
-  - id: {RULE_ID}
+  - id: {rule}
     description: Sandbox outcomes scenario - win back a patient who missed a visit; half are held out.
     on: [appointment.noshow]
+    where: id.startsWith('sbx-out-{tag}-')
     purpose: care-coordination
     on_no_longer_matching: keep
     emit: {{trigger: sandbox_noshow_winback, destinations: [webhook]}}
     goal:
-      id: {GOAL}
+      id: {goal}
       aligned_with: a new booking for the patient within 14 days (336 h) of the no-show (sandbox)
       on: [appointment.booked]
       counted_at: recorded     # when the booking was made
@@ -67,10 +69,25 @@ rules:
       window: {{from: 0, to: 336, unit: hours}}
     holdout:
       share: 0.5
-      experiment: {EXPERIMENT}
+      experiment: {experiment}
       study: {{approval: SANDBOX-0001, approver: Sandbox (synthetic data), expires: "2099-12-31"}}
 """
-EXTRA_RULES = {RULE_FILE: RULE_YAML}
+
+
+def goal_id(tag: str) -> str:
+    """The run's goal (one per run: a report holds this run's patients only)."""
+    return f"sandbox-noshow-rebooked-14d-{tag}"
+
+
+def experiment(tag: str) -> str:
+    return f"sandbox-noshow-winback-{tag}"
+
+
+def extra_rules(tag: str) -> dict[str, str]:
+    """The sandbox rule file for run ``tag`` (for :meth:`.LocalCareloop.start`'s ``extra_rules``)."""
+    return {RULE_FILE: RULE_YAML.format(tag=tag, rule=RULE_ID, goal=goal_id(tag), experiment=experiment(tag))}
+
+
 #: probability that a patient rebooks, by arm (the built-in effect of the outreach)
 P_REBOOK = {"treated": 0.6, "held_out": 0.3}
 ARMS = ("treated", "held_out")
@@ -201,14 +218,13 @@ def _arm_counts(report: Json | None) -> dict[str, Json]:
     return {arm: items[0].get(arm) or {} for arm in ARMS}
 
 
-def run(fhir_base: str, api: CareloopApi, *, n: int = 200, seed: int = 14, tag: str | None = None,
+def run(fhir_base: str, api: CareloopApi, tag: str, *, n: int = 200, seed: int = 14,
         now: datetime | None = None, phase_deadline_s: float | None = None,
         progress: Progress | None = None, close_windows: Callable[[datetime], Any] | None = None) -> OutcomesRun:
     """Run the scenario against HAPI at ``fhir_base`` and the careloop behind ``api`` (see the
     module doc). Raises :class:`ScenarioError` when careloop does not catch up in time."""
-    from .scenarios import new_tag
-
-    c = cohort(n, seed, tag or new_tag(), (now or datetime.now(timezone.utc)).replace(microsecond=0))
+    goal = goal_id(tag)
+    c = cohort(n, seed, tag, (now or datetime.now(timezone.utc)).replace(microsecond=0))
     out = OutcomesRun(c)
     deadline = phase_deadline_s if phase_deadline_s is not None else 60.0 + 0.5 * n
     since = api.newest_ids()["events"]
@@ -235,14 +251,14 @@ def run(fhir_base: str, api: CareloopApi, *, n: int = 200, seed: int = 14, tag: 
             noshows.update(_events(api, since, "appointment.noshow", visit_refs))
             if len(noshows) < n:
                 return f"{len(noshows)}/{n} appointment.noshow events"
-            arms = _arm_counts(api.outcomes(GOAL))
+            arms = _arm_counts(api.outcomes(goal))
             entries = sum(int(arms.get(a, {}).get("entries") or 0) for a in ARMS)
             keys = {e.get("patient_key") for e in noshows.values()}
             treated_keys.clear()
             treated_keys.update(t["patient_key"] for t in api.all_pages("triggers", 0, rule_id=RULE_ID)
                                 if t.get("patient_key") in keys)
-            if not arms or entries < n:
-                return f"{entries}/{n} journey entries for {GOAL} (is the sandbox rule {RULE_ID} loaded?)"
+            if not arms or entries != n:
+                return f"{entries}/{n} journey entries for {goal} (is this run's sandbox rule {RULE_ID} loaded?)"
             want = int(arms["treated"].get("entries") or 0)
             if len(treated_keys) < want:
                 return f"{len(treated_keys)}/{want} triggers of {RULE_ID}"
@@ -268,11 +284,11 @@ def run(fhir_base: str, api: CareloopApi, *, n: int = 200, seed: int = 14, tag: 
         out.seconds["rebooked"] = time.monotonic() - t0
 
     # 4. the report against the truth
-    out.report = api.outcomes(GOAL)
+    out.report = api.outcomes(goal)
     out.rows = out.compare(out.report)
     # 5. settle the windows as of 15 days later (only where the caller can: a careloop started here)
     if close_windows is not None:
         close_windows(c.now + timedelta(days=15))
-        out.settled = api.outcomes(GOAL)
+        out.settled = api.outcomes(goal)
         out.rows += out.compare(out.settled, windows_closed=True)
     return out

@@ -33,6 +33,7 @@ def run_scenarios(names: list[str], *, fhir_base: str, careloop_url: str, port: 
                   console: Console | None = None, patients: int = 200, seed: int = 14) -> int:
     con = console or Console()
     local: LocalCareloop | None = None
+    outcomes_tag = scenarios.new_tag()  # the outcomes scenario's run: its rule, goal and patients
     if is_careloop(careloop_url):
         mode = "running careloop, rules as configured"
         api = CareloopApi(careloop_url, api_token)
@@ -48,7 +49,7 @@ def run_scenarios(names: list[str], *, fhir_base: str, careloop_url: str, port: 
             with con.status(f"starting careloop on {careloop_url} with a local webhook sink…"):
                 local = LocalCareloop.start(fhir_base=fhir_base, workdir=workdir, token=token, port=port,
                                             database_url=database_url,
-                                            extra_rules=outcomes_scenario.EXTRA_RULES if "outcomes" in names else None)
+                                            extra_rules=outcomes_scenario.extra_rules(outcomes_tag) if "outcomes" in names else None)
         except CareloopError as exc:
             con.print(f"[red]{exc}[/]")
             return 1
@@ -65,7 +66,8 @@ def run_scenarios(names: list[str], *, fhir_base: str, careloop_url: str, port: 
         failed = 0
         for name in names:
             if name in journeys.BULK:
-                failed += 0 if _run_outcomes(con, fhir_base, api, patients, seed, step_deadline_s, local) else 1
+                failed += 0 if _run_outcomes(con, fhir_base, api, outcomes_tag, patients, seed, step_deadline_s,
+                                             local) else 1
                 continue
             failed += 0 if _run_one(con, name, fhir_base, careloop_url, mode, api, sink, step_deadline_s,
                                     pending_ok=local is None) else 1
@@ -73,7 +75,7 @@ def run_scenarios(names: list[str], *, fhir_base: str, careloop_url: str, port: 
             con.print(Panel(Text("\n".join(
                 f"{s.where}: {s.what} {s.real} -> {s.demo}" for s in local.speedups)
                 + ("\nadded for the outcomes scenario: rules/" + outcomes_scenario.RULE_FILE + " (rule "
-                   + outcomes_scenario.RULE_ID + ", goal " + outcomes_scenario.GOAL + ", 50% holdout)"
+                   + outcomes_scenario.RULE_ID + ", goal " + outcomes_scenario.goal_id(outcomes_tag) + ", 50% holdout)"
                    if "outcomes" in names else "")
                 + "\nOnly this demo careloop's copy of the mappings was changed (in " + str(local.mappings_dir)
                 + "); mappings/ is untouched and `careloop serve` uses the real waits."),
@@ -117,24 +119,24 @@ def _run_one(con: Console, name: str, fhir_base: str, careloop_url: str, mode: s
     return report.ok
 
 
-def _run_outcomes(con: Console, fhir_base: str, api: CareloopApi, patients: int, seed: int,
+def _run_outcomes(con: Console, fhir_base: str, api: CareloopApi, tag: str, patients: int, seed: int,
                   step_deadline_s: float, local: LocalCareloop | None) -> bool:
     """The ``outcomes`` scenario (outcomes_scenario.py) with a progress line and a pass/fail table."""
     from rich.table import Table
 
     con.print(f"[bold]outcomes[/]: {patients} synthetic patients, seed {seed}, rule {outcomes_scenario.RULE_ID} "
-              f"(goal {outcomes_scenario.GOAL}, 50% holdout), rebooking probability "
+              f"(goal {outcomes_scenario.goal_id(tag)}, 50% holdout), rebooking probability "
               + ", ".join(f"{k} {v:.0%}" for k, v in outcomes_scenario.P_REBOOK.items()))
     deadline = max(step_deadline_s, 60.0 + 0.5 * patients)
     try:
         with con.status("writing to HAPI…") as status:
-            out = outcomes_scenario.run(fhir_base, api, n=patients, seed=seed, phase_deadline_s=deadline,
+            out = outcomes_scenario.run(fhir_base, api, tag, n=patients, seed=seed, phase_deadline_s=deadline,
                                         progress=lambda msg: status.update(msg),
                                         close_windows=local.close_windows if local is not None else None)
     except (outcomes_scenario.ScenarioError, httpx.HTTPError) as exc:
         con.print(f"[red]✘ outcomes: {exc}[/]")
         return False
-    table = Table(title=f"outcome report for {outcomes_scenario.GOAL} vs ground truth", title_justify="left")
+    table = Table(title=f"outcome report for {outcomes_scenario.goal_id(tag)} vs ground truth", title_justify="left")
     for col in ("windows", "arm", "count", "ground truth", "careloop report", ""):
         table.add_column(col, justify="left" if col in ("windows", "arm", "count") else "right")
     for r in out.rows:

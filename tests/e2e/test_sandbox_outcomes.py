@@ -20,15 +20,16 @@ def test_outcomes_report_equals_the_ground_truth(hapi_base_url: str, hapi_client
                                                  callback_hosts: tuple[str, str]) -> None:
     if callback_hosts[0] != "127.0.0.1":
         pytest.skip("careloop runs on loopback; a HAPI container cannot reach it (use the Java runtime)")
+    tag = scenarios.new_tag()
     cl = LocalCareloop.start(fhir_base=hapi_base_url, workdir=tmp_path / "careloop", token="e2e-token",
                              database_url=f"sqlite:///{tmp_path}/careloop.db",
-                             extra_rules=outcomes_scenario.EXTRA_RULES)
+                             extra_rules=outcomes_scenario.extra_rules(tag))
     api = CareloopApi(cl.url)
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
     sub_ids: list[str] = []
     try:
         sub_ids = scenarios.prepare(hapi_client, api, cl.url + "/fhir/default", cl.token, prefix=prefix)
-        out = outcomes_scenario.run(hapi_base_url, api, n=N, seed=14, close_windows=cl.close_windows)
+        out = outcomes_scenario.run(hapi_base_url, api, tag, n=N, seed=14, close_windows=cl.close_windows)
         truth = out.truth()
         assert [(r.windows, r.arm, r.what, r.truth, r.report) for r in out.rows if not r.ok] == []
         assert {r.windows for r in out.rows} == {"open", "closed"} and len(out.rows) == 16
@@ -39,7 +40,7 @@ def test_outcomes_report_equals_the_ground_truth(hapi_base_url: str, hapi_client
         assert truth["treated"]["entries"] + truth["held_out"]["entries"] == N
         assert 0 < len(out.rebooked) < N
         item = out.report["items"][0]  # type: ignore[index]
-        assert item["goal"] == outcomes_scenario.GOAL and item["experiment"] == outcomes_scenario.EXPERIMENT
+        assert item["goal"] == outcomes_scenario.goal_id(tag) and item["experiment"] == outcomes_scenario.experiment(tag)
         # held-out patients got no trigger; each treated patient got exactly one, delivered to the sink
         fired = [t for t in api.all_pages("triggers", 0, rule_id=outcomes_scenario.RULE_ID)]
         assert len(fired) == truth["treated"]["entries"]

@@ -16,11 +16,12 @@ NOW = datetime(2026, 3, 2, 15, 0, tzinfo=timezone.utc)
 def test_the_sandbox_rule_loads_into_the_demo_copy_only(tmp_path: Path) -> None:
     dst = tmp_path / "mappings"
     demo_mappings.prepare(repo_root() / "mappings", dst, sink_url="http://127.0.0.1:1/hooks",
-                          fhir_base="http://127.0.0.1:2/fhir", extra_rules=osc.EXTRA_RULES)
+                          fhir_base="http://127.0.0.1:2/fhir", extra_rules=osc.extra_rules("abc12345"))
     rs, diags = load_ruleset(dst)
     assert rs is not None, [str(d) for d in diags if d.level == "error"]
     rule = next(r for r in rs.rules if r.id == osc.RULE_ID)
-    assert rule.rule.goal is not None and rule.rule.goal.id == osc.GOAL
+    assert rule.rule.goal is not None and rule.rule.goal.id == osc.goal_id("abc12345")
+    assert rule.rule.where == "id.startsWith('sbx-out-abc12345-')"
     assert rule.rule.holdout is not None and rule.rule.holdout.share == 0.5
     assert not (repo_root() / "mappings" / "rules" / osc.RULE_FILE).exists()
     plain = tmp_path / "plain"
