@@ -1,5 +1,5 @@
 """The ``outcomes`` sandbox scenario against a real HAPI: synthetic no-shows and rebookings
-written as transaction bundles, HAPI's rest-hook notifications into a real careloop (SQLite)
+written as transaction bundles, HAPI's rest-hook notifications into a real careloop (SQLite: the HAPI tests run in the SQLite pass)
 with the sandbox rule (a goal and a 50% holdout under a study), and the outcome report's
 counts per arm equal to the ground truth the scenario computed (middleware/sandbox/outcomes_scenario.py)."""
 from __future__ import annotations
@@ -17,12 +17,12 @@ N = 40
 
 
 def test_outcomes_report_equals_the_ground_truth(hapi_base_url: str, hapi_client: Any, tmp_path: Any,
-                                                 callback_hosts: tuple[str, str]) -> None:
+                                                 callback_hosts: tuple[str, str], db_url: str) -> None:
     if callback_hosts[0] != "127.0.0.1":
         pytest.skip("careloop runs on loopback; a HAPI container cannot reach it (use the Java runtime)")
     tag = scenarios.new_tag()
     cl = LocalCareloop.start(fhir_base=hapi_base_url, workdir=tmp_path / "careloop", token="e2e-token",
-                             database_url=f"sqlite:///{tmp_path}/careloop.db",
+                             database_url=db_url,
                              extra_rules=outcomes_scenario.extra_rules(tag))
     api = CareloopApi(cl.url)
     prefix = f"e2e-{uuid.uuid4().hex[:8]}"
