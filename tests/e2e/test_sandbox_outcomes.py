@@ -1,6 +1,6 @@
 """The ``outcomes`` sandbox scenario against a real HAPI: synthetic no-shows and rebookings
-written as transaction bundles, HAPI's rest-hook notifications into a real careloop (SQLite: the HAPI tests run in the SQLite pass)
-with the sandbox rule (a goal and a 50% holdout under a study), and the outcome report's
+written as transaction bundles, HAPI's rest-hook notifications into a real careloop (SQLite:
+the HAPI tests run in the SQLite pass) with the sandbox rule (a goal and a 50% holdout under a study), and the outcome report's
 counts per arm equal to the ground truth the scenario computed (middleware/sandbox/outcomes_scenario.py)."""
 from __future__ import annotations
 

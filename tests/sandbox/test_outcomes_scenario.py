@@ -57,3 +57,20 @@ def test_truth_counts_per_arm() -> None:
                           rebooked=[1, 2])
     assert run.truth() == {"treated": {"entries": 2, "achieved": 1, "missed": 0, "pending": 1},
                            "held_out": {"entries": 2, "achieved": 1, "missed": 0, "pending": 1}}
+
+
+def test_compare_flags_every_difference() -> None:
+    run = osc.OutcomesRun(osc.cohort(4, 1, "t", NOW), arms={0: "treated", 1: "treated", 2: "held_out", 3: "held_out"},
+                          rebooked=[1, 2])
+    good = {"items": [{"treated": {"entries": 2, "achieved": 1, "missed": 0, "pending": 1},
+                       "held_out": {"entries": 2, "achieved": 1, "missed": 0, "pending": 1}}]}
+    assert all(r.ok for r in run.compare(good)) and len(run.compare(good)) == 8
+    bad = {"items": [{"treated": {"entries": 2, "achieved": 2, "missed": 0, "pending": 0},
+                      "held_out": {"entries": 2, "achieved": 1, "missed": 0, "pending": 1}}]}
+    assert [(r.arm, r.what, r.truth, r.report) for r in run.compare(bad) if not r.ok] == [
+        ("treated", "achieved", 1, 2), ("treated", "pending", 1, 0)]
+    closed = run.compare(good, windows_closed=True)  # still pending once the windows closed: a difference
+    assert {(r.arm, r.what) for r in closed if not r.ok} == {("treated", "missed"), ("treated", "pending"),
+                                                           ("held_out", "missed"), ("held_out", "pending")}
+    assert not any(r.ok for r in run.compare(None))  # no report at all: every row fails
+    assert not osc.OutcomesRun(run.cohort).ok  # nothing compared is not a pass
