@@ -124,6 +124,11 @@ def _run_outcomes(con: Console, fhir_base: str, api: CareloopApi, tag: str, pati
     """The ``outcomes`` scenario (outcomes_scenario.py) with a progress line and a pass/fail table."""
     from rich.table import Table
 
+    if local is None:  # its rule is per run (tag in where, goal and experiment): only a careloop started here has it
+        con.print("[red]✘ outcomes: needs the careloop this command starts (its sandbox rule is made per run); "
+                  "the careloop already answering --careloop-url does not have it. Stop it or pass another "
+                  "--careloop-url port.[/]")
+        return False
     con.print(f"[bold]outcomes[/]: {patients} synthetic patients, seed {seed}, rule {outcomes_scenario.RULE_ID} "
               f"(goal {outcomes_scenario.goal_id(tag)}, 50% holdout), rebooking probability "
               + ", ".join(f"{k} {v:.0%}" for k, v in outcomes_scenario.P_REBOOK.items()))
