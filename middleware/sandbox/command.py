@@ -215,7 +215,7 @@ def cmd_scenario(args: argparse.Namespace) -> int:
     return run_scenarios(names, fhir_base=base, careloop_url=args.careloop_url.rstrip("/"),
                          port=port, token=_token(), database_url=_db_url(args), api_token=args.api_token,
                          sink_url=args.sink_url, workdir=Path(tempfile.mkdtemp(prefix="careloop-scenario-")),
-                         step_deadline_s=args.step_deadline)
+                         step_deadline_s=args.step_deadline, patients=args.patients, seed=args.seed)
 
 
 def register(sub: Any) -> None:
@@ -255,5 +255,7 @@ def register(sub: Any) -> None:
                     help="operator API token of a running careloop")
     sc.add_argument("--sink-url", help="a running `careloop sink` to read (GET /received), with --careloop-url")
     sc.add_argument("--step-deadline", type=float, default=60.0, help="seconds each step may take")
+    sc.add_argument("--patients", type=int, default=200, help="outcomes scenario: synthetic patients (default %(default)s)")
+    sc.add_argument("--seed", type=int, default=14, help="outcomes scenario: random seed (default %(default)s)")
     common(sc)
     sc.set_defaults(func=cmd_scenario)

@@ -81,11 +81,18 @@ def _rewrite_rules(text: str, fname: str) -> tuple[str, list[SpeedUp]]:
     return "".join(out), changes
 
 
-def prepare(src: Path, dst: Path, *, sink_url: str | None, fhir_base: str | None, speed_up: bool = True) -> list[SpeedUp]:
-    """Copy the mappings ``src`` -> ``dst`` (replaced) and apply the demo rewrites; return them."""
+def prepare(src: Path, dst: Path, *, sink_url: str | None, fhir_base: str | None, speed_up: bool = True,
+            extra_rules: dict[str, str] | None = None) -> list[SpeedUp]:
+    """Copy the mappings ``src`` -> ``dst`` (replaced) and apply the demo rewrites; return them.
+
+    ``extra_rules`` (file name -> YAML text): sandbox-only rule files added to the copy's
+    ``rules/`` as they are (e.g. the ``outcomes`` scenario's rule with a goal and a holdout).
+    """
     if dst.exists():
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
+    for name, text in (extra_rules or {}).items():
+        (dst / "rules" / name).write_text(text)
     changes: list[SpeedUp] = []
     if speed_up:
         for path in sorted((dst / "rules").glob("*.yaml")):

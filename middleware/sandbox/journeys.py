@@ -23,7 +23,11 @@ SCENARIOS: dict[str, str] = {
     "discharge-then-followup-booked": "admitted, discharged home, a follow-up visit booked within 7 days",
     "careplan-activated": "a draft care plan becomes active",
     "appointment-cancelled": "a booked appointment is cancelled and not rebooked",
+    "outcomes": "a few hundred synthetic no-shows, a 50% holdout, seeded rebookings: the outcome report "
+                "must equal the ground truth (outcomes_scenario.py)",
 }
+#: scenarios that are not one patient's journey (run by their own module, not :func:`build`)
+BULK = frozenset({"outcomes"})
 ALIASES = {"admit-discharge-no-followup": "discharge-no-followup"}
 
 
@@ -138,6 +142,8 @@ def careplan(cid: str, pat: Json, status: str, now: datetime) -> Json:
 def build(name: str, tag: str, now: datetime) -> Journey:
     """The journey ``name`` for one run; ids are ``sbx-run-<tag>-…`` so runs never collide."""
     name = canonical(name)
+    if name in BULK:
+        raise ValueError(f"{name} is not a single-patient journey (see outcomes_scenario.py)")
     pat = patient(tag)
     p = f"sbx-run-{tag}"
     clinic = Write(next(loc for loc in _locations() if loc["id"] == "sbx-loc-north"))  # seeded; PUT is idempotent

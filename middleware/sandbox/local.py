@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,30 @@ class CareloopApi:
     def deliveries(self, limit: int = 200, **filters: Any) -> list[Json]:
         return self._get("/api/deliveries", limit=limit, **filters)
 
+    def outcomes(self, goal_id: str) -> Json | None:
+        """``GET /api/reports/outcomes/{goal_id}`` (JSON); ``None`` while the goal has no entry (404)."""
+        headers = {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
+        r = httpx.get(f"{self.url.rstrip('/')}/api/reports/outcomes/{goal_id}", headers=headers, timeout=self.timeout_s)
+        if r.status_code == 404:
+            return None
+        r.raise_for_status()
+        out: Json = r.json()
+        return out
+
+    def all_pages(self, kind: str, since: int = 0, **filters: Any) -> list[Json]:
+        """Every ``/api/{kind}`` row (``events``, ``triggers`` …) with id > ``since``, oldest first,
+        read in pages of 1000 (``before_id``)."""
+        out: list[Json] = []
+        before: int | None = None
+        while True:
+            page = self._get(f"/api/{kind}", limit=1000, before_id=before, **filters)
+            fresh = [r for r in page if int(r["id"]) > since]
+            out += fresh
+            if len(page) < 1000 or len(fresh) < len(page):
+                break
+            before = int(page[-1]["id"])
+        return sorted(out, key=lambda r: int(r["id"]))
+
     def newest_ids(self) -> dict[str, int]:
         """The newest message/event/trigger/delivery ids: a watermark for "what happened since"."""
         out = {}
@@ -118,7 +143,8 @@ class LocalCareloop:
     @classmethod
     def start(cls, *, fhir_base: str, workdir: Path, token: str, port: int | None = None,
               database_url: str | None = None, speed_up: bool = True, mappings_src: Path | None = None,
-              sink_host: str = "127.0.0.1", deadline_s: float = 60.0) -> "LocalCareloop":
+              sink_host: str = "127.0.0.1", deadline_s: float = 60.0,
+              extra_rules: dict[str, str] | None = None) -> "LocalCareloop":
         """Start a sink and careloop (HTTP on ``port``, default ephemeral; MLLP ephemeral).
 
         ``database_url`` defaults to ``sqlite:///{workdir}/careloop.db``. Sets the process
@@ -135,7 +161,7 @@ class LocalCareloop:
         mappings = workdir / "mappings"
         speedups = demo_mappings.prepare(mappings_src or repo_root() / "mappings", mappings,
                                          sink_url=f"http://127.0.0.1:{sink.port}/hooks", fhir_base=fhir_base,
-                                         speed_up=speed_up)
+                                         speed_up=speed_up, extra_rules=extra_rules)
         env_before = {k: os.environ.get(k) for k in (TOKEN_ENV, "CARELOOP_WEBHOOK_SECRET")}
         os.environ[TOKEN_ENV] = token
         os.environ["CARELOOP_WEBHOOK_SECRET"] = secret
@@ -169,6 +195,18 @@ class LocalCareloop:
                 raise CareloopError(f"careloop did not answer /healthz on {inst.url} within {deadline_s:.0f}s")
             time.sleep(0.05)
         return inst
+
+    def close_windows(self, at: datetime) -> int:
+        """Settle every journey entry whose goal window has closed by ``at`` (the service does it
+        every minute with the real clock; a scenario passes a later clock to read settled
+        outcomes now). Returns the number settled."""
+        from ..outcomes.track import close_windows
+
+        assert self._runtime is not None, "careloop is stopped"
+        total = 0
+        while (k := close_windows(self._runtime.engine, self._runtime.ruleset(), at)):
+            total += k
+        return total
 
     def __enter__(self) -> "LocalCareloop":
         return self
