@@ -1,16 +1,14 @@
 """Found by the sandbox ``outcomes`` scenario: with ``anchor: start`` and ``counted_at:
 recorded``, the missed visit's *own* booking counts as the "new booking" when it was made on
 the visit's day (a same-day visit): the entry settles ``achieved`` at window close although
-the patient never rebooked. Marked xfail (strict) until the goal engine ignores the origin
-appointment's own earlier booking; the sandbox scenario anchors at the no-show's recording
-instead (middleware/sandbox/outcomes_scenario.py)."""
+the patient never rebooked. Fixed: with ``counted_at: recorded`` only changes recorded after the
+entry's own change count (``CompiledGoal.decide_entry``)."""
 from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from middleware.outcomes.track import close_windows
@@ -22,7 +20,6 @@ from tests.outcomes.test_pipeline_outcomes import RULE
 from tests.support.hl7msgs import siu
 
 
-@pytest.mark.xfail(strict=True, reason="the origin appointment's own same-day booking counts as the goal event")
 def test_a_same_day_booking_of_the_missed_visit_is_not_a_rebooking(db_url: str, mappings_dir: Path) -> None:
     for f in (mappings_dir / "rules").glob("*.yaml"):
         f.unlink()
