@@ -38,7 +38,6 @@ from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
 
 from ..config.sources import Source, Sources
 from .fhir_state import (
@@ -46,7 +45,7 @@ from .fhir_state import (
 )
 from ..storage.inbox import InboundRecord, InboxWriter
 from ..storage.sql import unit
-from ..storage.tables import InboundMessage
+from ..storage.queries.ingest import INBOX_HELD
 from ..listeners.fhir_fetch import FetchError, FetchTimeout, FhirFetcher
 
 log = logging.getLogger("careloop.fhir.reconcile")
@@ -329,11 +328,7 @@ class Reconciler:
 
     def _held(self, keys: list[str]) -> set[str]:
         out: set[str] = set()
-        with Session(self.engine) as s:
+        with unit(self.engine) as u:
             for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
-                held = s.exec(select(col(InboundMessage.dedup_key)).where(
-                    col(InboundMessage.dedup_key).in_(chunk), col(InboundMessage.status) != "duplicate",
-                    col(InboundMessage.status) != "failed"))
-                out |= {k for k in held if k is not None}  # always: in_(chunk) excludes NULL
+                out.update(k for (k,) in u.all(INBOX_HELD, keys=keys[i:i + 500]) if k is not None)
         return out
