@@ -29,7 +29,6 @@ STORAGE = PKG / "storage"
 
 #: module (path relative to the repository) -> why it still holds SQL. Must become empty.
 PENDING: dict[str, str] = {
-    "middleware/pipeline/replay.py": "processing hot path: moving to storage/ queries (branch i12-core)",
 }
 
 # -- what counts as SQL text ---------------------------------------------------------------
