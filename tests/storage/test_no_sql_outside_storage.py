@@ -28,8 +28,7 @@ PKG = ROOT / "middleware"
 STORAGE = PKG / "storage"
 
 #: module (path relative to the repository) -> why it still holds SQL. Must become empty.
-PENDING: dict[str, str] = {
-}
+PENDING: dict[str, str] = {}
 
 # -- what counts as SQL text ---------------------------------------------------------------
 _IDENT = r'(?:"\w+"|\w+|\{[^}]*\})'  # a table or column name, quoted, plain, or an f-string field
