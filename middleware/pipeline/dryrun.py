@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlmodel import Session, col, select
 
 from ..model import InboundItem, ResourceChange
 from ..rules.load import RuleSet
+from ..storage.queries import dryrun as dq, privacy as pq
+from ..storage.queries.operator import TriggerRecord
 from ..storage.schema import open_database
 from ..storage.sql import unit
-from ..storage.statuses import InboundStatus, TriggerStatus
-from ..storage.tables import Authorization, ConsentRecord, InboundMessage, Suppression, TriggerRow
+from ..storage.statuses import InboundStatus
 from ..scheduler.runner import Scheduler
 from .changes import ChangeResult, apply_change, upsert_patient
 from .process import handle_hl7
@@ -77,15 +77,13 @@ class DryRun:
 
     def feed(self, data: bytes, label: str, source: str = "default") -> Step:
         with unit(self.engine, write=True) as u:
-            s = u.session
             if is_hl7(data):
                 raw = data.lstrip(b"\x0b").split(b"\x1c")[0]
-                msg = InboundMessage(source=source, channel="mllp", received_at=self.now.timestamp(), raw=raw,
-                                     sha256=hashlib.sha256(raw).hexdigest(), status=InboundStatus.RECEIVED)
-                s.add(msg)
-                s.flush()
+                msg_id = dq.inbox_add(u, source=source, channel="mllp", received_at=self.now.timestamp(), raw=raw,
+                                      sha256=hashlib.sha256(raw).hexdigest(), dedup_key=None, control_id=None,
+                                      message_type=None, status=InboundStatus.RECEIVED, error=None, ack=None, meta=None)
                 try:
-                    item = InboundItem(msg.id, msg.source, msg.channel, msg.raw, msg.meta)
+                    item = InboundItem(msg_id, source, "mllp", raw, None)
                     res = handle_hl7(u, item, self.rs, self.now)
                     err = None
                 except Exception as exc:
@@ -119,58 +117,51 @@ class DryRun:
         ``revoke`` with ``data = {"what": authorization | opt_out | consent}`` (the patient's
         most recent active one). Returns a one-line description for the timeline."""
         ts = self.now.timestamp()
-        with Session(self.engine, expire_on_commit=False) as s:
+        with unit(self.engine, write=True) as u:
             if kind == "authorization":
-                s.add(Authorization(patient_key=patient_key, purpose=str(data.get("purpose") or "marketing"),
-                                    reference=data.get("reference"), granted_at=ts))
+                pq.add_authorization(u, patient_key=patient_key, purpose=str(data.get("purpose") or "marketing"),
+                                     reference=data.get("reference"), granted_at=ts)
                 done = f"authorization for {data.get('purpose') or 'marketing'} recorded"
             elif kind == "opt_out":
-                s.add(Suppression(patient_key=patient_key, destination=data.get("destination"), purpose=data.get("purpose"),
-                                  reason=str(data.get("reason") or "opt-out"), created_at=ts,
-                                  source=str(data.get("source") or "operator")))
+                pq.add_suppression(u, patient_key=patient_key, destination=data.get("destination"),
+                                   purpose=data.get("purpose"), reason=str(data.get("reason") or "opt-out"),
+                                   source=str(data.get("source") or "operator"), created_at=ts)
                 done = "opt-out recorded"
             elif kind == "consent":
-                s.add(ConsentRecord(patient_key=patient_key, fhir_id=str(data.get("id") or "") or None,
-                                    status=str(data.get("status") or "active"), resource=orjson.dumps(data).decode(),
-                                    source="golden", received_at=ts, updated_at=ts))
+                dq.add_consent(u, patient_key=patient_key, fhir_id=str(data.get("id") or "") or None,
+                               status=str(data.get("status") or "active"), resource=orjson.dumps(data).decode(),
+                               source="golden", now=ts)
                 done = f"consent {data.get('id') or ''} recorded".replace("  ", " ")
             elif kind == "revoke":
                 what = data.get("what")
-                row: Any
-                if what == "authorization":
-                    row = s.exec(select(Authorization).where(Authorization.patient_key == patient_key,
-                                                             col(Authorization.revoked_at).is_(None))
-                                 .order_by(col(Authorization.id).desc())).first()
-                    if row is not None:
-                        row.revoked_at = ts
+                found: int | None
+                if what == "authorization":  # the most recent active one
+                    found = next((a.id for a in reversed(pq.authorizations_of(u, patient_key)) if a.revoked_at is None),
+                                 None)
+                    if found is not None:
+                        pq.revoke_authorization(u, found, ts)
                 elif what == "opt_out":
-                    row = s.exec(select(Suppression).where(Suppression.patient_key == patient_key,
-                                                           col(Suppression.revoked_at).is_(None))
-                                 .order_by(col(Suppression.id).desc())).first()
-                    if row is not None:
-                        row.revoked_at = ts
+                    found = next((o.id for o in pq.suppressions(u, patient_key=patient_key, active=True, limit=1)), None)
+                    if found is not None:
+                        pq.revoke_suppression(u, found, ts)
                 elif what == "consent":
-                    row = s.exec(select(ConsentRecord).where(ConsentRecord.patient_key == patient_key,
-                                                             ConsentRecord.status == "active")
-                                 .order_by(col(ConsentRecord.id).desc())).first()
-                    if row is not None:
-                        row.status, row.updated_at = "inactive", ts
+                    found = next((c.id for c in reversed(pq.consents_of(u, patient_key)) if c.status == "active"), None)
+                    if found is not None:
+                        dq.set_consent_status(u, found, "inactive", ts)
                 else:
                     raise ValueError(f"revoke: {what!r} is not authorization, opt_out or consent")
-                if row is None:
+                if found is None:
                     raise ValueError(f"revoke {what}: the patient has no active {what}")
-                s.add(row)
                 done = f"{what} revoked"
             else:
                 raise ValueError(f"unknown privacy record {kind!r}")
-            s.commit()
         return done
 
-    def triggers(self) -> list[TriggerRow]:
-        with Session(self.engine) as s:
-            return list(s.exec(select(TriggerRow).order_by(col(TriggerRow.id))))
+    def triggers(self) -> list[TriggerRecord]:
+        with unit(self.engine) as u:
+            return dq.triggers(u)
 
-    def fire_until(self, until: datetime) -> list[TriggerRow]:
+    def fire_until(self, until: datetime) -> list[TriggerRecord]:
         """Run the real scheduler on the simulated clock up to ``until`` (opt-outs, caps,
         authorization, deceased and hospice checks apply; no delivery); return the
         triggers it handled. The clock ends at ``until`` when that is later."""
@@ -181,16 +172,15 @@ class DryRun:
             if nxt is None or nxt > until.timestamp():
                 break
             self.now = max(self.now, datetime.fromtimestamp(nxt, tz=timezone.utc))
-            with Session(self.engine) as s:
-                due = select(TriggerRow.id).where(TriggerRow.status == TriggerStatus.PENDING, TriggerRow.due_at <= self.now.timestamp())
-                handled += [t for t in s.exec(due) if t]
+            with unit(self.engine) as u:
+                handled += dq.due_ids(u, self.now.timestamp())
             if not sched.fire_due():
                 break
         self.now = max(self.now, until)
-        with Session(self.engine) as s:
-            if not handled:
-                return []
-            return list(s.exec(select(TriggerRow).where(col(TriggerRow.id).in_(handled)).order_by(col(TriggerRow.due_at))))
+        if not handled:
+            return []
+        with unit(self.engine) as u:
+            return dq.triggers_by_due(u, handled)
 
 
 def load_input(path: Path) -> bytes:

@@ -10,11 +10,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-import orjson
-from sqlmodel import Session
-
-from ..storage.queries import ingest as q
-from ..storage.sql import UnitOfWork, joined
+from ..storage.queries import kv
+from ..storage.sql import UnitOfWork
 
 
 def hwm_key(source: str, rtype: str) -> str:
@@ -33,29 +30,21 @@ def reconcile_key(source: str) -> str:
     return f"fhir.reconcile.{source}"
 
 
-Db = Session | UnitOfWork
+def kv_get(u: UnitOfWork, key: str) -> dict[str, Any] | None:
+    return kv.get_json(u, key)
 
 
-def _unit(db: Db) -> UnitOfWork:
-    return db if isinstance(db, UnitOfWork) else joined(db)
+def kv_set(u: UnitOfWork, key: str, value: dict[str, Any], now: float) -> None:
+    kv.put_json(u, key, value, now)
 
 
-def kv_get(db: Db, key: str) -> dict[str, Any] | None:
-    value = _unit(db).scalar(q.KV_GET, key=key)
-    return orjson.loads(value) if value is not None else None
+def kv_prefix(u: UnitOfWork, prefix: str) -> dict[str, dict[str, Any]]:
+    return kv.with_prefix_json(u, prefix)
 
 
-def kv_set(db: Db, key: str, value: dict[str, Any], now: float) -> None:
-    _unit(db).run(q.KV_PUT, key=key, value=orjson.dumps(value).decode(), updated_at=now)
-
-
-def kv_prefix(db: Db, prefix: str) -> dict[str, dict[str, Any]]:
-    return {k: orjson.loads(v) for k, v in _unit(db).all(q.KV_PREFIX, prefix=prefix)}
-
-
-def clear_pending(db: Db, source: str, rtype: str, started_at: float) -> None:
+def clear_pending(u: UnitOfWork, source: str, rtype: str, started_at: float) -> None:
     """Drop a pending sweep asked for before ``started_at`` (a later request stays)."""
-    _unit(db).run(q.KV_DELETE_UNTIL, key=pending_key(source, rtype), until=started_at)
+    kv.delete_until(u, pending_key(source, rtype), started_at)
 
 
 def parse_instant(value: str | None) -> datetime | None:

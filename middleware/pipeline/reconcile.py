@@ -38,14 +38,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import orjson
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
 
 from ..config.sources import Source, Sources
 from .fhir_state import (
     clear_pending, fhir_instant, hwm_key, kv_get, kv_prefix, kv_set, parse_instant, reconcile_key,
 )
 from ..storage.inbox import InboundRecord, InboxWriter
-from ..storage.tables import InboundMessage
+from ..storage.sql import unit
+from ..storage.queries.ingest import INBOX_HELD
 from ..listeners.fhir_fetch import FetchError, FetchTimeout, FhirFetcher
 
 log = logging.getLogger("careloop.fhir.reconcile")
@@ -205,10 +205,11 @@ class Reconciler:
             self.idle.clear()
 
     def _load_pending(self) -> None:
-        with Session(self.engine) as s:
-            for key, val in kv_prefix(s, "fhir.pending.").items():
-                source, _, rtype = key[len("fhir.pending."):].rpartition(".")
-                self.request_sweep(source, [rtype], val.get("arrival", "reconcile"), val.get("reason", "pending"))
+        with unit(self.engine) as u:
+            pending = kv_prefix(u, "fhir.pending.")
+        for key, val in pending.items():
+            source, _, rtype = key[len("fhir.pending."):].rpartition(".")
+            self.request_sweep(source, [rtype], val.get("arrival", "reconcile"), val.get("reason", "pending"))
 
     async def _drain(self) -> None:
         while self._reads:
@@ -251,8 +252,8 @@ class Reconciler:
             try:
                 if time.monotonic() >= end:
                     raise FetchTimeout(self._sweep_timed_out(source, rtype))
-                with Session(self.engine) as s:
-                    mark = parse_instant((kv_get(s, hwm_key(source, rtype)) or {}).get("at"))
+                with unit(self.engine) as u:
+                    mark = parse_instant((kv_get(u, hwm_key(source, rtype)) or {}).get("at"))
                 since = fhir_instant((mark or started) - overlap)
                 query = {"_lastUpdated": f"gt{since}", "_sort": "_lastUpdated", "_count": str(PAGE)}
                 found = await asyncio.to_thread(lambda: list(f.search(rtype, query, deadline=end)))  # noqa: B023 (awaited here)
@@ -268,22 +269,20 @@ class Reconciler:
                 stamps = [parse_instant((r.get("meta") or {}).get("lastUpdated")) for r in found]
                 stamps += [parse_instant(d.get("last_updated")) for d in deletes]
                 newest = max([t for t in stamps if t is not None] + [mark or started])
-                with Session(self.engine) as s:
-                    kv_set(s, hwm_key(source, rtype), {"at": fhir_instant(newest)}, time.time())
-                    clear_pending(s, source, rtype, started.timestamp())
-                    s.commit()
+                with unit(self.engine, write=True) as u:
+                    kv_set(u, hwm_key(source, rtype), {"at": fhir_instant(newest)}, time.time())
+                    clear_pending(u, source, rtype, started.timestamp())
             except (FetchError, OSError) as exc:
                 if isinstance(exc, FetchTimeout) and time.monotonic() >= end:
                     exc = FetchTimeout(self._sweep_timed_out(source, rtype))
                 rep.errors.append(f"{rtype}: {type(exc).__name__}: {exc}")
                 log.warning("sweep failed", extra={"action": "fhir.sweep_failed", "source": source, "resource_type": rtype,
                                                    "error_type": type(exc).__name__})
-        with Session(self.engine) as s:
-            kv_set(s, reconcile_key(source), {
+        with unit(self.engine, write=True) as u:
+            kv_set(u, reconcile_key(source), {
                 "at": self.clock().timestamp(), "types": list(types), "arrival": arrival, "reason": reason,
                 "resources": rep.resources, "deletes": rep.deletes, "stored": rep.stored, "errors": rep.errors[:5],
             }, time.time())
-            s.commit()
         log.info("sweep done", extra={"action": "fhir.swept", "source": source, "count": rep.stored, "status": reason})
         self.reports.append(rep)
         del self.reports[:-100]
@@ -329,11 +328,7 @@ class Reconciler:
 
     def _held(self, keys: list[str]) -> set[str]:
         out: set[str] = set()
-        with Session(self.engine) as s:
+        with unit(self.engine) as u:
             for i in range(0, len(keys), 500):
-                chunk = keys[i:i + 500]
-                held = s.exec(select(col(InboundMessage.dedup_key)).where(
-                    col(InboundMessage.dedup_key).in_(chunk), col(InboundMessage.status) != "duplicate",
-                    col(InboundMessage.status) != "failed"))
-                out |= {k for k in held if k is not None}  # always: in_(chunk) excludes NULL
+                out.update(k for (k,) in u.all(INBOX_HELD, keys=keys[i:i + 500]) if k is not None)
         return out

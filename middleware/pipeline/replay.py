@@ -23,7 +23,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, func, select
 
 from ..model import ClinicalEvent
 from ..rules.evaluate import evaluate
@@ -31,17 +30,17 @@ from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for
 from ..storage.db import make_engine
 from ..storage.schema import sqlite_file, vacuum_into
-from ..storage.tables import EventRow, InboundMessage, TriggerRow
 from ..storage.queries import replay as rq
-from ..storage.sql import UnitOfWork, joined, unit
-from ..storage.statuses import InboundStatus, TriggerStatus
+from ..storage.queries.ingest import EventRecord
+from ..storage.sql import UnitOfWork, unit
+from ..storage.statuses import TriggerStatus
 from .changes import ChangeResult, dumps, load_patient, on_event
 from .conditions import ConditionResolver
 
 log = logging.getLogger("careloop.replay")
 
 
-def event_from_row(row: EventRow, conditions: ConditionResolver | None = None,
+def event_from_row(row: EventRecord, conditions: ConditionResolver | None = None,
                    base_url: str | None = None) -> ClinicalEvent:
     """The ClinicalEvent a stored event row was (``%previous`` is not stored: empty). A CarePlan's
     ``%conditions`` come from ``conditions`` (already prefetched), else from contained ones only."""
@@ -62,16 +61,8 @@ def prefetch_conditions(engine: Engine, rs: RuleSet, resolver: ConditionResolver
     a replay will see; return how many plans were looked at."""
     n, last = 0, 0
     while True:
-        with Session(engine) as s:
-            stmt = select(EventRow.id, EventRow.source, EventRow.resource).where(
-                col(EventRow.id) > last, EventRow.resource_type == "CarePlan")
-            if since:
-                stmt = stmt.where(EventRow.occurred_at >= since.timestamp())
-            if until:
-                stmt = stmt.where(EventRow.occurred_at < until.timestamp())
-            if source:
-                stmt = stmt.where(EventRow.source == source)
-            rows = list(s.exec(stmt.order_by(col(EventRow.id)).limit(500)))
+        with unit(engine) as u:
+            rows = rq.careplan_page(u, last, 500, **_bounds(since, until, source))
         if not rows:
             return n
         for eid, src, body in rows:
@@ -112,6 +103,12 @@ class ReplayReport:
 
     def count(self, what: str, *, sends_now: bool | None = None) -> int:
         return sum(1 for p in self.planned if p.what == what and (sends_now is None or p.sends_now == sends_now))
+
+
+def _bounds(since: datetime | None, until: datetime | None, source: str | None) -> dict[str, Any]:
+    """The optional filters as the replay queries take them (a falsy value is no filter)."""
+    return {"since": since.timestamp() if since else None, "until": until.timestamp() if until else None,
+            "source": source or None}
 
 
 def _rows(u: UnitOfWork, ids: list[int]) -> dict[int, tuple[Any, ...]]:
@@ -161,20 +158,11 @@ def _replay(engine: Engine, rs: RuleSet, *, now: datetime, since: datetime | Non
     with unit(engine) as r:
         first_new = int(r.scalar(rq.MAX_TRIGGER_ID) or 0) + 1
     before: dict[int, tuple[Any, ...]] = {}  # committed state of existing triggers the replay touched
-    s = Session(engine, expire_on_commit=False)
-    try:
+    with unit(engine, write=True) as u:
         while True:
-            stmt = select(EventRow).where(col(EventRow.id) > last_id, EventRow.type != "patient.merged")
-            if since:
-                stmt = stmt.where(EventRow.occurred_at >= since.timestamp())
-            if until:
-                stmt = stmt.where(EventRow.occurred_at < until.timestamp())
-            if source:
-                stmt = stmt.where(EventRow.source == source)
-            rows = list(s.exec(stmt.order_by(col(EventRow.id)).limit(batch)))
+            rows = rq.events_page(u, last_id, batch, **_bounds(since, until, source))
             if not rows:
                 break
-            u = joined(s)
             for row in rows:
                 row_source = rs.sources.get(row.source)
                 ev = event_from_row(row, conditions, row_source.fhir.base_url if row_source else None)
@@ -191,12 +179,10 @@ def _replay(engine: Engine, rs: RuleSet, *, now: datetime, since: datetime | Non
                 with unit(engine) as other:
                     before.update(_rows(other, old))
             if apply:
-                s.commit()
-        rep.planned = _plan(joined(s), rep.created_ids, first_new, before, now)
-    finally:
+                u.commit_and_continue()
+        rep.planned = _plan(u, rep.created_ids, first_new, before, now)
         if not apply:
-            s.rollback()
-        s.close()
+            u.rollback()
     return rep
 
 
@@ -220,46 +206,23 @@ def _plan(db: UnitOfWork, ids: set[int], first_new: int, before: dict[int, tuple
 
 def count_events(engine: Engine, source: str | None = None) -> int:
     """How many events are stored (all sources, or one)."""
-    with Session(engine) as s:
-        stmt = select(func.count()).select_from(EventRow)
-        if source:
-            stmt = stmt.where(EventRow.source == source)
-        return int(s.exec(stmt).one())
+    with unit(engine) as u:
+        return rq.event_count(u, source or None)
 
 
 def count_inbound_to_requeue(engine: Engine, *, since: datetime | None = None, until: datetime | None = None,
                              source: str | None = None) -> int:
     """How many inbound messages :func:`requeue_inbound` would mark ``received`` again."""
-    with Session(engine) as s:
-        stmt = select(func.count()).select_from(InboundMessage).where(col(InboundMessage.status).in_(("failed", "ignored")))
-        if since:
-            stmt = stmt.where(InboundMessage.received_at >= since.timestamp())
-        if until:
-            stmt = stmt.where(InboundMessage.received_at < until.timestamp())
-        if source:
-            stmt = stmt.where(InboundMessage.source == source)
-        return int(s.exec(stmt).one())
+    with unit(engine) as u:
+        return rq.inbound_to_requeue(u, **_bounds(since, until, source))
 
 
 def requeue_inbound(engine: Engine, *, since: datetime | None = None, until: datetime | None = None,
                     source: str | None = None) -> int:
     """Mark stored inbound messages that failed or were ignored as ``received`` again, so
     the processor maps them with the current mappings. Returns how many."""
-    with Session(engine) as s:
-        stmt = select(InboundMessage).where(col(InboundMessage.status).in_((InboundStatus.FAILED, InboundStatus.IGNORED)))
-        if since:
-            stmt = stmt.where(InboundMessage.received_at >= since.timestamp())
-        if until:
-            stmt = stmt.where(InboundMessage.received_at < until.timestamp())
-        if source:
-            stmt = stmt.where(InboundMessage.source == source)
-        n = 0
-        for msg in s.exec(stmt):
-            msg.status, msg.error = InboundStatus.RECEIVED, None
-            s.add(msg)
-            n += 1
-        s.commit()
-    return n
+    with unit(engine, write=True) as u:
+        return rq.requeue_inbound(u, **_bounds(since, until, source))
 
 
 def changed_rules(old: RuleSet, new: RuleSet) -> dict[str, tuple[str, str]]:
@@ -283,49 +246,42 @@ def apply_rule_changes(engine: Engine, old: RuleSet, new: RuleSet, now: datetime
         if policy == "keep":
             continue
         n, last = 0, 0
+        note = f"rule {what} on reload ({old.version} -> {new.version}), on_rule_change: {policy}"
         while True:
-            with Session(engine, expire_on_commit=False) as s:
-                rows = list(s.exec(select(TriggerRow).where(
-                    TriggerRow.rule_id == rule_id, TriggerRow.status == TriggerStatus.PENDING, col(TriggerRow.id) > last,
-                ).order_by(col(TriggerRow.id)).limit(batch)))
+            with unit(engine, write=True) as u:
+                rows = rq.rule_pending(u, rule_id, last, batch)
                 if not rows:
                     break
                 for t in rows:
                     last = t.id or last
-                    note = f"rule {what} on reload ({old.version} -> {new.version}), on_rule_change: {policy}"
                     if policy == "cancel":
-                        t.status, t.reason = TriggerStatus.CANCELLED, note
+                        t = t._replace(status=TriggerStatus.CANCELLED, reason=note)
                     else:
-                        _reevaluate(s, t, new, now, note)
-                    t.updated_at = nowts
-                    s.add(t)
+                        t = _reevaluate(u, t, new, now, note)
+                    rq.rewrite_trigger(u, t, nowts)
                     n += 1
-                s.commit()
         counts[rule_id] = n
         log.info("pending triggers after a rule change", extra={"action": "mappings.rule_changed", "rule_id": rule_id,
                                                                 "policy": policy, "count": n})
     return counts
 
 
-def _reevaluate(s: Session, t: TriggerRow, rs: RuleSet, now: datetime, note: str) -> None:
-    row = s.get(EventRow, t.event_id) if t.event_id else None
+def _reevaluate(u: UnitOfWork, t: rq.RuleTrigger, rs: RuleSet, now: datetime, note: str) -> rq.RuleTrigger:
+    """``t`` as the changed rule decides it now, from its originating event."""
+    row = rq.event(u, t.event_id) if t.event_id else None
     if row is None:
-        t.status, t.reason = TriggerStatus.CANCELLED, f"{note}: originating event not found"
-        return
+        return t._replace(status=TriggerStatus.CANCELLED, reason=f"{note}: originating event not found")
     ev = event_from_row(row)
     src = rs.sources.get(row.source)
-    u = joined(s)
     decisions = evaluate(ev, rs, now=now, patient=load_patient(u, ev.patient_key), hospice=hospice_for(u, ev.patient_key, rs),
                          source_zone=src.hl7.timezone if src else None, only={t.rule_id})
     d = decisions[0] if decisions else None
     if d is not None and d.status == "unevaluable":  # not false: the trigger stays as it was
-        t.reason = f"{note}: kept, {d.reason}"
-        return
+        return t._replace(reason=f"{note}: kept, {d.reason}")
     if d is None or not d.fired:
-        t.status, t.reason = TriggerStatus.CANCELLED, f"{note}: no longer applies ({d.reason if d else 'event no longer listened to'})"
-    elif d.status != TriggerStatus.PENDING:
-        t.status, t.reason = d.status or TriggerStatus.SKIPPED, f"{note}: {d.reason}"
-    else:
-        t.due_at = d.due_at.timestamp() if d.due_at else now.timestamp()
-        t.payload, t.ruleset_version, t.explain = dumps(d.payload), rs.version, dumps(d.steps)
-        t.reason = f"{note}: {d.reason}"
+        return t._replace(status=TriggerStatus.CANCELLED,
+                          reason=f"{note}: no longer applies ({d.reason if d else 'event no longer listened to'})")
+    if d.status != TriggerStatus.PENDING:
+        return t._replace(status=d.status or TriggerStatus.SKIPPED, reason=f"{note}: {d.reason}")
+    return t._replace(due_at=d.due_at.timestamp() if d.due_at else now.timestamp(), payload=dumps(d.payload),
+                      ruleset_version=rs.version, explain=dumps(d.steps), reason=f"{note}: {d.reason}")

@@ -39,10 +39,11 @@ def test_backfill_fires_nothing_and_knows_every_status(tmp_path: Path, stub: Fhi
         a = s.get(ResourceState, "Appointment/a7")
         assert a.patient_key == f"{S.MRN_SYSTEM}|M7"  # from the _include'd Patient, no extra reads
     assert not [p for p in stub.requests if p.startswith("/fhir/Patient/")]
-    with Session(engine) as s:
-        from middleware.pipeline.fhir_state import kv_get
+    from middleware.pipeline.fhir_state import kv_get
+    from middleware.storage.sql import unit
 
-        assert kv_get(s, "fhir.hwm.hospital.Appointment")["at"]
+    with unit(engine) as u:
+        assert kv_get(u, "fhir.hwm.hospital.Appointment")["at"]
 
 
 def test_subscription_definitions() -> None:

@@ -28,12 +28,7 @@ PKG = ROOT / "middleware"
 STORAGE = PKG / "storage"
 
 #: module (path relative to the repository) -> why it still holds SQL. Must become empty.
-PENDING: dict[str, str] = {
-    "middleware/pipeline/dryrun.py": "processing hot path: moving to storage/ queries (branch i12-core)",
-    "middleware/pipeline/fhir_state.py": "processing hot path: moving to storage/ queries (branch i12-core)",
-    "middleware/pipeline/reconcile.py": "processing hot path: moving to storage/ queries (branch i12-core)",
-    "middleware/pipeline/replay.py": "processing hot path: moving to storage/ queries (branch i12-core)",
-}
+PENDING: dict[str, str] = {}
 
 # -- what counts as SQL text ---------------------------------------------------------------
 _IDENT = r'(?:"\w+"|\w+|\{[^}]*\})'  # a table or column name, quoted, plain, or an f-string field

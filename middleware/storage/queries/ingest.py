@@ -138,6 +138,11 @@ class Seen(NamedTuple):
 INBOX_SEEN = query("inbox.seen", select(inbound.c.dedup_key, inbound.c.sha256, inbound.c.ack)
                    .where(any_of(inbound.c.dedup_key, "keys"), inbound.c.status != InboundStatus.DUPLICATE), Seen)
 
+#: which of ``keys`` the inbox already holds as a message it keeps (not a duplicate, not failed)
+INBOX_HELD = query("inbox.held", select(inbound.c.dedup_key).where(
+    any_of(inbound.c.dedup_key, "keys"), inbound.c.status != InboundStatus.DUPLICATE,
+    inbound.c.status != InboundStatus.FAILED))
+
 _received = (select(inbound.c.id, inbound.c.source, inbound.c.channel, inbound.c.raw, inbound.c.meta)
              .where(inbound.c.status == InboundStatus.RECEIVED).order_by(inbound.c.id).limit(param("n")))
 #: the oldest stored messages not yet processed (a read, for prefetching)

@@ -58,3 +58,8 @@ def put_json(u: UnitOfWork, key: str, value: dict[str, Any], at: float) -> None:
 def with_prefix_json(u: UnitOfWork, prefix: str) -> dict[str, dict[str, Any]]:
     """Every key starting with ``prefix`` and its JSON object, in key order."""
     return {key: orjson.loads(value) for key, value in sorted(u.all(KV_PREFIX, prefix=prefix))}
+
+
+def delete_until(u: UnitOfWork, key: str, until: float) -> bool:
+    """Delete ``key`` if it was last set at or before ``until``; True when deleted."""
+    return u.run(KV_DELETE_UNTIL, key=key, until=until) > 0
