@@ -304,12 +304,14 @@ class _EventReads:
     """The reads an event needs before its rules are evaluated: the pending triggers each of its
     cancellations may cancel, and the patient's hospice resources (sent together)."""
 
-    __slots__ = ("wanted", "calls", "hospice")
+    __slots__ = ("wanted", "calls", "scopes", "hospice")
 
     def __init__(self, ev: ClinicalEvent, rs: RuleSet, patient: dict[str, Any] | None, now: datetime, nth: int | None) -> None:
         nowts = now.timestamp()
         self.wanted = cancellations(ev, rs, patient, now, nth) if ev.arrival != "backfill" else []
-        self.calls = [_pending_call(c, nowts) for c in self.wanted]
+        # one read per scope (patient or resource key) for all the rules cancelled in it
+        self.scopes: list[tuple[str, str]] = list(dict.fromkeys((c.same, c.key) for c in self.wanted))
+        self.calls = [_pending_call([c for c in self.wanted if (c.same, c.key) == s], nowts) for s in self.scopes]
         self.hospice = hospice_query(ev.patient_key, rs)
         if self.hospice is not None:
             self.calls.append(self.hospice)
@@ -321,8 +323,12 @@ def _after_reads(
     only: set[str] | None = None, cancel_only_ids: set[int] | None = None, nth: int | None = None,
 ) -> None:
     if reads.wanted:
-        _cancel(u, row, now, result, cancel_only_ids, list(zip(reads.wanted, got)))
-    hospice = hospice_from(got[len(reads.wanted)], rs) if reads.hospice is not None else None
+        nowts = now.timestamp()
+        by_scope = dict(zip(reads.scopes, got))
+        _cancel(u, row, now, result, cancel_only_ids,
+                [(c, [t for t in by_scope[(c.same, c.key)] if t.rule_id == c.rule_id and t.created_at >= _since(c, nowts)])
+                 for c in reads.wanted])
+    hospice = hospice_from(got[len(reads.scopes)], rs) if reads.hospice is not None else None
     decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
     if rs.superseded_by:
         apply_exclusive(decisions, rs, lambda rule_ids: _holds(u, rule_ids, ev.resource_key))
@@ -378,10 +384,15 @@ def _holds(u: UnitOfWork, rule_ids: tuple[str, ...], resource_key: str) -> bool:
     return u.scalar(q.TRIGGER_HOLDS, rule_ids=list(rule_ids), resource_key=resource_key) is not None
 
 
-def _pending_call(c: Cancellation, nowts: float) -> tuple[Query, dict[str, Any]]:
-    """The read of the pending triggers cancellation ``c`` may cancel."""
-    return (q.PENDING_FOR_PATIENT if c.same == "patient" else q.PENDING_FOR_RESOURCE,
-            {"rule_id": c.rule_id, "key": c.key, "since": nowts - c.within_s if c.within_s else _EVER})
+def _since(c: Cancellation, nowts: float) -> float:
+    """Cancellation ``c`` applies to pending triggers created at or after this time."""
+    return nowts - c.within_s if c.within_s else _EVER
+
+
+def _pending_call(cs: list[Cancellation], nowts: float) -> tuple[Query, dict[str, Any]]:
+    """One read of the pending triggers the cancellations ``cs`` (one scope) may cancel."""
+    return (q.PENDING_FOR_PATIENT if cs[0].same == "patient" else q.PENDING_FOR_RESOURCE,
+            {"rule_ids": sorted({c.rule_id for c in cs}), "key": cs[0].key, "since": min(_since(c, nowts) for c in cs)})
 
 
 def _cancel(u: UnitOfWork, row: EventRow | EventRecord, now: datetime, result: ChangeResult, only_ids: set[int] | None,

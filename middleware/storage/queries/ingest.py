@@ -108,6 +108,8 @@ class PendingTrigger(NamedTuple):
     id: int
     event_id: int | None
     payload: str
+    rule_id: str
+    created_at: float
 
 
 class SameRuleTrigger(NamedTuple):
@@ -219,8 +221,11 @@ EVENT_RESOURCE = query("ingest.event_resource", select(event.c.resource).where(e
 
 # -- triggers -------------------------------------------------------------------------------
 
-_pending = select(trigger.c.id, trigger.c.event_id, trigger.c.payload).where(
-    trigger.c.rule_id == param("rule_id"), trigger.c.status == TriggerStatus.PENDING, trigger.c.created_at >= param("since"))
+#: the pending triggers of several rules an event's cancellations may cancel, one statement for all of
+#: them (each cancellation keeps the rows of its own rule created since its own window start)
+_pending = select(trigger.c.id, trigger.c.event_id, trigger.c.payload, trigger.c.rule_id, trigger.c.created_at).where(
+    any_of(trigger.c.rule_id, "rule_ids"), trigger.c.status == TriggerStatus.PENDING,
+    trigger.c.created_at >= param("since")).order_by(trigger.c.id)
 PENDING_FOR_PATIENT = query("ingest.pending_for_patient", _pending.where(trigger.c.patient_key == param("key")), PendingTrigger)
 PENDING_FOR_RESOURCE = query("ingest.pending_for_resource", _pending.where(trigger.c.resource_key == param("key")),
                              PendingTrigger)
