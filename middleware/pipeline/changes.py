@@ -424,24 +424,31 @@ def _record_triggers(
     """Insert each decision as a trigger row (or move the pending one it replaces).
 
     Three round trips in pipeline mode whatever the number of decisions: the look-ups (the
-    pending trigger of the same rule and resource, and a duplicate within the dedup window),
-    then the moves and inserts. A decision whose dedup key an earlier decision of this event
-    has just used is a duplicate of that trigger (as if it had been inserted before the look-up)."""
+    pending triggers of the same rules and resource, in one statement, and a duplicate within
+    the dedup window), then the moves and inserts. A decision whose dedup key an earlier decision
+    of this event has just used is a duplicate of that trigger (as if it had been inserted before
+    the look-up)."""
     plans = []
     calls: list[tuple[Query, dict[str, Any]]] = []
+    same_rules: set[str] = set()
     for d in fired:
         status = d.status or TriggerStatus.PENDING
         look_same = status in (TriggerStatus.PENDING, TriggerStatus.SKIPPED) and bool(ev.resource_key)
         look_dup = status == TriggerStatus.PENDING and bool(d.dedup_key and d.dedup_window_s)
         if look_same:
-            calls.append((q.SAME_RULE_PENDING, {"rule_id": d.rule_id, "resource_key": ev.resource_key}))
+            same_rules.add(d.rule_id)
         if look_dup and d.journey_id:  # a journey's steps share its dedup key: only another entry is a duplicate
             calls.append((q.TRIGGER_DUPLICATE_OTHER_ENTRY, {"dedup_key": d.dedup_key, "since": nowts - (d.dedup_window_s or 0),
                                                             "event_id": row.id}))
         elif look_dup:
             calls.append((q.TRIGGER_DUPLICATE, {"dedup_key": d.dedup_key, "since": nowts - (d.dedup_window_s or 0)}))
         plans.append((d, status, look_same, look_dup))
+    if same_rules:
+        calls.insert(0, (q.SAME_RULE_PENDING, {"rule_ids": sorted(same_rules), "resource_key": ev.resource_key}))
     got = iter(u.fetch(*calls) if calls else [])
+    oldest: dict[str, q.SameRuleTrigger] = {}  # rule id -> its oldest pending trigger for this resource
+    for t in next(got) if same_rules else []:
+        oldest.setdefault(t.rule_id, t)
     inserts: list[tuple[Decision, str, float, dict[str, Any]]] = []
     made: dict[str, int | None] = {}  # dedup key -> id of the pending trigger an earlier decision inserted
     tids: dict[int, int | None] = {}  # id(decision) -> its trigger (inserted or moved)
@@ -466,9 +473,8 @@ def _record_triggers(
     for d, status, look_same, look_dup in plans:
         reason = d.reason
         due = d.due_at.timestamp() if d.due_at else nowts
-        same: list[q.SameRuleTrigger] = next(got) if look_same else []
         dup: list[tuple[int]] = next(got) if look_dup else []
-        existing = same[0] if same else None
+        existing = oldest.get(d.rule_id) if look_same else None
         if existing is not None and existing.dedup_key == d.dedup_key and existing.event_id != row.id:
             if status == TriggerStatus.SKIPPED:  # the new time is past or too late: the old reminder must not go out either
                 u.send(q.TRIGGER_SKIP, reason=f"{ev.type} (event {row.id}) moved it: {reason}", now=nowts, id=existing.id)

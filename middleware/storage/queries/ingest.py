@@ -116,6 +116,7 @@ class SameRuleTrigger(NamedTuple):
     id: int
     dedup_key: str | None
     event_id: int | None
+    rule_id: str
 
 
 class Identity(NamedTuple):
@@ -231,9 +232,12 @@ PENDING_FOR_RESOURCE = query("ingest.pending_for_resource", _pending.where(trigg
                              PendingTrigger)
 TRIGGER_CANCEL = query("ingest.trigger_cancel", trigger.update().where(trigger.c.id == param("id"))
                        .values(status=TriggerStatus.CANCELLED, updated_at=param("now"), reason=param("reason")))
-SAME_RULE_PENDING = query("ingest.same_rule_pending", select(trigger.c.id, trigger.c.dedup_key, trigger.c.event_id).where(
-    trigger.c.rule_id == param("rule_id"), trigger.c.resource_key == param("resource_key"),
-    trigger.c.status == TriggerStatus.PENDING).order_by(trigger.c.id).limit(1), SameRuleTrigger)
+#: the pending triggers of several rules for one resource, oldest first (the first of each rule is
+#: the one a new decision of that rule moves or replaces)
+SAME_RULE_PENDING = query("ingest.same_rule_pending", select(
+    trigger.c.id, trigger.c.dedup_key, trigger.c.event_id, trigger.c.rule_id).where(
+    any_of(trigger.c.rule_id, "rule_ids"), trigger.c.resource_key == param("resource_key"),
+    trigger.c.status == TriggerStatus.PENDING).order_by(trigger.c.id), SameRuleTrigger)
 TRIGGER_SKIP = query("ingest.trigger_skip", trigger.update().where(trigger.c.id == param("id"))
                      .values(status=TriggerStatus.SKIPPED, reason=param("reason"), updated_at=param("now")))
 TRIGGER_MOVE = query("ingest.trigger_move", trigger.update().where(trigger.c.id == param("id"))
