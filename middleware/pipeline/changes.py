@@ -304,12 +304,14 @@ class _EventReads:
     """The reads an event needs before its rules are evaluated: the pending triggers each of its
     cancellations may cancel, and the patient's hospice resources (sent together)."""
 
-    __slots__ = ("wanted", "calls", "hospice")
+    __slots__ = ("wanted", "calls", "scopes", "hospice")
 
     def __init__(self, ev: ClinicalEvent, rs: RuleSet, patient: dict[str, Any] | None, now: datetime, nth: int | None) -> None:
         nowts = now.timestamp()
         self.wanted = cancellations(ev, rs, patient, now, nth) if ev.arrival != "backfill" else []
-        self.calls = [_pending_call(c, nowts) for c in self.wanted]
+        # one read per scope (patient or resource key) for all the rules cancelled in it
+        self.scopes: list[tuple[str, str]] = list(dict.fromkeys((c.same, c.key) for c in self.wanted))
+        self.calls = [_pending_call([c for c in self.wanted if (c.same, c.key) == s], nowts) for s in self.scopes]
         self.hospice = hospice_query(ev.patient_key, rs)
         if self.hospice is not None:
             self.calls.append(self.hospice)
@@ -321,8 +323,12 @@ def _after_reads(
     only: set[str] | None = None, cancel_only_ids: set[int] | None = None, nth: int | None = None,
 ) -> None:
     if reads.wanted:
-        _cancel(u, row, now, result, cancel_only_ids, list(zip(reads.wanted, got)))
-    hospice = hospice_from(got[len(reads.wanted)], rs) if reads.hospice is not None else None
+        nowts = now.timestamp()
+        by_scope = dict(zip(reads.scopes, got))
+        _cancel(u, row, now, result, cancel_only_ids,
+                [(c, [t for t in by_scope[(c.same, c.key)] if t.rule_id == c.rule_id and t.created_at >= _since(c, nowts)])
+                 for c in reads.wanted])
+    hospice = hospice_from(got[len(reads.scopes)], rs) if reads.hospice is not None else None
     decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
     if rs.superseded_by:
         apply_exclusive(decisions, rs, lambda rule_ids: _holds(u, rule_ids, ev.resource_key))
@@ -378,10 +384,15 @@ def _holds(u: UnitOfWork, rule_ids: tuple[str, ...], resource_key: str) -> bool:
     return u.scalar(q.TRIGGER_HOLDS, rule_ids=list(rule_ids), resource_key=resource_key) is not None
 
 
-def _pending_call(c: Cancellation, nowts: float) -> tuple[Query, dict[str, Any]]:
-    """The read of the pending triggers cancellation ``c`` may cancel."""
-    return (q.PENDING_FOR_PATIENT if c.same == "patient" else q.PENDING_FOR_RESOURCE,
-            {"rule_id": c.rule_id, "key": c.key, "since": nowts - c.within_s if c.within_s else _EVER})
+def _since(c: Cancellation, nowts: float) -> float:
+    """Cancellation ``c`` applies to pending triggers created at or after this time."""
+    return nowts - c.within_s if c.within_s else _EVER
+
+
+def _pending_call(cs: list[Cancellation], nowts: float) -> tuple[Query, dict[str, Any]]:
+    """One read of the pending triggers the cancellations ``cs`` (one scope) may cancel."""
+    return (q.PENDING_FOR_PATIENT if cs[0].same == "patient" else q.PENDING_FOR_RESOURCE,
+            {"rule_ids": sorted({c.rule_id for c in cs}), "key": cs[0].key, "since": min(_since(c, nowts) for c in cs)})
 
 
 def _cancel(u: UnitOfWork, row: EventRow | EventRecord, now: datetime, result: ChangeResult, only_ids: set[int] | None,
@@ -413,24 +424,31 @@ def _record_triggers(
     """Insert each decision as a trigger row (or move the pending one it replaces).
 
     Three round trips in pipeline mode whatever the number of decisions: the look-ups (the
-    pending trigger of the same rule and resource, and a duplicate within the dedup window),
-    then the moves and inserts. A decision whose dedup key an earlier decision of this event
-    has just used is a duplicate of that trigger (as if it had been inserted before the look-up)."""
+    pending triggers of the same rules and resource, in one statement, and a duplicate within
+    the dedup window), then the moves and inserts. A decision whose dedup key an earlier decision
+    of this event has just used is a duplicate of that trigger (as if it had been inserted before
+    the look-up)."""
     plans = []
     calls: list[tuple[Query, dict[str, Any]]] = []
+    same_rules: set[str] = set()
     for d in fired:
         status = d.status or TriggerStatus.PENDING
         look_same = status in (TriggerStatus.PENDING, TriggerStatus.SKIPPED) and bool(ev.resource_key)
         look_dup = status == TriggerStatus.PENDING and bool(d.dedup_key and d.dedup_window_s)
         if look_same:
-            calls.append((q.SAME_RULE_PENDING, {"rule_id": d.rule_id, "resource_key": ev.resource_key}))
+            same_rules.add(d.rule_id)
         if look_dup and d.journey_id:  # a journey's steps share its dedup key: only another entry is a duplicate
             calls.append((q.TRIGGER_DUPLICATE_OTHER_ENTRY, {"dedup_key": d.dedup_key, "since": nowts - (d.dedup_window_s or 0),
                                                             "event_id": row.id}))
         elif look_dup:
             calls.append((q.TRIGGER_DUPLICATE, {"dedup_key": d.dedup_key, "since": nowts - (d.dedup_window_s or 0)}))
         plans.append((d, status, look_same, look_dup))
+    if same_rules:
+        calls.insert(0, (q.SAME_RULE_PENDING, {"rule_ids": sorted(same_rules), "resource_key": ev.resource_key}))
     got = iter(u.fetch(*calls) if calls else [])
+    oldest: dict[str, q.SameRuleTrigger] = {}  # rule id -> its oldest pending trigger for this resource
+    for t in next(got) if same_rules else []:
+        oldest.setdefault(t.rule_id, t)
     inserts: list[tuple[Decision, str, float, dict[str, Any]]] = []
     made: dict[str, int | None] = {}  # dedup key -> id of the pending trigger an earlier decision inserted
     tids: dict[int, int | None] = {}  # id(decision) -> its trigger (inserted or moved)
@@ -455,9 +473,8 @@ def _record_triggers(
     for d, status, look_same, look_dup in plans:
         reason = d.reason
         due = d.due_at.timestamp() if d.due_at else nowts
-        same: list[q.SameRuleTrigger] = next(got) if look_same else []
         dup: list[tuple[int]] = next(got) if look_dup else []
-        existing = same[0] if same else None
+        existing = oldest.get(d.rule_id) if look_same else None
         if existing is not None and existing.dedup_key == d.dedup_key and existing.event_id != row.id:
             if status == TriggerStatus.SKIPPED:  # the new time is past or too late: the old reminder must not go out either
                 u.send(q.TRIGGER_SKIP, reason=f"{ev.type} (event {row.id}) moved it: {reason}", now=nowts, id=existing.id)

@@ -108,12 +108,15 @@ class PendingTrigger(NamedTuple):
     id: int
     event_id: int | None
     payload: str
+    rule_id: str
+    created_at: float
 
 
 class SameRuleTrigger(NamedTuple):
     id: int
     dedup_key: str | None
     event_id: int | None
+    rule_id: str
 
 
 class Identity(NamedTuple):
@@ -224,16 +227,22 @@ EVENT_RESOURCE = query("ingest.event_resource", select(event.c.resource).where(e
 
 # -- triggers -------------------------------------------------------------------------------
 
-_pending = select(trigger.c.id, trigger.c.event_id, trigger.c.payload).where(
-    trigger.c.rule_id == param("rule_id"), trigger.c.status == TriggerStatus.PENDING, trigger.c.created_at >= param("since"))
+#: the pending triggers of several rules an event's cancellations may cancel, one statement for all of
+#: them (each cancellation keeps the rows of its own rule created since its own window start)
+_pending = select(trigger.c.id, trigger.c.event_id, trigger.c.payload, trigger.c.rule_id, trigger.c.created_at).where(
+    any_of(trigger.c.rule_id, "rule_ids"), trigger.c.status == TriggerStatus.PENDING,
+    trigger.c.created_at >= param("since")).order_by(trigger.c.id)
 PENDING_FOR_PATIENT = query("ingest.pending_for_patient", _pending.where(trigger.c.patient_key == param("key")), PendingTrigger)
 PENDING_FOR_RESOURCE = query("ingest.pending_for_resource", _pending.where(trigger.c.resource_key == param("key")),
                              PendingTrigger)
 TRIGGER_CANCEL = query("ingest.trigger_cancel", trigger.update().where(trigger.c.id == param("id"))
                        .values(status=TriggerStatus.CANCELLED, updated_at=param("now"), reason=param("reason")))
-SAME_RULE_PENDING = query("ingest.same_rule_pending", select(trigger.c.id, trigger.c.dedup_key, trigger.c.event_id).where(
-    trigger.c.rule_id == param("rule_id"), trigger.c.resource_key == param("resource_key"),
-    trigger.c.status == TriggerStatus.PENDING).order_by(trigger.c.id).limit(1), SameRuleTrigger)
+#: the pending triggers of several rules for one resource, oldest first (the first of each rule is
+#: the one a new decision of that rule moves or replaces)
+SAME_RULE_PENDING = query("ingest.same_rule_pending", select(
+    trigger.c.id, trigger.c.dedup_key, trigger.c.event_id, trigger.c.rule_id).where(
+    any_of(trigger.c.rule_id, "rule_ids"), trigger.c.resource_key == param("resource_key"),
+    trigger.c.status == TriggerStatus.PENDING).order_by(trigger.c.id), SameRuleTrigger)
 TRIGGER_SKIP = query("ingest.trigger_skip", trigger.update().where(trigger.c.id == param("id"))
                      .values(status=TriggerStatus.SKIPPED, reason=param("reason"), updated_at=param("now")))
 TRIGGER_MOVE = query("ingest.trigger_move", trigger.update().where(trigger.c.id == param("id"))
