@@ -176,3 +176,27 @@ def test_a_journey_entry_is_one_entry_and_one_arm_for_all_its_steps(db_url: str,
     assert all(v == {"winback-journey.first", "winback-journey.second"} for v in per_patient.values())
     assert len(per_patient) + len(held) == 12
     assert rows(engine, "SELECT DISTINCT experiment FROM holdout_assignment") == [("winback-journey-test",)]
+
+
+def test_reprocessing_never_doubles_entries_nor_moves_arms(setup: tuple[Any, Any]) -> None:
+    """Replaying every stored event through the rules (``careloop reprocess --apply``) opens no
+    second entry for a journey entry and moves no patient between arms."""
+    from middleware.pipeline.replay import reprocess
+
+    engine, rs = setup
+    t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=40)
+    msgs = []
+    for i in range(10):
+        start = t0 + timedelta(days=1)
+        msgs.append(siu("S12", control=f"RB{i}", mrn=f"MRN9{i:05d}", appt=f"R{i}", start=start, sent=t0))
+        msgs.append(siu("S26", control=f"RN{i}", mrn=f"MRN9{i:05d}", appt=f"R{i}", start=start, status="Noshow",
+                        sent=start + timedelta(hours=2)))
+    InboxWriter(engine).write_batch([InboundRecord(source="default", channel="mllp", raw=m, status="received",
+                                                   sha256=hashlib.sha256(m).hexdigest()) for m in msgs])
+    Processor(engine, lambda: rs).drain()
+    before = rows(engine, "SELECT entry_key, arm FROM outcome ORDER BY entry_key")
+    arms = rows(engine, "SELECT patient_id, arm FROM holdout_assignment ORDER BY patient_id")
+    assert len(before) == 10
+    reprocess(engine, rs, now=datetime.now(timezone.utc), apply=True)
+    assert rows(engine, "SELECT entry_key, arm FROM outcome ORDER BY entry_key") == before
+    assert rows(engine, "SELECT patient_id, arm FROM holdout_assignment ORDER BY patient_id") == arms
