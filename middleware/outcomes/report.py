@@ -37,6 +37,7 @@ class PeriodReport:
     held_out: ArmTally | None
     analysis: Analysis | None
     median_days: dict[str, float | None]
+    cumulative_days: dict[str, list[tuple[int, int]]] | None = None  # arm -> [(day, achieved by then)]
 
 
 def _tally(rows: list[q.Tally]) -> ArmTally:
@@ -76,10 +77,11 @@ def build(engine: Engine, goal_id: str, *, min_lift: float = 0.05, holdout_share
         for r in rows:
             groups[(r.experiment, r.period)].append(r)
         medians = {key: _medians(u, goal_id, key[0], key[1], rs) for key, rs in groups.items()}
+    curve = cumulative_by_day(engine, goal_id) if groups else None
     out = []
     for (exp, period), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] or "")):
         if exp is None:
-            out.append(PeriodReport(goal_id, None, None, _tally(rs), None, None, medians[(exp, period)]))
+            out.append(PeriodReport(goal_id, None, None, _tally(rs), None, None, medians[(exp, period)], curve))
             continue
         treated = _tally([r for r in rs if r.arm == "treated"])
         held = _tally([r for r in rs if r.arm == "held_out"])
@@ -88,7 +90,18 @@ def build(engine: Engine, goal_id: str, *, min_lift: float = 0.05, holdout_share
             share = held.assigned / max(1, held.assigned + treated.assigned) or 0.1
         share = min(max(share, 0.01), 0.99)
         a = analyse(treated, held, min_lift=min_lift, holdout_share=share)
-        out.append(PeriodReport(goal_id, exp, period, treated, held, a, medians[(exp, period)]))
+        out.append(PeriodReport(goal_id, exp, period, treated, held, a, medians[(exp, period)], curve))
+    return out
+
+
+def cumulative_by_day(engine: Engine, goal_id: str) -> dict[str, list[tuple[int, int]]]:
+    """Per arm, how many entries had reached the goal by each whole day after the anchor (all periods)."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    with unit(engine) as u:
+        for r in u.all(q.ACHIEVED_BY_DAY.name, goal_id=goal_id):
+            arm = r.arm or "all"
+            curve = out.setdefault(arm, [])
+            curve.append((int(r.day), (curve[-1][1] if curve else 0) + int(r.entries)))
     return out
 
 
@@ -135,6 +148,8 @@ def as_text(reports: list[PeriodReport]) -> str:
         med = {k: v for k, v in r.median_days.items() if v is not None}
         if med:
             lines.append("  median days to goal: " + ", ".join(f"{k} {v:.1f}" for k, v in med.items()))
+        for arm, points in (r.cumulative_days or {}).items():
+            lines.append(f"  achieved by day ({arm}, all periods): " + ", ".join(f"d{d} {n}" for d, n in points[:15]))
         lines.append("")
     lines.append("Read at a declared horizon (fixed-horizon intervals). Not seen: " + "; ".join(BLIND_SPOTS) + ".")
     return "\n".join(lines) + "\n"
@@ -171,6 +186,7 @@ def as_json(reports: list[PeriodReport]) -> dict[str, Any]:
                 "treated_needed": a.needed.treated, "held_out_needed": a.needed.control, "enough": a.enough},
             "verdict": None if a is None else a.verdict,
             "median_days_to_goal": r.median_days,
+            "cumulative_achieved_by_day": r.cumulative_days,
         })
     return {"items": items, "horizon": "fixed (read when the period's windows have closed)", "not_seen": list(BLIND_SPOTS)}
 

@@ -58,6 +58,7 @@ def test_report_counts_intervals_and_formats(engine: Any, db_url: str, capsys: p
     assert r.analysis.per_protocol is not None and r.analysis.per_protocol.treated_rate.estimate == 1.0
     assert r.analysis.verdict.startswith("not enough patients yet")
     assert r.median_days["treated"] == pytest.approx(3.0)
+    assert r.cumulative_days == {"held_out": [(3, 48)], "treated": [(3, 56)]}  # every seeded goal reached on day 3
     text = report.as_text([r])
     assert "+20.0 points (+5.2 to +33.4" in text and "Not seen:" in text
     rows = list(csv.DictReader(io.StringIO(report.as_csv([r]))))

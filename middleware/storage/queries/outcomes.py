@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Integer, cast, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql import ClauseElement
 from sqlmodel import SQLModel
@@ -155,6 +155,22 @@ NTH_ELAPSED_NO_HOLDOUT = query(
     .where(outcome.c.goal_id == param("goal_id"), outcome.c.experiment.is_(None), outcome.c.period.is_(None),
            outcome.c.arm.is_(None), _ACHIEVED)
     .order_by(outcome.c.elapsed_s).limit(1).offset(param("n")))
+
+class DayCount(NamedTuple):
+    arm: str | None
+    day: int
+    entries: int
+
+
+#: achieved entries by whole days from the anchor, per arm (ix_outcome_elapsed: index-only)
+ACHIEVED_BY_DAY = query(
+    "outcome.achieved_by_day",
+    select(outcome.c.arm, cast(outcome.c.elapsed_s / 86400, Integer).label("day"), func.count().label("entries"))
+    .where(outcome.c.goal_id == param("goal_id"), outcome.c.status == OutcomeStatus.ACHIEVED,
+           outcome.c.elapsed_s.is_not(None))
+    .group_by(outcome.c.arm, literal_column("day"))  # the output column: one expression, bound once
+    .order_by(outcome.c.arm, literal_column("day")),
+    DayCount)
 
 GOALS = query("outcome.goals", select(outcome.c.goal_id, func.count().label("entries")).group_by(outcome.c.goal_id)
               .order_by(outcome.c.goal_id))
