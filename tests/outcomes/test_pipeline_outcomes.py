@@ -200,3 +200,35 @@ def test_reprocessing_never_doubles_entries_nor_moves_arms(setup: tuple[Any, Any
     reprocess(engine, rs, now=datetime.now(timezone.utc), apply=True)
     assert rows(engine, "SELECT entry_key, arm FROM outcome ORDER BY entry_key") == before
     assert rows(engine, "SELECT patient_id, arm FROM holdout_assignment ORDER BY patient_id") == arms
+
+
+def test_arms_follow_a_merge_to_the_surviving_patient(setup: tuple[Any, Any]) -> None:
+    """Two patients, then ADT^A40 merges the first into the second: a later no-show under the
+    retired MRN is an entry of the surviving patient, in the survivor's persisted arm; the
+    assignments made before the merge are kept as they were."""
+    from tests.support.hl7msgs import adt
+
+    engine, rs = setup
+    t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=40)
+
+    def noshow(mrn: str, appt: str, day: int) -> list[bytes]:
+        start = t0 + timedelta(days=day)
+        return [siu("S12", control=f"B-{appt}", mrn=mrn, appt=appt, start=start, sent=start - timedelta(days=1)),
+                siu("S26", control=f"N-{appt}", mrn=mrn, appt=appt, start=start, status="Noshow",
+                    sent=start + timedelta(hours=2))]
+
+    def run(*msgs: bytes) -> None:
+        InboxWriter(engine).write_batch([InboundRecord(source="default", channel="mllp", raw=m, status="received",
+                                                       sha256=hashlib.sha256(m).hexdigest()) for m in msgs])
+        Processor(engine, lambda: rs).drain()
+
+    run(*noshow("MRN600001", "M1", 1), *noshow("MRN600002", "M2", 1))
+    before = rows(engine, "SELECT patient_id, arm FROM holdout_assignment ORDER BY patient_id")
+    assert len(before) == 2
+    (survivor_id, survivor_arm), = rows(engine, "SELECT patient_id, arm FROM outcome WHERE patient_key LIKE '%MRN600002%'")
+    run(adt("A40", control="MERGE-1", mrn="MRN600002", prior_mrn="MRN600001", sent=t0 + timedelta(days=2)))
+    run(*noshow("MRN600001", "M3", 5))  # a late message under the retired MRN
+    assert len(rows(engine, "SELECT id FROM outcome")) == 3
+    (pid, arm), = rows(engine, "SELECT patient_id, arm FROM outcome WHERE id = (SELECT max(id) FROM outcome)")
+    assert pid == survivor_id and arm == survivor_arm
+    assert rows(engine, "SELECT patient_id, arm FROM holdout_assignment ORDER BY patient_id") == before
