@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -111,12 +110,6 @@ def open_entry(u: UnitOfWork, book: GoalBook, *, rule_id: str, ruleset_version: 
     # Not decided here: events stored later settle it (after_event_rows), and an event stored
     # before the entry (an out-of-order message) is found when its window closes (close_due).
     return True
-
-
-def _later_events(u: UnitOfWork, patient_key: str, types: Iterable[str]) -> list[LaterEvent]:
-    return [LaterEvent(r.id, r.type, r.resource_type, r.resource_key, orjson.loads(r.resource),
-                       datetime.fromtimestamp(r.occurred_at, UTC))
-            for r in u.all(q.PATIENT_EVENTS.name, patient_key=patient_key, types=sorted(types))]
 
 
 def _settle(u: UnitOfWork, book: GoalBook, entries: list[q.OpenEntry], patient_key: str, now: datetime) -> int:

@@ -10,6 +10,7 @@ from sqlalchemy import Integer, String, Table, cast, func, or_, select, update
 from ..sql import UnitOfWork, any_of, param, query
 from ..statuses import InboundStatus
 from ._tables import ATTEMPT, DELIVERY, EVENT, INBOUND, TRIGGER
+from .ingest import EventRecord as EventRecord  # the one type of an event row (re-exported)
 
 
 class MessageListed(NamedTuple):
@@ -30,22 +31,6 @@ class MessageRaw(NamedTuple):
     id: int
     raw: bytes | None
     ack: bytes | None
-
-
-class EventRecord(NamedTuple):
-    id: int
-    type: str
-    previous_status: str | None
-    status: str | None
-    resource_type: str
-    resource_key: str
-    patient_key: str | None
-    resource: str
-    source: str
-    arrival: str
-    occurred_at: float
-    created_at: float
-    inbound_id: int | None
 
 
 class TriggerRecord(NamedTuple):
