@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy.engine import Engine
 
@@ -290,11 +290,18 @@ class Runtime:
             max_batch_bytes=self.settings.hl7_max_batch_bytes, max_batch_messages=self.settings.hl7_max_batch_messages,
         )
 
+    def http_app(self) -> Any:
+        """The HTTP application: the API (``/api``, ``/fhir``, ``/hl7v2``, ``/metrics``) and the console's pages."""
+        from .api.app import create_app
+        from .console import mount
+
+        app = create_app(self)
+        mount(app)
+        return app
+
     async def serve(self) -> None:
         """Run HTTP, MLLP and workers until cancelled or signalled."""
         import uvicorn
-
-        from .api.app import create_app
 
         self.loop = asyncio.get_running_loop()
         tasks = await self.start_workers()
@@ -306,7 +313,7 @@ class Runtime:
             extra = self._mllp_listener(port)
             await extra.start()
             self.extra_mllp.append(extra)
-        app = create_app(self)
+        app = self.http_app()
         config = uvicorn.Config(app, host=self.settings.http_host, port=self.settings.http_port, log_level="warning",
                                 lifespan="on", access_log=False)
         server = uvicorn.Server(config)

@@ -61,6 +61,16 @@ class Settings(BaseSettings):
     fhir_backfill_timeout_s: float = Field(default=3600.0, gt=0, description="a whole backfill, every page")
     subscription_activation_timeout_s: float = Field(default=60.0, gt=0, description=(
         "how long `subscriptions apply` and `sandbox seed` wait for a Subscription to become active"))
+    # The console (issue 15): who may sign in, how long a session lives, how HTTPS is served.
+    console_users_file: Path = Field(default=Path(".careloop/console-users.yaml"), description=(
+        "console users: name, argon2 password hash, roles (analyst, operator, auditor, admin), extra permissions; "
+        "`careloop users add|passwd|list` edits it"))
+    console_idle_timeout_s: float = Field(default=1800.0, gt=0, description="a console session idle this long is signed out")
+    console_session_max_s: float = Field(default=12 * 3600.0, gt=0, description="a console session ends this long after sign-in")
+    tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain: serve HTTP over TLS (reloaded when it changes)")
+    tls_key_file: Path | None = Field(default=None, description="PEM private key for tls_cert_file")
+    trusted_proxies: str | None = Field(default=None, description=(
+        "comma-separated addresses whose X-Forwarded-For/-Proto are trusted (a TLS-terminating proxy); none by default"))
 
 
     @field_validator("database_url")

@@ -1,0 +1,166 @@
+"""Who may see and do what in the console: roles, permissions, and the guard every page uses.
+
+Roles (issue 15): **analyst** (rules, playground, journeys, pseudonymous timelines), **operator**
+(messages, deliveries, replay, pause), **auditor** (privacy pages, audit export, reveal with a
+reason), **admin** (everything). A user may be granted extra permissions by name in the users file
+or by the OIDC role mapping, e.g. ``export.lds`` (a HIPAA limited-data-set outcome export, with the
+data use agreement recorded), which no role but admin carries by default.
+
+``need(*permissions)`` is a FastAPI dependency (use it as ``viewer: Annotated[Viewer, need(PERM)]``): no session -> the sign-in page (303);
+a
+permission missing -> 403 page naming the role that has it; an unsafe method -> the CSRF token
+(form field ``csrf`` or header ``X-CSRF-Token``) must match the session's, and ``Origin``, when
+sent, must be this site.
+"""
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+
+OVERVIEW = "overview"
+RULES = "rules"
+PLAYGROUND = "playground"
+JOURNEYS = "journeys"
+TIMELINE = "timeline"
+MESSAGES = "messages"
+MESSAGES_REPLAY = "messages.replay"
+DELIVERIES = "deliveries"
+DELIVERIES_ACT = "deliveries.act"
+PRIVACY = "privacy"
+PRIVACY_ACT = "privacy.act"
+AUDIT = "audit"
+REVEAL = "reveal"
+EXPORT_LDS = "export.lds"
+USERS = "users"
+
+ALL_PERMISSIONS = frozenset({OVERVIEW, RULES, PLAYGROUND, JOURNEYS, TIMELINE, MESSAGES, MESSAGES_REPLAY, DELIVERIES,
+                             DELIVERIES_ACT, PRIVACY, PRIVACY_ACT, AUDIT, REVEAL, EXPORT_LDS, USERS})
+
+ROLES: dict[str, frozenset[str]] = {
+    "analyst": frozenset({OVERVIEW, RULES, PLAYGROUND, JOURNEYS, TIMELINE}),
+    "operator": frozenset({OVERVIEW, MESSAGES, MESSAGES_REPLAY, DELIVERIES, DELIVERIES_ACT, TIMELINE}),
+    "auditor": frozenset({OVERVIEW, PRIVACY, PRIVACY_ACT, AUDIT, REVEAL, TIMELINE, JOURNEYS}),
+    "admin": ALL_PERMISSIONS,
+}
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SESSION_COOKIE = "careloop_session"
+CSRF_HEADER = "x-csrf-token"
+
+
+def permissions_of(roles: tuple[str, ...], extra: tuple[str, ...] = ()) -> frozenset[str]:
+    """Every permission the roles carry, plus the extra ones that exist (unknown names are ignored)."""
+    out: set[str] = set()
+    for r in roles:
+        out |= ROLES.get(r, frozenset())
+    return frozenset(out | (set(extra) & ALL_PERMISSIONS))
+
+
+def roles_with(permission: str) -> list[str]:
+    return [r for r, perms in ROLES.items() if permission in perms]
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """A signed-in console user, as the pages see them."""
+
+    name: str
+    roles: tuple[str, ...]
+    permissions: frozenset[str]
+    csrf: str
+    session_id: str
+    method: str = "password"  # password | oidc
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def can(self, permission: str) -> bool:
+        return permission in self.permissions
+
+    @property
+    def role_label(self) -> str:
+        return ", ".join(self.roles) or "no role"
+
+
+class SignInRequired(Exception):
+    """No valid session: answered with a redirect to the sign-in page."""
+
+
+class Forbidden(Exception):
+    def __init__(self, viewer: Viewer, permission: str) -> None:
+        super().__init__(permission)
+        self.viewer = viewer
+        self.permission = permission
+
+
+class CsrfRefused(Exception):
+    """An action without this session's CSRF token, or from another origin."""
+
+
+def current_viewer(request: Request) -> Viewer | None:
+    from .sessions import lookup
+
+    cached = getattr(request.state, "viewer", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    token = request.cookies.get(SESSION_COOKIE)
+    viewer = lookup(request, token) if token else None
+    request.state.viewer = viewer
+    return viewer
+
+
+async def check_csrf(request: Request, viewer: Viewer) -> None:
+    origin = request.headers.get("origin")
+    if origin and origin != "null":
+        host = request.headers.get("host", "")
+        if origin.split("://", 1)[-1] != host:
+            raise CsrfRefused()
+    elif origin == "null":
+        raise CsrfRefused()
+    given = request.headers.get(CSRF_HEADER, "")
+    if not given:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            form = await request.form()
+            value = form.get("csrf")
+            given = value if isinstance(value, str) else ""
+    if not given or not hmac.compare_digest(given.encode(), viewer.csrf.encode()):
+        raise CsrfRefused()
+
+
+def need(*permissions: str) -> Any:
+    """A dependency: the signed-in viewer holding every one of ``permissions`` (CSRF-checked on actions)."""
+
+    async def guard(request: Request) -> Viewer:
+        viewer = current_viewer(request)
+        if viewer is None:
+            raise SignInRequired()
+        for p in permissions:
+            if not viewer.can(p):
+                raise Forbidden(viewer, p)
+        if request.method not in SAFE_METHODS:
+            await check_csrf(request, viewer)
+        return viewer
+
+    return Depends(guard)
+
+
+def install_handlers(app: FastAPI) -> None:
+    from .web import render
+
+    @app.exception_handler(SignInRequired)
+    async def _signin(request: Request, exc: SignInRequired) -> Response:
+        if request.headers.get("hx-request"):
+            return Response(status_code=401, headers={"HX-Redirect": "/signin"})
+        return RedirectResponse("/signin", status_code=303)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        return render(request, "forbidden.html", {"permission": exc.permission, "roles": roles_with(exc.permission)},
+                      status=403)
+
+    @app.exception_handler(CsrfRefused)
+    async def _csrf(request: Request, exc: CsrfRefused) -> Response:
+        return render(request, "forbidden.html", {"csrf": True}, status=403)
