@@ -6,9 +6,8 @@ reason), **admin** (everything). A user may be granted extra permissions by name
 or by the OIDC role mapping, e.g. ``export.lds`` (a HIPAA limited-data-set outcome export, with the
 data use agreement recorded), which no role but admin carries by default.
 
-``need(*permissions)`` is a FastAPI dependency (use it as ``viewer: Annotated[Viewer, need(PERM)]``): no session -> the sign-in page (303);
-a
-permission missing -> 403 page naming the role that has it; an unsafe method -> the CSRF token
+``need(*permissions)`` is a FastAPI dependency (``viewer: Annotated[Viewer, need(PERM)]``): no
+session -> the sign-in page (303); a permission missing -> 403 page naming the role that has it; an unsafe method -> the CSRF token
 (form field ``csrf`` or header ``X-CSRF-Token``) must match the session's, and ``Origin``, when
 sent, must be this site.
 """
