@@ -111,6 +111,9 @@ def current_viewer(request: Request) -> Viewer | None:
 
 
 async def check_csrf(request: Request, viewer: Viewer) -> None:
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+        raise CsrfRefused()
     origin = request.headers.get("origin")
     if origin and origin != "null":
         host = request.headers.get("host", "")
@@ -162,4 +165,4 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CsrfRefused)
     async def _csrf(request: Request, exc: CsrfRefused) -> Response:
-        return render(request, "forbidden.html", {"csrf": True}, status=403)
+        return render(request, "forbidden.html", {"csrf_refused": True}, status=403)

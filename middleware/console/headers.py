@@ -1,5 +1,5 @@
 """Response headers on every answer: a strict Content-Security-Policy (scripts, styles and images
-from careloop itself only; no inline script; no framing), no sniffing, no referrer, and
+from careloop itself only; no inline script; no framing), no sniffing, no referrer to other sites, and
 ``Cache-Control: no-store`` on console pages (they may show identifiers once revealed)."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 _ALWAYS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer would make browsers send "Origin: null" on form posts
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]
