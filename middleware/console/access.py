@@ -7,9 +7,9 @@ or by the OIDC role mapping, e.g. ``export.lds`` (a HIPAA limited-data-set outco
 data use agreement recorded), which no role but admin carries by default.
 
 ``need(*permissions)`` is a FastAPI dependency (``viewer: Annotated[Viewer, need(PERM)]``): no
-session -> the sign-in page (303); a permission missing -> 403 page naming the role that has it; an unsafe method -> the CSRF token
-(form field ``csrf`` or header ``X-CSRF-Token``) must match the session's, and ``Origin``, when
-sent, must be this site.
+session -> the sign-in page (303); a permission missing -> 403 page naming the role that has it;
+an unsafe method -> the CSRF token (form field ``csrf`` or header ``X-CSRF-Token``) must match the
+session's, and ``Origin`` / ``Sec-Fetch-Site``, when sent, must be this site.
 """
 from __future__ import annotations
 
@@ -20,47 +20,20 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
-OVERVIEW = "overview"
-RULES = "rules"
-PLAYGROUND = "playground"
-JOURNEYS = "journeys"
-TIMELINE = "timeline"
-MESSAGES = "messages"
-MESSAGES_REPLAY = "messages.replay"
-DELIVERIES = "deliveries"
-DELIVERIES_ACT = "deliveries.act"
-PRIVACY = "privacy"
-PRIVACY_ACT = "privacy.act"
-AUDIT = "audit"
-REVEAL = "reveal"
-EXPORT_LDS = "export.lds"
-USERS = "users"
+from ..config.roles import (  # re-exported: pages write a.MESSAGES
+    OVERVIEW, RULES, PLAYGROUND, JOURNEYS, TIMELINE, MESSAGES, MESSAGES_REPLAY, DELIVERIES, DELIVERIES_ACT, PRIVACY,
+    PRIVACY_ACT, AUDIT, REVEAL, EXPORT_LDS, USERS, ALL_PERMISSIONS, ROLES, permissions_of, roles_with,
+)
 
-ALL_PERMISSIONS = frozenset({OVERVIEW, RULES, PLAYGROUND, JOURNEYS, TIMELINE, MESSAGES, MESSAGES_REPLAY, DELIVERIES,
-                             DELIVERIES_ACT, PRIVACY, PRIVACY_ACT, AUDIT, REVEAL, EXPORT_LDS, USERS})
-
-ROLES: dict[str, frozenset[str]] = {
-    "analyst": frozenset({OVERVIEW, RULES, PLAYGROUND, JOURNEYS, TIMELINE}),
-    "operator": frozenset({OVERVIEW, MESSAGES, MESSAGES_REPLAY, DELIVERIES, DELIVERIES_ACT, TIMELINE}),
-    "auditor": frozenset({OVERVIEW, PRIVACY, PRIVACY_ACT, AUDIT, REVEAL, TIMELINE, JOURNEYS}),
-    "admin": ALL_PERMISSIONS,
-}
+__all__ = [
+    "OVERVIEW", "RULES", "PLAYGROUND", "JOURNEYS", "TIMELINE", "MESSAGES", "MESSAGES_REPLAY", "DELIVERIES", "DELIVERIES_ACT",
+    "PRIVACY", "PRIVACY_ACT", "AUDIT", "REVEAL", "EXPORT_LDS", "USERS", "ALL_PERMISSIONS", "ROLES", "permissions_of",
+    "roles_with", "Viewer", "need", "current_viewer", "install_handlers", "SESSION_COOKIE", "CSRF_HEADER",
+]
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_COOKIE = "careloop_session"
 CSRF_HEADER = "x-csrf-token"
-
-
-def permissions_of(roles: tuple[str, ...], extra: tuple[str, ...] = ()) -> frozenset[str]:
-    """Every permission the roles carry, plus the extra ones that exist (unknown names are ignored)."""
-    out: set[str] = set()
-    for r in roles:
-        out |= ROLES.get(r, frozenset())
-    return frozenset(out | (set(extra) & ALL_PERMISSIONS))
-
-
-def roles_with(permission: str) -> list[str]:
-    return [r for r, perms in ROLES.items() if permission in perms]
 
 
 @dataclass(frozen=True)
