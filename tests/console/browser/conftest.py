@@ -32,9 +32,10 @@ def _unavailable(why: str) -> None:
     pytest.skip(why)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """One headless Chromium for the session."""
+    """One headless Chromium per test module. Not per session: Playwright's sync API runs an event
+    loop in this thread while it is open, and later tests that call asyncio.run() would fail."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
