@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -127,10 +128,11 @@ def difference_svg(est: float, low: float, high: float, title: str) -> Markup:
     return _svg(w, h, title, body)
 
 
-def curve_svg(curves: dict[str, list[tuple[int, int]]], title: str) -> Markup:
-    """Cumulative entries reaching the goal by day after the anchor, one step line per arm."""
+def curve_svg(curves: dict[str, list[tuple[int, int]]], title: str, until: int = 1) -> Markup:
+    """Cumulative entries reaching the goal by day after the anchor, one step line per arm, drawn to
+    ``until`` (the goal window's last day) or the last day seen, whichever is later."""
     w, h, left, bottom = 640, 220, 44, 28
-    last_day = max([d for pts in curves.values() for d, _ in pts] + [1])
+    last_day = max([d for pts in curves.values() for d, _ in pts] + [until, 1])
     top = max([n for pts in curves.values() for _, n in pts] + [1])
     def x(d: float) -> float:
         return left + (w - left - 10) * d / last_day
@@ -148,8 +150,9 @@ def curve_svg(curves: dict[str, list[tuple[int, int]]], title: str) -> Markup:
             path += [f"{x(d):.1f},{y(prev):.1f}", f"{x(d):.1f},{y(n):.1f}"]
             prev = n
         path.append(f"{x(last_day):.1f},{y(prev):.1f}")
+        name = escape(arm.replace("_", " ") + ("", " (dashed)")[i % 2])
         body.append(f'<polyline class="curve arm{i}" points="{" ".join(path)}"/>'
-                    f'<text class="legend arm{i}" x="{w - 14}" y="{24 + 16 * i}" text-anchor="end">{escape(arm.replace("_", " "))}</text>')
+                    f'<text class="legend arm{i}" x="{w - 14}" y="{24 + 16 * i}" text-anchor="end">{name}</text>')
     return _svg(w, h, title, body)
 
 
@@ -198,7 +201,7 @@ def cells(value: Any) -> list[tuple[str, str]]:
     return out
 
 
-def view_of(item: dict[str, Any]) -> dict[str, Any]:
+def view_of(item: dict[str, Any], window_to: int = 1) -> dict[str, Any]:
     """What the template needs for one report group (charts built here, numbers kept raw for the tables)."""
     itt = item.get("itt") or None
     label = (f"experiment {item['experiment']} · period {item['period']}" if item.get("experiment") else "no holdout")
@@ -225,7 +228,7 @@ def view_of(item: dict[str, Any]) -> dict[str, Any]:
                                               f"Difference treated minus held out with its 95% interval, {label}")
     curves = {arm: [(int(d), int(n)) for d, n in pts] for arm, pts in (item.get("cumulative_achieved_by_day") or {}).items() if pts}
     if curves:
-        charts["curve"] = curve_svg(curves, "Entries reaching the goal by day after the anchor (all periods)")
+        charts["curve"] = curve_svg(curves, "Entries reaching the goal by day after the anchor (all periods)", window_to)
     extra = {k: cells(v) for k, v in item.items() if k not in KNOWN and v not in (None, {}, [])}
     return {"label": label, "item": item, "itt": itt, "rates": rate_rows, "funnel": steps, "funnel_reported": reported,
             "charts": charts, "curves": curves, "extra": extra}
@@ -235,10 +238,15 @@ def rules_of(rs: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The loaded rule set as (journeys with their step rules, standalone rules), each with its goal."""
     journeys: dict[str, dict[str, Any]] = {}
     rules: list[dict[str, Any]] = []
+    base = Path(rs.directory).resolve()
     for cr in rs.rules:
         r = cr.rule
+        try:
+            where = str(Path(cr.path).resolve().relative_to(base))
+        except ValueError:
+            where = Path(cr.path).name
         row = {"id": r.id, "description": r.description, "on": list(r.on), "purpose": str(r.purpose), "channel": r.channel,
-               "enabled": r.enabled, "goal": r.goal.id if r.goal else None, "where": f"{cr.path}:{cr.line}",
+               "enabled": r.enabled, "goal": r.goal.id if r.goal else None, "where": f"{where}:{cr.line}",
                "holdout": (f"{r.holdout.share * 100:g}% held out, experiment {r.holdout.experiment or r.id}"
                            if r.holdout else None)}
         if cr.journey is not None:
@@ -276,8 +284,9 @@ def goal_page(request: Request, goal_id: str, viewer: Annotated[a.Viewer, a.need
     rs = _ruleset(request)
     journeys, rules = rules_of(rs)
     today = date.today()
+    window_to = max([cr.rule.goal.window.to for cr in rs.rules if cr.rule.goal is not None and cr.rule.goal.id == goal_id] + [1])
     return render(request, "journey_goal.html", {
-        "goal_id": goal_id, "report": data, "groups": [view_of(i) for i in data["items"]],
+        "goal_id": goal_id, "report": data, "groups": [view_of(i, window_to) for i in data["items"]],
         "extra_top": {k: cells(v) for k, v in data.items() if k not in ("items", "horizon", "not_seen")},
         "rules": [r for r in rules if r["goal"] == goal_id], "journeys": [j for j in journeys if j["goal"] == goal_id],
         "pct": pct, "points": points, "ratio": ratio, "min_lift": min_lift,

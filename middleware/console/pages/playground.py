@@ -113,9 +113,11 @@ def ruleset_info(request: Request) -> dict[str, Any]:
         except ValueError:
             return p
 
-    findings = [{"where": f"{rel(d.path)}:{d.line}:{d.col}", "level": d.level, "code": d.code, "message": d.message}
-                for d in diags]
-    return {"version": rs.version, "rules": len(rs.rules), "destinations": len(rs.destinations),
+    findings = [{"where": f"{rel(d.path)}:{d.line}:{d.col}", "level": d.level, "code": d.code,
+                 "message": d.message.replace(str(base) + "/", "").replace(str(directory) + "/", "")}
+                for d in sorted(diags, key=lambda d: {"error": 0, "warning": 1}.get(d.level, 2))]
+    levels = {lv: sum(1 for d in diags if d.level == lv) for lv in ("error", "warning", "info")}
+    return {"version": rs.version, "rules": len(rs.rules), "destinations": len(rs.destinations), "levels": levels,
             "disk_version": on_disk.version if on_disk is not None else None, "disk_ok": on_disk is not None,
             "findings": findings, "zone": rs.settings.site_timezone}
 

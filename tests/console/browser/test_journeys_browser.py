@@ -59,6 +59,9 @@ def test_journeys_page_shows_the_apis_outcome_figures(signed_in: Callable[[str],
     assert charts.count() >= 4 and charts.first.is_visible()
     assert page.get_by_role("img", name="Rate reaching the goal per arm", exact=False).is_visible()
     shot(page, "journey-goal-analyst")
+    page.set_viewport_size({"width": 800, "height": 900})  # a tablet: nothing wider than the screen
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
+    shot(page, "journey-goal-analyst-800")
     with page.expect_download() as dl:
         page.get_by_role("link", name="Download CSV").click()
     got = Path(dl.value.path()).read_text()

@@ -48,6 +48,8 @@ def test_analyst_pastes_an_siu_and_sees_the_trace_and_a_destination_body(signed_
         assert ident not in content, ident
     assert page.url.endswith("/playground")  # the input never reaches a URL
     shot(page, "playground-analyst")
+    page.set_viewport_size({"width": 800, "height": 900})
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1")
     page.get_by_role("button", name="Run the golden tests").click()
     summary = page.get_by_test_id("golden-summary")
     summary.wait_for(timeout=120_000)
