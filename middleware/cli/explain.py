@@ -1,19 +1,15 @@
-"""``careloop explain``: what careloop would do with a message or resource, and why."""
+"""``careloop explain``: what careloop would do with a message or resource, and why.
+
+The dry run itself is :mod:`middleware.pipeline.explain` (the console's playground runs the same)."""
 from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
 from zoneinfo import ZoneInfo
 
 import orjson
-
-
-def _iso(ts: float | None) -> str | None:
-    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat() if ts else None
 
 
 def _site_time(text: str, flag: str, zone: ZoneInfo) -> datetime:
@@ -28,32 +24,9 @@ def _site_time(text: str, flag: str, zone: ZoneInfo) -> datetime:
     return at.replace(tzinfo=zone) if naive else at
 
 
-def _goal_of(rs: Any, rule_id: str, resource: dict[str, Any], now: datetime) -> dict[str, Any] | None:
-    """The goal of a fired rule and the window this entry would be measured in (docs/outcomes.md)."""
-    from ..outcomes.track import book_for
-
-    book = book_for(rs)
-    goal_id = book.by_rule.get(rule_id)
-    if goal_id is None:
-        return None
-    cg = book.goals[goal_id]
-    g = cg.goal
-    got = cg.window_for(resource, now)
-    unit = {"calendar_days": "local calendar days", "business_days": "business days", "hours": "hours"}[g.window.unit]
-    what = (f"{' or '.join(g.on)}" + (f" where {g.where.strip()}" if g.where else "")
-            + f" for the same {'appointment/encounter' if g.same == 'resource' else 'patient'}"
-            + f", {unit} {g.window.from_}-{g.window.to} after the {'change' if g.anchored_at == 'recorded' else g.anchor or 'anchor'}")
-    zone = ZoneInfo(rs.settings.site_timezone)
-    return {"id": g.id, "what": what, "aligned_with": g.aligned_with,
-            "opens": got[1].opens.astimezone(zone).isoformat() if got else None,
-            "closes": got[1].closes.astimezone(zone).isoformat() if got else None}
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
-    from ..pipeline.dryrun import DryRun
+    from ..rules.journeys import format_timeline
     from .serve import load_rules_or_report
-    from ..storage.tables import EventRow  # noqa: F401
-    from ..rules.journeys import format_timeline, timeline as journey_timeline
 
     try:
         specs = [split_timed(a) for a in args.files]
@@ -75,65 +48,35 @@ def cmd_explain(args: argparse.Namespace) -> int:
         now = _site_time(first, f"{specs[0][0]}@", zone)
     else:
         now = datetime.now(timezone.utc)
-    from ..rules.clauses import EXPLAIN_CLAUSES
+    from ..pipeline.explain import ClockBackwards, Input, explain, split_inputs
 
-    EXPLAIN_CLAUSES.set(True)  # a false `where` is shown clause by clause
-    dry = DryRun(rs, now)
-    out_events: list[dict[str, Any]] = []
-    rc = 0
+    inputs: list[Input] = []
+    for f, when in specs:
+        got, problems = split_inputs(f, Path(f).read_bytes(), when)
+        for note in problems:
+            print(f"{f}: batch: {note}", file=sys.stderr)
+        inputs += got
     try:
-        for f, data, label, when in _inputs(specs):
-            if when is not None:
-                target = clock_at(when, dry.now, rs)
-                if target < dry.now:
-                    print(f"careloop explain: {f}@{when}: the clock cannot move back (it is {dry.now.isoformat()})",
-                          file=sys.stderr)
-                    return 2
-                dry.fire_until(target)
-            try:
-                step = dry.feed(data, label)
-            except orjson.JSONDecodeError:
-                rc = 1
-                print(f"{f}: error: neither an HL7 v2 message or batch nor FHIR JSON", file=sys.stderr)
-                out_events.append({"input": f, "error": "unreadable input", "type": None, "resource": None, "rules": []})
-                continue
-            if step.error:
-                rc = 1
-                if not args.json:
-                    print(f"{f}: error: {step.error}")
-                out_events.append({"input": f, "error": step.error, "type": None, "resource": None, "rules": []})
-                continue
-            for ev, decisions in step.result.decisions:
-                out_events.append({
-                    "input": f, "at": dry.now.isoformat(), "type": ev.type, "previous_status": ev.previous_status, "status": ev.status,
-                    "resource": ev.resource, "patient_key": ev.patient_key,
-                    "rules": [{"rule": d.rule_id, "fired": d.fired, "status": d.status, "reason": d.reason,
-                               "due_at": d.due_at.isoformat() if d.due_at else None, "trigger": d.trigger,
-                               "payload": d.payload if d.fired else None, "steps": d.steps,
-                               "goal": _goal_of(rs, d.rule_id, ev.resource, dry.now) if d.fired else None,
-                               "destinations": destination_bodies(rs, d, ev.patient_key) if d.status == "pending" else {}}
-                              for d in decisions],
-                })
-            for e in step.result.events:
-                if not any(x.get("type") == e.type and x.get("input") == f for x in out_events):
-                    out_events.append({"input": f, "type": e.type, "previous_status": e.previous_status, "status": e.status,
-                                       "resource": orjson.loads(e.resource), "rules": []})
-            if step.result.note and not step.result.events and not args.json:
-                print(f"{f}: {step.result.note}")
-        if args.horizon_days:
-            dry.fire_until(now + timedelta(days=args.horizon_days))
-        rows = dry.triggers()
-        timeline = [{"id": t.id, "rule": t.rule_id, "trigger": t.name, "status": t.status, "reason": t.reason,
-                     "due_at": _iso(t.due_at), "fired_at": _iso(t.fired_at), "journey_id": t.journey_id,
-                     "journey_step": t.journey_step, "flag": t.flag} for t in rows]
-        journey = journey_of(rows)
-        journeys = journey_timeline(rows, rs)
-    finally:
-        dry.close()
+        out = explain(rs, inputs, now, horizon_days=args.horizon_days)
+    except ClockBackwards as exc:
+        print(f"careloop explain: {exc}", file=sys.stderr)
+        return 2
+    notes = out.pop("notes")
+    out_events, journey, journeys = out["events"], out["journey"], out["journeys"]
+    rc = 0
+    for shown in out_events:
+        if not shown.get("error"):
+            continue
+        rc = 1
+        if shown["error"] == "unreadable input":
+            print(f"{shown['input']}: error: neither an HL7 v2 message or batch nor FHIR JSON", file=sys.stderr)
+        elif not args.json:
+            print(f"{shown['input']}: error: {shown['error']}")
+    if not args.json:
+        for f, note in notes:
+            print(f"{f}: {note}")
     if args.json:
-        sys.stdout.write(orjson.dumps({"ruleset_version": rs.version, "now": now.isoformat(), "events": out_events,
-                                       "timeline": timeline, "journey": journey,
-                                       "journeys": journeys}, option=orjson.OPT_INDENT_2).decode() + "\n")
+        sys.stdout.write(orjson.dumps(out, option=orjson.OPT_INDENT_2).decode() + "\n")
         return rc
     for shown in out_events:
         if not shown.get("type"):
@@ -172,36 +115,6 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return rc
 
 
-def destination_bodies(rs: Any, d: Any, patient_key: str | None) -> dict[str, dict[str, Any]]:
-    """Per destination, what it would receive for this decision after its policy: the same
-    ``config.policy.outgoing`` the worker applies; for webhooks the exact JSON body."""
-    from ..config.policy import identifier_for, outgoing
-    from ..delivery.registry import Outbound, connector_types
-
-    out: dict[str, dict[str, Any]] = {}
-    for name in d.destinations:
-        dest = rs.destinations.get(name)
-        if dest is None:
-            continue
-        proj = outgoing(dict(d.payload), dest.policy, "<careloop link_base>/api/triggers/<id>")
-        ck = (identifier_for(dest.policy, "", patient_key) if dest.policy.identifiers == "mrn"
-              else "ck_<HMAC of the patient key, computed at send time>")
-        item = Outbound(delivery_id=0, idempotency_key="<idempotency key>", destination=name, trigger_id=0,
-                        trigger_name=d.trigger or "", rule_id=d.rule_id, purpose=d.purpose or "", contact_key=ck,
-                        payload=dict(proj.payload), occurred_at=d.due_at or datetime.now(timezone.utc))
-        body: dict[str, Any] = {"contact_key": ck, **proj.payload}
-        form = f"{dest.type} payload after policy; the connector maps it to its API"
-        if dest.type == "webhook":
-            from ..config.connectors import WebhookConfig
-            from ..delivery.connectors.webhook import build_body
-
-            if connector_types().get("webhook") is not None:
-                body = build_body(item, WebhookConfig.model_validate(dest.config))
-                form = "webhook body after policy"
-        out[name] = {"form": form, "body": body, "stripped": proj.stripped}
-    return out
-
-
 def split_timed(arg: str) -> tuple[str, str | None]:
     """``FILE``, ``FILE@2026-03-01T09:00[-05:00]`` (set the clock) or ``FILE@+2d`` (move it on)."""
     if Path(arg).is_file() or "@" not in arg:
@@ -223,53 +136,6 @@ def split_timed(arg: str) -> tuple[str, str | None]:
         raise ValueError(f"{arg}: '{when}' is not a time (use FILE@2026-03-01T09:00, FILE@2026-03-01T09:00-05:00 "
                          "or FILE@+2d)") from None
     return f, when
-
-
-def clock_at(when: str, now: datetime, rs: Any) -> datetime:
-    """The clock for an input: an ISO time (no offset: the site's zone) or ``+DURATION`` after ``now``
-    (``d``/``w`` are calendar days in the site's zone, ``bd`` business days, as in rules)."""
-    from ..rules.timing import add_duration, make_calendar
-
-    zone = rs.settings.site_timezone
-    if when.startswith("+"):
-        cal = make_calendar(rs.settings.holiday_calendar, rs.settings.holidays)
-        return add_duration(now, when[1:], cal, zone)
-    at = datetime.fromisoformat(when)
-    return at if at.tzinfo else at.replace(tzinfo=ZoneInfo(zone))
-
-
-def _inputs(specs: list[tuple[str, str | None]]) -> list[tuple[str, bytes, str, str | None]]:
-    """(shown name, bytes, label, clock) per input; an HL7 batch file gives one per message
-    (``file#n``), the clock moving before the first."""
-    from ..normalize.hl7_batch import is_batch, split_batch
-
-    out: list[tuple[str, bytes, str, str | None]] = []
-    for f, when in specs:
-        data = Path(f).read_bytes()
-        if not is_batch(data):
-            out.append((f, data, Path(f).name, when))
-            continue
-        batch = split_batch(data)
-        messages = [m for part in batch.parts for m in part.messages]
-        for note in batch.problems:
-            print(f"{f}: batch: {note}", file=sys.stderr)
-        out += [(f"{f}#{n}", m, f"{Path(f).name}#{n}", when if n == 1 else None) for n, m in enumerate(messages, start=1)]
-    return out
-
-
-def journey_of(rows: list[Any]) -> list[dict[str, Any]]:
-    """The journey as a timeline: each trigger scheduled (with its due time), then
-    fired, cancelled, skipped or suppressed, with the recorded reason, in time order."""
-    out: list[dict[str, Any]] = []
-    for t in rows:
-        base = {"trigger_id": t.id, "rule": t.rule_id, "trigger": t.name}
-        if t.status in ("pending", "fired", "cancelled") or "moved" in (t.reason or ""):
-            out.append(base | {"at": _iso(t.created_at), "what": "scheduled", "why": f"due {_iso(t.due_at)}"})
-        if t.status == "fired":
-            out.append(base | {"at": _iso(t.fired_at), "what": "fired", "why": t.reason or ""})
-        elif t.status != "pending":
-            out.append(base | {"at": _iso(t.updated_at), "what": t.status, "why": t.reason or ""})
-    return sorted(out, key=lambda j: (j["at"] or "", j["trigger_id"] or 0))
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -11,16 +11,10 @@ from . import UserError
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from ..rules.golden import load_cases, test_files
-    from ..rules.load import load_ruleset
+    from ..pipeline.explain import validate
 
     t0 = time.perf_counter()
-    rs, diags = load_ruleset(args.dir)
-    for tf in test_files(args.dir):  # golden test files: YAML and structure (duplicate keys...) too
-        test_diags = load_cases(tf)[2]
-        diags += test_diags
-        if rs is not None and any(d.level == "error" for d in test_diags):
-            rs = None
+    rs, diags = validate(args.dir)
     ms = (time.perf_counter() - t0) * 1000
     for d in diags:
         print(d, file=sys.stderr if d.level == "error" else sys.stdout)
@@ -59,8 +53,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from ..pipeline.dryrun import DryRun
-    from ..rules.golden import run_directory
+    from ..pipeline.explain import golden
     from ..rules.load import load_ruleset
 
     rs, diags = load_ruleset(args.dir)
@@ -71,7 +64,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"rules in {args.dir} do not validate; no test run", file=sys.stderr)
         return 1
     t0 = time.perf_counter()
-    results, tdiags = run_directory(args.dir, rs, DryRun, name_filter=args.k)
+    results, tdiags = golden(args.dir, rs, name_filter=args.k)
     for d in tdiags:
         print(d, file=sys.stderr)
     failed = [r for r in results if not r.ok]
