@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote_plus, urlencode, urlsplit
 
 import httpx
 from joserfc import jws, jwt
@@ -340,7 +340,7 @@ class Provider:
         secret = self.cfg.client_secret
         if secret and self.cfg.token_auth == "client_secret_basic":
             # RFC 6749 2.3.1: id and secret are form-urlencoded before the Basic encoding
-            raw = f"{quote(self.cfg.client_id, safe='')}:{quote(secret, safe='')}".encode()
+            raw = f"{quote_plus(self.cfg.client_id, safe='')}:{quote_plus(secret, safe='')}".encode()
             headers["authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
         else:
             data["client_id"] = self.cfg.client_id

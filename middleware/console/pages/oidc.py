@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import weakref
 
 from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -39,18 +40,20 @@ class _State:
         self.pending = PendingStore()
 
 
+#: One relying party per running careloop (its apps share the caches and the pending sign-ins).
+_STATES: "weakref.WeakKeyDictionary[object, _State]" = weakref.WeakKeyDictionary()
+
+
 def _state(request: Request) -> _State:
-    app_state = request.app.state
-    found: _State | None = getattr(app_state, "console_oidc", None)
-    if found is None:
-        with _INIT_LOCK:
-            found = getattr(app_state, "console_oidc", None)
-            if found is None:
-                try:
-                    found = _State(OidcConfig.from_settings(app_state.runtime.settings), None)
-                except OidcConfigError as exc:
-                    found = _State(None, str(exc))
-                app_state.console_oidc = found
+    runtime = request.app.state.runtime
+    with _INIT_LOCK:
+        found = _STATES.get(runtime)
+        if found is None:
+            try:
+                found = _State(OidcConfig.from_settings(runtime.settings), None)
+            except OidcConfigError as exc:
+                found = _State(None, str(exc))
+            _STATES[runtime] = found
     return found
 
 
