@@ -39,6 +39,7 @@ def _through_the_provider(chromium: Any, srv: InProcess, sub: str) -> Any:
     page.goto("/signin")
     link = page.get_by_role("link", name="Sign in with Care IdP")
     assert link.is_visible()
+    shot(page, "signin-oidc")
     link.click()
     page.get_by_placeholder("sub").fill(sub)  # the provider's own sign-in page
     page.get_by_role("button", name="Authorize", exact=True).click()
