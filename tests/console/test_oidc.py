@@ -319,6 +319,16 @@ def test_issuer_mismatch_in_discovery_is_refused(db_url: str, mappings_dir: Path
     assert '"reason":"issuer_mismatch"' in _refusal(rt)
 
 
+def test_endpoints_off_the_issuers_host_are_refused(db_url: str, mappings_dir: Path, tmp_path: Path,
+                                                    scripted: ScriptedProvider) -> None:
+    """A discovery document sending the code (and the secret) elsewhere: nothing is sent there."""
+    scripted.token_endpoint = "http://localhost:9/token"  # loopback too, but not the issuer's host
+    rt = _runtime(db_url, mappings_dir, tmp_path, scripted.issuer, console_oidc_client_secret="pw")
+    r = client(rt).get("/signin/oidc")
+    assert r.status_code == 502 and "not on the issuer" in html.unescape(r.text)
+    assert '"reason":"foreign_host"' in _refusal(rt) and scripted.token_requests == []
+
+
 def test_an_unreachable_issuer_is_a_clear_page(db_url: str, mappings_dir: Path, tmp_path: Path) -> None:
     from tests.support.server import free_port
 

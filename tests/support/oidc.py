@@ -71,6 +71,7 @@ class ScriptedProvider:
     claims: Callable[["ScriptedProvider", dict[str, str]], dict[str, Any]] | None = None
     hmac_secret: bytes = b""
     discovery_issuer: str | None = None
+    token_endpoint: str | None = None
     issuer: str = ""
     jwks_requests: int = 0
     token_requests: list[dict[str, Any]] = field(default_factory=list)
@@ -126,7 +127,7 @@ class ScriptedProvider:
                 if path == "/.well-known/openid-configuration":
                     base = provider.issuer
                     self._send(200, {"issuer": provider.discovery_issuer or base, "authorization_endpoint": base + "/authorize",
-                                     "token_endpoint": base + "/token", "jwks_uri": base + "/jwks",
+                                     "token_endpoint": provider.token_endpoint or base + "/token", "jwks_uri": base + "/jwks",
                                      "id_token_signing_alg_values_supported": ["RS256"],
                                      "code_challenge_methods_supported": ["S256"]})
                 elif path == "/jwks":

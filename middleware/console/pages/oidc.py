@@ -98,6 +98,9 @@ def oidc_start(request: Request) -> Response:
         url = st.provider.authorization_url(pending)
     except OidcError as exc:
         return _refuse(request, exc.code, exc.message, exc.status)
+    except Exception as exc:  # a page, not a traceback
+        log.warning("console OIDC discovery failed unexpectedly: %s", type(exc).__name__, extra={"action": "console.oidc"})
+        return _refuse(request, "internal", "Sign-in through the identity provider failed; see the server log.", 500)
     handle = st.pending.put(pending)
     response = RedirectResponse(url, status_code=302)
     response.set_cookie(HANDLE_COOKIE, handle, max_age=int(PENDING_TTL_S), path="/signin/oidc", httponly=True,
@@ -126,6 +129,9 @@ def oidc_callback(request: Request, code: str | None = None, state: str | None =
         name = user_name(st.provider.cfg, claims)
     except OidcError as exc:
         return _refuse(request, exc.code, exc.message, exc.status)
+    except Exception as exc:  # a page, not a traceback; the log gets the type only (never a token)
+        log.warning("console OIDC sign-in failed unexpectedly: %s", type(exc).__name__, extra={"action": "console.oidc"})
+        return _refuse(request, "internal", "Sign-in through the identity provider failed; see the server log.", 500)
     roles = map_roles(st.provider.cfg, claims)
     if not roles:
         return _refuse(request, "no_role", f"{name} is signed in at the identity provider but holds no careloop role "
