@@ -345,3 +345,16 @@ def test_an_error_from_the_provider_is_refused(db_url: str, mappings_dir: Path, 
     r = c.get("/signin/oidc/callback", params={"error": "access_denied", "state": state})
     assert r.status_code == 401 and "(access_denied)" in r.text
     assert '"reason":"provider_error"' in _refusal(rt)
+
+
+def test_pending_sign_ins_expire_and_are_single_use() -> None:
+    from middleware.console.oidc import Pending, PendingStore
+
+    now = [1000.0]
+    store = PendingStore(ttl_s=600, clock=lambda: now[0])
+    first = store.put(Pending("s1", "n1", "v1", "https://x/cb", created=now[0]))
+    second = store.put(Pending("s2", "n2", "v2", "https://x/cb", created=now[0]))
+    assert store.take(first) is not None and store.take(first) is None  # single-use
+    now[0] += 601
+    assert store.take(second) is None  # expired
+    assert store.take("never-issued") is None
