@@ -284,7 +284,7 @@ def test_key_rotation_refetches_the_jwks_once(db_url: str, mappings_dir: Path, t
     assert _sign_in_scripted(rt, scripted).status_code == 303
     assert scripted.jwks_requests == 1
     assert _sign_in_scripted(rt, scripted).status_code == 303
-    assert scripted.jwks_requests == 1  # cached
+    assert scripted.jwks_requests == 1 and scripted.discovery_requests == 1  # both cached
     # the provider rotates: a new key signs, the old one is withdrawn
     new = scripted.new_key()
     scripted.keys, scripted.signing_key = [new], new

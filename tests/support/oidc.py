@@ -74,6 +74,7 @@ class ScriptedProvider:
     token_endpoint: str | None = None
     issuer: str = ""
     jwks_requests: int = 0
+    discovery_requests: int = 0
     token_requests: list[dict[str, Any]] = field(default_factory=list)
     _codes: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -125,6 +126,7 @@ class ScriptedProvider:
             def do_GET(self) -> None:
                 path = urlsplit(self.path).path
                 if path == "/.well-known/openid-configuration":
+                    provider.discovery_requests += 1
                     base = provider.issuer
                     self._send(200, {"issuer": provider.discovery_issuer or base, "authorization_endpoint": base + "/authorize",
                                      "token_endpoint": provider.token_endpoint or base + "/token", "jwks_uri": base + "/jwks",
