@@ -67,6 +67,32 @@ class Settings(BaseSettings):
         "`careloop users add|passwd|list` edits it"))
     console_idle_timeout_s: float = Field(default=1800.0, gt=0, description="a console session idle this long is signed out")
     console_session_max_s: float = Field(default=12 * 3600.0, gt=0, description="a console session ends this long after sign-in")
+    # Console sign-in through OpenID Connect (docs/console-oidc.md); off while console_oidc_issuer is unset.
+    console_oidc_issuer: str | None = Field(default=None, description=(
+        "OIDC issuer URL (https; http only on loopback); discovery reads ISSUER/.well-known/openid-configuration"))
+    console_oidc_client_id: str | None = Field(default=None, description="the client id careloop is registered under at the issuer")
+    console_oidc_client_secret: str | None = Field(default=None, description=(
+        "the client secret (confidential client); unset: a public client proven by PKCE alone"))
+    console_oidc_token_auth: str = Field(default="client_secret_basic", description=(
+        "how the client secret is sent to the token endpoint: client_secret_basic or client_secret_post"))
+    console_oidc_scopes: str = Field(default="openid profile email", description="scopes asked for ('openid' is always added)")
+    console_oidc_roles_claim: str = Field(default="roles", description=(
+        "ID token claim holding the user's IdP roles or groups; a dotted path reaches into objects (realm_access.roles)"))
+    console_oidc_role_map: str = Field(default="", description=(
+        "'idp-value:careloop-role,...' (roles: analyst, operator, auditor, admin); unmapped values are ignored, "
+        "a user with no mapped role is refused"))
+    console_oidc_name_claim: str | None = Field(default=None, description=(
+        "claim naming the user in the audit; default preferred_username, then sub"))
+    console_oidc_redirect_url: str | None = Field(default=None, description=(
+        "the callback URL registered at the issuer; default: this request's base URL + /signin/oidc/callback"))
+    console_oidc_display_name: str | None = Field(default=None, description=(
+        "the name on the sign-in button ('Sign in with NAME'); default the issuer's host"))
+    console_oidc_extra_hosts: str | None = Field(default=None, description=(
+        "comma-separated further hosts the discovered endpoints may live on (e.g. Google's www.googleapis.com); "
+        "by default only the issuer's host is contacted"))
+    console_oidc_timeout_s: float = Field(default=10.0, gt=0, description="one request to the issuer (discovery, JWKS, token)")
+    console_oidc_cache_ttl_s: float = Field(default=3600.0, ge=0, description="how long discovery and JWKS documents are reused")
+    console_oidc_leeway_s: int = Field(default=60, ge=0, le=300, description="clock skew allowed on exp, iat and nbf")
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain: serve HTTP over TLS (reloaded when it changes)")
     tls_key_file: Path | None = Field(default=None, description="PEM private key for tls_cert_file")
     trusted_proxies: str | None = Field(default=None, description=(
