@@ -147,10 +147,21 @@ def _trigger_entry(t: q.TimelineTrigger) -> Entry:
                  why=trigger_why(t), reason=reason, parent=f"event:{t.event_id}" if t.event_id else None)
 
 
+#: a resource key careloop derived by hashing (``a-``/``e-``/``p-`` + 16 hex): pseudonymous, shown
+HASHED_KEY = re.compile(r"[A-Za-z]+/[a-z]-[0-9a-f]{16}")
+
+
+def shown_resource(resource_type: str, resource_key: str) -> str:
+    """The resource as the timeline names it: a hashed key as is; any other key (a Patient's is
+    ``Patient/system|MRN``, a FHIR source's may be the server's id) only by its type."""
+    return resource_key if HASHED_KEY.fullmatch(resource_key) else resource_type
+
+
 def _event_entry(e: q.TimelineEvent) -> Entry:
     change = f" {e.previous_status or '-'} -> {e.status}" if e.status else ""
+    source = f" from {e.source}" if e.source else ""
     return Entry(kind="event", id=str(e.id), at=iso(e.created_at) or "", ts=e.created_at, status=e.status,
-                 summary=f"{e.type}: {e.resource_type} {e.resource_key}{change} ({e.arrival} from {e.source}, "
+                 summary=f"{e.type}: {shown_resource(e.resource_type, e.resource_key)}{change} ({e.arrival}{source}, "
                          f"occurred {iso(e.occurred_at)})",
                  parent=f"message:{e.inbound_id}" if e.inbound_id else None)
 

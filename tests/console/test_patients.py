@@ -1,0 +1,250 @@
+"""The patient timeline (``/patients``, ``GET /api/patients/{pt_id}/timeline``) through the real app and
+the real pipeline, on SQLite and PostgreSQL: a booked-then-cancelled appointment shows its triggers
+cancelled with the reason; a merged patient's timeline holds the retired patient's history; a reveal
+is refused without the ``reveal`` permission, needs a reason, and is audited; no MRN, name or birth
+date appears on any page (or in any URL) unless revealed."""
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from middleware.config.policy import contact_key
+from middleware.keyring import contact_keyring
+from middleware.service import Runtime
+from middleware.storage.inbox import InboundRecord
+from middleware.storage.queries import admin_audit as aq
+from middleware.storage.sql import unit
+from tests.support.console import client, console_runtime, sign_in, write_users
+from tests.support.hl7msgs import adt, siu
+
+TOKEN = "synthetic-test-token-0123456789abcdef"
+START = datetime.now(timezone.utc) + timedelta(days=5)
+PT = re.compile(r"/patients/(pt_[a-z2-7]{26})")
+#: what must never be on a page unless revealed (synthetic values of tests/support/hl7msgs.py)
+IDENTIFYING = ("MRN830001", "MRN830002", "MRN840001", "TESTPATIENT", "BRAVO", "CHARLIE", "19700101", "1970-01-01",
+               "999-00-1234", "5550142")
+
+
+@pytest.fixture
+def rt(db_url: str, mappings_dir: Path, tmp_path: Path) -> Runtime:
+    return console_runtime(db_url, mappings_dir, write_users(tmp_path / "users.yaml"), api_token=TOKEN)
+
+
+def ingest(rt: Runtime, *messages: bytes) -> None:
+    rt.writer.write_batch([InboundRecord(source="default", channel="mllp", raw=m, status="received",
+                                         sha256=hashlib.sha256(m).hexdigest()) for m in messages])
+    rt.processor.drain()
+
+
+def booked_then_cancelled(rt: Runtime, mrn: str = "MRN830001", appt: str = "X1") -> None:
+    ingest(rt, siu("S12", control=f"{appt}-B", mrn=mrn, appt=appt, start=START))
+    ingest(rt, siu("S15", control=f"{appt}-C", mrn=mrn, appt=appt, start=START, status="Cancelled"))
+
+
+def find(c: TestClient, csrf: str, mrn: str) -> str:
+    """Find by MRN (a POST); the redirect names the internal id and never the MRN."""
+    r = c.post("/patients/find", data={"csrf": csrf, "mrn": mrn})
+    assert r.status_code == 303, r.text
+    assert mrn not in r.headers["location"]
+    m = PT.fullmatch(r.headers["location"])
+    assert m, r.headers["location"]
+    return m.group(1)
+
+
+def assert_pseudonymous(text: str) -> None:
+    leaked = [x for x in IDENTIFYING if x in text]
+    assert not leaked, leaked
+
+
+def api(c: TestClient, path: str) -> Any:
+    r = c.get(path, headers={"authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def audit_rows(rt: Runtime) -> list[aq.AdminAuditRecord]:
+    with unit(rt.engine) as u:
+        return list(aq.page(u, limit=50, action="console.reveal", actor=None, since=None, before_id=None))
+
+
+def test_cancelled_appointment_shows_its_triggers_cancelled_with_the_reason(rt: Runtime) -> None:
+    booked_then_cancelled(rt)
+    c = client(rt)
+    csrf = sign_in(c, "ana")
+    pid = find(c, csrf, "MRN830001")
+    page = c.get(f"/patients/{pid}")
+    assert page.status_code == 200
+    html = page.text
+    assert_pseudonymous(html)
+    tl = api(c, f"/api/patients/{pid}/timeline")
+    assert tl["patient_id"] == pid and tl["next_cursor"] is None
+    kinds = [e["kind"] for e in tl["entries"]]
+    assert kinds.count("message") == 2 and kinds.count("event") == 2
+    # in time order, and every event comes after its message
+    assert [e["ts"] for e in tl["entries"]] == sorted(e["ts"] for e in tl["entries"])
+    events = {e["status"]: e for e in tl["entries"] if e["kind"] == "event"}
+    assert set(events) == {"booked", "cancelled"}
+    reminders = [e for e in tl["entries"] if e["kind"] == "trigger" and "appointment-reminder" in e["summary"]]
+    assert reminders and all(e["status"] == "cancelled" and e["why"] == "cancelled" for e in reminders)
+    assert all("appointment.cancelled" in e["reason"] and f"event {events['cancelled']['id']}" in e["reason"]
+               for e in reminders)
+    assert all(e["parent"] == f"event:{events['booked']['id']}" for e in reminders)
+    outcomes = [e for e in tl["entries"] if e["kind"] == "outcome"]
+    assert outcomes and all(e["arm"] and e["outcome"] for e in outcomes)
+    # the page shows the same entries, the reason beside each cancelled trigger, links to the messages
+    for e in reminders:
+        row = re.search(rf'<tr id="trigger-{e["id"]}".*?</tr>', html, re.S)
+        assert row and "cancelled" in row.group(0) and "appointment.cancelled" in row.group(0)
+    for e in tl["entries"]:
+        if e["kind"] == "message":
+            assert f'href="/messages/{e["id"]}"' in html
+    assert "MRN and name hidden" in html and "Reveal identifiers" not in html  # an analyst cannot reveal
+    assert_pseudonymous(str(tl))
+
+
+def test_mrn_search_is_a_post_and_ids_and_contact_keys_are_gets(rt: Runtime) -> None:
+    booked_then_cancelled(rt)
+    c = client(rt)
+    csrf = sign_in(c, "otto")
+    pid = find(c, csrf, "MRN830001")
+    assert find(c, csrf, "MRN830001") == pid
+    # an explicit authority or system finds the same patient; a wrong one finds nobody
+    r = c.post("/patients/find", data={"csrf": csrf, "mrn": "MRN830001", "authority": "HOSP"})
+    assert r.status_code == 303 and r.headers["location"] == f"/patients/{pid}"
+    r = c.post("/patients/find", data={"csrf": csrf, "mrn": "MRN830001", "authority": "OTHER"})
+    assert r.status_code == 404 and "No patient has this MRN" in r.text
+    assert_pseudonymous(r.text)
+    assert c.post("/patients/find", data={"mrn": "MRN830001"}).status_code == 403  # CSRF
+    # the GET search takes pseudonyms only: an MRN typed there is refused and not echoed
+    r = c.get("/patients", params={"q": "MRN830001"})
+    assert r.status_code == 400
+    assert_pseudonymous(r.text)
+    r = c.get("/patients", params={"q": pid})
+    assert r.status_code == 303 and r.headers["location"] == f"/patients/{pid}"
+    key = api(c, f"/api/patients/{pid}/timeline")  # noqa: F841  (token-authenticated read works)
+    with unit(rt.engine) as u:
+        from middleware.storage.queries import timeline as tq
+        (patient_key,) = tq.keys_of(u, pid)
+    ck = contact_key(contact_keyring(rt.settings).current.secret, patient_key)
+    r = c.get("/patients", params={"q": ck})
+    assert r.status_code == 303 and r.headers["location"] == f"/patients/{pid}"
+    r = c.get("/patients", params={"q": "ck_" + "0" * 40})
+    assert r.status_code == 404 and "No patient" in r.text
+    # the recently active list names the patient by internal id only
+    r = c.get("/patients")
+    assert r.status_code == 200 and f'href="/patients/{pid}"' in r.text
+    assert_pseudonymous(r.text)
+
+
+def test_merged_patients_timeline_holds_the_retired_patients_history(rt: Runtime) -> None:
+    ingest(rt, siu("S12", control="M1", mrn="MRN840001", appt="Y1", start=START))
+    booked_then_cancelled(rt, mrn="MRN830002", appt="Y2")
+    c = client(rt)
+    csrf = sign_in(c, "aud")
+    survivor, retired = find(c, csrf, "MRN840001"), find(c, csrf, "MRN830002")
+    assert survivor != retired
+    before = api(c, f"/api/patients/{retired}/timeline")
+    retired_events = {e["id"] for e in before["entries"] if e["kind"] == "event"}
+    retired_triggers = {e["id"] for e in before["entries"] if e["kind"] == "trigger"}
+    retired_outcomes = {e["id"] for e in before["entries"] if e["kind"] == "outcome"}
+    assert retired_events and retired_triggers and retired_outcomes
+
+    ingest(rt, adt("A40", control="M3", mrn="MRN840001", prior_mrn="MRN830002"))
+    tl = api(c, f"/api/patients/{survivor}/timeline")
+    assert [m["id"] for m in tl["merged_ids"]] == [retired]
+    have = {(e["kind"], e["id"]) for e in tl["entries"]}
+    assert {("event", i) for i in retired_events} <= have
+    assert {("trigger", i) for i in retired_triggers} <= have
+    assert {("outcome", i) for i in retired_outcomes} <= have
+    assert ("merge", retired) in have
+    assert any(e["kind"] == "event" and e["summary"].startswith("patient.merged") for e in tl["entries"])
+    # the retired id resolves to the survivor (API: same timeline; console: a redirect)
+    again = api(c, f"/api/patients/{retired}/timeline")
+    assert again["patient_id"] == survivor and again["requested_id"] == retired
+    assert again["entries"] == tl["entries"]
+    r = c.get(f"/patients/{retired}")
+    assert r.status_code == 303 and r.headers["location"] == f"/patients/{survivor}"
+    page = c.get(f"/patients/{survivor}")
+    assert page.status_code == 200 and retired in page.text
+    assert_pseudonymous(page.text)
+    # the MRN of the retired patient finds the survivor
+    assert find(c, csrf, "MRN830002") == survivor
+
+
+def test_reveal_is_refused_without_the_permission(rt: Runtime) -> None:
+    booked_then_cancelled(rt)
+    c = client(rt)
+    csrf = sign_in(c, "ana")
+    pid = find(c, csrf, "MRN830001")
+    r = c.post(f"/patients/{pid}/reveal", data={"csrf": csrf, "reason": "checking a complaint about reminders"})
+    assert r.status_code == 403 and "reveal" in r.text and "auditor" in r.text
+    assert_pseudonymous(r.text)
+    assert audit_rows(rt) == []
+
+
+def test_auditor_reveals_with_a_reason_and_the_reveal_is_audited(rt: Runtime) -> None:
+    booked_then_cancelled(rt)
+    c = client(rt)
+    csrf = sign_in(c, "aud")
+    pid = find(c, csrf, "MRN830001")
+    page = c.get(f"/patients/{pid}")
+    assert "Reveal identifiers" in page.text
+    assert_pseudonymous(page.text)
+    # no reason (or a blank one): refused, nothing shown, nothing audited; no CSRF token: refused
+    for reason in ("", "   "):
+        r = c.post(f"/patients/{pid}/reveal", data={"csrf": csrf, "reason": reason})
+        assert r.status_code == 400 and "needs a reason" in r.text
+        assert_pseudonymous(r.text)
+    assert c.post(f"/patients/{pid}/reveal", data={"reason": "patient asked for a copy"}).status_code == 403
+    assert audit_rows(rt) == []
+
+    r = c.post(f"/patients/{pid}/reveal", data={"csrf": csrf, "reason": "patient  asked which reminders were sent"})
+    assert r.status_code == 200
+    assert "MRN830001" in r.text and "HOSP" in r.text and "BRAVO TESTPATIENT" in r.text
+    assert "999-00-1234" not in r.text and "19700101" not in r.text  # MRNs and names only
+    (row,) = audit_rows(rt)
+    assert (row.actor, row.role, row.channel, row.action, row.target_kind, row.target_id, row.reason, row.outcome) == (
+        "aud", "auditor", "console", "console.reveal", "patient", pid, "patient asked which reminders were sent", "ok")
+    assert "MRN830001" not in str(row)
+    # for that response only: the next page load is pseudonymous again
+    assert_pseudonymous(c.get(f"/patients/{pid}").text)
+    # an auditor sees it in the admin audit through the API
+    items = api(c, "/api/admin-audit?action=console.reveal")["items"]
+    assert [(i["actor"], i["target_id"], i["reason"]) for i in items] == [
+        ("aud", pid, "patient asked which reminders were sent")]
+
+
+def test_timeline_api_pages_and_refusals(rt: Runtime) -> None:
+    booked_then_cancelled(rt)
+    c = client(rt)
+    csrf = sign_in(c, "ana")
+    pid = find(c, csrf, "MRN830001")
+    full = api(c, f"/api/patients/{pid}/timeline")
+    seen: list[tuple[str, str]] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        q = f"/api/patients/{pid}/timeline?limit=1" + (f"&cursor={cursor}" if cursor else "")
+        got = api(c, q)
+        seen += [(e["kind"], e["id"]) for e in got["entries"] if e["kind"] in ("event", "trigger", "outcome")]
+        pages += 1
+        cursor = got["next_cursor"]
+        if cursor is None:
+            break
+        assert pages < 20
+    want = [(e["kind"], e["id"]) for e in full["entries"] if e["kind"] in ("event", "trigger", "outcome")]
+    assert sorted(seen) == sorted(want) and len(seen) == len(set(seen)) and pages > 1
+    assert c.get(f"/api/patients/{pid}/timeline").status_code == 401  # token-authenticated
+    h = {"authorization": f"Bearer {TOKEN}"}
+    assert c.get("/api/patients/pt_" + "a" * 26 + "/timeline", headers=h).status_code == 404
+    assert c.get("/api/patients/MRN830001/timeline", headers=h).status_code == 404
+    assert c.get(f"/api/patients/{pid}/timeline?cursor=bogus", headers=h).status_code == 422
+    assert c.get("/patients/pt_" + "a" * 26).status_code == 404
+    # the console page's older-history link walks the same pages
+    assert c.get(f"/patients/{pid}?cursor=bogus").status_code == 400
