@@ -60,6 +60,7 @@ class Entry(BaseModel):
     parent: str | None = None  # "message:12", "event:40", "trigger:7"
     href: str | None = None  # the console page of this item, when it has one
     attempts: int | None = None
+    timing: list[str] = []  # how a trigger's due time was placed: send time, send zone, quiet hours
     arm: str | None = None
     outcome: str | None = None
 
@@ -126,12 +127,28 @@ def _page(rows: list[RowT], pos: int | None, limit: int) -> tuple[list[RowT], in
 
 # -- the reasons -------------------------------------------------------------------------------
 
-def trigger_why(t: q.TimelineTrigger) -> str | None:
+#: the steps of a trigger's explain trace that place its due time (times and zones only)
+_TIMING = re.compile(r"^(quiet hours |send time |send zone |due at |due \S+ after )|business day|has already passed|"
+                     r"clocks spring forward|the wait ends")
+
+
+def timing_steps(explain: str | None) -> list[str]:
+    """How the trigger's due time was placed (send time, business days, quiet hours), from its trace."""
+    try:
+        steps = orjson.loads(explain) if explain else []
+    except orjson.JSONDecodeError:
+        return []
+    return [s for s in steps if isinstance(s, str) and _TIMING.search(s)] if isinstance(steps, list) else []
+
+
+def trigger_why(t: q.TimelineTrigger, timing: list[str]) -> str | None:
     """The kind of thing that happened to a trigger, for the reason beside it."""
     if t.status in ("cancelled", "suppressed", "skipped"):
         return t.status
     if t.reason and "moved" in t.reason:
         return "moved"
+    if any(s.startswith("quiet hours") for s in timing):
+        return "moved by quiet hours"
     if t.flag:
         return "flagged"
     return None
@@ -141,10 +158,11 @@ def _trigger_entry(t: q.TimelineTrigger) -> Entry:
     step = f", journey {t.journey_id} step {t.journey_step}" if t.journey_id else ""
     fired = f"; fired {iso(t.fired_at)}" if t.fired_at else ""
     reason = "; ".join(x for x in (t.reason, t.flag) if x) or None
+    timing = timing_steps(t.explain)
     return Entry(kind="trigger", id=str(t.id), at=iso(t.created_at) or "", ts=t.created_at, status=t.status,
                  summary=f"{t.name} (rule {t.rule_id}, {t.purpose}{step}) to {t.destinations.replace(',', ', ') or 'no destination'}, "
                          f"due {iso(t.due_at)}{fired}",
-                 why=trigger_why(t), reason=reason, parent=f"event:{t.event_id}" if t.event_id else None)
+                 why=trigger_why(t, timing), reason=reason, timing=timing, parent=f"event:{t.event_id}" if t.event_id else None)
 
 
 #: a resource key careloop derived by hashing (``a-``/``e-``/``p-`` + 16 hex): pseudonymous, shown

@@ -248,3 +248,59 @@ def test_timeline_api_pages_and_refusals(rt: Runtime) -> None:
     assert c.get("/patients/pt_" + "a" * 26).status_code == 404
     # the console page's older-history link walks the same pages
     assert c.get(f"/patients/{pid}?cursor=bogus").status_code == 400
+
+
+def _trigger(**kw: Any) -> Any:
+    from middleware.storage.queries.timeline import TimelineTrigger
+
+    base = dict(id=7, rule_id="r", ruleset_version="v1", name="reminder", purpose="treatment-reminder", destinations="sms,webhook",
+                event_id=3, status="pending", reason=None, due_at=1.8e9, created_at=1.7e9, updated_at=1.7e9, fired_at=None,
+                journey_id=None, journey_step=None, flag=None, explain=None)
+    return TimelineTrigger(**{**base, **kw})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("row", "why", "in_reason"), [
+    (dict(status="suppressed", reason="opt-out: sms-stop (all purposes)"), "suppressed", "opt-out"),
+    (dict(status="suppressed", reason="consent denies treatment-reminder to sms"), "suppressed", "consent"),
+    (dict(status="skipped", reason="frequency cap: 3 contacts in 7 days"), "skipped", "cap"),
+    (dict(status="pending", reason="moved by SIU^S14 (event 9) to 2027-01-01T09:00:00+00:00"), "moved", "event 9"),
+    (dict(status="cancelled", reason="cancelled before its due time: unless: appointment.cancelled"), "cancelled", "unless"),
+    (dict(status="fired", reason="conditions met"), None, "conditions met"),
+])
+def test_trigger_reasons_are_named(row: dict[str, Any], why: str | None, in_reason: str) -> None:
+    from middleware.api.patients import _trigger_entry
+
+    e = _trigger_entry(_trigger(**row))
+    assert e.why == why and e.reason is not None and in_reason in e.reason
+    assert e.parent == "event:3" and "sms, webhook" in e.summary
+
+
+def test_quiet_hours_and_send_time_moves_come_from_the_trace() -> None:
+    import orjson
+
+    from middleware.api.patients import _trigger_entry
+
+    steps = ["event appointment.booked matches on: appointment.booked", "where is false: name.family = 'X'",
+             "send time 10:00 America/New_York on 2027-01-04 = 2027-01-04T15:00:00+00:00",
+             "quiet hours 21:00-08:00 America/New_York: moved to 2027-01-05T13:00:00+00:00"]
+    e = _trigger_entry(_trigger(explain=orjson.dumps(steps).decode()))
+    assert e.why == "moved by quiet hours"
+    assert e.timing == steps[2:]  # the timing steps only: never a where clause (it may name values)
+    assert _trigger_entry(_trigger(explain="not json")).timing == []
+
+
+def test_held_out_outcomes_and_dead_deliveries_say_why() -> None:
+    from middleware.api.patients import _delivery_entry, _outcome_entry
+    from middleware.storage.queries.timeline import TimelineDelivery, TimelineOutcome
+
+    o = _outcome_entry(TimelineOutcome(id=1, goal_id="g", rule_id="r", journey_id=None, trigger_id=None, origin_event_id=4,
+                                       experiment="winback", period="2027Q1", arm="held_out", delivered=False,
+                                       status="achieved", achieved_at=1.8e9, window_closes=None, created_at=1.7e9,
+                                       updated_at=1.7e9))
+    assert (o.why, o.arm, o.outcome, o.parent) == ("held out", "held_out", "achieved", "event:4")
+    assert o.reason and "winback 2027Q1" in o.reason and "not contacted" in o.reason
+    d = _delivery_entry(TimelineDelivery(id=5, trigger_id=7, destination="sms", status="dead", attempts=6,
+                                         last_error="gave up after 6 attempts: 503", last_status_code=503,
+                                         created_at=1.7e9, updated_at=1.7e9, delivered_at=None))
+    assert (d.why, d.attempts, d.href, d.parent) == ("dead", 6, "/deliveries/5", "trigger:7")
+    assert d.reason and "HTTP 503" in d.reason

@@ -70,6 +70,7 @@ class TimelineTrigger(NamedTuple):
     journey_id: str | None
     journey_step: int | None
     flag: str | None
+    explain: str | None
 
 
 class TimelineMessage(NamedTuple):
