@@ -121,6 +121,8 @@ def test_mrn_search_is_a_post_and_ids_and_contact_keys_are_gets(rt: Runtime) -> 
     assert r.status_code == 404 and "No patient has this MRN" in r.text
     assert_pseudonymous(r.text)
     assert c.post("/patients/find", data={"mrn": "MRN830001"}).status_code == 403  # CSRF
+    r = c.post("/patients/find", data={"csrf": csrf, "mrn": "MRN830001" * 20})  # too long: refused, never echoed
+    assert r.status_code == 404 and "MRN830001" not in r.text
     # the GET search takes pseudonyms only: an MRN typed there is refused and not echoed
     r = c.get("/patients", params={"q": "MRN830001"})
     assert r.status_code == 400
@@ -202,6 +204,9 @@ def test_auditor_reveals_with_a_reason_and_the_reveal_is_audited(rt: Runtime) ->
         assert r.status_code == 400 and "needs a reason" in r.text
         assert_pseudonymous(r.text)
     assert c.post(f"/patients/{pid}/reveal", data={"reason": "patient asked for a copy"}).status_code == 403
+    r = c.post(f"/patients/{pid}/reveal", data={"csrf": csrf, "reason": "x" * 201})
+    assert r.status_code == 400 and "under 200 characters" in r.text
+    assert_pseudonymous(r.text)
     assert audit_rows(rt) == []
 
     r = c.post(f"/patients/{pid}/reveal", data={"csrf": csrf, "reason": "patient  asked which reminders were sent"})

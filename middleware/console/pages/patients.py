@@ -29,6 +29,7 @@ router = APIRouter()
 #: what the GET search box accepts (anything else might be an identifier: it must not be in a URL)
 PSEUDONYM = re.compile(r"(pt_[a-z2-7]{26}|ck_[0-9a-f]{40})")
 MIN_REASON = 4
+MAX_REASON = 200  # the admin audit's reason column
 
 
 def _rt(request: Request) -> Any:
@@ -60,11 +61,13 @@ def patients(request: Request, viewer: Annotated[a.Viewer, a.need(a.TIMELINE)], 
 
 @router.post("/patients/find")
 def find_by_mrn(request: Request, viewer: Annotated[a.Viewer, a.need(a.TIMELINE)],
-                mrn: Annotated[str, Form(max_length=100)] = "",
-                authority: Annotated[str, Form(max_length=200)] = "") -> Response:
-    """Find by MRN (a POST: the MRN never reaches a URL); one patient -> a redirect to their timeline."""
+                mrn: Annotated[str, Form()] = "", authority: Annotated[str, Form()] = "") -> Response:
+    """Find by MRN (a POST: the MRN never reaches a URL); one patient -> a redirect to their timeline.
+
+    Lengths are checked here, not by the form's validation: a 422 would echo the value back."""
     rt = _rt(request)
-    ids = api.find_by_mrn(rt.engine, rt.sources, mrn, authority or None) if mrn.strip() else []
+    usable = 0 < len(mrn.strip()) <= 100 and len(authority) <= 200
+    ids = api.find_by_mrn(rt.engine, rt.sources, mrn, authority or None) if usable else []
     if len(ids) == 1:
         return RedirectResponse(f"/patients/{ids[0]}", status_code=303)
     recent, next_before = api.recent_patients(rt.engine, limit=50)
@@ -100,12 +103,14 @@ def patient(request: Request, viewer: Annotated[a.Viewer, a.need(a.TIMELINE)], p
 
 @router.post("/patients/{pt_id}/reveal")
 def reveal(request: Request, viewer: Annotated[a.Viewer, a.need(a.TIMELINE, a.REVEAL)], pt_id: str,
-           reason: Annotated[str, Form(max_length=200)] = "") -> Response:
+           reason: Annotated[str, Form()] = "") -> Response:
     """Show the patient's identifiers in this response only; audited with the reason."""
     rt = _rt(request)
     reason = " ".join(reason.split())
     if len(reason) < MIN_REASON:
         return _timeline_page(request, viewer, pt_id, None, reveal_error="A reveal needs a reason (at least a few words).")
+    if len(reason) > MAX_REASON:
+        return _timeline_page(request, viewer, pt_id, None, reveal_error=f"Keep the reason under {MAX_REASON} characters.")
     ids = api.identifiers(rt.engine, rt.sources, pt_id)
     if ids is None:
         return _timeline_page(request, viewer, pt_id, None)
