@@ -258,17 +258,22 @@ def timeline(engine: Engine, pid: str, cursor: str | None = None, limit: int = 1
                     next_cursor=Cursor(next_e, next_t, next_o).encode())
 
 
-@dataclass(frozen=True)
-class RecentPatient:
+class RecentPatient(BaseModel):
     patient_id: str
-    last_active: float
+    last_active: float  # epoch seconds of the patient's latest event
+
+
+class RecentPatients(BaseModel):
+    items: list[RecentPatient]
+    next_before: int | None  # pass back as ``before`` for older activity
 
 
 def recent_patients(engine: Engine, before: int | None = None, limit: int = 50) -> tuple[list[RecentPatient], int | None]:
     """Patients by their latest event, newest first: ``(patients, before for the next page or None)``.
 
     Reads at most ``limit * 8`` events per page (keyset on the event id, no COUNT): a page may show
-    fewer patients when a few patients own most of the newest events; the next page continues."""
+    fewer patients when a few patients own most of the newest events; the next page continues from
+    the last event read, so a patient active again further back may reappear on an older page."""
     limit = max(1, min(limit, 200))
     scan = limit * 8
     with unit(engine) as u:
@@ -278,7 +283,7 @@ def recent_patients(engine: Engine, before: int | None = None, limit: int = 50) 
     for r in rows:
         last_id = r.id
         if r.patient_id not in seen:
-            seen[r.patient_id] = RecentPatient(r.patient_id, r.created_at)
+            seen[r.patient_id] = RecentPatient(patient_id=r.patient_id, last_active=r.created_at)
             if len(seen) == limit:
                 break
     more = len(rows) == scan or len(seen) == limit
@@ -413,3 +418,11 @@ def patient_timeline(request: Request, patient_id: str, cursor: str | None = Non
     if got is None:
         raise HTTPException(404, "no patient has this id")
     return got
+
+
+@router.get("/api/patients", response_model=RecentPatients)
+def patients_recent(request: Request, before: int | None = Query(None, ge=1),
+                    limit: int = Query(50, ge=1, le=200)) -> RecentPatients:
+    """Recently active patients by internal id, newest first (keyset on the event id, no COUNT)."""
+    items, next_before = recent_patients(request.app.state.runtime.engine, before, limit)
+    return RecentPatients(items=items, next_before=next_before)

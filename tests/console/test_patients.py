@@ -142,6 +142,11 @@ def test_mrn_search_is_a_post_and_ids_and_contact_keys_are_gets(rt: Runtime) -> 
     r = c.get("/patients")
     assert r.status_code == 200 and f'href="/patients/{pid}"' in r.text
     assert_pseudonymous(r.text)
+    assert api(c, "/api/patients")["items"][0]["patient_id"] == pid  # the same list on the API
+    # an identifier typed into a timeline URL is not echoed back
+    r = c.get("/patients/MRN830001")
+    assert r.status_code == 404
+    assert_pseudonymous(r.text)
 
 
 def test_merged_patients_timeline_holds_the_retired_patients_history(rt: Runtime) -> None:

@@ -83,10 +83,11 @@ def _timeline_page(request: Request, viewer: a.Viewer, pt_id: str, cursor: str |
     try:
         tl = api.timeline(rt.engine, pt_id, cursor)
     except ValueError:
-        return render(request, "patient.html", {"tl": None, "pt_id": pt_id, "error": "That page link is not valid."},
+        return render(request, "patient.html", {"tl": None, "pt_id": "", "error": "That page link is not valid."},
                       status=400)
-    if tl is None:
-        return render(request, "patient.html", {"tl": None, "pt_id": pt_id, "error": "No patient has this id."},
+    if tl is None:  # the id is not echoed unless it has the shape of one (a URL may carry anything)
+        shown = pt_id if api.PATIENT_ID.fullmatch(pt_id) else ""
+        return render(request, "patient.html", {"tl": None, "pt_id": shown, "error": "No patient has this id."},
                       status=404)
     if tl.patient_id != pt_id and revealed is None:
         return RedirectResponse(f"/patients/{tl.patient_id}", status_code=303)
