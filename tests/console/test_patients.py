@@ -1,7 +1,7 @@
 """The patient timeline (``/patients``, ``GET /api/patients/{pt_id}/timeline``) through the real app and
 the real pipeline, on SQLite and PostgreSQL: a booked-then-cancelled appointment shows its triggers
 cancelled with the reason; a merged patient's timeline holds the retired patient's history; a reveal
-is refused without the ``reveal`` permission, needs a reason, and is audited; no MRN, name or birth
+is refused (and the attempt audited) without the ``reveal`` permission, needs a reason, and is audited; no MRN, name or birth
 date appears on any page (or in any URL) unless revealed."""
 from __future__ import annotations
 
@@ -192,7 +192,11 @@ def test_reveal_is_refused_without_the_permission(rt: Runtime) -> None:
     r = c.post(f"/patients/{pid}/reveal", data={"csrf": csrf, "reason": "checking a complaint about reminders"})
     assert r.status_code == 403 and "reveal" in r.text and "auditor" in r.text
     assert_pseudonymous(r.text)
-    assert audit_rows(rt) == []
+    # the attempt is in the audit, refused; nothing was revealed
+    assert [(x.actor, x.role, x.action, x.target_kind, x.target_id, x.outcome) for x in audit_rows(rt)] == [
+        ("ana", "analyst", "console.reveal", "patient", pid, "refused")]
+    assert c.post(f"/patients/{pid}/reveal", data={"reason": "no token"}).status_code == 403  # CSRF before all
+    assert len(audit_rows(rt)) == 1
 
 
 def test_auditor_reveals_with_a_reason_and_the_reveal_is_audited(rt: Runtime) -> None:

@@ -8,7 +8,8 @@
   a merged-away id redirects to its survivor.
 * ``POST /patients/{pt_id}/reveal``: permission ``reveal``, a reason required: the identifiers
   (MRNs with their assigning authority, names) are shown in that response only, and the reveal
-  is written to the admin audit (``console.reveal``, target ``patient`` / the ``pt_`` id, reason).
+  is written to the admin audit (``console.reveal``, target ``patient`` / the ``pt_`` id, reason);
+  an attempt without the permission is refused and audited as ``refused``.
 """
 from __future__ import annotations
 
@@ -103,11 +104,18 @@ def patient(request: Request, viewer: Annotated[a.Viewer, a.need(a.TIMELINE)], p
 
 
 @router.post("/patients/{pt_id}/reveal")
-def reveal(request: Request, viewer: Annotated[a.Viewer, a.need(a.TIMELINE, a.REVEAL)], pt_id: str,
+def reveal(request: Request, viewer: Annotated[a.Viewer, a.need(a.TIMELINE)], pt_id: str,
            reason: Annotated[str, Form()] = "") -> Response:
-    """Show the patient's identifiers in this response only; audited with the reason."""
+    """Show the patient's identifiers in this response only; audited with the reason.
+
+    A viewer without ``reveal`` is refused (403) and the attempt is audited too (``refused``)."""
     rt = _rt(request)
     reason = " ".join(reason.split())
+    if not viewer.can(a.REVEAL):
+        record(rt.engine, actor=viewer.name, role=viewer.role_label, channel="console", action="console.reveal",
+               outcome="refused", target_kind="patient", target_id=pt_id if api.PATIENT_ID.fullmatch(pt_id) else None,
+               reason=reason[:MAX_REASON] or None, client=request.client.host if request.client else None)
+        raise a.Forbidden(viewer, a.REVEAL)
     if len(reason) < MIN_REASON:
         return _timeline_page(request, viewer, pt_id, None, reveal_error="A reveal needs a reason (at least a few words).")
     if len(reason) > MAX_REASON:
