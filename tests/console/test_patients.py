@@ -318,3 +318,28 @@ def test_held_out_outcomes_and_dead_deliveries_say_why() -> None:
                                          created_at=1.7e9, updated_at=1.7e9, delivered_at=None))
     assert (d.why, d.attempts, d.href, d.parent) == ("dead", 6, "/deliveries/5", "trigger:7")
     assert d.reason and "HTTP 503" in d.reason
+
+
+def test_opted_out_patients_reminders_show_suppressed_with_the_reason(rt: Runtime) -> None:
+    from middleware.scheduler.runner import Scheduler
+    from middleware.storage.queries import timeline as tq
+
+    ingest(rt, siu("S12", control="S1", mrn="MRN830001", appt="W1", start=START))
+    c = client(rt)
+    csrf = sign_in(c, "otto")
+    pid = find(c, csrf, "MRN830001")
+    with unit(rt.engine) as u:
+        (patient_key,) = tq.keys_of(u, pid)
+    r = c.post("/api/suppressions", json={"patient_key": patient_key, "reason": "STOP reply", "source": "sms-stop"},
+               headers={"authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 201, r.text
+    later = START + timedelta(hours=1)  # every reminder of the appointment is due by then
+    assert Scheduler(rt.engine, rt.ruleset, clock=lambda: later).fire_due() >= 1
+    tl = api(c, f"/api/patients/{pid}/timeline")
+    reminders = [e for e in tl["entries"] if e["kind"] == "trigger" and "appointment-reminder" in e["summary"]]
+    assert reminders and all(e["status"] == "suppressed" and e["why"] == "suppressed" for e in reminders)
+    assert all("STOP reply" in (e["reason"] or "") for e in reminders), [e["reason"] for e in reminders]
+    assert not [e for e in tl["entries"] if e["kind"] == "delivery"]  # nothing was sent
+    page = c.get(f"/patients/{pid}").text
+    assert "STOP reply" in page
+    assert_pseudonymous(page)
