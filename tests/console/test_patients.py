@@ -343,3 +343,24 @@ def test_opted_out_patients_reminders_show_suppressed_with_the_reason(rt: Runtim
     page = c.get(f"/patients/{pid}").text
     assert "STOP reply" in page
     assert_pseudonymous(page)
+
+
+def test_recently_active_patients_page_by_keyset(rt: Runtime) -> None:
+    for n, mrn in enumerate(("MRN830001", "MRN830002", "MRN840001")):
+        ingest(rt, siu("S12", control=f"R{n}", mrn=mrn, appt=f"R{n}", start=START))
+    c = client(rt)
+    csrf = sign_in(c, "ana")
+    newest_first = [find(c, csrf, m) for m in ("MRN840001", "MRN830002", "MRN830001")]
+    seen: list[str] = []
+    path = "/api/patients?limit=1"
+    for _ in range(6):
+        got = api(c, path)
+        seen += [p["patient_id"] for p in got["items"]]
+        if got["next_before"] is None:
+            break
+        path = f"/api/patients?limit=1&before={got['next_before']}"
+    assert seen == newest_first
+    whole = api(c, "/api/patients?limit=50")
+    assert [p["patient_id"] for p in whole["items"]] == newest_first and whole["next_before"] is None
+    times = [p["last_active"] for p in whole["items"]]
+    assert times == sorted(times, reverse=True)
