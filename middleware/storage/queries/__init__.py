@@ -5,4 +5,4 @@ from __future__ import annotations
 
 from .. import tables  # noqa: F401  (the metadata the queries are built against)
 from . import (admin, admin_audit, audit, delivery, dryrun, ingest, kv, metrics, operator, outcomes,  # noqa: F401
-               patient_ids, privacy, replay, retention, scheduler)
+               patient_ids, privacy, replay, retention, scheduler, timeline)
