@@ -186,13 +186,23 @@ class Runtime:
                target_kind="retention", target_id=f"{self.settings.retention_days}d",
                detail=counts)
 
+    def purge_console_sessions(self) -> int:
+        """Delete console sessions that are idle too long or past their end (each is also refused on lookup)."""
+        import time
+
+        from .console.sessions import purge_expired
+
+        return purge_expired(self.engine, time.time(), self.settings.console_idle_timeout_s)
+
     async def _retention_loop(self, every_s: float = 3600.0) -> None:
-        """Purge raw messages and payload bodies older than ``retention_days``, hourly (audit kept)."""
+        """Purge raw messages and payload bodies older than ``retention_days``, and expired console
+        sessions, hourly (audit kept)."""
         while True:
             try:
                 report = await asyncio.to_thread(purge, self.engine, now=self.clock().timestamp(),
                                                  days=self.settings.retention_days)
                 await asyncio.to_thread(self._audit_retention, report)
+                await asyncio.to_thread(self.purge_console_sessions)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
