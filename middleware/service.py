@@ -324,8 +324,18 @@ class Runtime:
             await extra.start()
             self.extra_mllp.append(extra)
         app = self.http_app()
-        config = uvicorn.Config(app, host=self.settings.http_host, port=self.settings.http_port, log_level="warning",
-                                lifespan="on", access_log=False)
+        from .console.https import ReloadingTls, proxy_options
+
+        s = self.settings
+        config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning", lifespan="on",
+                                access_log=False, **proxy_options(s.trusted_proxies))
+        self.https: ReloadingTls | None = None
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            # HTTP over TLS with one live context whose certificate is reloaded when the files change
+            self.https = ReloadingTls(s.tls_cert_file, s.tls_key_file)
+            config.load()
+            config.ssl = self.https.context
+            tasks.append(asyncio.create_task(self.https.watch(), name="https-cert-watch"))
         server = uvicorn.Server(config)
         self.http_server = server
         try:
