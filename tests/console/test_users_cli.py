@@ -96,8 +96,9 @@ def test_first_run_creates_admin_with_password_in_a_private_file(tmp_path: Path,
     env = {**os.environ, "PYTHONPATH": str(REPO), "CARELOOP_LOG_LEVEL": "INFO"}
     log = tmp_path / "serve.log"
     with log.open("w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "middleware", "serve", "--http-port", str(http_port),
-                                 "--mllp-port", str(mllp_port), "--mappings", str(mappings_dir)], cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        argv = [sys.executable, "-m", "middleware", "serve", "--http-port", str(http_port), "--mllp-port", str(mllp_port),
+                "--mappings", str(mappings_dir)]
+        proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{http_port}"
 
