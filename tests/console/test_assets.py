@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from pathlib import Path
 
 from middleware.console import STATIC
 
