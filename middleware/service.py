@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy.engine import Engine
 
@@ -26,6 +26,9 @@ from .settings import Settings
 from .storage.patient_ids import stamp_unassigned_rows
 from .storage.schema import ensure_current, is_embedded, open_database
 from .storage.inbox import InboxWriter
+
+if TYPE_CHECKING:
+    from .console.https import ReloadingTls
 
 log = logging.getLogger("careloop.service")
 
@@ -97,6 +100,7 @@ class Runtime:
         self.scheduler.fault_hook = self.fault
         self.mllp: MllpListener | None = None
         self.http_server: object | None = None
+        self.https: ReloadingTls | None = None  # serve(): HTTPS on the HTTP port, its certificate reloaded
         self.extra_handlers_installed = False
         self.started_at = self.clock()
 
@@ -329,7 +333,6 @@ class Runtime:
         s = self.settings
         config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning", lifespan="on",
                                 access_log=False, **proxy_options(s.trusted_proxies))
-        self.https: ReloadingTls | None = None
         if s.tls_cert_file is not None and s.tls_key_file is not None:
             # HTTP over TLS with one live context whose certificate is reloaded when the files change
             self.https = ReloadingTls(s.tls_cert_file, s.tls_key_file)
