@@ -99,6 +99,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("CARELOOP_WEBHOOK_SECRET", webhook_secret())
     logsafe.configure(settings.log_level)
     beyond_loopback = not (_is_loopback(settings.http_host) and _is_loopback(settings.mllp_host))
+    if not (settings.api_token or settings.api_tokens) and beyond_loopback:
+        print("careloop: refusing to listen beyond loopback without an API token; set CARELOOP_API_TOKEN or --api-token", file=sys.stderr)
+        return 2
+    if problems := network_secret_problems(settings, beyond_loopback):
+        return report_secrets(problems, "serve", beyond_loopback)
     from ..console.https import plain_http_refusal
 
     if why := plain_http_refusal(settings.http_host, _is_loopback(settings.http_host), settings.tls_cert_file,
@@ -116,11 +121,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"careloop serve: cannot use the TLS certificate {settings.tls_cert_file} and key {settings.tls_key_file}: "
                   f"{getattr(exc, 'reason', None) or exc}", file=sys.stderr)
             return 2
-    if not (settings.api_token or settings.api_tokens) and beyond_loopback:
-        print("careloop: refusing to listen beyond loopback without an API token; set CARELOOP_API_TOKEN or --api-token", file=sys.stderr)
-        return 2
-    if problems := network_secret_problems(settings, beyond_loopback):
-        return report_secrets(problems, "serve", beyond_loopback)
     try:
         rt = Runtime(settings)
     except ConfigError as exc:

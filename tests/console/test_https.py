@@ -15,6 +15,7 @@ import httpx
 import pytest
 from cryptography import x509
 
+from middleware.delivery.signing import generate_secret
 from middleware.storage.queries import admin_audit as aq
 from middleware.storage.sql import unit
 from tests.integration.tlscerts import issue, make_ca
@@ -89,7 +90,9 @@ def _serve(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeou
 
 
 def test_serve_refuses_plain_http_beyond_loopback(tmp_path: Path) -> None:
-    p = _serve(["--http-host", "0.0.0.0", "--api-token", "x" * 40], tmp_path)
+    strong = {"CARELOOP_WEBHOOK_SECRET": generate_secret(), "CARELOOP_CONTACT_KEY_SECRET": "a-synthetic-contact-secret-of-enough-length",
+              "CARELOOP_API_TOKEN": "a-synthetic-api-token-of-43-characters-xxxx"}
+    p = _serve(["--http-host", "0.0.0.0"], tmp_path, strong)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [
         "careloop serve: refusing to serve plain HTTP on 0.0.0.0 (beyond loopback): set CARELOOP_TLS_CERT_FILE and "
