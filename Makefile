@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean demo fuzz
+.PHONY: install run test lint bench clean demo fuzz assets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ fuzz: install
 	$(BIN)/python tests/fuzz/atheris_hl7.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -max_len=8192 \
 	  -timeout=20 -artifact_prefix=$(FUZZ_DIR)/ -print_final_stats=1 \
 	  $(FUZZ_DIR)/corpus tests/fixtures/hl7 tests/fixtures/hostile
+
+## Re-create the console's vendored front-end files (htmx) from the npm registry: the pinned versions of
+## middleware/console/static/vendor/ASSETS.json, tarball integrity and file sha256 checked. Needs npm and the
+## network; nothing else does (`make run` serves the files shipped in the package).
+assets:
+	$(PYTHON) tools/vendor_assets.py
 
 bench: install
 	$(BIN)/python bench/run_all.py

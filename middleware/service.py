@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy.engine import Engine
 
@@ -26,6 +26,9 @@ from .settings import Settings
 from .storage.patient_ids import stamp_unassigned_rows
 from .storage.schema import ensure_current, is_embedded, open_database
 from .storage.inbox import InboxWriter
+
+if TYPE_CHECKING:
+    from .console.https import ReloadingTls
 
 log = logging.getLogger("careloop.service")
 
@@ -97,6 +100,7 @@ class Runtime:
         self.scheduler.fault_hook = self.fault
         self.mllp: MllpListener | None = None
         self.http_server: object | None = None
+        self.https: ReloadingTls | None = None  # serve(): HTTPS on the HTTP port, its certificate reloaded
         self.extra_handlers_installed = False
         self.started_at = self.clock()
 
@@ -186,13 +190,23 @@ class Runtime:
                target_kind="retention", target_id=f"{self.settings.retention_days}d",
                detail=counts)
 
+    def purge_console_sessions(self) -> int:
+        """Delete console sessions that are idle too long or past their end (each is also refused on lookup)."""
+        import time
+
+        from .console.sessions import purge_expired
+
+        return purge_expired(self.engine, time.time(), self.settings.console_idle_timeout_s)
+
     async def _retention_loop(self, every_s: float = 3600.0) -> None:
-        """Purge raw messages and payload bodies older than ``retention_days``, hourly (audit kept)."""
+        """Purge raw messages and payload bodies older than ``retention_days``, and expired console
+        sessions, hourly (audit kept)."""
         while True:
             try:
                 report = await asyncio.to_thread(purge, self.engine, now=self.clock().timestamp(),
                                                  days=self.settings.retention_days)
                 await asyncio.to_thread(self._audit_retention, report)
+                await asyncio.to_thread(self.purge_console_sessions)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -314,8 +328,17 @@ class Runtime:
             await extra.start()
             self.extra_mllp.append(extra)
         app = self.http_app()
-        config = uvicorn.Config(app, host=self.settings.http_host, port=self.settings.http_port, log_level="warning",
-                                lifespan="on", access_log=False)
+        from .console.https import ReloadingTls, proxy_options
+
+        s = self.settings
+        config = uvicorn.Config(app, host=s.http_host, port=s.http_port, log_level="warning", lifespan="on",
+                                access_log=False, **proxy_options(s.trusted_proxies))
+        if s.tls_cert_file is not None and s.tls_key_file is not None:
+            # HTTP over TLS with one live context whose certificate is reloaded when the files change
+            self.https = ReloadingTls(s.tls_cert_file, s.tls_key_file)
+            config.load()
+            config.ssl = self.https.context
+            tasks.append(asyncio.create_task(self.https.watch(), name="https-cert-watch"))
         server = uvicorn.Server(config)
         self.http_server = server
         try:

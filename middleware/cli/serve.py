@@ -73,6 +73,22 @@ def report_secrets(problems: list[str], command: str, beyond_loopback: bool) -> 
     return report(problems, command, "refusing to serve beyond loopback: " if beyond_loopback else "")
 
 
+def first_run_admin(settings: object, rt: object) -> Path | None:
+    """First run (no users file, no OIDC issuer): create console user ``admin`` with a random
+    password written to a 0600 file beside the users file; that file's path (audited, never the password)."""
+    from ..console.users import FIRST_ADMIN, create_first_admin
+    from ..delivery.admin_audit import record
+
+    if getattr(settings, "console_oidc_issuer", None):
+        return None
+    users_file: Path = settings.console_users_file  # type: ignore[attr-defined]
+    created = create_first_admin(users_file)
+    if created is not None:
+        record(rt.engine, actor="careloop", role="system", channel="service", action="users.first_admin",  # type: ignore[attr-defined]
+               target_kind="user", target_id=FIRST_ADMIN, detail={"users_file": str(users_file)})
+    return created
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from .. import logsafe
     from ..service import ConfigError, Runtime
@@ -88,6 +104,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if problems := network_secret_problems(settings, beyond_loopback):
         return report_secrets(problems, "serve", beyond_loopback)
+    from ..console.https import plain_http_refusal
+
+    if why := plain_http_refusal(settings.http_host, _is_loopback(settings.http_host), settings.tls_cert_file,
+                                 settings.tls_key_file, settings.trusted_proxies):
+        print(f"careloop serve: {why}", file=sys.stderr)
+        return 2
+    if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+        import ssl
+
+        from ..console.https import ReloadingTls
+
+        try:
+            ReloadingTls(settings.tls_cert_file, settings.tls_key_file)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            print(f"careloop serve: cannot use the TLS certificate {settings.tls_cert_file} and key {settings.tls_key_file}: "
+                  f"{getattr(exc, 'reason', None) or exc}", file=sys.stderr)
+            return 2
     try:
         rt = Runtime(settings)
     except ConfigError as exc:
@@ -95,8 +128,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(d, file=sys.stderr)
         print(f"careloop: {len(exc.diagnostics)} error(s) in {settings.mappings_dir}; not starting", file=sys.stderr)
         return 1
-    print(f"careloop serving: http://{settings.http_host}:{settings.http_port}  mllp://{settings.mllp_host}:{settings.mllp_port}  "
+    first_admin = first_run_admin(settings, rt)
+    scheme = "https" if settings.tls_cert_file else "http"
+    print(f"careloop serving: {scheme}://{settings.http_host}:{settings.http_port}  mllp://{settings.mllp_host}:{settings.mllp_port}  "
           f"db={settings.database_url.split('@')[-1]}  mappings={settings.mappings_dir} (version {rt.ruleset().version})", flush=True)
+    if first_admin is not None:
+        print(f"careloop: console user 'admin' created; its password is in {first_admin} (readable by you only)", flush=True)
     try:
         run_loop(rt.serve())
     except KeyboardInterrupt:

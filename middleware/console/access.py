@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse, Response
 
 from ..config.roles import (  # re-exported: pages write a.MESSAGES
@@ -109,7 +110,7 @@ def need(*permissions: str) -> Any:
     """A dependency: the signed-in viewer holding every one of ``permissions`` (CSRF-checked on actions)."""
 
     async def guard(request: Request) -> Viewer:
-        viewer = current_viewer(request)
+        viewer = await run_in_threadpool(current_viewer, request)  # a database read (and at most a write a minute)
         if viewer is None:
             raise SignInRequired()
         for p in permissions:

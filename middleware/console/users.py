@@ -11,6 +11,8 @@ with older parameters is re-hashed on the next successful sign-in.
 """
 from __future__ import annotations
 
+import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,3 +92,33 @@ def verify(users: dict[str, User], name: str, password: str) -> User | None:
 
 def hash_password(password: str) -> str:
     return HASHER.hash(password)
+
+
+#: The first-run admin's password file, beside the users file (mode 0600; the password never goes to a log).
+ADMIN_PASSWORD_FILE = "console-admin-password"
+FIRST_ADMIN = "admin"
+
+
+def admin_password_file(users_file: Path) -> Path:
+    return users_file.parent / ADMIN_PASSWORD_FILE
+
+
+def new_password() -> str:
+    """A random password (24 URL-safe characters, 144 bits)."""
+    return secrets.token_urlsafe(18)
+
+
+def create_first_admin(users_file: Path) -> Path | None:
+    """When ``users_file`` does not exist: create it with user ``admin`` (role admin) and a random
+    password written to :func:`admin_password_file` (mode 0600); that file's path. Else None."""
+    if users_file.exists():
+        return None
+    password = new_password()
+    pw_file = admin_password_file(users_file)
+    pw_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(password + "\n")
+    save(users_file, {FIRST_ADMIN: User(FIRST_ADMIN, hash_password(password), ("admin",))})
+    return pw_file

@@ -419,3 +419,26 @@ class OutcomeRow(SQLModel, table=True):
     window_closes: Optional[float] = None
     created_at: float
     updated_at: float
+
+
+class ConsoleSession(SQLModel, table=True):
+    """A signed-in console user (issue 15). The cookie carries a random token; only its SHA-256
+    is stored, so a copy of this table opens no session. Shared by every replica; a row idle
+    longer than ``console_idle_timeout_s`` or past ``expires_at`` is over (deleted on lookup and
+    by the retention loop)."""
+
+    __tablename__ = "console_session"
+    __table_args__ = (
+        Index("ix_console_session_user", "user_name"),
+        Index("ix_console_session_expires", "expires_at"),
+        Index("ix_console_session_last_seen", "last_seen"),
+    )
+    token_sha256: str = Field(primary_key=True, max_length=64)
+    user_name: str = Field(max_length=100)
+    roles: str = Field(sa_column=Column(Text, nullable=False))  # JSON list of role names
+    permissions: str = Field(sa_column=Column(Text, nullable=False))  # JSON list of extra permissions
+    method: str = Field(max_length=16)  # password | oidc
+    csrf: str = Field(max_length=64)
+    created_at: float
+    last_seen: float
+    expires_at: float  # created_at + console_session_max_s: the absolute end

@@ -183,6 +183,25 @@ CASES: dict[str, list[tuple[Any, ...]]] = {
         (["--mappings", "{BAD_MAPPINGS}", "--database", "{DB}", "--http-port", "{CLOSED}", "--mllp-port", "{CLOSED}"],
          "not starting", {}, 2),
         (["--http-port", "x"], "invalid int value: 'x'"),
+        (["--mappings", "{MAPPINGS}", "--database", "{DB}"], "set both CARELOOP_TLS_CERT_FILE and CARELOOP_TLS_KEY_FILE",
+         {"CARELOOP_TLS_CERT_FILE": "{TMP}/afile"}),
+        (["--mappings", "{MAPPINGS}", "--database", "{DB}"], "cannot use the TLS certificate {TMP}/afile",
+         {"CARELOOP_TLS_CERT_FILE": "{TMP}/afile", "CARELOOP_TLS_KEY_FILE": "{TMP}/afile"}),
+    ],
+    "users add": [
+        (["x", "--role", "wizard", "--users-file", "{TMP}/users.yaml"], "unknown role or permission 'wizard'"),
+        (["x"], "the following arguments are required: --role"),
+        (["x", "--role", "analyst", "--users-file", "{TMP}/users.yaml", "--database", "{MISSING_DB}"], "no careloop database at"),
+    ],
+    "users passwd": [
+        (["ghost", "--users-file", "{TMP}/users.yaml", "--database", "{DB}"], "no user 'ghost'"),
+        (["ghost", "--users-file", "{TMP}/afile"], "expected a 'users:' list"),
+    ],
+    "users remove": [
+        (["ghost", "--users-file", "{TMP}/users.yaml", "--database", "{DB}"], "no user 'ghost'"),
+    ],
+    "users list": [
+        (["--users-file", "{TMP}/users.yaml", "--database", "{MISSING_DB}"], "no careloop database at"),
     ],
     "sink": [
         (["--port", "x"], "invalid int value: 'x'"),

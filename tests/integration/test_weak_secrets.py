@@ -95,7 +95,8 @@ def test_loopback_keeps_the_development_defaults(tmp_path: Path, mappings_dir: P
 def test_strong_secrets_start_beyond_loopback(tmp_path: Path, mappings_dir: Path, token: str) -> None:
     args = serve_args(tmp_path, mappings_dir)
     env = {"CARELOOP_WEBHOOK_SECRET": generate_secret(), "CARELOOP_API_TOKEN": token,
-           "CARELOOP_CONTACT_KEY_SECRETS": f"v2:{GOOD_CK}2,v1:{GOOD_CK}1:2099-12-31"}
+           "CARELOOP_CONTACT_KEY_SECRETS": f"v2:{GOOD_CK}2,v1:{GOOD_CK}1:2099-12-31",
+           "CARELOOP_TRUSTED_PROXIES": "10.0.0.1"}  # plain HTTP beyond loopback only behind a TLS proxy (or with TLS)
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CARELOOP_")}
     proc = subprocess.Popen([*CLI, *args], cwd=tmp_path, env={**clean, "PYTHONPATH": str(REPO), **env},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -88,12 +88,12 @@ def start_in_process(database_url: str, mappings: Path, *, clock: Callable[[], A
 
     th = threading.Thread(target=run, daemon=True)
     th.start()
-    url = f"http://127.0.0.1:{http_port}"
+    url = f"{'https' if s.tls_cert_file else 'http'}://127.0.0.1:{http_port}"
     headers = {"Authorization": f"Bearer {api_token}"} if api_token else {}
 
     def ready() -> bool:
         try:
-            return httpx.get(url + "/healthz", timeout=1, headers=headers).status_code == 200
+            return httpx.get(url + "/healthz", timeout=1, headers=headers, verify=False).status_code == 200
         except httpx.HTTPError:
             return False
 
