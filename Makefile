@@ -50,8 +50,8 @@ fuzz: install
 ## Re-create the console's vendored front-end files (htmx) from the npm registry: the pinned versions of
 ## middleware/console/static/vendor/ASSETS.json, tarball integrity and file sha256 checked. Needs npm and the
 ## network; nothing else does (`make run` serves the files shipped in the package).
-assets:
-	$(PYTHON) tools/vendor_assets.py
+assets: install
+	$(BIN)/python -m middleware.console.vendor
 
 bench: install
 	$(BIN)/python bench/run_all.py

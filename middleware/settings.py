@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     console_oidc_leeway_s: int = Field(default=60, ge=0, le=300, description="clock skew allowed on exp, iat and nbf")
     tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain: serve HTTP over TLS (reloaded when it changes)")
     tls_key_file: Path | None = Field(default=None, description="PEM private key for tls_cert_file")
+    allow_plain_http: bool = Field(default=False, description=(
+        "serve plain HTTP beyond loopback on a network you control (e.g. a compose network whose published ports are "
+        "bound to 127.0.0.1): passwords, sessions and tokens cross it unencrypted; a warning is logged at start"))
     trusted_proxies: str | None = Field(default=None, description=(
         "comma-separated addresses whose X-Forwarded-For/-Proto are trusted (a TLS-terminating proxy); none by default"))
 

@@ -106,10 +106,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return report_secrets(problems, "serve", beyond_loopback)
     from ..console.https import plain_http_refusal
 
-    if why := plain_http_refusal(settings.http_host, _is_loopback(settings.http_host), settings.tls_cert_file,
-                                 settings.tls_key_file, settings.trusted_proxies):
+    plain_loopback = _is_loopback(settings.http_host)
+    if why := plain_http_refusal(settings.http_host, plain_loopback, settings.tls_cert_file,
+                                 settings.tls_key_file, settings.trusted_proxies, settings.allow_plain_http):
         print(f"careloop serve: {why}", file=sys.stderr)
         return 2
+    if settings.allow_plain_http and not plain_loopback and settings.tls_cert_file is None and not settings.trusted_proxies:
+        print(f"careloop serve: warning: plain HTTP on {settings.http_host} (CARELOOP_ALLOW_PLAIN_HTTP): passwords, "
+              "sessions and tokens cross this network unencrypted", file=sys.stderr)
     if settings.tls_cert_file is not None and settings.tls_key_file is not None:
         import ssl
 

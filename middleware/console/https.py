@@ -99,7 +99,7 @@ def proxy_options(value: str | None) -> dict[str, Any]:
 
 
 def plain_http_refusal(host: str, loopback: bool, cert_file: Path | None, key_file: Path | None,
-                       proxies: str | None) -> str | None:
+                       proxies: str | None, allow_plain: bool = False) -> str | None:
     """Why serving HTTP on ``host`` must be refused, or None. Beyond loopback the console's
     ``Secure`` cookies and every password need TLS: careloop's own or a trusted proxy's."""
     if (cert_file is None) != (key_file is None):
@@ -111,7 +111,8 @@ def plain_http_refusal(host: str, loopback: bool, cert_file: Path | None, key_fi
         trusted = trusted_proxies(proxies)
     except ValueError as exc:
         return str(exc)
-    if loopback or cert_file is not None or trusted:
+    if loopback or cert_file is not None or trusted or allow_plain:
         return None
     return (f"refusing to serve plain HTTP on {host} (beyond loopback): set CARELOOP_TLS_CERT_FILE and "
-            "CARELOOP_TLS_KEY_FILE, or CARELOOP_TRUSTED_PROXIES for a TLS-terminating proxy")
+            "CARELOOP_TLS_KEY_FILE, or CARELOOP_TRUSTED_PROXIES for a TLS-terminating proxy (or, on a network you "
+            "control, CARELOOP_ALLOW_PLAIN_HTTP=true)")

@@ -96,8 +96,18 @@ def test_serve_refuses_plain_http_beyond_loopback(tmp_path: Path) -> None:
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [
         "careloop serve: refusing to serve plain HTTP on 0.0.0.0 (beyond loopback): set CARELOOP_TLS_CERT_FILE and "
-        "CARELOOP_TLS_KEY_FILE, or CARELOOP_TRUSTED_PROXIES for a TLS-terminating proxy"]
+        "CARELOOP_TLS_KEY_FILE, or CARELOOP_TRUSTED_PROXIES for a TLS-terminating proxy (or, on a network you "
+        "control, CARELOOP_ALLOW_PLAIN_HTTP=true)"]
     assert not (tmp_path / ".careloop").exists()  # nothing created
+
+
+def test_plain_http_beyond_loopback_only_when_allowed_explicitly() -> None:
+    from middleware.console.https import plain_http_refusal
+
+    assert plain_http_refusal("0.0.0.0", False, None, None, None) is not None
+    assert plain_http_refusal("0.0.0.0", False, None, None, None, allow_plain=True) is None  # e.g. a compose network
+    assert plain_http_refusal("127.0.0.1", True, None, None, None) is None
+    assert plain_http_refusal("0.0.0.0", False, None, None, "10.0.0.5") is None  # a TLS-terminating proxy
 
 
 def test_serve_refuses_half_or_unusable_tls_in_one_line(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``make assets``: re-create the console's vendored front-end files from the npm registry.
+"""``make assets`` (``python -m middleware.console.vendor``): re-create the console's vendored front-end files from the npm registry.
 
 For each entry of ``middleware/console/static/vendor/ASSETS.json``: ``npm pack NAME@VERSION`` into
 a temporary directory, check the tarball's SHA-512 against the pinned ``integrity`` (the npm
@@ -20,7 +20,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-VENDOR = Path(__file__).resolve().parents[1] / "middleware" / "console" / "static" / "vendor"
+VENDOR = Path(__file__).resolve().parent / "static" / "vendor"
 MANIFEST = VENDOR / "ASSETS.json"
 
 
