@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, String, Table, cast, func, or_, select, update
+from sqlalchemy import Integer, String, Table, cast, func, or_, select, tuple_, update
 
 from ..sql import Query, UnitOfWork, any_of, param, query
 from ..statuses import InboundStatus
@@ -165,7 +165,17 @@ def _message_page(used: tuple[str, ...], newer: bool) -> Query:
                 conds.append(c.received_at < param("until"))
             if "errored" in used:
                 conds.append(c.error.is_not(None))
-            if newer:
+            if "since" in used or "until" in used:
+                # a time range: pages in (received_at, id) order, an index range of ix_inbound_received
+                # (which carries the row id), the cursor row's time read by its id
+                at = select(c.received_at).where(c.id == param("after_id" if newer else "before_id")).scalar_subquery()
+                row_key = tuple_(c.received_at, c.id)
+                cursor = row_key > tuple_(at, param("after_id")) if newer else row_key < tuple_(
+                    func.coalesce(at, 1e300), param("before_id"))
+                order = [c.received_at.asc(), c.id.asc()] if newer else [c.received_at.desc(), c.id.desc()]
+                bound = c.received_at >= at if newer else c.received_at <= func.coalesce(at, 1e300)  # an index bound
+                stmt = select(*_MESSAGE_COLUMNS).where(*conds, bound, cursor).order_by(*order)
+            elif newer:
                 stmt = select(*_MESSAGE_COLUMNS).where(*conds, c.id > param("after_id")).order_by(c.id.asc())
             else:
                 stmt = select(*_MESSAGE_COLUMNS).where(*conds, c.id < param("before_id")).order_by(c.id.desc())
