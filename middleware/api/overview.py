@@ -1,8 +1,9 @@
 """``GET /api/overview``: what the console's overview shows, one source of truth for both.
 
 Ingest per source and delivery attempts by outcome come from the per-minute rollups
-(``storage/queries/console.py``, filled each minute by the service); backlog, triggers and
-deliveries are the figures ``/metrics`` reads; destination states join the pauses stored in the
+(``storage/queries/console.py``, filled each minute by the service); the backlog is counted up to
+10,000 only (an index range) with its oldest message's age; triggers and deliveries are the
+figures ``/metrics`` reads; destination states join the pauses stored in the
 database, this process's circuit breakers and the open alerts; the reconciler's last sweep per
 FHIR source is its watermark record. Counts and names only: nothing here identifies a patient.
 """
@@ -17,7 +18,6 @@ from pydantic import BaseModel
 
 from ..delivery import admin
 from ..storage.queries import console as rollups, kv
-from ..storage.queries.metrics import database_figures
 from ..storage.sql import unit
 from ..storage.statuses import DeliveryStatus
 from .deps import TokenDep
@@ -61,6 +61,7 @@ class OverviewOut(BaseModel):
     ingest: list[Series]
     attempts: list[Series]
     backlog: int
+    backlog_capped: bool  # True: at least ``backlog`` (the count stops there)
     lag_s: float
     triggers_pending: int
     triggers_due: int
@@ -127,17 +128,17 @@ def figures(runtime: Any, now: float | None = None) -> OverviewOut:
     """Everything the overview shows, read now (a few indexed reads; no count over messages)."""
     now = time.time() if now is None else now
     engine = runtime.engine
-    db = database_figures(engine, now)
+    db = rollups.now_figures(engine, now)
     by_status: dict[str, int] = defaultdict(int)
     dead: dict[str, int] = defaultdict(int)
     for d in db.deliveries:
         by_status[d.status] += int(d.rows)
         if d.status == DeliveryStatus.DEAD:
             dead[d.destination] += int(d.rows)
-    oldest, due = db.backlog.oldest_received_at, db.oldest_due_at
+    oldest, due = db.oldest_received_at, db.oldest_due_at
     return OverviewOut(
         at=now, ingest=_series(engine, "ingest", now), attempts=_series(engine, "attempt", now),
-        backlog=db.backlog.rows, lag_s=max(0.0, now - oldest) if oldest is not None else 0.0,
+        backlog=db.backlog, backlog_capped=db.backlog_capped, lag_s=max(0.0, now - oldest) if oldest is not None else 0.0,
         triggers_pending=db.triggers_pending, triggers_due=db.triggers_due,
         scheduler_lag_s=max(0.0, now - due) if due is not None and due <= now else 0.0,
         deliveries=dict(sorted(by_status.items())), dead_letters=sum(dead.values()),

@@ -92,3 +92,12 @@ def test_overview_needs_a_session(rt) -> None:  # type: ignore[no-untyped-def]
     c = client(rt)
     assert c.get("/").status_code == 303
     assert c.get("/overview/body").status_code == 303
+
+
+def test_backlog_is_counted_up_to_a_cap_with_the_oldest_age(rt) -> None:  # type: ignore[no-untyped-def]
+    now = time.time()
+    store(rt.engine, [row(i, status="received", received_at=now - 100 + i) for i in range(3)] + [row(9, received_at=now - 500)])
+    capped = rollups.now_figures(rt.engine, now, backlog_cap=2)
+    assert (capped.backlog, capped.backlog_capped, capped.oldest_received_at) == (2, True, now - 100)
+    full = rollups.now_figures(rt.engine, now)
+    assert (full.backlog, full.backlog_capped) == (3, False)

@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any, NamedTuple
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from ..sql import UnitOfWork, param, query, unit
-from . import kv
+from ..statuses import InboundStatus
+from . import delivery, kv
+from .metrics import DeliveryCount
 from ._tables import ATTEMPT, INBOUND, KV, ROLLUP
 
 
@@ -51,6 +53,12 @@ query("console.rollup_add", _add)
 query("console.rollup_read", select(ROLLUP.c.minute, ROLLUP.c.key, ROLLUP.c.n)
       .where(ROLLUP.c.series == param("series"), ROLLUP.c.minute >= param("from_minute"))
       .order_by(ROLLUP.c.minute), RollupRow)
+# the backlog without counting it all: the oldest unprocessed message is the first entry of
+# ix_inbound_status_id (status, id); the count stops at ``cap`` (an index-only range on both backends)
+_RECEIVED = INBOUND.c.status == InboundStatus.RECEIVED
+query("console.backlog_oldest", select(INBOUND.c.received_at).where(_RECEIVED).order_by(INBOUND.c.id).limit(1))
+query("console.backlog_capped", select(func.count()).select_from(
+    select(INBOUND.c.id).where(_RECEIVED).limit(param("cap")).subquery()))
 # taking the watermark's row lock first serialises replicas filling at the same time (PostgreSQL)
 query("console.watermark_lock", update(KV).where(KV.c.key == param("key")).values(updated_at=param("at")))
 
@@ -130,3 +138,30 @@ def per_minute(engine: Engine, series: str, from_minute: int) -> list[RollupRow]
     """Every (minute, key, n) of ``series`` from ``from_minute`` on (a primary-key range)."""
     with unit(engine) as u:
         return read(u, series, from_minute)
+
+
+class NowFigures(NamedTuple):
+    """The overview's figures of this moment (one read transaction, no unbounded count of messages)."""
+
+    backlog: int  # unprocessed messages, counted up to the cap
+    backlog_capped: bool  # True: at least ``backlog``
+    oldest_received_at: float | None
+    triggers_pending: int
+    triggers_due: int
+    oldest_due_at: float | None
+    deliveries: tuple[DeliveryCount, ...]
+    paused_destinations: frozenset[str]
+
+
+def now_figures(engine: Engine, now: float, backlog_cap: int = 10_000) -> NowFigures:
+    """Backlog (capped), lag, triggers and deliveries now: the statements ``/metrics`` uses for
+    triggers and deliveries (their tables hold no message), a bounded read for the backlog."""
+    with unit(engine) as u:
+        backlog = int(u.scalar("console.backlog_capped", cap=backlog_cap) or 0)
+        return NowFigures(
+            backlog=backlog, backlog_capped=backlog >= backlog_cap, oldest_received_at=u.scalar("console.backlog_oldest"),
+            triggers_pending=int(u.scalar("metrics.triggers_pending") or 0),
+            triggers_due=int(u.scalar("metrics.triggers_due", now=now) or 0),
+            oldest_due_at=u.scalar("metrics.oldest_due"),
+            deliveries=tuple(u.all("metrics.deliveries_by_status")),
+            paused_destinations=frozenset(delivery.paused(u)))
