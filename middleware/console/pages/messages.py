@@ -12,6 +12,7 @@ response. Filters are ids, types, statuses and times: no identifier ever appears
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Form, HTTPException, Request
@@ -30,14 +31,12 @@ from ..web import render
 router = APIRouter()
 
 PAGE = 50
-FILTER_NAMES = ("source", "message_type", "control_id", "status", "since", "until")
 #: statuses whose messages may be replayed from the console (they errored)
 REPLAYABLE = frozenset({InboundStatus.FAILED, InboundStatus.REJECTED})
 
 
 def _query(filters: dict[str, str], **extra: Any) -> str:
-    from urllib.parse import urlencode
-
+    """The query string of a page link: the filters in use and the keyset cursor."""
     items = [(k, v) for k, v in filters.items() if v]
     items += [(k, str(v)) for k, v in extra.items() if v is not None]
     return urlencode(items)
