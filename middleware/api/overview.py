@@ -2,7 +2,7 @@
 
 Ingest per source and delivery attempts by outcome come from the per-minute rollups
 (``storage/queries/console.py``, filled each minute by the service); the backlog is counted up to
-10,000 only (an index range) with its oldest message's age; triggers and deliveries are the
+1,000 only (an index range; ``/metrics`` has the exact figure) with its oldest message's age; triggers and deliveries are the
 figures ``/metrics`` reads; destination states join the pauses stored in the
 database, this process's circuit breakers and the open alerts; the reconciler's last sweep per
 FHIR source is its watermark record. Counts and names only: nothing here identifies a patient.

@@ -153,7 +153,7 @@ class NowFigures(NamedTuple):
     paused_destinations: frozenset[str]
 
 
-def now_figures(engine: Engine, now: float, backlog_cap: int = 10_000) -> NowFigures:
+def now_figures(engine: Engine, now: float, backlog_cap: int = 1_000) -> NowFigures:
     """Backlog (capped), lag, triggers and deliveries now: the statements ``/metrics`` uses for
     triggers and deliveries (their tables hold no message), a bounded read for the backlog."""
     with unit(engine) as u:
