@@ -101,3 +101,21 @@ def test_backlog_is_counted_up_to_a_cap_with_the_oldest_age(rt) -> None:  # type
     assert (capped.backlog, capped.backlog_capped, capped.oldest_received_at) == (2, True, now - 100)
     full = rollups.now_figures(rt.engine, now)
     assert (full.backlog, full.backlog_capped) == (3, False)
+
+
+def test_the_service_loop_brings_rollups_up_to_date(rt) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    now = time.time()
+    store(rt.engine, [row(i, received_at=minutes_ago(now, 2)) for i in range(4)])
+
+    async def one_round() -> None:
+        task = asyncio.create_task(rt._rollup_loop(every_s=3600))
+        for _ in range(200):
+            await asyncio.sleep(0.05)
+            if rollups.per_minute(rt.engine, "ingest", int(now // 60) - 10):
+                break
+        task.cancel()
+
+    asyncio.run(one_round())
+    assert [(r.key, r.n) for r in rollups.per_minute(rt.engine, "ingest", int(now // 60) - 10)] == [("hl7v2:epic", 4)]
