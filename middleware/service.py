@@ -228,6 +228,20 @@ class Runtime:
                 log.error("outcome windows failed", extra={"action": "outcomes.error", "error_type": type(exc).__name__})
             await asyncio.sleep(every_s)
 
+    async def _rollup_loop(self, every_s: float = 60.0) -> None:
+        """The console overview's per-minute rollups (``storage/queries/rollups.py``), brought up to
+        date every minute from id watermarks: an index range read of the new rows only."""
+        from .storage.queries.rollups import fill
+
+        while True:
+            try:
+                await asyncio.to_thread(fill, self.engine, self.clock().timestamp())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("console rollups failed", extra={"action": "console.rollup_error", "error_type": type(exc).__name__})
+            await asyncio.sleep(every_s)
+
     async def _reconcile(self) -> None:
         """The FHIR reconciler (``pipeline/reconcile.py``), restarted after an unexpected error."""
         while True:
@@ -259,6 +273,7 @@ class Runtime:
                 asyncio.create_task(self._loop(self.wake_deliver, self.delivery.run_once, 1.0, "deliver")),
                 asyncio.create_task(self._retention_loop(), name="retention"),
                 asyncio.create_task(self._outcomes_loop(), name="outcome-windows"),
+                asyncio.create_task(self._rollup_loop(), name="console-rollups"),
                 asyncio.create_task(self._reconcile(), name="fhir-reconcile"),
             ]
         return tasks

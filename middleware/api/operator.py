@@ -6,7 +6,9 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel
 
+from ..delivery.admin_audit import parse_since
 from ..delivery.worker import replay
 from ..storage.queries import operator as q
 from ..storage.sql import unit
@@ -24,17 +26,74 @@ def _engine(request: Request) -> Any:
     return request.app.state.runtime.engine
 
 
-@router.get("/api/messages")
-def messages(request: Request, status: str | None = None, source: str | None = None, limit: int = Query(100, le=1000),
-             before_id: int | None = None) -> dict[str, Any]:
-    with unit(_engine(request)) as u:
-        rows = q.messages(u, limit=limit, before_id=before_id, status=status, source=source)
-    return {"items": [
-        {"id": m.id, "source": m.source, "channel": m.channel, "received_at": iso(m.received_at),
-         "message_type": m.message_type, "control_id": m.control_id, "status": m.status, "error": m.error,
-         "processed_at": iso(m.processed_at), "size": int(m.size),
-         "meta": orjson.loads(m.meta) if m.meta else None}
-        for m in rows]}
+class MessageOut(BaseModel):
+    id: int
+    source: str
+    channel: str
+    received_at: str | None
+    message_type: str | None
+    control_id: str | None
+    status: str
+    error: str | None
+    processed_at: str | None
+    size: int
+    meta: Any = None
+
+
+class MessagesOut(BaseModel):
+    """A page, newest first; ``next_before_id`` fetches the older page (null on the last one),
+    ``prev_after_id`` the newer one (null on the first)."""
+
+    items: list[MessageOut]
+    next_before_id: int | None
+    prev_after_id: int | None
+
+
+def message_filter(*, source: str | None = None, message_type: str | None = None, control_id: str | None = None,
+                   status: str | None = None, since: str | None = None, until: str | None = None,
+                   errored: bool = False) -> q.MessageFilter:
+    """The browser's filter from query parameters (times: ISO 8601 or epoch seconds); 422 on a bad time."""
+    try:
+        t0 = parse_since(since) if since else None
+        t1 = parse_since(until) if until else None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from exc
+    return q.MessageFilter(source=source or None, message_type=message_type or None, control_id=control_id or None,
+                           status=status or None, since=t0, until=t1, errored=errored)
+
+
+def message_page(engine: Any, where: q.MessageFilter, *, limit: int, before_id: int | None = None,
+                 after_id: int | None = None) -> tuple[list[q.MessageListed], int | None, int | None]:
+    """One page of the message browser (API and console): rows newest first, the ``before_id`` of
+    the older page and the ``after_id`` of the newer one (None at either end). One extra row is read
+    to know whether an older (or newer) page exists: no count."""
+    with unit(engine) as u:
+        rows = q.messages(u, limit=limit + 1, before_id=before_id, after_id=after_id, where=where)
+        if after_id is not None:
+            more_newer = len(rows) > limit
+            rows = rows[-limit:] if more_newer else rows
+            more_older = True
+        else:
+            more_older = len(rows) > limit
+            rows = rows[:limit]
+            more_newer = before_id is not None
+    if not rows:
+        return [], None, None
+    return rows, rows[-1].id if more_older else None, rows[0].id if more_newer else None
+
+
+@router.get("/api/messages", response_model=MessagesOut)
+def messages(request: Request, status: str | None = None, source: str | None = None, message_type: str | None = None,
+             control_id: str | None = None, since: str | None = None, until: str | None = None, errored: bool = False,
+             limit: int = Query(100, ge=1, le=1000), before_id: int | None = None, after_id: int | None = None) -> MessagesOut:
+    where = message_filter(source=source, message_type=message_type, control_id=control_id, status=status, since=since,
+                           until=until, errored=errored)
+    rows, older, newer = message_page(_engine(request), where, limit=limit, before_id=before_id, after_id=after_id)
+    return MessagesOut(items=[
+        MessageOut(id=m.id, source=m.source, channel=m.channel, received_at=iso(m.received_at), message_type=m.message_type,
+                   control_id=m.control_id, status=m.status, error=m.error, processed_at=iso(m.processed_at),
+                   size=int(m.size), meta=orjson.loads(m.meta) if m.meta else None)
+        for m in rows], next_before_id=older, prev_after_id=newer)
 
 
 @router.get("/api/messages/{message_id}/raw")
@@ -49,11 +108,20 @@ def message_raw(request: Request, message_id: int) -> dict[str, Any]:
 @router.post("/api/messages/{message_id}/replay")
 def message_replay(request: Request, message_id: int) -> dict[str, Any]:
     """Process a failed (or any) stored message again through the current rules."""
-    with audited(request, "message.replay", "message", message_id), unit(_engine(request), write=True) as u:
-        if not q.requeue_message(u, message_id):
+    with audited(request, "message.replay", "message", message_id):
+        if not replay_message(request.app.state.runtime, message_id):
             raise HTTPException(404, "no such message")
-    request.app.state.runtime.wake_process.set()
     return {"id": message_id, "status": InboundStatus.RECEIVED.value}
+
+
+def replay_message(runtime: Any, message_id: int) -> bool:
+    """Requeue a stored message for processing and wake the processor; False when there is no such
+    message (the API's and the console's replay; each caller audits)."""
+    with unit(runtime.engine, write=True) as u:
+        found = q.requeue_message(u, message_id)
+    if found:
+        runtime.wake_process.set()
+    return found
 
 
 def event_json(e: q.EventRecord) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from sqlalchemy.engine import Engine
 
-from ..storage.queries import console as q
+from ..storage.queries import console_sessions as q
 from ..storage.sql import unit
 from .access import SESSION_COOKIE, Viewer, permissions_of
 

@@ -41,6 +41,9 @@ class InboundMessage(SQLModel, table=True):
         Index("ix_inbound_status_id", "status", "id"),
         Index("ix_inbound_dedup", "dedup_key", "sha256"),
         Index("ix_inbound_received", "received_at"),
+        # the console's message browser (issue 15): each filter an index range in id order (keyset pages)
+        Index("ix_inbound_source_type_id", "source", "message_type", "id"),
+        Index("ix_inbound_control_id", "control_id", "id"),
         CheckConstraint(one_of("status", InboundStatus), name="status"),
     )
     id: Optional[int] = Field(default=None, primary_key=True)
@@ -442,3 +445,18 @@ class ConsoleSession(SQLModel, table=True):
     created_at: float
     last_seen: float
     expires_at: float  # created_at + console_session_max_s: the absolute end
+
+
+class ConsoleRollup(SQLModel, table=True):
+    """Per-minute counts the console's overview draws its sparklines from (issue 15), filled
+    incrementally from id watermarks (``console/rollups.py``), so a page view reads at most a
+    day of small rows instead of counting messages or attempts.
+
+    ``series``: ``ingest`` (key ``<kind>:<source>``, kind ``hl7v2`` or ``fhir``) or ``attempt``
+    (key: the attempt's outcome); ``minute``: epoch seconds // 60."""
+
+    __tablename__ = "console_rollup"
+    series: str = Field(primary_key=True, max_length=16)
+    minute: int = Field(primary_key=True)
+    key: str = Field(primary_key=True, max_length=100)
+    n: int = Field(default=0, sa_column_kwargs=server(0))

@@ -4,5 +4,5 @@ unit of work and return frozen, typed records: code outside ``storage/`` writes 
 from __future__ import annotations
 
 from .. import tables  # noqa: F401  (the metadata the queries are built against)
-from . import (admin, admin_audit, audit, console, delivery, dryrun, ingest, kv, metrics, operator, outcomes,  # noqa: F401
-               patient_ids, privacy, replay, retention, scheduler, timeline)
+from . import (admin, admin_audit, audit, console_sessions, delivery, dryrun, ingest, kv, metrics, operator, outcomes,  # noqa: F401
+               patient_ids, privacy, replay, retention, rollups, scheduler, timeline)
