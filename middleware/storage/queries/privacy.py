@@ -212,3 +212,8 @@ def revoke_authorization(u: UnitOfWork, authorization_id: int, now: float) -> Au
     u.run("privacy.authorization_revoke", id=authorization_id, now=now)
     row: AuthorizationRow | None = u.one("privacy.authorization", id=authorization_id)
     return row
+
+
+def consent(u: UnitOfWork, consent_id: int) -> ConsentRow | None:
+    row: ConsentRow | None = u.one("privacy.consent", id=consent_id)
+    return row
