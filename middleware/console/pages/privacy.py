@@ -154,7 +154,7 @@ def suppression_add(request: Request, viewer: Annotated[a.Viewer, a.need(a.PRIVA
     try:
         key, pid = _resolve(request, patient_id, patient_key)
         body = api.SuppressionIn(patient_key=key, destination=destination.strip() or None, purpose=purpose.strip() or None,
-                                 reason=category.strip() or "opt-out", source=source)  # type: ignore[arg-type]
+                                 reason=category.strip() or "opt-out", source=source)
     except (NoPatient, ValidationError) as exc:
         audit_action(request, viewer, "suppression.add", target_kind="patient", reason=reason, outcome="refused")
         return _done(request, str(exc).splitlines()[0], status=422, error=True)
