@@ -106,9 +106,10 @@ def _supp_json(r: q.SuppressionRow) -> dict[str, Any]:
 
 @router.get("/api/suppressions")
 def suppressions_list(request: Request, patient_key: str | None = None, active: bool = True,
-                      limit: int = Query(100, le=1000)) -> dict[str, Any]:
+                      limit: int = Query(100, le=1000), before_id: int | None = None) -> dict[str, Any]:
+    """Newest first; pass the last item's ``id`` as ``before_id`` for the next page."""
     with unit(_engine(request)) as u:
-        rows = q.suppressions(u, patient_key=patient_key or None, active=active, limit=limit)
+        rows = q.suppressions(u, patient_key=patient_key or None, active=active, limit=limit, before_id=before_id)
     return {"items": [_supp_json(r) for r in rows]}
 
 

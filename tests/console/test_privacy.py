@@ -151,3 +151,19 @@ def test_links_never_carry_an_identifier(world: Any) -> None:
         text = c.get(url).text
         hrefs = re.findall(r'(?:href|action)="([^"]+)"', text)
         assert hrefs and not [h for h in hrefs if _mrn(key) in h or "|" in h]
+
+
+def test_suppressions_list_is_keyset_paginated(world: Any) -> None:
+    p, rt, key, pid = world
+    c = client(rt)
+    csrf = sign_in(c, "aud")
+    for dest in ("a", "b", "c", "d", "e"):
+        assert c.post("/privacy/suppressions", data={"csrf": csrf, "patient_key": key, "destination": dest}).status_code == 200
+    seen: list[int] = []
+    url: str | None = "/privacy?limit=2"
+    while url:
+        text = c.get(url).text
+        seen += [int(x) for x in re.findall(r'data-suppression="(\d+)"', text)]
+        m = re.search(r'rel="next" href="([^"]+)"', text)
+        url = (m.group(1) + "&limit=2") if m else None
+    assert seen == sorted((s.id for s in p.rows(Suppression)), reverse=True)

@@ -14,7 +14,7 @@ import time
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
@@ -75,15 +75,18 @@ def _done(request: Request, message: str, patient_id: str | None = None, status:
 
 
 @router.get("/privacy")
-def privacy(request: Request, viewer: Annotated[a.Viewer, a.need(a.PRIVACY)]) -> Response:
+def privacy(request: Request, viewer: Annotated[a.Viewer, a.need(a.PRIVACY)], before_id: int | None = None,
+            limit: int = Query(100, ge=1, le=1000)) -> Response:
     with unit(_engine(request)) as u:
-        rows = q.suppressions(u, patient_key=None, active=True, limit=200)
+        rows = q.suppressions(u, patient_key=None, active=True, limit=limit + 1, before_id=before_id)
+    next_before = rows[limit - 1].id if len(rows) > limit else None
+    rows = rows[:limit]
     ids = _ids(request, [r.patient_key for r in rows])
     items = [{**api._supp_json(r), "patient_id": ids.get(r.patient_key)} for r in rows]
     for x in items:
         x.pop("patient_key")
     return render(request, "privacy.html", {"suppressions": items, "can_act": viewer.can(a.PRIVACY_ACT),
-                                            "sources": SOURCES})
+                                            "sources": SOURCES, "next_before": next_before, "before_id": before_id})
 
 
 @router.post("/privacy/find")
