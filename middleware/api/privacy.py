@@ -25,14 +25,14 @@ def _engine(request: Request) -> Any:
     return request.app.state.runtime.engine
 
 
-def _iso(ts: float | None) -> str | None:
+def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat() if ts else None
 
 
 # -- consents ---------------------------------------------------------------
 def _consent_json(c: q.ConsentRow) -> dict[str, Any]:
     return {"id": c.id, "patient_key": c.patient_key, "fhir_id": c.fhir_id, "status": c.status, "source": c.source,
-            "received_at": _iso(c.received_at), "resource": orjson.loads(c.resource)}
+            "received_at": iso(c.received_at), "resource": orjson.loads(c.resource)}
 
 
 def validate_consent(resource: dict[str, Any]) -> None:
@@ -98,9 +98,9 @@ class SuppressionIn(BaseModel):
     source: Literal["sms-stop", "unsubscribe", "revocation", "operator", "other"] = "operator"
 
 
-def _supp_json(r: q.SuppressionRow) -> dict[str, Any]:
+def suppression_json(r: q.SuppressionRow) -> dict[str, Any]:
     return {"id": r.id, "patient_key": r.patient_key, "destination": r.destination, "purpose": r.purpose,
-            "reason": r.reason, "source": r.source, "created_at": _iso(r.created_at), "revoked_at": _iso(r.revoked_at),
+            "reason": r.reason, "source": r.source, "created_at": iso(r.created_at), "revoked_at": iso(r.revoked_at),
             "active": r.revoked_at is None}
 
 
@@ -110,7 +110,7 @@ def suppressions_list(request: Request, patient_key: str | None = None, active: 
     """Newest first; pass the last item's ``id`` as ``before_id`` for the next page."""
     with unit(_engine(request)) as u:
         rows = q.suppressions(u, patient_key=patient_key or None, active=active, limit=limit, before_id=before_id)
-    return {"items": [_supp_json(r) for r in rows]}
+    return {"items": [suppression_json(r) for r in rows]}
 
 
 def add_suppression(engine: Any, body: SuppressionIn) -> q.SuppressionRow:
@@ -131,7 +131,7 @@ def suppressions_add(request: Request, body: SuppressionIn) -> dict[str, Any]:
     """Record an opt-out; it applies from the next send (deliveries are checked at send time)."""
     with audited(request, "suppression.add", "patient", pseudonym(request, body.patient_key)) as a:
         r = add_suppression(_engine(request), body)
-        out = _supp_json(r)
+        out = suppression_json(r)
         a.detail = {"suppression_id": r.id, "destination": body.destination, "purpose": body.purpose,
                     "source": body.source}
     request.app.state.runtime.wake_deliver.set()
@@ -146,7 +146,7 @@ def suppressions_remove(request: Request, suppression_id: int) -> dict[str, Any]
         if row is None:
             raise HTTPException(404, "no such suppression")
         a.detail = {"patient": pseudonym(request, row.patient_key)}
-        return _supp_json(row)
+        return suppression_json(row)
 
 
 # -- authorizations -----------------------------------------------------------
@@ -157,16 +157,16 @@ class AuthorizationIn(BaseModel):
     reference: str | None = Field(None, max_length=200, description="where the signed authorization is kept")
 
 
-def _auth_json(a: q.AuthorizationRow) -> dict[str, Any]:
+def authorization_json(a: q.AuthorizationRow) -> dict[str, Any]:
     return {"id": a.id, "patient_key": a.patient_key, "purpose": a.purpose, "reference": a.reference,
-            "granted_at": _iso(a.granted_at), "revoked_at": _iso(a.revoked_at), "active": a.revoked_at is None}
+            "granted_at": iso(a.granted_at), "revoked_at": iso(a.revoked_at), "active": a.revoked_at is None}
 
 
 @router.get("/api/authorizations")
 def authorizations_list(request: Request, patient_key: str = Query(...)) -> dict[str, Any]:
     with unit(_engine(request)) as u:
         rows = q.authorizations_of(u, patient_key)
-    return {"items": [_auth_json(a) for a in rows]}
+    return {"items": [authorization_json(a) for a in rows]}
 
 
 def add_authorization(engine: Any, body: AuthorizationIn) -> q.AuthorizationRow:
@@ -187,7 +187,7 @@ def authorizations_add(request: Request, body: AuthorizationIn) -> dict[str, Any
     with audited(request, "authorization.add", "patient", pseudonym(request, body.patient_key)) as au:
         a = add_authorization(_engine(request), body)
         au.detail = {"authorization_id": a.id, "purpose": a.purpose}
-        return _auth_json(a)
+        return authorization_json(a)
 
 
 @router.delete("/api/authorizations/{authorization_id}")
@@ -198,7 +198,7 @@ def authorizations_revoke(request: Request, authorization_id: int) -> dict[str, 
         if row is None:
             raise HTTPException(404, "no such authorization")
         au.detail = {"patient": pseudonym(request, row.patient_key), "purpose": row.purpose}
-        return _auth_json(row)
+        return authorization_json(row)
 
 
 # -- audit, alerts, destinations ----------------------------------------------
@@ -248,7 +248,7 @@ def destination_states(runtime: Any) -> list[DestinationState]:
             state = "disabled" if p["kind"] == "disabled" else "paused" if p.get("manual") else "auth failure"
         elif name in breakers and breakers[name].state != "closed":
             state = {"half-open": "half-open", "open-auth": "auth failure"}.get(breakers[name].state, "circuit open")
-        out.append(DestinationState(name=name, state=state, since=_iso(p.get("since")) if p else None,
+        out.append(DestinationState(name=name, state=state, since=iso(p.get("since")) if p else None,
                                     reason=p.get("reason") if p else None, by=p.get("by") if p else None,
                                     configured=name in configured))
     return out

@@ -16,7 +16,7 @@ from middleware.delivery.sink import SinkServer
 from middleware.storage.queries import admin_audit as aq
 from middleware.storage.queries.delivery import PAUSED
 from middleware.storage.sql import unit
-from middleware.storage.tables import DeliveryRow, KeyValue
+from middleware.storage.tables import DeliveryRow, KeyValue, TriggerRow
 from tests.support.console import client, console_runtime, sign_in, write_users
 from tests.support.api_client import api_for
 from tests.support.delivery_pipeline import WEBHOOK_SECRET, Pipeline, destination, make_pipeline, write_mappings
@@ -172,3 +172,22 @@ def test_api_pause_is_audited_and_reported(world: Any) -> None:
     assert [(x.channel, x.target_id, x.reason) for x in rows] == [("api", "hook2", None), ("api", "hook2", "maintenance")]
     assert api.post("/api/destinations/hook2/resume").json()["resumed"] is True
     assert {s["name"]: s["state"] for s in api.get("/api/destinations").json()["items"]}["hook2"] == "healthy"
+
+
+def test_body_masks_an_mrn_contact_key(db_url: str, tmp_path: Path) -> None:
+    """A destination whose policy sends the MRN as contact key: the page shows *** in its place."""
+    from tests.support.delivery_pipeline import DEFAULT_ALLOW
+
+    policy = {"mode": "fields", "allow": DEFAULT_ALLOW, "identifiers": "mrn"}
+    p = make_pipeline(db_url, write_mappings(tmp_path, [destination("mrnhook", "webhook", policy=policy)]))
+    p.ingest(["siu_s26_v251.hl7"])
+    p.fire()
+    [d] = p.rows(DeliveryRow)[:1]
+    rt = console_runtime(db_url, p.mappings, write_users(tmp_path / "users.yaml"))
+    c = client(rt)
+    sign_in(c, "otto")
+    text = c.get(f"/deliveries/{d.id}").text
+    body = json.loads(re.search(r'<pre class="raw" id="body">(.*?)</pre>', text, re.S).group(1).replace("&#34;", '"'))  # type: ignore[union-attr]
+    assert body["contact_key"] == "***" and body["destination"] == "mrnhook" and body["payload"]
+    [t] = [t for t in p.rows(TriggerRow) if t.id == d.trigger_id]
+    assert t.patient_key.split("|")[1] not in text

@@ -82,7 +82,7 @@ def privacy(request: Request, viewer: Annotated[a.Viewer, a.need(a.PRIVACY)], be
     next_before = rows[limit - 1].id if len(rows) > limit else None
     rows = rows[:limit]
     ids = _ids(request, [r.patient_key for r in rows])
-    items = [{**api._supp_json(r), "patient_id": ids.get(r.patient_key)} for r in rows]
+    items = [{**api.suppression_json(r), "patient_id": ids.get(r.patient_key)} for r in rows]
     for x in items:
         x.pop("patient_key")
     return render(request, "privacy.html", {"suppressions": items, "can_act": viewer.can(a.PRIVACY_ACT),
@@ -116,10 +116,10 @@ def patient(request: Request, patient_id: str, viewer: Annotated[a.Viewer, a.nee
     disclosures: list[dict[str, Any]] = []
     with unit(_engine(request)) as u:
         for k in keys:
-            supps += [api._supp_json(r) for r in q.suppressions(u, patient_key=k, active=False, limit=1000)]
-            auths += [api._auth_json(r) for r in q.authorizations_of(u, k)]
+            supps += [api.suppression_json(r) for r in q.suppressions(u, patient_key=k, active=False, limit=1000)]
+            auths += [api.authorization_json(r) for r in q.authorizations_of(u, k)]
             consents += [{"id": c.id, "fhir_id": c.fhir_id, "status": c.status, "source": c.source,
-                          "received_at": api._iso(c.received_at)} for c in q.consents_of(u, k)]
+                          "received_at": api.iso(c.received_at)} for c in q.consents_of(u, k)]
     for k in keys:
         disclosures += audit.disclosures_for(_engine(request), k)
     for x in supps + auths + disclosures:
