@@ -64,6 +64,12 @@ def test_dead_letter_replayed_and_destination_paused_and_resumed(signed_in: Call
     assert page.get_by_role("link", name=f"#{dead[0]}").is_visible()
     assert page.locator("td", has_text="HTTP 400").count() >= len(dead)
     shot(page, "deliveries-operator")
+    # a tablet: the list with its dead letters fits the width (no sideways scrolling), actions reachable
+    page.set_viewport_size({"width": 800, "height": 1000})
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 800
+    assert page.get_by_role("button", name="Pause hook2").is_visible()
+    shot(page, "deliveries-operator-tablet")
+    page.set_viewport_size({"width": 1280, "height": 900})
     # inspect one: attempts and the masked body as sent
     page.get_by_role("link", name=f"#{dead[0]}").click()
     page.wait_for_url(f"**/deliveries/{dead[0]}")
@@ -150,6 +156,7 @@ def test_suppression_added_and_revoked_and_audit_shows_the_actions(signed_in: Ca
         assert actor in row.inner_text() and "console" in row.inner_text()
     assert "STOP received" in body.inner_text() and "opted back in" in body.inner_text()
     assert t.patient_key.split("|")[1] not in aud.content()
+    assert aud.evaluate("() => document.documentElement.scrollWidth") <= 1280  # long keys wrap, no sideways scrolling
     shot(aud, "audit-auditor")
     aud.get_by_label("Action").fill("suppression.revoke")
     aud.get_by_role("button", name="Filter", exact=True).click()
