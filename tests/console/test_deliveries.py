@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,15 @@ from tests.support.delivery_pipeline import WEBHOOK_SECRET, Pipeline, destinatio
 FIXTURES = ["siu_s26_v251.hl7", "adt_a03_v23.hl7"]
 
 
+def deliver(p: Any) -> None:
+    """Run the delivery worker in its own thread: when the browser tests ran earlier in this session,
+    Playwright's sync API keeps an event loop running in the main thread (asyncio.run would refuse)."""
+    th = threading.Thread(target=lambda: p.deliver(p.worker()))
+    th.start()
+    th.join(120)
+    assert not th.is_alive()
+
+
 @pytest.fixture
 def world(db_url: str, tmp_path: Path) -> Any:
     """Dead letters on two webhook destinations (every first attempt answered 400) and a console on the same database."""
@@ -36,7 +46,7 @@ def world(db_url: str, tmp_path: Path) -> Any:
         p.fire()
         n = len(p.rows(DeliveryRow))
         sink.respond_with(400, times=n)
-        p.deliver(p.worker())
+        deliver(p)
         rt = console_runtime(db_url, p.mappings, write_users(tmp_path / "users.yaml"))
         yield p, rt
 

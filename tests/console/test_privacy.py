@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ from tests.support.console import client, console_runtime, sign_in, write_users
 from tests.support.delivery_pipeline import WEBHOOK_SECRET, destination, make_pipeline, write_mappings
 
 
+def deliver(p: Any) -> None:
+    """Run the delivery worker in its own thread: when the browser tests ran earlier in this session,
+    Playwright's sync API keeps an event loop running in the main thread (asyncio.run would refuse)."""
+    th = threading.Thread(target=lambda: p.deliver(p.worker()))
+    th.start()
+    th.join(120)
+    assert not th.is_alive()
+
+
 @pytest.fixture
 def world(db_url: str, tmp_path: Path) -> Any:
     """One synthetic patient's no-show trigger delivered to a real loopback webhook (a disclosure row)."""
@@ -30,7 +40,7 @@ def world(db_url: str, tmp_path: Path) -> Any:
         p = make_pipeline(db_url, write_mappings(tmp_path, [destination("hook", "webhook", webhook_url=sink.url + "/a")]))
         p.ingest(["siu_s26_v251.hl7"])
         p.fire()
-        p.deliver(p.worker())
+        deliver(p)
         assert p.rows(Disclosure)
         rt = console_runtime(db_url, p.mappings, write_users(tmp_path / "users.yaml"))
         [t] = p.rows(TriggerRow)[:1]

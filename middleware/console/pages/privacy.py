@@ -43,8 +43,10 @@ def _engine(request: Request) -> Any:
 
 
 def _keys(request: Request, patient_id: str) -> list[str]:
+    """The patient keys of ``patient_id`` (of its survivor when it was merged away: old links still work)."""
     with unit(_engine(request)) as u:
-        return patient_ids.keys_of_patient(u, patient_id)
+        current = patient_ids.current_patient_id(u, patient_id)
+        return patient_ids.keys_of_patient(u, current) if current else []
 
 
 def _resolve(request: Request, patient_id: str, patient_key: str) -> tuple[str, str]:
