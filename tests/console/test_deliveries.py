@@ -201,3 +201,21 @@ def test_body_masks_an_mrn_contact_key(db_url: str, tmp_path: Path) -> None:
     assert body["contact_key"] == "***" and body["destination"] == "mrnhook" and body["payload"]
     [t] = [t for t in p.rows(TriggerRow) if t.id == d.trigger_id]
     assert t.patient_key.split("|")[1] not in text
+
+
+def test_api_serves_what_the_page_shows(world: Any) -> None:
+    """``GET /api/deliveries/problems``, ``/api/deliveries/{id}`` and ``/api/deliveries/replay/count``: the page's functions."""
+    p, rt = world
+    api = api_for(p)
+    dead = _dead(p)
+    page = api.get("/api/deliveries/problems", params={"limit": 3}).json()
+    assert [i["id"] for i in page["items"]] == sorted((d.id for d in dead), reverse=True)[:3]
+    assert page["items"][0]["history"][0]["status_code"] == 400 and page["next_before_id"] == page["items"][-1]["id"]
+    rest = api.get("/api/deliveries/problems", params={"limit": 100, "before_id": page["next_before_id"]}).json()
+    assert len(page["items"]) + len(rest["items"]) == len(dead) and rest["next_before_id"] is None
+    one = api.get(f"/api/deliveries/{dead[0].id}").json()
+    assert one["status"] == "dead" and one["disclosures"] == [] and one["history"][0]["error"] == "HTTP 400"
+    assert api.get("/api/deliveries/999999").status_code == 404
+    n2 = sum(d.destination == "hook2" for d in dead)
+    assert api.get("/api/deliveries/replay/count", params={"destination": "hook2"}).json() == {"count": n2}
+    assert api.get("/api/deliveries/replay/count", params={"status": "delivered"}).status_code == 422

@@ -96,7 +96,7 @@ def delivery(request: Request, delivery_id: int, viewer: Annotated[a.Viewer, a.n
         raise HTTPException(404, "no such delivery")
     disclosures = audit.disclosures_of_delivery(_engine(request), delivery_id)
     for x in disclosures:
-        x.pop("patient_key", None)  # the MRN-derived key never reaches the page
+        x.pop("patient_key", None)  # the MRN-derived key never reaches the page (as in GET /api/deliveries/{id})
     return render(request, "delivery.html", {
         "d": d, "body": body_as_sent(request, d), "disclosures": disclosures, "can_act": viewer.can(a.DELIVERIES_ACT),
         "replayable": d["status"] in admin.REPLAYABLE
