@@ -24,7 +24,7 @@ from ..storage.statuses import DisclosureOutcome
 from ..storage.tables import Disclosure
 
 KEEP_YEARS = 6
-__all__ = ["AppendOnlyError", "KEEP_YEARS", "disclosure_json", "disclosures_for", "guard_append_only", "to_csv"]
+__all__ = ["AppendOnlyError", "KEEP_YEARS", "disclosure_json", "disclosures_for", "disclosures_of_delivery", "guard_append_only", "to_csv"]
 
 
 def _iso(ts: float) -> str:
@@ -45,6 +45,13 @@ def disclosures_for(engine: Engine, patient_key: str, *, since: float | None = N
     """Every disclosure about ``patient_key``, oldest first."""
     with unit(engine) as u:
         rows = q.disclosures_for(u, patient_key, since=since, until=until, destination=destination or None)
+    return [disclosure_json(d) for d in rows]
+
+
+def disclosures_of_delivery(engine: Engine, delivery_id: int) -> list[dict[str, Any]]:
+    """The disclosure rows of one delivery, oldest first."""
+    with unit(engine) as u:
+        rows = q.of_delivery(u, delivery_id)
     return [disclosure_json(d) for d in rows]
 
 

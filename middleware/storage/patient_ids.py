@@ -160,3 +160,15 @@ def stamp_unassigned_rows(engine: Engine) -> int:
 
 __all__ = ["PREFIX", "new_patient_id", "lookup_patient_id", "patient_id_for", "issue_patient_id", "current_patient_id",
            "resolve_patient_id", "merge_patient_ids", "stamp_unassigned", "stamp_unassigned_rows"]
+
+
+def keys_of_patient(u: UnitOfWork, patient_id: str) -> list[str]:
+    """Every patient key mapped to ``patient_id`` (oldest first); empty for an unknown or merged-away id."""
+    return [str(k) for (k,) in u.all(q.KEYS_OF, pid=patient_id)]
+
+
+def ids_of_keys(u: UnitOfWork, keys: list[str]) -> dict[str, str]:
+    """Patient key -> internal id, for the keys careloop has an id for (one query)."""
+    if not keys:
+        return {}
+    return {str(k): str(p) for k, p in u.all(q.IDS_OF, keys=sorted(set(keys)))}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import Integer, String, cast, delete, or_, select, true, update
+from sqlalchemy import Integer, String, cast, delete, func, or_, select, true, update
 
-from ..sql import UnitOfWork, any_of, param, query
+from ..sql import UnitOfWork, any_of, get, param, query
 from ..statuses import DeliveryStatus
 from . import operator
 from ._tables import ALERT, DELIVERY, INTENT, KV, TRIGGER
@@ -76,6 +76,29 @@ query("admin.pending_due_now",
       update(DELIVERY).where(_D.destination == param("destination"), _D.status == DeliveryStatus.PENDING,
                              _D.next_attempt_at > param("now"))
       .values(next_attempt_at=param("now")))
+#: the deliveries page (console): dead letters, unconfirmed and failing (pending with an error) deliveries, or one
+#: status; filters by destination and rule; newest first, keyset-paginated by id (no COUNT per page)
+query("admin.problem_deliveries",
+      select(_D.id, _D.trigger_id, _T.rule_id, _D.destination, _D.status, _D.attempts, _D.next_attempt_at,
+             _D.last_error, _D.last_status_code, _D.delivered_at)
+      .select_from(DELIVERY.outerjoin(TRIGGER, _T.id == _D.trigger_id))
+      .where(or_(_D.status == param("status"),
+                 cast(param("status"), String).is_(None)
+                 & (_D.status.in_([DeliveryStatus.DEAD, DeliveryStatus.UNCONFIRMED])
+                    | ((_D.status == DeliveryStatus.PENDING) & _D.last_error.is_not(None)))),
+             _optional("destination", _D.destination), _optional("rule_id", _T.rule_id),
+             or_(cast(param("before_id"), Integer).is_(None), _D.id < param("before_id")))
+      .order_by(_D.id.desc()).limit(param("limit")), DeliveryListed)
+query("admin.delivery", select(_D.id, _D.trigger_id, _T.rule_id, _D.destination, _D.status, _D.attempts, _D.next_attempt_at,
+                               _D.last_error, _D.last_status_code, _D.delivered_at)
+      .select_from(DELIVERY.outerjoin(TRIGGER, _T.id == _D.trigger_id)).where(_D.id == param("id")), DeliveryListed)
+#: how many deliveries a replay with these filters would put back (the console's confirm step)
+def _replay_count(dialect: str) -> Any:
+    candidates: Any = get("admin.replay_candidates").statement(dialect)
+    return select(func.count()).select_from(candidates.subquery())
+
+
+query("admin.replay_count", _replay_count)
 query("admin.alerts",
       select(_A.id, _A.kind, _A.destination, _A.delivery_id, _A.message, _A.created_at, _A.resolved_at)
       .where(or_(param("all") == true(), _A.resolved_at.is_(None)))
@@ -117,3 +140,23 @@ def lift(u: UnitOfWork, destination: str, prefixes: tuple[str, ...], now: float)
 def alerts(u: UnitOfWork, *, open_only: bool) -> list[AlertRecord]:
     rows: list[AlertRecord] = u.all("admin.alerts", all=not open_only)
     return rows
+
+
+def problem_deliveries(u: UnitOfWork, *, status: str | None, destination: str | None, rule_id: str | None,
+                       before_id: int | None, limit: int) -> list[DeliveryListed]:
+    """One page of dead / unconfirmed / failing deliveries (or of ``status``), newest first."""
+    rows: list[DeliveryListed] = u.all("admin.problem_deliveries", status=status, destination=destination, rule_id=rule_id,
+                                       before_id=before_id, limit=limit)
+    return rows
+
+
+def delivery(u: UnitOfWork, delivery_id: int) -> DeliveryListed | None:
+    row: DeliveryListed | None = u.one("admin.delivery", id=delivery_id)
+    return row
+
+
+def replay_count(u: UnitOfWork, *, status: str, delivery_id: int | None, destination: str | None, rule_id: str | None,
+                 reason_contains: str | None) -> int:
+    """How many deliveries :func:`replay` with the same arguments would put back."""
+    return int(u.scalar("admin.replay_count", status=status, delivery_id=delivery_id, destination=destination,
+                        rule_id=rule_id, reason=reason_contains or None) or 0)

@@ -38,6 +38,10 @@ query("audit.disclosures_for",
              or_(cast(param("until"), Float).is_(None), _X.sent_at < param("until")),
              or_(cast(param("destination"), String).is_(None), _X.destination == param("destination")))
       .order_by(_X.sent_at, _X.id), DisclosureRecord)
+query("audit.of_delivery",
+      select(_X.id, _X.delivery_id, _X.trigger_id, _X.patient_key, _X.destination, _X.fields, _X.body_sha256, _X.purpose,
+             _X.rule_id, _X.ruleset_version, _X.sent_at, _X.outcome, _X.body_bytes, _X.request_target, _X.attempt)
+      .where(_X.delivery_id == param("delivery_id")).order_by(_X.sent_at, _X.id), DisclosureRecord)
 query("audit.disclosed_patients",
       select(_X.patient_key).distinct()
       .where(_X.patient_key.is_not(None),
@@ -64,3 +68,9 @@ def known_patients(u: UnitOfWork) -> Iterator[str]:
     """Every patient key stored or disclosed (each once)."""
     for (key,) in u.all("audit.known_patients"):
         yield key
+
+
+def of_delivery(u: UnitOfWork, delivery_id: int) -> list[DisclosureRecord]:
+    """The disclosure rows one delivery left (one per attempt that sent, or may have sent)."""
+    rows: list[DisclosureRecord] = u.all("audit.of_delivery", delivery_id=delivery_id)
+    return rows

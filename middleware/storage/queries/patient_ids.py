@@ -7,7 +7,7 @@ from sqlalchemy import select, union
 from sqlmodel import SQLModel
 
 from .. import tables  # noqa: F401  (registers the tables on the metadata)
-from ..sql import param, query
+from ..sql import any_of, param, query
 from .ingest import _insert
 
 T = SQLModel.metadata.tables
@@ -18,6 +18,12 @@ event = T["event"]
 trigger = T["trigger"]
 
 BY_KEY = query("patient_ids.by_key", select(identifier.c.patient_id).where(identifier.c.patient_key == param("key")))
+
+#: the patient keys of an internal id (oldest first) and the ids of a list of keys (console links)
+KEYS_OF = query("patient_ids.keys_of", select(identifier.c.patient_key).where(identifier.c.patient_id == param("pid"))
+                .order_by(identifier.c.created_at, identifier.c.patient_key))
+IDS_OF = query("patient_ids.ids_of", select(identifier.c.patient_key, identifier.c.patient_id)
+               .where(any_of(identifier.c.patient_key, "keys")))
 
 
 def _claim(dialect: str) -> Any:

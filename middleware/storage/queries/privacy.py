@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import String, cast, false, insert, or_, select, union, union_all, update
+from sqlalchemy import Integer, String, cast, false, insert, or_, select, union, union_all, update
 
 from ..sql import UnitOfWork, any_of, param, query
 from ._tables import AUTHORIZATION, CONSENT, PATIENT, RESOURCE_STATE, SUPPRESSION
@@ -139,7 +139,8 @@ query("privacy.consents_of", select(*_cols(CONSENT, ConsentRow)).where(_C.patien
 query("privacy.suppressions",
       select(*_cols(SUPPRESSION, SuppressionRow))
       .where(or_(cast(param("patient_key"), String).is_(None), _S.patient_key == param("patient_key")),
-             or_(param("active") == false(), _S.revoked_at.is_(None)))
+             or_(param("active") == false(), _S.revoked_at.is_(None)),
+             or_(cast(param("before_id"), Integer).is_(None), _S.id < param("before_id")))
       .order_by(_S.id.desc()).limit(param("limit")), SuppressionRow)
 query("privacy.suppression_add", insert(SUPPRESSION).values(
     {c: param(c) for c in ("patient_key", "destination", "purpose", "reason", "source", "created_at")}).returning(_S.id))
@@ -179,8 +180,11 @@ def consents_of(u: UnitOfWork, patient_key: str) -> list[ConsentRow]:
     return rows
 
 
-def suppressions(u: UnitOfWork, *, patient_key: str | None, active: bool, limit: int) -> list[SuppressionRow]:
-    rows: list[SuppressionRow] = u.all("privacy.suppressions", patient_key=patient_key, active=active, limit=limit)
+def suppressions(u: UnitOfWork, *, patient_key: str | None, active: bool, limit: int,
+                 before_id: int | None = None) -> list[SuppressionRow]:
+    """Newest first; ``before_id`` continues a keyset page."""
+    rows: list[SuppressionRow] = u.all("privacy.suppressions", patient_key=patient_key, active=active, limit=limit,
+                                       before_id=before_id)
     return rows
 
 
@@ -211,4 +215,9 @@ def add_authorization(u: UnitOfWork, **values: Any) -> AuthorizationRow:
 def revoke_authorization(u: UnitOfWork, authorization_id: int, now: float) -> AuthorizationRow | None:
     u.run("privacy.authorization_revoke", id=authorization_id, now=now)
     row: AuthorizationRow | None = u.one("privacy.authorization", id=authorization_id)
+    return row
+
+
+def consent(u: UnitOfWork, consent_id: int) -> ConsentRow | None:
+    row: ConsentRow | None = u.one("privacy.consent", id=consent_id)
     return row
