@@ -28,11 +28,17 @@ def outcomes_all(request: Request, min_lift: float = Query(0.05, gt=0, lt=1)) ->
 
 @router.get("/api/reports/outcomes/{goal_id}", response_model=None)
 def outcomes_goal(request: Request, goal_id: str, format: Literal["json", "csv"] = "json",
-                  min_lift: float = Query(0.05, gt=0, lt=1)) -> Response | dict[str, Any]:
+                  min_lift: float = Query(0.05, gt=0, lt=1),
+                  by: list[str] | None = Query(None, description=(
+                      "breakdowns: rule_version, destination, month, week (repeat or comma list)"))) -> Response | dict[str, Any]:
     engine = _engine(request)
+    try:
+        dims = report.parse_by(by)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     if goal_id not in {g for g, _ in report.goals(engine)}:
         raise HTTPException(404, f"no journey entries for goal '{goal_id}'")
-    reports = report.build(engine, goal_id, min_lift=min_lift)
+    reports = report.build(engine, goal_id, min_lift=min_lift, by=dims)
     if format == "csv":
         return PlainTextResponse(report.as_csv(reports), media_type="text/csv")
     return report.as_json(reports)

@@ -10,12 +10,14 @@ from sqlalchemy.sql import ClauseElement
 from sqlmodel import SQLModel
 
 from ..sql import any_of, param, query
-from ..statuses import OutcomeStatus
+from ..statuses import DeliveryStatus, OutcomeStatus, TriggerStatus
 
 T = SQLModel.metadata.tables
 outcome = T["outcome"]
 holdout = T["holdout_assignment"]
 event = T["event"]
+trigger = T["trigger"]
+delivery = T["delivery"]
 
 
 def _insert(dialect: str, table: object) -> object:
@@ -29,8 +31,8 @@ def _open_entry(dialect: str) -> ClauseElement:
         origin_event_id=param("origin_event_id"), origin_resource_key=param("origin_resource_key"),
         trigger_id=param("trigger_id"), experiment=param("experiment"), period=param("period"), arm=param("arm"),
         status=OutcomeStatus.PENDING, anchor_at=param("anchor_at"), window_opens=param("window_opens"),
-        window_closes=param("window_closes"),
-        created_at=param("now"), updated_at=param("now"))
+        window_closes=param("window_closes"), destination=param("destination"), anchor_month=param("anchor_month"),
+        anchor_week=param("anchor_week"), created_at=param("now"), updated_at=param("now"))
     return ins.on_conflict_do_nothing(index_elements=["entry_key"])  # type: ignore[no-any-return]
 
 
@@ -129,16 +131,56 @@ class Tally(NamedTuple):
     arm: str | None
     status: str
     delivered: bool
+    ruleset_version: str | None
+    destination: str | None
+    anchor_month: str | None
+    anchor_week: str | None
     entries: int
+    triggered: int  # entries with a trigger recorded (held-out entries have none)
 
+
+_BREAKDOWN = (outcome.c.ruleset_version, outcome.c.destination, outcome.c.anchor_month, outcome.c.anchor_week)
 
 TALLY = query(
     "outcome.tally",
-    select(outcome.c.experiment, outcome.c.period, outcome.c.arm, outcome.c.status, outcome.c.delivered,
-           func.count().label("entries"))
-    .where(outcome.c.goal_id == param("goal_id"))  # ix_outcome_goal: index-only, in group order
-    .group_by(outcome.c.experiment, outcome.c.period, outcome.c.arm, outcome.c.status, outcome.c.delivered),
+    select(outcome.c.experiment, outcome.c.period, outcome.c.arm, outcome.c.status, outcome.c.delivered, *_BREAKDOWN,
+           func.count().label("entries"), func.count(outcome.c.trigger_id).label("triggered"))
+    .where(outcome.c.goal_id == param("goal_id"))  # ix_outcome_report: index-only, in group order
+    .group_by(outcome.c.experiment, outcome.c.period, outcome.c.arm, outcome.c.status, outcome.c.delivered, *_BREAKDOWN),
     Tally)
+
+
+class Suppressed(NamedTuple):
+    """A journey entry whose trigger was not delivered because it was suppressed, cancelled or
+    skipped (``trigger_reason``), or whose delivery was suppressed at send time (``delivery_reason``)."""
+
+    experiment: str | None
+    period: str | None
+    arm: str | None
+    ruleset_version: str | None
+    destination: str | None
+    anchor_month: str | None
+    anchor_week: str | None
+    trigger_status: str
+    trigger_reason: str | None
+    delivery_reason: str | None
+
+
+_STOPPED = (TriggerStatus.SUPPRESSED, TriggerStatus.CANCELLED, TriggerStatus.SKIPPED)
+_D_SUPPRESSED = (select(delivery.c.last_error).where(delivery.c.trigger_id == trigger.c.id,
+                                                    delivery.c.status == DeliveryStatus.SUPPRESSED)
+                 .order_by(delivery.c.id).limit(1).scalar_subquery())
+#: the undelivered entries of a goal that were stopped, with why: the goal's range of
+#: ix_outcome_report (index-only: delivered and trigger_id are in it), then the trigger by its
+#: primary key and its deliveries by ix_delivery_trigger_id; delivered entries are never joined
+SUPPRESSED = query(
+    "outcome.suppressed",
+    select(outcome.c.experiment, outcome.c.period, outcome.c.arm, *_BREAKDOWN, trigger.c.status, trigger.c.reason,
+           _D_SUPPRESSED.label("delivery_reason"))
+    .select_from(outcome.join(trigger, trigger.c.id == outcome.c.trigger_id))
+    .where(outcome.c.goal_id == param("goal_id"), outcome.c.delivered.is_(False), outcome.c.trigger_id.is_not(None),
+           (trigger.c.status.in_(_STOPPED) | _D_SUPPRESSED.is_not(None))),
+    Suppressed)
 
 _ACHIEVED = outcome.c.status == OutcomeStatus.ACHIEVED
 #: the n-th shortest time to goal of one arm (``n`` = half the achieved count: the median), read
