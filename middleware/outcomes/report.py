@@ -39,38 +39,6 @@ DIMENSIONS: dict[str, str] = {"rule_version": "ruleset_version", "destination": 
 #: what a breakdown shows for an entry opened before careloop recorded it (revision 0010)
 UNKNOWN = "unknown"
 
-#: suppression reasons by the words careloop's own reasons use (first match wins; the order
-#: matters: a marketing authorization's reason mentions "consent" too)
-_REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("authorization", ("requires a recorded authorization",)),
-    ("opt-out", ("opt-out", "opted out")),
-    ("consent", ("consent",)),
-    ("caps", ("cap reached",)),
-    ("quiet hours", ("quiet hours",)),
-    ("time passed", ("has already passed", "not before")),
-    ("deceased", ("deceased",)),
-    ("hospice", ("hospice",)),
-    ("duplicate", ("duplicate of trigger",)),
-    ("superseded", ("superseded by",)),
-    ("destination policy", ("business associate agreement", "destination policy")),
-    ("unverified data", ("could not be re-checked",)),
-    ("journey exit", ("exit '",)),
-    ("rescheduled", ("moved",)),
-    ("cancelled", ("cancelled",)),
-)
-
-
-def suppression_reason(trigger_status: str, trigger_reason: str | None, delivery_reason: str | None) -> str:
-    """The reason category of an entry that was not delivered: the trigger's own reason when it
-    was suppressed, cancelled or skipped, else its delivery's send-time suppression reason."""
-    text = (trigger_reason if trigger_status in ("suppressed", "cancelled", "skipped") else delivery_reason) or ""
-    low = text.lower()
-    for name, words in _REASONS:
-        if any(w in low for w in words):
-            return name
-    return "cancelled" if trigger_status == "cancelled" else "other"
-
-
 def parse_by(values: Iterable[str] | None) -> tuple[str, ...]:
     """``--by`` / ``?by=`` values (repeated or comma lists) in a stable order; ValueError names an unknown one."""
     out: list[str] = []
@@ -104,12 +72,16 @@ class Funnel:
                 "achieved": {"treated": self.achieved_treated, "held_out": self.achieved_held_out}}
 
 
-def _funnel(rows: Sequence[q.Tally], stopped: Sequence[str]) -> Funnel:
+def _funnel(rows: Sequence[q.Tally]) -> Funnel:
     held = [r for r in rows if r.arm == "held_out"]
+    stopped: Counter[str] = Counter()
+    for r in rows:
+        if r.stopped and not r.delivered:
+            stopped[r.stopped] += r.entries
     return Funnel(
         eligible=sum(r.entries for r in rows), held_out=sum(r.entries for r in held),
         triggered=sum(r.triggered for r in rows), delivered=sum(r.entries for r in rows if r.delivered),
-        suppressed=dict(sorted(Counter(stopped).items(), key=lambda kv: (-kv[1], kv[0]))),
+        suppressed=dict(sorted(stopped.items(), key=lambda kv: (-kv[1], kv[0]))),
         achieved_treated=sum(r.entries for r in rows if r.arm != "held_out" and r.status == "achieved"),
         achieved_held_out=sum(r.entries for r in held if r.status == "achieved"))
 
@@ -170,16 +142,11 @@ def build(engine: Engine, goal_id: str, *, min_lift: float = 0.05, holdout_share
 
     with unit(engine) as u:
         rows = u.all(q.TALLY.name, goal_id=goal_id)
-        stopped_rows = u.all(q.SUPPRESSED.name, goal_id=goal_id)
         groups: dict[tuple[str | None, ...], list[q.Tally]] = defaultdict(list)
         for r in rows:
             groups[key_of(r)].append(r)
         # times to goal are read per experiment period from ix_outcome_elapsed; a breakdown has none
         medians = {} if by else {key: _medians(u, goal_id, key[0], key[1], rs) for key, rs in groups.items()}
-    stopped: dict[tuple[tuple[str | None, ...], str], list[str]] = defaultdict(list)
-    for s in stopped_rows:
-        arm = "held_out" if s.arm == "held_out" else "treated"
-        stopped[(key_of(s), arm)].append(suppression_reason(s.trigger_status, s.trigger_reason, s.delivery_reason))
     curve = cumulative_by_day(engine, goal_id) if groups else None
     out = []
     for key, rs in sorted(groups.items(), key=lambda kv: tuple(x or "" for x in kv[0])):
@@ -187,8 +154,7 @@ def build(engine: Engine, goal_id: str, *, min_lift: float = 0.05, holdout_share
         breakdown = tuple(zip(by, (str(v) for v in key[2:])))
         treated_rows = [r for r in rs if r.arm != "held_out"]
         held_rows = [r for r in rs if r.arm == "held_out"]
-        t_stopped, h_stopped = stopped.get((key, "treated"), []), stopped.get((key, "held_out"), [])
-        funnel = _funnel(rs, t_stopped + h_stopped)
+        funnel = _funnel(rs)
         med = medians.get(key, {})
         if exp is None:
             out.append(PeriodReport(goal_id, None, None, _tally(rs), None, None, med, curve, breakdown, funnel,
@@ -201,7 +167,7 @@ def build(engine: Engine, goal_id: str, *, min_lift: float = 0.05, holdout_share
         share = min(max(share, 0.01), 0.99)
         a = analyse(treated, held, min_lift=min_lift, holdout_share=share)
         out.append(PeriodReport(goal_id, exp, period, treated, held, a, med, curve, breakdown, funnel,
-                                {"treated": _funnel(treated_rows, t_stopped), "held_out": _funnel(held_rows, h_stopped)}))
+                                {"treated": _funnel(treated_rows), "held_out": _funnel(held_rows)}))
     return out
 
 

@@ -392,7 +392,7 @@ class OutcomeRow(SQLModel, table=True):
         # covering indexes of the report's two reads (tallies with their breakdowns, times to goal): index-only,
         # in group order; trigger_id last so the funnel's "triggered" (count of trigger_id) is read from it too
         Index("ix_outcome_report", "goal_id", "experiment", "period", "arm", "status", "delivered", "ruleset_version",
-              "destination", "anchor_month", "anchor_week", "trigger_id"),
+              "destination", "anchor_month", "anchor_week", "stopped", "trigger_id"),
         Index("ix_outcome_elapsed", "goal_id", "experiment", "period", "arm", "status", "elapsed_s"),
         CheckConstraint(one_of("status", OutcomeStatus), name="status"),
         CheckConstraint(one_of("arm", HoldoutArm), name="arm"),
@@ -425,3 +425,5 @@ class OutcomeRow(SQLModel, table=True):
     destination: Optional[str] = Field(default=None, max_length=400)  # the rule's destinations, comma-separated (held out too)
     anchor_month: Optional[str] = Field(default=None, max_length=8)  # "2026-11": the anchor's local month
     anchor_week: Optional[str] = Field(default=None, max_length=8)  # "2026-W47": the anchor's local ISO week
+    # why its trigger was not delivered (a category of storage/outcome_stops.REASONS), kept by database triggers
+    stopped: Optional[str] = Field(default=None, max_length=32)

@@ -156,8 +156,9 @@ def test_patient_export_is_deidentified_unless_a_dua_is_recorded(engine: Any, db
 
 def add_trigger(engine: Any, trigger_id: int, status: str, reason: str | None,
                 delivery: tuple[str, str | None] | None = None) -> None:
-    """A trigger row (and optionally one delivery) as the scheduler / delivery worker leave them."""
-    from sqlalchemy import insert
+    """A trigger (and optionally one delivery) going through the status changes the scheduler,
+    the pipeline and the delivery worker make: inserted pending, then updated."""
+    from sqlalchemy import insert, update
     from sqlmodel import SQLModel
 
     t = SQLModel.metadata.tables
@@ -165,11 +166,14 @@ def add_trigger(engine: Any, trigger_id: int, status: str, reason: str | None,
         c.execute(insert(t["trigger"]).values(
             id=trigger_id, rule_id="r", ruleset_version="v1", name="t", purpose="care-coordination", destinations="webhook",
             patient_key=f"pk{trigger_id}", resource_key=f"Appointment/{trigger_id}", origin_key=f"r|event:{trigger_id}",
-            event_id=trigger_id, due_at=1.0, status=status, reason=reason, payload="{}", created_at=1.0, updated_at=1.0))
+            event_id=trigger_id, due_at=1.0, status="pending", payload="{}", created_at=1.0, updated_at=1.0))
+        c.execute(update(t["trigger"]).where(t["trigger"].c.id == trigger_id).values(status=status, reason=reason))
         if delivery is not None:
             c.execute(insert(t["delivery"]).values(
-                trigger_id=trigger_id, destination="webhook", idempotency_key=f"idem-{trigger_id}", status=delivery[0],
-                attempts=1, next_attempt_at=1.0, last_error=delivery[1], created_at=1.0, updated_at=1.0))
+                trigger_id=trigger_id, destination="webhook", idempotency_key=f"idem-{trigger_id}", status="pending",
+                attempts=0, next_attempt_at=1.0, created_at=1.0, updated_at=1.0))
+            c.execute(update(t["delivery"]).where(t["delivery"].c.trigger_id == trigger_id).values(
+                status=delivery[0], last_error=delivery[1], attempts=1))
 
 
 def test_breakdowns_split_entries_and_the_funnel_names_suppression_reasons(engine: Any, db_url: str,
@@ -182,6 +186,8 @@ def test_breakdowns_split_entries_and_the_funnel_names_suppression_reasons(engin
     seed(engine, "held_out", "missed", 3, 30)
     seed(engine, "treated", "achieved", 5, 40, version="v2", destination="sms", month="2026-12", week="2026-W49")
     seed(engine, "held_out", "missed", 1, 50, version="v2", destination="sms", month="2026-12", week="2026-W49")
+    # stopped at evaluation, before its entry was opened: the entry takes the trigger's reason
+    add_trigger(engine, 60, "suppressed", "patient is deceased")
     seed(engine, "treated", "pending", 2, 60, destination=None, month=None, week=None)
     for i in range(4):
         add_trigger(engine, i, "fired", None, ("delivered", None))
@@ -197,7 +203,8 @@ def test_breakdowns_split_entries_and_the_funnel_names_suppression_reasons(engin
     (whole,) = report.build(engine, "noshow-14d")
     assert whole.funnel.as_json() == {
         "eligible": 20, "held_out": 6, "triggered": 14, "delivered": 4,
-        "suppressed": {"authorization": 1, "caps": 1, "cancelled": 1, "consent": 1, "opt-out": 1, "quiet hours": 1},
+        "suppressed": {"authorization": 1, "caps": 1, "cancelled": 1, "consent": 1, "deceased": 1, "opt-out": 1,
+                       "quiet hours": 1},
         "achieved": {"treated": 9, "held_out": 2}}
     by_dest = {dict(r.breakdown)["destination"]: r for r in report.build(engine, "noshow-14d", by=["destination"])}
     assert set(by_dest) == {"webhook", "sms", "unknown"}
@@ -205,11 +212,12 @@ def test_breakdowns_split_entries_and_the_funnel_names_suppression_reasons(engin
     assert by_dest["sms"].funnel.suppressed == {"authorization": 1, "opt-out": 1, "quiet hours": 1}
     assert by_dest["webhook"].funnel.suppressed == {"cancelled": 1, "caps": 1, "consent": 1}
     assert by_dest["unknown"].funnel.eligible == 2 and by_dest["unknown"].treated.pending == 2
+    assert by_dest["unknown"].funnel.suppressed == {"deceased": 1}
     # each entry is in exactly one group, whatever the breakdown
     for dims in (["rule_version"], ["month"], ["week"], ["rule_version", "destination", "month", "week"]):
         groups = report.build(engine, "noshow-14d", by=dims)
         assert sum(g.funnel.eligible for g in groups) == 20
-        assert sum(sum(g.funnel.suppressed.values()) for g in groups) == 6
+        assert sum(sum(g.funnel.suppressed.values()) for g in groups) == 7
     assert [dict(g.breakdown) for g in report.build(engine, "noshow-14d", by=["week,month"])][0] == {
         "month": "2026-11", "week": "2026-W47"}
     with pytest.raises(ValueError, match="unknown breakdown 'weekday'"):
@@ -231,3 +239,43 @@ def test_breakdowns_split_entries_and_the_funnel_names_suppression_reasons(engin
     assert sms[0]["suppressed_reasons"] == "authorization=1;opt-out=1;quiet hours=1"
     assert main(["report", "noshow-14d", "--by", "hour", "--database-url", db_url]) == 2
     assert "unknown breakdown 'hour'" in capsys.readouterr().err
+
+    # a trigger back to pending (replayed) is no longer stopped; a replayed delivery that is
+    # delivered takes its entry out of the suppressed count
+    from sqlalchemy import update
+    from sqlmodel import SQLModel
+
+    t = SQLModel.metadata.tables
+    with engine.begin() as c:
+        c.execute(update(t["trigger"]).where(t["trigger"].c.id == 10).values(status="pending", reason=None))
+    with unit(engine, write=True) as u:
+        u.run(q.MARK_DELIVERED.name, trigger_id=11, now=5.0)
+    (whole,) = report.build(engine, "noshow-14d")
+    assert whole.funnel.suppressed == {"authorization": 1, "cancelled": 1, "deceased": 1, "opt-out": 1, "quiet hours": 1}
+    assert whole.funnel.delivered == 5
+
+
+def test_stop_categories_backfill_as_the_triggers_keep_them(engine: Any) -> None:
+    """Revision 0010's backfill gives entries opened before the triggers existed the categories
+    the triggers give new ones; the SQL CASE and the Python table agree."""
+    from sqlalchemy import text
+
+    from middleware.storage import outcome_stops
+
+    seed(engine, "treated", "missed", 4, 0)
+    add_trigger(engine, 0, "suppressed", "cap reached: 2 reminders to this patient today (limit 2)")
+    add_trigger(engine, 1, "cancelled", "journey exit 'rebooked' (event 5)")
+    add_trigger(engine, 2, "cancelled", None)
+    add_trigger(engine, 3, "fired", None, ("suppressed", "destination crm has no business associate agreement; ..."))
+    want = {"caps": 1, "journey exit": 1, "cancelled": 1, "destination policy": 1}
+    assert report.build(engine, "noshow-14d")[0].funnel.suppressed == want
+    assert [outcome_stops.category(r, s) for r, s in (("cap reached: 1", "suppressed"), ("journey exit 'x'", "cancelled"),
+                                                       (None, "cancelled"), ("nothing known", "skipped"))] == [
+        "caps", "journey exit", "cancelled", "other"]
+    with engine.begin() as c:
+        c.execute(text("UPDATE outcome SET stopped = NULL"))
+    assert report.build(engine, "noshow-14d")[0].funnel.suppressed == {}
+    with engine.begin() as c:
+        for stmt in outcome_stops.backfill_statements():
+            c.execute(text(stmt))
+    assert report.build(engine, "noshow-14d")[0].funnel.suppressed == want

@@ -10,14 +10,12 @@ from sqlalchemy.sql import ClauseElement
 from sqlmodel import SQLModel
 
 from ..sql import any_of, param, query
-from ..statuses import DeliveryStatus, OutcomeStatus, TriggerStatus
+from ..statuses import OutcomeStatus
 
 T = SQLModel.metadata.tables
 outcome = T["outcome"]
 holdout = T["holdout_assignment"]
 event = T["event"]
-trigger = T["trigger"]
-delivery = T["delivery"]
 
 
 def _insert(dialect: str, table: object) -> object:
@@ -135,11 +133,13 @@ class Tally(NamedTuple):
     destination: str | None
     anchor_month: str | None
     anchor_week: str | None
+    stopped: str | None  # why the trigger was not delivered (storage/outcome_stops.py), NULL when it was not stopped
     entries: int
     triggered: int  # entries with a trigger recorded (held-out entries have none)
 
 
-_BREAKDOWN = (outcome.c.ruleset_version, outcome.c.destination, outcome.c.anchor_month, outcome.c.anchor_week)
+_BREAKDOWN = (outcome.c.ruleset_version, outcome.c.destination, outcome.c.anchor_month, outcome.c.anchor_week,
+              outcome.c.stopped)
 
 TALLY = query(
     "outcome.tally",
@@ -149,38 +149,6 @@ TALLY = query(
     .group_by(outcome.c.experiment, outcome.c.period, outcome.c.arm, outcome.c.status, outcome.c.delivered, *_BREAKDOWN),
     Tally)
 
-
-class Suppressed(NamedTuple):
-    """A journey entry whose trigger was not delivered because it was suppressed, cancelled or
-    skipped (``trigger_reason``), or whose delivery was suppressed at send time (``delivery_reason``)."""
-
-    experiment: str | None
-    period: str | None
-    arm: str | None
-    ruleset_version: str | None
-    destination: str | None
-    anchor_month: str | None
-    anchor_week: str | None
-    trigger_status: str
-    trigger_reason: str | None
-    delivery_reason: str | None
-
-
-_STOPPED = (TriggerStatus.SUPPRESSED, TriggerStatus.CANCELLED, TriggerStatus.SKIPPED)
-_D_SUPPRESSED = (select(delivery.c.last_error).where(delivery.c.trigger_id == trigger.c.id,
-                                                    delivery.c.status == DeliveryStatus.SUPPRESSED)
-                 .order_by(delivery.c.id).limit(1).scalar_subquery())
-#: the undelivered entries of a goal that were stopped, with why: the goal's range of
-#: ix_outcome_report (index-only: delivered and trigger_id are in it), then the trigger by its
-#: primary key and its deliveries by ix_delivery_trigger_id; delivered entries are never joined
-SUPPRESSED = query(
-    "outcome.suppressed",
-    select(outcome.c.experiment, outcome.c.period, outcome.c.arm, *_BREAKDOWN, trigger.c.status, trigger.c.reason,
-           _D_SUPPRESSED.label("delivery_reason"))
-    .select_from(outcome.join(trigger, trigger.c.id == outcome.c.trigger_id))
-    .where(outcome.c.goal_id == param("goal_id"), outcome.c.delivered.is_(False), outcome.c.trigger_id.is_not(None),
-           (trigger.c.status.in_(_STOPPED) | _D_SUPPRESSED.is_not(None))),
-    Suppressed)
 
 _ACHIEVED = outcome.c.status == OutcomeStatus.ACHIEVED
 #: the n-th shortest time to goal of one arm (``n`` = half the achieved count: the median), read
