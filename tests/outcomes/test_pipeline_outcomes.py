@@ -192,6 +192,11 @@ def test_a_journey_entry_is_one_entry_and_one_arm_for_all_its_steps(db_url: str,
     assert all(v == {"winback-journey.first", "winback-journey.second"} for v in per_patient.values())
     assert len(per_patient) + len(held) == 12
     assert rows(engine, "SELECT DISTINCT experiment FROM holdout_assignment") == [("winback-journey-test",)]
+    # the steps were due 30 days ago: skipped at evaluation ("due time ... has already passed"),
+    # before the entry was opened; the entry takes that reason (database trigger on its INSERT)
+    funnel = report.build(engine, "winback-rebooked-14d")[0].funnel
+    assert (funnel.eligible, funnel.held_out, funnel.triggered, funnel.delivered) == (12, len(held), len(per_patient), 0)
+    assert funnel.suppressed == {"time passed": len(per_patient)}
 
 
 def test_reprocessing_never_doubles_entries_nor_moves_arms(setup: tuple[Any, Any]) -> None:
