@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     api_token: str | None = Field(default=None, description="bearer token for /api and /hl7v2 (actor name 'api')")
     api_tokens: str | None = Field(
         default=None, description="named bearer tokens 'name:token,name:token'; the name is the admin-audit actor")
+    api_token_roles: str | None = Field(
+        default=None, description=(
+            "roles and extra permissions of named API tokens 'name:role+role+permission,...' (roles analyst, operator, "
+            "auditor, admin; permissions e.g. export.lds); a token without an entry keeps full access (admin)"))
     contact_key_secret: str = Field(
         default=DEV_CONTACT_KEY_SECRET,
         description="HMAC key for pseudonymous contact keys (version v1); set a real secret in production",
@@ -119,6 +123,24 @@ def get_settings(**overrides: object) -> Settings:
     """Build settings from the environment, with explicit overrides (CLI flags) winning."""
     clean = {k: v for k, v in overrides.items() if v is not None}
     return Settings(**clean)  # type: ignore[arg-type]
+
+
+def api_token_roles_map(settings: Settings) -> dict[str, tuple[str, ...]]:
+    """``CARELOOP_API_TOKEN_ROLES`` ("name:role+role+permission,...") by token name, as written
+    (the names are checked against config.roles by the API). Raises ValueError naming a malformed entry."""
+    out: dict[str, tuple[str, ...]] = {}
+    for i, entry in enumerate((settings.api_token_roles or "").split(","), 1):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, sep, grants = entry.partition(":")
+        items = tuple(g.strip() for g in grants.split("+"))
+        if not sep or not name.strip() or not all(items):
+            raise ValueError(f"CARELOOP_API_TOKEN_ROLES entry {i} is not 'name:role+role+permission'")
+        if name.strip() in out:
+            raise ValueError(f"CARELOOP_API_TOKEN_ROLES entry {i} repeats token '{name.strip()}'")
+        out[name.strip()] = items
+    return out
 
 
 def api_token_map(settings: Settings) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Who is calling: named bearer tokens, failed-authentication logging and per-address throttling.
 
 Tokens come from ``CARELOOP_API_TOKENS="name:token,..."`` and ``CARELOOP_API_TOKEN``
-(name ``api``); the name is the admin-audit actor. Every failed authentication (a wrong
+(name ``api``); the name is the admin-audit actor. ``CARELOOP_API_TOKEN_ROLES="name:role+role+perm,..."``
+gives a token roles and extra permissions (config/roles.py); a token without an entry, and the
+loopback caller when no token is configured, keep full access (admin), as before roles existed. Every failed authentication (a wrong
 credential) is logged (client address, path, never the token) and counted; after ``auth_fail_limit`` failures
 from one address within ``auth_fail_window_s`` seconds that address is answered 429 with
 ``Retry-After`` until the window has passed. Counts are per process (per replica).
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
 
-from ..settings import Settings, api_token_map
+from ..config.roles import ALL_PERMISSIONS, ROLES, permissions_of
+from ..settings import Settings, api_token_map, api_token_roles_map
 
 log = logging.getLogger("careloop.auth")
 
@@ -26,10 +29,35 @@ MAX_TRACKED = 10_000
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated caller: the token's configured name (``local`` when no token is configured)."""
+    """An authenticated caller: the token's configured name (``local`` when no token is configured),
+    its roles and permissions (full access unless ``CARELOOP_API_TOKEN_ROLES`` names the token)."""
 
     actor: str
     client: str
+    roles: tuple[str, ...] = ("admin",)
+    permissions: frozenset[str] = ALL_PERMISSIONS
+
+    @property
+    def role_label(self) -> str:
+        return "+".join(self.roles) or "none"
+
+
+def token_grants(settings: Settings) -> dict[str, tuple[tuple[str, ...], frozenset[str]]]:
+    """Each named token's roles and permissions from ``CARELOOP_API_TOKEN_ROLES``. Raises
+    ValueError for a malformed entry, an unknown role or permission, or a name that is no token."""
+    tokens = api_token_map(settings)
+    out: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {}
+    for name, items in api_token_roles_map(settings).items():
+        unknown = [x for x in items if x not in ROLES and x not in ALL_PERMISSIONS]
+        if unknown:
+            raise ValueError(f"CARELOOP_API_TOKEN_ROLES: token '{name}' names unknown role or permission "
+                             f"'{unknown[0]}' (roles: {', '.join(ROLES)})")
+        if name not in tokens:
+            raise ValueError(f"CARELOOP_API_TOKEN_ROLES names '{name}', which is no token in "
+                             "CARELOOP_API_TOKENS / CARELOOP_API_TOKEN")
+        roles = tuple(x for x in items if x in ROLES)
+        out[name] = roles, permissions_of(roles, tuple(x for x in items if x not in ROLES))
+    return out
 
 
 class FailureThrottle:
@@ -152,7 +180,8 @@ def authenticate(request: Request) -> Caller:
             authentication_failed(request, "api-token", presented=bool(given or request.headers.get("authorization")))
             raise HTTPException(status_code=401, detail="missing or wrong bearer token",
                                 headers={"WWW-Authenticate": "Bearer"})
-        caller = Caller(name, client_address(request))
+        grant = token_grants(request.app.state.runtime.settings).get(name)
+        caller = Caller(name, client_address(request)) if grant is None else Caller(name, client_address(request), *grant)
     request.state.caller = caller
     return caller
 

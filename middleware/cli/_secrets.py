@@ -46,10 +46,11 @@ def weak_secrets(settings: Settings, webhook_secret: str, dev_webhook_secret: st
 
 def malformed_secrets(settings: Settings) -> list[str]:
     """Secrets that cannot be parsed (checked on loopback too): one line each."""
+    from ..api.authn import token_grants
     from ..keyring import contact_keyring
 
     out: list[str] = []
-    for parse in (api_token_map, contact_keyring):
+    for parse in (api_token_map, token_grants, contact_keyring):
         try:
             parse(settings)
         except ValueError as exc:

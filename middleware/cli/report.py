@@ -1,5 +1,6 @@
-"""``careloop report [GOAL] [--format table|json|csv|measure]``: what each journey achieved,
-per goal and experiment period, against its randomized holdout (see docs/outcomes.md)."""
+"""``careloop report [GOAL] [--format table|json|csv|measure] [--by rule_version|destination|month|week]``:
+what each journey achieved, per goal and experiment period (and breakdown), against its
+randomized holdout, with its funnel (see docs/outcomes.md)."""
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 2
     if args.export:
         return _export(args, engine)
-    reports = [r for g in goal_ids for r in report.build(engine, g, min_lift=args.min_lift)]
+    try:
+        by = report.parse_by(args.by)
+    except ValueError as exc:
+        print(f"careloop report: {exc}", file=sys.stderr)
+        return 2
+    if by and args.format == "measure":
+        print("careloop report: --by does not apply to --format measure (one MeasureReport per period)", file=sys.stderr)
+        return 2
+    reports = [r for g in goal_ids for r in report.build(engine, g, min_lift=args.min_lift, by=by)]
     if args.format == "json":
         sys.stdout.write(json.dumps(report.as_json(reports), indent=2) + "\n")
     elif args.format == "csv":
@@ -69,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("report", help="outcomes of journeys against their holdouts (table, JSON, CSV, MeasureReport)")
     p.add_argument("goal", nargs="?", help="one goal id (default: every goal with entries)")
     p.add_argument("--format", choices=["table", "json", "csv", "measure"], default="table")
+    p.add_argument("--by", action="append", metavar="DIM", help=(
+        "break each period down by rule_version, destination, month or week (the anchor's local month / ISO week); "
+        "repeat or give a comma list"))
     p.add_argument("--min-lift", type=float, default=0.05, help="smallest absolute lift worth detecting (power note)")
     p.add_argument("--start", help="MeasureReport period start YYYY-MM-DD")
     p.add_argument("--end", help="MeasureReport period end YYYY-MM-DD")

@@ -1,6 +1,11 @@
-"""Outcome reports: per goal and experiment period, each arm's entries by outcome, the ITT
-comparison with per-protocol beside it, the power note and a plain-language verdict; as a
+"""Outcome reports: per goal and experiment period (optionally broken down by rule-set version,
+destination, and the anchor's local month or ISO week), each arm's entries by outcome, the
+funnel (eligible, held out, triggered, delivered, suppressed with reasons, achieved per arm), the
+ITT comparison with per-protocol beside it, the power note and a plain-language verdict; as a
 terminal table, JSON, CSV or FHIR MeasureReports.
+
+The unit is always the patient's journey entry: a breakdown splits entries, never counts an
+entry twice (two reminders for one visit are one entry, counted under its first trigger).
 
 Reports are read at a declared horizon: the intervals are fixed-horizon (not sequential), so
 a report is meaningful once its period's windows have closed (``pending`` shows how many are
@@ -12,8 +17,9 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections import defaultdict
-from dataclasses import dataclass
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
@@ -27,6 +33,58 @@ from middleware.storage.sql import unit
 BLIND_SPOTS = ("outcomes at other organisations", "reminders the EHR or portal sent by itself",
                "patients whose events never reach careloop")
 
+#: report breakdowns (``--by`` / ``?by=``) and the entry column each reads
+DIMENSIONS: dict[str, str] = {"rule_version": "ruleset_version", "destination": "destination", "month": "anchor_month",
+                              "week": "anchor_week"}
+#: what a breakdown shows for an entry opened before careloop recorded it (revision 0010)
+UNKNOWN = "unknown"
+
+def parse_by(values: Iterable[str] | None) -> tuple[str, ...]:
+    """``--by`` / ``?by=`` values (repeated or comma lists) in a stable order; ValueError names an unknown one."""
+    out: list[str] = []
+    for v in values or ():
+        for name in (x.strip() for x in v.split(",")):
+            if not name:
+                continue
+            if name not in DIMENSIONS:
+                raise ValueError(f"unknown breakdown '{name}' (one of: {', '.join(DIMENSIONS)})")
+            if name not in out:
+                out.append(name)
+    return tuple(sorted(out, key=list(DIMENSIONS).index))
+
+
+@dataclass(frozen=True)
+class Funnel:
+    """One report group's funnel: every eligible entry, the held-out ones, the treated ones whose
+    trigger was recorded, delivered, or stopped (reason -> entries), and the achieved per arm."""
+
+    eligible: int = 0
+    held_out: int = 0
+    triggered: int = 0
+    delivered: int = 0
+    suppressed: dict[str, int] = field(default_factory=dict)
+    achieved_treated: int = 0
+    achieved_held_out: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {"eligible": self.eligible, "held_out": self.held_out, "triggered": self.triggered,
+                "delivered": self.delivered, "suppressed": dict(self.suppressed),
+                "achieved": {"treated": self.achieved_treated, "held_out": self.achieved_held_out}}
+
+
+def _funnel(rows: Sequence[q.Tally]) -> Funnel:
+    held = [r for r in rows if r.arm == "held_out"]
+    stopped: Counter[str] = Counter()
+    for r in rows:
+        if r.stopped and not r.delivered:
+            stopped[r.stopped] += r.entries
+    return Funnel(
+        eligible=sum(r.entries for r in rows), held_out=sum(r.entries for r in held),
+        triggered=sum(r.triggered for r in rows), delivered=sum(r.entries for r in rows if r.delivered),
+        suppressed=dict(sorted(stopped.items(), key=lambda kv: (-kv[1], kv[0]))),
+        achieved_treated=sum(r.entries for r in rows if r.arm != "held_out" and r.status == "achieved"),
+        achieved_held_out=sum(r.entries for r in held if r.status == "achieved"))
+
 
 @dataclass(frozen=True)
 class PeriodReport:
@@ -38,6 +96,9 @@ class PeriodReport:
     analysis: Analysis | None
     median_days: dict[str, float | None]
     cumulative_days: dict[str, list[tuple[int, int]]] | None = None  # arm -> [(day, achieved by then)]
+    breakdown: tuple[tuple[str, str], ...] = ()  # (dimension, value) of this group, in DIMENSIONS order
+    funnel: Funnel = field(default_factory=Funnel)
+    arm_funnels: dict[str, Funnel] = field(default_factory=dict)  # "treated" / "held_out" / "all"
 
 
 def _tally(rows: list[q.Tally]) -> ArmTally:
@@ -70,27 +131,43 @@ def _medians(u: Any, goal_id: str, experiment: str | None, period: str | None,
     return out
 
 
-def build(engine: Engine, goal_id: str, *, min_lift: float = 0.05, holdout_share: float | None = None) -> list[PeriodReport]:
+def build(engine: Engine, goal_id: str, *, min_lift: float = 0.05, holdout_share: float | None = None,
+          by: Sequence[str] = ()) -> list[PeriodReport]:
+    """The goal's report groups: one per experiment period (and breakdown values, ``by``)."""
+    by = parse_by(by)
+    cols = [DIMENSIONS[d] for d in by]
+
+    def key_of(r: Any) -> tuple[str | None, ...]:
+        return (r.experiment, r.period, *[getattr(r, c) or UNKNOWN for c in cols])
+
     with unit(engine) as u:
         rows = u.all(q.TALLY.name, goal_id=goal_id)
-        groups: dict[tuple[str | None, str | None], list[q.Tally]] = defaultdict(list)
+        groups: dict[tuple[str | None, ...], list[q.Tally]] = defaultdict(list)
         for r in rows:
-            groups[(r.experiment, r.period)].append(r)
-        medians = {key: _medians(u, goal_id, key[0], key[1], rs) for key, rs in groups.items()}
+            groups[key_of(r)].append(r)
+        # times to goal are read per experiment period from ix_outcome_elapsed; a breakdown has none
+        medians = {} if by else {key: _medians(u, goal_id, key[0], key[1], rs) for key, rs in groups.items()}
     curve = cumulative_by_day(engine, goal_id) if groups else None
     out = []
-    for (exp, period), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] or "")):
+    for key, rs in sorted(groups.items(), key=lambda kv: tuple(x or "" for x in kv[0])):
+        exp, period = key[0], key[1]
+        breakdown = tuple(zip(by, (str(v) for v in key[2:])))
+        treated_rows = [r for r in rs if r.arm != "held_out"]
+        held_rows = [r for r in rs if r.arm == "held_out"]
+        funnel = _funnel(rs)
+        med = medians.get(key, {})
         if exp is None:
-            out.append(PeriodReport(goal_id, None, None, _tally(rs), None, None, medians[(exp, period)], curve))
+            out.append(PeriodReport(goal_id, None, None, _tally(rs), None, None, med, curve, breakdown, funnel,
+                                    {"all": funnel}))
             continue
-        treated = _tally([r for r in rs if r.arm == "treated"])
-        held = _tally([r for r in rs if r.arm == "held_out"])
+        treated, held = _tally(treated_rows), _tally(held_rows)
         share = holdout_share
         if share is None:
             share = held.assigned / max(1, held.assigned + treated.assigned) or 0.1
         share = min(max(share, 0.01), 0.99)
         a = analyse(treated, held, min_lift=min_lift, holdout_share=share)
-        out.append(PeriodReport(goal_id, exp, period, treated, held, a, medians[(exp, period)], curve))
+        out.append(PeriodReport(goal_id, exp, period, treated, held, a, med, curve, breakdown, funnel,
+                                {"treated": _funnel(treated_rows), "held_out": _funnel(held_rows)}))
     return out
 
 
@@ -118,7 +195,7 @@ def as_text(reports: list[PeriodReport]) -> str:
     lines = []
     for r in reports:
         head = f"goal {r.goal_id}" + (f" · experiment {r.experiment} · period {r.period}" if r.experiment else " · no holdout")
-        lines.append(head)
+        lines.append(head + "".join(f" · {d.replace('_', ' ')} {v}" for d, v in r.breakdown))
         lines.append(f"  {'arm':<9} {'entries':>7} {'achieved':>8} {'missed':>6} {'excluded':>8} {'pending':>7}  rate (95% CI)")
         arms = [("treated", r.treated), ("held out", r.held_out)] if r.held_out is not None else [("all", r.treated)]
         for name, t in arms:
@@ -131,6 +208,7 @@ def as_text(reports: list[PeriodReport]) -> str:
             elif t.resolved:
                 rate = _pct(t.achieved / t.resolved)
             lines.append(f"  {name:<9} {t.assigned:>7} {t.achieved:>8} {t.missed:>6} {t.excluded:>8} {t.pending:>7}  {rate}")
+        lines.append("  " + funnel_text(r.funnel))
         if r.analysis is not None:
             a = r.analysis
             if a.itt is not None:
@@ -155,6 +233,14 @@ def as_text(reports: list[PeriodReport]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def funnel_text(f: Funnel) -> str:
+    """One line: eligible -> held out | triggered -> delivered, suppressed (reasons), achieved per arm."""
+    why = ", ".join(f"{k} {n}" for k, n in f.suppressed.items())
+    return (f"funnel: eligible {f.eligible} · held out {f.held_out} · triggered {f.triggered} · delivered {f.delivered}"
+            f" · suppressed {sum(f.suppressed.values())}" + (f" ({why})" if why else "")
+            + f" · achieved: treated {f.achieved_treated}, held out {f.achieved_held_out}")
+
+
 def _arm_json(t: ArmTally | None) -> dict[str, int] | None:
     if t is None:
         return None
@@ -174,6 +260,8 @@ def as_json(reports: list[PeriodReport]) -> dict[str, Any]:
         a = r.analysis
         items.append({
             "goal": r.goal_id, "experiment": r.experiment, "period": r.period,
+            "breakdown": dict(r.breakdown),
+            "funnel": r.funnel.as_json(),
             "treated" if r.held_out is not None else "all": _arm_json(r.treated),
             "held_out": _arm_json(r.held_out),
             "itt": None if a is None or a.itt is None else {
@@ -192,12 +280,15 @@ def as_json(reports: list[PeriodReport]) -> dict[str, Any]:
 
 
 def as_csv(reports: list[PeriodReport]) -> str:
+    """One row per group and arm; the breakdown columns present in the reports follow ``period``."""
+    dims = [d for d in DIMENSIONS if any(d in dict(r.breakdown) for r in reports)]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["goal", "experiment", "period", "arm", "entries", "achieved", "missed", "excluded", "pending",
-                "rate", "rate_low", "rate_high"])
+    w.writerow(["goal", "experiment", "period", *dims, "arm", "entries", "achieved", "missed", "excluded", "pending",
+                "rate", "rate_low", "rate_high", "triggered", "delivered", "suppressed", "suppressed_reasons"])
     for r in reports:
         arms = [("treated", r.treated), ("held_out", r.held_out)] if r.held_out is not None else [("all", r.treated)]
+        values = dict(r.breakdown)
         for name, t in arms:
             if t is None:
                 continue
@@ -205,8 +296,11 @@ def as_csv(reports: list[PeriodReport]) -> str:
             if r.analysis and r.analysis.itt:
                 iv = r.analysis.itt.treated_rate if name == "treated" else r.analysis.itt.control_rate
             rate = iv.estimate if iv else (t.achieved / t.resolved if t.resolved else "")
-            w.writerow([r.goal_id, r.experiment or "", r.period or "", name, t.assigned, t.achieved, t.missed,
-                        t.excluded, t.pending, rate, iv.low if iv else "", iv.high if iv else ""])
+            f = r.arm_funnels.get(name, Funnel())
+            w.writerow([r.goal_id, r.experiment or "", r.period or "", *[values.get(d, "") for d in dims], name, t.assigned,
+                        t.achieved, t.missed, t.excluded, t.pending, rate, iv.low if iv else "", iv.high if iv else "",
+                        f.triggered, f.delivered, sum(f.suppressed.values()),
+                        ";".join(f"{k}={n}" for k, n in f.suppressed.items())])
     return buf.getvalue()
 
 

@@ -35,6 +35,7 @@ class GoalBook:
     by_rule: dict[str, str] = field(default_factory=dict)  # rule id -> goal id
     holdouts: dict[str, Holdout] = field(default_factory=dict)  # rule id -> holdout
     experiments: dict[str, str] = field(default_factory=dict)  # rule id -> experiment id (a journey's steps share one)
+    destinations: dict[str, str] = field(default_factory=dict)  # rule id -> its destinations as a trigger records them
     zone: str = "UTC"
 
     @property
@@ -56,6 +57,7 @@ class GoalBook:
                 book.goals[rule.goal.id] = CompiledGoal(rule.goal, rs.valuesets, zone=st.site_timezone,
                                                         is_business_day=cal.is_business_day)
             book.by_rule[rule.id] = rule.goal.id
+            book.destinations[rule.id] = ",".join(rule.emit.destinations)
             if rule.holdout is not None:
                 book.holdouts[rule.id] = rule.holdout
                 journey = getattr(cr, "journey", None)
@@ -85,6 +87,13 @@ def experiment_period(h: Holdout, rule_id: str, at: datetime, zone: str) -> tupl
     return h.experiment or rule_id, period_of(h.period, local.year, local.month)
 
 
+def calendar_period(anchor: datetime, zone: str) -> tuple[str, str]:
+    """The anchor's local month ("2026-11") and ISO week ("2026-W47"), the report's calendar breakdowns."""
+    local = anchor.astimezone(ZoneInfo(zone))
+    year, week, _ = local.isocalendar()
+    return f"{local.year:04d}-{local.month:02d}", f"{year:04d}-W{week:02d}"
+
+
 def open_entry(u: UnitOfWork, book: GoalBook, *, rule_id: str, ruleset_version: str | None, patient_key: str | None,
                patient_id: str | None, origin_event_id: int | None, origin: dict[str, Any], origin_key: str,
                trigger_id: int | None, now: datetime, journey_id: str | None = None,
@@ -97,8 +106,10 @@ def open_entry(u: UnitOfWork, book: GoalBook, *, rule_id: str, ruleset_version: 
     goal = book.goals[goal_id]
     got = goal.window_for(origin, recorded)
     anchor_at = opens = closes = None
+    month = week = None
     if got is not None:
         anchor_at, opens, closes = got[0].timestamp(), got[1].opens.timestamp(), got[1].closes.timestamp()
+        month, week = calendar_period(got[0], book.zone)
     # the unit is the patient's journey entry: rules sharing a goal (the 72 h and 24 h reminders
     # of one visit) make one entry per origin resource; a journey's steps make one per journey
     entry_key = f"{goal_id}|{journey_id or '-'}|{origin_key}"
@@ -106,7 +117,8 @@ def open_entry(u: UnitOfWork, book: GoalBook, *, rule_id: str, ruleset_version: 
                     ruleset_version=ruleset_version, patient_key=patient_key, patient_id=patient_id,
                     origin_event_id=origin_event_id, origin_resource_key=origin_key, trigger_id=trigger_id,
                     experiment=experiment, period=period, arm=arm.value if arm else None,
-                    anchor_at=anchor_at, window_opens=opens, window_closes=closes, now=now.timestamp())
+                    anchor_at=anchor_at, window_opens=opens, window_closes=closes,
+                    destination=book.destinations.get(rule_id), anchor_month=month, anchor_week=week, now=now.timestamp())
     # Not decided here: events stored later settle it (after_event_rows), and an event stored
     # before the entry (an out-of-order message) is found when its window closes (close_due).
     return True

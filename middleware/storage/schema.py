@@ -38,6 +38,7 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import SQLModel
 
 from . import append_only  # noqa: F401  (create_all installs the audit triggers)
+from . import outcome_stops  # noqa: F401  (and the outcome funnel's triggers)
 from . import tables  # noqa: F401  (registers the tables on the metadata)
 from .db import is_sqlite, make_engine
 

@@ -392,8 +392,10 @@ class OutcomeRow(SQLModel, table=True):
         UniqueConstraint("entry_key", name="uq_outcome_entry"),
         Index("ix_outcome_patient", "patient_key", "status"),
         Index("ix_outcome_open", "status", "window_closes"),
-        # covering indexes of the report's two reads (tallies, times to goal): index-only, in group order
-        Index("ix_outcome_goal", "goal_id", "experiment", "period", "arm", "status", "delivered"),
+        # covering indexes of the report's two reads (tallies with their breakdowns, times to goal): index-only,
+        # in group order; trigger_id last so the funnel's "triggered" (count of trigger_id) is read from it too
+        Index("ix_outcome_report", "goal_id", "experiment", "period", "arm", "status", "delivered", "ruleset_version",
+              "destination", "anchor_month", "anchor_week", "stopped", "trigger_id"),
         Index("ix_outcome_elapsed", "goal_id", "experiment", "period", "arm", "status", "elapsed_s"),
         CheckConstraint(one_of("status", OutcomeStatus), name="status"),
         CheckConstraint(one_of("arm", HoldoutArm), name="arm"),
@@ -422,6 +424,12 @@ class OutcomeRow(SQLModel, table=True):
     window_closes: Optional[float] = None
     created_at: float
     updated_at: float
+    # report breakdowns (revision 0010; NULL on entries opened before it, reported as "unknown"):
+    destination: Optional[str] = Field(default=None, max_length=400)  # the rule's destinations, comma-separated (held out too)
+    anchor_month: Optional[str] = Field(default=None, max_length=8)  # "2026-11": the anchor's local month
+    anchor_week: Optional[str] = Field(default=None, max_length=8)  # "2026-W47": the anchor's local ISO week
+    # why its trigger was not delivered (a category of storage/outcome_stops.REASONS), kept by database triggers
+    stopped: Optional[str] = Field(default=None, max_length=32)
 
 
 class ConsoleSession(SQLModel, table=True):

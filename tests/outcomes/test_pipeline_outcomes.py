@@ -7,6 +7,7 @@ import hashlib
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import text
@@ -39,6 +40,13 @@ rules:
       study: {approval: QI-2026-042, approver: Quality committee, expires: "2099-12-31"}
 """
 N = 40
+
+
+def feed(engine: Any, rs: Any, *msgs: bytes) -> None:
+    """Store HL7 messages in the inbox as the MLLP listener does, and process them all."""
+    InboxWriter(engine).write_batch([InboundRecord(source="default", channel="mllp", raw=m, status="received",
+                                                   sha256=hashlib.sha256(m).hexdigest()) for m in msgs])
+    Processor(engine, lambda: rs).drain()
 
 
 def rows(engine: Any, sql: str) -> list[tuple[Any, ...]]:
@@ -74,9 +82,7 @@ def test_entries_arms_and_outcomes_match_the_ground_truth(setup: tuple[Any, Any]
         elif i % 3 == 1:  # rebooked too late: day 20
             msgs.append(siu("S12", control=f"L{i}", mrn=mrn, appt=f"D{i}", start=start + timedelta(days=30),
                             sent=start + timedelta(days=20)))
-    InboxWriter(engine).write_batch([InboundRecord(source="default", channel="mllp", raw=m, status="received",
-                                                   sha256=hashlib.sha256(m).hexdigest()) for m in msgs])
-    Processor(engine, lambda: rs).drain()
+    feed(engine, rs, *msgs)
     assert rows(engine, "SELECT count(*) FROM inbound_message WHERE status <> 'processed'") == [(0,)]
     while close_windows(engine, rs, datetime.now(timezone.utc)):
         pass
@@ -96,6 +102,18 @@ def test_entries_arms_and_outcomes_match_the_ground_truth(setup: tuple[Any, Any]
     assert r.treated.achieved + r.held_out.achieved == len(rebooked)  # type: ignore[union-attr]
     assigned = rows(engine, "SELECT patient_id, arm FROM holdout_assignment ORDER BY patient_id")
     assert len(assigned) == N
+    # the funnel: every entry eligible, the held-out ones never triggered; nothing delivered yet (no worker ran)
+    assert r.funnel.as_json() == {"eligible": N, "held_out": len(held), "triggered": len(treated), "delivered": 0,
+                                  "suppressed": {}, "achieved": {"treated": r.treated.achieved,
+                                                                 "held_out": r.held_out.achieved}}  # type: ignore[union-attr]
+    # breakdowns recorded at entry: the rule's destination (held-out entries too), the rule-set
+    # version, and the anchor's (the missed visit's) local month and ISO week
+    local = (t0 + timedelta(days=1)).astimezone(ZoneInfo(rs.settings.site_timezone))
+    iso = local.isocalendar()
+    (g,) = report.build(engine, "noshow-rebooked-14d", by=["rule_version", "destination", "month", "week"])
+    assert dict(g.breakdown) == {"rule_version": rs.version, "destination": "webhook",
+                                 "month": f"{local.year}-{local.month:02d}", "week": f"{iso[0]}-W{iso[1]:02d}"}
+    assert g.funnel == r.funnel
 
 
 def test_holdout_refused_for_care_coordination_without_a_study(mappings_dir: Path) -> None:
@@ -161,9 +179,7 @@ def test_a_journey_entry_is_one_entry_and_one_arm_for_all_its_steps(db_url: str,
         msgs.append(siu("S12", control=f"JB{i}", mrn=f"MRN8{i:05d}", appt=f"J{i}", start=start, sent=t0))
         msgs.append(siu("S26", control=f"JN{i}", mrn=f"MRN8{i:05d}", appt=f"J{i}", start=start, status="Noshow",
                         sent=start + timedelta(hours=2)))
-    InboxWriter(engine).write_batch([InboundRecord(source="default", channel="mllp", raw=m, status="received",
-                                                   sha256=hashlib.sha256(m).hexdigest()) for m in msgs])
-    Processor(engine, lambda: rs).drain()
+    feed(engine, rs, *msgs)
     entries = rows(engine, "SELECT arm, trigger_id, journey_id FROM outcome ORDER BY id")
     assert len(entries) == 12 and {e[2] for e in entries} == {"winback-journey"}  # one per entry, not per step
     triggers = rows(engine, "SELECT patient_id, rule_id FROM \"trigger\" ORDER BY id")
@@ -176,6 +192,11 @@ def test_a_journey_entry_is_one_entry_and_one_arm_for_all_its_steps(db_url: str,
     assert all(v == {"winback-journey.first", "winback-journey.second"} for v in per_patient.values())
     assert len(per_patient) + len(held) == 12
     assert rows(engine, "SELECT DISTINCT experiment FROM holdout_assignment") == [("winback-journey-test",)]
+    # the steps were due 30 days ago: skipped at evaluation ("due time ... has already passed"),
+    # before the entry was opened; the entry takes that reason (database trigger on its INSERT)
+    funnel = report.build(engine, "winback-rebooked-14d")[0].funnel
+    assert (funnel.eligible, funnel.held_out, funnel.triggered, funnel.delivered) == (12, len(held), len(per_patient), 0)
+    assert funnel.suppressed == {"time passed": len(per_patient)}
 
 
 def test_reprocessing_never_doubles_entries_nor_moves_arms(setup: tuple[Any, Any]) -> None:
@@ -191,9 +212,7 @@ def test_reprocessing_never_doubles_entries_nor_moves_arms(setup: tuple[Any, Any
         msgs.append(siu("S12", control=f"RB{i}", mrn=f"MRN9{i:05d}", appt=f"R{i}", start=start, sent=t0))
         msgs.append(siu("S26", control=f"RN{i}", mrn=f"MRN9{i:05d}", appt=f"R{i}", start=start, status="Noshow",
                         sent=start + timedelta(hours=2)))
-    InboxWriter(engine).write_batch([InboundRecord(source="default", channel="mllp", raw=m, status="received",
-                                                   sha256=hashlib.sha256(m).hexdigest()) for m in msgs])
-    Processor(engine, lambda: rs).drain()
+    feed(engine, rs, *msgs)
     before = rows(engine, "SELECT entry_key, arm FROM outcome ORDER BY entry_key")
     arms = rows(engine, "SELECT patient_id, arm FROM holdout_assignment ORDER BY patient_id")
     assert len(before) == 10
@@ -217,17 +236,12 @@ def test_arms_follow_a_merge_to_the_surviving_patient(setup: tuple[Any, Any]) ->
                 siu("S26", control=f"N-{appt}", mrn=mrn, appt=appt, start=start, status="Noshow",
                     sent=start + timedelta(hours=2))]
 
-    def run(*msgs: bytes) -> None:
-        InboxWriter(engine).write_batch([InboundRecord(source="default", channel="mllp", raw=m, status="received",
-                                                       sha256=hashlib.sha256(m).hexdigest()) for m in msgs])
-        Processor(engine, lambda: rs).drain()
-
-    run(*noshow("MRN600001", "M1", 1), *noshow("MRN600002", "M2", 1))
+    feed(engine, rs, *noshow("MRN600001", "M1", 1), *noshow("MRN600002", "M2", 1))
     before = rows(engine, "SELECT patient_id, arm FROM holdout_assignment ORDER BY patient_id")
     assert len(before) == 2
     (survivor_id, survivor_arm), = rows(engine, "SELECT patient_id, arm FROM outcome WHERE patient_key LIKE '%MRN600002%'")
-    run(adt("A40", control="MERGE-1", mrn="MRN600002", prior_mrn="MRN600001", sent=t0 + timedelta(days=2)))
-    run(*noshow("MRN600001", "M3", 5))  # a late message under the retired MRN
+    feed(engine, rs, adt("A40", control="MERGE-1", mrn="MRN600002", prior_mrn="MRN600001", sent=t0 + timedelta(days=2)))
+    feed(engine, rs, *noshow("MRN600001", "M3", 5))  # a late message under the retired MRN
     assert len(rows(engine, "SELECT id FROM outcome")) == 3
     (pid, arm), = rows(engine, "SELECT patient_id, arm FROM outcome WHERE id = (SELECT max(id) FROM outcome)")
     assert pid == survivor_id and arm == survivor_arm

@@ -29,8 +29,8 @@ def _open_entry(dialect: str) -> ClauseElement:
         origin_event_id=param("origin_event_id"), origin_resource_key=param("origin_resource_key"),
         trigger_id=param("trigger_id"), experiment=param("experiment"), period=param("period"), arm=param("arm"),
         status=OutcomeStatus.PENDING, anchor_at=param("anchor_at"), window_opens=param("window_opens"),
-        window_closes=param("window_closes"),
-        created_at=param("now"), updated_at=param("now"))
+        window_closes=param("window_closes"), destination=param("destination"), anchor_month=param("anchor_month"),
+        anchor_week=param("anchor_week"), created_at=param("now"), updated_at=param("now"))
     return ins.on_conflict_do_nothing(index_elements=["entry_key"])  # type: ignore[no-any-return]
 
 
@@ -129,16 +129,26 @@ class Tally(NamedTuple):
     arm: str | None
     status: str
     delivered: bool
+    ruleset_version: str | None
+    destination: str | None
+    anchor_month: str | None
+    anchor_week: str | None
+    stopped: str | None  # why the trigger was not delivered (storage/outcome_stops.py), NULL when it was not stopped
     entries: int
+    triggered: int  # entries with a trigger recorded (held-out entries have none)
 
+
+_BREAKDOWN = (outcome.c.ruleset_version, outcome.c.destination, outcome.c.anchor_month, outcome.c.anchor_week,
+              outcome.c.stopped)
 
 TALLY = query(
     "outcome.tally",
-    select(outcome.c.experiment, outcome.c.period, outcome.c.arm, outcome.c.status, outcome.c.delivered,
-           func.count().label("entries"))
-    .where(outcome.c.goal_id == param("goal_id"))  # ix_outcome_goal: index-only, in group order
-    .group_by(outcome.c.experiment, outcome.c.period, outcome.c.arm, outcome.c.status, outcome.c.delivered),
+    select(outcome.c.experiment, outcome.c.period, outcome.c.arm, outcome.c.status, outcome.c.delivered, *_BREAKDOWN,
+           func.count().label("entries"), func.count(outcome.c.trigger_id).label("triggered"))
+    .where(outcome.c.goal_id == param("goal_id"))  # ix_outcome_report: index-only, in group order
+    .group_by(outcome.c.experiment, outcome.c.period, outcome.c.arm, outcome.c.status, outcome.c.delivered, *_BREAKDOWN),
     Tally)
+
 
 _ACHIEVED = outcome.c.status == OutcomeStatus.ACHIEVED
 #: the n-th shortest time to goal of one arm (``n`` = half the achieved count: the median), read
