@@ -208,7 +208,8 @@ class SfmcConnector(Connector):
                 out.append(Permanent(f"SFMC errorcode {m.get('errorcode')}: {m.get('message', '')}"[:300],
                                      resp.status_code))
             else:
-                out.append(Delivered(resp.status_code, "queued", confirmation="accepted"))
+                ref = m.get("eventInstanceId") if isinstance(m, dict) else None
+                out.append(Delivered(resp.status_code, "queued", confirmation="accepted", vendor_ref=str(ref)[:200] if ref else None))
         return out
 
     # -- exits ------------------------------------------------------------------------------
