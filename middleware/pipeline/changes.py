@@ -205,10 +205,14 @@ def apply_change(
         updated_at=nowts,
     )
     save_state(u, state, is_new)
+    patient = orjson.loads(patient_json) if patient_json else None
+    if patient_key and patient and is_deceased(patient) and evaluate_rules:
+        dests = exits.exit_destinations(rs)
+        if dests:  # a death exits every journey at every destination (issue 17), whatever else changed
+            res.exits += exits.open_for_death(u, patient_key, dests, nowts)
     if not events:
         res.note = "no change"
         return res
-    patient = orjson.loads(patient_json) if patient_json else None
     shown = resource if not change.deleted else (prev or resource)
     body = state.resource if shown is resource and not change.deleted else dumps(shown)
     # careloop's internal id, stamped on each event: read with the patient's link when it survives
@@ -347,10 +351,6 @@ def _after_reads(
             result.exits += exits.open_for_cancellations(u, [
                 (c, [e for e in entries[(c.same, c.key)] if e.rule_id == c.rule_id and e.created_at >= _since(c, nowts)])
                 for c in reads.wanted], nowts)
-    if ev.patient_key and patient and is_deceased(patient):
-        dests = exits.exit_destinations(rs)
-        if dests:
-            result.exits += exits.open_for_death(u, ev.patient_key, dests, now.timestamp())
     hospice = hospice_from(got[reads.hospice_at], rs) if reads.hospice is not None else None
     decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
     if rs.superseded_by:
