@@ -62,6 +62,13 @@ class DatabaseCollector(Collector):
         for dest, n_dead in dead.items():
             g.add_metric([dest], n_dead)
         yield g
+        g = GaugeMetricFamily("careloop_delivery_confirmations",
+                              "Deliveries whose vendor answer is not final, by state: accepted (no lookup documented), pending "
+                              "(being confirmed), confirmed, unconfirmed (an alert is open)",
+                              labels=["destination", "kind", "state"])
+        for c in db.confirmations:
+            g.add_metric([c.destination, c.kind, c.confirmation], float(c.rows))
+        yield g
         g = GaugeMetricFamily("careloop_destination_circuit_state",
                               "Destination circuit: 0 closed, 1 half-open, 2 open (failures, refused credentials or paused)",
                               labels=["destination"])

@@ -181,6 +181,7 @@ def deliveries(request: Request, status: str | None = None, destination: str | N
                     "idempotency_key": d.idempotency_key, "status": d.status, "attempts": d.attempts,
                     "next_attempt_at": iso(d.next_attempt_at), "last_error": d.last_error,
                     "last_status_code": d.last_status_code, "delivered_at": iso(d.delivered_at),
+                    "kind": d.kind, "confirmation": d.confirmation,
                     "history": [{"at": iso(a.at), "outcome": a.outcome, "status_code": a.status_code,
                                  "error": a.error, "duration_ms": round(a.duration_ms, 2)} for a in attempts]})
     return {"items": out}

@@ -39,10 +39,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'id':>6} {'status':<12} {'destination':<16} {'rule':<28} {'att':>3}  last error")
+    print(f"{'id':>6} {'kind':<5} {'status':<22} {'destination':<16} {'rule':<28} {'att':>3}  last error")
     for r in rows:
-        print(f"{r['id']:>6} {r['status']:<12} {r['destination']:<16} {str(r['rule_id'])[:28]:<28} {r['attempts']:>3}  "
-              f"{(r['last_error'] or '')[:80]}")
+        status = r["status"] + (f"/{r['confirmation']}" if r.get("confirmation") else "")  # e.g. delivered/unconfirmed
+        print(f"{r['id']:>6} {r['kind']:<5} {status:<22} {r['destination']:<16} {str(r['rule_id'])[:28]:<28} "
+              f"{r['attempts']:>3}  {(r['last_error'] or '')[:80]}")
     return 0
 
 

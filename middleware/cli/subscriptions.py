@@ -9,8 +9,15 @@ waits until the server reports ``active`` (HAPI activates asynchronously, in sec
 most ``--wait`` seconds (``subscription_activation_timeout_s``). Every request to the
 server ends by ``fhir_request_timeout_s``; a server that does not answer ends the command
 with one line naming the request and the wait.
-``status`` shows the server's view plus careloop's: last notification, event counters,
-last reconciliation and the high-water-mark lag.
+``apply --topic full-resource|id-only|empty`` uses the topic-based (R4 Subscriptions Backport IG)
+definitions instead: it first PUTs the ``Basic``-encoded SubscriptionTopics of
+``subscriptions/topics/topic-<type>.json`` (idempotent), then applies
+``subscriptions/topics/careloop-topic-<type>.json`` with that payload content. The server must load
+R4 topics (HAPI: ``SubscriptionTopicConfig`` imported, as the sandbox's launcher does).
+
+``status`` shows the server's view plus careloop's: last notification, the last event number seen
+per subscription, the numbers still missing (a gap being recovered), last reconciliation and the
+high-water-mark lag.
 """
 from __future__ import annotations
 
@@ -29,9 +36,15 @@ DEFAULT_DIR = Path("subscriptions")
 FJ = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 
 
-def _load(path: Path, endpoint: str, token: str | None) -> dict[str, Any]:
+PAYLOAD_CONTENTS = ("full-resource", "id-only", "empty")
+
+
+def _load(path: Path, endpoint: str, token: str | None, content: str | None = None) -> dict[str, Any]:
     sub = json.loads(path.read_text())
     ch = sub["channel"]
+    for ext in (ch.get("_payload") or {}).get("extension") or []:
+        if ext.get("valueCode") == "${CARELOOP_PAYLOAD_CONTENT}":
+            ext["valueCode"] = content or "full-resource"
     ch["endpoint"] = ch["endpoint"].replace("${CARELOOP_ENDPOINT}", endpoint.rstrip("/"))
     headers = []
     for h in ch.get("header") or []:
@@ -164,13 +177,19 @@ def _apply(args: argparse.Namespace, settings: Any) -> int:
         applied: list[tuple[str, str]] = []
         mine = ours(http)
         for t in types:
-            name = f"careloop-{t.lower()}{suffix}"
-            path = args.dir / f"{name}.json"
+            if args.topic:
+                name, path = f"careloop-topic-{t.lower()}", args.dir / "topics" / f"careloop-topic-{t.lower()}.json"
+                if not _put_topic(http, args.dir / "topics" / f"topic-{t.lower()}.json"):
+                    rc = 1
+                    continue
+            else:
+                name = f"careloop-{t.lower()}{suffix}"
+                path = args.dir / f"{name}.json"
             if not path.exists():
                 print(f"{name}: no definition at {path}", file=sys.stderr)
                 rc = 1
                 continue
-            want = _load(path, endpoint, token)
+            want = _load(path, endpoint, token, args.topic)
             existing = mine.get(name, [])
             for extra in existing[1:]:  # an earlier non-idempotent run or a copy: one per definition
                 http.delete(f"/Subscription/{extra['id']}")
@@ -253,6 +272,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _put_topic(http: Any, path: Path) -> bool:
+    """PUT a Basic-encoded SubscriptionTopic by its id (creates or replaces it; idempotent)."""
+    if not path.exists():
+        print(f"no topic definition at {path}", file=sys.stderr)
+        return False
+    topic = json.loads(path.read_text())
+    r = http.put(f"/Basic/{topic['id']}", content=json.dumps(topic))
+    if r.status_code >= 300:
+        print(f"Basic/{topic['id']}: topic not stored: HTTP {r.status_code}", file=sys.stderr)
+        return False
+    print(f"Basic/{topic['id']}: topic {topic['extension'][0]['valueUri']} stored")
+    return True
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("subscriptions", help="create/update careloop's FHIR Subscriptions; show their status")
     ss = p.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
@@ -260,7 +293,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     a.add_argument("--source", default="default")
     a.add_argument("--endpoint", help="careloop's base for this source (default http://<http_host>:<http_port>/fhir/<source>)")
     a.add_argument("--types", nargs="+")
-    a.add_argument("--payloadless", action="store_true", help="payload-less variants (careloop searches on each POST)")
+    kind = a.add_mutually_exclusive_group()
+    kind.add_argument("--payloadless", action="store_true", help="payload-less variants (careloop searches on each POST)")
+    kind.add_argument("--topic", choices=PAYLOAD_CONTENTS, help=(
+        "topic-based subscriptions (R4 backport) with this payload content, after storing careloop's topics"))
     a.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     a.add_argument("--wait", type=float, default=None,
                    help="seconds to wait for status active (default: subscription_activation_timeout_s, 60)")

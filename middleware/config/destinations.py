@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .connectors import CONNECTOR_CONFIGS
 from .. import purposes
@@ -29,6 +29,25 @@ class Policy(_Strict):
     purposes: list[str] = Field(
         default_factory=lambda: list(purposes.ALL)
     )
+
+
+class ExitSettings(_Strict):
+    """``exit:`` (issue 17): tell this destination when a patient leaves a journey it received, or an
+    entry it received is cancelled by a later clinical event, or the patient dies. The exit is
+    generic: the pseudonymous key and ids only, never a reason (a reason is health information)."""
+
+    event_name: str = Field("careloop_exit", pattern=r"^[A-Za-z0-9_.:-]{1,100}$", description=(
+        "the exit event's name (webhook type, Segment/Iterable event, Braze custom event: name it in the "
+        "Canvas as an exception event)"))
+    journey_key: str | None = Field(None, description="Journey Builder: the journey's DefinitionKey (sfmc; required)")
+    versions: list[int] = Field(default_factory=list, description="Journey Builder: versions to exit (default: all)")
+    property: str | None = Field(None, pattern=r"^[a-z0-9_]{1,100}$", description=(
+        "HubSpot: the contact property the workflow's unenrollment criteria use (hubspot; required); "
+        "set to the exit time"))
+    confirm_within_s: float = Field(3600.0, gt=0, description=(
+        "where the vendor can confirm (Journey Builder's contact-exit status): an exit not confirmed within "
+        "this long is marked unconfirmed and raises an alert"))
+    poll_every_s: float = Field(60.0, gt=0, description="how often a pending confirmation is polled")
 
 
 class Destination(_Strict):
@@ -56,6 +75,20 @@ class Destination(_Strict):
     )
     max_concurrency: int | None = Field(None, ge=1, description="concurrent requests; default: the connector's")
     rate_per_s: float | None = Field(None, gt=0, description="token-bucket rate; default: the connector's documented limit")
+    exit: ExitSettings | None = Field(None, description="send exits to this destination (docs/destinations.md)")
+
+    @model_validator(mode="after")
+    def _exit_needs(self) -> "Destination":
+        if self.exit is None:
+            return self
+        if self.type == "sfmc" and not self.exit.journey_key:
+            raise ValueError("exit: Journey Builder needs journey_key (the journey's DefinitionKey)")
+        if self.type == "hubspot":
+            if not self.exit.property:
+                raise ValueError("exit: HubSpot needs property (the contact property the workflow's unenrollment uses)")
+            if self.config.get("identity") == "utk":
+                raise ValueError("exit: HubSpot contacts identified by utk cannot be updated; use identity objectId or email")
+        return self
 
 
 class DestinationsFile(_Strict):

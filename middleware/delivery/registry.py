@@ -19,10 +19,13 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Union
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal, Union
 
 import httpx
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from ..config.destinations import ExitSettings
 
 
 class Outbound(BaseModel):
@@ -45,7 +48,22 @@ class Outbound(BaseModel):
 
 @dataclass(frozen=True)
 class Delivered:
+    """The vendor took it. ``confirmation`` says what its answer proves when that is less than final
+    (``statuses.Confirmation``: ``accepted`` with no documented lookup, ``pending`` while a status
+    endpoint is polled); ``vendor_ref`` is the vendor's id for it (e.g. an eventInstanceId)."""
+
     status_code: int | None = None
+    detail: str = ""
+    confirmation: str | None = None
+    vendor_ref: str | None = None
+
+
+@dataclass(frozen=True)
+class ExitCheck:
+    """The vendor's view of an exit being confirmed: ``confirmed``, still ``pending``, or ``failed``
+    (with the vendor's message); one per exit, in order."""
+
+    state: Literal["confirmed", "pending", "failed"]
     detail: str = ""
 
 
@@ -83,6 +101,7 @@ class Disable:
 
 
 Outcome = Union[Delivered, Retry, Permanent, AuthFailure, Disable]
+
 
 
 class SecretSource:
@@ -127,6 +146,10 @@ class Connector(ABC):
     max_concurrency: ClassVar[int] = 4
     #: True when the destination de-duplicates on our idempotency key natively
     native_dedup: ClassVar[bool] = False
+    #: exits sent in one call (Journey Builder's contact exit takes 50)
+    max_exit_batch: ClassVar[int] = 1
+    #: the destination's ``exit:`` settings (set by the worker; None: exits are not configured)
+    exit_settings: "ExitSettings | None" = None
 
     def __init__(
         self,
@@ -147,6 +170,16 @@ class Connector(ABC):
     @abstractmethod
     async def send_batch(self, items: list[Outbound]) -> list[Outcome]:
         """Send up to ``max_batch`` items; return one outcome per item in order."""
+
+    async def send_exits(self, items: list[Outbound]) -> list[Outcome]:
+        """Take each item's contact out of the destination's journey (``items``: exits, up to
+        ``max_exit_batch``; ``trigger_name`` is the exit event's name, ``payload`` holds ids only).
+        A connector without an exit mechanism refuses, and the exit is dead-lettered with the reason."""
+        return [Permanent(f"{self.type_name} destinations have no exit mechanism in careloop") for _ in items]
+
+    async def confirm_exits(self, items: list[Outbound]) -> list[ExitCheck]:
+        """Ask the vendor whether each exit (answered ``pending`` before) took effect."""
+        return [ExitCheck("confirmed", "no confirmation step") for _ in items]
 
     async def aclose(self) -> None:  # pragma: no cover - default no-op
         return None

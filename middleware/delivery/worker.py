@@ -41,12 +41,13 @@ from ..config.destinations import Destination
 from ..storage.queries import delivery as q
 from ..storage.queries.delivery import DISABLED, PAUSED
 from ..storage.sql import UnitOfWork, unit
-from ..storage.statuses import DeliveryStatus, DisclosureOutcome
+from ..storage.queries import exits as xq
+from ..storage.statuses import Confirmation, DeliveryKind, DeliveryStatus, DisclosureOutcome
 from . import capture
 from .gate import send_time_blocks
 from ..config.policy import identifier_for, outgoing
 from .registry import (
-    AuthFailure, Connector, Delivered, Disable, Outbound, Outcome, Permanent, RateLimit, Retry, SecretSource,
+    AuthFailure, Connector, Delivered, Disable, ExitCheck, Outbound, Outcome, Permanent, RateLimit, Retry, SecretSource,
     connector_types,
 )
 from .retry import CircuitBreaker, TokenBucket, decide
@@ -57,6 +58,8 @@ if TYPE_CHECKING:  # the rule set is passed in; delivery never imports the rules
 log = logging.getLogger("careloop.delivery")
 
 LEASE_S = 120.0
+#: how often the worker looks for exits whose confirmation is due (each has its own poll interval)
+CONFIRM_EVERY_S = 5.0
 __all__ = ["DISABLED", "PAUSED", "DeliveryWorker", "LEASE_S", "replay"]
 
 
@@ -72,6 +75,7 @@ class Claimed:
     trigger: dict[str, Any]
     skip_reason: str | None = None
     skip_status: str | None = None
+    kind: str = DeliveryKind.ENTRY
 
 
 @dataclass
@@ -130,6 +134,7 @@ class DeliveryWorker:
         self._rng = random.Random()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._owners_checked_at = float("-inf")
+        self._confirm_at = float("-inf")
 
     # -- connectors -------------------------------------------------------
     def _connector(self, dest: Destination) -> Connector:
@@ -141,6 +146,7 @@ class DeliveryWorker:
         if c is None:
             cls = connector_types()[dest.type]
             c = cls(dest.name, cls.Config.model_validate(dest.config), self._client(dest), self.secrets, self.clock)
+            c.exit_settings = dest.exit
             self.connectors[dest.name] = c
             limit = cls.rate_limit if dest.rate_per_s is None else RateLimit(dest.rate_per_s, max(1, int(dest.rate_per_s)))
             self.buckets.setdefault(dest.name, TokenBucket(limit))
@@ -261,9 +267,12 @@ class DeliveryWorker:
                         trigger={} if t is None or dest is None else
                         {"id": t.id, "rule_id": t.rule_id, "ruleset_version": t.ruleset_version, "purpose": t.purpose,
                          "name": t.name})
+            c.kind = d.kind
             out.append(c)
             if t is None or dest is None:
                 c.skip_status, c.skip_reason = DeliveryStatus.DEAD, "trigger or destination no longer exists"
+            elif d.kind == DeliveryKind.EXIT:
+                self._build_exit(c, t, dest)
             else:
                 checks.append((t, dest))
                 where.append(len(out) - 1)
@@ -290,26 +299,45 @@ class DeliveryWorker:
             c.fields = ["contact_key", "trigger_name", "occurred_at"] + sorted(proj.fields)
         return out
 
+    def _build_exit(self, c: Claimed, t: q.TriggerToSend, dest: Destination) -> None:
+        """An exit: sent whatever the hour, consent or opt-out (it ends contact, it starts none), and
+        generic: the exit event's name, the pseudonymous key and ids, never a reason."""
+        if dest.exit is None:
+            c.skip_status, c.skip_reason = DeliveryStatus.DEAD, f"{dest.name} has no exit: configured any more"
+            return
+        c.outbound = Outbound(
+            delivery_id=c.delivery_id, idempotency_key=c.idempotency_key, destination=dest.name, trigger_id=t.id or 0,
+            trigger_name=dest.exit.event_name, rule_id=t.rule_id, purpose=t.purpose,
+            contact_key=identifier_for(dest.policy, self.contact_secret, t.patient_key),
+            payload={"journey": t.journey_id or t.rule_id, "trigger_id": t.id},
+            occurred_at=self.clock(), attempt=c.attempt,
+        )
+        c.fields = ["contact_key", "exit_event", "journey", "trigger_id"]
+
     # -- send -------------------------------------------------------------
     async def run_once(self, limit: int = 200) -> int:
         """Claim, send and record one round; return how many deliveries were handled."""
+        if time.monotonic() >= self._confirm_at:  # exits awaiting the vendor's confirmation, every few seconds
+            self._confirm_at = time.monotonic() + CONFIRM_EVERY_S
+            await self.confirm_once()
         claimed = await asyncio.to_thread(self.claim, limit)
         if not claimed:
             return 0
         rs = self.ruleset()
         results: list[Sent] = []
-        groups: dict[str, list[Claimed]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[Claimed]] = defaultdict(list)
         for c in claimed:
             if c.outbound is None or c.skip_status:
                 results.append(Sent(c, None))
             else:
-                groups[c.destination].append(c)
-        conns = {name: self._connector(rs.destinations[name]) for name in groups}
+                groups[(c.destination, c.kind)].append(c)
+        conns = {name: self._connector(rs.destinations[name]) for name, _ in groups}
         ledger_mode = {name: not receiver_dedups(rs.destinations[name], type(conn)) for name, conn in conns.items()}
-        keys = [c.idempotency_key for name, g in groups.items() if ledger_mode[name] for c in g]
+        keys = [c.idempotency_key for (name, _), g in groups.items() if ledger_mode[name] for c in g]
         ledger_hits = await asyncio.to_thread(self._ledger_hits, keys) if keys else set()
         tasks = []
-        for name, items in groups.items():
+        sems: dict[str, asyncio.Semaphore] = {}
+        for (name, kind), items in groups.items():
             dest = rs.destinations[name]
             conn = conns[name]
             todo = []
@@ -318,15 +346,70 @@ class DeliveryWorker:
                     results.append(Sent(c, Delivered(None, "already sent (send ledger)")))
                 else:
                     todo.append(c)
-            sem = asyncio.Semaphore(dest.max_concurrency or conn.max_concurrency)
-            for i in range(0, len(todo), conn.max_batch):
-                tasks.append(self._send(conn, todo[i : i + conn.max_batch], sem, name))
+            sem = sems.setdefault(name, asyncio.Semaphore(dest.max_concurrency or conn.max_concurrency))
+            size = conn.max_exit_batch if kind == DeliveryKind.EXIT else conn.max_batch
+            for i in range(0, len(todo), size):
+                tasks.append(self._send(conn, todo[i : i + size], sem, name))
         for batch in await asyncio.gather(*tasks):
             results.extend(batch)
         if self.fault_hook:
             self.fault_hook("delivery.after_send")
         await asyncio.to_thread(self.record, results)
         return len(claimed)
+
+    async def confirm_once(self, limit: int = 200) -> int:
+        """Poll the vendors for the exits they accepted asynchronously (Journey Builder's contact-exit
+        status): confirmed, still pending (polled again), or unconfirmed after ``confirm_within_s`` or a
+        refusal, which raises an alert (``careloop deliveries``, metrics, the console)."""
+        rs = self.ruleset()
+        now = self.clock().timestamp()
+        with unit(self.engine) as u:
+            due = xq.confirmations_due(u, now, limit)
+            triggers = q.triggers_of(u, sorted({d.trigger_id for d in due})) if due else {}
+        by_dest: dict[str, list[tuple[xq.PendingConfirmation, Claimed]]] = defaultdict(list)
+        for d in due:
+            dest, t = rs.destinations.get(d.destination), triggers.get(d.trigger_id)
+            c = Claimed(delivery_id=d.id, attempt=0, destination=d.destination, idempotency_key=d.idempotency_key,
+                        outbound=None, fields=[], patient_key=None, trigger={}, kind=DeliveryKind.EXIT)
+            if dest is not None and t is not None:
+                self._build_exit(c, t, dest)
+            by_dest[d.destination].append((d, c))
+        updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        alerts: list[dict[str, Any]] = []
+        for name, pairs in by_dest.items():
+            dest = rs.destinations.get(name)
+            ready = [(d, c) for d, c in pairs if c.outbound is not None]
+            checks: list[ExitCheck] = []
+            if dest is not None and ready:
+                conn = self._connector(dest)
+                for i in range(0, len(ready), conn.max_exit_batch):
+                    part = ready[i : i + conn.max_exit_batch]
+                    try:
+                        got = await conn.confirm_exits([c.outbound for _, c in part if c.outbound])
+                    except Exception as exc:  # a vendor outage: ask again next time
+                        got = [ExitCheck("pending", f"status check failed: {type(exc).__name__}") for _ in part]
+                    checks.extend(got if len(got) == len(part) else [ExitCheck("pending", "wrong number of answers")] * len(part))
+            answered = {d.id: chk for (d, _), chk in zip(ready, checks)}
+            for d, _ in pairs:
+                chk = answered.get(d.id, ExitCheck("failed", "destination or trigger no longer exists"))
+                poll = dest.exit.poll_every_s if dest is not None and dest.exit is not None else 60.0
+                if chk.state == "confirmed":
+                    updates["exits.confirmed"].append({"p_id": d.id, "p_now": now})
+                elif chk.state == "pending" and (d.confirm_by is None or now < d.confirm_by):
+                    updates["exits.poll_later"].append({"p_id": d.id, "p_now": now, "p_next": now + poll})
+                else:
+                    why = chk.detail if chk.state == "failed" else f"not confirmed in time (last answer: {chk.detail or 'pending'})"
+                    updates["exits.unconfirmed"].append({"p_id": d.id, "p_now": now, "p_error": why[:500]})
+                    alerts.append({"kind": "exit-unconfirmed", "destination": name, "delivery_id": d.id,
+                                   "message": f"exit not confirmed by {name}: {why}"[:500], "created_at": now})
+                    log.error("exit unconfirmed", extra={"action": "delivery.exit_unconfirmed", "destination": name,
+                                                         "delivery_id": d.id})
+        if updates or alerts:
+            with unit(self.engine, write=True) as u:
+                for qname, rows in updates.items():
+                    u.many(qname, rows)
+                u.many("delivery.alert_add", alerts)
+        return len(due)
 
     async def _send(self, conn: Connector, items: list[Claimed], sem: asyncio.Semaphore, name: str) -> list[Sent]:
         async with sem:
@@ -339,7 +422,10 @@ class DeliveryWorker:
             outbound = [c.outbound for c in items if c.outbound]
             with capture.capturing() as requests:
                 try:
-                    outcomes = await conn.send_batch(outbound)
+                    if items[0].kind == DeliveryKind.EXIT:
+                        outcomes = await conn.send_exits(outbound)
+                    else:
+                        outcomes = await conn.send_batch(outbound)
                 except Exception as exc:  # a connector bug must not lose the delivery
                     outcomes = [Retry(f"connector error: {type(exc).__name__}") for _ in items]
             ms = (time.perf_counter() - t0) * 1000
@@ -380,6 +466,8 @@ class DeliveryWorker:
                     self._record_skip(rec, d, r.claimed, now)
                 else:
                     rec.intents_done.append(d.idempotency_key)
+                    if r.claimed.kind == DeliveryKind.EXIT:
+                        rec.exit_ids.add(d.id)
                     self._record_outcome(rec, d, r, rs.destinations.get(d.destination), now)
             self._write(u, rec, now, rs)
 
@@ -392,10 +480,11 @@ class DeliveryWorker:
         """The batch's statements: a few executemany calls, whatever the batch size."""
         if rec.intents_done:
             u.run("delivery.intents_done", keys=rec.intents_done)
-        for name in q.OUTCOME_UPDATES:
+        for name in (*q.OUTCOME_UPDATES, "exits.set_confirmation"):
             u.many(name, rec.updates.get(name, ()))
-        if self._tracks_outcomes(rs):  # per-protocol: which journey entries were delivered
-            u.many("delivery.outcome_delivered", rec.updates.get("delivery.set_delivered", ()))
+        if self._tracks_outcomes(rs):  # per-protocol: which journey entries were delivered (an exit is not one)
+            u.many("delivery.outcome_delivered", [r for r in rec.updates.get("delivery.set_delivered", ())
+                                                  if r["p_id"] not in rec.exit_ids])
         u.many("delivery.attempt_add", rec.attempts)
         u.many("delivery.disclosure_add", rec.disclosures)
         if rec.ledger:
@@ -430,6 +519,12 @@ class DeliveryWorker:
                                      None if isinstance(outcome, Delivered) else getattr(outcome, "reason", ""), r.ms))
         if dec.status == DeliveryStatus.DELIVERED:
             rec.update("delivery.set_delivered", d.id, code=code, now=now)
+            if isinstance(outcome, Delivered) and (outcome.confirmation or outcome.vendor_ref):
+                pending = outcome.confirmation == Confirmation.PENDING
+                ex = dest.exit if dest is not None else None
+                within, poll = (ex.confirm_within_s, ex.poll_every_s) if ex is not None else (3600.0, 60.0)
+                rec.update("exits.set_confirmation", d.id, confirmation=outcome.confirmation, ref=outcome.vendor_ref,
+                           by=now + within if pending else None, next=now + poll if pending else now)
             already = isinstance(outcome, Delivered) and outcome.detail.startswith("already sent")
             if not already:
                 rec.disclosures.append(self._disclosure(d, c, now, r.request, r.fields or c.fields,
@@ -478,6 +573,7 @@ class _Batch:
         self.ledger: dict[str, str] = {}
         self.updates: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.pauses: dict[str, tuple[q.DeliveryToRecord, str, str]] = {}
+        self.exit_ids: set[int] = set()
 
     def update(self, name: str, delivery_id: int, **values: Any) -> None:
         """Rows with the same kind of outcome share one executemany UPDATE (the query ``name``)."""

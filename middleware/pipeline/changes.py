@@ -15,9 +15,11 @@ import orjson
 from ..model import ClinicalEvent, ResourceChange
 from ..normalize.events import derive
 from ..outcomes import track as outcomes
+from . import exits
 from ..rules.evaluate import Cancellation, Decision, build_env, cancellations, evaluate
 from ..rules.journeys import apply_exclusive
 from ..rules.recheck import event_for, recheck
+from ..rules.suppress import is_deceased
 from ..rules.load import RuleSet
 from ..scheduler.patientctx import hospice_for, hospice_from, hospice_query
 from ..storage.patient_ids import issue_patient_id, merge_patient_ids, patient_id_for
@@ -39,6 +41,7 @@ class ChangeResult:
     events: list[EventRecord] = field(default_factory=list)
     decisions: list[tuple[ClinicalEvent, list[Decision]]] = field(default_factory=list)
     cancelled: int = 0
+    exits: int = 0  # exit deliveries opened (issue 17)
     triggers: int = 0
     due_now: bool = False
     note: str | None = None
@@ -202,10 +205,14 @@ def apply_change(
         updated_at=nowts,
     )
     save_state(u, state, is_new)
+    patient = orjson.loads(patient_json) if patient_json else None
+    if patient_key and patient and is_deceased(patient) and evaluate_rules:
+        dests = exits.exit_destinations(rs)
+        if dests:  # a death exits every journey at every destination (issue 17), whatever else changed
+            res.exits += exits.open_for_death(u, patient_key, dests, nowts)
     if not events:
         res.note = "no change"
         return res
-    patient = orjson.loads(patient_json) if patient_json else None
     shown = resource if not change.deleted else (prev or resource)
     body = state.resource if shown is resource and not change.deleted else dumps(shown)
     # careloop's internal id, stamped on each event: read with the patient's link when it survives
@@ -304,7 +311,7 @@ class _EventReads:
     """The reads an event needs before its rules are evaluated: the pending triggers each of its
     cancellations may cancel, and the patient's hospice resources (sent together)."""
 
-    __slots__ = ("wanted", "calls", "scopes", "hospice")
+    __slots__ = ("wanted", "calls", "scopes", "hospice", "exit_dests")
 
     def __init__(self, ev: ClinicalEvent, rs: RuleSet, patient: dict[str, Any] | None, now: datetime, nth: int | None) -> None:
         nowts = now.timestamp()
@@ -312,9 +319,20 @@ class _EventReads:
         # one read per scope (patient or resource key) for all the rules cancelled in it
         self.scopes: list[tuple[str, str]] = list(dict.fromkeys((c.same, c.key) for c in self.wanted))
         self.calls = [_pending_call([c for c in self.wanted if (c.same, c.key) == s], nowts) for s in self.scopes]
+        # and, where destinations take exits, the entries they received that these cancellations end
+        self.exit_dests = exits.exit_destinations(rs) if self.scopes else []
+        if self.exit_dests:
+            for s in self.scopes:
+                cs = [c for c in self.wanted if (c.same, c.key) == s]
+                self.calls.append(exits.entries_call(cs, self.exit_dests, min(_since(c, nowts) for c in cs)))
         self.hospice = hospice_query(ev.patient_key, rs)
         if self.hospice is not None:
             self.calls.append(self.hospice)
+
+    @property
+    def hospice_at(self) -> int:
+        """Where the hospice read's rows are in the fetched results."""
+        return len(self.scopes) * (2 if self.exit_dests else 1)
 
 
 def _after_reads(
@@ -328,7 +346,12 @@ def _after_reads(
         _cancel(u, row, now, result, cancel_only_ids,
                 [(c, [t for t in by_scope[(c.same, c.key)] if t.rule_id == c.rule_id and t.created_at >= _since(c, nowts)])
                  for c in reads.wanted])
-    hospice = hospice_from(got[len(reads.scopes)], rs) if reads.hospice is not None else None
+        if reads.exit_dests and cancel_only_ids is None:
+            entries = dict(zip(reads.scopes, got[len(reads.scopes):2 * len(reads.scopes)]))
+            result.exits += exits.open_for_cancellations(u, [
+                (c, [e for e in entries[(c.same, c.key)] if e.rule_id == c.rule_id and e.created_at >= _since(c, nowts)])
+                for c in reads.wanted], nowts)
+    hospice = hospice_from(got[reads.hospice_at], rs) if reads.hospice is not None else None
     decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
     if rs.superseded_by:
         apply_exclusive(decisions, rs, lambda rule_ids: _holds(u, rule_ids, ev.resource_key))

@@ -23,6 +23,8 @@ SCENARIOS: dict[str, str] = {
     "discharge-then-followup-booked": "admitted, discharged home, a follow-up visit booked within 7 days",
     "careplan-activated": "a draft care plan becomes active",
     "appointment-cancelled": "a booked appointment is cancelled and not rebooked",
+    "reminder-exit": "a reminder reaches the destination's journey; the visit is cancelled, and careloop takes the "
+                     "patient out of that journey there (careloop_exit)",
     "outcomes": "a few hundred synthetic no-shows, a 50% holdout, seeded rebookings: the outcome report "
                 "must equal the ground truth (outcomes_scenario.py)",
 }
@@ -57,6 +59,7 @@ class Step:
     events: tuple[str, ...] = ()
     fired: tuple[str, ...] = ()
     cancelled: tuple[str, ...] = ()
+    exited: tuple[str, ...] = ()
     note: str = ""
 
 
@@ -181,6 +184,18 @@ def build(name: str, tag: str, now: datetime) -> Journey:
             Step("Care plan drafted", (Write(pat), Write(draft))),
             Step("Care plan activated", (Write({**draft, "status": "active"}),),
                  events=("careplan.active",), fired=("careplan-enrollment",)),
+        ]
+    elif name == "reminder-exit":
+        start = now + timedelta(days=3, seconds=30)  # the 72-hour reminder is due in 30 seconds
+        booked = appointment(f"{p}-appt", pat, start, "booked")
+        steps = [
+            Step("Visit booked 3 days out: the 72-hour reminder enters the destination's journey",
+                 (clinic, Write(pat), Write(booked)), events=("appointment.booked",), fired=("appointment-reminder-72h",),
+                 note="the visit starts 3 days and 30 seconds from now, so the 72-hour reminder is due in 30 s"),
+            Step("Visit cancelled: careloop cancels its 24-hour reminder and exits the journey at the destination",
+                 (Write({**booked, "status": "cancelled"}),), events=("appointment.cancelled",),
+                 cancelled=("appointment-reminder-24h",), exited=("appointment-reminder-72h",),
+                 note="the exit is a generic careloop_exit (ids only, no reason), signed like an entry"),
         ]
     else:  # appointment-cancelled
         booked = appointment(f"{p}-appt", pat, now + timedelta(days=10), "booked")

@@ -144,6 +144,14 @@ def missing(step: Step, writes: list[tuple[str, str | None]], obs: Observed, ste
     for rule in step.cancelled:
         if not any(t["rule_id"] == rule and t["status"] in DONE_TRIGGER for t in obs.triggers):
             out.append(f"trigger {rule} cancelled")
+    for rule in step.exited:
+        tids = {t["id"] for t in obs.triggers if t["rule_id"] == rule and t["status"] == "fired"}
+        if sink_known:
+            if not any(r.get("type") == "careloop_exit" and r.get("trigger_id") in tids for r in obs.sink):
+                out.append(f"sink received the exit of {rule}")
+        elif not any(d["trigger_id"] in tids and d.get("kind") == "exit" and d["status"] == "delivered"
+                     for d in obs.deliveries):
+            out.append(f"exit of {rule} delivered")
     return out
 
 

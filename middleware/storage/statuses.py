@@ -37,6 +37,28 @@ class DeliveryStatus(StrEnum):
     UNCONFIRMED = "unconfirmed"
 
 
+class DeliveryKind(StrEnum):
+    """What a delivery carries: an entry (a trigger's message) or an exit (issue 17: take the
+    patient out of the destination's journey; generic, no reason)."""
+
+    ENTRY = "entry"
+    EXIT = "exit"
+
+
+class Confirmation(StrEnum):
+    """What the vendor's answer proves (``delivery.confirmation``; NULL: the answer is final).
+
+    ``accepted``: queued by an asynchronous API with no documented lookup (Journey Builder's event
+    entry), so careloop cannot prove the contact entered; ``pending``: accepted, confirmation being
+    polled (Journey Builder's contact-exit status); ``confirmed``; ``unconfirmed``: not confirmed in
+    time or refused by the status endpoint (an alert is raised)."""
+
+    ACCEPTED = "accepted"
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+    UNCONFIRMED = "unconfirmed"
+
+
 class DisclosureOutcome(StrEnum):
     DELIVERED = "delivered"
     UNCONFIRMED = "unconfirmed"

@@ -196,6 +196,7 @@ class DeliveryRow(SQLModel, table=True):
     __tablename__ = "delivery"
     __table_args__ = (
         Index("ix_delivery_due", "status", "next_attempt_at"),
+        Index("ix_delivery_confirm", "confirmation", "next_attempt_at"),  # exits awaiting the vendor's confirmation
         UniqueConstraint("idempotency_key", name="uq_delivery_idem"),
         CheckConstraint(one_of("status", DeliveryStatus), name="status"),
     )
@@ -214,6 +215,12 @@ class DeliveryRow(SQLModel, table=True):
     locked_until: Optional[float] = None
     # added for issue 6: "host:pid:nonce" of the worker holding the lease (a dead local owner is reclaimed at once)
     locked_by: Optional[str] = Field(default=None, max_length=200)
+    # added for issue 17: exits, and what the vendor's answer proves
+    kind: str = Field(default="entry", max_length=8, sa_column_kwargs=server("entry"))  # statuses.DeliveryKind
+    confirmation: Optional[str] = Field(default=None, max_length=16)  # statuses.Confirmation; NULL: final answer
+    vendor_ref: Optional[str] = Field(default=None, max_length=200)  # the vendor's id for it (eventInstanceId, ...)
+    confirm_by: Optional[float] = None  # a pending confirmation turns unconfirmed (alert) after this
+    confirmed_at: Optional[float] = None
 
 
 class DeliveryAttempt(SQLModel, table=True):

@@ -17,6 +17,11 @@ REST = "https://mc-tenant1.rest.marketingcloudapis.com"
 ENV = SecretSource({"SFMC_ID": "cid", "SFMC_SECRET": "csecret"})
 
 
+def accepted(ref: str | None = None) -> Delivered:
+    """An entry event Journey Builder took: recorded as accepted (no lookup of an entry is documented)."""
+    return Delivered(201, "accepted (Journey Builder documents no lookup of an entry)", confirmation="accepted", vendor_ref=ref)
+
+
 def token_response(token: str = "tok-1", expires_in: int = 1079) -> httpx.Response:
     return httpx.Response(200, json={"access_token": token, "token_type": "Bearer", "expires_in": expires_in,
                                      "rest_instance_url": REST + "/", "scope": "journeys_execute"})
@@ -34,8 +39,8 @@ async def test_single_event_request_and_token_cached(http, clock, item_factory):
     fire = respx.post(f"{REST}/interaction/v1/events").mock(
         return_value=httpx.Response(201, json={"eventInstanceId": "e-1"}))
     c = connector(http, clock)
-    assert await c.send_batch([item_factory(1)]) == [Delivered(201)]
-    assert await c.send_batch([item_factory(2)]) == [Delivered(201)]
+    assert await c.send_batch([item_factory(1)]) == [accepted("e-1")]
+    assert await c.send_batch([item_factory(2)]) == [accepted("e-1")]
     assert auth.call_count == 1  # cached, not per call
     assert json.loads(auth.calls.last.request.content) == {
         "grant_type": "client_credentials", "client_id": "cid", "client_secret": "csecret", "account_id": "5100001"}
@@ -66,7 +71,7 @@ async def test_401_refreshes_once_and_retries_once(http, clock, item_factory):
     auth = respx.post(AUTH).mock(side_effect=[token_response("old"), token_response("new")])
     fire = respx.post(f"{REST}/interaction/v1/events").mock(
         side_effect=[httpx.Response(401), httpx.Response(201, json={})])
-    assert await connector(http, clock).send_batch([item_factory()]) == [Delivered(201)]
+    assert await connector(http, clock).send_batch([item_factory()]) == [accepted()]
     assert auth.call_count == 2
     assert [c.request.headers["authorization"] for c in fire.calls] == ["Bearer old", "Bearer new"]
 

@@ -14,6 +14,11 @@ AUTH = "https://mc-tenant1.auth.marketingcloudapis.com/v2/token"
 REST = "https://mc-tenant1.rest.marketingcloudapis.com"
 
 
+def accepted(ref: str | None = None) -> Delivered:
+    """An entry event Journey Builder took: recorded as accepted (no lookup of an entry is documented)."""
+    return Delivered(201, "accepted (Journey Builder documents no lookup of an entry)", confirmation="accepted", vendor_ref=ref)
+
+
 @respx.mock
 async def test_foreign_rest_instance_url_in_token_response_is_ignored(http, clock, item_factory):
     respx.post(AUTH).mock(return_value=httpx.Response(200, json={
@@ -23,6 +28,6 @@ async def test_foreign_rest_instance_url_in_token_response_is_ignored(http, cloc
     config = SfmcConfig(subdomain="mc-tenant1", client_id_env="ID", client_secret_env="SECRET",
                         event_definition_key="APIEvent-x")
     c = SfmcConnector("sfmc", config, http, SecretSource({"ID": "cid", "SECRET": "cs"}), clock=clock)
-    assert await c.send_batch([item_factory(1)]) == [Delivered(201)]
+    assert await c.send_batch([item_factory(1)]) == [accepted()]
     assert not foreign.called and fire.call_count == 1
     assert fire.calls.last.request.headers["authorization"] == "Bearer tok-1"

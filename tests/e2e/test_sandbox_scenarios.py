@@ -32,6 +32,7 @@ SINK_TYPE = {
     "noshow-reengagement": "appointment_noshow", "tcm-contact-2bd": "post_discharge_contact",
     "tcm-visit-7d": "post_discharge_visit_7d", "tcm-visit-14d": "post_discharge_visit_14d",
     "careplan-enrollment": "careplan_enrollment", "cancelled-not-rebooked-48h": "appointment_not_rebooked",
+    "appointment-reminder-72h": "appointment_reminder",
 }
 
 
@@ -84,6 +85,11 @@ def test_scenario_full_chain(name: str, careloop_factory: Any, hapi_client: Any,
         for rule in {r for step in journey.steps for r in step.cancelled}:
             assert any(t["rule_id"] == rule and t["status"] in ("cancelled", "skipped") for t in obs.triggers), rule
             assert not any(t["rule_id"] == rule and t["status"] == "fired" for t in obs.triggers), rule
+        for rule in {r for step in journey.steps for r in step.exited}:
+            [entry] = [t for t in obs.triggers if t["rule_id"] == rule and t["status"] == "fired"]
+            exits = [r for r in cl.sink.received() if r["type"] == "careloop_exit" and r["trigger_id"] == entry["id"]]
+            assert len(exits) == 1 and exits[0]["verified"], rule
+            assert set(exits[0]["body"]["data"]) == {"contact_key", "occurred_at", "journey", "trigger_id"}  # no reason
         if name == "discharge-then-followup-booked":
             assert not [r for r in cl.sink.received() if r["type"] in ("post_discharge_visit_7d", "post_discharge_visit_14d")]
     finally:

@@ -64,6 +64,7 @@ class BrazeConnector(Connector):
     rate_limit: ClassVar[RateLimit] = RateLimit(rate=50.0, burst=50)
     max_concurrency = 4
     native_dedup = False
+    max_exit_batch = TRACK_MAX_EVENTS
 
     @property
     def cfg(self) -> BrazeConfig:
@@ -85,6 +86,12 @@ class BrazeConnector(Connector):
             "time": iso_z(item.occurred_at),
             "properties": self._properties(item),
         }
+
+    def build_exit_event(self, item: Outbound) -> dict[str, Any]:
+        """The exit as a custom event (the Canvas names it as an exception event, so the user leaves at
+        once): the exit event's name and ids only; pure."""
+        return {"external_id": item.contact_key, "name": item.trigger_name, "time": iso_z(item.occurred_at),
+                "properties": dict(item.payload)}
 
     def build_recipient(self, item: Outbound) -> dict[str, Any]:
         """A Canvas recipient object for ``item``; pure."""
@@ -109,6 +116,22 @@ class BrazeConnector(Connector):
                 results[i] = o
         return finish(items, results, logger=log, action="braze.sent", destination=self.name)
 
+    async def send_exits(self, items: list[Outbound]) -> list[Outcome]:
+        """Exits go to ``/users/track`` in either mode (a Canvas exits on its exception event)."""
+        if self.cfg.external_id_source != "contact_key":
+            return same_for_all(Permanent("Braze exits need external_id_source: contact_key (an exit carries ids only)"),
+                                len(items))
+        results: list[Outcome | None] = [None] * len(items)
+        for idxs in chunks(list(range(len(items))), TRACK_MAX_EVENTS):
+            chunk = [items[i] for i in idxs]
+            try:
+                outs = await self._track(chunk, self.build_exit_event)
+            except (httpx.TransportError, MissingSecret) as exc:
+                outs = same_for_all(transport_outcome(exc), len(chunk))
+            for i, o in zip(idxs, outs):
+                results[i] = o
+        return finish(items, results, logger=log, action="braze.exit", destination=self.name)
+
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         key = require_secret(self.secrets, self.cfg.api_key_env)
         return await send_request(
@@ -116,8 +139,8 @@ class BrazeConnector(Connector):
             json=body, headers={"Authorization": f"Bearer {key}"},
         )
 
-    async def _track(self, items: list[Outbound]) -> list[Outcome]:
-        resp = await self._post("/users/track", {"events": [self.build_event(i) for i in items]})
+    async def _track(self, items: list[Outbound], build: Any = None) -> list[Outcome]:
+        resp = await self._post("/users/track", {"events": [(build or self.build_event)(i) for i in items]})
         batch = self._classify(resp)
         if not isinstance(batch, Delivered):
             return same_for_all(batch, len(items))

@@ -109,6 +109,7 @@ class HubSpotConnector(Connector):
     rate_limit: ClassVar[RateLimit] = RateLimit(rate=10.0, burst=10)
     max_concurrency = 4
     native_dedup = False  # `uuid` de-dup semantics are undocumented: keep the send ledger
+    max_exit_batch = BATCH_MAX
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -211,6 +212,44 @@ class HubSpotConnector(Connector):
             return same_for_all(exc.outcome, len(items))
         except (httpx.TransportError, MissingSecret) as exc:
             return same_for_all(transport_outcome(exc), len(items))
+
+    def build_exit(self, item: Outbound) -> dict[str, Any]:
+        """The exit as a contact update: the configured property (the workflow's unenrollment criterion)
+        set to the exit time in epoch milliseconds, for the contact the entries identified; pure."""
+        prop = self.exit_settings.property if self.exit_settings is not None else None
+        entry: dict[str, Any] = {"id": item.contact_key,
+                                 "properties": {prop or "careloop_exit": str(int(item.occurred_at.timestamp() * 1000))}}
+        if self.cfg.identity == "email":
+            entry["idProperty"] = "email"
+        return entry
+
+    async def send_exits(self, items: list[Outbound]) -> list[Outcome]:
+        """``POST /crm/v3/objects/contacts/batch/update``; a 207 names the inputs that failed."""
+        if self.cfg.identity == "utk" or self.cfg.identity_source != "contact_key":
+            return same_for_all(Permanent("HubSpot exits need identity objectId or email from the contact key"), len(items))
+        results: list[Outcome] = []
+        for start in range(0, len(items), BATCH_MAX):
+            chunk = items[start : start + BATCH_MAX]
+            try:
+                resp = await self._post("/crm/v3/objects/contacts/batch/update", {"inputs": [self.build_exit(i) for i in chunk]})
+            except TokenError as exc:
+                results += same_for_all(exc.outcome, len(chunk))
+                continue
+            except (httpx.TransportError, MissingSecret) as exc:
+                results += same_for_all(transport_outcome(exc), len(chunk))
+                continue
+            if resp.status_code == 207:
+                failed: dict[str, str] = {}
+                data = safe_json(resp)
+                for err in (data.get("errors") if isinstance(data, dict) else None) or []:
+                    if isinstance(err, dict):
+                        for i in ((err.get("context") or {}).get("ids") or []):
+                            failed[str(i)] = str(err.get("category") or "error")[:80]
+                results += [Permanent(f"HubSpot: {failed[i.contact_key]}", 207) if i.contact_key in failed
+                            else Delivered(207) for i in chunk]
+            else:
+                results += same_for_all(_classify(resp), len(chunk))
+        return finish(items, list(results), logger=log, action="hubspot.exit", destination=self.name)
 
     async def _upsert(self, items: list[Outbound]) -> Outcome:
         inputs = [

@@ -39,6 +39,7 @@ class IterableConnector(Connector):
     rate_limit: ClassVar[RateLimit] = RateLimit(rate=10.0, burst=10)
     max_concurrency = 2
     native_dedup = True  # `id`
+    max_exit_batch = BULK_MAX_EVENTS
 
     @property
     def cfg(self) -> IterableConfig:
@@ -64,7 +65,22 @@ class IterableConnector(Connector):
             event["templateId"] = self.cfg.template_id
         return event
 
+    def build_exit(self, item: Outbound) -> dict[str, Any]:
+        """The exit event: the exit event's name, ids only, ``id`` = the exit's idempotency key (Iterable
+        de-duplicates on it, as for entries); no campaign or template; pure."""
+        return {"id": item.idempotency_key, "eventName": item.trigger_name, self.cfg.identity: item.contact_key,
+                "dataFields": dict(item.payload), "createdAt": int(item.occurred_at.timestamp())}
+
+    async def send_exits(self, items: list[Outbound]) -> list[Outcome]:
+        if self.cfg.identity_source != "contact_key":
+            return same_for_all(Permanent("Iterable exits need identity_source: contact_key (an exit carries ids only)"),
+                                len(items))
+        return await self._send_events(items, self.build_exit, "iterable.exit")
+
     async def send_batch(self, items: list[Outbound]) -> list[Outcome]:
+        return await self._send_events(items, self.build_event, "iterable.sent")
+
+    async def _send_events(self, items: list[Outbound], build: Any, action: str) -> list[Outcome]:
         results: list[Outcome | None] = [None] * len(items)
         ready: list[int] = []
         for idx, item in enumerate(items):
@@ -77,12 +93,12 @@ class IterableConnector(Connector):
         for idxs in chunks(ready, BULK_MAX_EVENTS):
             chunk = [items[i] for i in idxs]
             try:
-                outs = await (self._track(chunk[0]) if len(chunk) == 1 else self._bulk(chunk))
+                outs = await (self._track(chunk[0], build) if len(chunk) == 1 else self._bulk(chunk, build))
             except (httpx.TransportError, MissingSecret) as exc:
                 outs = same_for_all(transport_outcome(exc), len(chunk))
             for i, o in zip(idxs, outs):
                 results[i] = o
-        return finish(items, results, logger=log, action="iterable.sent", destination=self.name)
+        return finish(items, results, logger=log, action=action, destination=self.name)
 
     async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
         key = require_secret(self.secrets, self.cfg.api_key_env)
@@ -91,8 +107,8 @@ class IterableConnector(Connector):
             json=body, headers={"Api-Key": key},
         )
 
-    async def _track(self, item: Outbound) -> list[Outcome]:
-        resp = await self._post("/api/events/track", self.build_event(item))
+    async def _track(self, item: Outbound, build: Any) -> list[Outcome]:
+        resp = await self._post("/api/events/track", build(item))
         outcome = _classify(resp)
         if isinstance(outcome, Delivered):
             data = safe_json(resp)
@@ -101,8 +117,8 @@ class IterableConnector(Connector):
                 outcome = Permanent(f"Iterable code {str(code)[:80]}", resp.status_code)
         return [outcome]
 
-    async def _bulk(self, items: list[Outbound]) -> list[Outcome]:
-        resp = await self._post("/api/events/trackBulk", {"events": [self.build_event(i) for i in items]})
+    async def _bulk(self, items: list[Outbound], build: Any) -> list[Outcome]:
+        resp = await self._post("/api/events/trackBulk", {"events": [build(i) for i in items]})
         batch = _classify(resp)
         if not isinstance(batch, Delivered):
             return same_for_all(batch, len(items))

@@ -71,6 +71,7 @@ class SegmentConnector(Connector):
     rate_limit: ClassVar[RateLimit] = RateLimit(rate=20.0, burst=20)
     max_concurrency = 4
     native_dedup = True  # messageId
+    max_exit_batch = MAX_BATCH_EVENTS
 
     @property
     def cfg(self) -> SegmentConfig:
@@ -88,12 +89,24 @@ class SegmentConnector(Connector):
         msg["messageId"] = item.idempotency_key
         return msg
 
+    def build_exit(self, item: Outbound) -> dict[str, Any]:
+        """The exit as a ``track`` call (whatever ``call`` entries use): the exit event's name, ids only,
+        ``messageId`` = the exit's idempotency key (the same scheme as entries); pure."""
+        return {"type": "track", self.cfg.identity: item.contact_key, "event": item.trigger_name,
+                "properties": dict(item.payload), "timestamp": iso_z(item.occurred_at), "messageId": item.idempotency_key}
+
     async def send_batch(self, items: list[Outbound]) -> list[Outcome]:
+        return await self._validated(items, self.build_message, self.cfg.call)
+
+    async def send_exits(self, items: list[Outbound]) -> list[Outcome]:
+        return await self._validated(items, self.build_exit, "track")
+
+    async def _validated(self, items: list[Outbound], build: Any, call: str) -> list[Outcome]:
         results: list[Outcome | None] = [None] * len(items)
         valid: list[int] = []
         messages: list[dict[str, Any]] = []
         for idx, item in enumerate(items):
-            msg = self.build_message(item)
+            msg = build(item)
             reason = validate_message(msg)
             if reason:
                 results[idx] = Permanent(reason)
@@ -103,16 +116,16 @@ class SegmentConnector(Connector):
         sizes = [len(orjson.dumps(m)) for m in messages]
         for group in pack_batches(sizes):
             idxs = [valid[g] for g in group]
-            outs = await self._send([messages[g] for g in group])
+            outs = await self._send([messages[g] for g in group], call)
             for i, o in zip(idxs, outs):
                 results[i] = o
         return finish(items, results, logger=log, action="segment.sent", destination=self.name)
 
-    async def _send(self, messages: list[dict[str, Any]]) -> list[Outcome]:
+    async def _send(self, messages: list[dict[str, Any]], call: str) -> list[Outcome]:
         base = self.cfg.endpoint.rstrip("/")
         sent_at = iso_z(self.clock())
         if len(messages) == 1:
-            url, body = f"{base}/v1/{self.cfg.call}", {**messages[0], "sentAt": sent_at}
+            url, body = f"{base}/v1/{call}", {**messages[0], "sentAt": sent_at}
         else:
             url, body = f"{base}/v1/batch", {"batch": messages, "sentAt": sent_at}
         try:

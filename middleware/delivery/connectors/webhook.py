@@ -58,6 +58,12 @@ def build_body(item: Outbound, cfg: WebhookConfig) -> dict[str, Any]:
     return {"type": item.trigger_name, "timestamp": iso_z(item.occurred_at), "data": data}
 
 
+def build_exit_body(item: Outbound) -> dict[str, Any]:
+    """An exit: ``type`` is the exit event's name (``careloop_exit``); ids only, never a reason; pure."""
+    data = {"contact_key": item.contact_key, "occurred_at": iso_z(item.occurred_at), **item.payload}
+    return {"type": item.trigger_name, "timestamp": iso_z(item.occurred_at), "data": data}
+
+
 def classify_webhook(resp: httpx.Response) -> Outcome:
     """Map a receiver's answer to an outcome (see module docstring)."""
     code = resp.status_code
@@ -88,6 +94,10 @@ class WebhookConnector(Connector):
     async def send_batch(self, items: list[Outbound]) -> list[Outcome]:
         return [await self.send_one(item) for item in items]
 
+    async def send_exits(self, items: list[Outbound]) -> list[Outcome]:
+        """Exits are signed like entries; ``webhook-id`` is the exit's own idempotency key."""
+        return [await self.send_one(item, exit_=True) for item in items]
+
     def _secrets(self) -> list[str]:
         cfg: WebhookConfig = self.config  # type: ignore[assignment]
         found = [v for v in (self.secrets.get(n) for n in cfg.secret_names()) if v]
@@ -95,10 +105,10 @@ class WebhookConnector(Connector):
             raise MissingSecret(f"none of the webhook secrets {cfg.secret_env} is set")
         return found
 
-    async def send_one(self, item: Outbound) -> Outcome:
+    async def send_one(self, item: Outbound, exit_: bool = False) -> Outcome:
         """Sign and POST ``item``; never raises for HTTP or transport failures."""
         cfg: WebhookConfig = self.config  # type: ignore[assignment]
-        body = orjson.dumps(build_body(item, cfg))
+        body = orjson.dumps(build_exit_body(item) if exit_ else build_body(item, cfg))
         timestamp = int(self.clock().timestamp())
         try:
             signature = sign(self._secrets(), item.idempotency_key, timestamp, body)

@@ -32,6 +32,8 @@ class DeliveryListed(NamedTuple):
     last_error: str | None
     last_status_code: int | None
     delivered_at: float | None
+    kind: str
+    confirmation: str | None
 
 
 class ReplayCandidate(NamedTuple):
@@ -51,7 +53,7 @@ class AlertRecord(NamedTuple):
 
 query("admin.list_deliveries",
       select(_D.id, _D.trigger_id, _T.rule_id, _D.destination, _D.status, _D.attempts, _D.next_attempt_at,
-             _D.last_error, _D.last_status_code, _D.delivered_at)
+             _D.last_error, _D.last_status_code, _D.delivered_at, _D.kind, _D.confirmation)
       .select_from(DELIVERY.outerjoin(TRIGGER, _T.id == _D.trigger_id))
       .where(_optional("status", _D.status), _optional("destination", _D.destination))
       .order_by(_D.id.desc()).limit(param("limit")), DeliveryListed)

@@ -26,6 +26,7 @@ class DueDelivery(NamedTuple):
     status: str
     attempts: int
     next_attempt_at: float
+    kind: str  # statuses.DeliveryKind
 
 
 class TriggerToSend(NamedTuple):
@@ -39,6 +40,7 @@ class TriggerToSend(NamedTuple):
     payload: str
     fired_at: float | None
     due_at: float
+    journey_id: str | None
 
 
 class DeliveryToRecord(NamedTuple):
@@ -49,7 +51,8 @@ class DeliveryToRecord(NamedTuple):
 
 
 def _due(cond: Any) -> Any:
-    return (select(_D.id, _D.trigger_id, _D.destination, _D.idempotency_key, _D.status, _D.attempts, _D.next_attempt_at)
+    return (select(_D.id, _D.trigger_id, _D.destination, _D.idempotency_key, _D.status, _D.attempts, _D.next_attempt_at,
+                   _D.kind)
             .where(cond, ~any_of(_D.destination, "blocked")).order_by(_D.next_attempt_at).limit(param("limit"))
             .with_for_update(skip_locked=True))  # PostgreSQL only: SQLite renders no locking clause
 
@@ -70,7 +73,7 @@ query("delivery.lease", update(DELIVERY).where(any_of(_D.id, "ids")).values(
     locked_by=param("owner")))
 query("delivery.triggers_of",
       select(_T.id, _T.rule_id, _T.ruleset_version, _T.purpose, _T.name, _T.status, _T.patient_key, _T.payload,
-             _T.fired_at, _T.due_at).where(any_of(_T.id, "ids")), TriggerToSend)
+             _T.fired_at, _T.due_at, _T.journey_id).where(any_of(_T.id, "ids")), TriggerToSend)
 query("delivery.paused_keys", select(KV.c.key).where(or_(KV.c.key.startswith(DISABLED), KV.c.key.startswith(PAUSED))))
 query("delivery.lease_owners_on_host",
       select(_D.locked_by).distinct().where(_D.status == DeliveryStatus.SENDING, _D.locked_until >= param("now"),

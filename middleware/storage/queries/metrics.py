@@ -22,6 +22,13 @@ class DeliveryCount(NamedTuple):
     rows: int
 
 
+class ConfirmationCount(NamedTuple):
+    destination: str
+    kind: str
+    confirmation: str
+    rows: int
+
+
 class DatabaseFigures(NamedTuple):
     """Backlog, trigger and delivery figures at one moment (one read transaction)."""
 
@@ -31,6 +38,7 @@ class DatabaseFigures(NamedTuple):
     oldest_due_at: float | None
     deliveries: tuple[DeliveryCount, ...]
     paused_destinations: frozenset[str]
+    confirmations: tuple[ConfirmationCount, ...] = ()
 
 
 _T, _D = TRIGGER.c, DELIVERY.c
@@ -44,6 +52,10 @@ query("metrics.triggers_due", select(func.count()).select_from(TRIGGER).where(_P
 query("metrics.oldest_due", select(func.min(_T.due_at)).where(_PENDING))
 query("metrics.deliveries_by_status",
       select(_D.destination, _D.status, func.count()).group_by(_D.destination, _D.status), DeliveryCount)
+#: what vendors' answers prove (issue 17), from the confirmation index: accepted, pending, confirmed, unconfirmed
+query("metrics.confirmations",
+      select(_D.destination, _D.kind, _D.confirmation, func.count()).where(_D.confirmation.is_not(None))
+      .group_by(_D.destination, _D.kind, _D.confirmation), ConfirmationCount)
 
 
 def ping(engine: Engine) -> None:
@@ -62,6 +74,7 @@ def database_figures(engine: Engine, now: float) -> DatabaseFigures:
             oldest_due_at=u.scalar("metrics.oldest_due"),
             deliveries=tuple(u.all("metrics.deliveries_by_status")),
             paused_destinations=frozenset(delivery.paused(u)),
+            confirmations=tuple(u.all("metrics.confirmations")),
         )
 
 

@@ -93,6 +93,8 @@ class DeliveryRecord(NamedTuple):
     last_error: str | None
     last_status_code: int | None
     delivered_at: float | None
+    kind: str  # entry | exit (issue 17)
+    confirmation: str | None  # what the vendor's answer proves: accepted | pending | confirmed | unconfirmed
 
 
 class AttemptDetail(NamedTuple):
