@@ -200,8 +200,9 @@ def deliveries(url: str) -> int:
     return n
 
 
-def serve(url: str, tmp: Path, watch_s: float) -> tuple[float, float, float]:
-    """(seconds to /healthz, deliveries created per second while watched, peak RSS MB) of ``careloop serve``."""
+def serve(url: str, tmp: Path, watch_s: float) -> tuple[float, float, float, float]:
+    """(seconds to /healthz, deliveries created per second while watched, peak RSS MB, seconds of one
+    ``GET /metrics`` scrape after the watch) of ``careloop serve``."""
     http, mllp = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     n0 = deliveries(url)
@@ -225,7 +226,9 @@ def serve(url: str, tmp: Path, watch_s: float) -> tuple[float, float, float]:
             peak = max(peak, rss_mb(proc.pid))
             time.sleep(0.2)
         rate = (deliveries(url) - n0) / (time.perf_counter() - t1)
-        return start, rate, peak
+        t2 = time.perf_counter()
+        httpx.get(f"http://127.0.0.1:{http}/metrics", timeout=120).raise_for_status()
+        return start, rate, peak, time.perf_counter() - t2
     finally:
         stop(proc)
 
@@ -285,9 +288,9 @@ def main(argv: list[str] | None = None) -> None:
                   f" {r['seconds']:.1f}s = {r['rate']:,.0f}/s; {r['cpu_us_per_trigger']:.0f} us CPU each; batches of {args.batch};"
                   f" peak RSS {r['peak_rss_mb']:.0f} MB (ru_maxrss {r['ru_maxrss_mb']:.0f} MB)  # {load_note()}", flush=True)
             reset_due(url, due, time.time())
-            start, rate, peak = serve(url, tmp, args.watch)
+            start, rate, peak, scrape = serve(url, tmp, args.watch)
             print(f"run {run + 1} serve: /healthz after {start:.2f}s; then {rate:,.0f} deliveries created/s over {args.watch:.0f}s;"
-                  f" peak RSS {peak:.0f} MB  # {load_note()}", flush=True)
+                  f" peak RSS {peak:.0f} MB; one GET /metrics {scrape:.2f}s  # {load_note()}", flush=True)
         if args.peer_pending:
             from scheduler_scale import fill_peer, run_peer
 
