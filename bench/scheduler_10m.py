@@ -172,7 +172,16 @@ def fire(url: str, seconds: float, batch: int) -> dict[str, Any]:
     peak[0] = max(peak[0], rss_mb(os.getpid()))
     return {"handled": handled, "fired": sch.fired, "batches": batches, "seconds": dt, "rate": handled / dt if dt else 0.0,
             "cpu_us_per_trigger": cpu / max(handled, 1) * 1e6, "peak_rss_mb": peak[0],
-            "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "hwm_mb": _vm_hwm_mb(), "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _vm_hwm_mb() -> float:
+    """This process's peak resident set (``VmHWM``: its own, unlike ``ru_maxrss``, which keeps the
+    forking parent's peak across ``exec``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def reset_due(url: str, due: int, now: float) -> None:
@@ -286,11 +295,22 @@ def main(argv: list[str] | None = None) -> None:
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"run {run + 1} firing: {r['handled']:,} due triggers handled ({r['fired']:,} fired, one delivery each) in"
                   f" {r['seconds']:.1f}s = {r['rate']:,.0f}/s; {r['cpu_us_per_trigger']:.0f} us CPU each; batches of {args.batch};"
-                  f" peak RSS {r['peak_rss_mb']:.0f} MB (ru_maxrss {r['ru_maxrss_mb']:.0f} MB)  # {load_note()}", flush=True)
+                  f" peak RSS {r['peak_rss_mb']:.0f} MB (VmHWM {r['hwm_mb']:.0f} MB)  # {load_note()}", flush=True)
             reset_due(url, due, time.time())
             start, rate, peak, scrape = serve(url, tmp, args.watch)
             print(f"run {run + 1} serve: /healthz after {start:.2f}s; then {rate:,.0f} deliveries created/s over {args.watch:.0f}s;"
                   f" peak RSS {peak:.0f} MB; one GET /metrics {scrape:.2f}s  # {load_note()}", flush=True)
+        # control: the same start on an empty database of the same backend, same run (what start-up costs without rows)
+        if args.backend == "sqlite":
+            empty = f"sqlite:///{tmp / 'empty.db'}"
+            from middleware.storage.db import init_db, make_engine
+
+            eng = make_engine(empty)
+            init_db(eng)
+            eng.dispose()
+            start, _, peak, scrape = serve(empty, tmp, 1.0)
+            print(f"control serve on an empty database: /healthz after {start:.2f}s; peak RSS {peak:.0f} MB;"
+                  f" one GET /metrics {scrape:.2f}s  # {load_note()}", flush=True)
         if args.peer_pending:
             from scheduler_scale import fill_peer, run_peer
 
