@@ -158,6 +158,8 @@ def fire(url: str, seconds: float, batch: int) -> dict[str, Any]:
 
     threading.Thread(target=sample, daemon=True).start()
     handled, batches = 0, 0
+    print("ready", flush=True)  # the parent starts every firing process at once (``--schedulers``)
+    sys.stdin.readline()
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     while time.perf_counter() - t0 < seconds:
@@ -209,6 +211,18 @@ def deliveries(url: str) -> int:
     return n
 
 
+def once(url: str) -> tuple[int, int, int]:
+    """(delivery rows, distinct triggers among them, triggers marked fired): equal when each fired once."""
+    from sqlalchemy import create_engine, text
+
+    eng = create_engine(url)
+    with eng.connect() as c:
+        rows, distinct = c.execute(text("SELECT count(*), count(DISTINCT trigger_id) FROM delivery")).one()
+        fired_n = c.execute(text("SELECT count(*) FROM \"trigger\" WHERE status = 'fired'")).scalar()
+    eng.dispose()
+    return int(rows), int(distinct), int(fired_n or 0)
+
+
 def serve(url: str, tmp: Path, watch_s: float) -> tuple[float, float, float, float]:
     """(seconds to /healthz, deliveries created per second while watched, peak RSS MB, seconds of one
     ``GET /metrics`` scrape after the watch) of ``careloop serve``."""
@@ -250,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="longest firing run")
     ap.add_argument("--batch", type=int, default=500, help="the Scheduler's batch (the service's default: 500)")
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--schedulers", type=int, default=1, help="firing processes at once (exactly-once is checked)")
     ap.add_argument("--watch", type=float, default=10.0, help="seconds to watch the served process fire")
     ap.add_argument("--peer-pending", type=int, default=1_000_000, help="APScheduler's job count (0: no peer)")
     ap.add_argument("--keep", action="store_true", help="keep the database (SQLite file / PostgreSQL database)")
@@ -288,14 +303,36 @@ def main(argv: list[str] | None = None) -> None:
               f" database on disk {size_on_disk(url)}", flush=True)
         for run in range(args.runs):
             reset_due(url, due, time.time())
-            out = subprocess.run([PY, __file__, "--fire", url, "--seconds", str(args.seconds), "--batch", str(args.batch)],
-                                 capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-            if out.returncode:
-                sys.exit(out.stderr)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"run {run + 1} firing: {r['handled']:,} due triggers handled ({r['fired']:,} fired, one delivery each) in"
-                  f" {r['seconds']:.1f}s = {r['rate']:,.0f}/s; {r['cpu_us_per_trigger']:.0f} us CPU each; batches of {args.batch};"
-                  f" peak RSS {r['peak_rss_mb']:.0f} MB (VmHWM {r['hwm_mb']:.0f} MB)  # {load_note()}", flush=True)
+            cmd = [PY, __file__, "--fire", url, "--seconds", str(args.seconds), "--batch", str(args.batch)]
+            env = {**os.environ, "PYTHONPATH": str(REPO)}
+            procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                     for _ in range(args.schedulers)]
+            for p in procs:  # imported and connected: start together
+                assert p.stdout is not None
+                if p.stdout.readline().strip() != "ready":
+                    sys.exit(p.communicate()[1])
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            results = []
+            for p in procs:
+                stdout, stderr = p.communicate(None)
+                if p.returncode:
+                    sys.exit(stderr)
+                results.append(json.loads(stdout.strip().splitlines()[-1]))
+            for k, r in enumerate(results):
+                who = f"run {run + 1} firing" + (f" (scheduler {k + 1} of {args.schedulers})" if args.schedulers > 1 else "")
+                print(f"{who}: {r['handled']:,} due triggers handled ({r['fired']:,} fired, one delivery each) in"
+                      f" {r['seconds']:.1f}s = {r['rate']:,.0f}/s; {r['cpu_us_per_trigger']:.0f} us CPU each; batches of {args.batch};"
+                      f" peak RSS {r['peak_rss_mb']:.0f} MB (VmHWM {r['hwm_mb']:.0f} MB)  # {load_note()}", flush=True)
+            rows, distinct, fired_n = once(url)
+            handled = sum(r["handled"] for r in results)
+            wall = max(r["seconds"] for r in results)
+            print(f"run {run + 1} exactly once: {handled:,} handled by {args.schedulers} scheduler(s) in {wall:.1f}s"
+                  f" = {handled / wall:,.0f}/s together; {fired_n:,} triggers marked fired,"
+                  f" {rows:,} deliveries for {distinct:,} distinct triggers"
+                  f" ({'OK' if rows == distinct == fired_n else 'DOUBLED OR LOST'})", flush=True)
             reset_due(url, due, time.time())
             start, rate, peak, scrape = serve(url, tmp, args.watch)
             print(f"run {run + 1} serve: /healthz after {start:.2f}s; then {rate:,.0f} deliveries created/s over {args.watch:.0f}s;"
