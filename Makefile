@@ -50,7 +50,7 @@ fuzz: install
 bench: install
 	$(BIN)/python bench/run_all.py
 
-# issue 16, target 5: the scheduler at 10,000,000 pending triggers (about 10 minutes per backend on 2 cores; ~4 GB of
+# issue 16, target 5: the scheduler at 10,000,000 pending triggers (10–20 minutes per backend on 2 cores; ~4-5 GB of
 # disk, removed after). PostgreSQL runs when CARELOOP_TEST_POSTGRES_URL names a server it may create a database on.
 bench-scheduler: install
 	$(BIN)/python bench/scheduler_10m.py --backend sqlite --pending 10000000 | tee bench/results/scheduler_10m_sqlite.txt

@@ -1,7 +1,7 @@
 """Issue 16, target 5: the scheduler with 10,000,000 pending triggers.
 
 One command: ``python bench/scheduler_10m.py --backend sqlite|postgresql [--pending 10000000] [--due-share 0.01]
-[--seconds 60] [--peer-pending 1000000]``.
+[--seconds 60] [--peer-pending 1000000] [--schedulers 1]``.
 
 1. **Load.** The trigger table is filled inside the database itself (SQLite: a recursive CTE;
    PostgreSQL: ``generate_series``) with its secondary indexes dropped and rebuilt afterwards,
@@ -13,6 +13,8 @@ One command: ``python bench/scheduler_10m.py --backend sqlite|postgresql [--pend
    ``Scheduler`` with the shipped rule set fires due triggers in its batches — claim, the
    fire-time checks (opt-out, authorization, deceased/hospice, Consent, caps), mark fired, one
    delivery row each — until none is due or ``--seconds`` pass. Rate = triggers handled / time.
+   ``--schedulers N`` starts N such processes together; afterwards the triggers marked fired, the
+   delivery rows and the distinct triggers among them are counted (equal when each fired once).
 3. **Start.** ``careloop serve`` (with its worker) on that database: time from process start to
    ``/healthz`` answering 200, then its own firing rate and peak RSS for a few seconds. The
    webhook destination is paused in ``kv`` so the delivery loop leaves the new deliveries alone.
