@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench clean demo fuzz assets
+.PHONY: install run test lint bench bench-scheduler clean demo fuzz assets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,14 @@ assets: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# issue 16, target 5: the scheduler at 10,000,000 pending triggers (10–20 minutes per backend on 2 cores; ~4-5 GB of
+# disk, removed after). PostgreSQL runs when CARELOOP_TEST_POSTGRES_URL names a server it may create a database on.
+bench-scheduler: install
+	$(BIN)/python bench/scheduler_10m.py --backend sqlite --pending 10000000 | tee bench/results/scheduler_10m_sqlite.txt
+	@if [ -n "$$CARELOOP_TEST_POSTGRES_URL" ]; then \
+	  $(BIN)/python bench/scheduler_10m.py --backend postgresql --pending 10000000 --peer-pending 0 \
+	    | tee bench/results/scheduler_10m_postgresql.txt; fi
 
 clean:
 	rm -rf $(VENV) .careloop .pytest_cache

@@ -16,6 +16,7 @@ BENCHES = [
     ["pipeline.py", "--runs", "5"],
     ["stages.py", "--runs", "5"],
     ["scheduler_scale.py", "--runs", "5", "--due", "100000"],
+    ["scheduler_10m.py", "--pending", "1000000", "--runs", "1", "--peer-pending", "0"],  # 10 M: make bench-scheduler
     ["growth.py", "--runs", "3"],
     ["flood.py"],
 ]
