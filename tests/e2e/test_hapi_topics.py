@@ -163,6 +163,7 @@ class Relay:
                 relay.bodies.append((headers, body))
                 r = httpx.post(relay.target + self.path, content=body, headers=headers, timeout=30)
                 self.send_response(r.status_code)
+                self.send_header("content-type", r.headers.get("content-type", "application/octet-stream"))
                 self.send_header("content-length", str(len(r.content)))
                 self.end_headers()
                 self.wfile.write(r.content)
