@@ -66,12 +66,14 @@ def ours(http: Any) -> dict[str, list[dict[str, Any]]]:
     """careloop's Subscriptions on the server by tag code, oldest first.
 
     Lists ``Subscription?_count=200`` (following ``next``) and filters by ``meta.tag`` here:
-    HAPI 8.8 answers ``_tag`` searches on Subscription with nothing.
+    HAPI 8.8 answers ``_tag`` searches on Subscription with nothing. ``Cache-Control: no-cache``:
+    HAPI otherwise reuses an identical search's results for up to a minute, so a Subscription
+    created (or set to ``error``) since someone else's listing would be missing or stale.
     """
     out: dict[str, list[dict[str, Any]]] = {}
     url: str | None = "/Subscription?_count=200&_sort=_id"
     while url:
-        bundle = http.get(url).raise_for_status().json()
+        bundle = http.get(url, headers={"Cache-Control": "no-cache"}).raise_for_status().json()
         for e in bundle.get("entry") or []:
             r = e["resource"]
             for t in (r.get("meta") or {}).get("tag") or []:

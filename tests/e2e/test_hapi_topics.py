@@ -296,6 +296,8 @@ def test_operations_and_error_status_as_the_server_offers(careloop_factory: Any,
     tag = uuid.uuid4().hex[:8]
     sid = f"e2e-{tag}-ops"
     _store_topics(hapi_client)
+    # someone lists Subscriptions first: HAPI caches that search for a minute, and `status` must not be fooled
+    assert hapi_client.get("Subscription?_count=200&_sort=_id", headers=hooks.FHIR_JSON).status_code == 200
     ids = hooks.apply(hapi_client, [topic_subscription(sid, "id-only", cl.url + "/fhir/default", cl.token)])
     try:
         cap = hapi_client.get("metadata", headers=hooks.FHIR_JSON).json()
