@@ -319,7 +319,10 @@ def test_operations_and_error_status_as_the_server_offers(careloop_factory: Any,
         out = _status_cli(cl.database_url, cl.mappings_dir, tmp_path)
         line = next((ln for ln in out.splitlines() if f"Subscription/{sid} " in ln), None)
         assert line is not None, out
-        assert "server: error (operator: endpoint retired)" in line and "no notification seen" in line, line
+        assert "server: error (operator: endpoint retired)" in line, line
+        # the shared server's other sessions change Appointments too, so this subscription may have had events
+        st = sub_state(cl.database_url, sid)
+        assert (f"last event {st['last_event']} " in line) if st else ("no notification seen" in line), (st, line)
     finally:
         hooks.delete(hapi_client, ids)
 
