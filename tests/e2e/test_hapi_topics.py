@@ -377,7 +377,10 @@ def test_gap_after_careloop_was_down_is_detected_and_reconciled(hapi_client: htt
         other["participant"] = other["participant"][:1]
         _put(hapi_client, other)  # event last+2: the jump
         st = _poll(lambda: (s := sub_state(db, sid)).get("gaps") and s, 60, "the gap in careloop's state")
-        assert st["last_event"] == last + 2 and st["missing"] == [last + 1] and st["gaps"] == 1, st
+        # exactly [last+1] and last+2 on a server of our own; other sessions' Appointment changes (the
+        # criteria is every Appointment) can widen the jump on a shared one
+        assert last + 1 in st["missing"] and st["last_event"] >= last + 2 and st["gaps"] >= 1, st
+        assert all(last < n < st["last_event"] for n in st["missing"]), st
         cancelled = _poll(lambda: [e for e in _events(api2, ref) if e["type"] == "appointment.cancelled"], 60,
                           "appointment.cancelled from the reconciler")
         assert cancelled[0]["arrival"] == "reconcile" and cancelled[0]["previous_status"] == "booked"
@@ -391,10 +394,13 @@ def test_gap_after_careloop_was_down_is_detected_and_reconciled(hapi_client: htt
         s.update(status="error", error="operator: paused after outage")
         assert hapi_client.put(f"Subscription/{sid}", json=s, headers=hooks.FHIR_JSON).status_code == 200
         out = _status_cli(db, mappings, tmp_path, env)
+        st = sub_state(db, sid)
         line = next((ln for ln in out.splitlines() if f"Subscription/{sid} " in ln), None)
         assert line is not None, out
         assert "server: error (operator: paused after outage)" in line, line
-        assert f"last event {last + 2}" in line and f"missing {last + 1}" in line and "gaps 1" in line, line
+        shown = ",".join(map(str, st["missing"][:10]))
+        assert f"last event {st['last_event']} " in line and f"gaps {st['gaps']}," in line, (st, line)
+        assert f"missing {shown}" in line and "gap " in line, (st, line)
     finally:
         hooks.delete(hapi_client, ids)
         for proc in (cl, cl2):
