@@ -66,12 +66,14 @@ def ours(http: Any) -> dict[str, list[dict[str, Any]]]:
     """careloop's Subscriptions on the server by tag code, oldest first.
 
     Lists ``Subscription?_count=200`` (following ``next``) and filters by ``meta.tag`` here:
-    HAPI 8.8 answers ``_tag`` searches on Subscription with nothing.
+    HAPI 8.8 answers ``_tag`` searches on Subscription with nothing. ``Cache-Control: no-cache``:
+    HAPI otherwise reuses an identical search's results for up to a minute, so a Subscription
+    created (or set to ``error``) since someone else's listing would be missing or stale.
     """
     out: dict[str, list[dict[str, Any]]] = {}
     url: str | None = "/Subscription?_count=200&_sort=_id"
     while url:
-        bundle = http.get(url).raise_for_status().json()
+        bundle = http.get(url, headers={"Cache-Control": "no-cache"}).raise_for_status().json()
         for e in bundle.get("entry") or []:
             r = e["resource"]
             for t in (r.get("meta") or {}).get("tag") or []:
@@ -228,7 +230,7 @@ def _apply(args: argparse.Namespace, settings: Any) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from ..pipeline.fhir_state import hwm_key, parse_instant, reconcile_key
+    from ..pipeline.fhir_state import hwm_key, parse_instant, pending_key, reconcile_key
     from ..rules.load import load_ruleset
     from ..storage.queries import kv
     from ..storage.queries.metrics import last_received
@@ -240,15 +242,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if source is None:
         print(f"careloop subscriptions: unknown source {args.source!r}", file=sys.stderr)
         return 2
+    server: dict[str, dict[str, Any]] = {}  # Subscription id -> the server's resource
     if source.fhir.base_url:
         try:
             with _client(source) as http:
                 subs = [r for rs_ in ours(http).values() for r in rs_]
             print(f"server {source.fhir.base_url}: {len(subs)} careloop subscription(s)")
-            for found in subs:
-                tag = next((t["code"] for t in found["meta"]["tag"] if t.get("system") == TAG_SYSTEM), "?")
-                print(f"  Subscription/{found['id']} {tag}: {found.get('status')} {found.get('error') or ''} "
-                      f"criteria={found.get('criteria')}")
+            server = {str(r.get("id")): r for r in subs}
         except Exception as exc:  # report and carry on with local state
             print(f"server {source.fhir.base_url}: unreachable ({type(exc).__name__})")
     engine = open_data(settings)
@@ -257,9 +257,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     with unit(engine) as u:
         when = time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(last)) + f' ({now - last:.0f} s ago)' if last else 'never'
         print(f"last notification: {when}")
-        for key, st in kv.with_prefix_json(u, f"fhir.sub.{source.name}.").items():
-            print(f"  {key.rsplit('.', 1)[-1]}: last event {st.get('last_event')}, missing {len(st.get('missing') or [])}, "
-                  f"gaps {st.get('gaps', 0)}, resets {st.get('resets', 0)}, last {st.get('last_type')}")
+        seen = {key.rsplit(".", 1)[-1]: st for key, st in kv.with_prefix_json(u, f"fhir.sub.{source.name}.").items()}
+        pending = [t for t in source.fhir.resource_types if kv.get_json(u, pending_key(source.name, t))]
+        for line in subscription_lines(server, seen, pending):
+            print(line)
         rec = kv.get_json(u, reconcile_key(source.name))
         if rec:
             print(f"last reconciliation: {now - rec['at']:.0f} s ago ({rec['reason']}): {rec['stored']} stored, "
@@ -270,6 +271,39 @@ def cmd_status(args: argparse.Namespace) -> int:
             at = parse_instant((kv.get_json(u, hwm_key(source.name, t)) or {}).get("at"))
             print(f"  {t}: high-water mark {at.isoformat() if at else 'none'}" + (f", lag {now - at.timestamp():.0f} s" if at else ""))
     return 0
+
+
+def subscription_lines(server: dict[str, dict[str, Any]], seen: dict[str, dict[str, Any]],
+                       pending: list[str]) -> list[str]:
+    """One line per subscription, server's and careloop's view joined by Subscription id (pure).
+
+    ``server``: careloop's Subscriptions on the server by id (status, ``error``, topic or criteria);
+    ``seen``: careloop's counter state per subscription id (``fhir.sub.<source>.<id>``: last event
+    number, numbers still missing, gaps, resets, last notification type); ``pending``: resource types
+    with a sweep asked for and not yet done. A subscription with missing numbers is "gap being
+    recovered" while a sweep is pending, "gap recovered by reconciliation" once none is (a sweep
+    cannot tell which event numbers it covered, so the numbers stay listed).
+    """
+    out = []
+    for sid in sorted(set(server) | set(seen)):
+        found, st = server.get(sid), seen.get(sid) or {}
+        tag = next((t.get("code") for t in ((found or {}).get("meta") or {}).get("tag") or [] if t.get("system") == TAG_SYSTEM), None)
+        if found is None:
+            where = "server: not found"
+        else:
+            err = found.get("error")
+            where = f"server: {found.get('status')}" + (f" ({err})" if err else "")
+        what = f" {tag}" if tag else ""
+        target = f" criteria={found.get('criteria')}" if found else ""
+        if not st:
+            out.append(f"  Subscription/{sid}{what}: {where}; no notification seen{target}")
+            continue
+        missing = [int(x) for x in st.get("missing") or []]
+        shown = ",".join(map(str, missing[:10])) + ("..." if len(missing) > 10 else "")
+        gap = (f"; gap {'being recovered' if pending else 'recovered by reconciliation'}: missing {shown}" if missing else "")
+        out.append(f"  Subscription/{sid}{what}: {where}; last event {st.get('last_event')}"
+                   f" (last {st.get('last_type')}), gaps {st.get('gaps', 0)}, resets {st.get('resets', 0)}{gap}{target}")
+    return out
 
 
 def _put_topic(http: Any, path: Path) -> bool:

@@ -6,7 +6,8 @@ Two runtimes:
   memory), built with Maven into ``sandbox/hapi/target/careloop-hapi-sandbox.jar`` and started
   as a detached ``java -Xmx1g -jar`` process. Needs Java 17+ and ``mvn``.
 * ``docker`` — ``docker compose up -d hapi`` with the repository's ``docker-compose.yml``
-  (image ``hapiproject/hapi:v8.8.0-1``). Chosen only when a Docker *engine* answers
+  (image ``careloop/hapi-sandbox:8.8.0``, the same launcher built by ``sandbox/hapi/Dockerfile``;
+  the stock ``hapiproject/hapi`` R4 image lacks ``SubscriptionTopicConfig``). Chosen only when a Docker *engine* answers
   ``docker info``; a bare client is not enough.
 
 State lives in a work directory (default ``.careloop/sandbox``): ``hapi.pid``, ``hapi.json``

@@ -94,8 +94,12 @@ def test_hapi_settings_match_launcher() -> None:
 def test_hapi_versions_and_ports_consistent() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     hapi = compose["services"]["hapi"]
-    m = re.fullmatch(r"hapiproject/hapi:v(\d+\.\d+\.\d+)-\d+", hapi["image"])
+    # the launcher itself, built (the stock image's R4 config lacks SubscriptionTopicConfig: starter #964)
+    m = re.fullmatch(r"careloop/hapi-sandbox:(\d+\.\d+\.\d+)", hapi["image"])
     assert m, hapi["image"]
+    assert hapi["build"]["context"] == "./sandbox/hapi"
+    dockerfile = (POM.parent / "Dockerfile").read_text()
+    assert "careloop-hapi-sandbox.jar" in dockerfile and "SERVER_PORT=8080" in dockerfile
 
     ns = {"m": "http://maven.apache.org/POM/4.0.0"}
     props = ET.parse(POM).getroot().find("m:properties", ns)
