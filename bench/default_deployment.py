@@ -70,9 +70,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     ap.add_argument("--seconds", type=float, default=5.0, help="length of each steady-rate latency run")
     ap.add_argument("--servers", default=",".join(SERVERS))
     ap.add_argument("--profile", type=Path, help="py-spy raw output of careloop (worker) during one 1-connection run")
+    ap.add_argument("--baseline", type=Path, help="another checkout (e.g. main): also run its `serve` with the worker, as 'baseline'")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     servers = [s for s in args.servers.split(",") if s]
+    if args.baseline:
+        servers.insert(1, "baseline")
     work = Path(tempfile.mkdtemp(prefix="careloop-bench-default-"))
     print(f"# MLLP ingest in the default deployment  {machine()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             if s == "careloop":
                 p, port, dbs[s] = start_careloop(work, hook, worker=True, name="worker")
                 procs[s] = (p, port)
+            elif s == "baseline":
+                p, port, dbs[s] = start_careloop(work, hook, worker=True, name="baseline", repo=args.baseline.resolve())
+                procs[s] = (p, port)
             elif s == "no-worker":
                 p, port, dbs[s] = start_careloop(work, hook, worker=False, name="noworker")
                 procs[s] = (p, port)
@@ -102,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             for s in servers:
                 proc, port = procs[s]
                 tag = f"R{run}{s[:2]}"
-                if s == "careloop":
+                if s in ("careloop", "baseline"):
                     wait_drained(dbs[s], 300)
                 lat = asyncio.run(steady_acks(port, mix(tag + "i", n_steady, seq), args.rate))
                 seq += n_steady
@@ -128,7 +134,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                         extra = f"  ACK p50 {percentile(r.latencies_ms, 50):.2f} ms p99 {percentile(r.latencies_ms, 99):.2f} ms"
                     print(f"run {run + 1} {s:10s} {conns} conn: {r.rate:8,.0f} msg/s  server CPU {cpu[s][conns][-1]:3.0f}%{extra}",
                           flush=True)
-                bl = backlog(dbs[s]) if s == "careloop" else 0
+                bl = backlog(dbs[s]) if s in ("careloop", "baseline") else 0
                 lat = asyncio.run(steady_acks(port, mix(tag + "s", n_steady, seq), args.rate))
                 seq += n_steady
                 lat_all[s]["saturated"] += lat
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                     sat_backlog.append(bl)
                 print(f"run {run + 1} {s:10s} ACK at {args.rate:.0f} msg/s: idle p50 {p_runs[s]['idle'][-1][0]:.2f} / p99 "
                       f"{p_runs[s]['idle'][-1][1]:.2f} ms; after the 8-conn run p50 {p_runs[s]['saturated'][-1][0]:.2f} / p99 "
-                      f"{p_runs[s]['saturated'][-1][1]:.2f} ms" + (f" (backlog {bl} at its start)" if s == "careloop" else ""),
+                      f"{p_runs[s]['saturated'][-1][1]:.2f} ms" + (f" (backlog {bl} at its start)" if s in ("careloop", "baseline") else ""),
                       flush=True)
         drain = wait_drained(dbs["careloop"], 600) if "careloop" in dbs else 0.0
         time.sleep(2.0)
@@ -179,6 +185,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         targets.append(f"careloop (worker) / careloop --no-worker, 8 conn: {r8:.2f} (target >= 0.80) {'MET' if r8 >= 0.8 else 'NOT MET'}")
         r1n = med["careloop"][1] / med["no-worker"][1]
         targets.append(f"careloop (worker) / careloop --no-worker, 1 conn: {r1n:.2f}")
+    if "careloop" in med and "baseline" in med:
+        for c in (1, 8):
+            targets.append(f"careloop (worker) / baseline (worker, {args.baseline}), {c} conn: {med['careloop'][c] / med['baseline'][c]:.2f}x")
     if "careloop" in lat_all:
         for k in ("idle", "saturated"):
             vals = lat_all["careloop"][k]

@@ -89,13 +89,15 @@ def start_sink(work: Path) -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_careloop(work: Path, hook_base: str, *, worker: bool, name: str) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """``careloop serve`` (with its worker unless ``worker`` is false) on a fresh SQLite file."""
+def start_careloop(work: Path, hook_base: str, *, worker: bool, name: str,
+                   repo: Path = REPO) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """``careloop serve`` (with its worker unless ``worker`` is false) on a fresh SQLite file; ``repo``: the
+    checkout whose code runs (another one gives a before/after in the same run)."""
     maps = mappings_copy(work)
     http, mllp = free_port(), free_port()
     db = work / f"{name}.db"
     env = {**os.environ, "CARELOOP_WEBHOOK_URL": hook_base + "/hooks", "CARELOOP_WEBHOOK_SECRET": dev_secret(),
-           "CARELOOP_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
+           "CARELOOP_LOG_LEVEL": "WARNING", "PYTHONPATH": str(repo)}
     cmd = [PY, "-m", "middleware", "serve", "--http-port", str(http), "--mllp-port", str(mllp),
            "--mappings", str(maps), "--database-url", f"sqlite:///{db}"] + ([] if worker else ["--no-worker"])
     log = (work / f"{name}.log").open("wb")
