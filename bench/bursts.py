@@ -140,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rows: {json.dumps(final, sort_keys=True)}")
     dup_hooks = len(hook_ids) - len(set(hook_ids))
     dup_appts = sum(k - 1 for k in patients.values() if k > 1)
-    print(f"webhooks: {len(got):,} for {want:,} SIU messages; duplicate webhook ids {dup_hooks}, patients notified twice {dup_appts}, distinct patients {len(patients):,}; "
-          f"{'NOTHING LOST OR DOUBLED' if not missing and not doubled and len(got) == want == len(patients) and not dup_hooks and not dup_appts else 'MISMATCH'}")
+    ok = not missing and not doubled and len(got) == want == len(patients) and not dup_hooks and not dup_appts
+    print(f"webhooks: {len(got):,} for {want:,} SIU messages; duplicate webhook ids {dup_hooks}, "
+          f"patients notified twice {dup_appts}, distinct patients {len(patients):,}; "
+          f"{'NOTHING LOST OR DOUBLED' if ok else 'MISMATCH'}")
     return 0
 
 

@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                         sys.path.insert(0, str(REPO / "bench"))
                         from pyspy import py_spy_while
 
-                        profile_text, r = py_spy_while(proc.pid, lambda: run_load(port, msgs, 1), args.profile, top=30)
+                        profile_text, r = py_spy_while(proc.pid, lambda p=port, m=msgs: run_load(p, m, 1),  # type: ignore[misc]
+                                                       args.profile, top=30)
                     else:
                         r = run_load(port, msgs, conns)
                     rates[s][conns].append(r.rate)
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                     sat_backlog.append(bl)
                 print(f"run {run + 1} {s:10s} ACK at {args.rate:.0f} msg/s: idle p50 {p_runs[s]['idle'][-1][0]:.2f} / p99 "
                       f"{p_runs[s]['idle'][-1][1]:.2f} ms; after the 8-conn run p50 {p_runs[s]['saturated'][-1][0]:.2f} / p99 "
-                      f"{p_runs[s]['saturated'][-1][1]:.2f} ms" + (f" (backlog {bl} at its start)" if s in ("careloop", "baseline") else ""),
+                      f"{p_runs[s]['saturated'][-1][1]:.2f} ms"
+                      + (f" (backlog {bl} at its start)" if s in ("careloop", "baseline") else ""),
                       flush=True)
         drain = wait_drained(dbs["careloop"], 600) if "careloop" in dbs else 0.0
         time.sleep(2.0)
@@ -187,7 +189,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         targets.append(f"careloop (worker) / careloop --no-worker, 1 conn: {r1n:.2f}")
     if "careloop" in med and "baseline" in med:
         for c in (1, 8):
-            targets.append(f"careloop (worker) / baseline (worker, {args.baseline}), {c} conn: {med['careloop'][c] / med['baseline'][c]:.2f}x")
+            ratio = med["careloop"][c] / med["baseline"][c]
+            targets.append(f"careloop (worker) / baseline (worker, {args.baseline}), {c} conn: {ratio:.2f}x")
     if "careloop" in lat_all:
         for k in ("idle", "saturated"):
             vals = lat_all["careloop"][k]
