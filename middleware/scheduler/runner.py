@@ -64,12 +64,8 @@ class Scheduler:
     def fire_due(self) -> int:
         """Fire up to ``batch`` due triggers; return how many were handled."""
         created = 0
-        # one write transaction (SQLite: the write lock first, since it reads then writes). Not fsync'd on
-        # SQLite (``durable=False``, as processing; issue 16: one fsync less under the write lock per
-        # trigger): nothing leaves careloop before the delivery worker's claim, a durable commit that
-        # syncs the WAL up to and including this one; a power cut before it leaves the triggers pending,
-        # fired again (same idempotency keys), never twice.
-        with unit(self.engine, write=True, durable=False) as u:
+        # one write transaction (SQLite: the write lock first, since it reads then writes)
+        with unit(self.engine, write=True) as u:
             rs = self.ruleset()
             at = self.clock()
             now = at.timestamp()
