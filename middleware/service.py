@@ -29,12 +29,6 @@ from .storage.inbox import InboxWriter
 
 log = logging.getLogger("careloop.service")
 
-#: CPython's GIL switch interval while ``serve`` runs its worker beside the listeners (issue 16). The
-#: processing thread is CPU-bound; with the default 5 ms a thread that needs the GIL to read a frame,
-#: commit or write an ACK waits up to 5 ms per hand-off, several hand-offs per ACK. 0.5 ms bounds that
-#: wait at a small cost in switches (measured in bench/default_deployment.py).
-GIL_SLICE_S = 0.0005
-
 
 class ConfigError(Exception):
     def __init__(self, diagnostics: list[Diagnostic]) -> None:
@@ -328,10 +322,6 @@ class Runtime:
         import uvicorn
 
         self.loop = asyncio.get_running_loop()
-        if self.settings.run_worker:
-            import sys
-
-            sys.setswitchinterval(GIL_SLICE_S)
         tasks = await self.start_workers()
         self.mllp = self._mllp_listener(self.settings.mllp_port)
         await self.mllp.start()
