@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = [
-    ["default_deployment.py", "--runs", "5"],  # issue 16, benchmark 1: `serve` with its worker, beside --no-worker and python-hl7
+    ["default_deployment.py", "--runs", "3"],  # issue 16, benchmark 1: `serve` with its worker, beside --no-worker and python-hl7
     ["mllp_ingest.py", "--runs", "5"],
     ["fhir_ingest.py", "--runs", "5"],
     ["pipeline.py", "--runs", "5"],
