@@ -197,6 +197,19 @@ class Runtime:
         from .console.sessions import purge_expired
 
         return purge_expired(self.engine, time.time(), self.settings.console_idle_timeout_s)
+    async def _checkpoint_loop(self, every_s: float = 0.25) -> None:
+        """SQLite: WAL checkpoints in a thread of their own, off every commit's path (commits run
+        none themselves: ``storage.db.checkpoints_off_the_write_path``)."""
+        from .storage.db import wal_checkpoint
+
+        while True:
+            try:
+                await asyncio.to_thread(wal_checkpoint, self.engine)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a busy or failed checkpoint is retried on the next round
+                log.warning("checkpoint failed", extra={"action": "storage.checkpoint_error", "error_type": type(exc).__name__})
+            await asyncio.sleep(every_s)
 
     async def _retention_loop(self, every_s: float = 3600.0) -> None:
         """Purge raw messages and payload bodies older than ``retention_days``, and expired console
@@ -261,6 +274,10 @@ class Runtime:
         """
         self.loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(self.writer.run(), name="inbox-writer")]
+        from .storage.db import checkpoints_off_the_write_path
+
+        if checkpoints_off_the_write_path(self.engine):
+            tasks.append(asyncio.create_task(self._checkpoint_loop(), name="wal-checkpoint"))
         if self.settings.run_worker or standalone:
             poll = max(self.settings.worker_poll_interval_s, 0.05)
             # the scheduler polls often enough that a trigger fires well within a second of its due time

@@ -56,6 +56,41 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
     return engine
 
 
+def checkpoints_off_the_write_path(engine: Engine) -> bool:
+    """SQLite: stop commits from running WAL checkpoints themselves (``wal_autocheckpoint=0`` on every
+    connection of ``engine``); the caller then runs :func:`wal_checkpoint` on its own schedule.
+
+    By default the commit that takes the WAL past 1,000 pages copies it into the database and fsyncs
+    the file, inside its transaction: an inbox commit that ACKs are waiting for, or a processing
+    batch the inbox queues behind (issue 16). Returns False (nothing changed) on PostgreSQL and for
+    an in-memory database."""
+    if not is_sqlite(engine) or engine.url.database in (None, "", ":memory:"):
+        return False  # PostgreSQL, or an in-memory database (no WAL; disposing its pool would lose it)
+
+    @event.listens_for(engine, "connect")
+    def _no_autocheckpoint(dbapi_conn: Any, _rec: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA wal_autocheckpoint=0")
+        cur.close()
+
+    engine.dispose()  # connections opened before this reopen with the setting
+    return True
+
+
+def wal_checkpoint(engine: Engine) -> tuple[int, int, int]:
+    """A PASSIVE checkpoint on a connection of its own (SQLite): copies what it can of the WAL into
+    the database without waiting for, or holding up, readers and writers; never takes the
+    process's write lock. Returns SQLite's ``(busy, wal pages, pages checkpointed)``."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        row = cur.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        cur.close()
+        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+    finally:
+        raw.close()
+
+
 def init_db(engine: Engine) -> None:
     """Bring ``engine``'s database to the newest schema revision, creating it if empty (tests,
     benchmarks, scratch databases). Commands open databases with ``schema.open_database``."""

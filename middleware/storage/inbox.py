@@ -234,8 +234,13 @@ class InboxWriter:
     def write_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
         if self._lock is None:  # PostgreSQL: no process-wide writer to queue behind
             return self._write_batch(records)
-        with self._lock:
+        # urgent: producers wait for this commit to ACK, so it goes before processing, scheduler and
+        # delivery transactions queued for SQLite's one writer (which also commit early for it)
+        self._lock.acquire(urgent=True)
+        try:
             return self._write_batch(records)
+        finally:
+            self._lock.release()
 
     def _write_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
         """Insert the records in one transaction; resolve duplicates against stored rows."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from enum import Enum
 import threading
+import time
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -229,33 +230,63 @@ def get(name: str) -> Query:
 # -- SQLite's write lock ----------------------------------------------------------------------
 
 class WriteLock:
-    """A reentrant lock handed over in arrival order: a thread that releases it and asks again at
-    once (the processor between batches) queues behind a thread already waiting (the inbox
-    writer), so ingest commits are never starved by a busy worker."""
+    """A reentrant lock with two classes of waiters (issue 16: ingest never waits for processing).
 
-    __slots__ = ("_cond", "_owner", "_depth", "_queue")
+    * **urgent** waiters (the inbox writer: a commit that ACKs are waiting for) are served before
+      ordinary ones, in arrival order among themselves;
+    * **ordinary** waiters (processing, scheduler, delivery, admin writes) are served in arrival
+      order: a thread that releases the lock and asks again at once queues behind one already waiting.
 
-    def __init__(self) -> None:
+    An ordinary waiter that has waited ``starve_s`` is served before later urgent ones, so a flood
+    of ingest cannot stall processing for ever. A holder doing long work in small transactions asks
+    :attr:`urgent_waiting` between them and commits early (``UnitOfWork.should_yield``).
+    """
+
+    __slots__ = ("_cond", "_owner", "_depth", "_queue", "_urgent", "starve_s")
+
+    def __init__(self, starve_s: float = 0.05) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._owner: int | None = None
         self._depth = 0
-        self._queue: deque[int] = deque()
+        self._queue: deque[tuple[int, float]] = deque()  # ordinary waiters: (thread, when it asked)
+        self._urgent: deque[int] = deque()
+        self.starve_s = starve_s
 
-    def acquire(self, blocking: bool = True) -> bool:
+    @property
+    def urgent_waiting(self) -> bool:
+        """An urgent writer waits for this lock (read without locking: a hint, checked again by the lock)."""
+        return bool(self._urgent)
+
+    def _next(self) -> int | None:
+        """The waiter served next (call with ``_cond`` held)."""
+        if self._urgent and (not self._queue or time.monotonic() - self._queue[0][1] < self.starve_s):
+            return self._urgent[0]
+        if self._queue:
+            return self._queue[0][0]
+        return None
+
+    def acquire(self, blocking: bool = True, urgent: bool = False) -> bool:
         me = threading.get_ident()
         with self._cond:
             if self._owner == me:
                 self._depth += 1
                 return True
-            if self._owner is None and not self._queue:
+            if self._owner is None and not self._queue and not self._urgent:
                 self._owner, self._depth = me, 1
                 return True
             if not blocking:
                 return False
-            self._queue.append(me)
-            while self._owner is not None or self._queue[0] != me:
-                self._cond.wait()
-            self._queue.popleft()
+            if urgent:
+                self._urgent.append(me)
+            else:
+                self._queue.append((me, time.monotonic()))
+            while self._owner is not None or self._next() != me:
+                # an ordinary head may become the next one when its wait passes starve_s: look again then
+                self._cond.wait(self.starve_s if self._urgent and self._queue else None)
+            if urgent:
+                self._urgent.remove(me)
+            else:
+                self._queue.popleft()
             self._owner, self._depth = me, 1
             return True
 
@@ -266,7 +297,7 @@ class WriteLock:
             self._depth -= 1
             if self._depth == 0:
                 self._owner = None
-                if self._queue:
+                if self._queue or self._urgent:
                     self._cond.notify_all()
 
     def __enter__(self) -> bool:
@@ -387,6 +418,11 @@ class UnitOfWork:
         if self._session is not None:
             self._session.expunge_all()
         self.conn.rollback()
+
+    def should_yield(self) -> bool:
+        """True when an urgent writer (the inbox: ACKs wait for it) waits for this unit's SQLite write
+        lock: a long job working in small steps commits and lets it in (always False on PostgreSQL)."""
+        return self._lock is not None and self._lock.urgent_waiting
 
     def commit_and_continue(self) -> None:
         """Commit what is done so far and go on in a new transaction (another writer of this
