@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import Integer, String, cast, delete, func, or_, select, true, update
 
 from ..sql import UnitOfWork, any_of, get, param, query
-from ..statuses import DeliveryStatus
+from ..statuses import Confirmation, DeliveryStatus
 from . import operator
 from ._tables import ALERT, DELIVERY, INTENT, KV, TRIGGER
 from .operator import AttemptDetail
@@ -51,10 +51,12 @@ class AlertRecord(NamedTuple):
     resolved_at: float | None
 
 
+#: the columns of a :class:`DeliveryListed`, in its order (one list for every query that returns one)
+_LISTED = (_D.id, _D.trigger_id, _T.rule_id, _D.destination, _D.status, _D.attempts, _D.next_attempt_at,
+           _D.last_error, _D.last_status_code, _D.delivered_at, _D.kind, _D.confirmation)
+
 query("admin.list_deliveries",
-      select(_D.id, _D.trigger_id, _T.rule_id, _D.destination, _D.status, _D.attempts, _D.next_attempt_at,
-             _D.last_error, _D.last_status_code, _D.delivered_at, _D.kind, _D.confirmation)
-      .select_from(DELIVERY.outerjoin(TRIGGER, _T.id == _D.trigger_id))
+      select(*_LISTED).select_from(DELIVERY.outerjoin(TRIGGER, _T.id == _D.trigger_id))
       .where(_optional("status", _D.status), _optional("destination", _D.destination))
       .order_by(_D.id.desc()).limit(param("limit")), DeliveryListed)
 query("admin.replay_candidates",
@@ -81,19 +83,17 @@ query("admin.pending_due_now",
 #: the deliveries page (console): dead letters, unconfirmed and failing (pending with an error) deliveries, or one
 #: status; filters by destination and rule; newest first, keyset-paginated by id (no COUNT per page)
 query("admin.problem_deliveries",
-      select(_D.id, _D.trigger_id, _T.rule_id, _D.destination, _D.status, _D.attempts, _D.next_attempt_at,
-             _D.last_error, _D.last_status_code, _D.delivered_at)
-      .select_from(DELIVERY.outerjoin(TRIGGER, _T.id == _D.trigger_id))
+      select(*_LISTED).select_from(DELIVERY.outerjoin(TRIGGER, _T.id == _D.trigger_id))
       .where(or_(_D.status == param("status"),
                  cast(param("status"), String).is_(None)
                  & (_D.status.in_([DeliveryStatus.DEAD, DeliveryStatus.UNCONFIRMED])
-                    | ((_D.status == DeliveryStatus.PENDING) & _D.last_error.is_not(None)))),
+                    | ((_D.status == DeliveryStatus.PENDING) & _D.last_error.is_not(None))
+                    | (_D.confirmation == Confirmation.UNCONFIRMED))),  # exits the vendor never confirmed (issue 17)
              _optional("destination", _D.destination), _optional("rule_id", _T.rule_id),
              or_(cast(param("before_id"), Integer).is_(None), _D.id < param("before_id")))
       .order_by(_D.id.desc()).limit(param("limit")), DeliveryListed)
-query("admin.delivery", select(_D.id, _D.trigger_id, _T.rule_id, _D.destination, _D.status, _D.attempts, _D.next_attempt_at,
-                               _D.last_error, _D.last_status_code, _D.delivered_at)
-      .select_from(DELIVERY.outerjoin(TRIGGER, _T.id == _D.trigger_id)).where(_D.id == param("id")), DeliveryListed)
+query("admin.delivery", select(*_LISTED).select_from(DELIVERY.outerjoin(TRIGGER, _T.id == _D.trigger_id))
+      .where(_D.id == param("id")), DeliveryListed)
 #: how many deliveries a replay with these filters would put back (the console's confirm step)
 def _replay_count(dialect: str) -> Any:
     candidates: Any = get("admin.replay_candidates").statement(dialect)
