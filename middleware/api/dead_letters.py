@@ -34,6 +34,8 @@ class Delivery(BaseModel):
     last_error: str | None
     last_status_code: int | None
     delivered_at: str | None
+    kind: str = "entry"  # entry | exit (issue 17)
+    confirmation: str | None = None  # what the vendor's answer proves: accepted | pending | confirmed | unconfirmed
     history: list[Attempt]
 
 

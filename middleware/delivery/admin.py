@@ -55,7 +55,8 @@ def list_deliveries(engine: Engine, *, status: str | None = None, destination: s
 def _listed_json(d: q.DeliveryListed) -> dict[str, Any]:
     return {"id": d.id, "trigger_id": d.trigger_id, "rule_id": d.rule_id, "destination": d.destination,
             "status": d.status, "attempts": d.attempts, "next_attempt_at": _iso(d.next_attempt_at),
-            "last_error": d.last_error, "last_status_code": d.last_status_code, "delivered_at": _iso(d.delivered_at)}
+            "last_error": d.last_error, "last_status_code": d.last_status_code, "delivered_at": _iso(d.delivered_at),
+            "kind": d.kind, "confirmation": d.confirmation}
 
 
 def _attempt_json(a: Any) -> dict[str, Any]:
