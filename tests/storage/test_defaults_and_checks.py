@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 
+from middleware.storage import outcome_stops
 from middleware.storage import schema
 from middleware.storage.db import make_engine
 from middleware.storage.statuses import DeliveryStatus, TriggerStatus
@@ -70,5 +71,7 @@ def test_release_rows_pass_the_new_checks_and_keep_the_triggers(tmp_path: Path) 
     schema.upgrade(engine)  # batch-recreates disclosure among others
     with engine.connect() as conn:
         names = {r[0] for r in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
-    assert names == {"disclosure_no_update", "disclosure_no_delete", "admin_audit_no_update", "admin_audit_no_delete"}
+    # the append-only guards, and the triggers that keep outcome.stopped (storage/outcome_stops.py, revision 0010)
+    assert names == {"disclosure_no_update", "disclosure_no_delete", "admin_audit_no_update", "admin_audit_no_delete",
+                     *outcome_stops.NAMES["sqlite"]}
     engine.dispose()
