@@ -348,9 +348,11 @@ def _after_reads(
                  for c in reads.wanted])
         if reads.exit_dests and cancel_only_ids is None:
             entries = dict(zip(reads.scopes, got[len(reads.scopes):2 * len(reads.scopes)]))
-            result.exits += exits.open_for_cancellations(u, [
-                (c, [e for e in entries[(c.same, c.key)] if e.rule_id == c.rule_id and e.created_at >= _since(c, nowts)])
-                for c in reads.wanted], nowts)
+            origins: dict[int, dict[str, Any]] = {}
+            result.exits += exits.open_entries(u, [
+                e for c in reads.wanted for e in entries[(c.same, c.key)]
+                if e.rule_id == c.rule_id and e.created_at >= _since(c, nowts) and _applies(u, c, e.event_id, e.payload, origins)],
+                nowts)
     hospice = hospice_from(got[reads.hospice_at], rs) if reads.hospice is not None else None
     decisions = evaluate(ev, rs, now=now, patient=patient, source_zone=source_zone, hospice=hospice, only=only, nth=nth)
     if rs.superseded_by:
@@ -418,6 +420,19 @@ def _pending_call(cs: list[Cancellation], nowts: float) -> tuple[Query, dict[str
             {"rule_ids": sorted({c.rule_id for c in cs}), "key": cs[0].key, "since": min(_since(c, nowts) for c in cs)})
 
 
+def _applies(u: UnitOfWork, c: Cancellation, event_id: int | None, payload: str | None,
+             origins: dict[int, dict[str, Any]]) -> bool:
+    """Does cancellation ``c`` apply to a trigger (its ``where`` over the trigger's ``%origin`` and
+    ``%payload``)? ``origins`` caches the origin resources read for one event."""
+    if c.condition is None:
+        return True
+    eid = event_id or 0
+    if eid not in origins:
+        body = u.scalar(q.EVENT_RESOURCE, id=eid) if eid else None
+        origins[eid] = orjson.loads(body) if body else {}
+    return c.applies(origins[eid], orjson.loads(payload or "{}"))
+
+
 def _cancel(u: UnitOfWork, row: EventRow | EventRecord, now: datetime, result: ChangeResult, only_ids: set[int] | None,
             pending: list[tuple[Cancellation, list[q.PendingTrigger]]]) -> None:
     """Cancel pending triggers at once (visible in /api/triggers before their due time)."""
@@ -428,13 +443,8 @@ def _cancel(u: UnitOfWork, row: EventRow | EventRecord, now: datetime, result: C
         for t in rows:
             if only_ids is not None and t.id not in only_ids:
                 continue
-            if c.condition is not None:
-                eid = t.event_id or 0
-                if eid not in origins:
-                    body = u.scalar(q.EVENT_RESOURCE, id=eid) if eid else None
-                    origins[eid] = orjson.loads(body) if body else {}
-                if not c.applies(origins[eid], orjson.loads(t.payload or "{}")):
-                    continue
+            if not _applies(u, c, t.event_id, t.payload, origins):
+                continue
             hits.append({"now": nowts, "reason": f"cancelled before its due time: {c.reason} (event {row.id})", "id": t.id})
         u.many(q.TRIGGER_CANCEL, hits)
         result.cancelled += len(hits)

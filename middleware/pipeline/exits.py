@@ -11,15 +11,11 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-import orjson
-
 from ..rules.evaluate import Cancellation
 from ..rules.load import RuleSet
 from ..storage.queries import exits as q
-from ..storage.queries import ingest as iq
 from ..storage.sql import Query, UnitOfWork
 
-_EVER = float("-inf")
 
 
 def exit_destinations(rs: RuleSet) -> list[str]:
@@ -40,29 +36,13 @@ def entries_call(cs: list[Cancellation], dests: list[str], since: float) -> tupl
             {"rule_ids": sorted({c.rule_id for c in cs}), "key": cs[0].key, "since": since, "destinations": dests})
 
 
-def open_for_cancellations(u: UnitOfWork, pairs: list[tuple[Cancellation, list[q.DeliveredEntry]]], nowts: float) -> int:
-    """Exits for the delivered entries each cancellation applies to; how many were opened."""
-    origins: dict[int, dict[str, Any]] = {}
-    chosen: list[q.DeliveredEntry] = []
-    for c, rows in pairs:
-        for e in rows:
-            if c.condition is not None:
-                eid = e.event_id or 0
-                if eid not in origins:
-                    body = u.scalar(iq.EVENT_RESOURCE, id=eid) if eid else None
-                    origins[eid] = orjson.loads(body) if body else {}
-                if not c.applies(origins[eid], orjson.loads(e.payload or "{}")):
-                    continue
-            chosen.append(e)
-    return _open(u, chosen, nowts)
-
-
 def open_for_death(u: UnitOfWork, patient_key: str, dests: list[str], nowts: float) -> int:
     """A patient's death exits every journey at every exit-enabled destination."""
-    return _open(u, u.all(q.ALL_ENTRIES_OF_PATIENT, key=patient_key, destinations=dests), nowts)
+    return open_entries(u, u.all(q.ALL_ENTRIES_OF_PATIENT, key=patient_key, destinations=dests), nowts)
 
 
-def _open(u: UnitOfWork, entries: list[q.DeliveredEntry], nowts: float) -> int:
+def open_entries(u: UnitOfWork, entries: list[q.DeliveredEntry], nowts: float) -> int:
+    """Exits for these delivered entries (one per entry and destination); how many were asked for."""
     first: dict[tuple[str, str, str | None], q.DeliveredEntry] = {}
     for e in sorted(entries, key=lambda e: e.trigger_id):
         first.setdefault((e.destination, e.journey_id or e.rule_id, e.resource_key), e)
