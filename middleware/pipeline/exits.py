@@ -17,7 +17,6 @@ from ..storage.queries import exits as q
 from ..storage.sql import Query, UnitOfWork
 
 
-
 def exit_destinations(rs: RuleSet) -> list[str]:
     """Enabled destinations with ``exit:`` configured (sorted; empty: no exit is ever opened)."""
     return sorted(d.name for d in rs.destinations.values() if d.enabled and d.exit is not None)
