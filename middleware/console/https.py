@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
 import ssl
 from pathlib import Path
 from typing import Any
+
+from ..listeners.mllp_tls import files_stamp
 
 log = logging.getLogger("careloop.https")
 
@@ -28,15 +29,6 @@ log = logging.getLogger("careloop.https")
 WATCH_EVERY_S = 2.0
 
 
-def _stamp(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
-    out = []
-    for p in paths:
-        try:
-            st = os.stat(p)
-            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            out.append((0, 0, 0))
-    return tuple(out)
 
 
 class ReloadingTls:
@@ -48,13 +40,13 @@ class ReloadingTls:
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.minimum_version = ssl.TLSVersion.TLSv1_2
         self.context.set_alpn_protocols(["http/1.1"])
-        self._stamp = _stamp((cert_file, key_file))
+        self._stamp = files_stamp((cert_file, key_file))
         self.context.load_cert_chain(str(cert_file), str(key_file))  # unusable files: serve does not start
         self.reloads = 0
 
     def check(self) -> bool:
         """Load the files again if they changed; True when the live context now holds the new chain."""
-        stamp = _stamp((self.cert_file, self.key_file))
+        stamp = files_stamp((self.cert_file, self.key_file))
         if stamp == self._stamp:
             return False
         try:

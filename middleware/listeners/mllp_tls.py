@@ -13,7 +13,9 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config.listeners import ListenerTls, build_server_context as build_context
 
@@ -24,9 +26,10 @@ class TlsError(Exception):
     """The TLS session failed (handshake refused, bad record); the connection is closed."""
 
 
-def _stamp(cfg: ListenerTls) -> tuple[tuple[int, int, int], ...]:
+def files_stamp(paths: Iterable[Path | str | None]) -> tuple[tuple[int, int, int], ...]:
+    """(inode, size, mtime) of each file given (a missing one: zeros): changes when a file is replaced or rewritten."""
     out = []
-    for path in (cfg.cert_file, cfg.key_file, cfg.client_ca_file):
+    for path in paths:
         if path is None:
             continue
         try:
@@ -35,6 +38,10 @@ def _stamp(cfg: ListenerTls) -> tuple[tuple[int, int, int], ...]:
         except OSError:
             out.append((0, 0, 0))
     return tuple(out)
+
+
+def _stamp(cfg: ListenerTls) -> tuple[tuple[int, int, int], ...]:
+    return files_stamp((cfg.cert_file, cfg.key_file, cfg.client_ca_file))
 
 
 class TlsContextSource:
