@@ -145,12 +145,29 @@ def rss_mb(pid: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """user+sys CPU seconds of a running process (from /proc)."""
+    """user+sys CPU seconds of a running process and its live descendants (from /proc): ``serve``
+    runs its worker as a child process."""
     try:
         parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+        own = (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError):
         return float("nan")
+    for child in children(pid):
+        c = cpu_seconds(child)
+        if c == c:
+            own += c
+    return own
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (``/proc/PID/task/*/children``)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return out
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:

@@ -73,9 +73,9 @@ class DatabaseCollector(Collector):
                               "Destination circuit: 0 closed, 1 half-open, 2 open (failures, refused credentials or paused)",
                               labels=["destination"])
         paused_names = db.paused_destinations
-        breakers = self.rt.delivery.breakers
+        breakers = self.rt.breaker_states()
         for dest in sorted(set(self.rt.ruleset().destinations) | set(breakers) | paused_names):
-            state = "open" if dest in paused_names else breakers[dest].state if dest in breakers else "closed"
+            state = "open" if dest in paused_names else str(breakers.get(dest, {}).get("state", "closed"))
             g.add_metric([dest], CIRCUIT.get(state, 2.0))
         yield g
 
@@ -90,11 +90,12 @@ class RuntimeCollector(Collector):
         rt = self.rt
         c = CounterMetricFamily("careloop_processed_messages", "Inbound messages handled by this process, by outcome",
                                 labels=["outcome"])
-        c.add_metric(["processed"], float(rt.processor.processed))
-        c.add_metric(["failed"], float(rt.processor.failed))
+        counts = rt.worker_counts()
+        c.add_metric(["processed"], counts["processed"])
+        c.add_metric(["failed"], counts["failed"])
         yield c
         c = CounterMetricFamily("careloop_scheduler_fired", "Triggers fired by this process's scheduler")
-        c.add_metric([], float(rt.scheduler.fired))
+        c.add_metric([], counts["fired"])
         yield c
         c = CounterMetricFamily("careloop_inbox_queue_waits", "Producers that waited for room in the inbox queue (backpressure)")
         c.add_metric([], float(rt.writer.queue_waits))

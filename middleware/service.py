@@ -3,9 +3,12 @@ workers (processing, scheduler, delivery), sharing one database."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
+import sys
+import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -57,6 +60,121 @@ def fault_hook_from_env() -> Callable[[str], None] | None:
     return hook
 
 
+STATS_PREFIX = b"careloop-worker-stats "
+#: what the parent writes on the worker's stdin: process, schedule, deliver, reload the mappings
+WAKE_LETTERS = {b"p": "process", b"s": "schedule", b"d": "deliver", b"r": "reload"}
+
+
+class _Forwarding(asyncio.Event):
+    """A wake-up event of ``serve`` whose ``set()`` also wakes the worker process's loop."""
+
+    def __init__(self, child: "WorkerProcess", letter: bytes) -> None:
+        super().__init__()
+        self.child, self.letter = child, letter
+
+    def set(self) -> None:
+        self.child.wake(self.letter)
+
+
+class WorkerProcess:
+    """``serve``'s worker in a child process (``careloop worker --parent PID``), supervised.
+
+    Why (issue 16): the worker's Python (normalization, rules, delivery) and the listeners' share
+    one GIL in one process, so every ACK waited behind processing. In its own process the worker has
+    the second core; SQLite's writer is handed over between the two through ``storage.sql.FileLock``
+    (ingest first). The parent wakes it through its stdin (one letter per wake-up, see
+    :data:`WAKE_LETTERS`), and reads its counters and circuit-breaker states from its stdout, so
+    ``/metrics`` and the console show the worker's figures. The child dies with the parent
+    (``PR_SET_PDEATHSIG``, and end of file on its stdin); a child that exits is restarted with a
+    growing delay, except under a test fault hook (``CARELOOP_FAULT``), where its crash ends ``serve``
+    too, as it did when both ran in one process.
+    """
+
+    def __init__(self, env: dict[str, str], fault: bool = False) -> None:
+        self.env = env
+        self.fault = fault
+        self.proc: asyncio.subprocess.Process | None = None
+        self.stats: dict[str, Any] = {}
+        self.starts = 0
+        self.stopping = False
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "middleware", "worker", "--parent", str(os.getpid())]
+
+    def wake(self, letter: bytes) -> None:
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            return
+        transport = proc.stdin.transport
+        if transport.is_closing() or transport.get_write_buffer_size() > 4096:  # it has plenty of wake-ups queued
+            return
+        proc.stdin.write(letter)
+
+    async def run(self) -> None:
+        """Start the worker and keep it running until cancelled."""
+        delay = 1.0
+        try:
+            while True:
+                started = time.monotonic()
+                self.proc = await asyncio.create_subprocess_exec(
+                    *self.command(), env=self.env, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+                self.starts += 1
+                reader = asyncio.create_task(self._read(self.proc))
+                rc = await self.proc.wait()
+                await asyncio.gather(reader, return_exceptions=True)
+                if self.fault and rc in (137, -9):
+                    log.error("worker process ended by the fault hook", extra={"action": "worker.fault_exit"})
+                    os._exit(137)
+                if time.monotonic() - started > 60:
+                    delay = 1.0
+                log.error("worker process exited; restarting", extra={"action": "worker.exited", "status": rc, "retry_s": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        finally:
+            await self.stop()
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        out = sys.stdout.buffer
+        async for line in proc.stdout:
+            if line.startswith(STATS_PREFIX):
+                try:
+                    self.stats = json.loads(line[len(STATS_PREFIX):])
+                except ValueError:
+                    pass
+                continue
+            out.write(line)
+            out.flush()
+
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # end of file: the worker stops (as on SIGTERM)
+        try:
+            proc.terminate()
+            await asyncio.wait_for(asyncio.shield(proc.wait()), timeout_s)
+        except ProcessLookupError:
+            pass
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    def counter(self, name: str) -> float:
+        return float(self.stats.get(name, 0))
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The worker process's environment: this one with the settings given on ``serve``'s command line."""
+    env = dict(os.environ)
+    for key in ("database_url", "mappings_dir", "http_host", "http_port", "mllp_host", "mllp_port", "api_token"):
+        value = getattr(settings, key, None)
+        if value is not None:
+            env[f"CARELOOP_{key.upper()}"] = str(value)
+    return env
+
+
 class Runtime:
     """Everything a running careloop needs, built from settings (nothing at import time)."""
 
@@ -103,6 +221,7 @@ class Runtime:
         self.https: ReloadingTls | None = None  # serve(): HTTPS on the HTTP port, its certificate reloaded
         self.extra_handlers_installed = False
         self.started_at = self.clock()
+        self.worker_process: WorkerProcess | None = None  # serve(worker_process=True): the worker runs there
 
     # -- rule set ---------------------------------------------------------
     def ruleset(self) -> RuleSet:
@@ -131,6 +250,8 @@ class Runtime:
             except Exception as exc:  # the new set is live either way; the policy is retried on the next reload
                 log.error("rule-change policy failed", extra={"action": "mappings.rule_change_failed", "error_type": type(exc).__name__})
         log.info("mappings reloaded", extra={"action": "mappings.reloaded", "version": rs.version})
+        if self.worker_process is not None:
+            self.worker_process.wake(b"r")
         return []
 
     def reload_on_signal(self) -> None:
@@ -144,6 +265,33 @@ class Runtime:
                    detail={"signal": "SIGHUP", **({"errors": len(errors)} if errors else {})})
         except Exception as exc:
             log.error("admin audit not written", extra={"action": "admin_audit.error", "error_type": type(exc).__name__})
+
+    # -- what the worker did (here, or in the worker process) ---------------
+    def worker_counts(self) -> dict[str, float]:
+        """Messages processed/failed and triggers fired by this process's worker plus ``serve``'s worker process."""
+        wp = self.worker_process
+        return {
+            "processed": self.processor.processed + (wp.counter("processed") if wp else 0.0),
+            "failed": self.processor.failed + (wp.counter("failed") if wp else 0.0),
+            "fired": self.scheduler.fired + (wp.counter("fired") if wp else 0.0),
+        }
+
+    def breaker_states(self) -> dict[str, dict[str, Any]]:
+        """Each destination whose circuit breaker is not ``closed``: ``{state, failures, auth_blocked}``
+        (the delivery worker's: this process's, or the worker process's as it last reported)."""
+        states = self._own_breakers()
+        if self.worker_process is not None:
+            states.update(self.worker_process.stats.get("breakers", {}))
+        return states
+
+    def _own_breakers(self) -> dict[str, dict[str, Any]]:
+        return {name: {"state": br.state, "failures": br.failures, "auth_blocked": br.auth_blocked}
+                for name, br in self.delivery.breakers.items() if br.state != "closed"}
+
+    def worker_stats(self) -> dict[str, Any]:
+        """What ``careloop worker --parent`` reports to ``serve`` (its counters and breaker states)."""
+        return {"processed": self.processor.processed, "failed": self.processor.failed, "fired": self.scheduler.fired,
+                "breakers": self._own_breakers()}
 
     # -- wake-ups ---------------------------------------------------------
     def _signal(self, ev: asyncio.Event) -> Callable[[], None]:
@@ -266,8 +414,9 @@ class Runtime:
                 log.error("reconciler failed", extra={"action": "fhir.reconcile_error", "error_type": type(exc).__name__}, exc_info=True)
                 await asyncio.sleep(5.0)
 
-    async def start_workers(self, *, standalone: bool = False) -> list[asyncio.Task[None]]:
-        """Start the inbox writer and (unless ``run_worker`` is off) the worker loops.
+    async def start_workers(self, *, standalone: bool = False, loops: bool = True) -> list[asyncio.Task[None]]:
+        """Start the inbox writer and (unless ``run_worker`` is off, or ``loops`` is false: the worker
+        runs in a process of its own) the worker loops.
 
         ``standalone`` (``careloop worker``): no listener in this process wakes the processing
         loop after a commit, so it polls at ``worker_poll_interval_s`` instead of 5x that.
@@ -278,7 +427,7 @@ class Runtime:
 
         if checkpoints_off_the_write_path(self.engine):
             tasks.append(asyncio.create_task(self._checkpoint_loop(), name="wal-checkpoint"))
-        if self.settings.run_worker or standalone:
+        if loops and (self.settings.run_worker or standalone):
             poll = max(self.settings.worker_poll_interval_s, 0.05)
             # the scheduler polls often enough that a trigger fires well within a second of its due time
             sched_every = min(1.0, 2 * poll)
@@ -302,12 +451,18 @@ class Runtime:
 
         install(self)
 
-    async def work(self) -> None:
+    async def work(self, *, parent: int | None = None) -> None:
         """``careloop worker``: processing, scheduler and delivery loops only (no listeners), until
-        SIGTERM/SIGINT. Safe to run many against one PostgreSQL: every claim is ``FOR UPDATE SKIP LOCKED``."""
+        SIGTERM/SIGINT. Safe to run many against one PostgreSQL: every claim is ``FOR UPDATE SKIP LOCKED``.
+
+        ``parent`` (``serve``'s worker process, :class:`WorkerProcess`): wake-ups arrive on stdin (its
+        end of file stops the worker), and the counters go to stdout a few times a second."""
         self.loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        if parent is not None:
+            self._listen_to_parent(stop)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches serve, which ends this process
+        for sig in (signal.SIGTERM,) if parent is not None else (signal.SIGTERM, signal.SIGINT):
             try:
                 self.loop.add_signal_handler(sig, stop.set)
             except (NotImplementedError, RuntimeError):
@@ -317,6 +472,8 @@ class Runtime:
         except (NotImplementedError, RuntimeError):
             pass
         tasks = await self.start_workers(standalone=True)
+        if parent is not None:
+            tasks.append(asyncio.create_task(self._report_to_parent(), name="worker-stats"))
         log.info("careloop worker running", extra={"action": "worker.start"})
         try:
             await stop.wait()
@@ -325,6 +482,44 @@ class Runtime:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.delivery.aclose()
+
+    def _listen_to_parent(self, stop: asyncio.Event) -> None:
+        assert self.loop is not None
+        events = {"process": self.wake_process, "schedule": self.wake_schedule, "deliver": self.wake_deliver}
+        fd = sys.stdin.fileno()
+        os.set_blocking(fd, False)
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:  # serve has gone
+                assert self.loop is not None
+                self.loop.remove_reader(fd)
+                stop.set()
+                return
+            for b in set(data):
+                what = WAKE_LETTERS.get(bytes((b,)))
+                if what == "reload":
+                    self.reload()
+                elif what is not None:
+                    events[what].set()
+
+        self.loop.add_reader(fd, readable)
+
+    async def _report_to_parent(self, every_s: float = 0.2) -> None:
+        last = None
+        out = sys.stdout.buffer
+        while True:
+            stats = self.worker_stats()
+            if stats != last:
+                out.write(STATS_PREFIX + json.dumps(stats, separators=(",", ":")).encode() + b"\n")
+                out.flush()
+                last = stats
+            await asyncio.sleep(every_s)
 
     def _mllp_listener(self, port: int) -> MllpListener:
         """The MLLP listener on ``port`` with its `listeners:` settings (limits, TLS, PROXY protocol)."""
@@ -345,12 +540,22 @@ class Runtime:
         mount(app)
         return app
 
-    async def serve(self) -> None:
-        """Run HTTP, MLLP and workers until cancelled or signalled."""
+    async def serve(self, *, worker_process: bool = False) -> None:
+        """Run HTTP, MLLP and workers until cancelled or signalled.
+
+        ``worker_process`` (``careloop serve``'s default): the worker loops run in a child process
+        (:class:`WorkerProcess`) instead of this one's threads."""
         import uvicorn
 
         self.loop = asyncio.get_running_loop()
-        tasks = await self.start_workers()
+        child = worker_process and self.settings.run_worker
+        tasks = await self.start_workers(loops=not child)
+        if child:
+            wp = self.worker_process = WorkerProcess(worker_env(self.settings), fault=self.fault is not None)
+            self.wake_process, self.wake_schedule, self.wake_deliver = (
+                _Forwarding(wp, b"p"), _Forwarding(wp, b"s"), _Forwarding(wp, b"d"))
+            self.writer.on_commit = self.wake_process.set
+            tasks.append(asyncio.create_task(wp.run(), name="worker-process"))
         self.mllp = self._mllp_listener(self.settings.mllp_port)
         await self.mllp.start()
         # every other MLLP port (a source's hl7.ports, a `listeners:` entry) gets its own listener

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     hl7_max_batch_messages: int = Field(default=10_000, description="most messages in one HL7 batch/file")
     worker_poll_interval_s: float = 0.2
     run_worker: bool = True
+    worker_process: bool = Field(default=True, description="`serve` runs its worker (processing, scheduler, delivery) in a "
+                                 "child process of its own (a second core and GIL: ingest never waits for it); false: in process")
     log_level: str = "INFO"
     retention_days: int = 30
     # Network waits (issue 11): each ends in an error that names what it waited for and how long.

@@ -94,7 +94,7 @@ def _destinations(runtime: Any, dead: dict[str, int]) -> list[DestinationOut]:
     alerts: dict[str, dict[str, Any]] = {}
     for a in admin.alerts(engine):
         alerts.setdefault(a["destination"], a)
-    breakers = runtime.delivery.breakers
+    breakers = runtime.breaker_states()
     names = sorted(set(runtime.ruleset().destinations) | set(breakers) | set(paused) | set(dead))
     out = []
     for name in names:
@@ -106,9 +106,10 @@ def _destinations(runtime: Any, dead: dict[str, int]) -> list[DestinationOut]:
             state = "auth failure" if "credential" in reason or (al and al["kind"] == "auth-failure") else (
                 "disabled" if p.get("kind") == "disabled" else "paused")
             detail, since = reason or None, p.get("since")
-        elif br is not None and br.state != "closed":
-            state = "auth failure" if br.state == "open-auth" else "circuit open" if br.state == "open" else "circuit half-open"
-            detail = br.auth_blocked or f"{br.failures} consecutive failures"
+        elif br is not None:
+            st = br["state"]
+            state = "auth failure" if st == "open-auth" else "circuit open" if st == "open" else "circuit half-open"
+            detail = br["auth_blocked"] or f"{br['failures']} consecutive failures"
         elif al is not None:
             detail = al["message"]
         out.append(DestinationOut(name=name, state=state, detail=detail, since=since, dead=dead.get(name, 0)))

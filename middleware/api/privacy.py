@@ -239,15 +239,15 @@ def destination_states(runtime: Any) -> list[DestinationState]:
     """Every configured (or paused) destination's state, by name."""
     paused = admin.paused_destinations(runtime.engine)
     configured = set(runtime.ruleset().destinations)
-    breakers = runtime.delivery.breakers
+    breakers = runtime.breaker_states()
     out = []
     for name in sorted(configured | set(paused)):
         p = paused.get(name)
         state: Any = "healthy"
         if p is not None:
             state = "disabled" if p["kind"] == "disabled" else "paused" if p.get("manual") else "auth failure"
-        elif name in breakers and breakers[name].state != "closed":
-            state = {"half-open": "half-open", "open-auth": "auth failure"}.get(breakers[name].state, "circuit open")
+        elif name in breakers:
+            state = {"half-open": "half-open", "open-auth": "auth failure"}.get(breakers[name]["state"], "circuit open")
         out.append(DestinationState(name=name, state=state, since=iso(p.get("since")) if p else None,
                                     reason=p.get("reason") if p else None, by=p.get("by") if p else None,
                                     configured=name in configured))

@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .. import logsafe
     from ..service import ConfigError, Runtime
 
-    settings = settings_from(args, run_worker=False if args.no_worker else None)
+    settings = settings_from(args, run_worker=False if args.no_worker else None, worker_process=args.worker_process)
     from .sink import webhook_secret
 
     os.environ.setdefault("CARELOOP_WEBHOOK_SECRET", webhook_secret())
@@ -139,7 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if first_admin is not None:
         print(f"careloop: console user 'admin' created; its password is in {first_admin} (readable by you only)", flush=True)
     try:
-        run_loop(rt.serve())
+        run_loop(rt.serve(worker_process=settings.worker_process))
     except KeyboardInterrupt:
         pass
     return 0
@@ -153,5 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--mllp-port", type=int)
     p.add_argument("--api-token", help="bearer token required on /api and /hl7v2 [CARELOOP_API_TOKEN]")
     p.add_argument("--no-worker", action="store_true", help="ingest only; run `careloop worker` elsewhere")
+    p.add_argument("--worker-in-process", dest="worker_process", action="store_false", default=None,
+                   help="run the worker in this process's threads, not in a child process [CARELOOP_WORKER_PROCESS=false]")
     add_common(p)
     p.set_defaults(func=cmd_serve)

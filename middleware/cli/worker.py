@@ -35,10 +35,29 @@ def worker_beyond_loopback(settings: Settings, metrics_host: str | None) -> bool
     return not all(_is_loopback(h) for h in hosts)
 
 
+def die_with(parent: int) -> None:
+    """``serve``'s worker process: end with its parent, at once, however the parent ends (Linux
+    ``PR_SET_PDEATHSIG``; elsewhere the end of file on stdin stops the worker)."""
+    import ctypes
+    import ctypes.util
+    import os
+    import signal
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent ended before the line above
+        os._exit(0)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .. import logsafe
     from ..service import ConfigError, Runtime
 
+    if args.parent is not None:
+        die_with(args.parent)
     settings = settings_from(args)
     logsafe.configure(settings.log_level)
     beyond = worker_beyond_loopback(settings, args.metrics_host if args.metrics_port else None)
@@ -65,7 +84,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     print(f"careloop worker: db={settings.database_url.split('@')[-1]} mappings={settings.mappings_dir} "
           f"(version {rt.ruleset().version})", flush=True)
     try:
-        run_loop(rt.work())
+        run_loop(rt.work(parent=args.parent))
     except KeyboardInterrupt:
         pass
     return 0
@@ -75,5 +94,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("worker", help="run processing, scheduler and delivery only (scale out on PostgreSQL)")
     p.add_argument("--metrics-port", type=int, help="serve this worker's process counters on :PORT/metrics")
     p.add_argument("--metrics-host", default="127.0.0.1")
+    p.add_argument("--parent", type=int, help=argparse.SUPPRESS)  # `serve`'s worker process (service.WorkerProcess)
     add_common(p)
     p.set_defaults(func=cmd_worker)

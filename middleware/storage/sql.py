@@ -21,7 +21,10 @@ same transaction for code that still uses the ORM.
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import mmap
+import os
 from enum import Enum
 import threading
 import time
@@ -229,6 +232,59 @@ def get(name: str) -> Query:
 
 # -- SQLite's write lock ----------------------------------------------------------------------
 
+class FileLock:
+    """SQLite's write lock between processes: ``flock`` on ``<database>-wlock`` plus a shared word
+    naming the process whose urgent writer (the inbox: ACKs wait for it) is waiting.
+
+    ``serve`` stores messages in one process and runs its worker in another (a second core, its own
+    GIL). SQLite itself would make a writer that finds the lock taken sleep in its busy handler
+    (up to 100 ms at a time); a blocked ``flock`` wakes the moment the holder lets go. The word lets a
+    writer in one process see that another process's ingest waits: processing then commits early
+    (``UnitOfWork.should_yield``) and ordinary writers let it go first (for at most ``starve_s``).
+    """
+
+    __slots__ = ("fd", "_word", "pid")
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if os.fstat(self.fd).st_size < 8:
+            os.pwrite(self.fd, bytes(8), 0)
+        self._word = mmap.mmap(self.fd, 8)
+        self.pid = os.getpid()
+
+    @classmethod
+    def beside(cls, database: str) -> "FileLock | None":
+        """The lock of the SQLite file ``database`` (``None`` for an in-memory database, or where the
+        lock file cannot be made: then this process's threads still hand over through :class:`WriteLock`)."""
+        if not database or database == ":memory:" or database.startswith("file::memory:"):
+            return None
+        try:
+            return cls(os.path.realpath(database) + "-wlock")
+        except OSError:
+            return None
+
+    def urgent_elsewhere(self) -> bool:
+        """An urgent writer of another process waits for (or is taking) the lock (a hint)."""
+        pid = int.from_bytes(self._word[:8], "little")
+        return pid != 0 and pid != self.pid
+
+    def acquire(self, urgent: bool, starve_s: float) -> None:
+        if urgent:
+            self._word[:8] = self.pid.to_bytes(8, "little")
+        else:
+            deadline = time.monotonic() + starve_s
+            while self.urgent_elsewhere() and time.monotonic() < deadline:
+                time.sleep(0.0002)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)  # blocks without the GIL; woken when the holder unlocks
+        finally:
+            if urgent and int.from_bytes(self._word[:8], "little") == self.pid:
+                self._word[:8] = bytes(8)
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
 class WriteLock:
     """A reentrant lock with two classes of waiters (issue 16: ingest never waits for processing).
 
@@ -240,22 +296,27 @@ class WriteLock:
     An ordinary waiter that has waited ``starve_s`` is served before later urgent ones, so a flood
     of ingest cannot stall processing for ever. A holder doing long work in small transactions asks
     :attr:`urgent_waiting` between them and commits early (``UnitOfWork.should_yield``).
+
+    With a :class:`FileLock` the holder also holds the database's lock between processes (taken
+    after this one, so a process's threads queue here and only one of them at a time waits there).
     """
 
-    __slots__ = ("_cond", "_owner", "_depth", "_queue", "_urgent", "starve_s")
+    __slots__ = ("_cond", "_owner", "_depth", "_queue", "_urgent", "starve_s", "file")
 
-    def __init__(self, starve_s: float = 0.05) -> None:
+    def __init__(self, starve_s: float = 0.05, file: FileLock | None = None) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._owner: int | None = None
         self._depth = 0
         self._queue: deque[tuple[int, float]] = deque()  # ordinary waiters: (thread, when it asked)
         self._urgent: deque[int] = deque()
         self.starve_s = starve_s
+        self.file = file
 
     @property
     def urgent_waiting(self) -> bool:
-        """An urgent writer waits for this lock (read without locking: a hint, checked again by the lock)."""
-        return bool(self._urgent)
+        """An urgent writer (of this process, or of another one on the same file) waits for this
+        lock (read without locking: a hint, checked again by the lock)."""
+        return bool(self._urgent) or (self.file is not None and self.file.urgent_elsewhere())
 
     def _next(self) -> int | None:
         """The waiter served next (call with ``_cond`` held)."""
@@ -273,32 +334,46 @@ class WriteLock:
                 return True
             if self._owner is None and not self._queue and not self._urgent:
                 self._owner, self._depth = me, 1
-                return True
-            if not blocking:
+            elif not blocking:
                 return False
-            if urgent:
-                self._urgent.append(me)
             else:
-                self._queue.append((me, time.monotonic()))
-            while self._owner is not None or self._next() != me:
-                # an ordinary head may become the next one when its wait passes starve_s: look again then
-                self._cond.wait(self.starve_s if self._urgent and self._queue else None)
-            if urgent:
-                self._urgent.remove(me)
-            else:
-                self._queue.popleft()
-            self._owner, self._depth = me, 1
-            return True
+                if urgent:
+                    self._urgent.append(me)
+                else:
+                    self._queue.append((me, time.monotonic()))
+                while self._owner is not None or self._next() != me:
+                    # an ordinary head may become the next one when its wait passes starve_s: look again then
+                    self._cond.wait(self.starve_s if self._urgent and self._queue else None)
+                if urgent:
+                    self._urgent.remove(me)
+                else:
+                    self._queue.popleft()
+                self._owner, self._depth = me, 1
+        if self.file is not None:
+            try:
+                self.file.acquire(urgent, self.starve_s)
+            except BaseException:
+                self._let_go()
+                raise
+        return True
 
     def release(self) -> None:
         with self._cond:
             if self._owner != threading.get_ident():
                 raise RuntimeError("release of a write lock this thread does not hold")
-            self._depth -= 1
-            if self._depth == 0:
-                self._owner = None
-                if self._queue or self._urgent:
-                    self._cond.notify_all()
+            if self._depth > 1:
+                self._depth -= 1
+                return
+        if self.file is not None:
+            self.file.release()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        with self._cond:
+            self._depth = 0
+            self._owner = None
+            if self._queue or self._urgent:
+                self._cond.notify_all()
 
     def __enter__(self) -> bool:
         return self.acquire()
@@ -316,7 +391,8 @@ def sqlite_write_lock(engine: Engine | Connection) -> WriteLock | None:
 
     SQLite has one write lock; a writer that finds it taken sleeps in SQLite's busy handler for
     up to 100 ms at a time, so an ingest commit waiting behind a processing batch would stall
-    ACKs. Threads of one process hand the lock over at once through this lock instead.
+    ACKs. Threads of one process hand the lock over at once through this lock instead, and
+    processes (``serve`` and its worker process, CLI commands) through its :class:`FileLock`.
     """
     if engine.dialect.name != "sqlite":
         return None
@@ -325,7 +401,9 @@ def sqlite_write_lock(engine: Engine | Connection) -> WriteLock | None:
     lock = _WRITE_LOCKS.get(key)
     if lock is None:
         with _LOCKS_GUARD:
-            lock = _WRITE_LOCKS.setdefault(key, WriteLock())
+            lock = _WRITE_LOCKS.get(key)
+            if lock is None:
+                lock = _WRITE_LOCKS[key] = WriteLock(file=FileLock.beside(key))
     return lock
 
 
