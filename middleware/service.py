@@ -276,6 +276,14 @@ class Runtime:
             "fired": self.scheduler.fired + (wp.counter("fired") if wp else 0.0),
         }
 
+    def worker_mode(self) -> str:
+        """Where this service's worker runs: ``process`` (a child, running), ``restarting`` (its
+        child is down), ``in-process`` (this process's threads) or ``none`` (``--no-worker``)."""
+        wp = self.worker_process
+        if wp is not None:
+            return "process" if wp.proc is not None and wp.proc.returncode is None else "restarting"
+        return "in-process" if self.settings.run_worker else "none"
+
     def breaker_states(self) -> dict[str, dict[str, Any]]:
         """Each destination whose circuit breaker is not ``closed``: ``{state, failures, auth_blocked}``
         (the delivery worker's: this process's, or the worker process's as it last reported)."""

@@ -27,7 +27,7 @@ def create_app(runtime: "Runtime") -> FastAPI:
     def healthz() -> dict[str, Any]:
         ping(runtime.engine)
         return {"status": "ok", "ruleset_version": runtime.ruleset().version,
-                "mllp_port": runtime.mllp.port if runtime.mllp else None}
+                "mllp_port": runtime.mllp.port if runtime.mllp else None, "worker": runtime.worker_mode()}
 
     # every module of this package that defines `router` contributes its routes
     package = importlib.import_module(__package__ or "middleware.api")

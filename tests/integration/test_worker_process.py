@@ -57,6 +57,7 @@ def test_serve_runs_its_worker_in_a_child_process_and_restarts_it(tmp_path: Path
     srv = start_subprocess(db_url, mappings_dir, tmp_path, env=ENV)
     try:
         child = wait_until(lambda: workers_of(srv.proc.pid), 30, what="the worker process")[0]
+        assert srv.get("/healthz")["worker"] == "process"
         acks = send_messages("127.0.0.1", srv.mllp_port, [siu("S12", control=f"WP1-{i}", appt=f"WP1{i}") for i in range(5)])
         assert all(b"MSA|AA|" in a for a in acks)
         wait_until(lambda: processed(srv) == 5, 30, what="5 messages processed by the worker process")
@@ -69,11 +70,12 @@ def test_serve_runs_its_worker_in_a_child_process_and_restarts_it(tmp_path: Path
         assert all(b"MSA|AA|" in a for a in acks)
         again = wait_until(lambda: [p for p in workers_of(srv.proc.pid) if p != child], 30, what="a new worker process")
         assert not alive(child)
+        assert metric(srv, "careloop_worker_process_starts_total") == 2
         wait_until(lambda: processed(srv) == 10, 30, what="the messages stored meanwhile processed by the new worker")
         assert srv.proc.poll() is None
     finally:
         srv.terminate()
-    assert not alive(again[0]), "serve's graceful stop ends its worker process"
+    wait_until(lambda: not alive(again[0]), 10, what="serve's stop to end its worker process")
 
 
 def test_the_worker_process_dies_with_serve(tmp_path: Path, mappings_dir: Path, db_url: str) -> None:
@@ -91,6 +93,7 @@ def test_worker_in_process_runs_no_child(tmp_path: Path, mappings_dir: Path, db_
         assert b"MSA|AA|" in acks[0]
         wait_until(lambda: processed(srv) == 1, 30, what="processed in serve's own threads")
         assert workers_of(srv.proc.pid) == []
+        assert srv.get("/healthz")["worker"] == "in-process"
         assert metric(srv, 'careloop_processed_messages_total{outcome="processed"}') == 1
     finally:
         srv.terminate()
