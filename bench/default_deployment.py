@@ -2,10 +2,12 @@
 
 One command: ``python bench/default_deployment.py [--runs 3] [--messages 2000] [--seconds 5] [--profile OUT]``.
 
-Servers, each its own process, runs interleaved (worker, no-worker, python-hl7, worker, ...):
-* ``careloop``: ``careloop serve`` WITH its worker in process, the shipped rules (quiet hours off),
+Servers, each its own process, runs interleaved (careloop, in-process, no-worker, python-hl7, careloop, ...):
+* ``careloop``: ``careloop serve`` WITH its worker (serve's child process: the default), the shipped rules (quiet hours off),
   a local webhook receiver (``careloop sink``, own process); SIU^S12 (fires a reminder at once: one
   signed webhook) and ADT^A03 (a pending ED follow-up) alternate (``bench/deploy.py``);
+* ``in-process``: the same with ``CARELOOP_WORKER_PROCESS=false`` (the worker in serve's own threads, the
+  model before the worker process);
 * ``no-worker``: the same with ``serve --no-worker`` (ingest only: careloop's own reference);
 * ``python-hl7``: python-hl7's bare asyncio MLLP server (parse + ACK, stores nothing).
 
@@ -34,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, cpu_seconds, fsync_latency_ms, machine, percentile, run_load, stop  # noqa: E402
 from deploy import backlog, counts, mix, start_careloop, start_sink, wait_drained  # noqa: E402
 
-SERVERS = ("careloop", "no-worker", "python-hl7")
+SERVERS = ("careloop", "in-process", "no-worker", "python-hl7")
 
 
 def start_peer(which: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             elif s == "baseline":
                 p, port, dbs[s] = start_careloop(work, hook, worker=True, name="baseline", repo=args.baseline.resolve())
                 procs[s] = (p, port)
+            elif s == "in-process":
+                p, port, dbs[s] = start_careloop(work, hook, worker=True, name="inprocess", env={"CARELOOP_WORKER_PROCESS": "false"})
+                procs[s] = (p, port)
             elif s == "no-worker":
                 p, port, dbs[s] = start_careloop(work, hook, worker=False, name="noworker")
                 procs[s] = (p, port)
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             for s in servers:
                 proc, port = procs[s]
                 tag = f"R{run}{s[:2]}"
-                if s in ("careloop", "baseline"):
+                if s in ("careloop", "baseline", "in-process"):
                     wait_drained(dbs[s], 300)
                 lat = asyncio.run(steady_acks(port, mix(tag + "i", n_steady, seq), args.rate))
                 seq += n_steady
@@ -187,6 +192,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         targets.append(f"careloop (worker) / careloop --no-worker, 8 conn: {r8:.2f} (target >= 0.80) {'MET' if r8 >= 0.8 else 'NOT MET'}")
         r1n = med["careloop"][1] / med["no-worker"][1]
         targets.append(f"careloop (worker) / careloop --no-worker, 1 conn: {r1n:.2f}")
+    if "careloop" in med and "in-process" in med:
+        for c in (1, 8):
+            targets.append(f"careloop (worker process) / worker in serve's threads (--worker-in-process), {c} conn: "
+                           f"{med['careloop'][c] / med['in-process'][c]:.2f}x")
     if "careloop" in med and "baseline" in med:
         for c in (1, 8):
             ratio = med["careloop"][c] / med["baseline"][c]

@@ -90,14 +90,15 @@ def start_sink(work: Path) -> tuple[subprocess.Popen[bytes], str]:
 
 
 def start_careloop(work: Path, hook_base: str, *, worker: bool, name: str,
-                   repo: Path = REPO) -> tuple[subprocess.Popen[bytes], int, Path]:
+                   repo: Path = REPO, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int, Path]:
     """``careloop serve`` (with its worker unless ``worker`` is false) on a fresh SQLite file; ``repo``: the
-    checkout whose code runs (another one gives a before/after in the same run)."""
+    checkout whose code runs (another one gives a before/after in the same run); ``env``: more settings
+    (``CARELOOP_WORKER_PROCESS=false``: the worker in serve's own threads, as before issue 16's worker process)."""
     maps = mappings_copy(work)
     http, mllp = free_port(), free_port()
     db = work / f"{name}.db"
     env = {**os.environ, "CARELOOP_WEBHOOK_URL": hook_base + "/hooks", "CARELOOP_WEBHOOK_SECRET": dev_secret(),
-           "CARELOOP_LOG_LEVEL": "WARNING", "PYTHONPATH": str(repo)}
+           "CARELOOP_LOG_LEVEL": "WARNING", "PYTHONPATH": str(repo), **(env or {})}
     cmd = [PY, "-m", "middleware", "serve", "--http-port", str(http), "--mllp-port", str(mllp),
            "--mappings", str(maps), "--database-url", f"sqlite:///{db}"] + ([] if worker else ["--no-worker"])
     log = (work / f"{name}.log").open("wb")
