@@ -1,0 +1,162 @@
+"""The deliveries' HTTP transport: httpx's client API on aiohttp's connection pool (issue 16).
+
+Connectors keep talking to an ``httpx.AsyncClient`` (requests, responses, auth, event hooks,
+``httpx.MockTransport`` and respx in tests); only the bottom layer changes. httpcore's pool,
+which httpx uses by default, cost about 1 ms of CPU per POST on the benchmark machine; aiohttp's
+pool sends the same bytes for about a fifth of that (``bench/http_clients.py``, docs/benchmarks.md §10).
+
+The promises of :mod:`middleware.netpolicy` (issue 8) hold as with ``AsyncGuardedTransport``:
+
+* **the connect-time address check**: aiohttp asks :class:`GuardedResolver` for a name's
+  addresses when it opens a connection; the resolver looks the name up once, refuses the
+  connection if any address is refused by the policy and hands back only checked addresses,
+  which aiohttp connects to (TLS SNI and certificate checks use the name). Literal addresses,
+  which aiohttp never resolves, and metadata/local names are checked before each request
+  (``NetPolicy.host_refusal``, a pure function of host and port, so memoised);
+* **no redirects**: aiohttp never follows one; httpx follows them only when asked, and every hop
+  comes back through this transport and its checks;
+* **no proxy environment variables** (``trust_env=False``), no cookies kept between requests;
+* **TLS** verification with the given ``ssl.SSLContext`` (by default httpx's: certifi's CAs);
+* **timeouts** from httpx's per-request ``Timeout``: ``pool`` bounds waiting for a free
+  connection, ``connect`` bounds opening one (resolving included), ``read`` the wait for each
+  chunk of the answer. aiohttp has no write timeout: a request body is written to a kernel
+  buffer, and the answer's read timeout covers a receiver that stops reading.
+
+Errors come out as httpx's (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ...) with the
+aiohttp or :class:`~middleware.netpolicy.PolicyRefused` error as their cause, so
+``netpolicy.refusal_of`` and the connectors' outcome mapping see what they saw before.
+Response bodies are read whole (deliveries get small answers), then decoded by httpx.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import aiohttp
+import httpx
+import yarl
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from .. import netpolicy
+
+__all__ = ["AioTransport", "GuardedResolver", "delivery_client"]
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves a name once and returns its addresses only if every one passes ``policy``."""
+
+    def __init__(self, policy: netpolicy.NetPolicy) -> None:
+        self.policy = policy
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_UNSPEC) -> list[ResolveResult]:
+        netpolicy.precheck(host, port, self.policy)
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM, family=family)
+        return [{"hostname": host, "host": ip, "port": port, "family": socket.AF_INET6 if ":" in ip else socket.AF_INET,
+                 "proto": 0, "flags": socket.AI_NUMERICHOST}
+                for ip in netpolicy.checked_addresses(host, port, infos, self.policy)]
+
+    async def close(self) -> None:
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _host_refusal(policy: netpolicy.NetPolicy, host: str, port: int) -> str | None:
+    return policy.host_refusal(host, port)
+
+
+@contextmanager
+def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
+    """aiohttp's and the policy's errors as httpx's, the original kept as the cause."""
+    try:
+        yield
+    except netpolicy.PolicyRefused as exc:
+        raise httpx.ConnectError(str(exc), request=request) from exc
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise httpx.ConnectTimeout(str(exc) or "connect timed out", request=request) from exc
+    except aiohttp.SocketTimeoutError as exc:
+        raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
+    except (aiohttp.ClientConnectorError, aiohttp.InvalidURL) as exc:
+        raise httpx.ConnectError(str(exc), request=request) from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
+        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+    except (aiohttp.ClientConnectionError, aiohttp.ClientError) as exc:
+        raise httpx.ReadError(str(exc), request=request) from exc
+    except asyncio.TimeoutError as exc:  # aiohttp's own pool wait (``connect``) raises the plain one
+        raise httpx.PoolTimeout("timed out waiting for a connection", request=request) from exc
+
+
+class AioTransport(httpx.AsyncBaseTransport):
+    """An ``httpx`` transport sending through an ``aiohttp.ClientSession`` under ``policy``.
+
+    One session (and connection pool) per event loop: it is made on first use inside the running
+    loop; a client reused from another loop (tests run one ``asyncio.run`` after another) gets a
+    fresh pool, the old loop's connections being unusable anyway.
+    """
+
+    def __init__(self, policy: netpolicy.NetPolicy, *, ssl_context: ssl.SSLContext | None = None,
+                 max_connections: int = 100, keepalive_expiry: float = 5.0) -> None:
+        self.policy = policy
+        self.ssl_context = ssl_context or httpx.create_ssl_context(trust_env=False)
+        self.max_connections = max_connections
+        self.keepalive_expiry = keepalive_expiry
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _session_now(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._loop is not loop or self._session.closed:
+            if self._session is not None and self._loop is not loop and not self._session.closed:
+                self._session.connector._close()  # type: ignore[union-attr]  # its loop is gone: drop the sockets
+            connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.policy), limit=self.max_connections,
+                                             keepalive_timeout=self.keepalive_expiry, ssl=self.ssl_context)
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False,
+                                                  cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
+            self._loop = loop
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        port = url.port or netpolicy.default_port(url.scheme)
+        refusal = _host_refusal(self.policy, url.host, port)
+        if refusal is not None:
+            raise httpx.ConnectError(f"outbound policy refuses {url.host}: {refusal}", request=request) \
+                from netpolicy.PolicyRefused(f"outbound policy refuses {url.host}: {refusal}")
+        t: dict[str, float | None] = request.extensions.get("timeout", {})
+        timeout = aiohttp.ClientTimeout(total=None, connect=_sum(t.get("pool"), t.get("connect")),
+                                        sock_connect=t.get("connect"), sock_read=t.get("read"))
+        body = await request.aread()
+        with _as_httpx_errors(request):
+            async with self._session_now().request(
+                request.method, yarl.URL(str(url), encoded=True), data=body or None, headers=request.headers.multi_items(),
+                allow_redirects=False, timeout=timeout, compress=None, chunked=None,
+            ) as resp:
+                content = await resp.read()
+                status, headers = resp.status, resp.raw_headers
+                version = f"HTTP/{resp.version.major}.{resp.version.minor}".encode() if resp.version else b"HTTP/1.1"
+        return httpx.Response(status, headers=list(headers), stream=httpx.ByteStream(content),
+                              extensions={"http_version": version, "reason_phrase": (resp.reason or "").encode()},
+                              request=request)
+
+    async def aclose(self) -> None:
+        if self._session is not None and not self._session.closed:
+            if self._loop is asyncio.get_running_loop():
+                await self._session.close()
+            else:
+                self._session.connector._close()  # type: ignore[union-attr]
+        self._session = None
+
+
+def _sum(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a + b
+
+
+def delivery_client(policy: netpolicy.NetPolicy, *, timeout: float = 10.0, **kwargs: Any) -> httpx.AsyncClient:
+    """The ``httpx.AsyncClient`` a destination's connector sends with: :class:`AioTransport` under
+    ``policy``, no proxy environment variables, no redirect following."""
+    kwargs.setdefault("follow_redirects", False)
+    return httpx.AsyncClient(transport=AioTransport(policy), trust_env=False, timeout=timeout, **kwargs)
