@@ -115,7 +115,7 @@ class AioTransport(httpx.AsyncBaseTransport):
             connector = aiohttp.TCPConnector(resolver=GuardedResolver(self.policy), limit=self.max_connections,
                                              keepalive_timeout=self.keepalive_expiry, ssl=self.ssl_context)
             self._session = aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False,
-                                                  cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent",))
+                                                  cookie_jar=aiohttp.DummyCookieJar(), skip_auto_headers=("User-Agent", "Content-Type"))
             self._loop = loop
         return self._session
 
