@@ -126,20 +126,18 @@ class AioTransport(httpx.AsyncBaseTransport):
         if refusal is not None:
             raise httpx.ConnectError(f"outbound policy refuses {url.host}: {refusal}", request=request) \
                 from netpolicy.PolicyRefused(f"outbound policy refuses {url.host}: {refusal}")
-        t: dict[str, float | None] = request.extensions.get("timeout", {})
-        timeout = aiohttp.ClientTimeout(total=None, connect=_sum(t.get("pool"), t.get("connect")),
-                                        sock_connect=t.get("connect"), sock_read=t.get("read"))
         body = await request.aread()
         with _as_httpx_errors(request):
             async with self._session_now().request(
-                request.method, yarl.URL(str(url), encoded=True), data=body or None, headers=request.headers.multi_items(),
-                allow_redirects=False, timeout=timeout, compress=None, chunked=None,
+                request.method, yarl.URL(str(url), encoded=True), data=body or None,
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
+                allow_redirects=False, timeout=_timeout(request), compress=None, chunked=None,
             ) as resp:
                 content = await resp.read()
-                status, headers = resp.status, resp.raw_headers
-                version = f"HTTP/{resp.version.major}.{resp.version.minor}".encode() if resp.version else b"HTTP/1.1"
+                status, headers, reason = resp.status, resp.raw_headers, resp.reason
+                version = b"HTTP/1.1" if resp.version == (1, 1) else f"HTTP/{resp.version.major}.{resp.version.minor}".encode()
         return httpx.Response(status, headers=list(headers), stream=httpx.ByteStream(content),
-                              extensions={"http_version": version, "reason_phrase": (resp.reason or "").encode()},
+                              extensions={"http_version": version, "reason_phrase": (reason or "").encode()},
                               request=request)
 
     async def aclose(self) -> None:
@@ -151,8 +149,16 @@ class AioTransport(httpx.AsyncBaseTransport):
         self._session = None
 
 
-def _sum(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a + b
+def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
+    """httpx's per-request timeouts as aiohttp's (``connect`` covers the pool wait and the connect)."""
+    t: dict[str, float | None] = request.extensions.get("timeout", {})
+    return _client_timeout(t.get("pool"), t.get("connect"), t.get("read"))
+
+
+@functools.lru_cache(maxsize=64)
+def _client_timeout(pool: float | None, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    wait = None if pool is None or connect is None else pool + connect
+    return aiohttp.ClientTimeout(total=None, connect=wait, sock_connect=connect, sock_read=read)
 
 
 def delivery_client(policy: netpolicy.NetPolicy, *, timeout: float = 10.0, **kwargs: Any) -> httpx.AsyncClient:
