@@ -134,8 +134,8 @@ class AioTransport(httpx.AsyncBaseTransport):
                 allow_redirects=False, timeout=_timeout(request), compress=None, chunked=None,
             ) as resp:
                 content = await resp.read()
-                status, headers, reason = resp.status, resp.raw_headers, resp.reason
-                version = b"HTTP/1.1" if resp.version == (1, 1) else f"HTTP/{resp.version.major}.{resp.version.minor}".encode()
+                status, headers, reason, v = resp.status, resp.raw_headers, resp.reason, resp.version
+                version = b"HTTP/1.1" if v is None or v == (1, 1) else f"HTTP/{v.major}.{v.minor}".encode()
         return httpx.Response(status, headers=list(headers), stream=httpx.ByteStream(content),
                               extensions={"http_version": version, "reason_phrase": (reason or "").encode()},
                               request=request)
