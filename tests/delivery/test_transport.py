@@ -339,3 +339,35 @@ def test_tls_verified_with_the_given_ca_and_refused_without_it(tmp_path: Path, m
     for exc in errors:
         assert netpolicy.refusal_of(exc) is None
         assert "certificate" in str(exc).lower() or "hostname" in str(exc).lower()
+
+
+# -- the worker's clients ----------------------------------------------------------------------------
+def test_worker_clients_send_through_the_transport_under_each_destinations_policy() -> None:
+    from middleware.config.destinations import Destination
+    from middleware.delivery.worker import DeliveryWorker
+
+    def dest(allow: bool) -> Destination:
+        return Destination(name="hook", type="webhook", baa=True, allow_private_network=allow)
+
+    async def go() -> tuple[Receiver, list[str | None]]:
+        rec = await Receiver().start()
+        w = DeliveryWorker(None, lambda: None, contact_secret="k", own_ports=(1,))  # type: ignore[arg-type]
+        strict, loose = w._client(dest(False)), w._client(dest(True))
+        assert isinstance(strict._transport, AioTransport) and w._client(dest(True)) is loose  # kept per destination
+        refusals: list[str | None] = []
+        with pytest.raises(httpx.ConnectError) as err:
+            await strict.post(rec.url(host="localhost"), content=b"{}")
+        refusals.append(netpolicy.refusal_of(err.value))
+        for _ in range(3):
+            assert (await loose.post(rec.url(host="localhost"), content=b"{}")).status_code == 200
+        mocked = DeliveryWorker(None, lambda: None, contact_secret="k",  # type: ignore[arg-type]
+                                transport_factory=lambda _p: httpx.MockTransport(lambda _r: httpx.Response(299)))
+        assert (await mocked._client(dest(False)).post("http://vendor.test/x")).status_code == 299
+        await w.aclose()
+        await mocked.aclose()
+        await rec.stop()
+        return rec, refusals
+
+    rec, refusals = run(go())
+    assert refusals[0] is not None and "loopback or private" in refusals[0]
+    assert rec.connections == 1 and len(rec.requests) == 3
