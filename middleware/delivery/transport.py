@@ -15,12 +15,13 @@ The promises of :mod:`middleware.netpolicy` (issue 8) hold as with ``AsyncGuarde
   (``NetPolicy.host_refusal``, a pure function of host and port, so memoised);
 * **no redirects**: aiohttp never follows one; httpx follows them only when asked, and every hop
   comes back through this transport and its checks;
-* **no proxy environment variables** (``trust_env=False``), no cookies kept between requests;
+* **no proxy environment variables** (``trust_env=False``); aiohttp keeps no cookies (httpx's
+  client-side cookie handling is as before);
 * **TLS** verification with the given ``ssl.SSLContext`` (by default httpx's: certifi's CAs);
 * **timeouts** from httpx's per-request ``Timeout``: ``pool`` bounds waiting for a free
   connection, ``connect`` bounds opening one (resolving included), ``read`` the wait for each
-  chunk of the answer. aiohttp has no write timeout: a request body is written to a kernel
-  buffer, and the answer's read timeout covers a receiver that stops reading.
+  chunk of the answer. aiohttp has no write timeout: the four summed bound the whole exchange
+  (40 s for the deliveries' 10 s), so a receiver that stops reading a body cannot hold a send.
 
 Errors come out as httpx's (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ...) with the
 aiohttp or :class:`~middleware.netpolicy.PolicyRefused` error as their cause, so
@@ -86,8 +87,8 @@ def _as_httpx_errors(request: httpx.Request) -> Iterator[None]:
         raise httpx.RemoteProtocolError(str(exc), request=request) from exc
     except (aiohttp.ClientConnectionError, aiohttp.ClientError) as exc:
         raise httpx.ReadError(str(exc), request=request) from exc
-    except asyncio.TimeoutError as exc:  # aiohttp's own pool wait (``connect``) raises the plain one
-        raise httpx.PoolTimeout("timed out waiting for a connection", request=request) from exc
+    except asyncio.TimeoutError as exc:  # the ``total`` backstop (see :func:`_client_timeout`)
+        raise httpx.WriteTimeout("the request did not complete in time", request=request) from exc
 
 
 class AioTransport(httpx.AsyncBaseTransport):
@@ -152,13 +153,17 @@ class AioTransport(httpx.AsyncBaseTransport):
 def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
     """httpx's per-request timeouts as aiohttp's (``connect`` covers the pool wait and the connect)."""
     t: dict[str, float | None] = request.extensions.get("timeout", {})
-    return _client_timeout(t.get("pool"), t.get("connect"), t.get("read"))
+    return _client_timeout(t.get("pool"), t.get("connect"), t.get("write"), t.get("read"))
 
 
 @functools.lru_cache(maxsize=64)
-def _client_timeout(pool: float | None, connect: float | None, read: float | None) -> aiohttp.ClientTimeout:
+def _client_timeout(pool: float | None, connect: float | None, write: float | None, read: float | None) -> aiohttp.ClientTimeout:
+    """aiohttp has no write timeout; ``total`` (the four summed) is the backstop for a receiver that
+    stops reading a large body, as httpx's ``write`` timeout was."""
     wait = None if pool is None or connect is None else pool + connect
-    return aiohttp.ClientTimeout(total=None, connect=wait, sock_connect=connect, sock_read=read)
+    parts = (pool, connect, write, read)
+    total = None if any(p is None for p in parts) else sum(p for p in parts if p is not None)
+    return aiohttp.ClientTimeout(total=total, connect=wait, sock_connect=connect, sock_read=read)
 
 
 def delivery_client(policy: netpolicy.NetPolicy, *, timeout: float = 10.0, **kwargs: Any) -> httpx.AsyncClient:

@@ -284,6 +284,30 @@ def test_waiting_for_a_free_connection_times_out() -> None:
     run(go())
 
 
+def test_receiver_that_stops_reading_a_body_cannot_hold_the_send() -> None:
+    """aiohttp has no write timeout; the sum of httpx's four timeouts bounds the whole exchange."""
+    async def go() -> float:
+        held: list[asyncio.StreamWriter] = []
+
+        async def never_read(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            held.append(w)  # accept, then read nothing: the client's socket buffers fill up
+
+        server = await asyncio.start_server(never_read, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        async with delivery_client(OPEN) as http:
+            t0 = loop.time()
+            with pytest.raises(httpx.TimeoutException):
+                await http.post(f"http://127.0.0.1:{port}/hooks", content=b"x" * (64 << 20), timeout=0.25)
+            took = loop.time() - t0
+        for w in held:
+            w.close()
+        server.close()
+        return took
+
+    assert 0.25 <= run(go()) < 5
+
+
 def test_closed_port_is_a_connect_error_not_a_policy_refusal() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
