@@ -10,7 +10,15 @@ sys of this process) and wall time per POST, runs interleaved:
 
 * ``httpx``: ``httpx.AsyncClient`` (careloop's client, HTTP/1.1 over httpcore/anyio);
 * ``httpx-guarded``: the same with careloop's connect-time address check (``netpolicy``) transport;
-* ``aiohttp``: ``aiohttp.ClientSession`` with its default connector (keep-alive).
+* ``httpx-aio``: careloop's delivery client since issue 16: ``httpx.AsyncClient`` on
+  ``middleware.delivery.transport.AioTransport`` (aiohttp's pool, the address check in its resolver);
+* ``aiohttp``: ``aiohttp.ClientSession`` with its default connector (keep-alive);
+* ``aiohttp-guarded``: the same with careloop's ``GuardedResolver`` (the address check at connect);
+* ``httpx-null``: ``httpx.AsyncClient`` on a transport that answers without any I/O: the cost of
+  httpx's client layers alone (request building, headers, hooks, response), for attribution.
+
+``--baseline DIR`` also runs ``DIR``'s ``netpolicy.guarded_async_client`` (for example ``/work/main``)
+in a child process for each run, as ``baseline``. The load average is printed before and after.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import os
 import statistics
 import subprocess
 import sys
@@ -66,13 +75,25 @@ def headers(i: int) -> dict[str, str]:
     return {"content-type": "application/json", "webhook-id": wid, "webhook-timestamp": ts, "webhook-signature": f"v1,{sig}"}
 
 
-async def run_httpx(url: str, n: int, conc: int, guarded: bool) -> tuple[float, float]:
+async def run_httpx(url: str, n: int, conc: int, kind: str) -> tuple[float, float]:
     import httpx
 
-    if guarded:
-        from middleware import netpolicy
+    from middleware import netpolicy
 
+    if kind == "guarded":
         client = netpolicy.guarded_async_client(netpolicy.policy(True), timeout=10.0)
+    elif kind == "aio":
+        from middleware.delivery.transport import delivery_client
+
+        client = delivery_client(netpolicy.policy(True), timeout=10.0)
+    elif kind == "null":
+        canned = httpx.Response(200, headers={"content-type": "application/json"}, content=b'{"duplicate":false}')
+
+        async def answer(request: httpx.Request) -> httpx.Response:
+            await request.aread()
+            return httpx.Response(200, headers=canned.headers, stream=httpx.ByteStream(canned.content))
+
+        client = httpx.AsyncClient(transport=httpx.MockTransport(answer), timeout=10.0, trust_env=False)
     else:
         client = httpx.AsyncClient(timeout=10.0)
 
@@ -86,10 +107,16 @@ async def run_httpx(url: str, n: int, conc: int, guarded: bool) -> tuple[float, 
         await client.aclose()
 
 
-async def run_aiohttp(url: str, n: int, conc: int) -> tuple[float, float]:
+async def run_aiohttp(url: str, n: int, conc: int, guarded: bool = False) -> tuple[float, float]:
     import aiohttp
 
-    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+    connector = None
+    if guarded:
+        from middleware import netpolicy
+        from middleware.delivery.transport import GuardedResolver
+
+        connector = aiohttp.TCPConnector(resolver=GuardedResolver(netpolicy.policy(True)))
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10), connector=connector)
 
     async def post(i: int) -> None:
         async with session.post(url, data=BODY, headers=headers(i)) as r:
@@ -120,40 +147,61 @@ async def _timed(post: Callable[[int], Awaitable[None]], n: int, conc: int) -> t
     return (time.process_time() - c0) / n * 1000, (time.perf_counter() - t0) / n * 1000
 
 
+def _baseline(repo: str, url: str, n: int, conc: int) -> tuple[float, float]:
+    """One run of ``repo``'s guarded httpx client, in a child process importing that tree."""
+    code = (f"import sys; sys.path.insert(0, {repo!r}); sys.path.insert(1, {str(REPO / 'bench')!r}); import asyncio; "
+            f"import http_clients as h; print(*asyncio.run(h.run_httpx({url!r}, {n}, {conc}, 'guarded')))")
+    out = subprocess.run([PY, "-c", code], capture_output=True, text=True, check=True, cwd=repo).stdout.split()
+    return float(out[-2]), float(out[-1])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--posts", type=int, default=2000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--concurrency", type=int, default=1)
+    ap.add_argument("--baseline", help="a careloop tree whose guarded httpx client runs beside (e.g. /work/main)")
     args = ap.parse_args()
     port = free_port()
     recv = subprocess.Popen([PY, "-c", RECEIVER, str(port)])
     wait_port(port, 30, recv)
     url = f"http://127.0.0.1:{port}/hooks"
     print(f"# webhook POST client cost  {machine()}; {args.posts} POSTs per run, concurrency {args.concurrency}, one kept-alive "
-          f"connection pool per client, receiver in its own process", flush=True)
-    res: dict[str, list[tuple[float, float]]] = {"httpx": [], "httpx-guarded": [], "aiohttp": []}
+          f"connection pool per client, receiver in its own process; load {os.getloadavg()}", flush=True)
+    n, c = args.posts, args.concurrency
     runners: dict[str, Callable[[], Any]] = {
-        "httpx": lambda: run_httpx(url, args.posts, args.concurrency, False),
-        "httpx-guarded": lambda: run_httpx(url, args.posts, args.concurrency, True),
-        "aiohttp": lambda: run_aiohttp(url, args.posts, args.concurrency),
+        "httpx": lambda: run_httpx(url, n, c, "plain"),
+        "httpx-guarded": lambda: run_httpx(url, n, c, "guarded"),
+        "httpx-aio": lambda: run_httpx(url, n, c, "aio"),
+        "aiohttp": lambda: run_aiohttp(url, n, c),
+        "aiohttp-guarded": lambda: run_aiohttp(url, n, c, True),
+        "httpx-null": lambda: run_httpx(url, n, c, "null"),
     }
+    res: dict[str, list[tuple[float, float]]] = {k: [] for k in runners}
+    if args.baseline:
+        res["baseline"] = []
     try:
         for run in range(args.runs):
             for name, fn in runners.items():
                 cpu, wall = asyncio.run(fn())
                 res[name].append((cpu, wall))
-                print(f"run {run + 1} {name:14s} CPU {cpu:.3f} ms/POST  wall {wall:.3f} ms/POST", flush=True)
+                print(f"run {run + 1} {name:16s} CPU {cpu:.3f} ms/POST  wall {wall:.3f} ms/POST", flush=True)
+            if args.baseline:
+                cpu, wall = _baseline(args.baseline, url, n, c)
+                res["baseline"].append((cpu, wall))
+                print(f"run {run + 1} {'baseline':16s} CPU {cpu:.3f} ms/POST  wall {wall:.3f} ms/POST  ({args.baseline})", flush=True)
     finally:
         recv.terminate()
         recv.wait(10)
     print()
     for name, v in res.items():
         cpus, walls = [c for c, _ in v], [w for _, w in v]
-        print(f"{name:14s} CPU {statistics.median(cpus):.3f} ms/POST (min {min(cpus):.3f}, max {max(cpus):.3f}); "
+        print(f"{name:16s} CPU {statistics.median(cpus):.3f} ms/POST (min {min(cpus):.3f}, max {max(cpus):.3f}); "
               f"wall {statistics.median(walls):.3f} ms/POST")
-    h, a = statistics.median(c for c, _ in res["httpx"]), statistics.median(c for c, _ in res["aiohttp"])
-    print(f"aiohttp / httpx CPU per POST: {a / h:.2f}")
+    med = {k: statistics.median(c for c, _ in v) for k, v in res.items()}
+    print(f"httpx-aio / httpx-guarded CPU per POST: {med['httpx-aio'] / med['httpx-guarded']:.2f}; "
+          f"aiohttp / httpx: {med['aiohttp'] / med['httpx']:.2f}")
+    print(f"# load after: {os.getloadavg()}")
     return 0
 
 

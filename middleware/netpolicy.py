@@ -19,6 +19,8 @@ A leaf module (stdlib, httpx and httpcore only). Three parts:
   TLS SNI and certificate checks still use the host name (httpcore passes it to
   ``start_tls``). :func:`guarded_client` / :func:`guarded_async_client` build httpx clients on
   them with ``trust_env=False`` (no proxy environment variables) and no redirect following.
+  :func:`precheck` and :func:`checked_addresses` are the two steps, for other transports
+  (the deliveries' aiohttp one, ``middleware.delivery.transport``).
 
 Credential scoping: :class:`CredentialScope` lists the origins (scheme, host, port) that may
 receive a source's credentials; :class:`ScopedBearer` is an ``httpx.Auth`` that adds the
@@ -233,7 +235,7 @@ def refusal_of(exc: BaseException) -> str | None:
     return None
 
 
-def _checked_addresses(host: str, port: int, infos: Iterable[tuple[Any, ...]], policy: NetPolicy) -> list[str]:
+def checked_addresses(host: str, port: int, infos: Iterable[tuple[Any, ...]], policy: NetPolicy) -> list[str]:
     """The resolved addresses of ``host`` if every one passes ``policy``; raises :class:`PolicyRefused`."""
     addrs: list[str] = []
     for info in infos:
@@ -249,7 +251,8 @@ def _checked_addresses(host: str, port: int, infos: Iterable[tuple[Any, ...]], p
     return addrs
 
 
-def _precheck(host: str, port: int, policy: NetPolicy) -> None:
+def precheck(host: str, port: int, policy: NetPolicy) -> None:
+    """Raise :class:`PolicyRefused` (and log it) when ``host`` is refused before any lookup."""
     reason = policy.host_refusal(host, port)
     if reason is not None:
         log.warning("outbound connection to %s refused: %s", host, reason, extra={"action": "netpolicy.refused"})
@@ -266,9 +269,9 @@ class GuardedBackend(httpcore.NetworkBackend):
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                     socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
         try:
-            _precheck(host, port, self.policy)
+            precheck(host, port, self.policy)
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addrs = _checked_addresses(host, port, infos, self.policy)
+            addrs = checked_addresses(host, port, infos, self.policy)
         except (PolicyRefused, OSError) as exc:
             raise httpcore.ConnectError(str(exc)) from exc
         last: Exception | None = None
@@ -293,10 +296,10 @@ class AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
     async def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
                           socket_options: Iterable[Any] | None = None) -> httpcore.AsyncNetworkStream:
         try:
-            _precheck(host, port, self.policy)
+            precheck(host, port, self.policy)
             with anyio.fail_after(timeout):
                 infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addrs = _checked_addresses(host, port, infos, self.policy)
+            addrs = checked_addresses(host, port, infos, self.policy)
         except TimeoutError as exc:
             raise httpcore.ConnectTimeout(f"resolving {host} timed out") from exc
         except (PolicyRefused, OSError) as exc:

@@ -43,7 +43,7 @@ from ..storage.queries.delivery import DISABLED, PAUSED
 from ..storage.sql import UnitOfWork, unit
 from ..storage.queries import exits as xq
 from ..storage.statuses import Confirmation, DeliveryKind, DeliveryStatus, DisclosureOutcome
-from . import capture
+from . import capture, transport
 from .gate import send_time_blocks
 from ..config.policy import identifier_for, outgoing
 from .registry import (
@@ -111,6 +111,7 @@ class DeliveryWorker:
         consent_check: Callable[[UnitOfWork, str | None, str, str], str | None] | None = None,
         lease_s: float = LEASE_S,
         own_ports: tuple[int, ...] = (),
+        transport_factory: Callable[[netpolicy.NetPolicy], httpx.AsyncBaseTransport] | None = None,
     ) -> None:
         self.engine = engine
         self.ruleset = ruleset
@@ -125,6 +126,8 @@ class DeliveryWorker:
         self.consent_check = consent_check
         self.lease_s = lease_s
         self.own_ports = own_ports  # careloop's listeners: never a destination, even on loopback
+        #: builds each destination's transport from its policy (tests: ``lambda _p: httpx.MockTransport(...)``)
+        self.transport_factory = transport_factory
         self.connectors: dict[str, Connector] = {}
         self._clients: dict[str, httpx.AsyncClient] = {}
         self.breakers: dict[str, CircuitBreaker] = defaultdict(CircuitBreaker)
@@ -155,14 +158,19 @@ class DeliveryWorker:
     def _client(self, dest: Destination) -> httpx.AsyncClient:
         """The HTTP client for ``dest``: the one given to the worker, else one per destination, kept across
         rounds (keep-alive), so a destination's requests only look through its own connections. Its
-        connections pass the outbound policy (:mod:`middleware.netpolicy`) at connect time."""
+        connections pass the outbound policy (:mod:`middleware.netpolicy`) at connect time; it sends
+        through aiohttp's pool (:mod:`.transport`, issue 16), or through ``transport_factory`` when given."""
         if self.http is not None:
             return self.http
         key = f"{dest.name}|{dest.allow_private_network}"
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = netpolicy.guarded_async_client(
-                netpolicy.policy(dest.allow_private_network, *self.own_ports), timeout=10.0)
+            pol = netpolicy.policy(dest.allow_private_network, *self.own_ports)
+            if self.transport_factory is None:
+                client = transport.delivery_client(pol, timeout=10.0)
+            else:
+                client = httpx.AsyncClient(transport=self.transport_factory(pol), trust_env=False, timeout=10.0)
+            self._clients[key] = client
             capture.install(client)
         return client
 

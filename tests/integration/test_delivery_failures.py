@@ -1,5 +1,5 @@
 """Delivery failure handling through the real worker and database, with respx injecting
-the receiver's failures: 5xx and timeouts back off durably, 429 honours Retry-After,
+the receiver's failures (through the worker's ``transport_factory``): 5xx and timeouts back off durably, 429 honours Retry-After,
 4xx other than 408/429 dead-letters at once, exhaustion dead-letters, replay revives."""
 from __future__ import annotations
 
@@ -52,7 +52,9 @@ def world(tmp_path: Path, pipeline_mappings: Path, monkeypatch: pytest.MonkeyPat
     writer.write_batch([InboundRecord(source="default", channel="mllp", raw=raw, sha256="x", status="received")])
     Processor(engine, lambda: rs, clock=clock).drain()
     Scheduler(engine, lambda: rs, clock=clock).fire_due()
-    worker = DeliveryWorker(engine, lambda: rs, contact_secret="k", clock=clock)
+    # the worker's own per-destination client, its transport swapped for respx's router (the test transport)
+    worker = DeliveryWorker(engine, lambda: rs, contact_secret="k", clock=clock,
+                            transport_factory=lambda _policy: httpx.MockTransport(respx.mock.async_handler))
     yield engine, clock, worker
     asyncio.run(worker.aclose())
     engine.dispose()
