@@ -98,7 +98,8 @@ class RuntimeCollector(Collector):
         c.add_metric([], counts["fired"])
         yield c
         if rt.worker_process is not None:
-            c = CounterMetricFamily("careloop_worker_process_starts", "Times serve started its worker process (more than 1: it was restarted)")
+            c = CounterMetricFamily("careloop_worker_process_starts",
+                                    "Times serve started its worker process (more than 1: it was restarted)")
             c.add_metric([], float(rt.worker_process.starts))
             yield c
         c = CounterMetricFamily("careloop_inbox_queue_waits", "Producers that waited for room in the inbox queue (backpressure)")
