@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -320,8 +321,12 @@ def split_segments(text: str, ctx: Ctx) -> list[Seg] | None:
 # --------------------------------------------------------------------------- time
 
 
+@lru_cache(maxsize=256)
 def ts_parts(value: str) -> tuple[datetime, int, bool] | None:
     """Parse a TS/DTM string into (aware-or-naive datetime, digits, has_offset).
+
+    Cached: a message repeats its times (SCH, TQ1, AIS and AIL of an SIU carry the same start),
+    and the result is immutable.
 
     ``digits`` is the precision: 4 year, 6 month, 8 day, 10 hour, 12 minute,
     14 second, 15 fractional. Returns ``None`` for anything not a TS/DTM.
