@@ -1,8 +1,9 @@
 """HL7 v2 SIU/ADT -> FHIR R4 resources: the normalizer entry point (pure, no I/O).
 
-``normalize_hl7(text, source)`` parses with python-hl7 (schema-less: unknown and
-Z segments are ignored here and stay in the stored raw message), reads the
-trigger from MSH-9.2 (EVN-1 when MSH-9.2 is empty; never from the structure
+``normalize_hl7(text, source)`` parses schema-less (unknown and Z segments are ignored
+here and stay in the stored raw message): an ordinary message is split directly
+(``hl7_types.split_segments``), anything unusual by python-hl7, with the same readings.
+It reads the trigger from MSH-9.2 (EVN-1 when MSH-9.2 is empty; never from the structure
 MSH-9.3, since ADT reuses structures such as ``ADT^A04^ADT_A01``) and maps:
 
 * SIU^S12/S13/S14/S15/S16/S17/S26 -> Appointment (``hl7_siu``)
