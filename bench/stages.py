@@ -9,7 +9,7 @@ patient each, so the shipped ``appointment-reminder-24h`` fires at once) through
 and delivery (policy, signing, the POST to a local signature-verifying receiver, attempt and
 disclosure rows). Prints wall and CPU milliseconds per message for each stage: the sum is the
 CPU one message costs end to end, and 1000 / sum is the most one core can carry. With
-``--profile process|schedule|deliver`` prints a cProfile of that stage (the source of the
+``--profile process|schedule|deliver [--sort tottime] [--top N]`` prints a cProfile of that stage (the source of the
 profiles in docs/benchmarks.md).
 
 With ``--roundtrips`` a first, untimed run counts per message and stage what each stage asks of
@@ -109,7 +109,9 @@ def one_run(args: argparse.Namespace, run: int, count: bool = False) -> dict[str
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             if prof:
                 prof.disable()
-                pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
+                pstats.Stats(prof).sort_stats(args.sort).print_stats(args.top)
+                if args.dump:
+                    prof.dump_stats(args.dump)
             out[name] = (wall * 1000 / max(n, 1), cpu * 1000 / max(n, 1))
             if counter:
                 counts[name] = counter.take()
@@ -134,6 +136,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--database-url", default="", help="default: a fresh SQLite file; postgresql://...: a fresh database there")
     ap.add_argument("--profile", choices=["process", "schedule", "deliver"], default=None)
+    ap.add_argument("--sort", default="cumulative", help="cProfile sort key for --profile (cumulative, tottime)")
+    ap.add_argument("--top", type=int, default=40, help="how many cProfile lines --profile prints")
+    ap.add_argument("--dump", default="", help="also write the --profile stats to this file (for pstats callers)")
     ap.add_argument("--roundtrips", action="store_true", help="first count statements and round trips in an untimed run")
     args = ap.parse_args()
     print(f"machine: {machine()}; load average {os.getloadavg()[0]:.2f}; {args.messages} SIU^S12 per run, shipped rules; "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -259,11 +260,73 @@ class Seg:
         return self._ctx
 
 
+class SplitSeg(Seg):
+    """A segment read straight from its text, split on demand: the same readings as :class:`Seg`
+    over python-hl7's containers (``tests/unit/normalize/test_split_parse.py`` compares both on
+    every fixture) at a fraction of the cost, since python-hl7 builds a container for every
+    field, repetition and component of the message, read or not.
+
+    ``fields`` are the segment's field texts by HL7 sequence number; fields numbered 1 to
+    ``plain`` are never split (MSH-1 and MSH-2, the separators themselves). ``plain=-1`` is a
+    segment without any separator (``PV1``), which python-hl7 keeps as one string: its field 0
+    then reads as one component per character."""
+
+    __slots__ = ("_plain",)
+
+    def __init__(self, fields: list[str], ctx: Ctx, plain: int = 0) -> None:
+        self._s = fields
+        self._ctx = ctx
+        self._plain = plain
+        # python-hl7 names a segment by the first repetition of its first field
+        self.id = fields[0].split(ctx.rep_sep, 1)[0]
+
+    def reps(self, n: int) -> list[Rep]:
+        if n >= len(self._s):
+            return []
+        text = self._s[n]
+        ctx = self._ctx
+        if 0 < n <= self._plain or self._plain < 0:
+            rep = Rep([[ch] for ch in text] if self._plain < 0 else [[text]], ctx)
+            return [] if rep.empty() else [rep]
+        out: list[Rep] = []
+        cs, ss = ctx.comp_sep, ctx.sub_sep
+        for r in text.split(ctx.rep_sep):
+            rep = Rep([c.split(ss) for c in r.split(cs)], ctx)
+            if not rep.empty():
+                out.append(rep)
+        return out
+
+
+def split_segments(text: str, ctx: Ctx) -> list[Seg] | None:
+    """The message's segments as :class:`SplitSeg` when it is written the ordinary way (one MSH
+    first, four distinct encoding characters); None otherwise, for python-hl7 to parse with all
+    its own rules. ``text`` is CR-separated, as :func:`hl7.parse` sees it after its ``strip``."""
+    fs = ctx.field_sep
+    end = text.find(fs, 4)
+    enc = text[4:end]
+    seps = {fs, ctx.comp_sep, ctx.rep_sep, ctx.esc, ctx.sub_sep}
+    if end < 0 or len(enc) != 4 or enc != ctx.comp_sep + ctx.rep_sep + ctx.esc + ctx.sub_sep or len(seps) != 5 or seps & {"\r", "\n"}:
+        return None
+    lines = text.split("\r")
+    rest = lines[0][end + 1:]
+    out: list[Seg] = [SplitSeg(["MSH", fs, enc, *(rest.split(fs) if rest else [])], ctx, plain=2)]
+    for line in lines[1:]:
+        if line[:3] in ("MSH", "BHS", "FHS"):
+            return None  # python-hl7 reads these with their own separators
+        bare = not any(c in line for c in (fs, ctx.rep_sep, ctx.comp_sep, ctx.sub_sep))
+        out.append(SplitSeg([line], ctx, plain=-1) if bare else SplitSeg(line.split(fs), ctx))
+    return out
+
+
 # --------------------------------------------------------------------------- time
 
 
+@lru_cache(maxsize=256)
 def ts_parts(value: str) -> tuple[datetime, int, bool] | None:
     """Parse a TS/DTM string into (aware-or-naive datetime, digits, has_offset).
+
+    Cached: a message repeats its times (SCH, TQ1, AIS and AIL of an SIU carry the same start),
+    and the result is immutable.
 
     ``digits`` is the precision: 4 year, 6 month, 8 day, 10 hour, 12 minute,
     14 second, 15 fractional. Returns ``None`` for anything not a TS/DTM.

@@ -1,8 +1,9 @@
 """HL7 v2 SIU/ADT -> FHIR R4 resources: the normalizer entry point (pure, no I/O).
 
-``normalize_hl7(text, source)`` parses with python-hl7 (schema-less: unknown and
-Z segments are ignored here and stay in the stored raw message), reads the
-trigger from MSH-9.2 (EVN-1 when MSH-9.2 is empty; never from the structure
+``normalize_hl7(text, source)`` parses schema-less (unknown and Z segments are ignored
+here and stay in the stored raw message): an ordinary message is split directly
+(``hl7_types.split_segments``), anything unusual by python-hl7, with the same readings.
+It reads the trigger from MSH-9.2 (EVN-1 when MSH-9.2 is empty; never from the structure
 MSH-9.3, since ADT reuses structures such as ``ADT^A04^ADT_A01``) and maps:
 
 * SIU^S12/S13/S14/S15/S16/S17/S26 -> Appointment (``hl7_siu``)
@@ -29,7 +30,7 @@ from middleware.model import Merge, Normalized
 
 from . import hl7_adt, hl7_siu
 from .hl7_patient import pid_patient
-from .hl7_types import ContentProblem, Json, Msg, Seg, make_ctx, ts_datetime
+from .hl7_types import ContentProblem, Json, Msg, Seg, make_ctx, split_segments, ts_datetime
 
 __all__ = ["Hl7ContentError", "normalize_hl7"]
 
@@ -53,13 +54,17 @@ class Hl7ContentError(ValueError):
         self.code = code
 
 
-def _parse(text: str, source: Source) -> Msg:
+def _parse(text: str, source: Source, fast: bool = True) -> Msg:
+    """The message's segments; split directly when it is written the ordinary way (``fast``),
+    else by python-hl7 (the same readings either way: tests/unit/normalize/test_split_parse.py)."""
     if not text.startswith("MSH") or len(text) < 8:
         raise Hl7ContentError("message does not start with an MSH segment", "MSH", 1, None, "100")
     if "\n" in text:  # decode() already did this; tolerate callers that did not
         text = text.replace("\r\n", "\r").replace("\n", "\r")
     field_sep, enc = text[3], text[4:8].split(text[3])[0]
     ctx = make_ctx(source, enc, field_sep)
+    if fast and (segs := split_segments(text.strip(), ctx)) is not None:
+        return Msg(tuple(segs), ctx)
     try:
         parsed = hl7.parse(text)
     except Exception as exc:  # python-hl7 raises bare ParseException/ValueError/IndexError
