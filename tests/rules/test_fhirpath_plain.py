@@ -13,7 +13,9 @@ import yaml
 
 from middleware.normalize.hl7_peek import decode
 from middleware.normalize.hl7v2 import normalize_hl7
-from middleware.rules.fhirpath import R4, compile_expr, plain_path
+from fhirpathpy.parser import parse as fhirpath_parse
+
+from middleware.rules.fhirpath import R4, _ast, compile_expr, parse_tree, plain_path
 from middleware.rules.load import load_ruleset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -66,3 +68,17 @@ def test_plain_path_equals_fhirpathpy(expr: str) -> None:
     fast, slow = compile_expr(expr), fhirpathpy.compile(expr, R4)
     for res in _resources():
         assert fast(res, {}) == slow(res, {}), (expr, res.get("resourceType"))
+
+
+ALL_EXPRESSIONS = sorted({s for f in sorted((REPO / "mappings").rglob("*.yaml")) for s in _strings(yaml.safe_load(f.read_text()))
+                          if not parse_tree(s)[1]})
+
+
+def test_one_parse_per_expression_gives_fhirpathpys_syntax_tree() -> None:
+    """``compile_expr`` builds fhirpathpy's tree from the syntax check's ANTLR parse (``_ast``) instead
+    of parsing again: the trees must be fhirpathpy's own, for every string of the shipped mappings that
+    parses (most are FHIRPath; the rest parse as plain identifiers or literals, which is as good a check)."""
+    assert len(ALL_EXPRESSIONS) > 50
+    for expr in ALL_EXPRESSIONS:
+        assert _ast(expr) == fhirpath_parse(expr), expr
+    assert _ast("name.where(") is None  # a syntax problem: fhirpathpy parses (and reports) as before
