@@ -259,7 +259,7 @@ def _compile(expr: str, valuesets: ValueSets | None, calendar: Any, zone: str) -
     ast = _ast(expr)
     if ast is None:
         return fhirpathpy.compile(expr, R4, options={"userInvocationTable": table})
-    return set_paths(fhirpathpy.apply_parsed_path, parsedPath=ast, model=R4, options={"userInvocationTable": table})
+    return set_paths(fhirpathpy.apply_parsed_path, parsedPath=ast, model=R4, options={"userInvocationTable": table})  # type: ignore[no-untyped-call]
 
 
 @lru_cache(maxsize=4096)
@@ -271,7 +271,7 @@ def _ast(expr: str) -> Any:
     tree, problems = parse_tree(expr)
     if tree is None or problems:
         return None
-    listener = ASTPathListener()
+    listener = ASTPathListener()  # type: ignore[no-untyped-call]
     ParseTreeWalker().walk(listener, tree)
     return listener.parentStack[0]
 
