@@ -225,15 +225,15 @@ def once(url: str) -> tuple[int, int, int]:
     return int(rows), int(distinct), int(fired_n or 0)
 
 
-def serve(url: str, tmp: Path, watch_s: float) -> tuple[float, float, float, str]:
+def serve(url: str, tmp: Path, watch_s: float, repo: Path = REPO) -> tuple[float, float, float, str]:
     """(seconds to /healthz, deliveries created per second while watched, peak RSS MB, the
     ``GET /metrics`` timings after the watch: :func:`scrapes`) of ``careloop serve``."""
     http, mllp = free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     n0 = deliveries(url)
     t_start = time.perf_counter()
     proc = subprocess.Popen([PY, "-m", "middleware", "serve", "--http-port", str(http), "--mllp-port", str(mllp),
-                             "--database-url", url, "--mappings", str(REPO / "mappings")],
+                             "--database-url", url, "--mappings", str(repo / "mappings")],
                             cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "ab"))
     try:
         while True:
@@ -246,6 +246,8 @@ def serve(url: str, tmp: Path, watch_s: float) -> tuple[float, float, float, str
                 pass
             time.sleep(0.02)
         start = time.perf_counter() - t_start
+        global LAST_START_CPU
+        LAST_START_CPU = _cpu_s(proc.pid)
         t1, peak = time.perf_counter(), 0.0
         while time.perf_counter() - t1 < watch_s:
             peak = max(peak, rss_mb(proc.pid))
@@ -254,6 +256,15 @@ def serve(url: str, tmp: Path, watch_s: float) -> tuple[float, float, float, str
         return start, rate, peak, scrapes(f"http://127.0.0.1:{http}/metrics")
     finally:
         stop(proc)
+
+
+#: CPU seconds (user + system) the last ``serve`` had used when ``/healthz`` first answered
+LAST_START_CPU = 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def scrapes(url: str, within_s: float = 60.0) -> str:
@@ -290,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--watch", type=float, default=10.0, help="seconds to watch the served process fire")
     ap.add_argument("--peer-pending", type=int, default=1_000_000, help="APScheduler's job count (0: no peer)")
     ap.add_argument("--keep", action="store_true", help="keep the database (SQLite file / PostgreSQL database)")
+    ap.add_argument("--baseline", type=Path, action="append", default=[],
+                    help="another checkout (e.g. /work/main): its `serve` start and /metrics beside this code's, same database")
     ap.add_argument("--fire", metavar="URL", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.fire:
@@ -357,7 +370,8 @@ def main(argv: list[str] | None = None) -> None:
                   f" ({'OK' if rows == distinct == fired_n else 'DOUBLED OR LOST'})", flush=True)
             reset_due(url, due, time.time())
             start, rate, peak, scrape = serve(url, tmp, args.watch)
-            print(f"run {run + 1} serve: /healthz after {start:.2f}s; then {rate:,.0f} deliveries created/s over {args.watch:.0f}s;"
+            print(f"run {run + 1} serve: /healthz after {start:.2f}s ({LAST_START_CPU:.2f}s CPU);"
+                  f" then {rate:,.0f} deliveries created/s over {args.watch:.0f}s;"
                   f" peak RSS {peak:.0f} MB; {scrape}  # {load_note()}", flush=True)
         # control: the same start on an empty database of the same backend, same run (what start-up costs without rows)
         if args.backend == "sqlite":
@@ -368,8 +382,15 @@ def main(argv: list[str] | None = None) -> None:
             init_db(eng)
             eng.dispose()
             start, _, peak, scrape = serve(empty, tmp, 1.0)
-            print(f"control serve on an empty database: /healthz after {start:.2f}s; peak RSS {peak:.0f} MB;"
+            print(f"control serve on an empty database: /healthz after {start:.2f}s ({LAST_START_CPU:.2f}s CPU); peak RSS {peak:.0f} MB;"
                   f" {scrape}  # {load_note()}", flush=True)
+        for base in args.baseline:  # the same starts with another checkout's code, same run, interleaved with this code's
+            for label, repo in (("baseline " + str(base), base), ("this code", REPO)):
+                for db, what in ((url, f"{args.pending:,} pending"),) + (((empty, "empty"),) if args.backend == "sqlite" else ()):
+                    reset_due(url, due, time.time())
+                    start, _, _, scrape = serve(db, tmp, 1.0, repo)
+                    print(f"start A/B, {label}, {what}: /healthz after {start:.2f}s ({LAST_START_CPU:.2f}s CPU); {scrape}"
+                          f"  # {load_note()}", flush=True)
         if args.peer_pending:
             from scheduler_scale import fill_peer, run_peer
 
