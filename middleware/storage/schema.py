@@ -44,8 +44,10 @@ if TYPE_CHECKING:
     from alembic.script import ScriptDirectory
 
 log = logging.getLogger("careloop.storage")
-# Alembic says "Context impl PostgresqlImpl" at INFO each time a revision is read (when it is imported)
+# Alembic says "Context impl PostgresqlImpl" at INFO each time a revision is read, and "setup plugin" when it is
+# imported (now lazily, after the service's logging is configured: it would be the first line `serve` prints)
 logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: ``pg_advisory_xact_lock`` key of schema changes ("careloop" in ASCII).
