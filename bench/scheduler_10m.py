@@ -225,15 +225,15 @@ def once(url: str) -> tuple[int, int, int]:
     return int(rows), int(distinct), int(fired_n or 0)
 
 
-def serve(url: str, tmp: Path, watch_s: float) -> tuple[float, float, float, float]:
-    """(seconds to /healthz, deliveries created per second while watched, peak RSS MB, seconds of one
-    ``GET /metrics`` scrape after the watch) of ``careloop serve``."""
+def serve(url: str, tmp: Path, watch_s: float, repo: Path = REPO) -> tuple[float, float, float, str]:
+    """(seconds to /healthz, deliveries created per second while watched, peak RSS MB, the
+    ``GET /metrics`` timings after the watch: :func:`scrapes`) of ``careloop serve``."""
     http, mllp = free_port(), free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(repo)}
     n0 = deliveries(url)
     t_start = time.perf_counter()
     proc = subprocess.Popen([PY, "-m", "middleware", "serve", "--http-port", str(http), "--mllp-port", str(mllp),
-                             "--database-url", url, "--mappings", str(REPO / "mappings")],
+                             "--database-url", url, "--mappings", str(repo / "mappings")],
                             cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "ab"))
     try:
         while True:
@@ -246,16 +246,47 @@ def serve(url: str, tmp: Path, watch_s: float) -> tuple[float, float, float, flo
                 pass
             time.sleep(0.02)
         start = time.perf_counter() - t_start
+        global LAST_START_CPU
+        LAST_START_CPU = _cpu_s(proc.pid)
         t1, peak = time.perf_counter(), 0.0
         while time.perf_counter() - t1 < watch_s:
             peak = max(peak, rss_mb(proc.pid))
             time.sleep(0.2)
         rate = (deliveries(url) - n0) / (time.perf_counter() - t1)
-        t2 = time.perf_counter()
-        httpx.get(f"http://127.0.0.1:{http}/metrics", timeout=120).raise_for_status()
-        return start, rate, peak, time.perf_counter() - t2
+        return start, rate, peak, scrapes(f"http://127.0.0.1:{http}/metrics")
     finally:
         stop(proc)
+
+
+#: CPU seconds (user + system) the last ``serve`` had used when ``/healthz`` first answered
+LAST_START_CPU = 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrapes(url: str, within_s: float = 60.0) -> str:
+    """``GET /metrics`` once a second until a scrape shows ``careloop_triggers_pending`` (the database
+    figures are read off the scrape's path: ``collectors.FigureCache``): the first scrape's time, the
+    slowest, and the one read of the figures that the service reports."""
+    times: list[float] = []
+    t0 = time.perf_counter()
+    while True:
+        t = time.perf_counter()
+        r = httpx.get(url, timeout=120)
+        r.raise_for_status()
+        times.append(time.perf_counter() - t)
+        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in r.text.splitlines()
+                  if line.startswith(("careloop_triggers_pending ", "careloop_database_figures_read_seconds "))}
+        if "careloop_triggers_pending" in values or time.perf_counter() - t0 > within_s:
+            break
+        time.sleep(1.0)
+    read = values.get("careloop_database_figures_read_seconds")
+    return (f"GET /metrics: first {times[0]:.2f}s, slowest of {len(times)} {max(times):.2f}s,"
+            f" pending {values.get('careloop_triggers_pending', float('nan')):,.0f} shown after {time.perf_counter() - t0:.1f}s"
+            + (f" (one read of the database figures {read:.2f}s, off the scrape's path)" if read is not None else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -270,6 +301,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--watch", type=float, default=10.0, help="seconds to watch the served process fire")
     ap.add_argument("--peer-pending", type=int, default=1_000_000, help="APScheduler's job count (0: no peer)")
     ap.add_argument("--keep", action="store_true", help="keep the database (SQLite file / PostgreSQL database)")
+    ap.add_argument("--baseline", type=Path, action="append", default=[],
+                    help="another checkout (e.g. /work/main): its `serve` start and /metrics beside this code's, same database")
     ap.add_argument("--fire", metavar="URL", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.fire:
@@ -337,8 +370,9 @@ def main(argv: list[str] | None = None) -> None:
                   f" ({'OK' if rows == distinct == fired_n else 'DOUBLED OR LOST'})", flush=True)
             reset_due(url, due, time.time())
             start, rate, peak, scrape = serve(url, tmp, args.watch)
-            print(f"run {run + 1} serve: /healthz after {start:.2f}s; then {rate:,.0f} deliveries created/s over {args.watch:.0f}s;"
-                  f" peak RSS {peak:.0f} MB; one GET /metrics {scrape:.2f}s  # {load_note()}", flush=True)
+            print(f"run {run + 1} serve: /healthz after {start:.2f}s ({LAST_START_CPU:.2f}s CPU);"
+                  f" then {rate:,.0f} deliveries created/s over {args.watch:.0f}s;"
+                  f" peak RSS {peak:.0f} MB; {scrape}  # {load_note()}", flush=True)
         # control: the same start on an empty database of the same backend, same run (what start-up costs without rows)
         if args.backend == "sqlite":
             empty = f"sqlite:///{tmp / 'empty.db'}"
@@ -348,8 +382,15 @@ def main(argv: list[str] | None = None) -> None:
             init_db(eng)
             eng.dispose()
             start, _, peak, scrape = serve(empty, tmp, 1.0)
-            print(f"control serve on an empty database: /healthz after {start:.2f}s; peak RSS {peak:.0f} MB;"
-                  f" one GET /metrics {scrape:.2f}s  # {load_note()}", flush=True)
+            print(f"control serve on an empty database: /healthz after {start:.2f}s ({LAST_START_CPU:.2f}s CPU); peak RSS {peak:.0f} MB;"
+                  f" {scrape}  # {load_note()}", flush=True)
+        for base in args.baseline:  # the same starts with another checkout's code, same run, interleaved with this code's
+            for label, repo in (("baseline " + str(base), base), ("this code", REPO)):
+                for db, what in ((url, f"{args.pending:,} pending"),) + (((empty, "empty"),) if args.backend == "sqlite" else ()):
+                    reset_due(url, due, time.time())
+                    start, _, _, scrape = serve(db, tmp, 1.0, repo)
+                    print(f"start A/B, {label}, {what}: /healthz after {start:.2f}s ({LAST_START_CPU:.2f}s CPU); {scrape}"
+                          f"  # {load_note()}", flush=True)
         if args.peer_pending:
             from scheduler_scale import fill_peer, run_peer
 

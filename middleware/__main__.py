@@ -4,11 +4,19 @@ together, so neither imports the other."""
 from __future__ import annotations
 
 import sys
+from typing import Any
+
+
+def sandbox(sub: Any) -> None:
+    """``careloop sandbox``'s subcommands, imported only when the whole parser is built (the
+    sandbox package is not needed by ``careloop serve`` and the other commands)."""
+    from .sandbox.command import register
+
+    register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     from .cli import main as cli_main
-    from .sandbox.command import register as sandbox
 
     return cli_main(argv, extra=[sandbox])
 

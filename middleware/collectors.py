@@ -3,33 +3,114 @@ time (every replica reports the same backlog, lag, trigger and delivery figures:
 across replicas, not ``sum``) and this process's worker counters. Served by the API's
 ``GET /metrics`` and by ``careloop worker --metrics-port``; below both (neither imports the other).
 Counts and destination names only, no PHI.
+
+The database figures are counts whose cost grows with the tables (10 M pending triggers: a
+scan of 10 M index entries, seconds). A scrape therefore never waits for them longer than
+:data:`WAIT_S`: :class:`FigureCache` reads them in a thread of its own, at most one read at a
+time and then only after a pause nine times the last read's duration (at most a tenth of one
+core, per replica being scraped). A cheap read (an ordinary store: milliseconds) finishes within
+the wait, so the scrape shows figures read for it; a slow one shows the last figures read, and
+``careloop_database_figures_age_seconds`` says how old they are.
 """
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .storage.queries.metrics import database_figures
+from .storage.queries.metrics import DatabaseFigures, database_figures
 from .storage.statuses import DeliveryStatus
 
 if TYPE_CHECKING:
     from .service import Runtime
 
+log = logging.getLogger("careloop.metrics")
+
 CIRCUIT = {"closed": 0.0, "half-open": 1.0, "open": 2.0, "open-auth": 2.0}
+#: the longest a scrape waits for a database read (the rest of it answers from the last read)
+WAIT_S = 0.25
+#: the largest share of wall-clock time spent reading the database figures while scraped
+DUTY = 0.1
+
+
+class FigureCache:
+    """The database figures of the last completed read, and at most one read in flight.
+
+    :meth:`get` starts a read (a daemon thread) unless one is running or the pause after the
+    last has not passed, waits up to ``wait_s`` for the read in flight, and returns the newest
+    figures with the wall-clock time they were read at (``None`` before the first read ends).
+    The pause after a read of ``d`` seconds is ``d * (1 - duty) / duty``: reads take at most
+    ``duty`` of the time, whatever the size of the tables. A failed read keeps the previous
+    figures (their age grows) and is logged without its message (it may quote rows)."""
+
+    def __init__(self, read: Callable[[float], DatabaseFigures], *, wait_s: float = WAIT_S, duty: float = DUTY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._read, self.wait_s, self.duty, self._clock = read, wait_s, duty, clock
+        self._lock = threading.Lock()
+        self._running: threading.Event | None = None
+        self._not_before = 0.0
+        self.figures: DatabaseFigures | None = None
+        self.read_at: float | None = None
+        self.last_read_s = 0.0
+        self.reads = 0
+
+    def get(self) -> tuple[DatabaseFigures | None, float | None]:
+        with self._lock:
+            running = self._running
+            if running is None and self._clock() >= self._not_before:
+                running = self._running = threading.Event()
+                threading.Thread(target=self._refresh, args=(running,), name="careloop-metrics-read", daemon=True).start()
+        if running is not None:
+            running.wait(self.wait_s)
+        with self._lock:
+            return self.figures, self.read_at
+
+    def _refresh(self, done: threading.Event) -> None:
+        t0, now = self._clock(), time.time()
+        figures: DatabaseFigures | None = None
+        try:
+            figures = self._read(now)
+        except Exception as exc:
+            log.error("metrics database read failed", extra={"action": "metrics.read_error", "error_type": type(exc).__name__})
+        finally:
+            took = self._clock() - t0
+            with self._lock:
+                if figures is not None:
+                    self.figures, self.read_at, self.reads = figures, now, self.reads + 1
+                self.last_read_s = took
+                self._not_before = self._clock() + took * (1.0 - self.duty) / self.duty
+                self._running = None
+            done.set()
 
 
 class DatabaseCollector(Collector):
-    """Backlog, lag, triggers, deliveries, dead letters and circuit state, read at scrape time."""
+    """Backlog, lag, triggers, deliveries, dead letters and circuit state, from the database
+    figures of :class:`FigureCache` (absent until its first read completes)."""
 
     def __init__(self, runtime: "Runtime") -> None:
         self.rt = runtime
+        self.cache = FigureCache(lambda now: database_figures(runtime.engine, now))
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        """Nothing: registering must not read the database (``collect`` would, at start-up)."""
+        return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         now = time.time()
-        db = database_figures(self.rt.engine, now)
+        db, read_at = self.cache.get()
+        if db is None or read_at is None:
+            return
+        g = GaugeMetricFamily("careloop_database_figures_age_seconds",
+                              "How long ago the database figures of this scrape were read (reads are paced: see docs/operations.md)")
+        g.add_metric([], max(0.0, now - read_at))
+        yield g
+        g = GaugeMetricFamily("careloop_database_figures_read_seconds", "How long the last read of the database figures took")
+        g.add_metric([], self.cache.last_read_s)
+        yield g
         backlog, oldest, oldest_due = db.backlog.rows, db.backlog.oldest_received_at, db.oldest_due_at
         g = GaugeMetricFamily("careloop_processing_backlog", "Stored inbound messages not yet processed")
         g.add_metric([], float(backlog))

@@ -39,20 +39,42 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser(extra: Sequence[Registrar] = ()) -> argparse.ArgumentParser:
+def build_parser(extra: Sequence[Registrar] = (), only: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; with ``only`` (a module of this package), that module's commands
+    alone and no ``extra`` (see :func:`_parser_for`)."""
     parser = Parser(prog="careloop", description="FHIR-native integration and trigger middleware")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if mod.name.startswith("_"):
+    names = [only] if only else sorted(m.name for m in pkgutil.iter_modules(__path__))
+    for name in names:
+        if name.startswith("_"):
             continue
-        module = importlib.import_module(f"{__name__}.{mod.name}")
+        module = importlib.import_module(f"{__name__}.{name}")
         reg = getattr(module, "register", None)
         if reg is not None:
             reg(sub)
-    for register in extra:
+    for register in () if only else extra:
         register(sub)
     _name_leaves(parser)
     return parser
+
+
+def _parser_for(argv: Sequence[str], extra: Sequence[Registrar]) -> argparse.ArgumentParser:
+    """The parser for ``careloop COMMAND ...``: when ``COMMAND``'s module (``serve`` ->
+    ``serve.py``, ``contact-keys`` -> ``contact_keys.py``) registers it, only that module is
+    imported (every module imports what its command needs: importing all of them cost
+    ``careloop serve`` a tenth of its start-up); anything else (``--help``, ``events``, ``sandbox``,
+    a mistake) gets the whole parser, so help and errors are unchanged."""
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    module = command.replace("-", "_") if command else None
+    if module and not module.startswith("_") and module in {m.name for m in pkgutil.iter_modules(__path__)}:
+        parser = build_parser(only=module)
+        if command in _commands(parser):
+            return parser
+    return build_parser(extra)
+
+
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    return {name for action in parser._actions if isinstance(action, argparse._SubParsersAction) for name in action.choices}
 
 
 def _name_leaves(parser: argparse.ArgumentParser) -> None:
@@ -69,7 +91,7 @@ def _command_of(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None, extra: Sequence[Registrar] = ()) -> int:
-    parser = build_parser(extra)
+    parser = _parser_for(sys.argv[1:] if argv is None else argv, extra)
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:

@@ -11,6 +11,7 @@ with older parameters is re-hashed on the next successful sign-in.
 """
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from dataclasses import dataclass
@@ -24,8 +25,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from .access import ROLES
 
 HASHER = PasswordHasher()
-#: Verified against when the user does not exist, so a wrong name costs as long as a wrong password.
-_DUMMY = HASHER.hash("careloop-no-such-user")
+
+
+@functools.cache
+def _dummy() -> str:
+    """Verified against when the user does not exist, so a wrong name costs as long as a wrong
+    password. Made on first use, not at import (one argon2 hash: 0.2 s of ``careloop serve``'s start)."""
+    return HASHER.hash("careloop-no-such-user")
 
 
 @dataclass(frozen=True)
@@ -82,9 +88,10 @@ def save(path: Path, users: dict[str, User]) -> None:
 
 def verify(users: dict[str, User], name: str, password: str) -> User | None:
     """The user when ``password`` is theirs, else None (constant work whether or not the name exists)."""
+    dummy = _dummy()  # made (once) whether or not the name exists
     user = users.get(name)
     try:
-        HASHER.verify(user.password_hash if user else _DUMMY, password)
+        HASHER.verify(user.password_hash if user else dummy, password)
     except (VerificationError, InvalidHashError):
         return None
     return user

@@ -14,7 +14,10 @@ from zoneinfo import ZoneInfo
 import fhirpathpy
 from antlr4 import CommonTokenStream, InputStream, Token
 from antlr4.error.ErrorListener import ErrorListener
+from antlr4.tree.Tree import ParseTreeWalker
+from fhirpathpy.engine.util import set_paths
 from fhirpathpy.models import models
+from fhirpathpy.parser.ASTPathListener import ASTPathListener
 from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
 from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
@@ -369,7 +372,24 @@ def _compile(expr: str, valuesets: ValueSets | None, calendar: Any, zone: str) -
         "plusDays": {"fn": plus_days, "arity": {1: ["Integer"]}},
         "localDate": {"fn": local_date, "arity": {0: []}},
     }
-    return fhirpathpy.compile(expr, R4, options={"userInvocationTable": table})
+    ast = _ast(expr)
+    if ast is None:
+        return fhirpathpy.compile(expr, R4, options={"userInvocationTable": table})
+    return set_paths(fhirpathpy.apply_parsed_path, parsedPath=ast, model=R4, options={"userInvocationTable": table})  # type: ignore[no-untyped-call]
+
+
+@lru_cache(maxsize=4096)
+def _ast(expr: str) -> Any:
+    """fhirpathpy's syntax tree of ``expr``, built from :func:`parse_tree`'s (cached) ANTLR tree,
+    as ``fhirpathpy.compile`` builds it from a parse of its own: one ANTLR parse per expression
+    instead of two (the syntax check's and the compiler's: a quarter of loading the rule set).
+    ``None`` (then fhirpathpy parses, and reports) when the expression has syntax problems."""
+    tree, problems = parse_tree(expr)
+    if tree is None or problems:
+        return None
+    listener = ASTPathListener()  # type: ignore[no-untyped-call]
+    ParseTreeWalker().walk(listener, tree)
+    return listener.parentStack[0]
 
 
 def truthy(result: list[Any]) -> bool:

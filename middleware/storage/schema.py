@@ -20,18 +20,15 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
@@ -42,9 +39,15 @@ from . import outcome_stops  # noqa: F401  (and the outcome funnel's triggers)
 from . import tables  # noqa: F401  (registers the tables on the metadata)
 from .db import is_sqlite, make_engine
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
 log = logging.getLogger("careloop.storage")
-# Alembic says "Context impl PostgresqlImpl" at INFO each time a revision is read (every start)
+# Alembic says "Context impl PostgresqlImpl" at INFO each time a revision is read, and "setup plugin" when it is
+# imported (now lazily, after the service's logging is configured: it would be the first line `serve` prints)
 logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)
+logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: ``pg_advisory_xact_lock`` key of schema changes ("careloop" in ASCII).
@@ -81,6 +84,8 @@ class UpgradeResult:
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
@@ -90,7 +95,45 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 @lru_cache(maxsize=1)
 def scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
+
+
+_REVISION = re.compile(r'^revision\s*=\s*"([^"]+)"\s*$', re.M)
+_DOWN = re.compile(r'^down_revision\s*=\s*(?:"([^"]+)"|None)\s*$', re.M)
+
+
+@lru_cache(maxsize=1)
+def head_from_files() -> str | None:
+    """The newest revision read from the migration files' ``revision = "..."`` / ``down_revision =
+    "..."`` lines, without importing Alembic or the migrations (a third of ``careloop serve``'s
+    start-up on a loaded machine went to that); ``None`` when the files do not give one chain
+    head (a file in another form, branches): then :func:`head_revision` decides.
+    ``tests/storage/test_schema_fast_path.py`` proves it equal to Alembic's head."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for f in (MIGRATIONS / "versions").glob("*.py"):
+        if f.name.startswith("_"):
+            continue
+        text = f.read_text(encoding="utf-8")
+        rev, down = _REVISION.findall(text), _DOWN.findall(text)
+        if len(rev) != 1 or len(down) != 1:
+            return None
+        revisions.add(rev[0])
+        if down[0]:
+            parents.add(down[0])
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _recorded_revision(conn: Connection) -> str | None:
+    """``alembic_version``'s one row, or ``None`` (no table, no row, several rows). Never fails the
+    transaction (the upgrader reads this under its schema lock)."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
+    return str(rows[0][0]) if len(rows) == 1 else None
 
 
 def head_revision() -> str:
@@ -107,6 +150,8 @@ def history() -> list[tuple[str, str | None, str]]:
 
 
 def _known(revision: str) -> bool:
+    from alembic.util.exc import CommandError
+
     try:
         return scripts().get_revision(revision) is not None
     except CommandError:
@@ -114,6 +159,14 @@ def _known(revision: str) -> bool:
 
 
 def read_state(conn: Connection) -> SchemaState:
+    """The database's revision against the code's. The common case (a database at the newest
+    revision) is answered from the migration files and one ``SELECT`` (:func:`head_from_files`);
+    anything else asks Alembic."""
+    fast = head_from_files()
+    if fast is not None and _recorded_revision(conn) == fast:
+        return SchemaState("current", fast, fast)
+    from alembic.runtime.migration import MigrationContext
+
     head = head_revision()
     rev = MigrationContext.configure(conn).get_current_revision()
     if rev is None:
@@ -218,6 +271,8 @@ def upgrade(engine: Engine, *, backup: bool = False) -> UpgradeResult:
             if st.kind == "current":
                 conn.rollback()
                 return UpgradeResult(head, head, backup=saved)
+            from alembic import command
+
             if st.kind == "empty":
                 SQLModel.metadata.create_all(conn)
                 command.stamp(alembic_config(conn), "head")

@@ -14,7 +14,9 @@ import yaml
 
 from middleware.normalize.hl7_peek import decode
 from middleware.normalize.hl7v2 import normalize_hl7
-from middleware.rules.fhirpath import R4, ValueSets, _compile, compile_expr, plain_path
+from fhirpathpy.parser import parse as fhirpath_parse
+
+from middleware.rules.fhirpath import R4, ValueSets, _ast, _compile, compile_expr, parse_tree, plain_path
 from middleware.rules.load import load_ruleset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,3 +100,17 @@ def test_memberof_is_the_valueset_extension() -> None:
     """Without the extension table fhirpathpy rejects memberOf: the comparison above runs the real one."""
     with pytest.raises(Exception):  # noqa: B017 (fhirpathpy raises a bare Exception)
         fhirpathpy.compile("serviceType.memberOf('colonoscopy')", R4)({"resourceType": "Appointment"}, {})
+
+
+ALL_EXPRESSIONS = sorted({s for f in sorted((REPO / "mappings").rglob("*.yaml")) for s in _strings(yaml.safe_load(f.read_text()))
+                          if not parse_tree(s)[1]})
+
+
+def test_one_parse_per_expression_gives_fhirpathpys_syntax_tree() -> None:
+    """``compile_expr`` builds fhirpathpy's tree from the syntax check's ANTLR parse (``_ast``) instead
+    of parsing again: the trees must be fhirpathpy's own, for every string of the shipped mappings that
+    parses (most are FHIRPath; the rest parse as plain identifiers or literals, which is as good a check)."""
+    assert len(ALL_EXPRESSIONS) > 50
+    for expr in ALL_EXPRESSIONS:
+        assert _ast(expr) == fhirpath_parse(expr), expr
+    assert _ast("name.where(") is None  # a syntax problem: fhirpathpy parses (and reports) as before
