@@ -330,8 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     fs0 = fsync_latency_ms(work)
     print(f"fdatasync (write 4 KiB + fdatasync, median of 200) in the database's directory: {fs0:.3f} ms", flush=True)
     print(f"load: per run and deployment, {args.rate:.0f} msg/s for {args.seconds:.0f} s on 1 connection (latency), then "
-          f"{args.messages} messages on {args.conns} connections as fast as ACKs come (throughput); after {args.warmup} warm-up messages; each an SIU^S12 that "
-          "fires one signed webhook at once; receiver: `careloop sink` (own process, verifies signatures)", flush=True)
+          f"{args.messages} messages on {args.conns} connections as fast as ACKs come (throughput); after {args.warmup} warm-up "
+          "messages; each an SIU^S12 that fires one signed webhook at once; receiver: `careloop sink` (own process, "
+          "verifies signatures)", flush=True)
     res: dict[str, list[tuple[PhaseResult, PhaseResult]]] = {k: [] for k in kinds}
     profile_text = ""
     seq = 0
@@ -395,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         targets.append(f"CPU per message, careloop / bridge: {med['careloop']['cpu'] / med['bridge']['cpu']:.2f}x")
     if "careloop" in med:
         c = med["careloop"]["cpu"]
-        targets.append(f"careloop CPU per message end to end: {c:.2f} ms (target <= 2.5 ms, stretch 1.5) {'MET' if c <= 2.5 else 'NOT MET'}")
+        targets.append(f"careloop CPU per message end to end: {c:.2f} ms (target <= 2.5 ms, stretch 1.5) "
+                       f"{'MET' if c <= 2.5 else 'NOT MET'}")
         p99 = med["careloop"]["p99"]
         targets.append(f"careloop receipt-to-webhook p99 at {args.rate:.0f} msg/s: {p99:.1f} ms (target < 100 ms) "
                        f"{'MET' if p99 < 100 else 'NOT MET'}  [fdatasync {max(fs0, fs1):.3f} ms]")
