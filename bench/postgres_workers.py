@@ -124,10 +124,14 @@ def start_deployment(work: Path, hook: str, db: str, workers: int) -> tuple[Tree
         except httpx.HTTPError:
             time.sleep(0.1)
     wait_port(mllp, 30, tree.procs["serve"])
+    ports = []
     for k in range(workers):
+        ports.append(free_port())
         tree.procs[f"worker-{k + 1}"] = subprocess.Popen(
-            [PY, "-m", "middleware", "worker", "--mappings", str(maps), "--database-url", db],
+            [PY, "-m", "middleware", "worker", "--mappings", str(maps), "--database-url", db, "--metrics-port", str(ports[-1])],
             cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    for k, mport in enumerate(ports):  # each worker up (its metrics endpoint answers) before any load
+        wait_port(mport, 120, tree.procs[f"worker-{k + 1}"])
     return tree, mllp
 
 
@@ -219,6 +223,11 @@ def configuration(args: argparse.Namespace, workers: int, work: Path) -> dict[st
             sc = pg(db, "SHOW synchronous_commit")[0][0]
             print(f"  PostgreSQL {pg(db, 'SHOW server_version')[0][0]}, synchronous_commit={sc}", flush=True)
         print(f"  processes: {', '.join(f'{k} pid {p.pid}' for k, p in tree.procs.items())}; load {loadavg()}", flush=True)
+        c0 = tree.cpu()
+        time.sleep(args.idle_seconds)
+        idle = {k: 100 * v / args.idle_seconds for k, v in cpu_delta(c0, tree.cpu()).items()}
+        r["idle"] = idle
+        print("  idle CPU (% of a core, nothing sent): " + ", ".join(f"{k} {v:.1f}" for k, v in idle.items()), flush=True)
         # benchmark 1: ingest
         n_steady = int(args.rate * args.seconds)
         acks = asyncio.run(steady_acks(port, mix(f"W{workers}i", n_steady), args.rate))
@@ -294,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burst-seconds", type=float, default=20.0)
     ap.add_argument("--report-every", type=int, default=5, help="seconds between lag lines during the burst")
     ap.add_argument("--drain-timeout", type=float, default=900.0)
+    ap.add_argument("--idle-seconds", type=float, default=3.0, help="idle CPU of each process measured over this long")
     args = ap.parse_args(argv)
     if not args.postgres:
         print("no PostgreSQL: set CARELOOP_TEST_POSTGRES_URL or pass --postgres")

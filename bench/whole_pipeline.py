@@ -301,6 +301,15 @@ def run_phase(port: int, tree: Tree, sink: subprocess.Popen[bytes], hook: str, m
                        m.matched, len(msgs), m.unverified, m.duplicates), text
 
 
+def idle_cpu_pct(tree: Tree, seconds: float) -> float:
+    """CPU of the deployment's processes while nothing is sent, in % of one core."""
+    if seconds <= 0:
+        return 0.0
+    c0 = tree.cpu()
+    time.sleep(seconds)
+    return 100 * sum(cpu_delta(c0, tree.cpu()).values()) / seconds
+
+
 def fmt_lat(v: list[float]) -> str:
     return f"p50 {percentile(v, 50):.1f} ms, p99 {percentile(v, 99):.1f} ms, max {max(v) if v else float('nan'):.1f} ms (n={len(v)})"
 
@@ -319,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each steady-rate latency run")
     ap.add_argument("--warmup", type=int, default=100, help="messages sent (and delivered) before measuring, per deployment")
+    ap.add_argument("--idle-seconds", type=float, default=3.0, help="CPU of the idle deployment measured over this long")
     ap.add_argument("--servers", default="careloop,bridge")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the webhooks of one phase")
     ap.add_argument("--profile", type=Path, help="py-spy raw output of careloop's serve during an extra, uncounted throughput run")
@@ -335,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
           "messages; each an SIU^S12 that fires one signed webhook at once; receiver: `careloop sink` (own process, "
           "verifies signatures)", flush=True)
     res: dict[str, list[tuple[PhaseResult, PhaseResult]]] = {k: [] for k in kinds}
+    idle: dict[str, list[float]] = {k: [] for k in kinds}
     profile_text = ""
     seq = 0
     n_steady = int(args.rate * args.seconds)
@@ -354,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
                     seq += args.warmup
                     run_phase(port, tree, sink, hook, warm, rate=None, conns=args.conns, timeout=args.timeout)
                     sink_clear(hook)
+                    idle[kind].append(idle_cpu_pct(tree, args.idle_seconds))
                     steady_msgs = [siu_at(f"R{run}{kind[0]}s", seq + i) for i in range(n_steady)]
                     seq += n_steady
                     st, _ = run_phase(port, tree, sink, hook, steady_msgs, rate=args.rate, conns=1, timeout=args.timeout)
@@ -376,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"ACK p50 {percentile(st.acks_ms, 50):.1f} ms | throughput {bu.rate:6.1f} msg/s end to end "
                       f"({bu.delivered}/{bu.sent} webhooks in {bu.seconds:.1f} s), CPU {bu.cpu_ms_per_msg():.2f} ms/msg "
                       f"(receiver {1000 * bu.sink_cpu_s / bu.sent:.2f} ms/msg); unverified {st.unverified + bu.unverified}, "
-                      f"duplicates {st.duplicates + bu.duplicates}; load {loadavg()}", flush=True)
+                      f"duplicates {st.duplicates + bu.duplicates}; idle CPU {idle[kind][-1]:.1f}% of a core; load {loadavg()}",
+                      flush=True)
     finally:
         fs1 = fsync_latency_ms(work)
     print()
@@ -387,6 +400,10 @@ def main(argv: list[str] | None = None) -> int:
         rates = [b.rate for _, b in rs]
         cpus = [b.cpu_ms_per_msg() for _, b in rs]
         lat = [x for s, _ in rs for x in s.latencies_ms]
+        # the CPU an idle deployment burns anyway (pollers, checkpoints), charged over the throughput run's length
+        idle_ms = [i / 100 * b.seconds * 1000 / b.sent for i, (_, b) in zip(idle[kind], rs)]
+        print(f"{kind:8s}: idle CPU {statistics.median(idle[kind]):.1f}% of a core, i.e. {statistics.median(idle_ms):.2f} ms of each "
+              "message's CPU below over the throughput run")
         med[kind] = {"rate": statistics.median(rates), "cpu": statistics.median(cpus),
                      "p50": percentile(lat, 50), "p99": percentile(lat, 99)}
         print(f"{kind:8s}: throughput {statistics.median(rates):6.1f} msg/s (min {min(rates):.1f}, max {max(rates):.1f}, n={len(rates)}); "
