@@ -273,6 +273,17 @@ def configuration(args: argparse.Namespace, workers: int, work: Path) -> dict[st
         print(f"  [2] whole pipeline, {bu.sent} SIU on 8 connections: {bu.rate:.1f} msg/s end to end ({bu.delivered}/{bu.sent} "
               f"webhooks in {bu.seconds:.1f} s; unverified {bu.unverified}, duplicates {bu.duplicates}); "
               f"CPU {per_msg(bu.cpu_s, bu.sent)}; receiver {1000 * bu.sink_cpu_s / bu.sent:.2f}", flush=True)
+        if args.profile and workers == int(args.workers.split(",")[0]):
+            # an extra pipeline run under py-spy of worker-1 and serve, not counted (py-spy takes about half a core)
+            from pyspy import py_spy_while
+
+            msgs = [siu_at(f"W{workers}p", seq + i) for i in range(args.pipeline_messages)]
+            seq += len(msgs)
+            wpid = tree.procs["worker-1"].pid
+            text, _ = py_spy_while(wpid, lambda: run_phase(port, tree, sink, hook, msgs, rate=None, conns=8,
+                                                           timeout=args.drain_timeout), args.profile, top=30)
+            sink_clear(hook)
+            r["profile"] = text
         # benchmark 3: short burst
         print(f"  [3] burst: {args.burst_rate:.0f} msg/s for {args.burst_seconds:.0f} s over 8 connections", flush=True)
         b = burst(port, tree, hook, db, f"W{workers}X", args)
@@ -303,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burst-seconds", type=float, default=20.0)
     ap.add_argument("--report-every", type=int, default=5, help="seconds between lag lines during the burst")
     ap.add_argument("--drain-timeout", type=float, default=900.0)
+    ap.add_argument("--profile", type=Path, help="py-spy raw output of worker-1 during an extra pipeline run (first configuration)")
     ap.add_argument("--idle-seconds", type=float, default=3.0, help="idle CPU of each process measured over this long")
     args = ap.parse_args(argv)
     if not args.postgres:
@@ -325,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['pipe_lat'][0]:.0f}/{r['pipe_lat'][1]:.0f} ms at {args.rate:.0f}/s; CPU {per_msg(pc, r['pipe_n'])}; "
               f"burst ACK p99 {r['burst']['p99']:.1f} ms, drain {r['burst']['drain']:.0f} s, "
               f"{'nothing lost or doubled' if r['burst']['ok'] else 'MISMATCH'}")
+    for r in results:
+        if r.get("profile"):
+            print(f"\npy-spy of worker-1 ({r['workers']} worker(s)) during an extra whole-pipeline run (not counted above):\n"
+                  + r["profile"])
     if len(results) >= 2:
         a, b = results[0], results[-1]
         def drain_rate(r: dict[str, Any]) -> float:
