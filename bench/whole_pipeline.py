@@ -224,6 +224,7 @@ def _key(rec: dict[str, Any]) -> int | None:
 @dataclass
 class Matched:
     latencies_ms: list[float]
+    sent_at: list[float]  # wall time of each matched message's send (same order as latencies_ms)
     last_arrival: float  # wall time of the last matched webhook
     matched: int
     unverified: int
@@ -234,6 +235,7 @@ class Matched:
 def match(records: list[dict[str, Any]], sent: dict[int, float]) -> Matched:
     """Pair each webhook with its message's send (by the appointment start); latency = arrival - send."""
     lat: list[float] = []
+    at: list[float] = []
     last = 0.0
     seen: set[int] = set()
     unknown = dup = 0
@@ -249,7 +251,8 @@ def match(records: list[dict[str, Any]], sent: dict[int, float]) -> Matched:
         got = datetime.fromisoformat(str(r["received_at"])).timestamp()
         last = max(last, got)
         lat.append((got - sent[k]) * 1000)
-    return Matched(lat, last, len(seen), sum(1 for r in records if not r.get("verified")), dup, unknown)
+        at.append(sent[k])
+    return Matched(lat, at, last, len(seen), sum(1 for r in records if not r.get("verified")), dup, unknown)
 
 
 @dataclass
@@ -264,6 +267,17 @@ class PhaseResult:
     sent: int
     unverified: int
     duplicates: int
+    sent_at: list[float] = field(default_factory=list)
+
+    def by_second(self, step: float = 2.0) -> str:
+        """Median latency of the messages sent in each ``step`` seconds of the phase (is it a floor or a queue?)."""
+        if not self.sent_at:
+            return ""
+        t0 = min(self.sent_at)
+        b: dict[int, list[float]] = {}
+        for t, v in zip(self.sent_at, self.latencies_ms):
+            b.setdefault(int((t - t0) / step), []).append(v)
+        return " ".join(f"{statistics.median(v):.0f}" for _, v in sorted(b.items()))
 
     def cpu_ms_per_msg(self, name: str | None = None) -> float:
         total = sum(self.cpu_s.values()) if name is None else self.cpu_s[name]
@@ -298,7 +312,7 @@ def run_phase(port: int, tree: Tree, sink: subprocess.Popen[bytes], hook: str, m
     end = m.last_arrival if m.matched >= len(msgs) else seen_at
     secs = end - t0
     return PhaseResult(m.matched / secs if secs > 0 else float("nan"), secs, cpu_delta(c0, c1), s1 - s0, acks, m.latencies_ms,
-                       m.matched, len(msgs), m.unverified, m.duplicates), text
+                       m.matched, len(msgs), m.unverified, m.duplicates, m.sent_at), text
 
 
 def idle_cpu_pct(tree: Tree, seconds: float) -> float:
@@ -385,7 +399,8 @@ def main(argv: list[str] | None = None) -> int:
                     stop(sink)
                 res[kind].append((st, bu))
                 print(f"run {run + 1} {kind:8s}: steady {args.rate:.0f}/s receipt-to-webhook {fmt_lat(st.latencies_ms)}; "
-                      f"ACK p50 {percentile(st.acks_ms, 50):.1f} ms | throughput {bu.rate:6.1f} msg/s end to end "
+                      f"(p50 by 2 s of sending: {st.by_second()} ms); ACK p50 {percentile(st.acks_ms, 50):.1f} ms "
+                      f"| throughput {bu.rate:6.1f} msg/s end to end "
                       f"({bu.delivered}/{bu.sent} webhooks in {bu.seconds:.1f} s), CPU {bu.cpu_ms_per_msg():.2f} ms/msg "
                       f"(receiver {1000 * bu.sink_cpu_s / bu.sent:.2f} ms/msg); unverified {st.unverified + bu.unverified}, "
                       f"duplicates {st.duplicates + bu.duplicates}; idle CPU {idle[kind][-1]:.1f}% of a core; load {loadavg()}",
