@@ -43,6 +43,7 @@ from default_deployment import steady_acks  # noqa: E402
 from deploy import dev_secret, mappings_copy, mix, start_sink  # noqa: E402
 from whole_pipeline import (  # noqa: E402
     Tree,
+    tree_cpu_s,
     cpu_delta,
     fmt_lat,
     loadavg,
@@ -103,13 +104,33 @@ def wait_hooks(hook: str, n: int, timeout: float) -> tuple[int, float]:
 
 # ---------------------------------------------------------------- the deployment
 
-def start_deployment(work: Path, hook: str, db: str, workers: int) -> tuple[Tree, int]:
+class PgTree(Tree):
+    """The deployment's processes plus ``postgres``: the server backends connected to this configuration's
+    database (from ``pg_stat_activity``; their /proc CPU; a backend that ends within a phase loses its part;
+    the shared WAL writer and checkpointer, used by other sessions too, are not counted)."""
+
+    def __init__(self, admin_url: str, dbname: str) -> None:
+        super().__init__()
+        self.admin_url, self.dbname = admin_url, dbname
+        self.seen: dict[int, float] = {}
+
+    def cpu(self) -> dict[str, float]:
+        out = super().cpu()
+        rows = pg(self.admin_url, "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.dbname,))
+        for (pid,) in rows:
+            v = tree_cpu_s(int(pid))
+            if v == v:  # not NaN: still there
+                self.seen[int(pid)] = v
+        out["postgres"] = sum(self.seen.values())
+        return out
+
+
+def start_deployment(work: Path, hook: str, db: str, workers: int, tree: Tree) -> tuple[Tree, int]:
     """``serve --no-worker`` (migrates the fresh database) then ``workers`` ``careloop worker`` processes."""
     maps = mappings_copy(work)
     http, mllp = free_port(), free_port()
     env = {**os.environ, "CARELOOP_WEBHOOK_URL": hook + "/hooks", "CARELOOP_WEBHOOK_SECRET": dev_secret(),
            "CARELOOP_LOG_LEVEL": "WARNING", "PYTHONPATH": str(REPO)}
-    tree = Tree()
     log = (work / f"w{workers}.log").open("ab")
     tree.procs["serve"] = subprocess.Popen(
         [PY, "-m", "middleware", "serve", "--no-worker", "--http-port", str(http), "--mllp-port", str(mllp),
@@ -136,8 +157,10 @@ def start_deployment(work: Path, hook: str, db: str, workers: int) -> tuple[Tree
 
 
 def per_msg(cpu: dict[str, float], n: int) -> str:
+    """CPU ms per message of each process; the total of careloop's, then PostgreSQL's backends apart."""
     parts = [f"{k} {1000 * v / max(n, 1):.2f}" for k, v in cpu.items()]
-    return ", ".join(parts) + f"; total {1000 * sum(cpu.values()) / max(n, 1):.2f} ms CPU/msg"
+    own = sum(v for k, v in cpu.items() if k != "postgres")
+    return ", ".join(parts) + f"; careloop total {1000 * own / max(n, 1):.2f} ms CPU/msg"
 
 
 # ---------------------------------------------------------------- benchmark 3 (short burst) on PostgreSQL
@@ -215,10 +238,10 @@ def configuration(args: argparse.Namespace, workers: int, work: Path) -> dict[st
     name = f"careloop_bench4_{os.getpid()}_w{workers}"
     db = fresh_db(args.postgres, name)
     sink, hook = start_sink(work)
-    tree = Tree()
+    tree = PgTree(args.postgres, name)
     r: dict[str, Any] = {"workers": workers}
     try:
-        tree, port = start_deployment(work, hook, db, workers)
+        tree, port = start_deployment(work, hook, db, workers, tree)
         if workers == int(args.workers.split(",")[0]):
             sc = pg(db, "SHOW synchronous_commit")[0][0]
             print(f"  PostgreSQL {pg(db, 'SHOW server_version')[0][0]}, synchronous_commit={sc}", flush=True)
