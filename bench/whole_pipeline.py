@@ -255,6 +255,39 @@ def match(records: list[dict[str, Any]], sent: dict[int, float]) -> Matched:
     return Matched(lat, at, last, len(seen), sum(1 for r in records if not r.get("verified")), dup, unknown)
 
 
+class FsyncCounter:
+    """fsync + fdatasync calls of ``pid`` (all its threads) between start() and stop(), by ``perf stat`` on the
+    syscall tracepoints (no ptrace, so the process runs at full speed); -1 without perf or its permission."""
+
+    def __init__(self, pid: int, out: Path) -> None:
+        self.pid, self.out = pid, out
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import shutil
+
+        if shutil.which("perf"):
+            self.proc = subprocess.Popen(["perf", "stat", "-x", ",", "-o", str(self.out), "-e",
+                                          "syscalls:sys_enter_fsync,syscalls:sys_enter_fdatasync", "-p", str(self.pid)],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+
+    def stop(self) -> int:
+        import signal
+
+        if self.proc is None:
+            return -1
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(10)
+        n, ok = 0, False
+        for line in self.out.read_text().splitlines() if self.out.exists() else []:
+            cols = line.split(",")
+            if len(cols) > 2 and cols[2].startswith("syscalls:") and cols[0].strip().isdigit():
+                n += int(cols[0])
+                ok = True
+        return n if ok else -1
+
+
 @dataclass
 class PhaseResult:
     rate: float  # messages/s from the first send to the last webhook
@@ -268,6 +301,7 @@ class PhaseResult:
     unverified: int
     duplicates: int
     sent_at: list[float] = field(default_factory=list)
+    fsyncs: int = -1  # fsync/fdatasync calls of the deployment's main process over the phase (-1: not counted)
 
     def by_second(self, step: float = 2.0) -> str:
         """Median latency of the messages sent in each ``step`` seconds of the phase (is it a floor or a queue?)."""
@@ -285,10 +319,14 @@ class PhaseResult:
 
 
 def run_phase(port: int, tree: Tree, sink: subprocess.Popen[bytes], hook: str, msgs: list[tuple[int, bytes]], *,
-              rate: float | None, conns: int, timeout: float, profile: tuple[int, Path] | None = None) -> tuple[PhaseResult, str]:
+              rate: float | None, conns: int, timeout: float, profile: tuple[int, Path] | None = None,
+              fsyncs_of: int = 0) -> tuple[PhaseResult, str]:
     """Send ``msgs`` (steady at ``rate`` on one connection, or as fast as ACKs come on ``conns``), wait for
     every webhook, measure. The receiver must be cleared before."""
     sent: dict[int, float] = {}
+    counter = FsyncCounter(fsyncs_of, Path(tempfile.gettempdir()) / f"careloop-bench-fsyncs-{os.getpid()}.txt") if fsyncs_of else None
+    if counter:
+        counter.start()
     c0, s0 = tree.cpu(), tree_cpu_s(sink.pid)
     t0 = time.time()
 
@@ -308,11 +346,12 @@ def run_phase(port: int, tree: Tree, sink: subprocess.Popen[bytes], hook: str, m
     else:
         acks, got, seen_at = go()
     c1, s1 = tree.cpu(), tree_cpu_s(sink.pid)
+    n_fsyncs = counter.stop() if counter else -1
     m = match(sink_received(hook), sent)
     end = m.last_arrival if m.matched >= len(msgs) else seen_at
     secs = end - t0
     return PhaseResult(m.matched / secs if secs > 0 else float("nan"), secs, cpu_delta(c0, c1), s1 - s0, acks, m.latencies_ms,
-                       m.matched, len(msgs), m.unverified, m.duplicates, m.sent_at), text
+                       m.matched, len(msgs), m.unverified, m.duplicates, m.sent_at, n_fsyncs), text
 
 
 def idle_cpu_pct(tree: Tree, seconds: float) -> float:
@@ -382,11 +421,14 @@ def main(argv: list[str] | None = None) -> int:
                     idle[kind].append(idle_cpu_pct(tree, args.idle_seconds))
                     steady_msgs = [siu_at(f"R{run}{kind[0]}s", seq + i) for i in range(n_steady)]
                     seq += n_steady
-                    st, _ = run_phase(port, tree, sink, hook, steady_msgs, rate=args.rate, conns=1, timeout=args.timeout)
+                    fs_pid = p.pid if kind == "careloop" else 0
+                    st, _ = run_phase(port, tree, sink, hook, steady_msgs, rate=args.rate, conns=1, timeout=args.timeout,
+                                      fsyncs_of=fs_pid)
                     sink_clear(hook)
                     burst_msgs = [siu_at(f"R{run}{kind[0]}b", seq + i) for i in range(args.messages)]
                     seq += args.messages
-                    bu, _ = run_phase(port, tree, sink, hook, burst_msgs, rate=None, conns=args.conns, timeout=args.timeout)
+                    bu, _ = run_phase(port, tree, sink, hook, burst_msgs, rate=None, conns=args.conns, timeout=args.timeout,
+                                      fsyncs_of=fs_pid)
                     if args.profile and kind == "careloop" and run == 0:
                         # an extra throughput run under py-spy, not counted (py-spy at 1 kHz takes about half a core)
                         sink_clear(hook)
@@ -403,7 +445,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"| throughput {bu.rate:6.1f} msg/s end to end "
                       f"({bu.delivered}/{bu.sent} webhooks in {bu.seconds:.1f} s), CPU {bu.cpu_ms_per_msg():.2f} ms/msg "
                       f"(receiver {1000 * bu.sink_cpu_s / bu.sent:.2f} ms/msg); unverified {st.unverified + bu.unverified}, "
-                      f"duplicates {st.duplicates + bu.duplicates}; idle CPU {idle[kind][-1]:.1f}% of a core; load {loadavg()}",
+                      f"duplicates {st.duplicates + bu.duplicates}; idle CPU {idle[kind][-1]:.1f}% of a core"
+                      + (f"; fsyncs per message: steady {st.fsyncs / st.sent:.2f}, throughput {bu.fsyncs / bu.sent:.2f}"
+                         if st.fsyncs >= 0 else "") + f"; load {loadavg()}",
                       flush=True)
     finally:
         fs1 = fsync_latency_ms(work)
