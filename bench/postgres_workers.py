@@ -242,7 +242,7 @@ def configuration(args: argparse.Namespace, workers: int, work: Path) -> dict[st
     r: dict[str, Any] = {"workers": workers}
     try:
         tree, port = start_deployment(work, hook, db, workers, tree)
-        if workers == int(args.workers.split(",")[0]):
+        if workers == int(args.workers.split(",")[0]):  # the first configuration
             sc = pg(db, "SHOW synchronous_commit")[0][0]
             print(f"  PostgreSQL {pg(db, 'SHOW server_version')[0][0]}, synchronous_commit={sc}", flush=True)
         print(f"  processes: {', '.join(f'{k} pid {p.pid}' for k, p in tree.procs.items())}; load {loadavg()}", flush=True)
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\npy-spy of worker-1 ({r['workers']} worker(s)) during an extra whole-pipeline run (not counted above):\n"
                   + r["profile"])
     if len(results) >= 2:
-        a, b = results[0], results[-1]
+        a, b = min(results, key=lambda r: r["workers"]), max(results, key=lambda r: r["workers"])
         def drain_rate(r: dict[str, Any]) -> float:
             backlog, secs = r["ingest_drain"]
             return float(backlog / secs) if secs > 0 and backlog else float("nan")
