@@ -488,8 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\npy-spy of careloop serve during an extra throughput run (not counted above):\n" + profile_text)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "fsync_ms": [fs0, fs1], "median": med, "targets": targets,
-                                         "runs": {k: [(s.rate, s.latencies_ms[:0], b.rate, b.cpu_s, b.seconds) for s, b in v]
-                                                  for k, v in res.items()}}, indent=2, default=str))
+                                         "runs": {k: [{"steady_p50_ms": percentile(s.latencies_ms, 50),
+                                                       "steady_p99_ms": percentile(s.latencies_ms, 99), "rate": b.rate,
+                                                       "cpu_s": b.cpu_s, "seconds": b.seconds, "fsyncs": [s.fsyncs, b.fsyncs]}
+                                                      for s, b in v] for k, v in res.items()}}, indent=2, default=str))
     return 0
 
 
