@@ -10,13 +10,14 @@ with the receiver in the load client's process); ``bursts.py`` benchmark 3 (1,00
 ``CARELOOP_TEST_POSTGRES_URL``); ``http_clients.py`` the webhook POST's client CPU (httpx vs aiohttp). The 10 M scheduler
 run (benchmark 5) is ``make bench-scheduler``.
 
-Time budget (``make bench`` must stay under an hour): each bench's wall time and the running total are printed. Shortened
-with flags to fit: ``default_deployment`` 2 runs instead of 3; ``whole_pipeline`` 2 runs (one with each deployment first);
-``mllp_ingest``, ``fhir_ingest``, ``stages`` and ``scheduler_scale`` 3 runs instead of 5; ``postgres_workers`` bursts for 5 s
-instead of 20 (each configuration waits for its burst to drain; PostgreSQL processed 25-95 msg/s on the shared 2-core
-machine). ``bursts.py`` keeps the issue's full 2 minutes: it and its drain (~120,000 messages, processed at ~85-180 msg/s)
-are the longest item, ~13-25 minutes. Estimated total on a quiet 2-core machine: 50-65 minutes (from the parts' own
-figures; the whole list has not been run end to end on the shared machine). If it runs over, shorten ``bursts.py`` first.
+Time budget (``make bench`` must stay under an hour): each bench's wall time and the running total are printed.
+Shortened with flags to fit: ``default_deployment`` 2 runs instead of 3; ``whole_pipeline`` 2 runs (one with each
+deployment first); ``mllp_ingest``, ``fhir_ingest``, ``stages`` and ``scheduler_scale`` 3 runs instead of 5, ``growth``
+2 instead of 3; ``postgres_workers`` bursts for 5 s instead of 20 (each configuration waits for its burst to drain;
+PostgreSQL processed 25-95 msg/s on the shared 2-core machine). ``bursts.py`` keeps the issue's full 2 minutes: it and
+its drain (~120,000 messages, processed at ~85-180 msg/s) are the longest item, ~13-25 minutes. Estimated total on a
+quiet 2-core machine: 45-60 minutes (from the parts' own figures; the whole list has not been run end to end on the
+shared machine). If it runs over, shorten ``bursts.py`` first.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ BENCHES = [
     ["stages.py", "--runs", "3"],  # CPU per stage in one process (benchmark 2's split)
     ["scheduler_scale.py", "--runs", "3", "--due", "100000"],
     ["scheduler_10m.py", "--pending", "1000000", "--runs", "1", "--peer-pending", "0"],  # 10 M: make bench-scheduler
-    ["growth.py", "--runs", "3"],
+    ["growth.py", "--runs", "2"],
     ["flood.py"],
     ["bursts.py", "--rate", "1000", "--seconds", "120", "--conns", "8"],  # issue 16, benchmark 3
     ["postgres_workers.py", "--burst-seconds", "5"],  # issue 16, benchmark 4 (needs CARELOOP_TEST_POSTGRES_URL)
