@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import collections
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -352,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(configuration(args, w, work))
     print()
     print(f"load average after: {loadavg()}; fdatasync {fsync_latency_ms(work):.3f} ms (shared machine: read same-run ratios)")
+    shutil.rmtree(work, ignore_errors=True)
     for r in results:
         w = r["workers"]
         pc = r["pipe_cpu"]

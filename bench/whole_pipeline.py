@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -452,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
     finally:
         fs1 = fsync_latency_ms(work)
+        shutil.rmtree(work, ignore_errors=True)
     print()
     print(f"load average after: {loadavg()} (shared machine: read same-run ratios, not absolutes); fdatasync {fs0:.3f} ms before, "
           f"{fs1:.3f} ms after")
