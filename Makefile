@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench bench-scheduler clean demo fuzz assets
+.PHONY: install run test lint bench bench-issue16 bench-scheduler clean demo fuzz assets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ assets: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# issue 16: its five benchmarks in one sitting, each beside its peer (~30 minutes on 2 cores); output in bench/results/issue16_*.txt
+bench-issue16: install
+	$(BIN)/python bench/issue16.py
 
 # issue 16, target 5: the scheduler at 10,000,000 pending triggers (10–20 minutes per backend on 2 cores; ~4-5 GB of
 # disk, removed after). PostgreSQL runs when CARELOOP_TEST_POSTGRES_URL names a server it may create a database on.
