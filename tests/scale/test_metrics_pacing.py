@@ -74,7 +74,7 @@ def test_the_collector_answers_within_the_wait_and_reports_the_figures_age(monke
     gate = threading.Event()
     monkeypatch.setattr(collectors, "database_figures", lambda engine, now: (gate.wait(10), figures(10_000_000))[1])
     rt = SimpleNamespace(engine=None, ruleset=lambda: SimpleNamespace(destinations={"webhook": None}),
-                         delivery=SimpleNamespace(breakers={}))
+                         delivery=SimpleNamespace(breakers={}), breaker_states=lambda: {})
     registry = CollectorRegistry(auto_describe=True)
     collector = DatabaseCollector(rt)  # type: ignore[arg-type]
     registry.register(collector)
