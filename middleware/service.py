@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from sqlalchemy.engine import Engine
 
@@ -96,7 +96,6 @@ class WorkerProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.stats: dict[str, Any] = {}
         self.starts = 0
-        self.stopping = False
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "middleware", "worker", "--parent", str(os.getpid())]
@@ -269,12 +268,8 @@ class Runtime:
     # -- what the worker did (here, or in the worker process) ---------------
     def worker_counts(self) -> dict[str, float]:
         """Messages processed/failed and triggers fired by this process's worker plus ``serve``'s worker process."""
-        wp = self.worker_process
-        return {
-            "processed": self.processor.processed + (wp.counter("processed") if wp else 0.0),
-            "failed": self.processor.failed + (wp.counter("failed") if wp else 0.0),
-            "fired": self.scheduler.fired + (wp.counter("fired") if wp else 0.0),
-        }
+        wp, own = self.worker_process, self.worker_stats()
+        return {k: float(own[k]) + (wp.counter(k) if wp else 0.0) for k in ("processed", "failed", "fired")}
 
     def worker_mode(self) -> str:
         """Where this service's worker runs: ``process`` (a child, running), ``restarting`` (its
@@ -348,68 +343,60 @@ class Runtime:
 
     def purge_console_sessions(self) -> int:
         """Delete console sessions that are idle too long or past their end (each is also refused on lookup)."""
-        import time
-
         from .console.sessions import purge_expired
 
         return purge_expired(self.engine, time.time(), self.settings.console_idle_timeout_s)
-    async def _checkpoint_loop(self, every_s: float = 0.25) -> None:
-        """SQLite: WAL checkpoints in a thread of their own, off every commit's path (commits run
-        none themselves: ``storage.db.checkpoints_off_the_write_path``)."""
-        from .storage.db import wal_checkpoint
 
+    async def _every(self, every_s: float, work: Callable[[], Awaitable[object]], what: str, action: str,
+                     level: int = logging.ERROR) -> None:
+        """Run ``work`` every ``every_s`` until cancelled; a failure is logged (``what`` failed,
+        ``action``) and the work is tried again on the next round."""
         while True:
             try:
-                await asyncio.to_thread(wal_checkpoint, self.engine)
+                await work()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a busy or failed checkpoint is retried on the next round
-                log.warning("checkpoint failed", extra={"action": "storage.checkpoint_error", "error_type": type(exc).__name__})
+            except Exception as exc:
+                log.log(level, f"{what} failed", extra={"action": action, "error_type": type(exc).__name__})
             await asyncio.sleep(every_s)
+
+    async def _checkpoint_loop(self, every_s: float = 0.25) -> None:
+        """SQLite: WAL checkpoints in a thread of their own, off every commit's path (commits run
+        none themselves: ``storage.db.checkpoints_off_the_write_path``); a busy or failed one is
+        retried on the next round."""
+        from .storage.db import wal_checkpoint
+
+        await self._every(every_s, lambda: asyncio.to_thread(wal_checkpoint, self.engine), "checkpoint",
+                          "storage.checkpoint_error", logging.WARNING)
 
     async def _retention_loop(self, every_s: float = 3600.0) -> None:
         """Purge raw messages and payload bodies older than ``retention_days``, and expired console
         sessions, hourly (audit kept)."""
-        while True:
-            try:
-                report = await asyncio.to_thread(purge, self.engine, now=self.clock().timestamp(),
-                                                 days=self.settings.retention_days)
-                await asyncio.to_thread(self._audit_retention, report)
-                await asyncio.to_thread(self.purge_console_sessions)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("retention failed", extra={"action": "retention.error", "error_type": type(exc).__name__})
-            await asyncio.sleep(every_s)
+        async def once() -> None:
+            report = await asyncio.to_thread(purge, self.engine, now=self.clock().timestamp(), days=self.settings.retention_days)
+            await asyncio.to_thread(self._audit_retention, report)
+            await asyncio.to_thread(self.purge_console_sessions)
+
+        await self._every(every_s, once, "retention", "retention.error")
 
     async def _outcomes_loop(self, every_s: float = 60.0) -> None:
         """Settle journey entries whose goal window has closed (``missed`` unless an event says
         otherwise), every minute, in bounded batches (outcomes/track.py)."""
         from .outcomes.track import close_windows
 
-        while True:
-            try:
-                while await asyncio.to_thread(close_windows, self.engine, self.ruleset(), self.clock()):
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("outcome windows failed", extra={"action": "outcomes.error", "error_type": type(exc).__name__})
-            await asyncio.sleep(every_s)
+        async def once() -> None:
+            while await asyncio.to_thread(close_windows, self.engine, self.ruleset(), self.clock()):
+                pass
+
+        await self._every(every_s, once, "outcome windows", "outcomes.error")
 
     async def _rollup_loop(self, every_s: float = 60.0) -> None:
         """The console overview's per-minute rollups (``storage/queries/rollups.py``), brought up to
         date every minute from id watermarks: an index range read of the new rows only."""
         from .storage.queries.rollups import fill
 
-        while True:
-            try:
-                await asyncio.to_thread(fill, self.engine, self.clock().timestamp())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("console rollups failed", extra={"action": "console.rollup_error", "error_type": type(exc).__name__})
-            await asyncio.sleep(every_s)
+        await self._every(every_s, lambda: asyncio.to_thread(fill, self.engine, self.clock().timestamp()),
+                          "console rollups", "console.rollup_error")
 
     async def _reconcile(self) -> None:
         """The FHIR reconciler (``pipeline/reconcile.py``), restarted after an unexpected error."""
