@@ -174,15 +174,7 @@ def suppression_add(request: Request, viewer: Annotated[a.Viewer, a.need(a.PRIVA
 @router.post("/privacy/suppressions/{suppression_id}/revoke")
 def suppression_revoke(request: Request, suppression_id: int, viewer: Annotated[a.Viewer, a.need(a.PRIVACY_ACT)],
                        reason: str = Form("", max_length=500)) -> Response:
-    row = api.revoke_suppression(_engine(request), suppression_id)
-    if row is None:
-        audit_action(request, viewer, "suppression.revoke", target_kind="suppression", target_id=suppression_id,
-                     reason=reason, outcome="refused", detail={"status": 404})
-        return _done(request, "No such suppression.", status=404, error=True)
-    pid = _ids(request, [row.patient_key]).get(row.patient_key)
-    audit_action(request, viewer, "suppression.revoke", target_kind="suppression", target_id=suppression_id, reason=reason,
-                 detail={"patient": pseudonym(request, row.patient_key), "patient_id": pid})
-    return _done(request, f"Suppression #{suppression_id} revoked.", pid)
+    return _revoked(request, viewer, "suppression", suppression_id, api.revoke_suppression(_engine(request), suppression_id), reason)
 
 
 @router.post("/privacy/authorizations")
@@ -205,15 +197,20 @@ def authorization_add(request: Request, viewer: Annotated[a.Viewer, a.need(a.PRI
 def authorization_revoke(request: Request, authorization_id: int, viewer: Annotated[a.Viewer, a.need(a.PRIVACY_ACT)],
                          reason: str = Form("", max_length=500)) -> Response:
     row = api.revoke_authorization(_engine(request), authorization_id)
+    return _revoked(request, viewer, "authorization", authorization_id, row, reason, **({"purpose": row.purpose} if row else {}))
+
+
+def _revoked(request: Request, viewer: a.Viewer, kind: str, target_id: int, row: Any, reason: str, **detail: Any) -> Response:
+    """Audit and answer the revocation of a suppression or an authorization (``row``: the revoked
+    record, ``None`` when there is none by that id)."""
     if row is None:
-        audit_action(request, viewer, "authorization.revoke", target_kind="authorization", target_id=authorization_id,
+        audit_action(request, viewer, f"{kind}.revoke", target_kind=kind, target_id=target_id,
                      reason=reason, outcome="refused", detail={"status": 404})
-        return _done(request, "No such authorization.", status=404, error=True)
+        return _done(request, f"No such {kind}.", status=404, error=True)
     pid = _ids(request, [row.patient_key]).get(row.patient_key)
-    audit_action(request, viewer, "authorization.revoke", target_kind="authorization", target_id=authorization_id,
-                 reason=reason, detail={"patient": pseudonym(request, row.patient_key), "purpose": row.purpose,
-                                        "patient_id": pid})
-    return _done(request, f"Authorization #{authorization_id} revoked.", pid)
+    audit_action(request, viewer, f"{kind}.revoke", target_kind=kind, target_id=target_id, reason=reason,
+                 detail={"patient": pseudonym(request, row.patient_key), **detail, "patient_id": pid})
+    return _done(request, f"{kind.capitalize()} #{target_id} revoked.", pid)
 
 
 def _consent_resource(status: str, provision: str) -> dict[str, Any]:
