@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import fsync_latency_ms, machine, percentile, stop  # noqa: E402
+from common import fsync_latency_ms, machine, percentile, send_on_schedule, stop  # noqa: E402
 from deploy import counts, mix, sink_received, start_careloop, start_sink, wait_drained  # noqa: E402
 
 
@@ -46,17 +46,6 @@ async def drive(port: int, messages: list[bytes], rate: float, conns: int, db: P
     t0 = time.perf_counter()
     stop_report = asyncio.Event()
 
-    async def one(c: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for k in range(c, len(messages), conns):
-            await asyncio.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
-            s = time.perf_counter()
-            writer.write(b"\x0b" + messages[k] + b"\x1c\r")
-            await reader.readuntil(b"\x1c\r")
-            e = time.perf_counter()
-            per_sec[int(e - t0)].append((e - s) * 1000)
-        writer.close()
-
     async def report() -> None:
         sec = 0
         while not stop_report.is_set():
@@ -69,7 +58,7 @@ async def drive(port: int, messages: list[bytes], rate: float, conns: int, db: P
             sec += 1
 
     rep = asyncio.create_task(report())
-    await asyncio.gather(*(one(c) for c in range(conns)))
+    await asyncio.gather(*(send_on_schedule(port, messages, rate, conns, c, t0, per_sec) for c in range(conns)))
     stop_report.set()
     await asyncio.sleep(0)
     rep.cancel()

@@ -53,6 +53,40 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_healthz(http: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0, poll_s: float = 0.1,
+                 log: Path | str | None = None) -> None:
+    """Until ``careloop serve`` on ``http`` answers ``/healthz`` 200 (checked every ``poll_s``); an
+    error if ``proc`` exits first (naming ``log``) or nothing answers within ``timeout``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"serve exited with {proc.returncode}" + (f": see {log}" if log else ""))
+        try:
+            if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(poll_s)
+    raise RuntimeError(f"careloop on :{http} did not answer /healthz within {timeout:.0f}s")
+
+
+async def send_on_schedule(port: int, messages: Sequence[bytes], rate: float, conns: int, c: int, t0: float,
+                           per_sec: dict[int, list[float]]) -> None:
+    """Connection ``c`` of ``conns``: send its share of ``messages`` (message k at ``t0 + k/rate``),
+    each after the previous one's ACK; ACK latencies (ms) by second since ``t0`` into ``per_sec``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for k in range(c, len(messages), conns):
+        await asyncio.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
+        s = time.perf_counter()
+        writer.write(b"\x0b" + messages[k] + b"\x1c\r")
+        await reader.readuntil(b"\x1c\r")
+        e = time.perf_counter()
+        per_sec[int(e - t0)].append((e - s) * 1000)
+    writer.close()
+
+
 def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, REPO, free_port, wait_port  # noqa: E402
+from common import PY, REPO, free_port, wait_healthz, wait_port  # noqa: E402
 
 
 
@@ -103,15 +103,7 @@ def start_careloop(work: Path, hook_base: str, *, worker: bool, name: str,
            "--mappings", str(maps), "--database-url", f"sqlite:///{db}"] + ([] if worker else ["--no-worker"])
     log = (work / f"{name}.log").open("wb")
     proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"careloop exited with {proc.returncode}; see {work / (name + '.log')}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    wait_healthz(http, proc, 60, log=work / (name + ".log"))
     wait_port(mllp, 30, proc)
     return proc, mllp, db
 

@@ -26,13 +26,12 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import machine  # noqa: E402
+from common import machine, wait_healthz  # noqa: E402
 from middleware.cli.sink import DEV_WEBHOOK_SECRET  # noqa: E402
 from middleware.delivery.sink import SinkServer  # noqa: E402
 
@@ -178,13 +177,7 @@ def start_server(kind: str, work: Path, hook_url: str, database_url: str = "", w
              "--mappings", str(maps), "--database-url", db]
     procs.procs.append(subprocess.Popen(serve + (["--no-worker"] if workers else []), cwd=work, env=env, stdout=log,
                                         stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    wait_healthz(http, timeout=30)
     wait_port(mllp)
     for _ in range(workers):
         procs.procs.append(subprocess.Popen([sys.executable, "-m", "middleware", "worker", "--mappings", str(maps),

@@ -36,10 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, REPO, free_port, fsync_latency_ms, machine, percentile, run_load, stop, wait_port  # noqa: E402
+from common import PY, REPO, free_port, fsync_latency_ms, machine, percentile, run_load, send_on_schedule, stop, wait_healthz, wait_port  # noqa: E402
 from default_deployment import steady_acks  # noqa: E402
 from deploy import dev_secret, mappings_copy, mix, start_sink  # noqa: E402
 from whole_pipeline import (  # noqa: E402
@@ -136,15 +135,7 @@ def start_deployment(work: Path, hook: str, db: str, workers: int, tree: Tree) -
     tree.procs["serve"] = subprocess.Popen(
         [PY, "-m", "middleware", "serve", "--no-worker", "--http-port", str(http), "--mllp-port", str(mllp),
          "--mappings", str(maps), "--database-url", db], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if tree.procs["serve"].poll() is not None:
-            raise RuntimeError(f"serve exited; see {work}/w{workers}.log")
-        try:
-            if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    wait_healthz(http, tree.procs["serve"], 90, log=f"{work}/w{workers}.log")
     wait_port(mllp, 30, tree.procs["serve"])
     ports = []
     for k in range(workers):
@@ -171,17 +162,6 @@ async def drive(port: int, messages: list[bytes], rate: float, conns: int, db: s
     t0 = time.perf_counter()
     done = asyncio.Event()
 
-    async def one(c: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        for k in range(c, len(messages), conns):
-            await asyncio.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
-            s = time.perf_counter()
-            writer.write(b"\x0b" + messages[k] + b"\x1c\r")
-            await reader.readuntil(b"\x1c\r")
-            e = time.perf_counter()
-            per_sec[int(e - t0)].append((e - s) * 1000)
-        writer.close()
-
     async def report() -> None:
         sec = every
         while not done.is_set():
@@ -194,7 +174,7 @@ async def drive(port: int, messages: list[bytes], rate: float, conns: int, db: s
             sec += every
 
     rep = asyncio.create_task(report())
-    await asyncio.gather(*(one(c) for c in range(conns)))
+    await asyncio.gather(*(send_on_schedule(port, messages, rate, conns, c, t0, per_sec) for c in range(conns)))
     done.set()
     rep.cancel()
     return per_sec

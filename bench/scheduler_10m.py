@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, REPO, free_port, machine, rss_mb, stop  # noqa: E402
+from common import PY, REPO, free_port, machine, rss_mb, stop, wait_healthz  # noqa: E402
 
 SQLITE_INDEXES = ("ix_trigger_due", "ix_trigger_patient", "ix_trigger_cancel", "ix_trigger_dedup", "ix_trigger_rule_resource",
                   "ix_trigger_updated", "ix_trigger_patient_id")
@@ -236,15 +236,7 @@ def serve(url: str, tmp: Path, watch_s: float, repo: Path = REPO) -> tuple[float
                              "--database-url", url, "--mappings", str(repo / "mappings")],
                             cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "ab"))
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {proc.returncode}: see {tmp / 'serve.log'}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
+        wait_healthz(http, proc, 3600, poll_s=0.02, log=tmp / "serve.log")
         start = time.perf_counter() - t_start
         global LAST_START_CPU
         LAST_START_CPU = _cpu_s(proc.pid)

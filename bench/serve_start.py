@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PY, REPO, free_port, machine, stop  # noqa: E402
+from common import PY, REPO, free_port, machine, stop, wait_healthz  # noqa: E402
 
 
 def cpu_s(pid: int) -> float:
@@ -54,15 +54,7 @@ def once(repo: Path, url: str, gap: float) -> str:
                              "--mappings", str(repo / "mappings")], cwd=tmp, env=env, stdout=subprocess.DEVNULL,
                             stderr=open(tmp / "serve.log", "wb"))
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {proc.returncode}: see {tmp / 'serve.log'}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
+        wait_healthz(http, proc, 3600, poll_s=0.02, log=tmp / "serve.log")
         start, cpu = time.perf_counter() - t0, cpu_s(proc.pid)
         scrapes = []
         for wait in (0.0, gap):
