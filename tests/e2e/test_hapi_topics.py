@@ -34,6 +34,7 @@ import pytest
 
 from middleware.sandbox import demo_mappings, hooks, journeys
 from middleware.sandbox.local import TOKEN_ENV, CareloopApi, free_port
+from tests.support.fhir_e2e import events_about as _events, messages_about as _msgs, poll as _poll, put_version as _put
 
 pytestmark = [pytest.mark.hapi, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
@@ -46,23 +47,6 @@ Json = dict[str, Any]
 
 
 # --------------------------------------------------------------------------- helpers
-def _poll(pred: Any, deadline_s: float, what: str) -> Any:
-    end = time.monotonic() + deadline_s
-    last = None
-    while time.monotonic() < end:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}; last: {last!r}")
-
-
-def _put(client: httpx.Client, res: Json) -> str:
-    r = client.put(f"{res['resourceType']}/{res['id']}", json=res, headers=hooks.FHIR_JSON)
-    assert r.status_code in (200, 201), r.text
-    return str(r.json()["meta"]["versionId"])
-
-
 def _store_topics(client: httpx.Client) -> None:
     """PUT careloop's topics as ``apply --topic`` does (idempotent; unchanged content keeps the version)."""
     for path in sorted(TOPICS.glob("topic-*.json")):
@@ -90,12 +74,6 @@ def topic_subscription(sid: str, content: str, endpoint: str, token: str | None,
     return sub  # type: ignore[no-any-return]
 
 
-def _msgs(api: CareloopApi, ref: str) -> list[Json]:
-    t, i = ref.split("/")
-    return [m for m in api.messages(500) if (m.get("meta") or {}).get("resource_type") == t
-            and (m.get("meta") or {}).get("id") == i]
-
-
 def _notes(api: CareloopApi, sid: str, ntype: str | None = "event-notification", duplicates: bool = False) -> list[Json]:
     """careloop's stored notifications from Subscription ``sid`` (oldest first); a redelivered event
     number is kept with status ``duplicate`` and left out unless ``duplicates``."""
@@ -103,11 +81,6 @@ def _notes(api: CareloopApi, sid: str, ntype: str | None = "event-notification",
             and (m.get("meta") or {}).get("kind") == "notification" and (duplicates or m["status"] != "duplicate")]
     rows = [m for m in rows if ntype is None or m["meta"].get("notification_type") == ntype]
     return sorted(rows, key=lambda m: m["id"])
-
-
-def _events(api: CareloopApi, ref: str) -> list[Json]:
-    evs = [e for e in api.events(500) if f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}" == ref]
-    return sorted(evs, key=lambda e: e["id"])
 
 
 _ENGINES: dict[str, Any] = {}

@@ -16,37 +16,11 @@ import pytest
 
 from middleware.sandbox import demo_mappings, hooks, journeys
 from middleware.sandbox.local import TOKEN_ENV, CareloopApi, free_port
+from tests.support.fhir_e2e import events_about as _events, messages_about as _msgs, poll as _poll, put_version as _put
 
 pytestmark = [pytest.mark.hapi, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[2]
 HAPI_RETRY_WINDOW_S = 60  # HAPI retries a failed rest-hook delivery for about a minute
-
-
-def _poll(pred: Any, deadline_s: float, what: str) -> Any:
-    end = time.monotonic() + deadline_s
-    last = None
-    while time.monotonic() < end:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {deadline_s}s waiting for {what}; last: {last!r}")
-
-
-def _put(client: Any, res: dict[str, Any]) -> str:
-    r = client.put(f"{res['resourceType']}/{res['id']}", json=res, headers=hooks.FHIR_JSON)
-    assert r.status_code in (200, 201), r.text
-    return str(r.json()["meta"]["versionId"])
-
-
-def _msgs(api: CareloopApi, ref: str) -> list[dict[str, Any]]:
-    t, i = ref.split("/")
-    return [m for m in api.messages(500) if (m.get("meta") or {}).get("resource_type") == t
-            and (m.get("meta") or {}).get("id") == i]
-
-
-def _events(api: CareloopApi, ref: str) -> list[dict[str, Any]]:
-    return [e for e in api.events(500) if f"{e['resource'].get('resourceType')}/{e['resource'].get('id')}" == ref]
 
 
 def test_subscription_with_and_without_payload(careloop_factory: Any, hapi_client: Any) -> None:
