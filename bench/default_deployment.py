@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             elif s == "no-worker":
                 p, port, dbs[s] = start_careloop(work, hook, worker=False, name="noworker")
                 procs[s] = (p, port)
+            elif s == "no-spool":  # the worker process, ingest committing to the main database (before the spool)
+                p, port, dbs[s] = start_careloop(work, hook, worker=True, name="nospool", env={"CARELOOP_INGEST_SPOOL": "false"})
+                procs[s] = (p, port)
+            elif s == "no-worker-spool":  # ingest only, committing to the spool (moved by a thread of serve)
+                p, port, dbs[s] = start_careloop(work, hook, worker=False, name="noworkerspool",
+                                                 env={"CARELOOP_INGEST_SPOOL": "true"})
+                procs[s] = (p, port)
             else:
                 procs[s] = start_peer(s)
         n_steady = int(args.rate * args.seconds)
@@ -113,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             for s in servers:
                 proc, port = procs[s]
                 tag = f"R{run}{s[:2]}"
-                if s in ("careloop", "baseline", "in-process"):
+                if s in ("careloop", "baseline", "in-process", "no-spool"):
                     wait_drained(dbs[s], 300)
                 lat = asyncio.run(steady_acks(port, mix(tag + "i", n_steady, seq), args.rate))
                 seq += n_steady
@@ -140,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                         extra = f"  ACK p50 {percentile(r.latencies_ms, 50):.2f} ms p99 {percentile(r.latencies_ms, 99):.2f} ms"
                     print(f"run {run + 1} {s:10s} {conns} conn: {r.rate:8,.0f} msg/s  server CPU {cpu[s][conns][-1]:3.0f}%{extra}",
                           flush=True)
-                bl = backlog(dbs[s]) if s in ("careloop", "baseline") else 0
+                bl = backlog(dbs[s]) if s in ("careloop", "baseline", "no-spool") else 0
                 lat = asyncio.run(steady_acks(port, mix(tag + "s", n_steady, seq), args.rate))
                 seq += n_steady
                 lat_all[s]["saturated"] += lat
@@ -150,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 print(f"run {run + 1} {s:10s} ACK at {args.rate:.0f} msg/s: idle p50 {p_runs[s]['idle'][-1][0]:.2f} / p99 "
                       f"{p_runs[s]['idle'][-1][1]:.2f} ms; after the 8-conn run p50 {p_runs[s]['saturated'][-1][0]:.2f} / p99 "
                       f"{p_runs[s]['saturated'][-1][1]:.2f} ms"
-                      + (f" (backlog {bl} at its start)" if s in ("careloop", "baseline") else ""),
+                      + (f" (backlog {bl} at its start)" if s in ("careloop", "baseline", "no-spool") else ""),
                       flush=True)
         drain = wait_drained(dbs["careloop"], 600) if "careloop" in dbs else 0.0
         time.sleep(2.0)

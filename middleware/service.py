@@ -198,7 +198,8 @@ class Runtime:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.meters = Meters()
         self.writer = InboxWriter(self.engine, on_commit=self._signal(self.wake_process), fault_hook=self.fault,
-                                  on_stored=self.meters.on_stored)
+                                  on_stored=self.meters.on_stored,
+                                  spool=settings.run_worker if settings.ingest_spool is None else settings.ingest_spool)
         self.processor = Processor(self.engine, self.ruleset, clock=self.clock, on_due=self._threadsafe(self.wake_schedule))
         self.scheduler = Scheduler(self.engine, self.ruleset, clock=self.clock, on_deliveries=self._threadsafe(self.wake_deliver))
         self.delivery = DeliveryWorker(

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     run_worker: bool = True
     worker_process: bool = Field(default=True, description="`serve` runs its worker (processing, scheduler, delivery) in a "
                                  "child process of its own (a second core and GIL: ingest never waits for it); false: in process")
+    ingest_spool: bool | None = Field(default=None, description=(
+        "SQLite: ingest commits to a file of its own (`<database>-ingest`), moved into the inbox by a thread beside it, so an "
+        "ACK never waits for the main database's one writer; unset: on when `serve` runs its worker, off with --no-worker"))
     log_level: str = "INFO"
     retention_days: int = 30
     # Network waits (issue 11): each ends in an error that names what it waited for and how long.

@@ -9,13 +9,19 @@ time and are recorded with status ``duplicate``, never processed twice.
 One dedicated commit thread takes whatever is queued (up to ``max_batch``), writes it in
 one transaction and hands the results back to the event loop with a single
 ``call_soon_threadsafe`` per batch; while it commits, the next batch gathers in the queue.
+
+On a SQLite file with ``spool=True`` (``careloop serve``) the commit thread writes to the ingest
+spool, a database file of its own (:mod:`.spool`), so an ACK never waits for the main database's
+one writer; a mover thread copies the spool into ``inbound_message`` and then calls ``on_commit``.
 """
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Callable
@@ -23,6 +29,9 @@ from typing import Any, Callable
 from sqlalchemy.engine import Engine
 
 from .queries.ingest import INBOX_INSERT, INBOX_SEEN, InboundRecord
+from .queries.kv import KV_GET, KV_PUT
+from .schema import sqlite_file
+from .spool import MOVE_BATCH, Spool, checkpoint_every, spool_path
 from .sql import sqlite_write_lock
 from .statuses import InboundStatus
 
@@ -59,6 +68,7 @@ class InboxWriter:
         fault_hook: Callable[[str], None] | None = None,
         on_stored: Callable[[list[InboundRecord]], None] | None = None,
         max_queue: int = 10_000,
+        spool: bool = False,
     ) -> None:
         self.engine = engine
         self.max_batch = max_batch
@@ -86,6 +96,21 @@ class InboxWriter:
         self._room_waiters: list[Callable[[], None]] = []  # called on the loop when the queue has room again
         self._after_batch: list[Callable[[], None]] = []  # one-shot, after a batch's producers are answered
         self._lock = sqlite_write_lock(engine)  # the lock write_lock() takes, looked up once
+        self._insert_order = insert.order
+        self._insert_constants = insert.constants
+        db = sqlite_file(engine) if spool else None
+        self.spool: Spool | None = None
+        if db is not None:
+            self.spool = Spool(spool_path(db), insert.order, synchronous=_synchronous(engine))
+            self.spool.open()
+        self._spool_conn: Any = None  # the commit thread's connection to the spool
+        self._moved = 0  # the last spool seq copied into inbound_message (set by the mover)
+        self._durable = 0  # the last spool seq whose copy is durable: the spool may delete up to it
+        self._deleted = 0  # the last spool seq deleted from the spool (commit thread)
+        self._mover_bell = threading.Lock()
+        self._mover_bell.acquire()
+        self.moves = 0
+        self.moved = 0
 
     # -- producers (event-loop thread) --------------------------------------
     def has_room(self) -> bool:
@@ -150,6 +175,13 @@ class InboxWriter:
         """Run the commit thread until this task is cancelled."""
         loop = asyncio.get_running_loop()
         stop = [False]  # the commit thread's stop flag
+        if self.spool is not None:
+            # what an earlier run committed to the spool and did not move yet goes first
+            await asyncio.to_thread(self._move_all, loop, None)
+            if not self.spool.current:
+                self.spool.remake(self._durable)
+                self._moved = self._durable = self._deleted = 0  # a new table, a new cursor
+            threading.Thread(target=self._move_loop, args=(loop, stop), name="inbox-mover", daemon=True).start()
         thread = threading.Thread(target=self._commit_loop, args=(loop, stop), name="inbox-commit", daemon=True)
         thread.start()
         try:
@@ -157,9 +189,14 @@ class InboxWriter:
         finally:
             stop[0] = True
             self._ring()
+            self._ring_mover()
 
     def _commit_loop(self, loop: asyncio.AbstractEventLoop, stop: list[bool]) -> None:
         q = self._queue
+        checkpoint = None
+        if self.spool is not None:  # the spool's only writer restarts its WAL, after answering (see spool.py)
+            self._spool_conn = self.spool.connect()
+            checkpoint = checkpoint_every(lambda: self._spool_conn, 0.25)
         try:
             while True:
                 while not q and not stop[0]:
@@ -188,6 +225,8 @@ class InboxWriter:
                     loop.call_soon_threadsafe(self._deliver, batch, records, results, error)
                 except RuntimeError:  # the loop is closed: nobody is waiting any more
                     return
+                if checkpoint is not None:
+                    checkpoint()
         finally:
             self._reset_conn()
 
@@ -218,20 +257,26 @@ class InboxWriter:
         if results is not None:
             if self.on_stored:
                 self.on_stored(records)
-            if self.on_commit:
+            if self.spool is not None:
+                self._ring_mover()  # it calls on_commit once the rows are in inbound_message
+            elif self.on_commit:
                 self.on_commit()
         if self._room_waiters and len(self._queue) < self.max_queue:
             self._notify_room()
 
     def _reset_conn(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:
-                pass
-            self._conn = None
+        for name in ("_conn", "_spool_conn"):
+            conn = getattr(self, name)
+            if conn is not None:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+                setattr(self, name, None)
 
     def write_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
+        if self.spool is not None:  # its own file: no writer to queue behind
+            return self._write_batch(records)
         if self._lock is None:  # PostgreSQL: no process-wide writer to queue behind
             return self._write_batch(records)
         # urgent: producers wait for this commit to ACK, so it goes before processing, scheduler and
@@ -247,15 +292,31 @@ class InboxWriter:
         if self._conn is None:
             self._conn = self.engine.raw_connection()
         # the DB-API connection itself (the pool's proxy only adds a layer per call)
-        conn = getattr(self._conn, "driver_connection", None) or self._conn
+        main = getattr(self._conn, "driver_connection", None) or self._conn
+        conn = main
+        if self.spool is not None:
+            if self._spool_conn is None:
+                self._spool_conn = self.spool.connect()
+            conn = self._spool_conn
         cur = conn.cursor()
         try:
             keys = sorted({r.dedup_key for r in records if r.dedup_key})
             seen: dict[tuple[str, str], bytes | None] = {}
             if keys:  # one statement whatever the number of keys (a list bound as one parameter)
-                cur.execute(self._seen.sql, self._seen.params({"keys": keys}))
-                for k, h, ack in cur.fetchall():
-                    seen.setdefault((k, h), bytes(ack) if ack is not None else None)
+                mcur = main.cursor() if conn is not main else cur
+                try:
+                    mcur.execute(self._seen.sql, self._seen.params({"keys": keys}))
+                    for k, h, ack in mcur.fetchall():
+                        seen.setdefault((k, h), bytes(ack) if ack is not None else None)
+                finally:
+                    if mcur is not cur:
+                        mcur.close()
+                        main.rollback()  # end the read (no snapshot held between batches)
+                if self.spool is not None:
+                    # after the main table: a row the mover copied since is still here (only this thread deletes)
+                    cur.execute(self.spool.seen_sql, (json.dumps(keys), InboundStatus.DUPLICATE.value))
+                    for k, h, ack in cur.fetchall():
+                        seen.setdefault((k, h), bytes(ack) if ack is not None else None)
             results: list[StoreResult] = []
             rows = []
             row_of = self._row_of
@@ -274,8 +335,17 @@ class InboxWriter:
                 results.append(StoreResult(stored=True))
             if self.fault_hook:
                 self.fault_hook("inbox.before_commit")
-            cur.executemany(self._insert, rows)
-            conn.commit()
+            if self.spool is not None:
+                cur.execute("BEGIN IMMEDIATE")
+                moved = self._durable
+                if moved > self._deleted:  # rows already in inbound_message leave the spool with this batch
+                    cur.execute(self.spool.delete_sql, (moved,))
+                cur.executemany(self.spool.insert_sql, rows)
+                cur.execute("COMMIT")
+                self._deleted = max(self._deleted, moved)
+            else:
+                cur.executemany(self._insert, rows)
+                conn.commit()
             if self.fault_hook:
                 self.fault_hook("inbox.after_commit")
             self.batches += 1
@@ -283,12 +353,200 @@ class InboxWriter:
             return results
         except BaseException:
             try:
-                conn.rollback()
+                if conn is main:
+                    conn.rollback()
+                elif conn.in_transaction:
+                    conn.execute("ROLLBACK")
             except Exception:
                 pass
             raise
         finally:
             cur.close()
+
+    # -- the mover (spool -> inbound_message) -----------------------------------
+    def _ring_mover(self) -> None:
+        try:
+            self._mover_bell.release()
+        except RuntimeError:  # already rung
+            pass
+
+    def _move_loop(self, loop: asyncio.AbstractEventLoop, stop: list[bool]) -> None:
+        """Move what the commit thread committed to the spool, each time it rings (and every second)."""
+        spool = self.spool
+        assert spool is not None
+        mover = _Mover(self, loop)
+        try:
+            while not stop[0]:
+                # rows moved but not yet fsync'd are made durable within SYNC_S (then the spool lets them go)
+                self._mover_bell.acquire(timeout=SYNC_S if mover.unsynced else 1.0)
+                if stop[0]:
+                    break
+                try:
+                    mover.move_all()
+                    mover.sync(due_only=True)
+                except Exception:
+                    log.exception("moving the ingest spool into the inbox failed; retrying")
+                    mover.reset()
+                    time.sleep(0.5)
+            mover.sync(due_only=False)
+        finally:
+            mover.close()
+
+    def _move_all(self, loop: asyncio.AbstractEventLoop, scon: Any) -> int:
+        """Move every committed spool row into ``inbound_message`` now, durably (start-up)."""
+        mover = _Mover(self, loop)
+        try:
+            n = mover.move_all()
+            mover.sync(due_only=False)
+            return n
+        finally:
+            mover.close()
+
+
+#: the longest a moved row waits for the fsync that lets the spool delete it
+SYNC_S = 0.02
+
+
+class _Mover:
+    """Copies spool rows into ``inbound_message`` on a main-database connection of its own.
+
+    Its commits skip the fsync (``synchronous=NORMAL``): the rows stay in the spool (durable) until a
+    later commit of this connection with ``synchronous=FULL`` (at most :data:`SYNC_S` later, or any
+    FULL commit of another writer: the WAL is synced in order) has made the move durable; only then
+    may the commit thread delete them. A power loss in between loses the move and its cursor together,
+    and the rows are moved again: once. So the ACK path pays one fsync per batch (the spool's), not two."""
+
+    def __init__(self, writer: "InboxWriter", loop: asyncio.AbstractEventLoop) -> None:
+        assert writer.spool is not None
+        self.w = writer
+        self.spool = writer.spool
+        self.loop = loop
+        self.scon = self.spool.connect()
+        self.raw: Any = None
+        self.kv_get, self.kv_put = KV_GET.compiled_for("sqlite"), KV_PUT.compiled_for("sqlite")
+        constants = writer._insert_constants
+        self.fill = [(i, constants[name]) for i, name in enumerate(writer._insert_order) if name in constants]
+        self.unsynced = False
+        self.last_sync = time.monotonic()
+
+    def _main(self) -> Any:
+        if self.raw is None:
+            raw = self.w.engine.raw_connection()
+            raw.detach()  # its synchronous setting is its own: never back into the pool
+            self.raw = raw
+            main = self.main
+            main.execute("PRAGMA synchronous=NORMAL")
+        return self.main
+
+    @property
+    def main(self) -> Any:
+        return getattr(self.raw, "driver_connection", None) or self.raw
+
+    def reset(self) -> None:
+        if self.raw is not None:
+            try:
+                self.raw.close()
+            except Exception:
+                pass
+            self.raw = None
+
+    def close(self) -> None:
+        self.reset()
+        self.scon.close()
+
+    def move_all(self) -> int:
+        """Copy every committed spool row after the cursor (one transaction per :data:`~.spool.MOVE_BATCH`
+        rows, with the cursor); ``on_commit`` on the loop after each. Returns the rows copied."""
+        w, spool = self.w, self.spool
+        total = 0
+        while True:
+            rows = spool.pending(self.scon, w._moved, MOVE_BATCH)
+            if not rows:
+                return total
+            main = self._main()
+            lock = w._lock
+            if lock is not None:
+                lock.acquire()
+            try:
+                cur = main.cursor()
+                try:
+                    cur.execute(self.kv_get.sql, self.kv_get.params({"key": spool.cursor_key}))
+                    got = cur.fetchone()
+                    done = int(got[0]) if got else 0
+                    values = []
+                    for row in rows:
+                        if row[0] <= done:
+                            continue
+                        v = list(row[1:])
+                        for i, const in self.fill:
+                            if v[i] is None:
+                                v[i] = const
+                        values.append(v)
+                    last = int(rows[-1][0])
+                    if values:
+                        cur.executemany(w._insert, values)
+                    if last > done:
+                        cur.execute(self.kv_put.sql, self.kv_put.params(
+                            {"key": spool.cursor_key, "value": str(last), "updated_at": time.time()}))
+                    main.commit()
+                except BaseException:
+                    main.rollback()
+                    raise
+                finally:
+                    cur.close()
+            finally:
+                if lock is not None:
+                    lock.release()
+            w._moved = max(w._moved, last, done)
+            self.unsynced = True  # (rows an earlier run moved, too: its last commit may not have been synced)
+            w.moves += 1
+            w.moved += len(values)
+            total += len(values)
+            if values and w.on_commit is not None:
+                try:
+                    self.loop.call_soon_threadsafe(w.on_commit)
+                except RuntimeError:  # the loop is closed
+                    return total
+
+    def sync(self, *, due_only: bool) -> None:
+        """Make the moves so far durable (one FULL commit), then let the spool delete them."""
+        if not self.unsynced or (due_only and time.monotonic() - self.last_sync < SYNC_S):
+            return
+        w = self.w
+        moved = w._moved
+        main = self._main()
+        lock = w._lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            main.execute("PRAGMA synchronous=FULL")
+            try:
+                main.execute(self.kv_put.sql, self.kv_put.params(
+                    {"key": self.spool.cursor_key, "value": str(moved), "updated_at": time.time()}))
+                main.commit()  # syncs the WAL: this commit and every one before it
+            except BaseException:
+                main.rollback()
+                raise
+            finally:
+                main.execute("PRAGMA synchronous=NORMAL")
+        finally:
+            if lock is not None:
+                lock.release()
+        w._durable = max(w._durable, moved)
+        self.unsynced = False
+        self.last_sync = time.monotonic()
+
+
+def _synchronous(engine: Engine) -> int:
+    """The main database's ``PRAGMA synchronous`` (the spool commits as durably)."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("PRAGMA synchronous")
+        row = cur.fetchone()
+        return int(row[0]) if row else 2
+    finally:
+        raw.close()
 
 
 def _getter(order: tuple[str, ...], constants: Any) -> Callable[[InboundRecord], tuple[Any, ...]]:
