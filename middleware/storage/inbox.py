@@ -216,7 +216,7 @@ class InboxWriter:
                     loop.call_soon_threadsafe(self._notify_room)
                 records = [r for r, _ in batch]
                 try:
-                    results: list[StoreResult] | None = self.write_batch(records)
+                    results: list[StoreResult] | None = self._commit_batch(records)
                     error = None
                 except Exception as exc:  # storage failure -> every producer answers AR
                     self._reset_conn()
@@ -275,26 +275,34 @@ class InboxWriter:
                 setattr(self, name, None)
 
     def write_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
-        if self.spool is not None:  # its own file: no writer to queue behind
-            return self._write_batch(records)
+        """Store ``records`` in ``inbound_message`` now, in one transaction (not through the spool: for
+        callers outside the event loop, such as tests and tools)."""
         if self._lock is None:  # PostgreSQL: no process-wide writer to queue behind
-            return self._write_batch(records)
+            return self._write_batch(records, spooled=False)
         # urgent: producers wait for this commit to ACK, so it goes before processing, scheduler and
         # delivery transactions queued for SQLite's one writer (which also commit early for it)
         self._lock.acquire(urgent=True)
         try:
-            return self._write_batch(records)
+            return self._write_batch(records, spooled=False)
         finally:
             self._lock.release()
 
-    def _write_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
-        """Insert the records in one transaction; resolve duplicates against stored rows."""
+    def _commit_batch(self, records: list[InboundRecord]) -> list[StoreResult]:
+        """The commit thread's batch: to the spool when there is one (its own file: no writer to queue
+        behind), else into ``inbound_message``."""
+        if self.spool is not None:
+            return self._write_batch(records, spooled=True)
+        return self.write_batch(records)
+
+    def _write_batch(self, records: list[InboundRecord], *, spooled: bool) -> list[StoreResult]:
+        """Insert the records in one transaction; resolve duplicates against stored rows (and spooled ones)."""
         if self._conn is None:
             self._conn = self.engine.raw_connection()
         # the DB-API connection itself (the pool's proxy only adds a layer per call)
         main = getattr(self._conn, "driver_connection", None) or self._conn
         conn = main
-        if self.spool is not None:
+        if spooled:
+            assert self.spool is not None
             if self._spool_conn is None:
                 self._spool_conn = self.spool.connect()
             conn = self._spool_conn
@@ -313,10 +321,14 @@ class InboxWriter:
                         mcur.close()
                         main.rollback()  # end the read (no snapshot held between batches)
                 if self.spool is not None:
-                    # after the main table: a row the mover copied since is still here (only this thread deletes)
-                    cur.execute(self.spool.seen_sql, (json.dumps(keys), InboundStatus.DUPLICATE.value))
-                    for k, h, ack in cur.fetchall():
-                        seen.setdefault((k, h), bytes(ack) if ack is not None else None)
+                    # after the main table: a row the mover copied since is still here (only the commit thread deletes)
+                    scur = cur if spooled else self.spool.connect()
+                    try:
+                        for k, h, ack in scur.execute(self.spool.seen_sql, (json.dumps(keys), InboundStatus.DUPLICATE.value)):
+                            seen.setdefault((k, h), bytes(ack) if ack is not None else None)
+                    finally:
+                        if scur is not cur:
+                            scur.close()
             results: list[StoreResult] = []
             rows = []
             row_of = self._row_of
@@ -335,7 +347,8 @@ class InboxWriter:
                 results.append(StoreResult(stored=True))
             if self.fault_hook:
                 self.fault_hook("inbox.before_commit")
-            if self.spool is not None:
+            if spooled:
+                assert self.spool is not None
                 cur.execute("BEGIN IMMEDIATE")
                 moved = self._durable
                 if moved > self._deleted:  # rows already in inbound_message leave the spool with this batch

@@ -153,7 +153,7 @@ def test_a_duplicate_is_found_in_the_spool_and_in_the_inbox(tmp_path: Path) -> N
 def test_rows_left_in_the_spool_are_moved_at_start_exactly_once(tmp_path: Path) -> None:
     engine, path = _db(tmp_path)
     crashed = InboxWriter(engine, spool=True)
-    crashed.write_batch([_rec(1), _rec(2), _rec(3)])  # committed (ACKed); the process dies before its mover ran
+    crashed._commit_batch([_rec(1), _rec(2), _rec(3)])  # committed (ACKed); the process dies before its mover ran
     crashed._reset_conn()
     assert _rows(path) == [] and _spooled(path) == 3
 
@@ -170,16 +170,16 @@ def test_moved_rows_leave_the_spool_only_after_a_synced_commit(tmp_path: Path) -
 
     engine, path = _db(tmp_path)
     writer = InboxWriter(engine, spool=True)
-    writer.write_batch([_rec(1), _rec(2)])
+    writer._commit_batch([_rec(1), _rec(2)])
     loop = asyncio.new_event_loop()
     mover = _Mover(writer, loop)
     try:
         assert mover.move_all() == 2
         assert len(_rows(path)) == 2 and mover.unsynced
-        writer.write_batch([_rec(3)])
+        writer._commit_batch([_rec(3)])
         assert _spooled(path) == 3, "not yet synced: the spool keeps the moved rows"
         mover.sync(due_only=False)
-        writer.write_batch([_rec(4)])
+        writer._commit_batch([_rec(4)])
         assert _spooled(path) == 2, "synced: the next batch deletes the moved rows"
         assert mover.move_all() == 2
         assert [c for c, _ in _rows(path)] == ["CTRL1", "CTRL2", "CTRL3", "CTRL4"]
@@ -197,13 +197,13 @@ def test_a_new_spool_file_is_moved_from_its_start(tmp_path: Path) -> None:
         await asyncio.sleep(0.1)
 
     first = InboxWriter(engine, spool=True)
-    first.write_batch([_rec(1), _rec(2)])
+    first._commit_batch([_rec(1), _rec(2)])
     first._reset_conn()
     _running(InboxWriter(engine, spool=True), nothing)
     for suffix in ("", "-wal", "-shm"):
         Path(str(spool_path(path)) + suffix).unlink(missing_ok=True)
     second = InboxWriter(engine, spool=True)
-    second.write_batch([_rec(3)])
+    second._commit_batch([_rec(3)])
     second._reset_conn()
     _running(InboxWriter(engine, spool=True), nothing)
     assert [c for c, _ in _rows(path)] == ["CTRL1", "CTRL2", "CTRL3"]
@@ -234,6 +234,17 @@ def test_a_spool_of_another_release_is_drained_then_made_again(tmp_path: Path) -
     spool = Spool(spool_path(path), columns)
     spool.open()
     assert spool.current, "made again with this release's columns"
+
+
+def test_write_batch_stores_in_the_inbox_at_once_and_sees_spooled_duplicates(tmp_path: Path) -> None:
+    """``write_batch`` (tests, tools: no event loop, no mover) writes ``inbound_message`` itself."""
+    engine, path = _db(tmp_path)
+    writer = InboxWriter(engine, spool=True)
+    writer._commit_batch([_rec(1)])  # in the spool, not moved
+    res = writer.write_batch([_rec(1), _rec(2)])
+    writer._reset_conn()
+    assert [r.duplicate for r in res] == [True, False]
+    assert _rows(path) == [("CTRL1", "duplicate"), ("CTRL2", "received")]
 
 
 def test_postgresql_and_memory_databases_have_no_spool(tmp_path: Path) -> None:
