@@ -189,6 +189,11 @@ class RuntimeCollector(Collector):
         g = GaugeMetricFamily("careloop_inbox_queue", "Records waiting for the next group commit")
         g.add_metric([], float(len(rt.writer._queue)))
         yield g
+        if rt.writer.spool is not None:
+            g = GaugeMetricFamily("careloop_ingest_spool_unmoved",
+                                  "Records stored in the ingest spool (SQLite) and not yet copied into the inbox")
+            g.add_metric([], float(rt.writer.unmoved))
+            yield g
         th = getattr(rt, "auth_throttle", None)
         c = CounterMetricFamily("careloop_auth_failures", "Failed authentications (wrong credentials) seen by this process")
         c.add_metric([], float(th.total if th else 0))

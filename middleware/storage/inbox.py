@@ -109,8 +109,9 @@ class InboxWriter:
         self._deleted = 0  # the last spool seq deleted from the spool (commit thread)
         self._mover_bell = threading.Lock()
         self._mover_bell.acquire()
-        self.moves = 0
-        self.moved = 0
+        self.moves = 0  # mover transactions
+        self.moved = 0  # records moved into inbound_message (after the start-up drain)
+        self.spooled = 0  # records this process committed to the spool
 
     # -- producers (event-loop thread) --------------------------------------
     def has_room(self) -> bool:
@@ -178,6 +179,7 @@ class InboxWriter:
         if self.spool is not None:
             # what an earlier run committed to the spool and did not move yet goes first
             await asyncio.to_thread(self._move_all, loop, None)
+            self.moves = self.moved = 0
             if not self.spool.current:
                 self.spool.remake(self._durable)
                 self._moved = self._durable = self._deleted = 0  # a new table, a new cursor
@@ -356,6 +358,7 @@ class InboxWriter:
                 cur.executemany(self.spool.insert_sql, rows)
                 cur.execute("COMMIT")
                 self._deleted = max(self._deleted, moved)
+                self.spooled += len(rows)
             else:
                 cur.executemany(self._insert, rows)
                 conn.commit()
@@ -375,6 +378,11 @@ class InboxWriter:
             raise
         finally:
             cur.close()
+
+    @property
+    def unmoved(self) -> int:
+        """Records committed to the spool and not yet copied into ``inbound_message`` (0 without a spool)."""
+        return max(0, self.spooled - self.moved) if self.spool is not None else 0
 
     # -- the mover (spool -> inbound_message) -----------------------------------
     def _ring_mover(self) -> None:

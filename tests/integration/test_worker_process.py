@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
+import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from middleware.cli.send import send_messages
 from tests.support.hl7msgs import siu
@@ -95,5 +98,32 @@ def test_worker_in_process_runs_no_child(tmp_path: Path, mappings_dir: Path, db_
         assert workers_of(srv.proc.pid) == []
         assert srv.get("/healthz")["worker"] == "in-process"
         assert metric(srv, 'careloop_processed_messages_total{outcome="processed"}') == 1
+    finally:
+        srv.terminate()
+
+
+@pytest.mark.sqlite_only  # the ingest spool is SQLite's: PostgreSQL has no one writer to wait for
+def test_acks_do_not_wait_for_the_main_databases_writer(tmp_path: Path, mappings_dir: Path, db_url: str) -> None:
+    """Issue 16: with the worker running, serve commits what it receives to the ingest spool, so an ACK
+    never queues behind a writer of the main database (here another connection holding SQLite's write
+    lock while they are sent, as a long processing batch would); the messages reach the inbox and are processed
+    once the writer lets go."""
+    srv = start_subprocess(db_url, mappings_dir, tmp_path, env=ENV)
+    try:
+        wait_until(lambda: workers_of(srv.proc.pid), 30, what="the worker process")
+        db = db_url.split("///", 1)[1]
+        hold = sqlite3.connect(db, isolation_level=None, timeout=30)
+        hold.execute("BEGIN IMMEDIATE")
+        t0 = time.monotonic()
+        acks = send_messages("127.0.0.1", srv.mllp_port, [siu("S12", control=f"SP-{i}", appt=f"SP{i}") for i in range(5)])
+        took = time.monotonic() - t0
+        assert all(b"MSA|AA|" in a for a in acks)
+        assert took < 2.0, f"5 ACKs took {took:.1f} s while the main database's writer was held"
+        assert processed(srv) == 0
+        assert metric(srv, "careloop_ingest_spool_unmoved") == 5
+        hold.execute("COMMIT")
+        hold.close()
+        wait_until(lambda: processed(srv) == 5, 30, what="the spooled messages moved and processed")
+        assert metric(srv, "careloop_ingest_spool_unmoved") == 0
     finally:
         srv.terminate()
