@@ -9,6 +9,9 @@ Servers, each its own process, runs interleaved (careloop, in-process, no-worker
 * ``in-process``: the same with ``CARELOOP_WORKER_PROCESS=false`` (the worker in serve's own threads, the
   model before the worker process);
 * ``no-worker``: the same with ``serve --no-worker`` (ingest only: careloop's own reference);
+* ``no-spool``: ``careloop`` with ``CARELOOP_INGEST_SPOOL=false`` (ingest commits to the main database, queueing
+  for SQLite's one writer behind the worker: the code before the ingest spool); ``no-worker-spool``:
+  ``--no-worker`` with the spool forced on (what the spool costs when nothing else writes);
 * ``python-hl7``: python-hl7's bare asyncio MLLP server (parse + ACK, stores nothing).
 
 Per run and server: messages/s on 1 connection (waiting for each ACK) and on 8 connections; ACK

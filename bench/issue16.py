@@ -2,7 +2,7 @@
 in one sitting: what ``docs/benchmarks.md`` §10 "One run of the five" reports.
 
 1. ``default_deployment.py``: MLLP ingest in ``careloop serve`` with its worker (a child process), beside
-   the worker in serve's threads, ``--no-worker`` and python-hl7's bare server;
+   the same without the ingest spool, the worker in serve's threads, ``--no-worker`` and python-hl7's bare server;
 2. ``whole_pipeline.py``: the default deployment end to end beside the hand-written bridge;
 3. ``bursts.py``: 1,000 msg/s for 2 minutes over 8 connections, counted end to end;
 4. ``postgres_workers.py``: PostgreSQL, ``serve --no-worker`` + 1 and 2 ``careloop worker`` (needs
@@ -31,7 +31,8 @@ def plan(quick: bool, pending: int) -> list[list[str]]:
                 ["bursts.py", "--rate", "200", "--seconds", "5"],
                 ["scheduler_10m.py", "--pending", "20000", "--runs", "1", "--peer-pending", "0"],
                 ["postgres_workers.py", "--workers", "1", "--messages", "200", "--pipeline-messages", "200", "--burst-seconds", "3"]]
-    return [["default_deployment.py", "--runs", "2", "--messages", "2000", "--seconds", "5"],
+    return [["default_deployment.py", "--runs", "2", "--messages", "2000", "--seconds", "5",
+             "--servers", "careloop,no-spool,in-process,no-worker,python-hl7"],
             ["whole_pipeline.py", "--runs", "2", "--messages", "2000", "--seconds", "10"],
             ["bursts.py", "--rate", "1000", "--seconds", "120", "--conns", "8"],
             ["scheduler_10m.py", "--pending", str(pending), "--runs", "1", "--peer-pending", "0"],
