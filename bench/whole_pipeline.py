@@ -413,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
                     if kind == "careloop":
                         p, port, _db = start_careloop(work, hook, worker=True, name=f"careloop{run}")
                         tree.procs["serve"] = p
+                    elif kind == "no-spool":  # the same without the ingest spool (the code before it)
+                        p, port, _db = start_careloop(work, hook, worker=True, name=f"nospool{run}",
+                                                      env={"CARELOOP_INGEST_SPOOL": "false"})
+                        tree.procs["serve"] = p
                     else:
                         p, port = start_bridge(work, hook)
                         tree.procs["bridge"] = p
@@ -423,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                     idle[kind].append(idle_cpu_pct(tree, args.idle_seconds))
                     steady_msgs = [siu_at(f"R{run}{kind[0]}s", seq + i) for i in range(n_steady)]
                     seq += n_steady
-                    fs_pid = p.pid if kind == "careloop" else 0
+                    fs_pid = p.pid if kind in ("careloop", "no-spool") else 0
                     st, _ = run_phase(port, tree, sink, hook, steady_msgs, rate=args.rate, conns=1, timeout=args.timeout,
                                       fsyncs_of=fs_pid)
                     sink_clear(hook)
