@@ -219,3 +219,56 @@ def test_one_kept_alive_client_per_destination(tmp_path: Path, db_url: str) -> N
         assert all(c.is_closed for c in clients)
         assert {d.status for d in p.rows(DeliveryRow)} == {"delivered"}
         assert len(sink.received()) == 6 and sink.duplicates() == 0
+
+
+def test_a_round_s_record_and_the_next_claim_share_one_write_transaction(tmp_path: Path, db_url: str, monkeypatch: Any) -> None:
+    """Issue 16: deliveries made while a round is sending are claimed in the transaction that records
+    the round (leased and committed before they are sent); a delivery retried at once is not sent
+    again in the same ``run_once``."""
+    import middleware.delivery.worker as worker_mod
+
+    p = _world(db_url, tmp_path)
+    _deliveries(p, 2)
+    writes: list[str] = []
+    real_unit = worker_mod.unit
+
+    def counting_unit(engine: Any, write: bool = False, durable: bool = True) -> Any:
+        if write:
+            writes.append("w")
+        return real_unit(engine, write=write, durable=durable)
+
+    monkeypatch.setattr(worker_mod, "unit", counting_unit)
+    seen: dict[str, list[bytes]] = {}
+    more = {"added": False}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        wid = verify([WEBHOOK_SECRET], dict(request.headers), request.content, tolerance_s=10**9)
+        seen.setdefault(wid, []).append(request.content)
+        if not more["added"]:  # the scheduler fires two more while the first round is on the wire
+            more["added"] = True
+            with Session(p.engine) as s:
+                first = s.get(DeliveryRow, 1)
+                assert first is not None
+                for i in (7, 8):
+                    s.add(DeliveryRow(trigger_id=first.trigger_id, destination="hook", idempotency_key=f"idem-{i:03d}",
+                                      next_attempt_at=p.clock().timestamp() - 1, created_at=0, updated_at=0))
+                s.commit()
+        return httpx.Response(503 if wid == "idem-007" else 200)
+
+    async def go() -> int:
+        http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        w = p.worker(http=http)
+        w._rng.seed(1)
+        n = await w.run_once()
+        await http.aclose()
+        return n
+
+    p.rows(DeliveryRow)  # (the table exists before the handler writes to it)
+    assert asyncio.run(go()) == 4
+    # claim; record round 1 + claim round 2; record round 2 (its claim finds only idem-007's retry, not due yet)
+    assert writes == ["w", "w", "w"]
+    assert sorted(seen) == ["idem-000", "idem-001", "idem-007", "idem-008"]
+    assert all(len(v) == 1 for v in seen.values())
+    got = {d.idempotency_key: (d.status, d.attempts) for d in p.rows(DeliveryRow)}
+    assert got == {"idem-000": ("delivered", 1), "idem-001": ("delivered", 1), "idem-007": ("pending", 1),
+                   "idem-008": ("delivered", 1)}
