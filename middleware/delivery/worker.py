@@ -204,32 +204,27 @@ class DeliveryWorker:
     def claim(self, limit: int = 200) -> list[Claimed]:
         """Lease up to ``limit`` due deliveries and build what to send (or why not). One write
         transaction (the lease is committed before anything is sent)."""
-        with unit(self.engine, write=True) as u:
-            return self._claim_in(u, limit)
-
-    def _claim_in(self, u: UnitOfWork, limit: int, skip: frozenset[int] = frozenset()) -> list[Claimed]:
-        """:meth:`claim` in the write transaction ``u`` (committed by the caller before anything is
-        sent); deliveries in ``skip`` (handled earlier in the same :meth:`run_once`) are left for later."""
         rs = self.ruleset()
         now_dt = self.clock()
         now = now_dt.timestamp()
-        blocked, probes = self._blocked(u, rs)
-        if time.monotonic() - self._owners_checked_at >= 2.0:  # a query per claim otherwise; at start, then every 2 s
-            self._owners_checked_at = time.monotonic()
-            self._release_dead_owners(u, now)
-        taken: dict[str, int] = defaultdict(int)
-        rows = []
-        for d in q.claim(u, now=now, blocked=sorted(blocked), limit=limit):
-            if d.id in skip or (d.destination in probes and taken[d.destination] >= probes[d.destination]):
-                continue
-            taken[d.destination] += 1
-            rows.append(d)
-        if not rows:
-            return []
-        q.lease(u, [d.id for d in rows], now=now, until=now + self.lease_s, owner=self.owner)
-        triggers = q.triggers_of(u, sorted({d.trigger_id for d in rows}))
-        out = self._build_all(u, rows, triggers, rs, now_dt)
-        self._intents(u, out, rs, now)
+        with unit(self.engine, write=True) as u:
+            blocked, probes = self._blocked(u, rs)
+            if time.monotonic() - self._owners_checked_at >= 2.0:  # a query per claim otherwise; at start, then every 2 s
+                self._owners_checked_at = time.monotonic()
+                self._release_dead_owners(u, now)
+            taken: dict[str, int] = defaultdict(int)
+            rows = []
+            for d in q.claim(u, now=now, blocked=sorted(blocked), limit=limit):
+                if d.destination in probes and taken[d.destination] >= probes[d.destination]:
+                    continue
+                taken[d.destination] += 1
+                rows.append(d)
+            if not rows:
+                return []
+            q.lease(u, [d.id for d in rows], now=now, until=now + self.lease_s, owner=self.owner)
+            triggers = q.triggers_of(u, sorted({d.trigger_id for d in rows}))
+            out = self._build_all(u, rows, triggers, rs, now_dt)
+            self._intents(u, out, rs, now)
         return out
 
     def _release_dead_owners(self, u: UnitOfWork, now: float) -> None:
@@ -328,30 +323,14 @@ class DeliveryWorker:
         c.fields = ["contact_key", "exit_event", "journey", "trigger_id"]
 
     # -- send -------------------------------------------------------------
-    async def run_once(self, limit: int = 200, for_s: float = 0.5) -> int:
-        """Claim, send and record rounds for up to ``for_s`` seconds; return how many deliveries were handled.
-
-        Each round's record and the next round's claim share one write transaction (issue 16: at a
-        steady 200 messages/s on SQLite each of them waited for the one write lock behind the inbox
-        and processing). The lease is still committed before anything is sent; a delivery is handled
-        at most once per call (one retried at once waits for the next call, as it did before)."""
+    async def run_once(self, limit: int = 200) -> int:
+        """Claim, send and record one round; return how many deliveries were handled."""
         if time.monotonic() >= self._confirm_at:  # exits awaiting the vendor's confirmation, every few seconds
             self._confirm_at = time.monotonic() + CONFIRM_EVERY_S
             await self.confirm_once()
         claimed = await asyncio.to_thread(self.claim, limit)
-        handled: set[int] = set()
-        until = time.monotonic() + for_s
-        while claimed:
-            handled.update(c.delivery_id for c in claimed)
-            results = await self._round(claimed)
-            if self.fault_hook:
-                self.fault_hook("delivery.after_send")
-            go_on = time.monotonic() < until
-            claimed = await asyncio.to_thread(self.record, results, limit if go_on else 0, frozenset(handled))
-        return len(handled)
-
-    async def _round(self, claimed: list[Claimed]) -> list[Sent]:
-        """Send one claimed round (grouped per destination, in batches, concurrently); the outcomes to record."""
+        if not claimed:
+            return 0
         rs = self.ruleset()
         results: list[Sent] = []
         groups: dict[tuple[str, str], list[Claimed]] = defaultdict(list)
@@ -381,7 +360,10 @@ class DeliveryWorker:
                 tasks.append(self._send(conn, todo[i : i + size], sem, name))
         for batch in await asyncio.gather(*tasks):
             results.extend(batch)
-        return results
+        if self.fault_hook:
+            self.fault_hook("delivery.after_send")
+        await asyncio.to_thread(self.record, results)
+        return len(claimed)
 
     async def confirm_once(self, limit: int = 200) -> int:
         """Poll the vendors for the exits they accepted asynchronously (Journey Builder's contact-exit
@@ -477,9 +459,8 @@ class DeliveryWorker:
             return q.keys_in(u, "delivery.ledger_of", keys)
 
     # -- record -----------------------------------------------------------
-    def record(self, results: list[Sent], claim_next: int = 0, skip: frozenset[int] = frozenset()) -> list[Claimed]:
-        """One write transaction: attempts, statuses, retries, disclosures, ledger, alerts; then, when
-        ``claim_next`` is above 0, the next round's claim of up to that many (:meth:`_claim_in`)."""
+    def record(self, results: list[Sent]) -> None:
+        """One write transaction: attempts, statuses, retries, disclosures, ledger, alerts."""
         rs = self.ruleset()
         now = self.clock().timestamp()
         with unit(self.engine, write=True) as u:
@@ -497,14 +478,6 @@ class DeliveryWorker:
                         rec.exit_ids.add(d.id)
                     self._record_outcome(rec, d, r, rs.destinations.get(d.destination), now)
             self._write(u, rec, now, rs)
-            if claim_next <= 0:
-                return []
-            try:
-                with u.savepoint():  # a failing claim must not undo the record: the next run_once claims again
-                    return self._claim_in(u, claim_next, skip)
-            except Exception as exc:
-                log.error("claim after record failed", extra={"action": "delivery.claim_error", "error_type": type(exc).__name__})
-                return []
 
     @staticmethod
     def _tracks_outcomes(rs: Any) -> bool:
