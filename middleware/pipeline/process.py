@@ -128,7 +128,7 @@ class Processor:
         budget_s: float = 0.008,
         pg_budget_s: float = 0.1,
         scheduler: Scheduler | None = None,
-        fire_limit: int = 64,
+        fire_limit: int = 32,
     ) -> None:
         self.engine = engine
         self.ruleset = ruleset
@@ -188,7 +188,7 @@ class Processor:
                 return 0
             if not u.sqlite:  # no single writer to hold up: read what handlers need for the rows claimed
                 self._prefetch_rows(rows)
-            due = False
+            due = 0  # messages that made a trigger due now
             started = time.perf_counter()
             # SQLite: a short batch lets the inbox commit between batches (one writer); PostgreSQL
             # has no single writer, and a longer batch spreads its BEGIN/claim/COMMIT over more messages
@@ -200,21 +200,24 @@ class Processor:
                         break  # the rest stay `received` for the next batch (an ingest commit waits, or the budget is spent)
                     outcome, handled_due = self._handle(u, msg, rs)
                     done.append(outcome)
-                    due = handled_due or due
+                    due += handled_due
                 u.many(q.INBOX_DONE, done)
-            fired = self._fire(u) if due else None
+            fired = self._fire(u, min(self.fire_limit, 4 * due)) if due else None
         # size the next claim to what fits the budget (a claim loads raw payloads)
         self._limit = max(4, min(self.batch, 2 * len(done)))
         if self.fault_hook:
             self.fault_hook("process.after_commit")
         if fired is not None and self.scheduler is not None:
             self.scheduler.after_commit(fired)
-        if due and self.on_due and (fired is None or fired.handled >= self.fire_limit):
+        if due and self.on_due and (fired is None or fired.handled >= min(self.fire_limit, 4 * due)):
             self.on_due()  # the scheduler's loop fires the rest
         return len(done)
 
-    def _fire(self, u: UnitOfWork) -> Fired | None:
-        """Fire the due triggers (up to ``fire_limit``) in the batch's transaction (issue 16).
+    def _fire(self, u: UnitOfWork, limit: int) -> Fired | None:
+        """Fire up to ``limit`` due triggers (oldest due first, whichever message made them) in the
+        batch's transaction (issue 16). The limit follows the batch (4 per message that made one due,
+        at most ``fire_limit``), so a backlog of due triggers leaves the batch short: the scheduler's
+        loop, woken, fires the rest in its own transactions.
 
         At a steady 200 messages/s on SQLite each message used to take three write transactions in
         turn (processing, firing, the delivery's claim), each waiting for the one write lock behind
@@ -226,7 +229,7 @@ class Processor:
             return None
         try:
             with u.savepoint():
-                return self.scheduler.fire_in(u, self.fire_limit)
+                return self.scheduler.fire_in(u, limit)
         except Exception as exc:  # the batch's processing still commits; the scheduler's loop (woken) fires them
             log.error("firing in the processing batch failed", extra={"action": "process.fire_error", "error_type": type(exc).__name__})
             return None

@@ -87,3 +87,25 @@ def test_a_firing_error_leaves_the_batch_processed_and_wakes_the_scheduler(mappi
     assert {m.status for m in p.rows(InboundMessage)} == {"processed"}
     assert woken == ["schedule"]
     assert [t.status for t in p.rows(TriggerRow) if t.rule_id == "noshow-reengagement"] == ["pending"]
+
+
+def test_a_backlog_of_due_triggers_is_left_to_the_scheduler_s_loop(mappings_dir: Path, db_url: str) -> None:
+    """The batch fires at most 4 per message that made one due (oldest due first), then wakes the scheduler."""
+    import orjson
+
+    p = make_pipeline(db_url, make_immediate(mappings_dir), clock=Clock(datetime.now(timezone.utc)))
+    now = p.clock().timestamp()
+    with Session(p.engine) as s:  # ten triggers already due (e.g. a morning's scheduled reminders)
+        for i in range(10):
+            s.add(TriggerRow(rule_id="r1", ruleset_version="v1", name="reminder", purpose="treatment-reminder",
+                             destinations="webhook", patient_key=f"urn:mrn|B{i}", origin_key=f"backlog{i}", due_at=now - 600 + i,
+                             status="pending", payload=orjson.dumps({}).decode(), created_at=now, updated_at=now))
+        s.commit()
+    _store(p, [siu("S26", control="F4-N", appt="F4", mrn="MRN0900004", status="Noshow")])
+    woken: list[str] = []
+    proc = Processor(p.engine, p.ruleset, clock=p.clock, scheduler=p.scheduler, on_due=lambda: woken.append("schedule"))
+    assert proc.run_once() == 1
+    fired = sorted(t.origin_key for t in p.rows(TriggerRow) if t.status != "pending")
+    assert fired == [f"backlog{i}" for i in range(4)]  # the four oldest due, in due order
+    assert woken == ["schedule"]
+    assert p.scheduler.fire_due() == 7  # the rest (six of the backlog and the no-show's) in the scheduler's own transaction
