@@ -1,11 +1,14 @@
 """Benchmark 2 of issue 16: the whole pipeline in the default deployment, beside the hand-written bridge.
 
-One command: ``python bench/whole_pipeline.py [--runs 3] [--messages 2000] [--seconds 10] [--rate 200] [--profile OUT]``.
+One command: ``python bench/whole_pipeline.py [--runs 3] [--messages 2000] [--seconds 10] [--rate 200] [--profile OUT]
+[--baseline /work/main]``.
 
 Deployments, each in its own processes, runs interleaved (careloop then bridge, then bridge then careloop,
 ...: the order alternates), a fresh database per run:
 * ``careloop``: ``careloop serve`` WITH its worker, on SQLite WAL ``synchronous=FULL``, the shipped
   rules with quiet hours off (``bench/deploy.py``);
+* ``baseline`` (with ``--baseline DIR``): ``careloop`` with the code of another checkout, for a
+  before/after in the same runs;
 * ``bridge``: ``bench/peers.py bridge``, what a developer would hand-write instead: python-hl7's
   asyncio MLLP server, a Standard Webhooks-signed JSON POSTed with one kept-alive httpx client (the
   client careloop delivers with), then the ACK. Nothing stored, no rules, no retry.
@@ -387,8 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the webhooks of one phase")
     ap.add_argument("--profile", type=Path, help="py-spy raw output of careloop's serve during an extra, uncounted throughput run")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--baseline", type=Path, help="another checkout (e.g. /work/main) run as a third deployment, "
+                    "`baseline`, beside careloop in the same runs: a before/after on the same load")
     args = ap.parse_args(argv)
-    kinds = [k for k in args.servers.split(",") if k]
+    kinds = [k for k in args.servers.split(",") if k] + (["baseline"] if args.baseline else [])
     work = Path(tempfile.mkdtemp(prefix="careloop-bench-whole-"))
     print(f"# benchmark 2: whole pipeline, careloop serve (worker in process, SQLite) vs the hand-written bridge  {machine()}")
     print(f"load average before: {loadavg()}", flush=True)
@@ -410,8 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                 sink, hook = start_sink(work)
                 tree = Tree()
                 try:
-                    if kind == "careloop":
-                        p, port, _db = start_careloop(work, hook, worker=True, name=f"careloop{run}")
+                    if kind in ("careloop", "baseline"):
+                        p, port, _db = start_careloop(work, hook, worker=True, name=f"{kind}{run}",
+                                                      repo=args.baseline if kind == "baseline" else REPO)
                         tree.procs["serve"] = p
                     elif kind == "no-spool":  # the same without the ingest spool (the code before it)
                         p, port, _db = start_careloop(work, hook, worker=True, name=f"nospool{run}",
@@ -427,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                     idle[kind].append(idle_cpu_pct(tree, args.idle_seconds))
                     steady_msgs = [siu_at(f"R{run}{kind[0]}s", seq + i) for i in range(n_steady)]
                     seq += n_steady
-                    fs_pid = p.pid if kind in ("careloop", "no-spool") else 0
+                    fs_pid = p.pid if kind != "bridge" else 0
                     st, _ = run_phase(port, tree, sink, hook, steady_msgs, rate=args.rate, conns=1, timeout=args.timeout,
                                       fsyncs_of=fs_pid)
                     sink_clear(hook)
@@ -490,6 +496,10 @@ def main(argv: list[str] | None = None) -> int:
         p99 = med["careloop"]["p99"]
         targets.append(f"careloop receipt-to-webhook p99 at {args.rate:.0f} msg/s: {p99:.1f} ms (target < 100 ms) "
                        f"{'MET' if p99 < 100 else 'NOT MET'}  [fdatasync {max(fs0, fs1):.3f} ms]")
+    if "careloop" in med and "baseline" in med:
+        b, c = med["baseline"], med["careloop"]
+        targets.append(f"careloop ({REPO}) / baseline ({args.baseline}), same runs: p50 {c['p50'] / b['p50']:.2f}x, "
+                       f"p99 {c['p99'] / b['p99']:.2f}x, throughput {c['rate'] / b['rate']:.2f}x, CPU {c['cpu'] / b['cpu']:.2f}x")
     for t in targets:
         print(t)
     if profile_text:

@@ -200,8 +200,10 @@ class Runtime:
         self.writer = InboxWriter(self.engine, on_commit=self._signal(self.wake_process), fault_hook=self.fault,
                                   on_stored=self.meters.on_stored,
                                   spool=settings.run_worker if settings.ingest_spool is None else settings.ingest_spool)
-        self.processor = Processor(self.engine, self.ruleset, clock=self.clock, on_due=self._threadsafe(self.wake_schedule))
         self.scheduler = Scheduler(self.engine, self.ruleset, clock=self.clock, on_deliveries=self._threadsafe(self.wake_deliver))
+        # triggers due now fire in the processing batch's transaction (issue 16: one write transaction less per batch)
+        self.processor = Processor(self.engine, self.ruleset, clock=self.clock, on_due=self._threadsafe(self.wake_schedule),
+                                   scheduler=self.scheduler)
         self.delivery = DeliveryWorker(
             self.engine, self.ruleset, contact_secret=contact_keyring(settings).current.secret, clock=self.clock,
             link_base=f"http://{settings.http_host}:{settings.http_port}", fault_hook=self.fault,
