@@ -56,13 +56,27 @@ class Scheduler:
         self.on_deliveries = on_deliveries
         self.fired = 0
         self.fault_hook: Callable[[str], None] | None = None  # crash tests: CARELOOP_FAULT=scheduler.after_commit:N
+        # the last batch took every trigger that was due (fewer than ``batch``): the next call looks
+        # first, in a read, before taking the write lock (see fire_due)
+        self._drained = False
 
     def next_due(self) -> float | None:
         with unit(self.engine) as u:
             return q.next_due(u)
 
     def fire_due(self) -> int:
-        """Fire up to ``batch`` due triggers; return how many were handled."""
+        """Fire up to ``batch`` due triggers; return how many were handled.
+
+        The worker calls this until it returns 0, so a wake-up that fired a few triggers used to end
+        with an empty write transaction (on SQLite: the write lock, shared with ingest, BEGIN
+        IMMEDIATE and a COMMIT). After a batch that drained what was due, a read of one index
+        entry answers instead (issue 16); a trigger that becomes due meanwhile is fired by the
+        write transaction the read leads to, or by the next wake-up."""
+        if self._drained:
+            self._drained = False
+            with unit(self.engine) as u:
+                if not q.any_due(u, self.clock().timestamp()):
+                    return 0
         created = 0
         # one write transaction (SQLite: the write lock first, since it reads then writes)
         with unit(self.engine, write=True) as u:
@@ -89,6 +103,7 @@ class Scheduler:
                     created += 1
                 self.fired += 1
             q.record(u, fired=fired, suppressed=suppressed, deliveries=deliveries)
+        self._drained = 0 < len(rows) < self.batch
         if self.fault_hook and rows:
             self.fault_hook("scheduler.after_commit")
         if created and self.on_deliveries:
