@@ -482,7 +482,12 @@ class UnitOfWork:
             dbapi = self.conn.connection.driver_connection
             self._cur = dbapi.cursor()  # type: ignore[union-attr]
             if self.sqlite and not self.durable:
-                self._sync_before = int(self._cur.execute("PRAGMA synchronous").fetchone()[0])
+                # the connection's own setting, read once per connection (every processing batch asked)
+                info = self.conn.connection.info
+                sync = info.get("careloop.synchronous")
+                if sync is None:
+                    sync = info["careloop.synchronous"] = int(self._cur.execute("PRAGMA synchronous").fetchone()[0])
+                self._sync_before = sync
                 if self._sync_before > 1:
                     self._cur.execute("PRAGMA synchronous=NORMAL")
             self._begin()
