@@ -143,7 +143,7 @@ class _Checks:
         self.counts: dict[tuple[Any, ...], list[int]] = {}
         #: the same keys -> [fired this calendar day, this calendar week] in the patient's zone
         self.cal_counts: dict[tuple[Any, ...], list[int]] = {}
-        self.deceased_or_hospice = deceased_or_hospice(u.conn, self.privacy.keys, rs)
+        self.deceased_or_hospice = deceased_or_hospice(u, self.privacy.keys, rs)
         st = rs.settings
         used = [c for c in (st.caps, st.treatment_caps) if c.per_day is not None or c.per_week is not None]
         now = at.timestamp()
