@@ -8,8 +8,8 @@ Create Date: 2026-12-07
 the console), but no query filters or sorts on it: cancellations read pending triggers by patient
 or resource (``ix_trigger_patient``, ``ix_trigger_rule_resource``). The index on
 ``(cancel_scope, status)`` was one more B-tree for every trigger INSERT and for every status
-change (firing, cancelling, skipping) to maintain. On SQLite, with a few thousand triggers, a
-trigger INSERT took ~33 us with it and ~19 us without (``docs/benchmarks.md`` §10,
+change (firing, cancelling, skipping) to maintain. On SQLite, with 1,000-6,000 triggers, a
+trigger INSERT took 23-30 us with it and 15-17 us without (``bench/trigger_insert.py``; ``docs/benchmarks.md`` §10,
 "Processing statements"). Contract-only (an index, no data); the downgrade builds it again.
 """
 from __future__ import annotations
