@@ -4,8 +4,8 @@ Revision ID: 0012_i16_cpu2
 Revises: 0011_destination_exits
 Create Date: 2026-12-07
 
-``trigger.cancel_scope`` is written with each trigger and read back with the row (``explain``,
-the console), but no query filters or sorts on it: cancellations read pending triggers by patient
+``trigger.cancel_scope`` is written with each trigger and kept on its row, but no query filters or
+sorts on it: cancellations read pending triggers by patient
 or resource (``ix_trigger_patient``, ``ix_trigger_rule_resource``). The index on
 ``(cancel_scope, status)`` was one more B-tree for every trigger INSERT and for every status
 change (firing, cancelling, skipping) to maintain. On SQLite, with 1,000-6,000 triggers, a
