@@ -43,7 +43,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PY, REPO, free_port, machine, rss_mb, stop, wait_healthz  # noqa: E402
 
-SQLITE_INDEXES = ("ix_trigger_due", "ix_trigger_patient", "ix_trigger_cancel", "ix_trigger_dedup", "ix_trigger_rule_resource",
+SQLITE_INDEXES = ("ix_trigger_due", "ix_trigger_patient", "ix_trigger_dedup", "ix_trigger_rule_resource",
                   "ix_trigger_updated", "ix_trigger_patient_id")
 
 

@@ -98,8 +98,12 @@ def open_entry(u: UnitOfWork, book: GoalBook, *, rule_id: str, ruleset_version: 
                patient_id: str | None, origin_event_id: int | None, origin: dict[str, Any], origin_key: str,
                trigger_id: int | None, now: datetime, journey_id: str | None = None,
                arm: Arm | None = None, experiment: str | None = None, period: str | None = None,
-               recorded: datetime | None = None) -> bool:
-    """Record a journey entry's goal (once); decide it at once from events already stored."""
+               recorded: datetime | None = None, opened: set[str] | None = None) -> bool:
+    """Record a journey entry's goal (once); decide it at once from events already stored.
+
+    ``opened``: the entry keys this unit of work has already sent for the same event. Rules sharing
+    a goal (the 72 h and 24 h reminders of one visit) fire together and name one entry; the second
+    INSERT could only hit the first's row (``ON CONFLICT DO NOTHING``), so it is not sent (issue 16)."""
     goal_id = book.by_rule.get(rule_id)
     if goal_id is None:
         return False
@@ -113,6 +117,10 @@ def open_entry(u: UnitOfWork, book: GoalBook, *, rule_id: str, ruleset_version: 
     # the unit is the patient's journey entry: rules sharing a goal (the 72 h and 24 h reminders
     # of one visit) make one entry per origin resource; a journey's steps make one per journey
     entry_key = f"{goal_id}|{journey_id or '-'}|{origin_key}"
+    if opened is not None:
+        if entry_key in opened:
+            return True
+        opened.add(entry_key)
     u.send(q.OPEN_ENTRY, entry_key=entry_key, goal_id=goal_id, rule_id=rule_id, journey_id=journey_id,
                     ruleset_version=ruleset_version, patient_key=patient_key, patient_id=patient_id,
                     origin_event_id=origin_event_id, origin_resource_key=origin_key, trigger_id=trigger_id,
@@ -253,15 +261,16 @@ def before_trigger(u: UnitOfWork, rs: Any, rule_id: str, patient_id: str | None,
 def after_trigger(u: UnitOfWork, rs: Any, *, rule_id: str, journey_id: str | None, patient_key: str | None,
                   patient_id: str | None, event_id: int | None, origin: dict[str, Any], origin_key: str,
                   trigger_id: int | None, assignment: Assignment, now: datetime,
-                  recorded: datetime | None = None) -> None:
-    """Called by the pipeline after a fired decision was recorded (or held out): open its entry."""
+                  recorded: datetime | None = None, opened: set[str] | None = None) -> None:
+    """Called by the pipeline after a fired decision was recorded (or held out): open its entry
+    (``opened``: see :func:`open_entry`)."""
     book = book_for(rs)
     if rule_id not in book.by_rule:
         return
     open_entry(u, book, rule_id=rule_id, ruleset_version=rs.version, patient_key=patient_key, patient_id=patient_id,
                origin_event_id=event_id, origin=origin, origin_key=origin_key, trigger_id=trigger_id, now=now,
                journey_id=journey_id, arm=assignment.arm, experiment=assignment.experiment, period=assignment.period,
-               recorded=recorded)
+               recorded=recorded, opened=opened)
 
 
 def entries_call(rs: Any, patient_key: str | None, event_type: str) -> tuple[Any, dict[str, Any]] | None:

@@ -222,6 +222,11 @@ def apply_change(
     else:
         patient_id = patient_id_for(u, patient_key, nowts)
     seen: dict[str, int] = {}
+    # A resource first stored by this change has no triggers yet: careloop makes a trigger only from an
+    # event of a stored resource, and stored state is never deleted (merges repoint patients, not
+    # resources). Its first event skips the look-up of pending triggers for the same resource (issue 16);
+    # later events of this change look, since the first one's triggers are there now.
+    fresh = is_new
     for etype, pstatus, status in events:
         nth = seen.get(etype, 0)
         seen[etype] = nth + 1
@@ -242,7 +247,8 @@ def apply_change(
         res.events.append(row)
         if reads is not None:
             _after_reads(u, ev, row, rs, reads, got[1:1 + len(reads.calls)], now=now, patient=patient,
-                         source_zone=source_zone, result=res, nth=nth)
+                         source_zone=source_zone, result=res, nth=nth, fresh=fresh)
+        fresh = False
         if entries:  # goals this event settles (late ones too)
             outcomes.after_event_rows(u, rs, patient_key, etype, got[-1], now)
     if evaluate_rules and not change.deleted and prev is not None and rs.recheck_by_type.get(rtype):
@@ -339,6 +345,7 @@ def _after_reads(
     u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, rs: RuleSet, reads: _EventReads, got: list[list[Any]], *,
     now: datetime, patient: dict[str, Any] | None, source_zone: str | None, result: ChangeResult,
     only: set[str] | None = None, cancel_only_ids: set[int] | None = None, nth: int | None = None,
+    fresh: bool = False,
 ) -> None:
     if reads.wanted:
         nowts = now.timestamp()
@@ -373,12 +380,14 @@ def _after_reads(
             d.status, d.reason = "held_out", f"held out ({arm.experiment} {arm.period}): measured, not contacted"
         else:
             fired.append(d)
-    tids = _record_triggers(u, ev, row, fired, rs, now.timestamp(), result, cancel_only_ids) if fired else {}
+    tids = _record_triggers(u, ev, row, fired, rs, now.timestamp(), result, cancel_only_ids, fresh) if fired else {}
+    opened: set[str] = set()  # one INSERT per journey entry, however many of this event's rules name it
     for d in decisions:
         if id(d) in arms:
             outcomes.after_trigger(u, rs, rule_id=d.rule_id, journey_id=d.journey_id, patient_key=ev.patient_key,
                                    patient_id=pid, event_id=row.id, origin=ev.resource, origin_key=ev.resource_key,
-                                   trigger_id=tids.get(id(d)), assignment=arms[id(d)], now=now, recorded=ev.occurred_at)
+                                   trigger_id=tids.get(id(d)), assignment=arms[id(d)], now=now, recorded=ev.occurred_at,
+                                   opened=opened)
 
 
 _EVER = float("-inf")  # "created at any time"
@@ -452,7 +461,7 @@ def _cancel(u: UnitOfWork, row: EventRow | EventRecord, now: datetime, result: C
 
 def _record_triggers(
     u: UnitOfWork, ev: ClinicalEvent, row: EventRow | EventRecord, fired: list[Decision], rs: RuleSet, nowts: float,
-    result: ChangeResult, cancel_only_ids: set[int] | None,
+    result: ChangeResult, cancel_only_ids: set[int] | None, fresh: bool = False,
 ) -> dict[int, int | None]:
     """Insert each decision as a trigger row (or move the pending one it replaces).
 
@@ -460,13 +469,14 @@ def _record_triggers(
     pending triggers of the same rules and resource, in one statement, and a duplicate within
     the dedup window), then the moves and inserts. A decision whose dedup key an earlier decision
     of this event has just used is a duplicate of that trigger (as if it had been inserted before
-    the look-up)."""
+    the look-up). ``fresh``: the event is the first of a resource stored just now, which has no
+    pending triggers to look up (see :func:`apply_change`)."""
     plans = []
     calls: list[tuple[Query, dict[str, Any]]] = []
     same_rules: set[str] = set()
     for d in fired:
         status = d.status or TriggerStatus.PENDING
-        look_same = status in (TriggerStatus.PENDING, TriggerStatus.SKIPPED) and bool(ev.resource_key)
+        look_same = status in (TriggerStatus.PENDING, TriggerStatus.SKIPPED) and bool(ev.resource_key) and not fresh
         look_dup = status == TriggerStatus.PENDING and bool(d.dedup_key and d.dedup_window_s)
         if look_same:
             same_rules.add(d.rule_id)

@@ -156,19 +156,25 @@ class Processor:
 
     def run_once(self) -> int:
         """Process up to ``batch`` messages (within the time budget); return how many were handled."""
-        if self.engine.dialect.name == "sqlite":
-            self._prefetch()  # before the batch takes SQLite's one write lock
+        if self.engine.dialect.name == "sqlite" and self._prefetch() == 0:
+            # nothing waits: no write transaction (issue 16). The worker steps until a batch is empty,
+            # so every wake-up ended with an empty write unit: SQLite's write lock (and the one between
+            # processes, which ingest waits for), three PRAGMAs, BEGIN IMMEDIATE, the claim and COMMIT.
+            # A row committed after this read wakes the worker again (the inbox's on_commit).
+            return 0
         return self._run_once()
 
-    def _prefetch(self) -> None:
+    def _prefetch(self) -> int | None:
         """Let handlers do their network reads (a FHIR Patient, say) for the next messages before
-        the batch takes the write lock: a slow or unreachable server must not hold up ingest."""
+        the batch takes the write lock: a slow or unreachable server must not hold up ingest.
+        Returns how many rows wait (``None``: no handler prefetches, nothing was read)."""
         fetching = {ch: h for ch, h in self.handlers.items() if callable(getattr(h, "prefetch", None))}
         if not fetching:
-            return
+            return None
         with unit(self.engine) as u:
             rows: list[InboundItem] = u.all(q.INBOX_NEXT, n=self._limit)
         self._prefetch_rows(rows)
+        return len(rows)
 
     def _prefetch_rows(self, rows: list[InboundItem]) -> None:
         fetching = {ch: h for ch, h in self.handlers.items() if callable(getattr(h, "prefetch", None))}

@@ -64,16 +64,31 @@ class Scheduler:
         self.on_deliveries = on_deliveries
         self.fired = 0
         self.fault_hook: Callable[[str], None] | None = None  # crash tests: CARELOOP_FAULT=scheduler.after_commit:N
+        # the last batch took every trigger that was due (fewer than ``batch``): the next call looks
+        # first, in a read, before taking the write lock (see fire_due)
+        self._drained = False
 
     def next_due(self) -> float | None:
         with unit(self.engine) as u:
             return q.next_due(u)
 
     def fire_due(self) -> int:
-        """Fire up to ``batch`` due triggers; return how many were handled."""
+        """Fire up to ``batch`` due triggers; return how many were handled.
+
+        The worker calls this until it returns 0, so a wake-up that fired a few triggers used to end
+        with an empty write transaction (on SQLite: the write lock, shared with ingest, BEGIN
+        IMMEDIATE and a COMMIT). After a batch that drained what was due, a read of one index
+        entry answers instead (issue 16); a trigger that becomes due meanwhile is fired by the
+        write transaction the read leads to, or by the next wake-up."""
+        if self._drained:
+            self._drained = False
+            with unit(self.engine) as u:
+                if not q.any_due(u, self.clock().timestamp()):
+                    return 0
         # one write transaction (SQLite: the write lock first, since it reads then writes)
         with unit(self.engine, write=True) as u:
             res = self.fire_in(u, self.batch)
+        self._drained = 0 < res.handled < self.batch
         self.after_commit(res)
         return res.handled
 
@@ -154,7 +169,7 @@ class _Checks:
         self.counts: dict[tuple[Any, ...], list[int]] = {}
         #: the same keys -> [fired this calendar day, this calendar week] in the patient's zone
         self.cal_counts: dict[tuple[Any, ...], list[int]] = {}
-        self.deceased_or_hospice = deceased_or_hospice(u.conn, self.privacy.keys, rs)
+        self.deceased_or_hospice = deceased_or_hospice(u, self.privacy.keys, rs)
         st = rs.settings
         used = [c for c in (st.caps, st.treatment_caps) if c.per_day is not None or c.per_week is not None]
         now = at.timestamp()

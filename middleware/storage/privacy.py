@@ -27,15 +27,9 @@ from datetime import datetime
 from typing import Any, Iterable, Iterator, Sequence
 
 import orjson
-from sqlalchemy import String, any_, bindparam
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy import select as sa_select
-from sqlalchemy.engine import Connection
-
 from .. import purposes as _purposes
 from .queries import privacy as _queries  # noqa: F401  (registers the privacy.* queries)
 from .sql import UnitOfWork
-from .tables import PatientRow, ResourceState
 
 #: patient keys per IN list (well under SQLite's bound-parameter limit whatever the batch size)
 CHUNK = 500
@@ -45,41 +39,6 @@ def chunks(keys: Sequence[str], n: int = CHUNK) -> Iterator[list[str]]:
     """``keys`` in lists of at most ``n``."""
     for i in range(0, len(keys), n):
         yield list(keys[i:i + n])
-
-
-# -- the two Core statements scheduler/patientctx.py still runs on a Connection (branch i12-core moves
-# it to ``queries.privacy.patient_resources`` / ``care_resources``; then this block goes) --
-
-_P = PatientRow.__table__  # type: ignore[attr-defined]
-_RS = ResourceState.__table__  # type: ignore[attr-defined]
-
-
-@dataclass(frozen=True)
-class Statements:
-    """Stored Patient resources, and current Encounters and CarePlans, of the keys bound as ``pks``."""
-
-    patient_resources: Any
-    care_resources: Any
-
-
-def _build(array: bool) -> Statements:
-    def key_in(col: Any) -> Any:
-        return col == any_(bindparam("pks", type_=ARRAY(String))) if array else col.in_(bindparam("pks", expanding=True))
-
-    return Statements(
-        patient_resources=sa_select(_P.c.key, _P.c.resource).where(key_in(_P.c.key)),
-        care_resources=sa_select(_RS.c.patient_key, _RS.c.resource).where(
-            key_in(_RS.c.patient_key), _RS.c.resource_type.in_(_queries.CARE_TYPES), _RS.c.deleted == False),  # noqa: E712
-    )
-
-
-_EXPANDING = _build(array=False)
-_ARRAY = _build(array=True)
-
-
-def statements(conn: Connection) -> Statements:
-    """The statements for this connection's dialect (PostgreSQL binds key lists as one array)."""
-    return _ARRAY if conn.dialect.name == "postgresql" else _EXPANDING
 
 
 def patient_keys(u: UnitOfWork, keys: Iterable[str | None]) -> dict[str, tuple[str, ...]]:

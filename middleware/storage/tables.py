@@ -154,7 +154,6 @@ class TriggerRow(SQLModel, table=True):
     __table_args__ = (
         Index("ix_trigger_due", "status", "due_at"),
         Index("ix_trigger_patient", "patient_key", "status"),
-        Index("ix_trigger_cancel", "cancel_scope", "status"),
         Index("ix_trigger_dedup", "dedup_key", "created_at"),
         Index("ix_trigger_rule_resource", "rule_id", "resource_key", "status"),
         Index("ix_trigger_updated", "updated_at"),  # retention windows

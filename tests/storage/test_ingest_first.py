@@ -4,7 +4,8 @@
   waiters (processing, scheduler, delivery) that asked earlier, unless one has waited ``starve_s``;
 * a processing batch commits early when an urgent writer waits (after at least one message);
 * HL7 messages are normalized before the batch takes the write lock, with the same outcome;
-* the service's commits run no WAL checkpoint; checkpoints run on their own connection.
+* the service's commits run no WAL checkpoint; checkpoints run on their own connection;
+* an idle worker step (nothing waiting, nothing due) reads and returns without the write lock.
 """
 from __future__ import annotations
 
@@ -192,3 +193,51 @@ def test_service_commits_run_no_checkpoint_and_checkpoints_run_apart(tmp_path: P
     assert busy == 0 and pages > 0 and done == pages  # everything copied by the checkpoint, no commit did it
     assert checkpoints_off_the_write_path(make_engine("sqlite://")) is False  # in-memory: untouched
     engine.dispose()
+
+
+def _returns_while_the_write_lock_is_held(engine, step) -> int:  # type: ignore[no-untyped-def]
+    """Run ``step`` while another thread holds the process's write lock; what it returned, within 5 s."""
+    lock = sql.sqlite_write_lock(engine)
+    assert lock is not None
+    held, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    out: list[int] = []
+    stepper = threading.Thread(target=lambda: out.append(step()))
+    stepper.start()
+    stepper.join(5)
+    blocked = stepper.is_alive()
+    done.set()
+    holder.join(5)
+    stepper.join(5)
+    assert not blocked, "the step waited for the write lock"
+    return out[0]
+
+
+def test_an_idle_worker_step_takes_no_write_lock(stored) -> None:  # type: ignore[no-untyped-def]
+    """The worker steps until a batch is empty: that last, empty step reads and returns (no write
+    transaction, so no wait behind ingest's commits); what is due is still fired."""
+    from datetime import datetime, timezone
+
+    from middleware.scheduler.runner import Scheduler
+
+    engine, rs = stored
+    proc = Processor(engine, lambda: rs)
+    assert proc.drain() == 4
+    assert _returns_while_the_write_lock_is_held(engine, proc.run_once) == 0
+    sched = Scheduler(engine, lambda: rs, clock=lambda: datetime(2030, 3, 1, 9, 30, tzinfo=timezone.utc))
+    assert sched.fire_due() == 8  # the 72 h and 24 h reminders of the four visits: all that was due
+    # a trigger that becomes due after a drained batch is fired (the read before the write finds it)
+    writer = InboxWriter(engine)
+    assert writer.write_batch([prepare_hl7(SIU.format(n=9).encode(), channel="mllp", port=None, sources=rs.sources).record])[0].stored
+    assert proc.drain() == 1
+    assert sched.fire_due() == 2
+    assert _returns_while_the_write_lock_is_held(engine, sched.fire_due) == 0
+    assert sched.fire_due() == 0

@@ -250,6 +250,12 @@ def test_sqlite_non_durable_unit_uses_synchronous_normal_and_restores(tmp_path: 
     with unit(engine, write=True) as u:
         assert id(u.conn.connection.driver_connection) == conn_id  # the pooled connection, back at FULL
         assert sync(u) == 2
+    for _ in range(2):  # the connection's setting is read once and kept: the same switch and restore each time
+        with unit(engine, write=True, durable=False) as u:
+            assert id(u.conn.connection.driver_connection) == conn_id
+            assert sync(u) == 1
+        with unit(engine, write=True) as u:
+            assert sync(u) == 2
 
 
 def test_the_write_lock_is_handed_over_in_arrival_order() -> None:

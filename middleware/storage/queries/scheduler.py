@@ -55,6 +55,7 @@ query("scheduler.fired_times",
       .where(any_of(_T.patient_key, "pks"), _T.status == TriggerStatus.FIRED, _T.fired_at >= param("since")), FiredTime)
 query("scheduler.patient_resources", select(PATIENT.c.key, PATIENT.c.resource).where(any_of(PATIENT.c.key, "pks")))
 query("scheduler.next_due", select(func.min(_T.due_at)).where(_T.status == TriggerStatus.PENDING))
+query("scheduler.any_due", select(_T.id).where(_T.status == TriggerStatus.PENDING, _T.due_at <= param("now")).limit(1))
 query("scheduler.claim",
       select(_T.id, _T.rule_id, _T.name, _T.purpose, _T.destinations, _T.patient_key, _T.resource_key,
              _T.resource_version, _T.dedup_key, _T.message_kind, _T.flag)
@@ -79,6 +80,11 @@ query("scheduler.delivery_add", insert(DELIVERY).values(
 def next_due(u: UnitOfWork) -> float | None:
     value: float | None = u.scalar("scheduler.next_due")
     return value
+
+
+def any_due(u: UnitOfWork, now: float) -> bool:
+    """Is a pending trigger due at ``now`` (one index probe; a read, no lock)?"""
+    return u.scalar("scheduler.any_due", now=now) is not None
 
 
 def claim(u: UnitOfWork, now: float, limit: int) -> list[DueTrigger]:
