@@ -52,6 +52,10 @@ def padded_siu(control: str, size: int) -> bytes:
 
 
 def stored(srv: InProcess, **where: Any) -> list[InboundMessage]:
+    """The inbox's rows, once the ingest spool's mover has copied what was answered (milliseconds)."""
+    deadline = time.monotonic() + 10
+    while srv.runtime.writer.unmoved and time.monotonic() < deadline:
+        time.sleep(0.01)
     with Session(srv.runtime.engine) as s:
         stmt = select(InboundMessage).order_by(col(InboundMessage.id))
         for k, v in where.items():
