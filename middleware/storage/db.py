@@ -3,6 +3,7 @@ is on disk before anything is acknowledged; PostgreSQL is reached through psycop
 from __future__ import annotations
 
 import os
+import time
 
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,6 +83,10 @@ def checkpoints_off_the_write_path(engine: Engine) -> bool:
 
 #: a WAL larger than this is checkpointed with RESTART (see :func:`wal_checkpoint`)
 WAL_RESTART_BYTES = 32 * 1024 * 1024
+#: how long a RESTART waits for readers (writers are held back meanwhile)
+WAL_RESTART_WAIT_MS = 100
+#: per database file: (monotonic time before which no RESTART is tried, the current back-off in seconds)
+_RESTART_BACKOFF: dict[str, tuple[float, float]] = {}
 
 
 def wal_checkpoint(engine: Engine) -> tuple[int, int, int]:
@@ -92,28 +97,39 @@ def wal_checkpoint(engine: Engine) -> tuple[int, int, int]:
     holding up, readers and writers. But the WAL starts again from its beginning only after a
     checkpoint that caught up with every reader, and with the worker reading all the time a PASSIVE one
     never does: the WAL grew to 1 GB in two minutes of benchmark 1. Once it is over
-    :data:`WAL_RESTART_BYTES` a RESTART waits (at most 0.2 s, holding writers back meanwhile) for the
-    readers to move to the newest snapshot, so the next commit rewrites the WAL from its start, and
-    ``journal_size_limit`` cuts the file back."""
+    :data:`WAL_RESTART_BYTES` a RESTART waits (at most :data:`WAL_RESTART_WAIT_MS`, holding writers back
+    meanwhile) for the readers to move to the newest snapshot, so the next commit rewrites the WAL from
+    its start, and ``journal_size_limit`` cuts the file back. A RESTART that a long reader (a report, an
+    export) keeps from finishing is not tried again for 1 s, then 2, 4 ... up to 60 s, PASSIVE ones
+    meanwhile: writers are never held back more than a tenth of a second in a second."""
     raw = engine.raw_connection()
     try:
         cur = raw.cursor()
         mode = "PASSIVE"
-        db = engine.url.database
+        db = engine.url.database or ""
+        now = time.monotonic()
+        not_before, backoff = _RESTART_BACKOFF.get(db, (0.0, 0.0))
         try:
-            if db and os.path.getsize(db + "-wal") > WAL_RESTART_BYTES:
+            if db and now >= not_before and os.path.getsize(db + "-wal") > WAL_RESTART_BYTES:
                 mode = "RESTART"
         except OSError:
             pass
         if mode == "RESTART":
-            cur.execute("PRAGMA busy_timeout=200")
+            cur.execute(f"PRAGMA busy_timeout={WAL_RESTART_WAIT_MS}")
         try:
             row = cur.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
         finally:
             if mode == "RESTART":
                 cur.execute("PRAGMA busy_timeout=30000")
         cur.close()
-        return (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+        result = (int(row[0]), int(row[1]), int(row[2])) if row else (0, 0, 0)
+        if mode == "RESTART":
+            if result[0]:  # busy: a reader held an older snapshot for the whole wait
+                backoff = min(60.0, max(1.0, 2 * backoff))
+                _RESTART_BACKOFF[db] = (time.monotonic() + backoff, backoff)
+            else:
+                _RESTART_BACKOFF.pop(db, None)
+        return result
     finally:
         raw.close()
 

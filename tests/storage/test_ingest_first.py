@@ -241,3 +241,41 @@ def test_an_idle_worker_step_takes_no_write_lock(stored) -> None:  # type: ignor
     assert sched.fire_due() == 2
     assert _returns_while_the_write_lock_is_held(engine, sched.fire_due) == 0
     assert sched.fire_due() == 0
+
+
+def test_a_long_reader_does_not_hold_writers_back_at_every_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past WAL_RESTART_BYTES the checkpoint waits (briefly) for readers with RESTART, so the WAL starts again
+    instead of growing; while a long reader keeps it from finishing, it backs off (PASSIVE meanwhile)."""
+    import sqlite3
+
+    from middleware.storage import db as dbmod
+
+    path = tmp_path / "long.db"
+    engine = make_engine(f"sqlite:///{path}")
+    init_db(engine)
+    checkpoints_off_the_write_path(engine)
+    monkeypatch.setattr(dbmod, "WAL_RESTART_BYTES", 1)
+    monkeypatch.setattr(dbmod, "_RESTART_BACKOFF", {})
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("PRAGMA wal_autocheckpoint=0")
+    writer.execute("CREATE TABLE t (x)")
+    writer.execute("INSERT INTO t VALUES (1)")
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()  # a snapshot that includes the WAL's frames
+    writer.execute("INSERT INTO t VALUES (2)")  # a frame the reader's snapshot does not have
+    t0 = time.monotonic()
+    busy, _, _ = wal_checkpoint(engine)
+    first = time.monotonic() - t0
+    assert busy == 1 and first >= dbmod.WAL_RESTART_WAIT_MS / 1000 * 0.8  # RESTART waited for the reader
+    t0 = time.monotonic()
+    wal_checkpoint(engine)
+    assert time.monotonic() - t0 < dbmod.WAL_RESTART_WAIT_MS / 1000 / 2  # backed off: PASSIVE, no wait
+    assert dbmod._RESTART_BACKOFF[str(path)][1] == 1.0
+    reader.execute("COMMIT")
+    monkeypatch.setattr(dbmod, "_RESTART_BACKOFF", {})
+    busy, pages, done = wal_checkpoint(engine)
+    assert busy == 0 and done == pages  # RESTART finished: the next commit writes the WAL from its start
+    writer.close()
+    reader.close()
+    engine.dispose()
