@@ -29,10 +29,11 @@ from typing import Any, Callable
 from sqlalchemy.engine import Engine
 
 from .queries.ingest import INBOX_INSERT, INBOX_SEEN, InboundRecord
-from .queries.kv import KV_GET, KV_PUT
+from .db import synchronous_setting
+from .queries import kv
 from .schema import sqlite_file
 from .spool import MOVE_BATCH, Spool, checkpoint_every, spool_path
-from .sql import sqlite_write_lock
+from .sql import sqlite_write_lock, unit
 from .statuses import InboundStatus
 
 log = logging.getLogger("careloop.inbox")
@@ -96,12 +97,10 @@ class InboxWriter:
         self._room_waiters: list[Callable[[], None]] = []  # called on the loop when the queue has room again
         self._after_batch: list[Callable[[], None]] = []  # one-shot, after a batch's producers are answered
         self._lock = sqlite_write_lock(engine)  # the lock write_lock() takes, looked up once
-        self._insert_order = insert.order
-        self._insert_constants = insert.constants
         db = sqlite_file(engine) if spool else None
         self.spool: Spool | None = None
         if db is not None:
-            self.spool = Spool(spool_path(db), insert.order, synchronous=_synchronous(engine))
+            self.spool = Spool(spool_path(db), insert.order, synchronous=synchronous_setting(engine))
             self.spool.open()
         self._spool_conn: Any = None  # the commit thread's connection to the spool
         self._moved = 0  # the last spool seq copied into inbound_message (set by the mover)
@@ -109,7 +108,6 @@ class InboxWriter:
         self._deleted = 0  # the last spool seq deleted from the spool (commit thread)
         self._mover_bell = threading.Lock()
         self._mover_bell.acquire()
-        self.moves = 0  # mover transactions
         self.moved = 0  # records moved into inbound_message (after the start-up drain)
         self.spooled = 0  # records this process committed to the spool
 
@@ -178,8 +176,8 @@ class InboxWriter:
         stop = [False]  # the commit thread's stop flag
         if self.spool is not None:
             # what an earlier run committed to the spool and did not move yet goes first
-            await asyncio.to_thread(self._move_all, loop, None)
-            self.moves = self.moved = 0
+            await asyncio.to_thread(self._move_all, loop)
+            self.moved = 0
             if not self.spool.current:
                 self.spool.remake(self._durable)
                 self._moved = self._durable = self._deleted = 0  # a new table, a new cursor
@@ -393,8 +391,6 @@ class InboxWriter:
 
     def _move_loop(self, loop: asyncio.AbstractEventLoop, stop: list[bool]) -> None:
         """Move what the commit thread committed to the spool, each time it rings (and every second)."""
-        spool = self.spool
-        assert spool is not None
         mover = _Mover(self, loop)
         try:
             while not stop[0]:
@@ -407,13 +403,12 @@ class InboxWriter:
                     mover.sync(due_only=True)
                 except Exception:
                     log.exception("moving the ingest spool into the inbox failed; retrying")
-                    mover.reset()
                     time.sleep(0.5)
             mover.sync(due_only=False)
         finally:
             mover.close()
 
-    def _move_all(self, loop: asyncio.AbstractEventLoop, scon: Any) -> int:
+    def _move_all(self, loop: asyncio.AbstractEventLoop) -> int:
         """Move every committed spool row into ``inbound_message`` now, durably (start-up)."""
         mover = _Mover(self, loop)
         try:
@@ -429,13 +424,12 @@ SYNC_S = 0.02
 
 
 class _Mover:
-    """Copies spool rows into ``inbound_message`` on a main-database connection of its own.
-
-    Its commits skip the fsync (``synchronous=NORMAL``): the rows stay in the spool (durable) until a
-    later commit of this connection with ``synchronous=FULL`` (at most :data:`SYNC_S` later, or any
-    FULL commit of another writer: the WAL is synced in order) has made the move durable; only then
-    may the commit thread delete them. A power loss in between loses the move and its cursor together,
-    and the rows are moved again: once. So the ACK path pays one fsync per batch (the spool's), not two."""
+    """Copies spool rows into ``inbound_message``, each pass a non-durable unit of work
+    (``unit(durable=False)``: no fsync). The rows stay in the spool (durable) until a later durable
+    commit (:meth:`sync`, at most :data:`SYNC_S` later, or any FULL commit of another writer: the WAL
+    is synced in order) has made the move durable; only then may the commit thread delete them. A
+    power loss in between loses the move and its cursor together, and the rows are moved again: once.
+    So the ACK path pays one fsync per batch (the spool's), not two."""
 
     def __init__(self, writer: "InboxWriter", loop: asyncio.AbstractEventLoop) -> None:
         assert writer.spool is not None
@@ -443,37 +437,20 @@ class _Mover:
         self.spool = writer.spool
         self.loop = loop
         self.scon = self.spool.connect()
-        self.raw: Any = None
-        self.kv_get, self.kv_put = KV_GET.compiled_for("sqlite"), KV_PUT.compiled_for("sqlite")
-        constants = writer._insert_constants
-        self.fill = [(i, constants[name]) for i, name in enumerate(writer._insert_order) if name in constants]
+        # columns the INSERT itself has a value for: an older spool's NULL there takes that value
+        self.defaults = set(INBOX_INSERT.compiled_for("sqlite").constants) & set(self.spool.columns)
         self.unsynced = False
         self.last_sync = time.monotonic()
 
-    def _main(self) -> Any:
-        if self.raw is None:
-            raw = self.w.engine.raw_connection()
-            raw.detach()  # its synchronous setting is its own: never back into the pool
-            self.raw = raw
-            main = self.main
-            main.execute("PRAGMA synchronous=NORMAL")
-        return self.main
-
-    @property
-    def main(self) -> Any:
-        return getattr(self.raw, "driver_connection", None) or self.raw
-
-    def reset(self) -> None:
-        if self.raw is not None:
-            try:
-                self.raw.close()
-            except Exception:
-                pass
-            self.raw = None
-
     def close(self) -> None:
-        self.reset()
         self.scon.close()
+
+    def _values(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        values = dict(zip(self.spool.columns, row))
+        for name in self.defaults:
+            if values[name] is None:
+                del values[name]
+        return values
 
     def move_all(self) -> int:
         """Copy every committed spool row after the cursor (one transaction per :data:`~.spool.MOVE_BATCH`
@@ -484,43 +461,15 @@ class _Mover:
             rows = spool.pending(self.scon, w._moved, MOVE_BATCH)
             if not rows:
                 return total
-            main = self._main()
-            lock = w._lock
-            if lock is not None:
-                lock.acquire()
-            try:
-                cur = main.cursor()
-                try:
-                    cur.execute(self.kv_get.sql, self.kv_get.params({"key": spool.cursor_key}))
-                    got = cur.fetchone()
-                    done = int(got[0]) if got else 0
-                    values = []
-                    for row in rows:
-                        if row[0] <= done:
-                            continue
-                        v = list(row[1:])
-                        for i, const in self.fill:
-                            if v[i] is None:
-                                v[i] = const
-                        values.append(v)
-                    last = int(rows[-1][0])
-                    if values:
-                        cur.executemany(w._insert, values)
-                    if last > done:
-                        cur.execute(self.kv_put.sql, self.kv_put.params(
-                            {"key": spool.cursor_key, "value": str(last), "updated_at": time.time()}))
-                    main.commit()
-                except BaseException:
-                    main.rollback()
-                    raise
-                finally:
-                    cur.close()
-            finally:
-                if lock is not None:
-                    lock.release()
+            last = int(rows[-1][0])
+            with unit(w.engine, write=True, durable=False) as u:
+                done = int(kv.get(u, spool.cursor_key) or 0)
+                values = [self._values(row[1:]) for row in rows if row[0] > done]
+                u.many(INBOX_INSERT, values)
+                if last > done:
+                    kv.put(u, spool.cursor_key, str(last), time.time())
             w._moved = max(w._moved, last, done)
             self.unsynced = True  # (rows an earlier run moved, too: its last commit may not have been synced)
-            w.moves += 1
             w.moved += len(values)
             total += len(values)
             if values and w.on_commit is not None:
@@ -530,44 +479,16 @@ class _Mover:
                     return total
 
     def sync(self, *, due_only: bool) -> None:
-        """Make the moves so far durable (one FULL commit), then let the spool delete them."""
+        """Make the moves so far durable (one durable commit), then let the spool delete them."""
         if not self.unsynced or (due_only and time.monotonic() - self.last_sync < SYNC_S):
             return
         w = self.w
         moved = w._moved
-        main = self._main()
-        lock = w._lock
-        if lock is not None:
-            lock.acquire()
-        try:
-            main.execute("PRAGMA synchronous=FULL")
-            try:
-                main.execute(self.kv_put.sql, self.kv_put.params(
-                    {"key": self.spool.cursor_key, "value": str(moved), "updated_at": time.time()}))
-                main.commit()  # syncs the WAL: this commit and every one before it
-            except BaseException:
-                main.rollback()
-                raise
-            finally:
-                main.execute("PRAGMA synchronous=NORMAL")
-        finally:
-            if lock is not None:
-                lock.release()
+        with unit(w.engine, write=True) as u:  # its commit syncs the WAL: this commit and every one before it
+            kv.put(u, self.spool.cursor_key, str(moved), time.time())
         w._durable = max(w._durable, moved)
         self.unsynced = False
         self.last_sync = time.monotonic()
-
-
-def _synchronous(engine: Engine) -> int:
-    """The main database's ``PRAGMA synchronous`` (the spool commits as durably)."""
-    raw = engine.raw_connection()
-    try:
-        cur = raw.cursor()
-        cur.execute("PRAGMA synchronous")
-        row = cur.fetchone()
-        return int(row[0]) if row else 2
-    finally:
-        raw.close()
 
 
 def _getter(order: tuple[str, ...], constants: Any) -> Callable[[InboundRecord], tuple[Any, ...]]:

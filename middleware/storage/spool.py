@@ -51,7 +51,7 @@ def _ident(name: str) -> str:
 class Spool:
     """The spool file's schema and statements. Each thread uses a :meth:`connect` of its own."""
 
-    def __init__(self, path: Path, columns: Sequence[str], *, synchronous: int = 2) -> None:
+    def __init__(self, path: Path, columns: Sequence[str], *, synchronous: str = "FULL") -> None:
         self.path = path
         self.columns = tuple(columns)
         self.synchronous = synchronous
@@ -62,12 +62,19 @@ class Spool:
         self.seen_sql = ("SELECT dedup_key, sha256, ack FROM spool WHERE dedup_key IN (SELECT value FROM json_each(?))"
                          " AND status != ?")
         self.id = ""
-        self._read_cols: tuple[str, ...] = self.columns  # columns of the rows still to move (an older spool's)
+        self._reading(self.columns)
+
+    def _reading(self, have: Sequence[str]) -> None:
+        """The table holds columns ``have`` (an older release's, until it is drained and made again):
+        :meth:`pending` selects this release's columns, ``NULL`` for those it lacks."""
+        self._read_cols = tuple(have)
+        cols = ", ".join(_ident(c) if c in self._read_cols else "NULL" for c in self.columns)
+        self._pending_sql = f"SELECT seq, {cols} FROM spool WHERE seq > ? ORDER BY seq LIMIT ?"
 
     def connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         con.execute("PRAGMA journal_mode=WAL")
-        con.execute(f"PRAGMA synchronous={int(self.synchronous)}")
+        con.execute(f"PRAGMA synchronous={self.synchronous}")
         con.execute("PRAGMA wal_autocheckpoint=0")  # the writer checkpoints after answering (checkpoint_every)
         con.execute("PRAGMA journal_size_limit=4194304")
         con.execute("PRAGMA busy_timeout=30000")
@@ -86,7 +93,7 @@ class Spool:
             if not have:
                 self._create(con)
             else:
-                self._read_cols = tuple(c for c in have if c != "seq")
+                self._reading([c for c in have if c != "seq"])
             con.execute("COMMIT")
         finally:
             con.close()
@@ -95,7 +102,7 @@ class Spool:
         cols = ", ".join(_ident(c) for c in self.columns)
         con.execute(f"CREATE TABLE spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, {cols})")
         con.execute("CREATE INDEX spool_dedup ON spool (dedup_key)")
-        self._read_cols = self.columns
+        self._reading(self.columns)
 
     @property
     def current(self) -> bool:
@@ -129,9 +136,7 @@ class Spool:
     def pending(self, con: sqlite3.Connection, after: int, limit: int = MOVE_BATCH) -> list[tuple[Any, ...]]:
         """Rows committed after ``seq`` ``after``, in order: ``(seq, values...)`` in :attr:`columns` order
         (a column an older spool lacks is ``None``, for the INSERT's default)."""
-        have = set(self._read_cols)
-        cols = ", ".join(_ident(c) if c in have else "NULL" for c in self.columns)
-        return con.execute(f"SELECT seq, {cols} FROM spool WHERE seq > ? ORDER BY seq LIMIT ?", (after, limit)).fetchall()
+        return con.execute(self._pending_sql, (after, limit)).fetchall()
 
 
 def checkpoint_every(con: Callable[[], sqlite3.Connection | None], every_s: float) -> Callable[[], None]:
